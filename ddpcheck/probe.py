@@ -1,0 +1,212 @@
+"""The per-rank probe: ``torchrun ... -m ddpcheck.probe`` (or srun, see launch/).
+
+Each rank states who it is (host, hostname, pid, rank, device, GPU UUID and bus id), joins the
+process group with a short timeout, checks all_reduce correctness (every element must equal the
+sum of rank+1 over the world) and times barrier and small all_reduce (median of repeats). It
+prints one marked JSON line, its record, which ``collect`` reads back; a rank that raises
+still prints its record with the stage it reached and the traceback, and a watchdog makes sure
+a rank stuck past its deadline leaves a ``timeout`` record instead of hanging.
+
+Only the standard library and torch are imported here, so a host needs just torch and ddpcheck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+import traceback
+from datetime import timedelta
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from .agent import MARK, set_parent_death_signal
+
+CORRECTNESS_ELEMENTS = 1 << 18  # 1 MiB of float32
+
+
+class RankProbe:
+    """One rank's run; ``record`` is filled in as stages complete, so it is useful at any point."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.started = time.monotonic()
+        self.failed_at: Optional[float] = None
+        self.emitted = threading.Lock()
+        self.done = False
+        env = os.environ
+        self.record: dict[str, Any] = {
+            "host": args.host or socket.gethostname(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "rank": _int_env("RANK"),
+            "local_rank": _int_env("LOCAL_RANK"),
+            "node_rank": _int_env("GROUP_RANK"),
+            "world_size": _int_env("WORLD_SIZE"),
+            "local_world_size": _int_env("LOCAL_WORLD_SIZE"),
+            "master": f"{env.get('MASTER_ADDR', '?')}:{env.get('MASTER_PORT', '?')}",
+            "expected_world_size": args.expected_world_size,
+            "backend": args.backend,
+            "device": "cpu",
+            "visible_gpus": torch.cuda.device_count(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__},
+            "status": "running",
+            "stage": "start",
+            "error": None,
+            "collectives": [],
+        }
+
+    # -- output ---------------------------------------------------------------------------
+    def emit(self, status: str, error: Optional[str] = None) -> None:
+        with self.emitted:
+            if self.done:
+                return
+            self.done = True
+            self.record["status"] = status
+            self.record["error"] = error
+            self.record["duration_s"] = round(time.monotonic() - self.started, 3)
+            if self.failed_at is not None:
+                self.record["failed_at"] = self.failed_at
+            sys.stdout.write(f"{MARK} rank {json.dumps(self.record, sort_keys=True)}\n")
+            sys.stdout.flush()
+
+    def watchdog(self) -> None:
+        """Leave a ``timeout`` record and exit when the rank is stuck past its deadline."""
+        time.sleep(max(self.args.deadline - 3.0, 1.0))
+        self.failed_at = time.time()
+        self.emit("timeout", f"rank did not finish stage '{self.record['stage']}' within "
+                             f"{self.args.deadline:g}s")
+        os._exit(3)
+
+    # -- stages ---------------------------------------------------------------------------
+    def stage(self, name: str) -> None:
+        self.record["stage"] = name
+
+    def run(self) -> None:
+        self.stage("device")
+        device = self.select_device()
+        self.stage("init")
+        dist.init_process_group(self.args.backend,
+                                timeout=timedelta(seconds=self.args.collective_timeout))
+        self.record["rank"] = dist.get_rank()
+        self.record["world_size"] = dist.get_world_size()
+        self.stage("all_reduce")
+        self.check_all_reduce(device)
+        self.stage("barrier")
+        iters = self.args.iterations
+        self.record["barrier_us"] = median_us(dist.barrier, iters, device)
+        self.stage("latency")
+        one = torch.ones(1, device=device)
+        self.record["allreduce_small_us"] = median_us(lambda: dist.all_reduce(one), iters, device)
+        self.stage("finish")
+        dist.barrier()
+
+    def select_device(self) -> torch.device:
+        if self.args.backend != "nccl":
+            return torch.device("cpu")
+        local_rank = self.record["local_rank"] or 0
+        torch.cuda.set_device(local_rank)
+        props = torch.cuda.get_device_properties(local_rank)
+        self.record["device"] = f"cuda:{local_rank}"
+        self.record["gpu_name"] = props.name
+        self.record["gpu_uuid"] = str(getattr(props, "uuid", "")) or None
+        bus = (getattr(props, "pci_domain_id", 0), getattr(props, "pci_bus_id", 0),
+               getattr(props, "pci_device_id", 0))
+        self.record["gpu_bus_id"] = "%04x:%02x:%02x.0" % bus
+        return torch.device("cuda", local_rank)
+
+    def check_all_reduce(self, device: torch.device) -> None:
+        world = dist.get_world_size()
+        expected = world * (world + 1) / 2
+        tensor = torch.full((CORRECTNESS_ELEMENTS,), float(dist.get_rank() + 1), device=device)
+        dist.all_reduce(tensor)
+        _sync(device)
+        wrong = int((tensor != expected).sum().item())
+        nbytes = tensor.numel() * tensor.element_size()
+        times = []
+        for _ in range(3):
+            tensor.fill_(float(dist.get_rank() + 1))
+            _sync(device)
+            begin = time.perf_counter()
+            dist.all_reduce(tensor)
+            _sync(device)
+            times.append(time.perf_counter() - begin)
+            wrong += int((tensor != expected).sum().item())
+        seconds = statistics.median(times)
+        algbw = nbytes / seconds / 1e9
+        self.record["all_reduce_wrong"] = wrong
+        self.record["collectives"].append({
+            "op": "all_reduce", "bytes": nbytes, "time_us": round(seconds * 1e6, 1),
+            "algbw_gbs": round(algbw, 3), "busbw_gbs": round(algbw * 2 * (world - 1) / world, 3),
+            "wrong": wrong})
+
+
+def median_us(op: Callable[[], Any], iterations: int, device: torch.device) -> float:
+    op()  # warm-up
+    _sync(device)
+    times = []
+    for _ in range(max(iterations, 1)):
+        begin = time.perf_counter()
+        op()
+        _sync(device)
+        times.append(time.perf_counter() - begin)
+    return round(statistics.median(times) * 1e6, 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _int_env(name: str) -> Optional[int]:
+    value = os.environ.get(name)
+    return int(value) if value is not None and value.lstrip("-").isdigit() else None
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ddpcheck.probe",
+                                     description="ddpcheck per-rank probe (run under torchrun)")
+    parser.add_argument("--host", default=None, help="host name as in hosts.yaml")
+    parser.add_argument("--expected-world-size", type=int, default=None)
+    parser.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"])
+    parser.add_argument("--collective-timeout", type=float, default=30.0,
+                        help="process group timeout in seconds (default 30)")
+    parser.add_argument("--deadline", type=float, default=120.0,
+                        help="the rank gives up and reports 'timeout' after this many seconds")
+    parser.add_argument("--iterations", type=int, default=20)
+    args = parser.parse_args(argv)
+    if args.backend == "auto":
+        args.backend = "nccl" if torch.cuda.is_available() else "gloo"
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    set_parent_death_signal(9)  # torchrun gone -> this rank goes too
+    probe = RankProbe(parse_args(argv))
+    threading.Thread(target=probe.watchdog, daemon=True).start()
+    try:
+        probe.run()
+    except BaseException as exc:  # noqa: BLE001 - every failure must leave a record
+        probe.failed_at = time.time()
+        probe.emit("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        return 1
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - the record is already out
+                pass
+    probe.emit("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The cluster description every later stage works from.
+
+hosts.yaml (or the embedded local default) is parsed by ``config`` into a ``ClusterSpec``;
+``plan`` turns it into commands, ``transport`` runs them. Plain frozen data, no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+
+class HostKeyPolicy(str, enum.Enum):
+    REJECT = "reject"
+    ACCEPT_NEW = "accept-new"
+
+
+class Backend(str, enum.Enum):
+    AUTO = "auto"
+    NCCL = "nccl"
+    GLOO = "gloo"
+
+
+DEFAULT_PYTHON = "python3"
+DEFAULT_WORKDIR = "/tmp/ddpcheck"
+DEFAULT_SSH_PORT = 22
+DEFAULT_RENDEZVOUS_PORT = 29500
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_FANOUT = 32
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One host of hosts.yaml after ranges are expanded and defaults merged."""
+
+    name: str
+    address: str  # what we connect to; the name when no address is given
+    user: Optional[str] = None  # None: ssh_config User, then $USER
+    port: int = DEFAULT_SSH_PORT
+    identity_file: Optional[str] = None  # already ~-expanded
+    python: str = DEFAULT_PYTHON
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = DEFAULT_WORKDIR
+    slots: Optional[int] = None  # None: GPU count, or 1 without GPUs
+    line: int = 0  # line of hosts.yaml the entry came from (0: not from a file)
+
+
+@dataclass(frozen=True)
+class SSHSpec:
+    known_hosts: Optional[str] = None  # already ~-expanded; None: ~/.ssh/known_hosts
+    host_key_policy: HostKeyPolicy = HostKeyPolicy.REJECT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    fanout: int = DEFAULT_FANOUT
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    hosts: tuple[HostSpec, ...]
+    ssh: SSHSpec = SSHSpec()
+    master: str = ""  # name of the host ranks rendezvous at; "" = the first host
+    rendezvous_port: int = DEFAULT_RENDEZVOUS_PORT
+    backend: Backend = Backend.AUTO
+    source: str = "<embedded>"  # the file it came from
+    local: bool = False  # True: this machine only, no SSH
+
+    @property
+    def master_host(self) -> HostSpec:
+        for host in self.hosts:
+            if host.name == self.master:
+                return host
+        return self.hosts[0]
