@@ -1,0 +1,194 @@
+"""Analyze: host and rank records -> findings, root cause first, and the verdict.
+
+Pure. Like torch elastic's error handling, the *first observed* failure is the root cause and
+later failures are marked as possibly collateral: when one rank dies, the others fail in the
+next collective, and naming them all as culprits would bury the one that matters.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+from typing import Iterable, Mapping, Optional, Sequence
+
+from .records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
+                      Severity, Verdict)
+
+# Which check a rank failure belongs to, by the probe stage it was in.
+STAGE_CHECKS: Mapping[str, str] = {
+    "start": "torch_import", "device": "gpu_count", "init": "rendezvous",
+    "all_reduce": "all_reduce", "barrier": "barrier", "latency": "all_reduce",
+    "finish": "barrier",
+}
+EXIT_CODES: Mapping[Verdict, int] = {Verdict.OK: 0, Verdict.FAIL: 1, Verdict.UNREACHABLE: 3,
+                                     Verdict.INTERRUPTED: 130}
+LOOPBACK_PREFIXES = ("127.", "::1")
+
+
+def host_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
+    """A host that could not be reached or checked: each one is its own root cause."""
+    findings = []
+    for host in hosts:
+        if host.error is None:
+            continue
+        findings.append(Finding(Severity.ERROR, host.error_check or "ssh",
+                                f"{host.name}: {host.stage}: {host.error}",
+                                host=host.name, root_cause=True))
+    findings += hostname_findings([h for h in hosts if h.hostname])
+    return findings
+
+
+def hostname_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
+    """Hostnames that resolve to loopback (gloo/NCCL then bind to lo) or repeat across hosts."""
+    findings = []
+    if len(hosts) > 1:
+        for host in hosts:
+            addresses = [str(a) for a in host.facts.get("addresses", [])]
+            if addresses and all(a.startswith(LOOPBACK_PREFIXES) for a in addresses):
+                findings.append(Finding(
+                    Severity.WARNING, "hostname",
+                    f"{host.name}: its hostname {host.hostname!r} resolves only to loopback "
+                    f"({', '.join(addresses)}); ranks that bind by hostname will use lo",
+                    host=host.name))
+    by_hostname: dict[str, list[str]] = defaultdict(list)
+    for host in hosts:
+        by_hostname[str(host.hostname)].append(host.name)
+    for hostname, names in by_hostname.items():
+        if len(names) > 1:
+            findings.append(Finding(Severity.WARNING, "hostname",
+                                    f"hosts {', '.join(names)} all report hostname {hostname!r}"))
+    return findings
+
+
+def rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
+                  gpus_by_host: Mapping[str, int], backend: str,
+                  failed_hosts: frozenset[str] = frozenset()) -> list[Finding]:
+    expected_world = sum(slots_by_host.values())
+    findings: list[Finding] = []
+    findings += failure_findings(ranks)
+    findings += missing_rank_findings(ranks, slots_by_host, failed_hosts)
+    for rank in ranks:
+        if rank.world_size is not None and rank.world_size != expected_world:
+            findings.append(Finding(
+                Severity.ERROR, "world_size",
+                f"rank {rank.rank} on {rank.host} sees world_size {rank.world_size}, expected "
+                f"{expected_world} (the sum of slots over all hosts)",
+                host=rank.host, rank=rank.rank))
+    if backend == "nccl":
+        for host, slots in slots_by_host.items():
+            gpus = gpus_by_host.get(host, 0)
+            if slots > gpus:
+                findings.append(Finding(Severity.ERROR, "gpu_count",
+                                        f"{host} runs {slots} ranks but has {gpus} GPU(s)",
+                                        host=host))
+    findings += duplicate_device_findings(ranks)
+    for rank in ranks:
+        if rank.all_reduce_wrong:
+            findings.append(Finding(
+                Severity.ERROR, "all_reduce",
+                f"rank {rank.rank} on {rank.host}: all_reduce gave {rank.all_reduce_wrong} "
+                f"wrong element(s) (expected the sum of rank+1 over the world)",
+                host=rank.host, rank=rank.rank))
+    findings += latency_findings(ranks)
+    return findings
+
+
+def failure_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
+    """Ranks that raised or timed out; the earliest is the root cause, the rest collateral."""
+    failed = [r for r in ranks if r.status in (RankStatus.ERROR, RankStatus.TIMEOUT)]
+    if not failed:
+        return []
+    first = min(failed, key=lambda r: (r.failed_at is None, r.failed_at or 0.0,
+                                       r.rank if r.rank is not None else 1 << 30))
+    findings = []
+    for rank in sorted(failed, key=lambda r: r is not first):
+        check = "timeout" if rank.status is RankStatus.TIMEOUT else STAGE_CHECKS.get(
+            rank.stage, "probe")
+        reason = summary_line(rank.error) or rank.status.value
+        note = "" if rank is first else " (possibly collateral: failed after the root cause)"
+        findings.append(Finding(
+            Severity.ERROR, check,
+            f"rank {rank.rank} on {rank.host} failed in {rank.stage or 'start'}: {reason}{note}",
+            host=rank.host, rank=rank.rank, root_cause=rank is first))
+    return findings
+
+
+def missing_rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
+                          failed_hosts: frozenset[str] = frozenset()) -> list[Finding]:
+    """Hosts that returned fewer rank records than planned (hosts that failed as a whole
+    already have their own finding)."""
+    returned: dict[str, int] = defaultdict(int)
+    for rank in ranks:
+        returned[rank.host] += 1
+    findings = []
+    for host, slots in slots_by_host.items():
+        if returned[host] < slots and host not in failed_hosts:
+            findings.append(Finding(
+                Severity.ERROR, "world_size",
+                f"{host}: {returned[host]} of {slots} planned rank(s) reported back",
+                host=host))
+    return findings
+
+
+def duplicate_device_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
+    by_gpu: dict[str, list[RankRecord]] = defaultdict(list)
+    for rank in ranks:
+        if rank.gpu_uuid:
+            by_gpu[rank.gpu_uuid].append(rank)
+    findings = []
+    for uuid, sharing in by_gpu.items():
+        if len(sharing) > 1:
+            names = ", ".join(f"rank {r.rank} ({r.host} {r.device})" for r in sharing)
+            bus = sharing[0].gpu_bus_id or "?"
+            findings.append(Finding(Severity.ERROR, "duplicate_device",
+                                    f"{names} share one GPU: {uuid} at bus id {bus}",
+                                    host=sharing[0].host, rank=sharing[0].rank))
+    return findings
+
+
+def latency_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
+    timed = [r for r in ranks if r.barrier_us is not None]
+    if not timed:
+        return []
+    slowest = max(timed, key=lambda r: r.barrier_us or 0.0)
+    values = sorted(r.barrier_us or 0.0 for r in timed)
+    median = values[len(values) // 2]
+    return [Finding(Severity.INFO, "barrier",
+                    f"barrier median {median:.0f} us over {len(timed)} ranks; slowest rank "
+                    f"{slowest.rank} on {slowest.host}: {slowest.barrier_us:.0f} us")]
+
+
+def order_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Root causes first, then errors, warnings, info; stable otherwise."""
+    rank_of = {Severity.ERROR: 1, Severity.WARNING: 2, Severity.INFO: 3}
+    return sorted(findings, key=lambda f: 0 if f.root_cause else rank_of[f.severity])
+
+
+def mark_single_root_cause(findings: list[Finding]) -> list[Finding]:
+    """With no explicit root cause, the first error is it (e.g. a lone world_size finding)."""
+    if any(f.root_cause for f in findings):
+        return findings
+    for index, finding in enumerate(findings):
+        if finding.severity is Severity.ERROR:
+            return findings[:index] + [replace(finding, root_cause=True)] + findings[index + 1:]
+    return findings
+
+
+def verdict(findings: Sequence[Finding], hosts: Sequence[HostRecord],
+            interrupted: bool = False) -> Verdict:
+    """A failed check on a reachable host wins over an unreachable host (exit 1, not 3)."""
+    if interrupted:
+        return Verdict.INTERRUPTED
+    if any(f.severity is Severity.ERROR and f.check not in REACHABILITY_CHECKS
+           for f in findings):
+        return Verdict.FAIL
+    if any(not h.reachable for h in hosts):
+        return Verdict.UNREACHABLE
+    return Verdict.OK
+
+
+def summary_line(text: Optional[str]) -> str:
+    if not text:
+        return ""
+    first = text.strip().splitlines()[0]
+    return first[:300]

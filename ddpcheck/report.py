@@ -1,0 +1,146 @@
+"""Report: the run's records -> the cluster-wide table (stdout) and the JSON report.
+
+Pure. The table reads like nccl-tests: a ``#`` header with parameters and versions, a row per
+rank grouped by host, the findings with the root cause first, and a verdict footer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from tabulate import tabulate
+
+from .records import Finding, HostRecord, RankRecord, Verdict
+
+SCHEMA = "ddpcheck/report/v1"
+
+
+@dataclass(frozen=True)
+class Report:
+    command: str
+    verdict: Verdict
+    exit_code: int
+    duration_s: float
+    backend: Optional[str]
+    world_size: Optional[int]
+    expected_world_size: Optional[int]
+    hosts: tuple[HostRecord, ...]
+    ranks: tuple[RankRecord, ...]
+    findings: tuple[Finding, ...]
+    source: str = ""
+    master: Optional[str] = None
+    collectives: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+
+def to_json_dict(report: Report) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "command": report.command,
+        "verdict": report.verdict.value,
+        "exit_code": report.exit_code,
+        "duration_s": round(report.duration_s, 3),
+        "backend": report.backend,
+        "world_size": report.world_size,
+        "expected_world_size": report.expected_world_size,
+        "source": report.source,
+        "master": report.master,
+        "hosts": [{
+            "name": h.name, "address": h.address, "reachable": h.reachable,
+            "hostname": h.hostname, "slots": h.slots, "gpus": h.gpus, "error": h.error,
+            "stage": h.stage, "versions": dict(h.versions),
+        } for h in report.hosts],
+        "ranks": [{
+            "rank": r.rank, "local_rank": r.local_rank, "host": r.host, "hostname": r.hostname,
+            "pid": r.pid, "device": r.device, "status": r.status.value, "stage": r.stage,
+            "gpu_uuid": r.gpu_uuid, "gpu_bus_id": r.gpu_bus_id, "world_size": r.world_size,
+            "barrier_us": r.barrier_us, "allreduce_small_us": r.allreduce_small_us,
+            "all_reduce_wrong": r.all_reduce_wrong, "error": r.error,
+        } for r in report.ranks],
+        "findings": [{
+            "severity": f.severity.value, "check": f.check, "host": f.host, "rank": f.rank,
+            "message": f.message, "root_cause": f.root_cause,
+        } for f in report.findings],
+        "collectives": [dict(c) for c in report.collectives],
+    }
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(to_json_dict(report), indent=2, sort_keys=False) + "\n"
+
+
+def render_table(report: Report) -> str:
+    lines = header_lines(report)
+    lines.append(rank_table(report.hosts, report.ranks))
+    lines.append("#")
+    lines += findings_lines(report.findings)
+    lines.append(footer_line(report))
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(report: Report) -> list[str]:
+    reachable = sum(1 for h in report.hosts if h.reachable)
+    world = "?" if report.world_size is None else str(report.world_size)
+    expected = "?" if report.expected_world_size is None else str(report.expected_world_size)
+    lines = [
+        f"# ddpcheck {report.command}: {len(report.hosts)} host(s) from {report.source}, "
+        f"{reachable} reachable",
+        f"# backend {report.backend or '?'}  master {report.master or '?'}  "
+        f"world_size {world} (expected {expected})",
+    ]
+    versions = sorted({f"python {h.versions.get('python')}, torch {h.versions.get('torch')}"
+                       for h in report.hosts if h.versions})
+    if versions:
+        lines.append("# versions: " + " | ".join(versions))
+    lines.append("#")
+    return lines
+
+
+def rank_table(hosts: Sequence[HostRecord], ranks: Sequence[RankRecord]) -> str:
+    """A row per rank, grouped by host in hosts.yaml order; a host without ranks gets one row."""
+    rows: list[list[Any]] = []
+    for host in hosts:
+        own = sorted((r for r in ranks if r.host == host.name),
+                     key=lambda r: (r.rank is None, r.rank or 0))
+        if not own:
+            status = "unreachable" if not host.reachable else ("failed" if host.error else "-")
+            rows.append([host.name, "-", "-", host.hostname or "-", "-", "-", status,
+                         "", "", ""])
+            continue
+        for index, rank in enumerate(own):
+            rows.append([
+                host.name if index == 0 else "",
+                _cell(rank.rank), _cell(rank.local_rank), rank.hostname or "-", _cell(rank.pid),
+                rank.device + (f" {rank.gpu_bus_id}" if rank.gpu_bus_id else ""),
+                rank.status.value if rank.status.value == "ok" else
+                f"{rank.status.value} ({rank.stage})",
+                _cell(rank.barrier_us), _cell(rank.allreduce_small_us),
+                _cell(rank.all_reduce_wrong),
+            ])
+    headers = ["host", "rank", "local", "hostname", "pid", "device", "status",
+               "barrier_us", "allreduce_us", "#wrong"]
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def findings_lines(findings: Sequence[Finding]) -> list[str]:
+    if not findings:
+        return ["# Findings: none"]
+    lines = ["# Findings (root cause first):"]
+    for finding in findings:
+        mark = "ROOT CAUSE " if finding.root_cause else ""
+        lines.append(f"#  {mark}[{finding.severity.value}] {finding.check}: {finding.message}")
+    return lines
+
+
+def footer_line(report: Report) -> str:
+    return (f"# Verdict: {report.verdict.value.upper()} (exit {report.exit_code}) "
+            f"in {report.duration_s:.1f}s")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
