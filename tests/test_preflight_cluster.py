@@ -1,0 +1,85 @@
+"""Preflight end to end on the real namespace cluster: real sshd, real torchrun, gloo on veths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hostsfile import cluster_hosts_yaml
+
+pytestmark = pytest.mark.cluster
+
+
+def ddpcheck(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ddpcheck", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def no_torchrun_left(cluster) -> None:
+    for host in cluster.hosts:
+        for pid in cluster.pids_in(host):
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
+            except OSError:
+                continue
+            assert b"ddpcheck" not in cmdline and b"torch.distributed.run" not in cmdline, (
+                f"left behind on {host.name}: {cmdline!r}")
+
+
+def test_three_hosts_two_slots_pass(ns_cluster, tmp_path):
+    hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", ns_cluster.hosts[:3],
+                                    slots=2, port=29610)
+    report_path = tmp_path / "report.json"
+    done = ddpcheck("preflight", str(hosts_yaml), "--json", str(report_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["verdict"] == "ok" and report["exit_code"] == 0
+    assert report["world_size"] == report["expected_world_size"] == 6
+    ranks = report["ranks"]
+    assert sorted(r["rank"] for r in ranks) == list(range(6))
+    for rank in ranks:
+        assert rank["status"] == "ok"
+        assert rank["hostname"] == rank["host"]  # each rank ran in its own host's UTS namespace
+        assert rank["all_reduce_wrong"] == 0
+    assert {r["host"] for r in ranks} == {"h1", "h2", "h3"}
+    assert [h["hostname"] for h in report["hosts"]] == ["h1", "h2", "h3"]
+    assert "Verdict: OK" in done.stdout
+    for name in ("h1", "h2", "h3"):
+        assert f"{name}: checked" in done.stderr and f"{name}: done" in done.stderr
+    no_torchrun_left(ns_cluster)
+
+
+def test_host_missing_from_known_hosts_is_named_and_nothing_starts(ns_cluster, tmp_path):
+    unknown = ns_cluster.hosts[1]
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(
+        line + "\n" for line in ns_cluster.known_hosts.read_text().splitlines()
+        if not line.startswith((unknown.address + " ", unknown.name + " "))))
+    hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", ns_cluster.hosts[:3],
+                                    port=29611, known_hosts=known)
+    report_path = tmp_path / "report.json"
+    done = ddpcheck("preflight", str(hosts_yaml), "--json", str(report_path))
+    assert done.returncode == 3, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["verdict"] == "unreachable"
+    ssh_findings = [f for f in report["findings"] if f["check"] == "ssh"]
+    assert [f["host"] for f in ssh_findings] == [unknown.name]
+    assert "known_hosts" in ssh_findings[0]["message"]
+    assert report["ranks"] == []
+    assert all(h["stage"] != "launch" and h["stage"] != "done" for h in report["hosts"])
+    assert "launched torchrun" not in done.stderr
+    no_torchrun_left(ns_cluster)
+
+
+def test_dry_run_prints_commands_and_runs_nothing(ns_cluster, tmp_path):
+    hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", ns_cluster.hosts[:2],
+                                    port=29612)
+    done = ddpcheck("preflight", str(hosts_yaml), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "--node-rank 0" in done.stdout and "--node-rank 1" in done.stdout
+    assert f"--master-addr {ns_cluster.hosts[0].address}" in done.stdout
+    assert done.stderr == ""
+    assert not (tmp_path / "work-h1").exists()
