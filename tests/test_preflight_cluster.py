@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -83,3 +85,38 @@ def test_dry_run_prints_commands_and_runs_nothing(ns_cluster, tmp_path):
     assert f"--master-addr {ns_cluster.hosts[0].address}" in done.stdout
     assert done.stderr == ""
     assert not (tmp_path / "work-h1").exists()
+
+
+def wait_until_clean(cluster, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            no_torchrun_left(cluster)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_ctrl_c_mid_run_exits_130_writes_report_and_leaves_nothing(ns_cluster, tmp_path):
+    hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", ns_cluster.hosts[:3],
+                                    port=29613)
+    report_path = tmp_path / "report.json"
+    proc = subprocess.Popen([sys.executable, "-m", "ddpcheck", "preflight", str(hosts_yaml),
+                             "--json", str(report_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait until torchrun runs on every host
+        seen.append(line)
+        if sum("launched torchrun" in s for s in seen) == 3:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(seen) + err + out
+    report = json.loads(report_path.read_text())
+    assert report["verdict"] == "interrupted" and report["exit_code"] == 130
+    assert [h["name"] for h in report["hosts"]] == ["h1", "h2", "h3"]
+    wait_until_clean(ns_cluster)

@@ -1,0 +1,174 @@
+"""Unit tests for ddpcheck.plan: golden commands, quoting, backend/slot resolution."""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ddpcheck.plan import (LaunchOptions, plan_launch, remote_command, resolve_backend,
+                           resolve_slots, stage0_command)
+from ddpcheck.spec import Backend, ClusterSpec, HostSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+HOSTILE = "$(touch /tmp/pwned); echo x"
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        pytest.fail(f"golden written, re-run: {path}")
+    expected = path.read_text()
+    if text != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
+                                            f"golden/{name}", "actual"))
+        pytest.fail(f"output differs from golden/{name}:\n{diff}")
+
+
+def make_spec(master: str = "") -> ClusterSpec:
+    hosts = (
+        HostSpec(name="node-a", address="10.0.0.1", python="/opt/py/bin/python3",
+                 env={"NCCL_DEBUG": "INFO", "EVIL": HOSTILE}, workdir="/tmp/ddp work"),
+        HostSpec(name="node-b", address="10.0.0.2", user="alice", port=2222,
+                 env={"OMP_NUM_THREADS": "4"}, workdir="/scratch/ddp", slots=2),
+        HostSpec(name="node-c", address="node-c.example.org"),
+    )
+    return ClusterSpec(hosts=hosts, master=master, rendezvous_port=29511)
+
+
+SLOTS = {"node-a": 1, "node-b": 2, "node-c": 3}
+
+
+def render_launches(launches) -> str:
+    return "".join(f"# {l.host} node_rank={l.node_rank} slots={l.slots}\n{l.command}\n"
+                   for l in launches)
+
+
+def test_plan_launch_golden():
+    launches = plan_launch(make_spec(), SLOTS, Backend.GLOO,
+                           LaunchOptions(deadline_s=90.5, rendezvous_timeout_s=15,
+                                         collective_timeout_s=20, iterations=7),
+                           run_id="run-123")
+    check_golden("plan_launch.txt", render_launches(launches))
+
+
+def test_plan_launch_default_options_golden():
+    launches = plan_launch(make_spec(master="node-b"), SLOTS, Backend.NCCL)
+    check_golden("plan_launch_master_b.txt", render_launches(launches))
+
+
+def test_stage0_golden():
+    text = "".join(f"# {h.name}\n{stage0_command(h, 30.0)}\n" for h in make_spec().hosts)
+    check_golden("stage0.txt", text)
+
+
+def test_hostile_env_value_is_one_quoted_token():
+    host = make_spec().hosts[0]
+    for command in (stage0_command(host, 30), plan_launch(make_spec(), SLOTS, Backend.GLOO)[0].command):
+        tokens = shlex.split(command)
+        assert f"EVIL={HOSTILE}" in tokens
+        assert "NCCL_DEBUG=INFO" in tokens
+        assert "PYTHONUNBUFFERED=1" in tokens
+        # the workdir with a space stays one token (mkdir -p, cd)
+        assert tokens[:3] == ["mkdir", "-p", "/tmp/ddp work"]
+        assert tokens[4:6] == ["cd", "/tmp/ddp work"]
+        assert "$(" not in command.replace(shlex.quote(f"EVIL={HOSTILE}"), "")
+
+
+def test_stage0_argv_tail():
+    host = make_spec().hosts[0]
+    tokens = shlex.split(stage0_command(host, 12.5))
+    assert tokens[-6:] == ["/opt/py/bin/python3", "-m", "ddpcheck.agent", "facts",
+                           "--deadline", "12.5"]
+    assert "exec" in tokens and tokens[tokens.index("exec") + 1] == "env"
+
+
+def test_hostile_command_does_not_execute(tmp_path):
+    pwned = tmp_path / "pwned"
+    evil = f"$(touch {pwned}); echo x `touch {pwned}` ; touch {pwned}"
+    workdir = tmp_path / "work dir; touch pwned2"
+    host = HostSpec(name="h", address="h", env={"EVIL": evil}, workdir=str(workdir))
+    result = subprocess.run(["/bin/sh", "-c", remote_command(host, ["true"])],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert not pwned.exists()
+    assert not Path("pwned2").exists()
+    assert workdir.is_dir()  # the workdir (with space and ;) was created literally
+
+    # and the value reaches the program byte for byte, in the workdir
+    probe = ["/bin/sh", "-c", 'printf "%s|%s" "$EVIL" "$PWD"']
+    result = subprocess.run(["/bin/sh", "-c", remote_command(host, probe)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{evil}|{workdir}"
+    assert not pwned.exists()
+
+
+def test_extra_env_overrides_host_env_and_base():
+    host = HostSpec(name="h", address="h", env={"A": "host", "PYTHONUNBUFFERED": "0"})
+    tokens = shlex.split(remote_command(host, ["true"], {"A": "extra"}))
+    assert "A=extra" in tokens and "A=host" not in tokens
+    assert "PYTHONUNBUFFERED=0" in tokens and "PYTHONUNBUFFERED=1" not in tokens
+
+
+def _torchrun_opt(command: str, flag: str) -> str:
+    tokens = shlex.split(command)
+    return tokens[tokens.index(flag) + 1]
+
+
+def test_node_ranks_nnodes_and_master_first_host():
+    spec = make_spec()
+    launches = plan_launch(spec, SLOTS, Backend.GLOO)
+    assert [l.host for l in launches] == ["node-a", "node-b", "node-c"]
+    assert [l.node_rank for l in launches] == [0, 1, 2]
+    assert [l.slots for l in launches] == [1, 2, 3]
+    for l in launches:
+        assert _torchrun_opt(l.command, "--node-rank") == str(l.node_rank)
+        assert _torchrun_opt(l.command, "--nnodes") == "3"
+        assert _torchrun_opt(l.command, "--nproc-per-node") == str(l.slots)
+        assert _torchrun_opt(l.command, "--master-addr") == "10.0.0.1"
+        assert _torchrun_opt(l.command, "--master-port") == "29511"
+        assert _torchrun_opt(l.command, "--expected-world-size") == "6"
+        assert _torchrun_opt(l.command, "--backend") == "gloo"
+        assert _torchrun_opt(l.command, "--host") == l.host
+        assert "--rdzv-id" not in shlex.split(l.command)
+
+
+def test_master_set_to_second_host():
+    launches = plan_launch(make_spec(master="node-b"), SLOTS, Backend.NCCL,
+                           run_id="abc")
+    # node ranks still follow host order; only the address changes
+    assert [l.node_rank for l in launches] == [0, 1, 2]
+    for l in launches:
+        assert _torchrun_opt(l.command, "--master-addr") == "10.0.0.2"
+        assert _torchrun_opt(l.command, "--backend") == "nccl"
+        assert _torchrun_opt(l.command, "--rdzv-id") == "abc"
+
+
+def test_unknown_master_falls_back_to_first_host():
+    launches = plan_launch(make_spec(master="nope"), SLOTS, Backend.GLOO)
+    assert _torchrun_opt(launches[2].command, "--master-addr") == "10.0.0.1"
+
+
+def test_resolve_backend():
+    assert resolve_backend(Backend.AUTO, {"a": 1, "b": 8}) is Backend.NCCL
+    assert resolve_backend(Backend.AUTO, {"a": 1, "b": 0}) is Backend.GLOO
+    assert resolve_backend(Backend.AUTO, {}) is Backend.GLOO
+    assert resolve_backend(Backend.GLOO, {"a": 4}) is Backend.GLOO
+    assert resolve_backend(Backend.NCCL, {"a": 0}) is Backend.NCCL
+
+
+def test_resolve_slots():
+    given = HostSpec(name="h", address="h", slots=3)
+    plain = HostSpec(name="h", address="h")
+    assert resolve_slots(given, 8, local=False) == 3
+    assert resolve_slots(given, 0, local=True) == 3
+    assert resolve_slots(plain, 4, local=False) == 4
+    assert resolve_slots(plain, 4, local=True) == 4
+    assert resolve_slots(plain, 0, local=False) == 1
+    assert resolve_slots(plain, 0, local=True) == 2
