@@ -135,9 +135,6 @@ def test_rank_record_statuses_and_nested():
     assert rec.collectives == ({"op": "all_reduce"}, {"op": "b"})
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="bug: collect._opt_int crashes on strings like '--5' or '²' "
-                          "(str.lstrip('-').isdigit() accepts them, int() does not)")
 @pytest.mark.parametrize("value", ["--5", "²"])
 def test_rank_record_int_like_strings_do_not_crash(value):
     assert rank_record({"rank": value}, "h").rank is None
