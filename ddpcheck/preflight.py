@@ -38,9 +38,8 @@ class PreflightOptions:
 class Progress:
     """A line per host on stderr as its state changes, with seconds since start."""
 
-    def __init__(self, stream: TextIO = sys.stderr, verbose: bool = False) -> None:
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
-        self.verbose = verbose
         self.started = time.monotonic()
         self.lock = threading.Lock()
 
@@ -123,6 +122,8 @@ class PreflightRun:
         def run_one(host_plan):
             self.progress.host(host_plan.host, f"launched torchrun: node rank "
                                                f"{host_plan.node_rank}, {host_plan.slots} rank(s)")
+            if self.options.verbose:
+                self.progress.host(host_plan.host, f"command: {host_plan.command}")
             deadline = min(self.deadline, time.monotonic() + launch_options.deadline_s + 10)
             result = self.sessions[host_plan.host].run(host_plan.command, deadline, self.cancel)
             self.record_launch(host_plan.host, result)
@@ -244,4 +245,4 @@ def summary_of(lines: list[str] | tuple[str, ...]) -> str:
 
 def run_preflight(spec: ClusterSpec, options: PreflightOptions,
                   progress: Optional[Progress] = None) -> Report:
-    return PreflightRun(spec, options, progress or Progress(verbose=options.verbose)).run()
+    return PreflightRun(spec, options, progress or Progress()).run()

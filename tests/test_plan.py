@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import difflib
 import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from goldenfile import check_golden
+
 from ddpcheck.plan import (LaunchOptions, plan_launch, remote_command, resolve_backend,
                            resolve_slots, stage0_command)
 from ddpcheck.spec import Backend, ClusterSpec, HostSpec
 
-GOLDEN = Path(__file__).parent / "golden"
 HOSTILE = "$(touch /tmp/pwned); echo x"
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        pytest.fail(f"golden written, re-run: {path}")
-    expected = path.read_text()
-    if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
-                                            f"golden/{name}", "actual"))
-        pytest.fail(f"output differs from golden/{name}:\n{diff}")
 
 
 def make_spec(master: str = "") -> ClusterSpec:

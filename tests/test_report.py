@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from pathlib import Path
 
 import pytest
 
+from goldenfile import check_golden
+
 from ddpcheck.records import (Finding, HostRecord, RankRecord, RankStatus, Severity,
                               Verdict)
 from ddpcheck.report import SCHEMA, Report, render_table, to_json, to_json_dict
 
-GOLDEN = Path(__file__).parent / "golden"
-INTERFACE = Path("/work/shared/INTERFACE.md")
+# The interface contract, kept beside the repository (../shared/INTERFACE.md).
+INTERFACE = Path(__file__).resolve().parents[2] / "shared" / "INTERFACE.md"
 
 VERSIONS = {"python": "3.11.7", "torch": "2.3.0"}
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        pytest.fail(f"golden written, re-run: {path}")
-    expected = path.read_text()
-    if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
-                                            f"golden/{name}", "actual"))
-        pytest.fail(f"output differs from golden/{name}:\n{diff}")
 
 
 def healthy_report() -> Report:
