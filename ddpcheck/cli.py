@@ -1,6 +1,7 @@
-"""Command line: ``ddpcheck preflight [HOSTS]`` (see INTERFACE.md for the contract).
+"""Command line: ``ddpcheck <command>`` (see INTERFACE.md for the contract).
 
-Arguments -> ClusterSpec + options -> run -> table on stdout, progress on stderr, the JSON
+Each subcommand registers its parser with ``set_defaults(run=...)``; ``run_reported`` is the
+shared frame: arguments -> ClusterSpec -> run -> table on stdout, progress on stderr, the JSON
 report (written even on failure or Ctrl-C) and the exit code. Errors the user can fix are one
 line on stderr with exit 2; never a traceback.
 """
@@ -12,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import __version__
 from .errors import ConfigError, DdpcheckError
@@ -35,22 +36,33 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(torchrun) clusters.")
     parser.add_argument("--version", action="version", version=f"ddpcheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_UsageParser)
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def add_common_options(parser: argparse.ArgumentParser, timeout_s: float) -> None:
+    """The options every command shares: HOSTS, --json, --timeout, -v."""
+    parser.add_argument("hosts", nargs="?", metavar="HOSTS",
+                        help="hosts.yaml; without it, this machine only (no SSH)")
+    parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
+    parser.add_argument("--timeout", type=_positive, default=timeout_s, metavar="SECONDS",
+                        help=f"hard deadline for the whole command (default {timeout_s:g})")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def register_preflight(sub) -> None:
     pre = sub.add_parser("preflight", help="full check before a multi-node job",
                          description="Check every host of HOSTS (or this machine) and run a "
                                      "probe on every rank with torchrun.")
-    pre.add_argument("hosts", nargs="?", metavar="HOSTS",
-                     help="hosts.yaml; without it, this machine only (no SSH)")
-    pre.add_argument("--json", metavar="FILE", help="write the JSON report here")
-    pre.add_argument("--timeout", type=_positive, default=180.0, metavar="SECONDS",
-                     help="hard deadline for the whole command (default 180)")
+    add_common_options(pre, 180.0)
     pre.add_argument("--collective-timeout", type=_positive, default=30.0, metavar="SECONDS",
                      help="process group timeout for the ranks (default 30; torch's is 10-30 min)")
     pre.add_argument("--rendezvous-timeout", type=_positive, default=30.0, metavar="SECONDS",
                      help="torchrun rendezvous timeout (default 30; torch's is 600)")
     pre.add_argument("--dry-run", action="store_true",
                      help="print each host's exact commands and run nothing")
-    pre.add_argument("-v", "--verbose", action="store_true")
-    return parser
+    pre.set_defaults(run=preflight_command)
 
 
 def _positive(text: str) -> float:
@@ -98,11 +110,11 @@ def write_report(path: str, report: Report) -> None:
     os.replace(tmp, path)
 
 
-def interrupted_report(spec: Optional[ClusterSpec], started: float) -> Report:
+def interrupted_report(command: str, spec: Optional[ClusterSpec], started: float) -> Report:
     from .records import HostRecord
 
     hosts = tuple(HostRecord(h.name, h.address) for h in spec.hosts) if spec else ()
-    return Report("preflight", Verdict.INTERRUPTED, EXIT_INTERRUPTED,
+    return Report(command, Verdict.INTERRUPTED, EXIT_INTERRUPTED,
                   time.monotonic() - started, None, None, None, hosts, (), (),
                   source=spec.source if spec else "")
 
@@ -111,15 +123,36 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Report],
+                 render: Callable[[Report], str] = render_table) -> int:
+    """The shared frame of a command: load the spec (exit 2 on a config error), run, and always
+    write the JSON report, partial or ``interrupted`` when the run was cut short."""
     started = time.monotonic()
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # killed by a scheduler: clean up too
     try:
         spec = load_spec(args.hosts)
     except ConfigError as exc:
         print(f"ddpcheck: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    report: Optional[Report] = None
+    try:
+        report = execute(spec)
+    except KeyboardInterrupt:
+        report = interrupted_report(args.command, spec, started)
+    except DdpcheckError as exc:
+        print(f"ddpcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if args.json:
+            try:
+                write_report(args.json, report or interrupted_report(args.command, spec, started))
+            except OSError as exc:
+                print(f"ddpcheck: cannot write {args.json}: {exc}", file=sys.stderr)
+    sys.stdout.write(render(report))
+    sys.stdout.flush()
+    return report.exit_code
+
+
+def preflight_command(args: argparse.Namespace) -> int:
     from .plan import LaunchOptions
     from .preflight import PreflightOptions, run_preflight
 
@@ -129,25 +162,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
                              collective_timeout_s=max(int(args.collective_timeout), 1)))
     if args.dry_run:
+        try:
+            spec = load_spec(args.hosts)
+        except ConfigError as exc:
+            print(f"ddpcheck: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         sys.stdout.write(dry_run_text(spec, options))
         return 0
-    report: Optional[Report] = None
-    try:
-        report = run_preflight(spec, options)
-    except KeyboardInterrupt:
-        report = interrupted_report(spec, started)
-    except DdpcheckError as exc:
-        print(f"ddpcheck: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        if args.json:
-            try:
-                write_report(args.json, report or interrupted_report(spec, started))
-            except OSError as exc:
-                print(f"ddpcheck: cannot write {args.json}: {exc}", file=sys.stderr)
-    sys.stdout.write(render_table(report))
-    sys.stdout.flush()
-    return report.exit_code
+    return run_reported(args, lambda spec: run_preflight(spec, options))
+
+
+# Each entry adds one subcommand to the parser; its parser sets ``run``.
+COMMANDS: list[Callable[[Any], None]] = [register_preflight]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # killed by a scheduler: clean up too
+    return args.run(args)
 
 
 def entry_point() -> None:

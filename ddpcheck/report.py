@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from tabulate import tabulate
 
@@ -32,10 +32,14 @@ class Report:
     source: str = ""
     master: Optional[str] = None
     collectives: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    pairs: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # bandwidth --pairwise
+    stacks: Mapping[str, str] = field(default_factory=dict)  # hang: rank -> stack
+    # Command-specific top-level JSON sections (never one of the keys above).
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def to_json_dict(report: Report) -> dict[str, Any]:
-    return {
+    data = {
         "schema": SCHEMA,
         "command": report.command,
         "verdict": report.verdict.value,
@@ -64,6 +68,13 @@ def to_json_dict(report: Report) -> dict[str, Any]:
         } for f in report.findings],
         "collectives": [dict(c) for c in report.collectives],
     }
+    if report.pairs or report.command == "bandwidth":
+        data["pairs"] = [dict(p) for p in report.pairs]
+    if report.stacks or report.command == "hang":
+        data["stacks"] = dict(report.stacks)
+    for key, value in report.extra.items():
+        data.setdefault(key, value)
+    return data
 
 
 def to_json(report: Report) -> str:
