@@ -1,6 +1,9 @@
 """The host agent: what the launcher runs on each host (``python -m ddpcheck.agent``).
 
 ``facts``: stage 0, this host's facts (hostname, python, torch import, GPUs) as one marked line.
+``listen`` / ``reach``: the rendezvous check before torchrun: the master host listens on the
+rendezvous port while every host connects to it, so a firewall or a wrong address is named in
+seconds instead of after torchrun's join timeout.
 ``launch``: runs torchrun with the probe under a dead-man deadline, passes its output through,
 and kills torchrun and every rank on deadline, SIGHUP (the ssh connection closed), SIGTERM or
 SIGINT. Imports only the standard library (torch is imported in a child, with a deadline), so
@@ -107,6 +110,74 @@ def collect_facts(deadline_s: float) -> dict[str, Any]:
     return facts
 
 
+def listen(port: int, deadline_s: float, expect: int) -> dict[str, Any]:
+    """Accept connections on ``port`` until ``expect`` peers said their name or the deadline.
+
+    The peer closes first (it waits for our "ok"), so TIME_WAIT stays on its side and the port
+    is free for torchrun's store right after."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        server.bind(("", port))
+        server.listen(max(expect, 1) + 8)
+    except OSError as exc:
+        server.close()
+        return {"ok": False, "port": port, "error": f"cannot listen on port {port}: "
+                                                    f"{exc.strerror or exc}"}
+    emit("listening", {"port": port})
+    peers: list[dict[str, str]] = []
+    ends = time.monotonic() + deadline_s
+    try:
+        while len(peers) < expect and time.monotonic() < ends:
+            server.settimeout(max(ends - time.monotonic(), 0.01))
+            try:
+                conn, address = server.accept()
+            except (socket.timeout, OSError):
+                break
+            with conn:
+                conn.settimeout(max(ends - time.monotonic(), 0.5))
+                try:
+                    name = conn.recv(256).decode(errors="replace").strip()
+                    conn.sendall(b"ok\n")
+                    conn.recv(16)  # EOF: the peer closed first
+                except OSError:
+                    continue
+            peers.append({"name": name, "address": address[0]})
+    finally:
+        server.close()
+    return {"ok": True, "port": port, "peers": peers}
+
+
+def reach(address: str, port: int, name: str, timeout_s: float) -> dict[str, Any]:
+    """Connect to ``address:port`` until it answers or ``timeout_s`` passes (the listener may
+    start a moment after us: a refused connection is retried)."""
+    started = time.monotonic()
+    ends = started + timeout_s
+    last = "no attempt"
+    attempts = 0
+    while time.monotonic() < ends:
+        attempts += 1
+        try:
+            with socket.create_connection((address, port),
+                                          timeout=max(min(ends - time.monotonic(), 2.0), 0.1)) \
+                    as conn:
+                conn.settimeout(max(ends - time.monotonic(), 0.5))
+                conn.sendall(name.encode() + b"\n")
+                if conn.recv(16).startswith(b"ok"):
+                    return {"ok": True, "address": address, "port": port, "attempts": attempts,
+                            "elapsed_s": round(time.monotonic() - started, 3)}
+                last = "the port answered but not as the ddpcheck listener"
+        except socket.timeout:
+            last = "connection timed out (packets dropped: a firewall?)"
+        except ConnectionRefusedError:
+            last = "connection refused (nothing listening, or a firewall rejecting)"
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        time.sleep(0.2)
+    return {"ok": False, "address": address, "port": port, "attempts": attempts,
+            "elapsed_s": round(time.monotonic() - started, 3), "error": last}
+
+
 def descendants(root: int) -> list[int]:
     """Every live descendant of ``root``, read from /proc (no psutil needed on the host)."""
     children: dict[int, list[int]] = {}
@@ -199,6 +270,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     facts = sub.add_parser("facts", help="stage 0: print this host's facts")
     facts.add_argument("--deadline", type=float, default=60.0)
+    listener = sub.add_parser("listen", help="accept rendezvous check connections on PORT")
+    listener.add_argument("--port", type=int, required=True)
+    listener.add_argument("--deadline", type=float, default=10.0)
+    listener.add_argument("--expect", type=int, default=1)
+    reacher = sub.add_parser("reach", help="connect to the rendezvous check listener")
+    reacher.add_argument("--address", required=True)
+    reacher.add_argument("--port", type=int, required=True)
+    reacher.add_argument("--name", default=socket.gethostname())
+    reacher.add_argument("--timeout", type=float, default=5.0)
     launch = sub.add_parser("launch", help="run torchrun ARGS under a deadline")
     launch.add_argument("--deadline", type=float, default=120.0)
     launch.add_argument("torchrun_args", nargs=argparse.REMAINDER)
@@ -206,6 +286,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.action == "facts":
         emit("facts", collect_facts(args.deadline))
+        return 0
+    if args.action == "listen":
+        emit("listen", listen(args.port, args.deadline, args.expect))
+        return 0
+    if args.action == "reach":
+        emit("reach", reach(args.address, args.port, args.name, args.timeout))
         return 0
 
     torchrun_args = args.torchrun_args

@@ -60,6 +60,19 @@ def register_preflight(sub) -> None:
                      help="process group timeout for the ranks (default 30; torch's is 10-30 min)")
     pre.add_argument("--rendezvous-timeout", type=_positive, default=30.0, metavar="SECONDS",
                      help="torchrun rendezvous timeout (default 30; torch's is 600)")
+    pre.add_argument("--seed", type=int, metavar="N",
+                     help="seed Python, NumPy and torch with N on every rank, then check that "
+                          "every rank's RNG state is the same")
+    pre.add_argument("--setup", metavar="MODULE:FUNCTION",
+                     help="call your own set-up (e.g. seed_everything) on every rank first, so "
+                          "your code is what gets checked; FILE.py:FUNCTION works too; the "
+                          "function gets --seed when it takes an argument")
+    pre.add_argument("--ddp-steps", type=_count, default=3, metavar="K",
+                     help="steps of the tiny DDP run that checks parameters stay equal "
+                          "(default 3)")
+    pre.add_argument("--skip", type=_skip_list, default=frozenset(), metavar="CHECK[,CHECK]",
+                     help="leave out: consistency (fingerprints and the tiny DDP run), "
+                          "rendezvous (the port check before torchrun)")
     pre.add_argument("--dry-run", action="store_true",
                      help="print each host's exact commands and run nothing")
     pre.set_defaults(run=preflight_command)
@@ -75,6 +88,28 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+SKIPPABLE = ("consistency", "rendezvous")
+
+
+def _skip_list(text: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - set(SKIPPABLE))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"cannot skip {', '.join(unknown)} "
+                                         f"(choose from {', '.join(SKIPPABLE)})")
+    return names
+
+
 def load_spec(hosts: Optional[str]) -> ClusterSpec:
     from .config import load_hosts_file, local_cluster_spec
 
@@ -86,7 +121,9 @@ def load_spec(hosts: Optional[str]) -> ClusterSpec:
 def dry_run_text(spec: ClusterSpec, options) -> str:
     """Each host's exact commands: stage 0, then torchrun (slots from hosts.yaml, else 1 per
     GPU: shown as planned for a host without GPUs, since stage 0 has not run)."""
-    from .plan import plan_launch, resolve_backend, resolve_slots, stage0_command
+    from .plan import (plan_launch, plan_rendezvous_check, resolve_backend, resolve_slots,
+                       stage0_command)
+    from .preflight import REACH_WINDOW_S
     from .transport import ssh_target
 
     slots = {h.name: resolve_slots(h, 0, spec.local) for h in spec.hosts}
@@ -94,11 +131,17 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
     lines = [f"# ddpcheck preflight --dry-run: {len(spec.hosts)} host(s) from {spec.source}",
              f"# backend {backend.value} (auto picks nccl when every host has GPUs); hosts "
              f"without slots: one rank per GPU, shown here as without GPUs"]
+    check = (plan_rendezvous_check(spec, REACH_WINDOW_S)
+             if options.rendezvous_check and not spec.local else None)
     for host, launch in zip(spec.hosts, plan_launch(spec, slots, backend, options.launch)):
         where = "local" if spec.local else f"ssh {ssh_target(host)}"
         lines += [f"# {host.name} (node rank {launch.node_rank}, {launch.slots} rank(s)) "
-                  f"via {where}",
-                  stage0_command(host, 58), launch.command]
+                  f"via {where}", stage0_command(host, 58)]
+        if check is not None:
+            if host.name == check.master:
+                lines.append(check.listen_command + "  # at the same time as:")
+            lines.append(check.reach_commands[host.name])
+        lines.append(launch.command)
     return "\n".join(lines) + "\n"
 
 
@@ -158,9 +201,12 @@ def preflight_command(args: argparse.Namespace) -> int:
 
     options = PreflightOptions(
         timeout_s=args.timeout, verbose=args.verbose,
+        rendezvous_check="rendezvous" not in args.skip,
         launch=LaunchOptions(deadline_s=args.timeout,
                              rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
-                             collective_timeout_s=max(int(args.collective_timeout), 1)))
+                             collective_timeout_s=max(int(args.collective_timeout), 1),
+                             seed=args.seed, setup=args.setup, ddp_steps=args.ddp_steps,
+                             consistency="consistency" not in args.skip))
     if args.dry_run:
         try:
             spec = load_spec(args.hosts)

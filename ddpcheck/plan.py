@@ -29,6 +29,10 @@ class LaunchOptions:
     rendezvous_timeout_s: int = 30  # torchrun static rendezvous (default 600)
     collective_timeout_s: int = 30  # process group timeout (default 10 min NCCL, 30 min gloo)
     iterations: int = 20  # repeats for latency medians
+    seed: Optional[int] = None  # --seed: every rank seeds with it, RNG states are compared
+    setup: Optional[str] = None  # --setup MODULE:FUNCTION run on every rank first
+    ddp_steps: int = 3  # steps of the tiny DDP run
+    consistency: bool = True  # fingerprints and the tiny DDP run
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,49 @@ def plan_launch(spec: ClusterSpec, slots_by_host: Mapping[str, int], backend: Ba
             "--collective-timeout", str(options.collective_timeout_s),
             "--deadline", _num(options.deadline_s),
             "--iterations", str(options.iterations),
+            *consistency_args(options),
         ]
         argv = [host.python, "-m", "ddpcheck.agent", "launch",
                 "--deadline", _num(options.deadline_s), "--", *torchrun_args, *probe_args]
         launches.append(HostLaunch(host.name, node_rank, slots, remote_command(host, argv)))
     return launches
+
+
+def consistency_args(options: LaunchOptions) -> list[str]:
+    """The probe's consistency options, only where they differ from its defaults."""
+    args: list[str] = []
+    if options.seed is not None:
+        args += ["--seed", str(options.seed)]
+    if options.setup:
+        args += ["--setup", options.setup]
+    if options.ddp_steps != LaunchOptions.ddp_steps:
+        args += ["--ddp-steps", str(options.ddp_steps)]
+    if not options.consistency:
+        args.append("--no-consistency")
+    return args
+
+
+@dataclass(frozen=True)
+class RendezvousCheck:
+    """The check before torchrun: the master listens on the rendezvous port while every host
+    (the master too) connects to the address torchrun will be given."""
+
+    master: str
+    listen_command: str
+    reach_commands: Mapping[str, str]
+
+
+def plan_rendezvous_check(spec: ClusterSpec, window_s: float) -> RendezvousCheck:
+    master = spec.master_host
+    port = str(spec.rendezvous_port)
+    listen = remote_command(master, [
+        master.python, "-m", "ddpcheck.agent", "listen", "--port", port,
+        "--deadline", _num(window_s + 2.0), "--expect", str(len(spec.hosts))])
+    reach = {host.name: remote_command(host, [
+        host.python, "-m", "ddpcheck.agent", "reach", "--address", master_address(spec),
+        "--port", port, "--name", host.name, "--timeout", _num(window_s)])
+        for host in spec.hosts}
+    return RendezvousCheck(master.name, listen, reach)
 
 
 def _num(value: float) -> str:

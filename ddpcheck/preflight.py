@@ -1,7 +1,8 @@
 """Preflight: the one way through, spec -> report, with the I/O at this edge.
 
-connect + stage 0 on every host (one fan-out) -> plan -> torchrun + probe on every host (one
-fan-out) -> collect -> analyze -> report. A host that fails before launch keeps torchrun from
+connect + stage 0 on every host (one fan-out) -> the rendezvous check (the master listens on
+the rendezvous port, every host connects: one fan-out) -> plan -> torchrun + probe on every
+host (one fan-out) -> collect -> analyze -> report. A host that fails before launch keeps torchrun from
 starting anywhere: a world with a missing node can only hang until the rendezvous timeout.
 The partial state is kept as hosts progress, so an interrupted or timed-out run still reports
 what each host reached.
@@ -19,13 +20,15 @@ from typing import Optional, TextIO
 from . import analyze
 from .collect import parse_output, rank_record, tail
 from .errors import HostError
-from .plan import LaunchOptions, plan_launch, resolve_backend, resolve_slots, stage0_command
+from .plan import (LaunchOptions, plan_launch, plan_rendezvous_check, resolve_backend,
+                   resolve_slots, stage0_command)
 from .records import Finding, HostRecord, RankRecord, Severity, Verdict
 from .report import Report
 from .spec import ClusterSpec, HostSpec
 from .transport import CommandResult, LocalSession, Session, SSHSession, fan_out
 
 STAGE0_DEADLINE_S = 60.0
+REACH_WINDOW_S = 5.0  # how long a host keeps trying the master's rendezvous port
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class PreflightOptions:
     timeout_s: float = 180.0  # the whole command
     launch: LaunchOptions = LaunchOptions()
     verbose: bool = False
+    rendezvous_check: bool = True  # connect to master:port from every host before torchrun
 
 
 class Progress:
@@ -103,6 +107,38 @@ class PreflightRun:
                 f"torch {facts.get('torch')} (import {facts.get('import_s')}s), {gpus} GPU(s) "
                 f"in {result.duration_s:.1f}s"))
 
+    # -- rendezvous check ------------------------------------------------------------
+    def check_rendezvous(self) -> None:
+        """Every host connects to master:port while the master listens there; a host that
+        cannot is named now, in seconds, instead of after torchrun's join timeout."""
+        check = plan_rendezvous_check(self.spec, REACH_WINDOW_S)
+        master = self.spec.master_host
+        target = f"{master.name} {master.address}:{self.spec.rendezvous_port}"
+        self.progress.say(f"rendezvous check: every host connects to {target}")
+        jobs = [("listen", check.master, check.listen_command)] + [
+            ("reach", name, command) for name, command in check.reach_commands.items()]
+        deadline = min(self.deadline, time.monotonic() + REACH_WINDOW_S + 15.0)
+
+        def run_one(job: tuple[str, str, str]) -> None:
+            kind, name, command = job
+            result = self.sessions[name].run(command, deadline, self.cancel)
+            parsed = parse_output(result.output)
+            outcome = parsed.listen if kind == "listen" else parsed.reach
+            if outcome is None:
+                why = "no answer" if result.timed_out else summary_of(parsed.stray)
+                self.update(name, error=f"rendezvous check: {kind} gave no result ({why})",
+                            error_check="rendezvous", stage="rendezvous")
+            elif not outcome.get("ok"):
+                error = (f"{outcome.get('error')} on the master" if kind == "listen" else
+                         f"cannot connect to master {target}: {outcome.get('error')} "
+                         f"(tried {outcome.get('elapsed_s')}s)")
+                self.update(name, error=error, error_check="rendezvous", stage="rendezvous")
+                self.progress.host(name, f"failed rendezvous check: {error}")
+            elif kind == "reach":
+                self.progress.host(name, f"reached {target} in {outcome.get('elapsed_s')}s")
+
+        fan_out(jobs, run_one, len(jobs), self.cancel)
+
     # -- launch ------------------------------------------------------------------------
     def launch(self) -> None:
         specs = self.spec.hosts
@@ -171,6 +207,10 @@ class PreflightRun:
         interrupted = False
         try:
             fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
+            if (self.options.rendezvous_check and not self.spec.local
+                    and not any(h.error for h in self.hosts.values())
+                    and not self.cancel.is_set()):
+                self.check_rendezvous()
             failed = [h for h in self.hosts.values() if h.error]
             if failed:
                 names = ", ".join(h.name for h in failed)
@@ -195,11 +235,16 @@ class PreflightRun:
     def build_report(self, interrupted: bool) -> Report:
         hosts = [self.hosts[h.name] for h in self.spec.hosts]
         failed_hosts = frozenset(h.name for h in hosts if h.error)
-        findings = analyze.host_findings(hosts) + self.extra_findings
+        findings = analyze.host_findings(hosts, self.pinned_interfaces()) + self.extra_findings
+        drift_rows: list[dict] = []
         if self.slots:
             findings += analyze.rank_findings(self.ranks, self.slots,
                                               {h.name: h.gpus for h in hosts},
                                               self.backend or "", failed_hosts)
+            launch = self.options.launch
+            drifted, drift_rows = analyze.drift_report(
+                self.ranks, seeded=launch.seed is not None or bool(launch.setup))
+            findings += drifted
         findings = analyze.mark_single_root_cause(analyze.order_findings(findings))
         verdict = analyze.verdict(findings, hosts, interrupted)
         ranks = sorted(self.ranks, key=lambda r: (r.rank is None, r.rank or 0))
@@ -213,7 +258,13 @@ class PreflightRun:
             hosts=tuple(hosts), ranks=tuple(ranks), findings=tuple(findings),
             source=self.spec.source,
             master=f"{self.spec.master_host.address}:{self.spec.rendezvous_port}",
-            collectives=tuple(root.collectives) if root else ())
+            collectives=tuple(root.collectives) if root else (),
+            extra={"drift": drift_rows} if drift_rows else {})
+
+    def pinned_interfaces(self) -> frozenset[str]:
+        """Hosts whose ranks are told their interface (a hostname on loopback is then harmless)."""
+        names = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME")
+        return frozenset(h.name for h in self.spec.hosts if any(n in h.env for n in names))
 
 
 def stage0_error(host: HostSpec, result: CommandResult, facts: dict,

@@ -74,6 +74,8 @@ class RankRecord:
     all_reduce_wrong: Optional[int] = None
     versions: Mapping[str, Optional[str]] = field(default_factory=dict)
     collectives: tuple[Mapping[str, Any], ...] = ()
+    # versions, settings, env, rng (when seeded), ddp: what drift compares across ranks
+    fingerprint: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,10 @@ def render_table(report: Report) -> str:
     lines = header_lines(report)
     lines.append(rank_table(report.hosts, report.ranks))
     lines.append("#")
+    if report.extra.get("drift"):
+        lines.append("# What differs across ranks (the first value of each key is the reference):")
+        lines.append(drift_table(report.extra["drift"]))
+        lines.append("#")
     lines += findings_lines(report.findings)
     lines.append(footer_line(report))
     return "\n".join(lines) + "\n"
@@ -132,6 +136,22 @@ def rank_table(hosts: Sequence[HostRecord], ranks: Sequence[RankRecord]) -> str:
     headers = ["host", "rank", "local", "hostname", "pid", "device", "status",
                "barrier_us", "allreduce_us", "#wrong"]
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def drift_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    table = [[row.get("check"), row.get("key"), _clip(str(row.get("value")), 40),
+              ", ".join(row.get("hosts", [])), _ranks_text(row.get("ranks", [])),
+              "" if row.get("reference") else "<- differs"] for row in rows]
+    return tabulate(table, headers=["check", "key", "value", "hosts", "ranks", ""],
+                    tablefmt="simple", disable_numparse=True)
+
+
+def _ranks_text(ranks: Sequence[int]) -> str:
+    return " ".join(str(r) for r in ranks) if len(ranks) <= 8 else f"{len(ranks)} ranks"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def findings_lines(findings: Sequence[Finding]) -> list[str]:
