@@ -82,7 +82,8 @@ def resolve_with_deadline(name: str, timeout_s: float) -> list[str]:
     def lookup() -> None:
         try:
             infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-            found.extend(sorted({info[4][0] for info in infos}))
+            # in the resolver's order: the first is what binding by hostname picks
+            found.extend(dict.fromkeys(str(info[4][0]) for info in infos))
         except OSError:
             pass
 
