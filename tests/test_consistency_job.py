@@ -17,15 +17,16 @@ JOB = pathlib.Path(__file__).parent / "jobs" / "consistency_job.py"
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outdir = tmp_path_factory.mktemp("job")
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3",
-         "--master-port", "29731", str(JOB), "2"], capture_output=True, text=True, timeout=180,
-        env=env, cwd=tmp_path_factory.mktemp("job"))
+         "--master-port", "29731", str(JOB), str(outdir), "2"], capture_output=True, text=True,
+        timeout=180, env=env, cwd=outdir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found: dict[str, dict[int, dict]] = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
+    for path in outdir.glob("rank*.jsonl"):
+        for line in path.read_text().splitlines():
+            result = json.loads(line)
             found.setdefault(result["scenario"], {})[result["rank"]] = result
     return found
 

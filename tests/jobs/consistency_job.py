@@ -1,7 +1,8 @@
 """A user's training job calling ddpcheck.check_consistency, run under torchrun by the tests.
 
 Scenarios run one after another in the same job (each a collective on every rank); every rank
-prints one ``RESULT {json}`` line per scenario with what check_consistency said.
+writes one JSON line per scenario with what check_consistency said to OUTDIR/rank<N>.jsonl
+(ranks share torchrun's stdout, where lines from different ranks can interleave).
 """
 
 import json
@@ -26,14 +27,14 @@ def outcome(name, call):
     except ddpcheck.ConsistencyError as exc:
         result = {"raised": True, "message": str(exc),
                   "findings": [[f.check, f.rank, f.host, f.message] for f in exc.findings]}
-    print("RESULT " + json.dumps({"scenario": name, "rank": dist.get_rank(), **result}),
-          flush=True)
+    with open(f"{sys.argv[1]}/rank{dist.get_rank()}.jsonl", "a") as out:
+        out.write(json.dumps({"scenario": name, "rank": dist.get_rank(), **result}) + "\n")
 
 
 def main() -> int:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    odd = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    odd = int(sys.argv[2])  # the rank that does things differently
 
     healthy = model()
     optimizer = torch.optim.Adam(healthy.parameters())
