@@ -2,8 +2,9 @@
 
 connect + stage 0 on every host (one fan-out) -> the rendezvous check (the master listens on
 the rendezvous port, every host connects: one fan-out) -> plan -> torchrun + probe on every
-host (one fan-out) -> collect -> analyze -> report. A host that fails before launch keeps torchrun from
-starting anywhere: a world with a missing node can only hang until the rendezvous timeout.
+host (one fan-out) -> collect -> analyze -> report. A host that fails before launch keeps
+torchrun from starting anywhere: a world with a missing node can only hang until the
+rendezvous timeout.
 The partial state is kept as hosts progress, so an interrupted or timed-out run still reports
 what each host reached.
 """

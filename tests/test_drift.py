@@ -77,7 +77,8 @@ def test_soft_generators_are_warnings():
 
 def test_model_dtype_difference_names_rank_and_first_parameter_not_the_checksum():
     odd = ["w", "float64", [2, 2], "cccc"]
-    given = [RankPrint(0, "h1", {"model": params(W, B)}), RankPrint(1, "h1", {"model": params(W, B)}),
+    given = [RankPrint(0, "h1", {"model": params(W, B)}),
+             RankPrint(1, "h1", {"model": params(W, B)}),
              RankPrint(2, "h2", {"model": params(odd, B)})]
     diffs = model_differences(given)
     assert [(d.check, d.key) for d in diffs] == [("dtype", "w")]
