@@ -98,7 +98,7 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
         where = "local" if spec.local else f"ssh {ssh_target(host)}"
         lines += [f"# {host.name} (node rank {launch.node_rank}, {launch.slots} rank(s)) "
                   f"via {where}",
-                  stage0_command(host, 58), launch.command]
+                  stage0_command(host, 58, master=spec.master_host.address), launch.command]
     return "\n".join(lines) + "\n"
 
 
@@ -172,8 +172,14 @@ def preflight_command(args: argparse.Namespace) -> int:
     return run_reported(args, lambda spec: run_preflight(spec, options))
 
 
+def register_node(sub) -> None:
+    from .node import register
+
+    register(sub)
+
+
 # Each entry adds one subcommand to the parser; its parser sets ``run``.
-COMMANDS: list[Callable[[Any], None]] = [register_preflight]
+COMMANDS: list[Callable[[Any], None]] = [register_preflight, register_node]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
