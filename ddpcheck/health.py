@@ -202,14 +202,14 @@ def socket_ifname_problems(variable: str, value: str, interfaces: Mapping[str, A
         return any(name == p if exact else name.startswith(p) for p in patterns)
 
     problems = []
-    if not exclude:
+    selected = [n for n in sorted(interfaces) if matches(n) != exclude]
+    usable = [n for n in selected if not _unusable(n, interfaces[n])]
+    if usable and not exclude:  # NCCL uses what matches; a pattern that matches nothing is a typo
         for pattern in patterns:
             if not any(name == pattern if exact else name.startswith(pattern)
                        for name in interfaces):
                 problems.append((Severity.WARNING, f"{pattern!r} matches no interface on this "
                                  f"host (it has: {have})"))
-    selected = [n for n in sorted(interfaces) if matches(n) != exclude]
-    usable = [n for n in selected if not _unusable(n, interfaces[n])]
     if not usable:
         why = (f"the matching interfaces ({', '.join(selected)}) are down or have no address"
                if selected else "it matches none")
@@ -253,7 +253,9 @@ def route_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) 
     env = facts.get("env") if isinstance(facts.get("env"), Mapping) else {}
     gloo = [n for n in str(env.get("GLOO_SOCKET_IFNAME", "")).split(",") if n]
     through = route.get("interface")
-    if gloo and through and through not in gloo and not _is_loopback(str(route.get("source"))):
+    interfaces = facts.get("interfaces") if isinstance(facts.get("interfaces"), Mapping) else {}
+    if (gloo and through and through not in gloo and all(n in interfaces for n in gloo)
+            and not _is_loopback(str(route.get("source")))):
         return [_finding(Severity.WARNING, "env", host,
                          f"GLOO_SOCKET_IFNAME={','.join(gloo)} but the route to the master "
                          f"{route.get('address')} leaves through {through}")]

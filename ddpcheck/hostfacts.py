@@ -146,9 +146,12 @@ def interface_facts(psutil: Any = None) -> dict[str, dict[str, Any]]:
     for name, facts in interfaces.items():
         own = stats.get(name)
         if own is not None:  # from the kernel's ioctl: right in any network namespace
-            facts["up"] = bool(own.isup)
-            flags = getattr(own, "flags", None)  # psutil >= 5.9.3
-            facts["running"] = ("running" in flags.split(",")) if flags else bool(own.isup)
+            flags = getattr(own, "flags", None)  # psutil >= 5.9.3; its isup needs a carrier
+            if flags:
+                facts["up"] = "up" in flags.split(",")
+                facts["running"] = "running" in flags.split(",")
+            else:
+                facts["up"] = facts["running"] = bool(own.isup)
         else:
             bits = _sys_flags(name) or 0
             facts["up"] = bool(bits & _IFF_UP)

@@ -144,7 +144,7 @@ def _read_initialized(lib: Any) -> dict[str, Any]:
         try:
             handle = reader("handle", "nvmlDeviceGetHandleByIndex", index, absent=None)
             if handle is not None:
-                gpu.update(_read_gpu(reader, handle))
+                _read_gpu(reader, handle, gpu)
                 handles.append(handle)
         except GpuLost as exc:
             gpu["lost"] = str(exc)
@@ -158,9 +158,10 @@ def _read_initialized(lib: Any) -> dict[str, Any]:
     return facts
 
 
-def _read_gpu(read: _Reader, handle: Any) -> dict[str, Any]:
-    gpu: dict[str, Any] = {"name": _text(read("name", "nvmlDeviceGetName", handle)),
-                           "uuid": _text(read("uuid", "nvmlDeviceGetUUID", handle))}
+def _read_gpu(read: _Reader, handle: Any, gpu: dict[str, Any]) -> None:
+    """Fills ``gpu`` as it reads, so a GPU lost halfway keeps what was read (its bus id)."""
+    gpu["name"] = _text(read("name", "nvmlDeviceGetName", handle))
+    gpu["uuid"] = _text(read("uuid", "nvmlDeviceGetUUID", handle))
     pci = read("pci", "nvmlDeviceGetPciInfo", handle, absent=None)
     gpu["bus_id"] = normalize_bus_id(_text(getattr(pci, "busId", NA))) if pci else NA
 
@@ -217,7 +218,6 @@ def _read_gpu(read: _Reader, handle: Any) -> dict[str, Any]:
         "max_width": read("pcie_max_width", "nvmlDeviceGetMaxPcieLinkWidth", handle),
     }
     gpu["nvlink"] = _nvlinks(read, handle)
-    return gpu
 
 
 def _nvlinks(read: _Reader, handle: Any) -> Any:
