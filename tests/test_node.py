@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from slurmctl import NODE, SlurmController, slurm_available
+
 from ddpcheck.node import drain_command, drain_reason, slurm_node_name
 from ddpcheck.records import Finding, Severity
 
@@ -110,3 +114,40 @@ def test_drain_argv_and_reason():
         "scontrol", "update", "NodeName=n1; rm -rf /", "State=DRAIN", "Reason=ddpcheck: env"]
     assert slurm_node_name({"SLURMD_NODENAME": "gpu-a17"}, "host.example.org") == "gpu-a17"
     assert slurm_node_name({}, "gpu017.cluster.example.org") == "gpu017"
+
+
+@pytest.fixture
+def slurm_controller(tmp_path):
+    ok, reason = slurm_available()
+    if not ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"SLURM controller unavailable under CI: {reason}")
+        pytest.skip(f"SLURM controller unavailable: {reason}")
+    controller = SlurmController(tmp_path / "slurm")
+    try:
+        controller.start()
+        yield controller
+    finally:
+        controller.stop()
+
+
+def test_slurm_drain_drains_the_node_on_a_real_controller(slurm_controller, tmp_path):
+    assert "DRAIN" not in slurm_controller.node_state()["State"]
+    report_path = tmp_path / "node.json"
+    done = node("--no-torch", "--gpus", "99", "--slurm-drain", "--node-name", NODE,
+                "--json", str(report_path), env={"SLURM_CONF": str(slurm_controller.conf)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    state = slurm_controller.node_state()
+    assert "DRAIN" in state["State"].split("+"), state
+    assert state["Reason"] == "ddpcheck: gpu_count"
+    drained = json.loads(report_path.read_text())["slurm_drain"]
+    assert drained["drained"] is True and drained["error"] is None
+    assert f"drained SLURM node {NODE}: ddpcheck: gpu_count" in done.stderr
+
+    # a node SLURM does not know: scontrol's own error, and the report says NOT drained
+    done = node("--no-torch", "--gpus", "99", "--slurm-drain", "--node-name", "nosuchnode",
+                "--json", str(report_path), env={"SLURM_CONF": str(slurm_controller.conf)})
+    assert done.returncode == 1
+    drained = json.loads(report_path.read_text())["slurm_drain"]
+    assert drained["drained"] is False and "scontrol exited" in drained["error"]
+    assert "node nosuchnode was NOT drained" in done.stderr
