@@ -277,11 +277,12 @@ def resource_findings(host: str, facts: Mapping[str, Any],
     elif isinstance(shm, Mapping):
         total, free = _number(shm.get("total")), _number(shm.get("free"))
         if total is not None and total < SHM_ERROR_BYTES:
-            add(Severity.ERROR, f"/dev/shm is {format_size(total)} (NCCL's shared-memory transport "
-                                f"and DataLoader workers crash with bus errors; containers: "
-                                f"--shm-size or --ipc=host)")
+            add(Severity.ERROR, f"/dev/shm is {format_size(total)} (NCCL's shared-memory "
+                                f"transport and DataLoader workers crash with bus errors; "
+                                f"containers: --shm-size or --ipc=host)")
         elif free is not None and free < SHM_FREE_ERROR_BYTES:
-            add(Severity.ERROR, f"/dev/shm has {format_size(free)} free of {format_size(total)}")
+            add(Severity.ERROR, f"/dev/shm has {format_size(free)} free of "
+                                f"{format_size(total)}")
         elif total is not None and total < SHM_WARN_BYTES:
             add(Severity.WARNING, f"/dev/shm is only {format_size(total)}")
     workdir = facts.get("workdir")
@@ -290,8 +291,8 @@ def resource_findings(host: str, facts: Mapping[str, Any],
         if workdir.get("writable") is False:
             add(Severity.ERROR, f"workdir {path} is not writable")
         if free is not None and free < DISK_ERROR_BYTES:
-            add(Severity.ERROR, f"workdir {path} has {format_size(free)} free (checkpoints and logs "
-                                f"will fail)")
+            add(Severity.ERROR, f"workdir {path} has {format_size(free)} free (checkpoints and "
+                                f"logs will fail)")
         elif free is not None and free < DISK_WARN_BYTES:
             add(Severity.WARNING, f"workdir {path} has only {format_size(free)} free")
         if workdir.get("inodes_free") == 0:
@@ -301,7 +302,8 @@ def resource_findings(host: str, facts: Mapping[str, Any],
         total, available = _number(memory.get("total")), _number(memory.get("available"))
         if total and available is not None and (
                 available < MEMORY_WARN_BYTES or available < total * MEMORY_WARN_FRACTION):
-            add(Severity.WARNING, f"only {format_size(available)} of {format_size(total)} memory available")
+            add(Severity.WARNING, f"only {format_size(available)} of {format_size(total)} "
+                                  f"memory available")
     limits = facts.get("ulimit")
     if isinstance(limits, Mapping):
         nofile = _limit(limits.get("nofile"))
@@ -311,9 +313,9 @@ def resource_findings(host: str, facts: Mapping[str, Any],
                                   f"descriptors: raise it to at least {NOFILE_WARN}")
         memlock = _limit(limits.get("memlock"))
         if memlock is not None and memlock[0] >= 0 and facts.get("rdma_devices"):
-            add(Severity.WARNING, f"ulimit -l is {format_size(memlock[0])}, not unlimited, on a host "
-                                  f"with RDMA devices ({', '.join(facts['rdma_devices'])}): NCCL "
-                                  f"cannot register its buffers")
+            add(Severity.WARNING, f"ulimit -l is {format_size(memlock[0])}, not unlimited, on a "
+                                  f"host with RDMA devices ({', '.join(facts['rdma_devices'])}): "
+                                  f"NCCL cannot register its buffers")
     return findings
 
 

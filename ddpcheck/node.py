@@ -240,8 +240,8 @@ def interface_lines(facts: Mapping[str, Any]) -> list[str]:
     lines = ["# interfaces: " + "; ".join(parts)]
     route = facts.get("route")
     if isinstance(route, Mapping):
-        lines.append(f"# route to {route.get('master')}: "
-                     f"{route.get('error') or (str(route.get('interface')) + ' from ' + str(route.get('source')))}")
+        through = f"{route.get('interface')} from {route.get('source')}"
+        lines.append(f"# route to {route.get('master')}: {route.get('error') or through}")
     return lines
 
 

@@ -103,10 +103,11 @@ class PreflightRun:
         if error:
             self.progress.host(host.name, f"failed stage 0: {error}")
         else:
+            torch = (f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
+                     if facts.get("torch") else "torch import failed")
             self.progress.host(host.name, (
                 f"checked: hostname {facts.get('hostname')}, python {facts.get('python')}, "
-                f"torch {facts.get('torch')} (import {facts.get('import_s')}s), {gpus} GPU(s) "
-                f"in {result.duration_s:.1f}s"))
+                f"{torch}, {gpus} GPU(s) in {result.duration_s:.1f}s"))
 
     def judge_stage0(self) -> None:
         """Stage-0 health rules on every host that answered (pure, in ``health``). A host with

@@ -107,7 +107,8 @@ def test_bad_options_exit_2(tmp_path):
 def test_drain_argv_and_reason():
     findings = [Finding(Severity.WARNING, "hostname", "w"),
                 Finding(Severity.ERROR, "gpu_health", "a", root_cause=True),
-                Finding(Severity.ERROR, "resources", "b"), Finding(Severity.ERROR, "gpu_health", "c")]
+                Finding(Severity.ERROR, "resources", "b"),
+                Finding(Severity.ERROR, "gpu_health", "c")]
     assert drain_reason(findings) == "ddpcheck: gpu_health, resources"
     hostile = "n1; rm -rf /"
     assert drain_command(hostile, "ddpcheck: env") == [
