@@ -497,7 +497,7 @@ def clock_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) 
                      f"(logs and timestamps disagree across hosts; run NTP/chrony)")]
 
 
-# -- value conversions ------------------------------------------------------------------------
+# -- value conversions ---------------------------------------------------------------
 
 def _number(value: Any) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
