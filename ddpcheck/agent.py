@@ -1,6 +1,8 @@
 """The host agent: what the launcher runs on each host (``python -m ddpcheck.agent``).
 
-``facts``: stage 0, this host's facts (hostname, python, torch import, GPUs) as one marked line.
+``facts``: stage 0, this host's facts as one marked line: hostname, python, the torch import (in
+a child, with a deadline, timed), GPUs through NVML (``nvml``), CPU, memory, disks, ulimits,
+interfaces and the route to the master (``hostfacts``), and its clock for the skew check.
 ``listen`` / ``reach``: the rendezvous check before torchrun: the master host listens on the
 rendezvous port while every host connects to it, so a firewall or a wrong address is named in
 seconds instead of after torchrun's join timeout.
@@ -24,6 +26,8 @@ import sys
 import threading
 import time
 from typing import Any, Optional
+
+from . import hostfacts, nvml
 
 MARK = "@@DDPCHECK"
 _PR_SET_PDEATHSIG = 1
@@ -60,41 +64,60 @@ def set_parent_death_signal(sig: int) -> None:
         pass
 
 
-def torch_facts(timeout_s: float) -> dict[str, Any]:
+def start_torch_facts() -> subprocess.Popen[str]:
+    """The torch import in a child, started first so the other facts are read meanwhile."""
+    return subprocess.Popen([sys.executable, "-c", _TORCH_FACTS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def finish_torch_facts(child: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
     try:
-        done = subprocess.run([sys.executable, "-c", _TORCH_FACTS], capture_output=True,
-                              text=True, timeout=max(timeout_s, 1.0))
+        stdout, stderr = child.communicate(timeout=max(timeout_s, 1.0))
     except subprocess.TimeoutExpired:
-        return {"torch_error": f"import torch did not finish within {timeout_s:.0f}s"}
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]
+        child.kill()
+        child.communicate()
+        return {"torch_error": f"import torch did not finish within {max(timeout_s, 1.0):.0f}s"}
+    if child.returncode != 0:
+        tail = (stderr.strip().splitlines() or ["exit %d" % child.returncode])[-1]
         return {"torch_error": tail}
     try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return {"torch_error": f"unreadable output: {done.stdout[-200:]!r}"}
+        return {"torch_error": f"unreadable output: {stdout[-200:]!r}"}
+
+
+def torch_facts(timeout_s: float) -> dict[str, Any]:
+    return finish_torch_facts(start_torch_facts(), timeout_s)
 
 
 def resolve_with_deadline(name: str, timeout_s: float) -> list[str]:
     """Addresses ``name`` resolves to; a resolver that hangs gives [] after the deadline."""
-    found: list[str] = []
+    return hostfacts.resolve(name, timeout_s)
 
-    def lookup() -> None:
+
+def with_deadline(read, timeout_s: float, what: str) -> dict[str, Any]:
+    """``read()`` in a daemon thread: a driver call that hangs (a GPU gone bad) costs its
+    deadline, not stage 0."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
         try:
-            infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-            # in the resolver's order: the first is what binding by hostname picks
-            found.extend(dict.fromkeys(str(info[4][0]) for info in infos))
-        except OSError:
-            pass
+            result.update(read())
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
+            result["error"] = f"{what}: {type(exc).__name__}: {exc}"
 
-    worker = threading.Thread(target=lookup, daemon=True)
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(timeout_s)
-    return list(found)
+    if worker.is_alive():
+        return {"error": f"{what} did not answer within {timeout_s:.0f}s"}
+    return result
 
 
-def collect_facts(deadline_s: float) -> dict[str, Any]:
+def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: bool = True,
+                  workdir: str = ".") -> dict[str, Any]:
     started = time.monotonic()
+    child = start_torch_facts() if with_torch else None
     hostname = socket.gethostname()
     facts: dict[str, Any] = {
         "hostname": hostname,
@@ -105,9 +128,17 @@ def collect_facts(deadline_s: float) -> dict[str, Any]:
         "time": time.time(),
         "cpus": os.cpu_count(),
     }
-    remaining = deadline_s - (time.monotonic() - started)
-    facts.update(torch_facts(remaining))
+    share = max(min(10.0, deadline_s / 3), 1.0)
+    facts["nvml"] = with_deadline(nvml.read_gpus, share, "NVML")
+    host = with_deadline(lambda: hostfacts.collect(master, workdir, min(3.0, share)), share,
+                         "host facts")
+    if "error" in host:
+        facts["host_facts_error"] = host.pop("error")
+    facts.update(host)
+    if child is not None:
+        facts.update(finish_torch_facts(child, deadline_s - (time.monotonic() - started)))
     facts["duration_s"] = round(time.monotonic() - started, 3)
+    facts["time_end"] = time.time()
     return facts
 
 
@@ -271,6 +302,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     facts = sub.add_parser("facts", help="stage 0: print this host's facts")
     facts.add_argument("--deadline", type=float, default=60.0)
+    facts.add_argument("--master", default=None, help="rendezvous host: report the route to it")
     listener = sub.add_parser("listen", help="accept rendezvous check connections on PORT")
     listener.add_argument("--port", type=int, required=True)
     listener.add_argument("--deadline", type=float, default=10.0)
@@ -286,7 +318,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     if args.action == "facts":
-        emit("facts", collect_facts(args.deadline))
+        emit("facts", collect_facts(args.deadline, args.master))
         return 0
     if args.action == "listen":
         emit("listen", listen(args.port, args.deadline, args.expect))

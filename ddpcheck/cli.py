@@ -136,7 +136,7 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
     for host, launch in zip(spec.hosts, plan_launch(spec, slots, backend, options.launch)):
         where = "local" if spec.local else f"ssh {ssh_target(host)}"
         lines += [f"# {host.name} (node rank {launch.node_rank}, {launch.slots} rank(s)) "
-                  f"via {where}", stage0_command(host, 58)]
+                  f"via {where}", stage0_command(host, 58, master=spec.master_host.address)]
         if check is not None:
             if host.name == check.master:
                 lines.append(check.listen_command + "  # at the same time as:")
@@ -218,8 +218,14 @@ def preflight_command(args: argparse.Namespace) -> int:
     return run_reported(args, lambda spec: run_preflight(spec, options))
 
 
+def register_node(sub) -> None:
+    from .node import register
+
+    register(sub)
+
+
 # Each entry adds one subcommand to the parser; its parser sets ``run``.
-COMMANDS: list[Callable[[Any], None]] = [register_preflight]
+COMMANDS: list[Callable[[Any], None]] = [register_preflight, register_node]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -58,13 +58,17 @@ def remote_command(host: HostSpec, argv: Sequence[str], extra_env: Mapping[str, 
     return f"mkdir -p {workdir} && cd {workdir} && exec {run}"
 
 
-def stage0_argv(host: HostSpec, deadline_s: float) -> list[str]:
-    return [host.python, "-m", "ddpcheck.agent", "facts", "--deadline", _num(deadline_s)]
+def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None) -> list[str]:
+    argv = [host.python, "-m", "ddpcheck.agent", "facts", "--deadline", _num(deadline_s)]
+    if master:
+        argv += ["--master", master]
+    return argv
 
 
-def stage0_command(host: HostSpec, deadline_s: float) -> str:
-    """Stage 0: host facts (hostname, python, torch import, GPUs) before any rank starts."""
-    return remote_command(host, stage0_argv(host, deadline_s))
+def stage0_command(host: HostSpec, deadline_s: float, master: Optional[str] = None) -> str:
+    """Stage 0: host facts (hostname, python, torch import, GPUs, resources, interfaces, the
+    route to ``master``) before any rank starts, with the env the ranks will get."""
+    return remote_command(host, stage0_argv(host, deadline_s, master))
 
 
 def resolve_backend(requested: Backend, gpus_by_host: Mapping[str, int]) -> Backend:

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Optional, TextIO
 
-from . import analyze
+from . import analyze, health
 from .collect import parse_output, rank_record, tail
 from .errors import HostError
 from .plan import (LaunchOptions, plan_launch, plan_rendezvous_check, resolve_backend,
@@ -88,13 +88,18 @@ class PreflightRun:
             self.sessions[host.name] = session
         self.update(host.name, reachable=True, stage="stage0")
         deadline = min(self.deadline, time.monotonic() + STAGE0_DEADLINE_S)
-        result = session.run(stage0_command(host, max(deadline - time.monotonic() - 2, 1)),
-                             deadline, self.cancel)
-        self.record_stage0(host, result)
+        command = stage0_command(host, max(deadline - time.monotonic() - 2, 1),
+                                 master=self.spec.master_host.address)
+        sent = time.time()  # the launcher's clock around the call bounds the host's clock
+        result = session.run(command, deadline, self.cancel)
+        self.record_stage0(host, result, (sent, time.time()))
 
-    def record_stage0(self, host: HostSpec, result: CommandResult) -> None:
+    def record_stage0(self, host: HostSpec, result: CommandResult,
+                      clock_window: Optional[tuple[float, float]] = None) -> None:
         parsed = parse_output(result.output)
         facts = parsed.facts or {}
+        if facts and clock_window and not self.spec.local:
+            facts["launcher_clock"] = list(clock_window)
         check, error = stage0_error(host, result, facts, list(parsed.stray))
         gpus = int(facts.get("gpus") or 0)
         self.update(host.name, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
@@ -103,10 +108,41 @@ class PreflightRun:
         if error:
             self.progress.host(host.name, f"failed stage 0: {error}")
         else:
+            torch = (f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
+                     if facts.get("torch") else "torch import failed")
             self.progress.host(host.name, (
                 f"checked: hostname {facts.get('hostname')}, python {facts.get('python')}, "
-                f"torch {facts.get('torch')} (import {facts.get('import_s')}s), {gpus} GPU(s) "
-                f"in {result.duration_s:.1f}s"))
+                f"{torch}, {gpus} GPU(s) in {result.duration_s:.1f}s"))
+
+    def judge_stage0(self) -> None:
+        """Stage-0 health rules on every host that answered (pure, in ``health``). A host with
+        an error that makes the run pointless gets it as its error: torchrun will not start."""
+        answered = [h for h in self.spec.hosts
+                    if self.hosts[h.name].facts and not self.hosts[h.name].error]
+        gpus = {h.name: self.hosts[h.name].gpus for h in answered}
+        backend = resolve_backend(self.spec.backend, gpus).value if answered else "auto"
+        for host in answered:
+            facts = self.hosts[host.name].facts
+            window = facts.get("launcher_clock")
+            context = health.Stage0Context(
+                backend=backend, slots=host.slots, multi_host=len(self.spec.hosts) > 1,
+                clock_window=tuple(window) if isinstance(window, list) and len(window) == 2
+                else None)
+            findings = health.host_findings(host.name, facts, context)
+            blocking = next((f for f in findings if health.blocks_launch(f)), None)
+            if blocking is not None:
+                prefix = f"{host.name}: "
+                message = blocking.message[len(prefix):] if blocking.message.startswith(
+                    prefix) else blocking.message
+                self.update(host.name, error=message, error_check=blocking.check)
+                self.progress.host(host.name, f"failed stage 0: {blocking.check}: {message}")
+                findings.remove(blocking)
+            for finding in findings:
+                if finding.severity is not Severity.INFO:
+                    self.progress.host(host.name, f"stage 0 {finding.severity.value}: "
+                                                  f"{finding.check}: {finding.message}")
+            self.extra_findings += findings
+        self.extra_findings += health.cluster_gpu_findings(gpus)
 
     # -- rendezvous check ------------------------------------------------------------
     def check_rendezvous(self) -> None:
@@ -208,6 +244,7 @@ class PreflightRun:
         interrupted = False
         try:
             fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
+            self.judge_stage0()
             if (self.options.rendezvous_check and not self.spec.local
                     and not any(h.error for h in self.hosts.values())
                     and not self.cancel.is_set()):
@@ -260,7 +297,8 @@ class PreflightRun:
             source=self.spec.source,
             master=f"{self.spec.master_host.address}:{self.spec.rendezvous_port}",
             collectives=tuple(root.collectives) if root else (),
-            extra={"drift": drift_rows} if drift_rows else {})
+            extra={**({"drift": drift_rows} if drift_rows else {}),
+                   "stage0": {h.name: dict(h.facts) for h in hosts if h.facts}})
 
     def pinned_interfaces(self) -> frozenset[str]:
         """Hosts whose ranks are told their interface (a hostname on loopback is then harmless)."""
@@ -282,9 +320,7 @@ def stage0_error(host: HostSpec, result: CommandResult, facts: dict,
         if "No module named" in text and "ddpcheck" in text:
             return "python", f"ddpcheck is not importable by {host.python}"
         return "python", f"stage 0 exited {result.exit_code}: {summary_of(stray)}"
-    if facts.get("torch_error"):
-        return "torch_import", f"import torch failed: {facts['torch_error']}"
-    return None, None
+    return None, None  # what the facts say is judged by the health rules
 
 
 def summary_of(lines: list[str] | tuple[str, ...]) -> str:
