@@ -23,7 +23,7 @@ from .plan import LaunchOptions, plan_launch, resolve_backend, resolve_slots, st
 from .records import Finding, HostRecord, RankRecord, Severity, Verdict
 from .report import Report
 from .spec import ClusterSpec, HostSpec
-from .transport import CommandResult, LocalSession, Session, SSHSession, fan_out
+from .transport import CommandResult, JumpPool, LocalSession, Session, SSHSession, fan_out
 
 STAGE0_DEADLINE_S = 60.0
 
@@ -38,8 +38,8 @@ class PreflightOptions:
 class Progress:
     """A line per host on stderr as its state changes, with seconds since start."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = sys.stderr) -> None:
+        self.stream = stream  # None: quiet (-q)
         self.started = time.monotonic()
         self.lock = threading.Lock()
 
@@ -47,6 +47,8 @@ class Progress:
         self.say(f"{name}: {state}")
 
     def say(self, text: str) -> None:
+        if self.stream is None:
+            return
         with self.lock:
             self.stream.write(f"ddpcheck [{time.monotonic() - self.started:6.1f}s] {text}\n")
             self.stream.flush()
@@ -68,13 +70,14 @@ class PreflightRun:
         self.slots: dict[str, int] = {}
         self.backend: Optional[str] = None
         self.lock = threading.Lock()
+        self.jumps = JumpPool(spec.ssh)  # ProxyJump: one connection per jump host, shared
 
     # -- stage 0 ------------------------------------------------------------------------
     def check_host(self, host: HostSpec) -> None:
         self.progress.host(host.name, "connecting" if not self.spec.local else "checking")
         try:
             session: Session = (LocalSession() if self.spec.local
-                                else SSHSession.connect(host, self.spec.ssh))
+                                else SSHSession.connect(host, self.spec.ssh, self.jumps))
         except HostError as exc:
             self.update(host.name, error=exc.message, error_check="ssh", stage="connect")
             self.progress.host(host.name, f"unreachable: {exc.message}")
@@ -170,7 +173,7 @@ class PreflightRun:
     def run(self) -> Report:
         interrupted = False
         try:
-            fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
+            self.stage0()
             failed = [h for h in self.hosts.values() if h.error]
             if failed:
                 names = ", ".join(h.name for h in failed)
@@ -190,7 +193,12 @@ class PreflightRun:
             self.cancel.set()
             for session in list(self.sessions.values()):
                 session.close()
+            self.jumps.close()
         return self.build_report(interrupted)
+
+    def stage0(self) -> None:
+        """Connect to every host and collect its facts (one fan-out)."""
+        fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
 
     def build_report(self, interrupted: bool) -> Report:
         hosts = [self.hosts[h.name] for h in self.spec.hosts]
