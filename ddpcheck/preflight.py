@@ -74,7 +74,8 @@ class PreflightRun:
 
     # -- stage 0 ------------------------------------------------------------------------
     def check_host(self, host: HostSpec) -> None:
-        self.progress.host(host.name, "connecting" if not self.spec.local else "checking")
+        via = f" through {' > '.join(j.name for j in host.jumps)}" if host.jumps else ""
+        self.progress.host(host.name, f"connecting{via}" if not self.spec.local else "checking")
         try:
             session: Session = (LocalSession() if self.spec.local
                                 else SSHSession.connect(host, self.spec.ssh, self.jumps))

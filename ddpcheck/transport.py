@@ -402,13 +402,14 @@ class JumpPool:
                     entry.in_flight -= 1
 
     def close(self) -> None:
+        """Close every jump connection (the counters stay, for the curious)."""
         with self._lock:
             entries = list(self._jumps.values())
-            self._jumps.clear()
-        # Innermost first would not matter: closing a hop closes the channels through it.
-        for entry in reversed(entries):
-            if entry.client is not None:
-                entry.client.close()
+        for entry in reversed(entries):  # the innermost hop first
+            with entry.ready:
+                if entry.client is not None:
+                    entry.client.close()
+                    entry.client = None
 
 
 def _known_hosts_name(host: HostSpec) -> str:
