@@ -187,7 +187,7 @@ def load_spec_from_args(args: argparse.Namespace,
             spec = build_cluster(entries, defaults, source)
         else:
             source = "-w " + ",".join(hostlist)
-            spec = build_cluster(parse_host_expression(hostlist, source), defaults, source)
+            spec = build_cluster(parse_host_expression(hostlist), defaults, source)
     if launcher == "slurm":
         return spec  # srun starts the ranks: no ssh, so no ssh_config
     path = getattr(args, "ssh_config", None) or spec.ssh.config_file

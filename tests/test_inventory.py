@@ -186,3 +186,49 @@ def test_load_spec_from_args_rejects_mixtures(given, words) -> None:
     with pytest.raises(ConfigError, match="^command line: ") as caught:
         load_spec_from_args(args(**given))
     assert words in str(caught.value)
+
+
+def test_example_hostfile_and_defaults_parse() -> None:
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    spec = load_hostfile(configs / "hostfile.example",
+                         load_config_defaults(configs / "defaults.example.yaml"))
+    assert [(h.name, h.slots, h.python) for h in spec.hosts] == [
+        ("node01", 8, "/opt/venv/bin/python"), ("node02", 8, "/opt/venv/bin/python"),
+        ("node03", 4, "/opt/venv/bin/python")]
+
+
+def ddpcheck_cli(*argv: str, env=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ddpcheck", *argv], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_cli_bad_inventory_exits_2_naming_file_and_line(tmp_path) -> None:
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("n1 slots=2\nn2 slots=two\n")
+    done = ddpcheck_cli("preflight", "--hostfile", str(hostfile), "--json",
+                        str(tmp_path / "r.json"))
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"{hostfile}:2: slots must be an integer >= 1" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = ddpcheck_cli("preflight", "-w", "n[1-", "--dry-run")
+    assert done.returncode == 2 and "-w: bad hostlist 'n[1-'" in done.stderr
+
+
+def test_cli_launcher_slurm_outside_an_allocation_and_its_dry_run(tmp_path) -> None:
+    outside = {k: "" for k in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST")}
+    done = ddpcheck_cli("preflight", "--launcher", "slurm", "-w", "n[1-2]", env=outside)
+    assert done.returncode == 2 and "SLURM_JOB_ID is not set" in done.stderr
+    done = ddpcheck_cli("preflight", "--launcher", "slurm", env=outside)
+    assert done.returncode == 2 and "SLURM_JOB_NODELIST: not set" in done.stderr
+    inside = {"SLURM_JOB_ID": "12", "SLURM_JOB_NODELIST": "gpu[01-02]",
+              "SLURM_GPUS_PER_NODE": "a100:4"}
+    done = ddpcheck_cli("preflight", "--launcher", "slurm", "--dry-run", env=inside)
+    assert done.returncode == 0, done.stderr
+    assert "from SLURM job 12 (gpu[01-02])" in done.stdout
+    assert "'--nodelist=gpu[01-02]'" in done.stdout and "--slurm-slots 4,4" in done.stdout
