@@ -8,7 +8,8 @@ ssh_config entry). Precedence, per key: a value hosts.yaml (or the ``--config`` 
 explicitly > ssh_config > the built-in default (the name, $USER, 22, ssh-agent and default keys,
 no jump). paramiko only parses the file; ``transport`` does the connecting.
 
-``read_ssh_config`` is the only I/O; ``apply_ssh_config`` and ``parse_proxy_jump`` are pure.
+``read_ssh_config`` reads the file; ``parse_proxy_jump`` is pure, and so is
+``apply_ssh_config`` but for looking which IdentityFile exists (as ssh does).
 """
 
 from __future__ import annotations
