@@ -8,7 +8,10 @@ rendezvous port while every host connects to it, so a firewall or a wrong addres
 seconds instead of after torchrun's join timeout.
 ``launch``: runs torchrun with the probe under a dead-man deadline, passes its output through,
 and kills torchrun and every rank on deadline, SIGHUP (the ssh connection closed), SIGTERM or
-SIGINT. Imports only the standard library (torch is imported in a child, with a deadline), so
+SIGINT. Under srun (``--launcher slurm``) one command runs on every node: ``--slurm-hosts``
+lists the nodes in node-rank order, the agent finds its own (SLURMD_NODENAME, else
+SLURM_NODEID), says which it is in a ``node`` line and fills in the @NODE_RANK@, @NPROC@ and
+@HOST@ placeholders of the torchrun arguments. Imports only the standard library (torch is imported in a child, with a deadline), so
 it works on a host whose torch is broken and says so.
 """
 
@@ -25,11 +28,14 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from . import hostfacts, nvml
 
 MARK = "@@DDPCHECK"
+NODE_RANK_TOKEN = "@NODE_RANK@"
+NPROC_TOKEN = "@NPROC@"
+HOST_TOKEN = "@HOST@"
 _PR_SET_PDEATHSIG = 1
 
 # Runs in a child interpreter so a hanging or crashing torch import cannot take the agent along.
@@ -53,6 +59,31 @@ print(json.dumps(facts))
 def emit(kind: str, payload: dict[str, Any]) -> None:
     sys.stdout.write(f"{MARK} {kind} {json.dumps(payload, sort_keys=True)}\n")
     sys.stdout.flush()
+
+
+def slurm_node(hosts: Sequence[str], env: Mapping[str, str]) -> tuple[int, str]:
+    """(node rank, host name) of this node among ``hosts``: by SLURMD_NODENAME (or its short
+    form), else by SLURM_NODEID. Raises ValueError when neither places it."""
+    name = env.get("SLURMD_NODENAME", "")
+    if name in hosts:
+        return list(hosts).index(name), name
+    short = name.split(".")[0]
+    if short:
+        for index, host in enumerate(hosts):
+            if host.split(".")[0] == short:
+                return index, host
+    node_id = env.get("SLURM_NODEID", "")
+    if node_id.isdigit() and int(node_id) < len(hosts):
+        return int(node_id), hosts[int(node_id)]
+    raise ValueError(f"this node ({name or 'SLURMD_NODENAME unset'}, SLURM_NODEID "
+                     f"{node_id or 'unset'}) is not one of {', '.join(hosts)}")
+
+
+def fill_node_tokens(argv: Sequence[str], node_rank: int, nproc: int, host: str) -> list[str]:
+    """The torchrun arguments with this node's placeholders filled in (whole arguments only,
+    so no other value can be mistaken for one)."""
+    values = {NODE_RANK_TOKEN: str(node_rank), NPROC_TOKEN: str(nproc), HOST_TOKEN: host}
+    return [values.get(arg, arg) for arg in argv]
 
 
 def set_parent_death_signal(sig: int) -> None:
@@ -312,10 +343,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     reacher.add_argument("--port", type=int, required=True)
     reacher.add_argument("--name", default=socket.gethostname())
     reacher.add_argument("--timeout", type=float, default=5.0)
+    facts.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
     launch = sub.add_parser("launch", help="run torchrun ARGS under a deadline")
     launch.add_argument("--deadline", type=float, default=120.0)
+    launch.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
+    launch.add_argument("--slurm-slots", default=None,
+                        help="under srun: ranks per node, in the order of --slurm-hosts")
     launch.add_argument("torchrun_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+
+    node: Optional[tuple[int, str]] = None
+    if args.slurm_hosts:
+        hosts = args.slurm_hosts.split(",")
+        try:
+            node = slurm_node(hosts, os.environ)
+        except ValueError as exc:
+            print(f"ddpcheck agent: {exc}", file=sys.stderr)
+            return 2
+        emit("node", {"host": node[1], "node_rank": node[0]})
 
     if args.action == "facts":
         emit("facts", collect_facts(args.deadline, args.master))
@@ -330,6 +375,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     torchrun_args = args.torchrun_args
     if torchrun_args[:1] == ["--"]:
         torchrun_args = torchrun_args[1:]
+    if node is not None:
+        slots = (args.slurm_slots or "").split(",")
+        if len(slots) != len(hosts) or not all(s.isdigit() for s in slots):
+            print(f"ddpcheck agent: --slurm-slots needs {len(hosts)} numbers, got "
+                  f"{args.slurm_slots!r}", file=sys.stderr)
+            return 2
+        torchrun_args = fill_node_tokens(torchrun_args, node[0], int(slots[node[0]]), node[1])
     job = Launch(torchrun_args, args.deadline)
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: job.request_stop(signal.Signals(signum).name))

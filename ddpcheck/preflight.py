@@ -26,7 +26,7 @@ from .plan import (LaunchOptions, plan_launch, plan_rendezvous_check, resolve_ba
 from .records import Finding, HostRecord, RankRecord, Severity, Verdict
 from .report import Report
 from .spec import ClusterSpec, HostSpec
-from .transport import CommandResult, LocalSession, Session, SSHSession, fan_out
+from .transport import CommandResult, JumpPool, LocalSession, Session, SSHSession, fan_out
 
 STAGE0_DEADLINE_S = 60.0
 REACH_WINDOW_S = 5.0  # how long a host keeps trying the master's rendezvous port
@@ -43,8 +43,8 @@ class PreflightOptions:
 class Progress:
     """A line per host on stderr as its state changes, with seconds since start."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = sys.stderr) -> None:
+        self.stream = stream  # None: quiet (-q)
         self.started = time.monotonic()
         self.lock = threading.Lock()
 
@@ -52,6 +52,8 @@ class Progress:
         self.say(f"{name}: {state}")
 
     def say(self, text: str) -> None:
+        if self.stream is None:
+            return
         with self.lock:
             self.stream.write(f"ddpcheck [{time.monotonic() - self.started:6.1f}s] {text}\n")
             self.stream.flush()
@@ -73,13 +75,15 @@ class PreflightRun:
         self.slots: dict[str, int] = {}
         self.backend: Optional[str] = None
         self.lock = threading.Lock()
+        self.jumps = JumpPool(spec.ssh)  # ProxyJump: one connection per jump host, shared
 
     # -- stage 0 ------------------------------------------------------------------------
     def check_host(self, host: HostSpec) -> None:
-        self.progress.host(host.name, "connecting" if not self.spec.local else "checking")
+        via = f" through {' > '.join(j.name for j in host.jumps)}" if host.jumps else ""
+        self.progress.host(host.name, f"connecting{via}" if not self.spec.local else "checking")
         try:
             session: Session = (LocalSession() if self.spec.local
-                                else SSHSession.connect(host, self.spec.ssh))
+                                else SSHSession.connect(host, self.spec.ssh, self.jumps))
         except HostError as exc:
             self.update(host.name, error=exc.message, error_check="ssh", stage="connect")
             self.progress.host(host.name, f"unreachable: {exc.message}")
@@ -243,9 +247,10 @@ class PreflightRun:
     def run(self) -> Report:
         interrupted = False
         try:
-            fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
+            self.stage0()
             self.judge_stage0()
-            if (self.options.rendezvous_check and not self.spec.local
+            if (self.options.rendezvous_check and self.sessions
+                    and not self.spec.local
                     and not any(h.error for h in self.hosts.values())
                     and not self.cancel.is_set()):
                 self.check_rendezvous()
@@ -268,7 +273,12 @@ class PreflightRun:
             self.cancel.set()
             for session in list(self.sessions.values()):
                 session.close()
+            self.jumps.close()
         return self.build_report(interrupted)
+
+    def stage0(self) -> None:
+        """Connect to every host and collect its facts (one fan-out)."""
+        fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
 
     def build_report(self, interrupted: bool) -> Report:
         hosts = [self.hosts[h.name] for h in self.spec.hosts]
