@@ -334,6 +334,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     facts = sub.add_parser("facts", help="stage 0: print this host's facts")
     facts.add_argument("--deadline", type=float, default=60.0)
     facts.add_argument("--master", default=None, help="rendezvous host: report the route to it")
+    facts.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
     listener = sub.add_parser("listen", help="accept rendezvous check connections on PORT")
     listener.add_argument("--port", type=int, required=True)
     listener.add_argument("--deadline", type=float, default=10.0)
@@ -343,7 +344,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     reacher.add_argument("--port", type=int, required=True)
     reacher.add_argument("--name", default=socket.gethostname())
     reacher.add_argument("--timeout", type=float, default=5.0)
-    facts.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
     launch = sub.add_parser("launch", help="run torchrun ARGS under a deadline")
     launch.add_argument("--deadline", type=float, default=120.0)
     launch.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
@@ -353,7 +353,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     node: Optional[tuple[int, str]] = None
-    if args.slurm_hosts:
+    if getattr(args, "slurm_hosts", None):  # facts and launch take it
         hosts = args.slurm_hosts.split(",")
         try:
             node = slurm_node(hosts, os.environ)
