@@ -1,7 +1,22 @@
 """ddpcheck: a health checker for multi-node PyTorch (torchrun) clusters.
 
 Kept light on purpose: ``python -m ddpcheck.probe`` runs on every rank and must import only the
-standard library and torch, so nothing heavy is imported here.
+standard library and torch, so nothing heavy is imported here. The in-job API
+(``ddpcheck.Monitor``) is loaded on first use.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {"Monitor": "ddpcheck.monitor"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ddpcheck' has no attribute {name!r}")
