@@ -186,6 +186,8 @@ def register_hang(sub) -> None:
     hang.add_argument("--heartbeat-dir", action="append", default=[], metavar="DIR",
                       help="where the job's ddpcheck.Monitor writes heartbeats, when not the "
                            "default (may repeat)")
+    hang.add_argument("--job", default="", metavar="TEXT",
+                      help="only jobs whose key (RUN_ID@MASTER_ADDR:MASTER_PORT) contains TEXT")
     hang.add_argument("--no-stacks", action="store_true", help="do not run py-spy")
     hang.set_defaults(run=hang_command)
 
@@ -195,7 +197,7 @@ def hang_command(args: argparse.Namespace) -> int:
 
     options = HangOptions(timeout_s=args.timeout, window_s=args.window,
                           heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
-                          verbose=args.verbose)
+                          job_filter=args.job, verbose=args.verbose)
     return run_reported(args, lambda spec: run_hang(spec, options), render_hang)
 
 

@@ -38,6 +38,7 @@ class HangOptions:
     window_s: float = 3.0  # between the two samples of every rank
     heartbeat_dirs: tuple[str, ...] = ()
     stacks: bool = True
+    job_filter: str = ""  # only jobs whose key (run id@master:port) contains this
     verbose: bool = False
 
 
@@ -156,7 +157,7 @@ class HangRun:
         hosts = [self.hosts[h.name] for h in self.spec.hosts]
         results = [self.scans.get(h.name) or HostScanResult(h.name, None, "not scanned")
                    for h in self.spec.hosts]
-        analysis = analyze_scans(results)
+        analysis = analyze_scans(results, self.options.job_filter)
         findings = [Finding(Severity.ERROR, h.error_check or "ssh", f"{h.name}: {h.stage}: "
                             f"{h.error}", host=h.name) for h in hosts if h.error]
         findings = hang_findings(analysis, findings)

@@ -487,9 +487,11 @@ def compress_ranks(ranks: Iterable[int]) -> str:
     return ", ".join(parts)
 
 
-def analyze_scans(results: Sequence[HostScanResult]) -> HangAnalysis:
-    """Every job on the hosts, root causes first, plus host-level findings (no py-spy...)."""
-    jobs_views = collect_views(results)
+def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> HangAnalysis:
+    """Every job on the hosts (those whose key contains ``job_filter``), root causes first,
+    plus host-level findings (no py-spy, ...)."""
+    jobs_views = {job: views for job, views in collect_views(results).items()
+                  if job_filter in job}
     scanned = [r.host for r in results if r.scan is not None and not r.scan.get("error")]
     unscanned = [r.host for r in results if r.host not in scanned]
     jobs = tuple(analyze_job(job, views, scanned, unscanned)
@@ -497,7 +499,7 @@ def analyze_scans(results: Sequence[HostScanResult]) -> HangAnalysis:
     findings: list[Finding] = []
     for job in sorted(jobs, key=lambda j: not j.hung):
         findings += job.findings
-    findings += host_findings(results, bool(jobs_views))
+    findings += host_findings(results, bool(jobs_views), job_filter)
     stacks: dict[str, str] = {}
     for job in jobs:
         for verdict in job.ranks:
@@ -507,7 +509,8 @@ def analyze_scans(results: Sequence[HostScanResult]) -> HangAnalysis:
     return HangAnalysis(jobs, tuple(findings), stacks)
 
 
-def host_findings(results: Sequence[HostScanResult], any_job: bool) -> list[Finding]:
+def host_findings(results: Sequence[HostScanResult], any_job: bool,
+                  job_filter: str = "") -> list[Finding]:
     findings = []
     no_py_spy = [r for r in results if r.scan and r.scan.get("stacks_requested")
                  and not r.scan.get("py_spy") and r.scan.get("workers")]
@@ -525,7 +528,7 @@ def host_findings(results: Sequence[HostScanResult], any_job: bool) -> list[Find
             findings.append(Finding(Severity.WARNING, "stacks", (
                 f"{result.host}: py-spy could not read some ranks: {failed[0]}"),
                 host=result.host))
-        if scan.get("other_netns"):
+        if scan.get("other_netns") and not scan.get("workers"):
             findings.append(Finding(Severity.INFO, "hang", (
                 f"{result.host}: {scan['other_netns']} torchrun worker(s) run in other network "
                 f"namespaces (containers or other hosts on this machine) and were not "
@@ -535,9 +538,10 @@ def host_findings(results: Sequence[HostScanResult], any_job: bool) -> list[Find
                                                             f"{scan['error']}", host=result.host))
     if not any_job and any(r.scan is not None for r in results):
         hosts = ", ".join(r.host for r in results if r.scan is not None)
+        matching = f" of a job matching {job_filter!r}" if job_filter else ""
         findings.append(Finding(Severity.WARNING, "hang", (
-            f"no running torchrun worker found on {hosts} (a worker has RANK, WORLD_SIZE and "
-            f"LOCAL_RANK in its environment)")))
+            f"no running torchrun worker{matching} found on {hosts} (a worker has RANK, "
+            f"WORLD_SIZE and LOCAL_RANK in its environment)")))
     return findings
 
 

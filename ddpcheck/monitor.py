@@ -199,6 +199,11 @@ class Monitor:
     # -- the background thread ---------------------------------------------------------------
     def _run(self) -> None:
         watchdog = _Watchdog(self) if self.watchdog_s is not None else None
+        if watchdog is not None:
+            try:
+                watchdog.tick()  # connect and publish at once: a rank may stop any time
+            except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
+                logger.debug("ddpcheck monitor watchdog: %s", exc)
         while not self._stop.wait(self.beat_s):
             try:
                 self._write(time.time(), self.collective_seq())
@@ -219,7 +224,7 @@ class _Watchdog:
         self.store: Any = None
         self.store_tried = False
         self.beat = 0
-        self.last_published = 0.0
+        self.last_published = -1e9
         self.seen_step: Optional[int] = None
         self.seen_step_at = time.monotonic()
         self.warned_for: Optional[int] = None  # the step a warning was logged at
@@ -321,10 +326,12 @@ def stall_message(rank: int, hostname: str, step: Optional[int], seq: Optional[i
     for r in silent:
         entry = second.get(r) or first.get(r)
         if entry is None:
-            parts.append(f"rank {r} never reported")
+            parts.append(f"rank {r} never reported (not started, stopped or dead)")
         else:
+            last = (f"last at step {entry.get('step')}" if entry.get("step") is not None
+                    else "before its first step")
             parts.append(f"rank {r} on {entry.get('host')} (pid {entry.get('pid')}) not "
-                         f"responding, last at step {entry.get('step')}")
+                         f"responding, {last}")
     for r in behind:
         entry = second[r]
         parts.append(f"rank {r} on {entry.get('host')} (pid {entry.get('pid')}) behind at step "
