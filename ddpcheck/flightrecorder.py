@@ -41,6 +41,7 @@ class FlightRecord:
     last_op: Optional[str]  # e.g. "all_reduce" (backend prefix dropped)
     last_op_seq: Optional[int]
     last_op_state: Optional[str]  # scheduled | started | completed
+    last_op_pending: bool = False  # the last collective had not completed when dumped
     error: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
@@ -48,7 +49,7 @@ class FlightRecord:
                 "last_enqueued": self.last_enqueued, "last_started": self.last_started,
                 "last_completed": self.last_completed, "last_op": self.last_op,
                 "last_op_seq": self.last_op_seq, "last_op_state": self.last_op_state,
-                "error": self.error}
+                "last_op_pending": self.last_op_pending, "error": self.error}
 
 
 def dump_prefix(env: Mapping[str, str]) -> str:
@@ -98,7 +99,8 @@ def summarize_dump(dump: Mapping[str, Any]) -> FlightRecord:
         last_completed=completed,
         last_op=op_name(last.get("profiling_name")) if last else None,
         last_op_seq=_int(last.get("collective_seq_id")) if last else None,
-        last_op_state=str(last.get("state")) if last and last.get("state") else None)
+        last_op_state=str(last.get("state")) if last and last.get("state") else None,
+        last_op_pending=bool(last) and _pending(last, completed))
 
 
 def op_name(profiling_name: Any) -> Optional[str]:
@@ -106,6 +108,17 @@ def op_name(profiling_name: Any) -> Optional[str]:
     if not isinstance(profiling_name, str) or not profiling_name:
         return None
     return profiling_name.rsplit(":", 1)[-1]
+
+
+def _pending(entry: Mapping[str, Any], completed: Optional[int]) -> bool:
+    """Not completed: ``retired`` False where the dump has it (gloo marks every entry
+    "scheduled"), else a state other than completed, else beyond the last completed seq."""
+    if isinstance(entry.get("retired"), bool):
+        return not entry["retired"]
+    if entry.get("state") in ("scheduled", "started", "completed"):
+        return entry.get("state") != "completed"
+    seq = _int(entry.get("collective_seq_id"))
+    return seq is not None and (completed is None or seq > completed)
 
 
 def _default_pg_entries(entries: list[dict]) -> list[dict]:

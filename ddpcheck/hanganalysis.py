@@ -190,6 +190,17 @@ def stack_sample(raw: Any, header: str) -> Optional[StackSample]:
     return StackSample(main, "\n".join(lines))
 
 
+def current_collective(view: RankView) -> Optional[str]:
+    """The collective the rank waits in: its stack's, else its Flight Recorder's last one when
+    that had not completed (NCCL ranks wait in CUDA, where the Python stack shows no collective)."""
+    if view.last is not None and view.last.collective is not None:
+        return view.last.collective
+    record = view.flight_record or {}
+    if record.get("last_op_pending") and record.get("last_op"):
+        return str(record["last_op"])
+    return None
+
+
 # -- scans -> views ------------------------------------------------------------------------------
 
 def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -> RankView:
@@ -299,8 +310,7 @@ def analyze_job(job: str, views: Sequence[RankView],
     top_seq = max((v.seq for v in live if v.seq is not None), default=None)
     top_step = max((v.step for v in live if v.step is not None), default=None)
     running = [v for v in live if v.status not in ("stopped", "tracing-stop")]
-    in_collective = {v.rank: v.last.collective for v in running
-                     if v.last is not None and v.last.collective is not None}
+    in_collective = {v.rank: op for v in running if (op := current_collective(v)) is not None}
     ops = defaultdict(list)
     for rank, op in in_collective.items():
         ops[op].append(rank)
@@ -338,17 +348,17 @@ def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
         when = (f", {view.heartbeat_age_s:.0f}s ago" if view.heartbeat_age_s is not None else "")
         return RankVerdict(view, Role.DEAD, (
             f"rank {view.rank} on {view.host} is gone: pid {view.pid} no longer runs; its last "
-            f"heartbeat was at {at}{when}"))
+            f"heartbeat was{at or ' before its first step'}{when}"))
     if view.status == "zombie":
         return RankVerdict(view, Role.DEAD, f"rank {view.rank} on {view.host} (pid {view.pid}) "
-                                            f"has exited (zombie), at {at}")
+                                            f"has exited (zombie){at}")
     if view.status in ("stopped", "tracing-stop"):
         where = f", {describe_location(view.last.frames)}" if view.last else ""
         return RankVerdict(view, Role.STOPPED, (
             f"rank {view.rank} on {view.host} (pid {view.pid}) is stopped (state T: SIGSTOP, a "
-            f"debugger or job control) at {at}{where}"))
+            f"debugger or job control){at}{where}"))
     if view.progressed:
-        return RankVerdict(view, Role.PROGRESSING, f"progressing, at {at}")
+        return RankVerdict(view, Role.PROGRESSING, f"progressing{at}")
     op = in_collective.get(view.rank)
     stable_outside = (view.first is not None and view.last is not None
                       and view.last.collective is None and view.first.collective is None
@@ -357,11 +367,11 @@ def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
         return RankVerdict(view, Role.BLOCKED, (
             f"rank {view.rank} on {view.host} (pid {view.pid}) is not in any collective: it "
             f"stays {describe_location(view.last.frames)} while the others wait in "
-            f"{main_op} (at {at})"))
+            f"{main_op}{at}"))
     if op is not None and main_op is not None and op != main_op:
         return RankVerdict(view, Role.MISMATCH, (
             f"rank {view.rank} on {view.host} (pid {view.pid}) waits in {op} while the others "
-            f"wait in {main_op}: the ranks took different code paths (at {at})"))
+            f"wait in {main_op}: the ranks took different code paths{at}"))
     behind_seq = top_seq is not None and view.seq is not None and view.seq < top_seq
     behind_step = top_step is not None and view.step is not None and view.step < top_step
     if behind_seq or behind_step:
@@ -374,7 +384,7 @@ def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
         return RankVerdict(view, Role.WAITING, f"waiting in {op}" + _seq_text(view.seq), op)
     return RankVerdict(view, Role.UNKNOWN, (
         describe_location(view.last.frames) if view.last else
-        f"no stack ({view.stack_error})" if view.stack_error else f"at {at}"))
+        f"no stack ({view.stack_error})" if view.stack_error else f"no stack{at}"))
 
 
 def missing_reason(rank: int, world: int, views: Sequence[RankView],
@@ -396,12 +406,13 @@ def missing_reason(rank: int, world: int, views: Sequence[RankView],
 
 
 def position(view: RankView) -> str:
+    """" at step S, collective seq N" as far as known, else ""."""
     parts = []
     if view.step is not None:
         parts.append(f"step {view.step}")
     if view.seq is not None:
         parts.append(f"collective seq {view.seq}")
-    return ", ".join(parts) if parts else "an unknown step"
+    return f" at {', '.join(parts)}" if parts else ""
 
 
 def job_findings(job: str, world: int, ranks: Sequence[RankVerdict],
