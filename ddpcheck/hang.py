@@ -49,6 +49,8 @@ def scan_argv(host: HostSpec, options: HangOptions, deadline_s: float) -> list[s
         argv += ["--heartbeat-dir", folder]
     if not options.stacks:
         argv.append("--no-stacks")
+    if options.job_filter:
+        argv += ["--job", options.job_filter]
     return argv
 
 

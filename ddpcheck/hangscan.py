@@ -220,12 +220,13 @@ def orphan_heartbeats(roots: list[str], hostname: str, live: set[tuple[str, int]
 
 class HostScan:
     def __init__(self, window_s: float, heartbeat_dirs: list[str], stacks: bool,
-                 deadline_s: float) -> None:
+                 deadline_s: float, job_filter: str = "") -> None:
         import psutil  # a dependency of ddpcheck; imported here so --help works without it
 
         self.psutil = psutil
         self.window_s = window_s
         self.heartbeat_dirs = heartbeat_dirs
+        self.job_filter = job_filter
         self.started = time.monotonic()
         self.deadline = self.started + deadline_s
         self.py_spy = find_py_spy() if stacks else None
@@ -249,7 +250,7 @@ class HostScan:
             except self.psutil.NoSuchProcess:
                 continue
             identity = worker_identity(env)
-            if identity is None:
+            if identity is None or self.job_filter not in identity["job"]:
                 continue
             if _netns(info["pid"]) != self.own_netns:
                 other_netns += 1
@@ -318,8 +319,9 @@ class HostScan:
 
     def run(self) -> dict[str, Any]:
         workers, other_netns, denied = self.find_workers()
+        first_at = time.monotonic()
         first = self.observe(workers)
-        rest = self.window_s - (time.monotonic() - self.started)
+        rest = self.window_s - (time.monotonic() - first_at)
         if workers and rest > 0:
             time.sleep(min(rest, max(0.0, self.deadline - time.monotonic() - 5.0)))
         second = self.observe(workers)
@@ -328,8 +330,9 @@ class HostScan:
             worker["flight_record"] = read_flight_record(worker["fr_path"],
                                                          worker["create_time"])
         live = {(w["job"], w["rank"]) for w in workers}
-        gone = orphan_heartbeats(heartbeat_roots(self.heartbeat_dirs), self.hostname, live,
-                                 self.alive)
+        gone = [beat for beat in orphan_heartbeats(heartbeat_roots(self.heartbeat_dirs),
+                                                   self.hostname, live, self.alive)
+                if self.job_filter in str(beat.get("job"))]
         return {"hostname": self.hostname, "boot_id": _boot_id(), "scan_pid": os.getpid(),
                 "time": time.time(), "window_s": self.window_s,
                 "py_spy": self.py_spy, "stacks_requested": self.stacks,
@@ -372,12 +375,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--heartbeat-dir", action="append", default=[],
                         help="also look for ddpcheck.Monitor heartbeats here")
     parser.add_argument("--no-stacks", action="store_true", help="do not run py-spy")
+    parser.add_argument("--job", default="", help="only jobs whose key contains this")
     parser.add_argument("--deadline", type=float, default=60.0,
                         help="give up and report what was seen after this many seconds")
     args = parser.parse_args(argv)
     try:
         scan = HostScan(max(args.window, 0.0), args.heartbeat_dir, not args.no_stacks,
-                        args.deadline)
+                        args.deadline, args.job)
     except ImportError as exc:
         emit("hangscan", {"hostname": socket.gethostname(), "error": f"psutil missing: {exc}"})
         return 1

@@ -149,10 +149,11 @@ class Monitor:
     # -- the per-step path: kept to a few system calls -------------------------------------
     def step(self, step: int) -> None:
         now = time.time()
+        first = self.last_step is None
         self.last_step = step
         self.last_step_time = now
         self.last_step_seq = self.collective_seq()
-        if time.monotonic() - self._written_at >= self.write_every_s:
+        if first or time.monotonic() - self._written_at >= self.write_every_s:
             self._write(now)  # else the background thread writes it within beat_s
 
     def collective_seq(self) -> Optional[int]:
@@ -378,12 +379,13 @@ def _default_group_seq_fn() -> Optional[Callable[[], int]]:
 
 def _connect_store(env: Mapping[str, str], key: str) -> Any:
     """A TCPStore client of its own (never the process group's connection, which a collective
-    may be holding), prefixed per job; None when the job has no store we can reach."""
-    try:
-        import torch.distributed as dist
-        from datetime import timedelta
-    except ImportError:
+    may be holding), prefixed per job; None when the job has no store we can reach, or has not
+    imported torch.distributed (then neither do we)."""
+    dist = _dist()
+    if dist is None:
         return None
+    from datetime import timedelta
+
     address, port = env.get("MASTER_ADDR"), _env_int(env, "MASTER_PORT")
     try:
         if address and port:

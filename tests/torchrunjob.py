@@ -11,11 +11,20 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import psutil
 
 HANGJOB = pathlib.Path(__file__).resolve().parent / "hangjob.py"
+
+
+@dataclass(frozen=True)
+class ThisMachine:
+    """Stands for a cluster host when the job runs on this machine (``cluster`` None)."""
+
+    name: str = "localhost"
+    address: str = "127.0.0.1"
 
 
 class TorchrunJob:
@@ -29,7 +38,8 @@ class TorchrunJob:
         self.workdir = workdir
         self.ready_dir = workdir / "ready"
         self.args = list(args)
-        self.env = {**os.environ, "GLOO_SOCKET_IFNAME": "eth0", "OMP_NUM_THREADS": "1",
+        interface = "eth0" if cluster is not None else "lo"
+        self.env = {**os.environ, "GLOO_SOCKET_IFNAME": interface, "OMP_NUM_THREADS": "1",
                     "PYTHONUNBUFFERED": "1", **env}
         self.procs: list[subprocess.Popen] = []
         self.known: dict[int, float] = {}  # pid -> create time, of every process of the job
@@ -44,10 +54,10 @@ class TorchrunJob:
                     str(self.slots), "--master-addr", self.hosts[0].address, "--master-port",
                     str(self.port), "--max-restarts", "0", "--monitor-interval", "0.5",
                     str(HANGJOB), "--ready-dir", str(self.ready_dir), *self.args]
-            self.procs.append(self.cluster.popen_in(host, argv, env=self.env, stdout=log,
-                                                    stderr=subprocess.STDOUT,
-                                                    stdin=subprocess.DEVNULL,
-                                                    start_new_session=True))
+            options = dict(env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, start_new_session=True)
+            self.procs.append(subprocess.Popen(argv, **options) if self.cluster is None
+                              else self.cluster.popen_in(host, argv, **options))
             log.close()
         return self
 
