@@ -152,6 +152,11 @@ def collective_of(frames: Sequence[Frame]) -> Optional[str]:
     return None
 
 
+def same_place(a: Optional[Frame], b: Optional[Frame]) -> bool:
+    """The same function (a loop may be at another line of it at each sample)."""
+    return a is not None and b is not None and (a.name, a.file) == (b.name, b.file)
+
+
 def user_frame(frames: Sequence[Frame]) -> Optional[Frame]:
     """The innermost frame of the job's own code (not a library, not the standard library)."""
     for frame in frames:
@@ -302,7 +307,7 @@ def analyze_job(job: str, views: Sequence[RankView],
                 scanned_hosts: Sequence[str] = (),
                 unscanned_hosts: Sequence[str] = ()) -> JobVerdict:
     world = max((v.world_size for v in views), default=0)
-    by_rank = {v.rank: v for v in sorted(views, key=lambda v: v.status == "gone")}
+    by_rank = {v.rank: v for v in sorted(views, key=lambda v: v.status != "gone")}  # live wins
     verdicts: dict[int, RankVerdict] = {}
     live = [v for r, v in sorted(by_rank.items()) if v.status not in ("gone", "zombie")]
 
@@ -362,7 +367,7 @@ def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
     op = in_collective.get(view.rank)
     stable_outside = (view.first is not None and view.last is not None
                       and view.last.collective is None and view.first.collective is None
-                      and view.first.innermost == view.last.innermost)
+                      and same_place(view.first.innermost, view.last.innermost))
     if op is None and stable_outside and in_collective and waiters_idle:
         return RankVerdict(view, Role.BLOCKED, (
             f"rank {view.rank} on {view.host} (pid {view.pid}) is not in any collective: it "

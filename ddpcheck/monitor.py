@@ -86,8 +86,8 @@ def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
 
 
 def _make_private_dir(path: str) -> None:
-    """Create ``path`` (0700 for the per-user root under /tmp) and refuse one owned by another
-    user: a shared /tmp must not let someone else plant or read our heartbeats."""
+    """Create ``path`` (0700) and refuse one owned by another user: in a shared /dev/shm or /tmp
+    nobody else may plant our heartbeat folder (or a symlink in its place) or read it."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     info = os.lstat(path)
     if info.st_uid != os.getuid():
@@ -127,7 +127,8 @@ class Monitor:
         self.pid = os.getpid()
         self.root = directory or heartbeat_root(env)
         self.path = heartbeat_path(self.root, self.job, self.rank)
-        _make_private_dir(self.root)
+        if self.root == default_heartbeat_root():
+            _make_private_dir(self.root)  # a world-writable place: it must be ours
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.watchdog_s = watchdog_s
         self.write_every_s = max(0.0, write_every_s)

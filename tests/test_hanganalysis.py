@@ -271,3 +271,10 @@ def test_report_table_golden():
     assert report.ranks[3].status.value == "error" and report.ranks[3].stage == "blocked"
     assert report.extra["jobs"][0]["culprits"] == [3]
     check_golden("hang_blocked.txt", render_hang(report))
+
+
+def test_a_rank_spinning_in_one_function_is_blocked_even_at_another_line():
+    spinning = [{**IN_LOAD_BATCH[0], "line": 175}, *IN_LOAD_BATCH[1:]]
+    analysis = analyze_scans(two_hosts(worker(3, stack=IN_LOAD_BATCH, first_stack=spinning,
+                                              cpu=(1.0, 4.0))))
+    assert roles(analysis)[3] is Role.BLOCKED

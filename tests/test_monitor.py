@@ -65,14 +65,18 @@ def test_every_step_written_when_asked(tmp_path):
             assert read(monitor.path)["step"] == step
 
 
-def test_refuses_a_heartbeat_folder_of_another_user(tmp_path):
+def test_default_folder_is_private_and_one_planted_by_another_user_is_refused(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr("ddpcheck.monitor.SHM_DIR", str(tmp_path))
+    with Monitor(env=env_of(0)) as monitor:
+        root = tmp_path / f"ddpcheck-heartbeat-{os.getuid()}"
+        assert monitor.path.startswith(str(root))
+        assert (root.stat().st_mode & 0o777) == 0o700
     if os.getuid() != 0:
-        pytest.skip("needs root to give the folder away")
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    os.chown(foreign, 54321, 54321)
+        return  # giving the folder away needs root
+    os.chown(root, 54321, 54321)
     with pytest.raises(PermissionError, match="belongs to uid 54321"):
-        Monitor(str(foreign), env=env_of(0))
+        Monitor(env=env_of(0))
 
 
 def test_stall_message_names_silent_and_behind_ranks():
