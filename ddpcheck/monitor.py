@@ -330,8 +330,8 @@ def stall_message(rank: int, hostname: str, step: Optional[int], seq: Optional[i
         if entry is None:
             parts.append(f"rank {r} never reported (not started, stopped or dead)")
         else:
-            last = (f"last at step {entry.get('step')}" if entry.get("step") is not None
-                    else "before its first step")
+            last = (f"its last report at step {entry.get('step')}"
+                    if entry.get("step") is not None else "its last report before its first step")
             parts.append(f"rank {r} on {entry.get('host')} (pid {entry.get('pid')}) not "
                          f"responding, {last}")
     for r in behind:

@@ -89,7 +89,7 @@ def test_stall_message_names_silent_and_behind_ranks():
     text = stall_message(0, "h1", 9, 20, 31.4, 5, first, second)
     assert text.startswith("ddpcheck.Monitor [h1:rank 0]: no progress for 31s at step 9, "
                            "collective seq 20; lagging: ")
-    assert "rank 3 on h2 (pid 13) not responding, last at step 8" in text
+    assert "rank 3 on h2 (pid 13) not responding, its last report at step 8" in text
     assert "rank 4 never reported" in text
     assert "rank 2 on h2 (pid 12) behind at step 9, collective seq 19" in text
     assert "rank 1" not in text
@@ -121,8 +121,8 @@ def test_watchdog_names_a_stopped_rank_of_this_host(tmp_path):
             wait_for(lambda: monitor.warnings, 10.0)  # this rank now waits: no more steps
         (warning,) = monitor.warnings
         assert "no progress for" in warning and "at step 3" in warning
-        assert (f"rank 1 on {socket.gethostname()} (pid {peer.pid}) not responding, last at "
-                f"step 3") in warning
+        assert (f"rank 1 on {socket.gethostname()} (pid {peer.pid}) not responding, its last "
+                f"report at step 3") in warning
     finally:
         os.kill(peer.pid, signal.SIGCONT)
         peer.kill()
