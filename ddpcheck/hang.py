@@ -19,8 +19,8 @@ from tabulate import tabulate
 
 from . import analyze
 from .errors import HostError
-from .hanganalysis import (CULPRITS, HangAnalysis, HostScanResult, JobVerdict, Role,
-                           analyze_scans)
+from .hanganalysis import (CULPRITS, Frame, HangAnalysis, HostScanResult, JobVerdict, Role,
+                           analyze_scans, collective_of, user_frame)
 from .plan import MARK, remote_command
 from .preflight import Progress, summary_of
 from .records import Finding, HostRecord, RankRecord, RankStatus, Severity
@@ -227,9 +227,8 @@ def job_json(job: JobVerdict) -> dict[str, Any]:
     }
 
 
-def where_cell(frames) -> str:
-    from .hanganalysis import collective_of, user_frame
-
+def where_cell(frames: tuple[Frame, ...]) -> str:
+    """The table's "where": the collective or innermost frame, then the job's own frame."""
     if not frames:
         return "-"
     op = collective_of(frames)
