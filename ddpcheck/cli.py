@@ -73,6 +73,12 @@ def register_preflight(sub) -> None:
     pre.add_argument("--skip", type=_skip_list, default=frozenset(), metavar="CHECK[,CHECK]",
                      help="leave out: consistency (fingerprints and the tiny DDP run), "
                           "rendezvous (the port check before torchrun)")
+    pre.add_argument("--iterations", type=_iterations, default=20, metavar="N",
+                     help="repeats of barrier and small all_reduce for the latency medians "
+                          "(default 20)")
+    pre.add_argument("--keep", action="store_true",
+                     help="keep each host's run directory under its workdir (torchrun's "
+                          "files and launch.log); by default it is removed after the run")
     pre.add_argument("--dry-run", action="store_true",
                      help="print each host's exact commands and run nothing")
     pre.set_defaults(run=preflight_command)
@@ -85,6 +91,13 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _iterations(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
 
 
@@ -205,6 +218,7 @@ def preflight_command(args: argparse.Namespace) -> int:
         launch=LaunchOptions(deadline_s=args.timeout,
                              rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
                              collective_timeout_s=max(int(args.collective_timeout), 1),
+                             iterations=args.iterations, keep=args.keep,
                              seed=args.seed, setup=args.setup, ddp_steps=args.ddp_steps,
                              consistency="consistency" not in args.skip))
     if args.dry_run:
