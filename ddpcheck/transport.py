@@ -449,12 +449,18 @@ def _load_identity(host: HostSpec):  # -> Optional[paramiko.PKey]
     import paramiko
 
     path = host.identity_file
+    encrypted = HostError(host.name, "ssh", (
+        f"identity file {path} is encrypted and ddpcheck asks for no passphrase: load the key "
+        f"into ssh-agent (ssh-add {path})"))
     try:
         return paramiko.PKey.from_path(path)
     except paramiko.PasswordRequiredException:
-        raise HostError(host.name, "ssh", (
-            f"identity file {path} is encrypted and ddpcheck asks for no passphrase: load the "
-            f"key into ssh-agent (ssh-add {path})")) from None
+        raise encrypted from None
+    except TypeError as exc:  # cryptography's way of saying so for PEM keys
+        if "encrypted" in str(exc):
+            raise encrypted from None
+        raise HostError(host.name, "ssh", f"identity file {path} is not a private key "
+                                          f"ddpcheck can read") from None
     except FileNotFoundError:
         raise HostError(host.name, "ssh", f"identity file {path} does not exist") from None
     except OSError as exc:
