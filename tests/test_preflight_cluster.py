@@ -52,6 +52,9 @@ def test_three_hosts_two_slots_pass(ns_cluster, tmp_path):
     for name in ("h1", "h2", "h3"):
         assert f"{name}: checked" in done.stderr and f"{name}: done" in done.stderr
     no_torchrun_left(ns_cluster)
+    # the run directories (torchrun's files) are gone; the workdirs stay, empty
+    for name in ("h1", "h2", "h3"):
+        assert list((tmp_path / f"work-{name}").iterdir()) == []
 
 
 def test_host_missing_from_known_hosts_is_named_and_nothing_starts(ns_cluster, tmp_path):
@@ -114,9 +117,22 @@ def test_ctrl_c_mid_run_exits_130_writes_report_and_leaves_nothing(ns_cluster, t
             break
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
     out, err = proc.communicate(timeout=60)
+    answered = time.monotonic() - sent
     assert proc.returncode == 130, "".join(seen) + err + out
+    assert answered < 15, answered
     report = json.loads(report_path.read_text())
     assert report["verdict"] == "interrupted" and report["exit_code"] == 130
     assert [h["name"] for h in report["hosts"]] == ["h1", "h2", "h3"]
+    # partial: what each host reached (all three were checked and launched)
+    assert all(h["reachable"] and h["hostname"] == h["name"] and h["stage"] in ("launch", "done")
+               for h in report["hosts"]), report["hosts"]
+    print(f"Ctrl-C: exited 130 {answered:.1f}s after SIGINT")
     wait_until_clean(ns_cluster)
+    # each host's agent removed its run directory on the hang-up
+    deadline = time.monotonic() + 20
+    workdirs = [tmp_path / f"work-{name}" for name in ("h1", "h2", "h3")]
+    while any(w.exists() and any(w.iterdir()) for w in workdirs):
+        assert time.monotonic() < deadline, [list(w.iterdir()) for w in workdirs]
+        time.sleep(0.2)
