@@ -80,7 +80,8 @@ def register_preflight(sub) -> None:
                      help="keep each host's run directory under its workdir (torchrun's "
                           "files and launch.log); by default it is removed after the run")
     pre.add_argument("--dry-run", action="store_true",
-                     help="print each host's exact commands and run nothing")
+                     help="print each host's exact commands and run nothing (the values of "
+                          "variables named like *_TOKEN, *_KEY or *PASSWORD shown as ***)")
     pre.set_defaults(run=preflight_command)
 
 
@@ -134,8 +135,8 @@ def load_spec(hosts: Optional[str]) -> ClusterSpec:
 def dry_run_text(spec: ClusterSpec, options) -> str:
     """Each host's exact commands: stage 0, then torchrun (slots from hosts.yaml, else 1 per
     GPU: shown as planned for a host without GPUs, since stage 0 has not run)."""
-    from .plan import (plan_launch, plan_rendezvous_check, resolve_backend, resolve_slots,
-                       stage0_command)
+    from .plan import (plan_launch, plan_rendezvous_check, redact_secrets, resolve_backend,
+                       resolve_slots, stage0_command)
     from .preflight import REACH_WINDOW_S
     from .transport import ssh_target
 
@@ -149,12 +150,12 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
     for host, launch in zip(spec.hosts, plan_launch(spec, slots, backend, options.launch)):
         where = "local" if spec.local else f"ssh {ssh_target(host)}"
         lines += [f"# {host.name} (node rank {launch.node_rank}, {launch.slots} rank(s)) "
-                  f"via {where}", stage0_command(host, 58)]
+                  f"via {where}", redact_secrets(stage0_command(host, 58))]
         if check is not None:
             if host.name == check.master:
-                lines.append(check.listen_command + "  # at the same time as:")
-            lines.append(check.reach_commands[host.name])
-        lines.append(launch.command)
+                lines.append(redact_secrets(check.listen_command) + "  # at the same time as:")
+            lines.append(redact_secrets(check.reach_commands[host.name]))
+        lines.append(redact_secrets(launch.command))
     return "\n".join(lines) + "\n"
 
 

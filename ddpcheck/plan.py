@@ -6,6 +6,7 @@ Pure functions only. Every value that came from hosts.yaml or the command line g
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -73,6 +74,28 @@ def remote_command(host: HostSpec, argv: Sequence[str], extra_env: Mapping[str, 
     workdir = shlex.quote(host.workdir)
     run = shlex.join(["env", *assignments, *program])
     return f"mkdir -p {workdir} && cd {workdir} && exec {run}"
+
+
+# Variables whose values are shown as *** when commands are printed (-v, --dry-run).
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def redact_secrets(command: str) -> str:
+    """``command`` for printing: the value of a variable whose name looks secret (…_TOKEN,
+    …_API_KEY, …PASSWORD) replaced by ***. Unchanged, byte for byte, when there is none."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    hidden = False
+    shown = []
+    for word in words:
+        name, equals, _ = word.partition("=")
+        if equals and _ASSIGNMENT.fullmatch(name) and _SECRET_NAME.search(name):
+            word, hidden = f"{name}=***", True
+        shown.append(word if word == "&&" else shlex.quote(word))
+    return " ".join(shown) if hidden else command
 
 
 def stage0_argv(host: HostSpec, deadline_s: float) -> list[str]:

@@ -28,7 +28,7 @@ from . import analyze
 from .collect import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
 from .errors import HostError
 from .plan import (LaunchOptions, global_ranks, plan_launch, plan_rendezvous_check,
-                   resolve_backend, resolve_slots, stage0_command)
+                   redact_secrets, resolve_backend, resolve_slots, stage0_command)
 from .records import Finding, HostRecord, RankRecord, Severity, Verdict
 from .report import Report
 from .spec import ClusterSpec, HostSpec
@@ -194,7 +194,8 @@ class PreflightRun:
             self.progress.host(host_plan.host, f"launched torchrun: node rank "
                                                f"{host_plan.node_rank}, {host_plan.slots} rank(s)")
             if self.options.verbose:
-                self.progress.host(host_plan.host, f"command: {host_plan.command}")
+                self.progress.host(host_plan.host,
+                                   f"command: {redact_secrets(host_plan.command)}")
             deadline = min(self.deadline, time.monotonic() + launch_options.deadline_s
                            + self.options.launch_grace_s)
             result = self.sessions[host_plan.host].run(host_plan.command, deadline, self.cancel,

@@ -82,6 +82,22 @@ def test_agent_deadline_stops_torchrun_and_removes_the_run_dir(tmp_path):
     assert nothing_left_of(proc.pid)
 
 
+def test_torchrun_rendezvous_timeout_fires_before_the_agent_deadline(tmp_path):
+    """--rendezvous-timeout: torchrun gives up on the missing node by itself, and the agent
+    reports its exit (not a deadline of its own)."""
+    argv = agent_argv("ddpcheck-test", 120, WAIT_FOR_A_MISSING_NODE)
+    argv[argv.index("timeout=300")] = "timeout=3"
+    began = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    out, agent = finish(proc)
+    took = time.monotonic() - began
+    assert agent["stopped"] is None and agent["exit_code"] not in (0, None)
+    assert "timeout" in out.lower() or "timed out" in out.lower()
+    assert took < 60, took  # torch's import, then 3 s (torch's default: 600 s)
+    assert agent["removed"] is True and list(tmp_path.iterdir()) == []
+
+
 def test_agent_stops_when_asked_on_stdin_and_says_who_was_running(tmp_path):
     """What the launcher does when another host's ranks failed: "stop" on the agent's stdin.
     The worker is alive (busy in its barriers) and is named with its rank and pid."""

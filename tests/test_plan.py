@@ -257,3 +257,21 @@ def test_launch_runs_in_its_own_run_dir_kept_only_with_keep():
                                    run_id="abc")[0].command)
     assert plain[plain.index("--run-dir") + 1] == "ddpcheck-abc" and "--keep" not in plain
     assert kept.index("--keep") < kept.index("--")
+
+
+def test_printed_commands_hide_secret_looking_values_and_nothing_else():
+    from ddpcheck.cli import dry_run_text
+    from ddpcheck.plan import redact_secrets
+    from ddpcheck.preflight import PreflightOptions
+
+    plain = make_spec().hosts[0]
+    command = remote_command(plain, ["python3", "-c", "pass"])
+    assert redact_secrets(command) == command  # byte for byte: still the exact command
+    secret = HostSpec(name="s", address="s", env={"WANDB_API_KEY": "wb-12345-secret",
+                                                  "HF_TOKEN": "hf_abcdef", "NCCL_DEBUG": "INFO"})
+    shown = redact_secrets(remote_command(secret, ["python3", "-c", "pass"]))
+    assert "wb-12345-secret" not in shown and "hf_abcdef" not in shown
+    assert "WANDB_API_KEY=***" in shown and "HF_TOKEN=***" in shown
+    assert "NCCL_DEBUG=INFO" in shown and shown.startswith("mkdir -p /tmp/ddpcheck && cd")
+    text = dry_run_text(ClusterSpec(hosts=(secret,)), PreflightOptions())
+    assert "wb-12345-secret" not in text and "hf_abcdef" not in text

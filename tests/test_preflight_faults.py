@@ -64,7 +64,7 @@ def key_material(path: Path) -> list[str]:
 
 
 def test_every_fault_is_named_with_its_host_and_the_good_host_stands(servers, tmp_path):
-    """Through the command line, as a user runs it, with -v: nine hosts, eight faults."""
+    """Through the command line, as a user runs it, with -v: eleven hosts, ten faults."""
     keys = write_keys(tmp_path)
     impostor_key = new_key()
     good = servers()
@@ -76,12 +76,17 @@ def test_every_fault_is_named_with_its_host_and_the_good_host_stands(servers, tm
     encrypted = servers()
     junk = servers()
     badworkdir = servers()
+    brokentorch = servers()
+    broken = tmp_path / "broken-site" / "torch"  # a torch whose import fails, on one host
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        "raise ImportError('libcudart.so.12: cannot open shared object file')\n")
     refused_port = free_port()
     known = tmp_path / "known_hosts"
     known.write_text("".join(f"[127.0.0.1]:{s.port} {SERVER_KEY.get_name()} "
                              f"{SERVER_KEY.get_base64()}\n"
                              for s in (good, silent, rejected, impostor, nopython, dropped,
-                                       encrypted, junk, badworkdir)))
+                                       encrypted, junk, badworkdir, brokentorch)))
 
     def host(name: str, port: int, **extra) -> dict:
         return {"name": name, "address": "127.0.0.1", "port": port, **extra}
@@ -104,6 +109,8 @@ def test_every_fault_is_named_with_its_host_and_the_good_host_stands(servers, tm
             host("encrypted", encrypted.port, identity_file=str(keys["encrypted"])),
             host("junk", junk.port, identity_file=str(keys["garbage"])),
             host("badworkdir", badworkdir.port, workdir="/proc/ddpcheck-cannot-be-here"),
+            host("brokentorch", brokentorch.port,
+                 env={"PYTHONPATH": str(broken.parent), "GLOO_SOCKET_IFNAME": "lo"}),
         ]}, sort_keys=False))
     report_path = tmp_path / "report.json"
     began = time.monotonic()
@@ -125,6 +132,7 @@ def test_every_fault_is_named_with_its_host_and_the_good_host_stands(servers, tm
         "encrypted": ("ssh", "connect", "is encrypted"),
         "junk": ("ssh", "connect", "not a private key ddpcheck can read"),
         "badworkdir": ("workdir", "stage0", "/proc/ddpcheck-cannot-be-here"),
+        "brokentorch": ("torch_import", "stage0", "libcudart.so.12: cannot open"),
     }
     for name, (check, stage, words) in expected.items():
         finding = by_host.get(name)
