@@ -160,3 +160,46 @@ def test_probe_watchdog_reports_timeout_at_its_deadline(tmp_path):
     assert "within 5s" in record["error"]
     assert took < 60, took  # the import of torch, then the deadline (minus its 3 s margin)
     assert json.dumps(record)
+
+
+def _marked(mark: bytes) -> list[int]:
+    """Live processes that carry ``mark`` in their environment (zombies have none)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if mark in Path(f"/proc/{entry}/environ").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_whole_command_deadline_mid_launch_stops_every_rank_and_leaves_nothing(tmp_path):
+    """``ddpcheck preflight --timeout`` on this machine while both ranks are busy for good:
+    the deadline ends the run, every rank is reported as timeout, no process or run
+    directory is left."""
+    mark = f"DDPCHECK_TEST_MARK={time.time_ns()}"
+    workdir = Path("/tmp/ddpcheck")  # the embedded default's workdir
+    before = set(workdir.glob("ddpcheck-*")) if workdir.exists() else set()
+    report_path = tmp_path / "report.json"
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "ddpcheck", "preflight", "--timeout", "15",
+                           "--iterations", "1000000000", "--skip", "consistency", "--json",
+                           str(report_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, mark.split("=")[0]: mark.split("=")[1]},
+                          cwd=tmp_path)
+    took = time.monotonic() - began
+    report = json.loads(report_path.read_text())
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert report["verdict"] == "fail"
+    assert [r["status"] for r in report["ranks"]] == ["timeout", "timeout"]
+    assert {f["check"] for f in report["findings"] if f["severity"] == "error"} == {"timeout"}
+    assert took < 15 + 10, took
+    ends = time.monotonic() + 15
+    while (_marked(mark.encode()) or set(workdir.glob("ddpcheck-*")) - before) \
+            and time.monotonic() < ends:
+        time.sleep(0.2)
+    assert _marked(mark.encode()) == []
+    assert set(workdir.glob("ddpcheck-*")) - before == set()
+    print(f"--timeout 15 mid-launch: exited after {took:.1f}s")
