@@ -425,6 +425,10 @@ class Launch:
         process ignores SIGTERM until continued; SIGKILL still ends it)."""
         assert self.proc is not None
         tree = descendants(os.getpid())
+        for pid, worker in self.workers.items():
+            if worker.get("alive") and process_state(pid) == "T":
+                # stopped: it cannot act on SIGTERM, and torchrun would wait 30 s for it
+                _signal(pid, signal.SIGKILL)
         _signal(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=5.0)

@@ -36,6 +36,7 @@ from .transport import CommandResult, LocalSession, Session, SSHSession, fan_out
 
 STAGE0_DEADLINE_S = 60.0
 LAUNCH_GRACE_S = 10.0  # after the agent's deadline, for it to stop torchrun and clean up
+WORLD_BROKEN_GRACE_S = 5.0  # after one host failed: the collective timeout, then this
 REACH_WINDOW_S = 5.0  # how long a host keeps trying the master's rendezvous port
 
 
@@ -177,7 +178,7 @@ class PreflightRun:
         # their agents are asked to stop, and report which ranks were still running.
         stop_launch = threading.Event()
         stoppers: list[threading.Timer] = []
-        window = launch_options.collective_timeout_s + self.options.launch_grace_s
+        window = launch_options.collective_timeout_s + WORLD_BROKEN_GRACE_S
 
         def world_broken(name: str) -> None:
             with self.lock:

@@ -500,7 +500,7 @@ _DOCUMENT = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_DOCUMENT)
 def test_hostile_documents_give_a_config_error_or_exactly_quoted_commands(document) -> None:
     """hosts.yaml with values meant to break out of a shell (or a YAML parser): either a

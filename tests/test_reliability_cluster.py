@@ -1,6 +1,6 @@
 """Faults injected for real on the namespace cluster, through ``ddpcheck preflight`` as users
-run it: a cut link, a stopped sshd, a changed host key, an unusable workdir, a rank killed, a
-rank stopped, a hostile env value. Each test checks what is reported, the exit code, how long
+run it: a cut link, a stopped sshd, a changed host key, an unusable workdir, a rank killed (with
+hostile env values), a rank stopped. Each test checks what is reported, the exit code, how long
 the answer took, and that nothing is left behind (processes, run directories).
 """
 
@@ -185,17 +185,34 @@ def test_read_only_full_or_missing_workdir_is_a_finding_for_that_host(ns_cluster
 # -- ranks that die or stop during preflight ---------------------------------------------------
 
 
+def rank_environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return {k.decode(): v.decode() for k, v in (item.split(b"=", 1) for item in raw.split(b"\0")
+                                                if b"=" in item)}
+
+
 def test_rank_killed_mid_preflight_is_named_as_the_root_cause(ns_cluster, tmp_path):
+    """Also: env values with $(...), backticks, ; and quotes went through stage 0, the
+    rendezvous check and torchrun on both hosts: the ranks have them byte for byte in their
+    environment, and nothing in them ran."""
     h1, h2 = ns_cluster.hosts[:2]
+    pwned = tmp_path / "pwned"
+    hostile = {h1.name: f"$(touch {pwned}1); touch {pwned}2; `touch {pwned}3`",
+               h2.name: f"x' ; touch {pwned}4 # \" $HOME && touch {pwned}5 | tee {pwned}6"}
+    overrides = {name: {"env": {"GLOO_SOCKET_IFNAME": "eth0", "DDPCHECK_TEST_VALUE": value}}
+                 for name, value in hostile.items()}
     hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", [h1, h2], slots=2,
-                                    port=29622)
+                                    port=29622, host_overrides=overrides)
     report_path = tmp_path / "report.json"
     # a billion barriers: the ranks are busy for good, a known place to kill one
     proc = preflight(hosts_yaml, report_path, "--iterations", "1000000000", "--skip",
-                     "consistency", "--collective-timeout", "10", "--timeout", "200")
+                     "consistency", "--collective-timeout", "5", "--timeout", "200")
     try:
         wait_for_ranks(ns_cluster, [h1, h2], 4, proc)
-        time.sleep(2.0)
+        for host in (h1, h2):
+            for pid, _, _ in ranks_on(ns_cluster, host):
+                assert rank_environ(pid)["DDPCHECK_TEST_VALUE"] == hostile[host.name]
+        time.sleep(1.0)
         [victim] = [r for r in ranks_on(ns_cluster, h2) if r[2] == 1]
         os.kill(victim[0], signal.SIGKILL)
         killed = time.monotonic()
@@ -204,6 +221,7 @@ def test_rank_killed_mid_preflight_is_named_as_the_root_cause(ns_cluster, tmp_pa
     finally:
         finish(proc)
     report = json.loads(report_path.read_text())
+    assert list(tmp_path.glob("pwned*")) == [] and not Path("pwned1").exists()
     assert proc.returncode == 1 and report["verdict"] == "fail", out + err
     [root] = [f for f in report["findings"] if f["root_cause"]]
     assert (root["check"], root["host"], root["rank"]) == ("crash", h2.name, victim[1])
@@ -214,7 +232,7 @@ def test_rank_killed_mid_preflight_is_named_as_the_root_cause(ns_cluster, tmp_pa
     sibling = victim[1] - 1  # torchrun stopped h2's other rank, unless it failed first
     assert ranks[sibling]["status"] in ("missing", "error")
     assert all(ranks[r]["status"] == "error" for r in (0, 1))  # h1: their peer vanished
-    assert answered < 10 + 15 + 30, answered  # collective timeout, grace, slack
+    assert answered < 5 + 5 + 30, answered  # collective timeout, grace, slack
     assert_nothing_left(ns_cluster, [tmp_path / "work-h1", tmp_path / "work-h2"])
     print(f"rank killed: answered {answered:.1f}s after the kill")
 
@@ -249,40 +267,7 @@ def test_rank_stopped_mid_preflight_is_named_as_timeout_and_nothing_hangs(ns_clu
     assert "was stopped (state T" in root["message"] and str(victim[0]) in root["message"]
     assert [r["status"] for r in report["ranks"]] == ["error", "timeout"]
     assert "asked to stop" in err  # h1 failed: h2 was asked to stop, not waited for
-    assert answered < 5 + 10 + 30, answered  # collective timeout, grace, slack
+    assert answered < 5 + 5 + 30, answered  # collective timeout, grace, slack
     assert after in (None, "Z"), after  # ddpcheck's agent ended it (a zombie is dead)
     assert_nothing_left(ns_cluster, [tmp_path / "work-h1", tmp_path / "work-h2"])
     print(f"rank stopped: answered {answered:.1f}s after SIGSTOP")
-
-
-# -- values that must never reach a shell ------------------------------------------------------
-
-
-def test_hostile_env_values_are_passed_literally_and_never_executed(ns_cluster, tmp_path):
-    """Values with $(...), backticks, ; and quotes go through stage 0, the rendezvous check
-    and torchrun on every host: they arrive byte for byte (the ranks' env differs, so the
-    drift report shows each value) and nothing in them runs. With --keep the run directories
-    stay, with each host's launch.log."""
-    h1, h2 = ns_cluster.hosts[:2]
-    pwned = tmp_path / "pwned"
-    values = {h1.name: f"$(touch {pwned}1); touch {pwned}2; `touch {pwned}3`",
-              h2.name: f"x' ; touch {pwned}4 # \" $HOME && touch {pwned}5"}
-    overrides = {name: {"env": {"NCCL_DDPCHECK_TEST": value}} for name, value in values.items()}
-    hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", [h1, h2], slots=1,
-                                    port=29624, host_overrides=overrides)
-    report_path = tmp_path / "report.json"
-    code, out, err, took = run_preflight(hosts_yaml, report_path, "--keep")
-    report = json.loads(report_path.read_text())
-    assert list(tmp_path.glob("pwned*")) == [] and not Path("pwned1").exists()
-    assert code == 1, out + err  # the variable differs between hosts: env_drift
-    drift = [f for f in report["findings"] if f["check"] == "env_drift"]
-    assert any("NCCL_DDPCHECK_TEST" in f["message"] for f in drift)
-    arrived = {row["hosts"][0]: row["value"] for row in report["drift"]
-               if row["key"] == "NCCL_DDPCHECK_TEST"}
-    assert arrived == values
-    kept = {h["name"]: h["run_dir"] for h in report["hosts"]}
-    for name, run_dir in kept.items():
-        assert run_dir and run_dir.startswith(str(tmp_path / f"work-{name}" / "ddpcheck-"))
-        assert "@@DDPCHECK rank" in (Path(run_dir) / "launch.log").read_text()
-        assert f"kept {run_dir}" in err
-    print(f"hostile env: answered in {took:.1f}s")
