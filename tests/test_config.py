@@ -526,3 +526,8 @@ def test_hostile_documents_give_a_config_error_or_exactly_quoted_commands(docume
                                         "&&", "exec", "env", *env]
         assert words[words.index("--host") + 1] == host.name
         assert host.python in words and "\0" not in launch.command
+
+
+def test_nul_in_a_value_is_a_config_error() -> None:
+    assert_error('hosts:\n  - name: a\n    env: {X: "a\\0b"}\n', 3, "hosts[0].env.X", "NUL")
+    assert_error('defaults:\n  python: "py\\0thon"\nhosts: [a]\n', 2, "defaults.python", "NUL")
