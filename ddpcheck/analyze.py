@@ -52,11 +52,12 @@ def hostname_findings(hosts: Sequence[HostRecord],
     if len(hosts) > 1:
         for host in hosts:
             addresses = [str(a) for a in host.facts.get("addresses", [])]
-            if addresses and all(a.startswith(LOOPBACK_PREFIXES) for a in addresses):
+            # the first address is the one a bind by hostname picks (127.0.1.1 on Debian)
+            if addresses and addresses[0].startswith(LOOPBACK_PREFIXES):
                 harmless = host.name in pinned
                 findings.append(Finding(
                     Severity.WARNING if harmless else Severity.ERROR, "hostname",
-                    f"{host.name}: its hostname {host.hostname!r} resolves only to loopback "
+                    f"{host.name}: its hostname {host.hostname!r} resolves first to loopback "
                     f"({', '.join(addresses)}); " + (
                         "its *_SOCKET_IFNAME keeps ranks off lo, but other tools may bind lo"
                         if harmless else "gloo and NCCL will bind lo and peers cannot connect: "

@@ -98,13 +98,17 @@ def redact_secrets(command: str) -> str:
     return " ".join(shown) if hidden else command
 
 
-def stage0_argv(host: HostSpec, deadline_s: float) -> list[str]:
-    return [host.python, "-m", "ddpcheck.agent", "facts", "--deadline", _num(deadline_s)]
+def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None) -> list[str]:
+    argv = [host.python, "-m", "ddpcheck.agent", "facts", "--deadline", _num(deadline_s)]
+    if master:
+        argv += ["--master", master]
+    return argv
 
 
-def stage0_command(host: HostSpec, deadline_s: float) -> str:
-    """Stage 0: host facts (hostname, python, torch import, GPUs) before any rank starts."""
-    return remote_command(host, stage0_argv(host, deadline_s))
+def stage0_command(host: HostSpec, deadline_s: float, master: Optional[str] = None) -> str:
+    """Stage 0: host facts (hostname, python, torch import, GPUs, resources, interfaces, the
+    route to ``master``) before any rank starts, with the env the ranks will get."""
+    return remote_command(host, stage0_argv(host, deadline_s, master))
 
 
 def resolve_backend(requested: Backend, gpus_by_host: Mapping[str, int]) -> Backend:
@@ -138,31 +142,8 @@ def plan_launch(spec: ClusterSpec, slots_by_host: Mapping[str, int], backend: Ba
     launches = []
     for node_rank, host in enumerate(hosts):
         slots = slots_by_host[host.name]
-        torchrun_args = [
-            "--nnodes", str(len(hosts)),
-            "--node-rank", str(node_rank),
-            "--nproc-per-node", str(slots),
-            "--master-addr", master_address(spec),
-            "--master-port", str(spec.rendezvous_port),
-            "--max-restarts", "0",
-            "--monitor-interval", "0.5",
-            "--rdzv-conf", f"timeout={options.rendezvous_timeout_s}",
-        ]
-        if run_id:
-            torchrun_args += ["--rdzv-id", run_id]
-        probe_args = [
-            "-m", "ddpcheck.probe",
-            "--host", host.name,
-            "--expected-world-size", str(world_size),
-            "--backend", backend.value,
-            "--collective-timeout", str(options.collective_timeout_s),
-            "--deadline", _num(options.deadline_s),
-            "--iterations", str(options.iterations),
-            *consistency_args(options),
-        ]
-        argv = [host.python, "-m", "ddpcheck.agent", "launch",
-                "--deadline", _num(options.deadline_s), "--run-dir", run_dir_name(run_id),
-                *(["--keep"] if options.keep else []), "--", *torchrun_args, *probe_args]
+        argv = launch_argv(spec, host, str(node_rank), str(slots), host.name, world_size,
+                           backend, options, run_id)
         launches.append(HostLaunch(host.name, node_rank, slots, remote_command(host, argv)))
     return launches
 
@@ -221,6 +202,39 @@ def plan_rendezvous_check(spec: ClusterSpec, window_s: float) -> RendezvousCheck
         "--port", port, "--name", host.name, "--timeout", _num(window_s)])
         for host in spec.hosts}
     return RendezvousCheck(master.name, listen, reach)
+
+
+def launch_argv(spec: ClusterSpec, host: HostSpec, node_rank: str, slots: str, host_name: str,
+                world_size: int, backend: Backend, options: LaunchOptions,
+                run_id: Optional[str]) -> list[str]:
+    """The agent's argv on one host: ``agent launch -- <torchrun args> -m ddpcheck.probe ...``.
+    node_rank, slots and host_name are text so that a launcher that runs one command on every
+    node (srun) can pass placeholders the agent fills in on the node."""
+    torchrun_args = [
+        "--nnodes", str(len(spec.hosts)),
+        "--node-rank", node_rank,
+        "--nproc-per-node", slots,
+        "--master-addr", master_address(spec),
+        "--master-port", str(spec.rendezvous_port),
+        "--max-restarts", "0",
+        "--monitor-interval", "0.5",
+        "--rdzv-conf", f"timeout={options.rendezvous_timeout_s}",
+    ]
+    if run_id:
+        torchrun_args += ["--rdzv-id", run_id]
+    probe_args = [
+        "-m", "ddpcheck.probe",
+        "--host", host_name,
+        "--expected-world-size", str(world_size),
+        "--backend", backend.value,
+        "--collective-timeout", str(options.collective_timeout_s),
+        "--deadline", _num(options.deadline_s),
+        "--iterations", str(options.iterations),
+        *consistency_args(options),
+    ]
+    return [host.python, "-m", "ddpcheck.agent", "launch",
+            "--deadline", _num(options.deadline_s), "--run-dir", run_dir_name(run_id),
+            *(["--keep"] if options.keep else []), "--", *torchrun_args, *probe_args]
 
 
 def _num(value: float) -> str:

@@ -2,8 +2,9 @@
 
 connect + stage 0 on every host (one fan-out) -> the rendezvous check (the master listens on
 the rendezvous port, every host connects: one fan-out) -> plan -> torchrun + probe on every
-host (one fan-out) -> collect -> analyze -> report. A host that fails before launch keeps torchrun from
-starting anywhere: a world with a missing node can only hang until the rendezvous timeout.
+host (one fan-out) -> collect -> analyze -> report. A host that fails before launch keeps
+torchrun from starting anywhere: a world with a missing node can only hang until the
+rendezvous timeout.
 The partial state is kept as hosts progress, so an interrupted or timed-out run still reports
 what each host reached.
 
@@ -24,7 +25,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Optional, TextIO
 
-from . import analyze
+from . import analyze, health
 from .collect import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
 from .errors import HostError
 from .plan import (LaunchOptions, global_ranks, plan_launch, plan_rendezvous_check,
@@ -32,10 +33,11 @@ from .plan import (LaunchOptions, global_ranks, plan_launch, plan_rendezvous_che
 from .records import Finding, HostRecord, RankRecord, Severity, Verdict
 from .report import Report
 from .spec import ClusterSpec, HostSpec
-from .transport import CommandResult, LocalSession, Session, SSHSession, fan_out
+from .transport import CommandResult, JumpPool, LocalSession, Session, SSHSession, fan_out
 
 STAGE0_DEADLINE_S = 60.0
 LAUNCH_GRACE_S = 10.0  # after the agent's deadline, for it to stop torchrun and clean up
+AGENT_STOP_S = 5.0  # what the agent's deadline keeps back from --timeout to stop and report
 WORLD_BROKEN_GRACE_S = 5.0  # after one host failed: the collective timeout, then this
 REACH_WINDOW_S = 5.0  # how long a host keeps trying the master's rendezvous port
 
@@ -53,8 +55,8 @@ class PreflightOptions:
 class Progress:
     """A line per host on stderr as its state changes, with seconds since start."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = sys.stderr) -> None:
+        self.stream = stream  # None: quiet (-q)
         self.started = time.monotonic()
         self.lock = threading.Lock()
 
@@ -62,6 +64,8 @@ class Progress:
         self.say(f"{name}: {state}")
 
     def say(self, text: str) -> None:
+        if self.stream is None:
+            return
         with self.lock:
             self.stream.write(f"ddpcheck [{time.monotonic() - self.started:6.1f}s] {text}\n")
             self.stream.flush()
@@ -83,18 +87,20 @@ class PreflightRun:
         self.slots: dict[str, int] = {}
         self.backend: Optional[str] = None
         self.lock = threading.Lock()
+        self.jumps = JumpPool(spec.ssh)  # ProxyJump: one connection per jump host, shared
 
     # -- stage 0 ------------------------------------------------------------------------
     def check_host(self, host: HostSpec) -> None:
         if self.cancel.is_set():
             return
-        self.progress.host(host.name, "connecting" if not self.spec.local else "checking")
+        via = f" through {' > '.join(j.name for j in host.jumps)}" if host.jumps else ""
+        self.progress.host(host.name, f"connecting{via}" if not self.spec.local else "checking")
         # every connect step gets the smaller of its own timeout and what --timeout leaves
         ssh = replace(self.spec.ssh, connect_timeout=max(min(
             self.spec.ssh.connect_timeout, self.deadline - time.monotonic()), 0.5))
         try:
             session: Session = (LocalSession() if self.spec.local
-                                else SSHSession.connect(host, ssh))
+                                else SSHSession.connect(host, ssh, self.jumps))
         except HostError as exc:
             self.update(host.name, error=exc.message, error_check="ssh", stage="connect")
             self.progress.host(host.name, f"unreachable: {exc.message}")
@@ -103,13 +109,18 @@ class PreflightRun:
             self.sessions[host.name] = session
         self.update(host.name, reachable=True, stage="stage0")
         deadline = min(self.deadline, time.monotonic() + self.options.stage0_timeout_s)
-        result = session.run(stage0_command(host, max(deadline - time.monotonic() - 2, 1)),
-                             deadline, self.cancel)
-        self.record_stage0(host, result)
+        command = stage0_command(host, max(deadline - time.monotonic() - 2, 1),
+                                 master=self.spec.master_host.address)
+        sent = time.time()  # the launcher's clock around the call bounds the host's clock
+        result = session.run(command, deadline, self.cancel)
+        self.record_stage0(host, result, (sent, time.time()))
 
-    def record_stage0(self, host: HostSpec, result: CommandResult) -> None:
+    def record_stage0(self, host: HostSpec, result: CommandResult,
+                      clock_window: Optional[tuple[float, float]] = None) -> None:
         parsed = parse_output(result.output)
         facts = parsed.facts or {}
+        if facts and clock_window and not self.spec.local:
+            facts["launcher_clock"] = list(clock_window)
         check, error = stage0_error(host, result, facts, list(parsed.stray))
         gpus = int(facts.get("gpus") or 0)
         self.update(host.name, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
@@ -120,10 +131,41 @@ class PreflightRun:
         if error:
             self.progress.host(host.name, f"failed stage 0: {error}")
         else:
+            torch = (f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
+                     if facts.get("torch") else "torch import failed")
             self.progress.host(host.name, (
                 f"checked: hostname {facts.get('hostname')}, python {facts.get('python')}, "
-                f"torch {facts.get('torch')} (import {facts.get('import_s')}s), {gpus} GPU(s) "
-                f"in {result.duration_s:.1f}s"))
+                f"{torch}, {gpus} GPU(s) in {result.duration_s:.1f}s"))
+
+    def judge_stage0(self) -> None:
+        """Stage-0 health rules on every host that answered (pure, in ``health``). A host with
+        an error that makes the run pointless gets it as its error: torchrun will not start."""
+        answered = [h for h in self.spec.hosts
+                    if self.hosts[h.name].facts and not self.hosts[h.name].error]
+        gpus = {h.name: self.hosts[h.name].gpus for h in answered}
+        backend = resolve_backend(self.spec.backend, gpus).value if answered else "auto"
+        for host in answered:
+            facts = self.hosts[host.name].facts
+            window = facts.get("launcher_clock")
+            context = health.Stage0Context(
+                backend=backend, slots=host.slots, multi_host=len(self.spec.hosts) > 1,
+                clock_window=tuple(window) if isinstance(window, list) and len(window) == 2
+                else None)
+            findings = health.host_findings(host.name, facts, context)
+            blocking = next((f for f in findings if health.blocks_launch(f)), None)
+            if blocking is not None:
+                prefix = f"{host.name}: "
+                message = blocking.message[len(prefix):] if blocking.message.startswith(
+                    prefix) else blocking.message
+                self.update(host.name, error=message, error_check=blocking.check)
+                self.progress.host(host.name, f"failed stage 0: {blocking.check}: {message}")
+                findings.remove(blocking)
+            for finding in findings:
+                if finding.severity is not Severity.INFO:
+                    self.progress.host(host.name, f"stage 0 {finding.severity.value}: "
+                                                  f"{finding.check}: {finding.message}")
+            self.extra_findings += findings
+        self.extra_findings += health.cluster_gpu_findings(gpus)
 
     # -- rendezvous check ------------------------------------------------------------
     def check_rendezvous(self) -> None:
@@ -165,9 +207,10 @@ class PreflightRun:
         self.backend = backend.value
         self.slots = {h.name: resolve_slots(h, gpus[h.name], self.spec.local) for h in specs}
         remaining = self.deadline - time.monotonic()
+        # the agent's deadline leaves it time to stop torchrun and report within --timeout
         launch_options = replace(self.options.launch,
-                                 deadline_s=max(min(self.options.launch.deadline_s,
-                                                    remaining - 5.0), 5.0))
+                                 deadline_s=round(max(min(self.options.launch.deadline_s,
+                                                          remaining - AGENT_STOP_S), 1.0), 1))
         plans = plan_launch(self.spec, self.slots, backend, launch_options,
                             run_id=uuid.uuid4().hex[:12])
         for host_plan in plans:
@@ -225,14 +268,15 @@ class PreflightRun:
             {r.rank for r in ranks}, agent, torchrun_failures(parsed.stray))]
         error, check = None, None
         if agent.get("error"):  # the run directory could not be made: the workdir is unusable
-            check, error = "workdir", f"launch: {agent['error']}"
+            check, error = "resources", f"launch: {agent['error']}"
         elif result.lost and not ranks:
             check, error = "ssh", "launch: the connection was lost before any rank reported"
         elif not ranks:
             check = "timeout" if result.timed_out or agent.get("stopped") else "rendezvous"
             why = ("interrupted" if result.cancelled else
                    f"no answer within the deadline" if result.timed_out else
-                   f"torchrun exited {agent.get('exit_code', result.exit_code)}")
+                   f"the agent stopped torchrun: {agent['stopped']}" if agent.get("stopped")
+                   else f"torchrun exited {agent.get('exit_code', result.exit_code)}")
             error = f"launch: no rank reported back ({why}): {summary_of(parsed.stray)}"
         with self.lock:
             self.ranks.extend(ranks)
@@ -266,8 +310,10 @@ class PreflightRun:
     def run(self) -> Report:
         interrupted = False
         try:
-            fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
-            if (self.options.rendezvous_check and not self.spec.local
+            self.stage0()
+            self.judge_stage0()
+            if (self.options.rendezvous_check and self.sessions
+                    and not self.spec.local
                     and not any(h.error for h in self.hosts.values())
                     and not self.cancel.is_set()):
                 self.check_rendezvous()
@@ -290,7 +336,12 @@ class PreflightRun:
             self.cancel.set()
             for session in list(self.sessions.values()):
                 session.close()
+            self.jumps.close()
         return self.build_report(interrupted)
+
+    def stage0(self) -> None:
+        """Connect to every host and collect its facts (one fan-out)."""
+        fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
 
     def build_report(self, interrupted: bool) -> Report:
         hosts = [self.hosts[h.name] for h in self.spec.hosts]
@@ -319,7 +370,8 @@ class PreflightRun:
             source=self.spec.source,
             master=f"{self.spec.master_host.address}:{self.spec.rendezvous_port}",
             collectives=tuple(root.collectives) if root else (),
-            extra={"drift": drift_rows} if drift_rows else {})
+            extra={**({"drift": drift_rows} if drift_rows else {}),
+                   "stage0": {h.name: dict(h.facts) for h in hosts if h.facts}})
 
     def pinned_interfaces(self) -> frozenset[str]:
         """Hosts whose ranks are told their interface (a hostname on loopback is then harmless)."""
@@ -343,16 +395,14 @@ def stage0_error(host: HostSpec, result: CommandResult, facts: dict,
         workdir_line = next((line for line in stray if line.lstrip().startswith(
             ("mkdir:", "cd:", "sh:", "bash:")) and host.workdir in line), None)
         if workdir_line is not None:
-            return "workdir", (f"cannot create or enter the workdir {host.workdir}: "
-                               f"{workdir_line.strip()[:300]}")
+            return "resources", (f"cannot create or enter the workdir {host.workdir}: "
+                                 f"{workdir_line.strip()[:300]}")
         if "No module named" in text and "ddpcheck" in text:
             return "python", f"ddpcheck is not importable by {host.python}"
         return "python", f"stage 0 exited {result.exit_code}: {summary_of(stray)}"
-    if facts.get("workdir_error"):
-        return "workdir", str(facts["workdir_error"])
-    if facts.get("torch_error"):
-        return "torch_import", f"import torch failed: {facts['torch_error']}"
-    return None, None
+    if facts.get("workdir_write_error"):  # the run directory could not be made there
+        return "resources", str(facts["workdir_write_error"])
+    return None, None  # what the facts say is judged by the health rules
 
 
 def summary_of(lines: list[str] | tuple[str, ...]) -> str:

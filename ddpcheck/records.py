@@ -28,7 +28,7 @@ class RankStatus(str, enum.Enum):
 
 
 # Checks that mean "could not reach or check the host", not "a check failed" (exit 3, not 1).
-REACHABILITY_CHECKS = frozenset({"ssh"})
+REACHABILITY_CHECKS = frozenset({"ssh", "srun"})
 
 
 @dataclass(frozen=True)

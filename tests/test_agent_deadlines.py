@@ -157,7 +157,7 @@ def test_probe_watchdog_reports_timeout_at_its_deadline(tmp_path):
     [record] = parse_output(done.stdout).ranks
     assert done.returncode == 3
     assert record["status"] == "timeout" and record["stage"] == "init"
-    assert "within 5s" in record["error"]
+    assert "(its deadline)" in record["error"]
     assert took < 60, took  # the import of torch, then the deadline (minus its 3 s margin)
     assert json.dumps(record)
 
@@ -177,14 +177,14 @@ def _marked(mark: bytes) -> list[int]:
 
 def test_whole_command_deadline_mid_launch_stops_every_rank_and_leaves_nothing(tmp_path):
     """``ddpcheck preflight --timeout`` on this machine while both ranks are busy for good:
-    the deadline ends the run, every rank is reported as timeout, no process or run
+    the deadline ends the run, the ranks are reported as timed out, no process or run
     directory is left."""
     mark = f"DDPCHECK_TEST_MARK={time.time_ns()}"
     workdir = Path("/tmp/ddpcheck")  # the embedded default's workdir
     before = set(workdir.glob("ddpcheck-*")) if workdir.exists() else set()
     report_path = tmp_path / "report.json"
     began = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "ddpcheck", "preflight", "--timeout", "15",
+    done = subprocess.run([sys.executable, "-m", "ddpcheck", "preflight", "--timeout", "25",
                            "--iterations", "1000000000", "--skip", "consistency", "--json",
                            str(report_path)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, mark.split("=")[0]: mark.split("=")[1]},
@@ -193,13 +193,17 @@ def test_whole_command_deadline_mid_launch_stops_every_rank_and_leaves_nothing(t
     report = json.loads(report_path.read_text())
     assert done.returncode == 1, done.stdout + done.stderr
     assert report["verdict"] == "fail"
-    assert [r["status"] for r in report["ranks"]] == ["timeout", "timeout"]
-    assert {f["check"] for f in report["findings"] if f["severity"] == "error"} == {"timeout"}
-    assert took < 15 + 10, took
+    # both ranks reached their deadline: the first to report timed out; the other timed out
+    # too, or failed in a collective when its peer went first (collateral)
+    statuses = [r["status"] for r in report["ranks"]]
+    assert len(statuses) == 2 and "timeout" in statuses and set(statuses) <= {"timeout", "error"}
+    [root] = [f for f in report["findings"] if f["root_cause"]]
+    assert root["check"] == "timeout"
+    assert took < 25 + 10, took
     ends = time.monotonic() + 15
     while (_marked(mark.encode()) or set(workdir.glob("ddpcheck-*")) - before) \
             and time.monotonic() < ends:
         time.sleep(0.2)
     assert _marked(mark.encode()) == []
     assert set(workdir.glob("ddpcheck-*")) - before == set()
-    print(f"--timeout 15 mid-launch: exited after {took:.1f}s")
+    print(f"--timeout 25 mid-launch: exited after {took:.1f}s")

@@ -197,7 +197,7 @@ def test_hostname_duplicates():
 
 def test_hostname_loopback_only():
     hosts = [host("h1", facts={"addresses": ["127.0.1.1"]}),
-             host("h2", facts={"addresses": ["127.0.0.1", "10.0.0.2"]}),
+             host("h2", facts={"addresses": ["10.0.0.2", "127.0.1.1"]}),
              host("h3", facts={"addresses": ["::1", "127.0.0.1"]}),
              host("h4", facts={})]
     findings = host_findings(hosts)
@@ -210,7 +210,7 @@ def test_hostname_loopback_only():
 
 def test_hostname_loopback_with_pinned_interface_is_a_warning():
     hosts = [host("h1", facts={"addresses": ["127.0.1.1"]}),
-             host("h3", facts={"addresses": ["127.0.1.1"]})]
+             host("h3", facts={"addresses": ["127.0.1.1", "10.0.0.3"]})]
     findings = host_findings(hosts, pinned=frozenset({"h1"}))
     assert [(f.host, f.severity) for f in findings] == [
         ("h1", Severity.WARNING), ("h3", Severity.ERROR)]

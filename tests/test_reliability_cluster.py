@@ -166,7 +166,7 @@ def test_read_only_full_or_missing_workdir_is_a_finding_for_that_host(ns_cluster
     assert code == 1 and report["verdict"] == "fail", out + err
     errors = errors_by_host(report)
     assert set(errors) == {read_only.name, full.name, cannot_create.name}
-    assert all(f["check"] == "workdir" and ": stage0: " in f["message"]
+    assert all(f["check"] == "resources" and ": stage0: " in f["message"]
                for f in errors.values())
     assert f"cannot write 1 MiB in {ro}: Read-only file system" in \
         errors[read_only.name]["message"]
