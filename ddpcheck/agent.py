@@ -22,6 +22,7 @@ import ctypes
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,31 @@ def with_deadline(read, timeout_s: float, what: str) -> dict[str, Any]:
     return result
 
 
+RANK_REPORT_MARGIN_S = 2.0  # ranks report a timeout this long before the agent's deadline
+WRITE_TEST_BYTES = 1 << 20  # what stage 0 writes (and removes) to prove the workdir usable
+
+
+def workdir_write_test(path: str = ".") -> Optional[str]:
+    """Write (and remove) ``WRITE_TEST_BYTES`` in the workdir, for real: None when it worked,
+    else why not (a read-only mount, a full disk, a quota: what ``os.access`` and free space
+    cannot tell)."""
+    path = os.path.abspath(path)
+    test = os.path.join(path, f".ddpcheck-write-test-{os.getpid()}")
+    try:
+        with open(test, "wb") as handle:
+            handle.write(b"\0" * WRITE_TEST_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        return f"cannot write {WRITE_TEST_BYTES >> 20} MiB in {path}: {exc.strerror or exc}"
+    finally:
+        try:
+            os.unlink(test)
+        except OSError:
+            pass
+    return None
+
+
 def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: bool = True,
                   workdir: str = ".") -> dict[str, Any]:
     started = time.monotonic()
@@ -166,6 +192,9 @@ def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: b
     if "error" in host:
         facts["host_facts_error"] = host.pop("error")
     facts.update(host)
+    write_error = workdir_write_test(workdir)
+    if write_error:
+        facts["workdir_write_error"] = write_error
     if child is not None:
         facts.update(finish_torch_facts(child, deadline_s - (time.monotonic() - started)))
     facts["duration_s"] = round(time.monotonic() - started, 3)
@@ -261,22 +290,100 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-class Launch:
-    """torchrun as a child, its output passed through, stopped for good on any way out."""
+def _read_proc(pid: int, name: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
 
-    def __init__(self, torchrun_args: list[str], deadline_s: float) -> None:
+
+def process_state(pid: int) -> Optional[str]:
+    """The one-letter state of ``pid`` (R, S, D, T for stopped, Z...), None when gone."""
+    stat = _read_proc(pid, "stat")
+    fields = stat.rsplit(b")", 1)[-1].split()
+    return fields[0].decode() if fields else None
+
+
+def workers_of(parent: int) -> dict[int, dict[str, Any]]:
+    """torchrun's workers: its children with LOCAL_RANK in their environment, by pid."""
+    found: dict[int, dict[str, Any]] = {}
+    for pid in descendants(parent):
+        environ = dict(item.split(b"=", 1) for item in _read_proc(pid, "environ").split(b"\0")
+                       if b"=" in item)
+        if b"LOCAL_RANK" not in environ or b"RANK" not in environ:
+            continue
+        try:
+            rank, local_rank = int(environ[b"RANK"]), int(environ[b"LOCAL_RANK"])
+        except ValueError:
+            continue
+        found[pid] = {"pid": pid, "rank": rank, "local_rank": local_rank,
+                      "state": process_state(pid)}
+    return found
+
+
+class Launch:
+    """torchrun as a child, its output passed through, stopped for good on any way out.
+
+    torchrun runs in the run directory (``--run-dir``, under the workdir) with TMPDIR pointing
+    into it, so its log directories and whatever the ranks write to temporary files stay
+    there; the output is also kept there as ``launch.log``; the directory is removed at the
+    end, whatever the end, unless ``--keep``. The workers' pids, ranks and process states are
+    watched, so the agent's record says which ranks were still running, or stopped, when
+    torchrun ended or was stopped."""
+
+    WATCH_EVERY_S = 0.5
+
+    def __init__(self, torchrun_args: list[str], deadline_s: float,
+                 run_dir: Optional[str] = None, keep: bool = False) -> None:
         self.torchrun_args = torchrun_args
         self.deadline_s = deadline_s
+        self.run_dir = os.path.abspath(run_dir) if run_dir else None
+        self.keep = keep
         self.stop_reason: Optional[str] = None
         self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.log: Optional[Any] = None
+        self.workers: dict[int, dict[str, Any]] = {}
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
 
+    def listen_for_stop(self) -> None:
+        """The launcher writes "stop" on our stdin when the rest of the world has failed and
+        waiting longer cannot help: stop torchrun, and still report who was running."""
+        stdin = sys.stdin
+        if stdin is None:
+            return
+        try:
+            if stdin.isatty():  # a pty echoes what it reads back into our output: not that
+                import termios
+
+                attributes = termios.tcgetattr(stdin.fileno())
+                attributes[3] &= ~termios.ECHO
+                termios.tcsetattr(stdin.fileno(), termios.TCSANOW, attributes)
+        except (OSError, ValueError, ImportError):
+            pass
+
+        def read() -> None:
+            try:
+                for line in iter(stdin.buffer.readline, b""):
+                    if line.strip() == b"stop":
+                        self.request_stop("asked to stop by the launcher")
+                        return
+            except (OSError, ValueError):
+                return
+
+        threading.Thread(target=read, daemon=True).start()
+
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in iter(self.proc.stdout.readline, b""):
+            if self.log is not None:
+                try:
+                    self.log.write(line)
+                except (OSError, ValueError):  # disk full: the log stops, the run goes on
+                    self.log = None
             try:
                 sys.stdout.buffer.write(line)
                 sys.stdout.buffer.flush()
@@ -284,34 +391,107 @@ class Launch:
                 self.request_stop("output closed")
                 return
 
+    def watch_workers(self) -> None:
+        """Refresh what is known of each worker; a worker that is gone keeps its last state."""
+        assert self.proc is not None
+        alive = workers_of(self.proc.pid)
+        for pid, seen in self.workers.items():
+            if pid not in alive:
+                seen["alive"] = False
+        for pid, now in alive.items():
+            self.workers[pid] = {**now, "alive": now["state"] not in (None, "Z", "X")}
+
+    def prepare_run_dir(self) -> Optional[str]:
+        """Make the run directory; the reason when it cannot be made or written."""
+        if self.run_dir is None:
+            return None
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+            self.log = open(os.path.join(self.run_dir, "launch.log"), "wb")
+        except OSError as exc:
+            return f"cannot create the run directory {self.run_dir}: {exc.strerror or exc}"
+        return None
+
+    def remove_run_dir(self) -> bool:
+        """True when the run directory is gone (or there was none)."""
+        if self.log is not None:
+            try:
+                self.log.close()
+            except OSError:
+                pass
+            self.log = None
+        if self.run_dir is None:
+            return True
+        if not self.keep:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return not os.path.exists(self.run_dir)
+
     def run(self) -> int:
         started = time.monotonic()
+        code: Optional[int] = None
+        self.listen_for_stop()
+        error = self.prepare_run_dir()
+        try:
+            if error is None:
+                code = self.run_torchrun(started)
+        finally:
+            removed = self.remove_run_dir()
+        record: dict[str, Any] = {
+            "exit_code": code, "stopped": self.stop_reason,
+            "duration_s": round(time.monotonic() - started, 3),
+            "workers": sorted(self.workers.values(), key=lambda w: w["local_rank"])}
+        if self.run_dir is not None:
+            record.update(run_dir=self.run_dir, kept=self.keep and not removed,
+                          removed=removed)
+        if error is not None:
+            record["error"] = error
+        try:
+            emit("agent", record)
+        except OSError:
+            pass
+        if error is not None:
+            return 1
+        return 124 if self.stop_reason else (code or 0)
+
+    def run_torchrun(self, started: float) -> int:
+        env = dict(os.environ)
+        if self.run_dir is not None:
+            env["TMPDIR"] = self.run_dir  # torchrun's log dirs, the ranks' temporary files
+        # the ranks' watchdogs report just before we stop them (see probe.RankProbe.watchdog)
+        left = self.deadline_s - (time.monotonic() - started)
+        env["DDPCHECK_RANK_DEADLINE"] = f"{time.time() + left - RANK_REPORT_MARGIN_S:.3f}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", *self.torchrun_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self.run_dir, env=env,
             preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
         pump = threading.Thread(target=self._pump, daemon=True)
         pump.start()
+        watched = 0.0
         while self.proc.poll() is None and self.stop_reason is None:
             if time.monotonic() - started > self.deadline_s:
                 self.request_stop(f"deadline of {self.deadline_s:g}s")
                 break
+            if time.monotonic() - watched >= self.WATCH_EVERY_S:
+                self.watch_workers()
+                watched = time.monotonic()
             time.sleep(0.1)
         if self.stop_reason is not None:
+            self.watch_workers()  # who was still running when we stopped them
             self.terminate_all()
         code = self.proc.wait()
         pump.join(2.0)
-        try:
-            emit("agent", {"exit_code": code, "stopped": self.stop_reason,
-                           "duration_s": round(time.monotonic() - started, 3)})
-        except OSError:
-            pass
-        return 124 if self.stop_reason else code
+        return code
 
     def terminate_all(self) -> None:
-        """SIGTERM torchrun (it stops its workers), then SIGKILL whatever is left."""
+        """SIGTERM torchrun (it stops its workers), then SIGKILL whatever is left (a stopped
+        process ignores SIGTERM until continued; SIGKILL still ends it)."""
         assert self.proc is not None
         tree = descendants(os.getpid())
+        for pid, worker in self.workers.items():
+            if worker.get("alive") and process_state(pid) == "T":
+                # stopped: it cannot act on SIGTERM, and torchrun would wait 30 s for it
+                _signal(pid, signal.SIGKILL)
         _signal(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=5.0)
@@ -349,6 +529,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     launch.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
     launch.add_argument("--slurm-slots", default=None,
                         help="under srun: ranks per node, in the order of --slurm-hosts")
+    launch.add_argument("--run-dir", default=None,
+                        help="directory (under the workdir) for this run's files; removed at "
+                             "the end unless --keep")
+    launch.add_argument("--keep", action="store_true", help="leave the run directory in place")
     launch.add_argument("torchrun_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
@@ -382,7 +566,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{args.slurm_slots!r}", file=sys.stderr)
             return 2
         torchrun_args = fill_node_tokens(torchrun_args, node[0], int(slots[node[0]]), node[1])
-    job = Launch(torchrun_args, args.deadline)
+    job = Launch(torchrun_args, args.deadline, args.run_dir, args.keep)
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: job.request_stop(signal.Signals(signum).name))
     return job.run()

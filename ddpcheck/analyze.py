@@ -120,38 +120,56 @@ def drift_report(ranks: Sequence[RankRecord],
 
 
 def failure_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
-    """Ranks that raised or timed out; the earliest is the root cause, the rest collateral."""
-    failed = [r for r in ranks if r.status in (RankStatus.ERROR, RankStatus.TIMEOUT)]
+    """Ranks that raised, timed out or vanished; the root cause first, the rest collateral.
+
+    A rank that left no record of its own (stopped, killed, still running at the deadline) is
+    the root cause before any rank that reported a failure: those were waiting for it in a
+    collective. Among the others the earliest failure is. A rank torchrun stopped because
+    another rank of its host failed is never the root cause."""
+    failed = [r for r in ranks
+              if r.status in (RankStatus.ERROR, RankStatus.TIMEOUT, RankStatus.MISSING)]
+    candidates = [r for r in failed if r.status is not RankStatus.MISSING]
     if not failed:
         return []
-    first = min(failed, key=lambda r: (r.failed_at is None, r.failed_at or 0.0,
-                                       r.rank if r.rank is not None else 1 << 30))
+    first = min(candidates, key=lambda r: (r.reported, r.failed_at is None, r.failed_at or 0.0,
+                                           r.rank if r.rank is not None else 1 << 30),
+                default=None)
     findings = []
     for rank in sorted(failed, key=lambda r: r is not first):
-        check = "timeout" if rank.status is RankStatus.TIMEOUT else STAGE_CHECKS.get(
-            rank.stage, "probe")
-        reason = summary_line(rank.error) or rank.status.value
         note = "" if rank is first else " (possibly collateral: failed after the root cause)"
-        findings.append(Finding(
-            Severity.ERROR, check,
-            f"rank {rank.rank} on {rank.host} failed in {rank.stage or 'start'}: {reason}{note}",
-            host=rank.host, rank=rank.rank, root_cause=rank is first))
+        reason = summary_line(rank.error) or rank.status.value
+        if rank.reported:
+            check = "timeout" if rank.status is RankStatus.TIMEOUT else STAGE_CHECKS.get(
+                rank.stage, "probe")
+            message = f"rank {rank.rank} on {rank.host} failed in {rank.stage or 'start'}: "
+        else:
+            check = "timeout" if rank.status is RankStatus.TIMEOUT else "crash"
+            message = f"rank {rank.rank} on {rank.host} (local rank {rank.local_rank}): "
+        findings.append(Finding(Severity.ERROR, check, message + reason + note,
+                                host=rank.host, rank=rank.rank, root_cause=rank is first))
     return findings
 
 
 def missing_rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
                           failed_hosts: frozenset[str] = frozenset()) -> list[Finding]:
-    """Hosts that returned fewer rank records than planned (hosts that failed as a whole
-    already have their own finding)."""
-    returned: dict[str, int] = defaultdict(int)
+    """Hosts that returned fewer rank records than planned, naming the ranks nothing is known
+    of (hosts that failed as a whole already have their own finding). ``slots_by_host`` is in
+    node-rank order, which gives each host's global ranks."""
+    returned: dict[str, set[Optional[int]]] = defaultdict(set)
     for rank in ranks:
-        returned[rank.host] += 1
+        returned[rank.host].add(rank.rank)
     findings = []
+    base = 0
     for host, slots in slots_by_host.items():
-        if returned[host] < slots and host not in failed_hosts:
+        planned = range(base, base + slots)
+        base += slots
+        if len(returned[host]) < slots and host not in failed_hosts:
+            missing = [r for r in planned if r not in returned[host]]
+            names = ", ".join(str(r) for r in missing[:8]) + (" ..." if len(missing) > 8 else "")
             findings.append(Finding(
                 Severity.ERROR, "world_size",
-                f"{host}: {returned[host]} of {slots} planned rank(s) reported back",
+                f"{host}: {len(returned[host])} of {slots} planned rank(s) reported back; "
+                f"nothing came from rank(s) {names}",
                 host=host))
     return findings
 
@@ -200,15 +218,27 @@ def mark_single_root_cause(findings: list[Finding]) -> list[Finding]:
     return findings
 
 
+# A deadline before a host's ranks ran means it could not be checked (exit 3), as ssh does.
+PRE_LAUNCH_STAGES = frozenset({"connect", "stage0"})
+
+
+def not_checked(finding: Finding, hosts: Sequence[HostRecord]) -> bool:
+    """The finding says a host could not be reached or checked, not that a check failed."""
+    if finding.check in REACHABILITY_CHECKS:
+        return True
+    stage = next((h.stage for h in hosts if h.name == finding.host), None)
+    return finding.check == "timeout" and finding.rank is None and stage in PRE_LAUNCH_STAGES
+
+
 def verdict(findings: Sequence[Finding], hosts: Sequence[HostRecord],
             interrupted: bool = False) -> Verdict:
     """A failed check on a reachable host wins over an unreachable host (exit 1, not 3)."""
     if interrupted:
         return Verdict.INTERRUPTED
-    if any(f.severity is Severity.ERROR and f.check not in REACHABILITY_CHECKS
-           for f in findings):
+    errors = [f for f in findings if f.severity is Severity.ERROR]
+    if any(not not_checked(f, hosts) for f in errors):
         return Verdict.FAIL
-    if any(not h.reachable for h in hosts):
+    if errors or any(not h.reachable for h in hosts):
         return Verdict.UNREACHABLE
     return Verdict.OK
 

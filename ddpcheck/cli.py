@@ -138,8 +138,15 @@ def register_preflight(sub) -> None:
     pre.add_argument("--skip", type=_skip_list, default=frozenset(), metavar="CHECK[,CHECK]",
                      help="leave out: consistency (fingerprints and the tiny DDP run), "
                           "rendezvous (the port check before torchrun)")
+    pre.add_argument("--iterations", type=_iterations, default=20, metavar="N",
+                     help="repeats of barrier and small all_reduce for the latency medians "
+                          "(default 20)")
+    pre.add_argument("--keep", action="store_true",
+                     help="keep each host's run directory under its workdir (torchrun's "
+                          "files and launch.log); by default it is removed after the run")
     pre.add_argument("--dry-run", action="store_true",
-                     help="print each host's exact commands and run nothing")
+                     help="print each host's exact commands and run nothing (the values of "
+                          "variables named like *_TOKEN, *_KEY or *PASSWORD shown as ***)")
     pre.set_defaults(run=preflight_command)
 
 
@@ -150,6 +157,13 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _iterations(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
 
 
@@ -242,8 +256,8 @@ def free_local_port() -> int:
 def dry_run_text(spec: ClusterSpec, options) -> str:
     """Each host's exact commands: stage 0, then torchrun (slots from hosts.yaml, else 1 per
     GPU: shown as planned for a host without GPUs, since stage 0 has not run)."""
-    from .plan import (plan_launch, plan_rendezvous_check, resolve_backend, resolve_slots,
-                       stage0_command)
+    from .plan import (plan_launch, plan_rendezvous_check, redact_secrets, resolve_backend,
+                       resolve_slots, stage0_command)
     from .preflight import REACH_WINDOW_S
     from .transport import ssh_target
 
@@ -259,12 +273,13 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
         if host.jumps:
             where += " through " + " > ".join(ssh_target(jump) for jump in host.jumps)
         lines += [f"# {host.name} (node rank {launch.node_rank}, {launch.slots} rank(s)) "
-                  f"via {where}", stage0_command(host, 58, master=spec.master_host.address)]
+                  f"via {where}",
+                  redact_secrets(stage0_command(host, 58, master=spec.master_host.address))]
         if check is not None:
             if host.name == check.master:
-                lines.append(check.listen_command + "  # at the same time as:")
-            lines.append(check.reach_commands[host.name])
-        lines.append(launch.command)
+                lines.append(redact_secrets(check.listen_command) + "  # at the same time as:")
+            lines.append(redact_secrets(check.reach_commands[host.name]))
+        lines.append(redact_secrets(launch.command))
     return "\n".join(lines) + "\n"
 
 
@@ -366,6 +381,7 @@ def preflight_command(args: argparse.Namespace) -> int:
         launch=LaunchOptions(deadline_s=args.timeout,
                              rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
                              collective_timeout_s=max(int(args.collective_timeout), 1),
+                             iterations=args.iterations, keep=args.keep,
                              seed=args.seed, setup=args.setup, ddp_steps=args.ddp_steps,
                              consistency="consistency" not in args.skip))
     slurm = args.launcher == "slurm"

@@ -65,6 +65,125 @@ def parse_output(text: str) -> HostOutput:
                       checks.get("listen"), checks.get("reach"))
 
 
+@dataclass(frozen=True)
+class WorkerExit:
+    """One failed worker from torchrun's failure summary (its ChildFailedError report)."""
+
+    rank: int
+    local_rank: int
+    exit_code: int
+    pid: Optional[int] = None
+    signal: Optional[str] = None  # "SIGKILL" when the exit code is -9
+    first: bool = False  # torchrun's "Root Cause (first observed failure)"
+
+
+_FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)")
+_FAILED_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)(?:\s*\(pid:\s*(\d+)\))?")
+_FAILED_SIGNAL = re.compile(r"\b(SIG[A-Z0-9]+)\b")
+
+
+def torchrun_failures(lines: tuple[str, ...] | list[str]) -> tuple[WorkerExit, ...]:
+    """The failed workers torchrun lists when it gives up::
+
+        Root Cause (first observed failure):
+        [0]:
+          rank      : 3 (local_rank: 1)
+          exitcode  : -9 (pid: 9938)  (SIGKILL)
+          traceback : Signal 9 (SIGKILL) received by PID 9938
+    """
+    found: list[WorkerExit] = []
+    current: Optional[dict[str, Any]] = None
+    in_root_cause = False
+
+    def flush() -> None:
+        if current is not None and current.get("exit_code") is not None:
+            found.append(WorkerExit(**current))
+
+    for raw in lines:
+        line = raw.replace("\r", "")
+        if "Root Cause" in line and "first observed failure" in line:
+            flush()
+            current, in_root_cause = None, True
+            continue
+        if line.strip().startswith("Failures:"):
+            flush()
+            current, in_root_cause = None, False
+            continue
+        match = _FAILED_RANK.match(line)
+        if match:
+            flush()
+            current = {"rank": int(match[1]), "local_rank": int(match[2]), "exit_code": None,
+                       "first": in_root_cause}
+            continue
+        if current is None:
+            continue
+        match = _FAILED_EXIT.match(line)
+        if match:
+            current["exit_code"] = int(match[1])
+            current["pid"] = int(match[2]) if match[2] else None
+            signal_name = _FAILED_SIGNAL.search(line[match.end():])
+            if signal_name:
+                current["signal"] = signal_name[1]
+        elif "traceback" in line and current.get("signal") is None:
+            signal_name = _FAILED_SIGNAL.search(line)
+            if signal_name:
+                current["signal"] = signal_name[1]
+        elif line.strip().startswith(("---", "===")):
+            flush()
+            current = None
+    flush()
+    # the root cause block repeats a rank of the failures list: one entry per rank
+    by_rank: dict[int, WorkerExit] = {}
+    for exit_ in found:
+        known = by_rank.get(exit_.rank)
+        by_rank[exit_.rank] = exit_ if known is None else WorkerExit(
+            **{**known.__dict__, "first": known.first or exit_.first,
+               "signal": known.signal or exit_.signal})
+    return tuple(by_rank[rank] for rank in sorted(by_rank))
+
+
+def unreported_ranks(host: str, planned: tuple[int, ...], reported: set[Optional[int]],
+                     agent: dict[str, Any], failures: tuple[WorkerExit, ...]
+                     ) -> list[RankRecord]:
+    """Records for the ranks of ``host`` that left none of their own, from what the agent saw
+    of their processes and what torchrun said of their exit; a rank nothing is known of is
+    left out (``analyze`` names it as missing)."""
+    workers = {w["rank"]: w for w in agent.get("workers") or []
+               if isinstance(w, dict) and isinstance(w.get("rank"), int)}
+    exits = {f.rank: f for f in failures}
+    stopped_by = agent.get("stopped")
+    records = []
+    for rank in sorted(set(planned) | set(workers) | set(exits)):
+        if rank in reported:
+            continue
+        worker, exit_ = workers.get(rank, {}), exits.get(rank)
+        local_rank = worker.get("local_rank", exit_.local_rank if exit_ else (
+            rank - planned[0] if planned else None))
+        pid = worker.get("pid") or (exit_.pid if exit_ else None)
+        if worker.get("state") == "T":
+            status, stage = RankStatus.TIMEOUT, "stopped"
+            error = (f"its process (pid {pid}) was stopped (state T: SIGSTOP, a debugger or "
+                     f"job control) and never finished; the other ranks waited for it")
+        elif worker.get("alive") and stopped_by:
+            status, stage = RankStatus.TIMEOUT, "no record"
+            error = (f"still running (pid {pid}, state {worker.get('state')}) when the agent "
+                     f"stopped torchrun ({stopped_by}), and never reported")
+        elif exit_ is not None and exit_.signal in ("SIGTERM", "SIGHUP") and not exit_.first:
+            status, stage = RankStatus.MISSING, exit_.signal
+            error = (f"stopped by torchrun ({exit_.signal}) after another rank of {host} "
+                     f"failed")
+        elif exit_ is not None:
+            status, stage = RankStatus.ERROR, exit_.signal or f"exit {exit_.exit_code}"
+            how = (f"killed by {exit_.signal}" if exit_.signal else
+                   f"exited with code {exit_.exit_code}")
+            error = f"died: {how} (pid {pid}) without a record of its own"
+        else:
+            continue
+        records.append(RankRecord(rank=rank, host=host, local_rank=local_rank, pid=pid,
+                                  status=status, stage=stage, error=error, reported=False))
+    return records
+
+
 def tail(lines: tuple[str, ...] | list[str], count: int = 12) -> str:
     return "\n".join(lines[-count:])
 

@@ -287,6 +287,8 @@ def _string(node: Node, key: str, what: str = "a string") -> str:
         quote = isinstance(node, ScalarNode) and node.tag in (_INT, _FLOAT, _BOOL)
         hint = " (quote it to make it a string)" if quote else ""
         _fail(node, key, f"must be {what}, got {_describe(node)}{hint}")
+    if "\0" in node.value:  # no command line can carry it
+        _fail(node, key, "must not contain a NUL character (\\0)")
     return node.value
 
 
@@ -376,6 +378,8 @@ def _env(node: Node, key: str) -> dict[str, str]:
         if not isinstance(value_node, ScalarNode):
             _fail(value_node, _join(key, name),
                   f"must be a single value, got {_describe(value_node)}")
+        if "\0" in value_node.value:
+            _fail(value_node, _join(key, name), "must not contain a NUL character (\\0)")
         env[name] = "" if value_node.tag == _NULL else value_node.value
     return env
 

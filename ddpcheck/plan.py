@@ -6,6 +6,7 @@ Pure functions only. Every value that came from hosts.yaml or the command line g
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -33,6 +34,7 @@ class LaunchOptions:
     setup: Optional[str] = None  # --setup MODULE:FUNCTION run on every rank first
     ddp_steps: int = 3  # steps of the tiny DDP run
     consistency: bool = True  # fingerprints and the tiny DDP run
+    keep: bool = False  # --keep: leave each host's run directory in place
 
 
 @dataclass(frozen=True)
@@ -45,17 +47,55 @@ class HostLaunch:
     command: str
 
 
+# Runs "$0" "$@" as given: the way to start a program whose path contains "=", which ``env``
+# would otherwise take for one more variable assignment.
+EXEC_AS_GIVEN = ["sh", "-c", 'exec "$0" "$@"']
+
+
 def remote_command(host: HostSpec, argv: Sequence[str], extra_env: Mapping[str, str] = {}) -> str:
     """A shell command that runs ``argv`` in the host's workdir with its env exported.
 
     The workdir is created first; ``exec`` makes the interpreter the session's process so that a
-    closed connection (SIGHUP through the pty) reaches it directly.
+    closed connection (SIGHUP through the pty) reaches it directly. Every value is one
+    ``shlex.quote``d word: ``shlex.split`` of the result gives back exactly
+    ``mkdir -p W && cd W && exec env NAME=VALUE... ARGV...``.
     """
     env = {**BASE_ENV, **host.env, **extra_env}
+    for name in env:
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"not an environment variable name: {name!r}")
+    values = [host.workdir, *env.values(), *argv]
+    if any("\0" in value for value in values):
+        raise ValueError("a NUL character cannot be passed to a remote command")
+    if not argv:
+        raise ValueError("nothing to run")
     assignments = [f"{name}={value}" for name, value in env.items()]
+    program = [*EXEC_AS_GIVEN, *argv] if "=" in argv[0] else list(argv)
     workdir = shlex.quote(host.workdir)
-    run = shlex.join(["env", *assignments, *argv])
+    run = shlex.join(["env", *assignments, *program])
     return f"mkdir -p {workdir} && cd {workdir} && exec {run}"
+
+
+# Variables whose values are shown as *** when commands are printed (-v, --dry-run).
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def redact_secrets(command: str) -> str:
+    """``command`` for printing: the value of a variable whose name looks secret (…_TOKEN,
+    …_API_KEY, …PASSWORD) replaced by ***. Unchanged, byte for byte, when there is none."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    hidden = False
+    shown = []
+    for word in words:
+        name, equals, _ = word.partition("=")
+        if equals and _ASSIGNMENT.fullmatch(name) and _SECRET_NAME.search(name):
+            word, hidden = f"{name}=***", True
+        shown.append(word if word == "&&" else shlex.quote(word))
+    return " ".join(shown) if hidden else command
 
 
 def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None) -> list[str]:
@@ -106,6 +146,25 @@ def plan_launch(spec: ClusterSpec, slots_by_host: Mapping[str, int], backend: Ba
                            backend, options, run_id)
         launches.append(HostLaunch(host.name, node_rank, slots, remote_command(host, argv)))
     return launches
+
+
+def run_dir_name(run_id: Optional[str]) -> str:
+    """The run's directory under each host's workdir (the agent makes it, torchrun's files go
+    in it, and it is removed at the end unless --keep)."""
+    return f"ddpcheck-{run_id or 'run'}"
+
+
+def global_ranks(hosts: Sequence[HostSpec],
+                 slots_by_host: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """The global ranks each host's ranks get: with static node ranks, torchrun numbers them
+    in node-rank (hosts.yaml) order, ``slots`` consecutive ranks per host."""
+    ranks: dict[str, tuple[int, ...]] = {}
+    base = 0
+    for host in hosts:
+        count = slots_by_host.get(host.name, 0)
+        ranks[host.name] = tuple(range(base, base + count))
+        base += count
+    return ranks
 
 
 def consistency_args(options: LaunchOptions) -> list[str]:
@@ -174,7 +233,8 @@ def launch_argv(spec: ClusterSpec, host: HostSpec, node_rank: str, slots: str, h
         *consistency_args(options),
     ]
     return [host.python, "-m", "ddpcheck.agent", "launch",
-            "--deadline", _num(options.deadline_s), "--", *torchrun_args, *probe_args]
+            "--deadline", _num(options.deadline_s), "--run-dir", run_dir_name(run_id),
+            *(["--keep"] if options.keep else []), "--", *torchrun_args, *probe_args]
 
 
 def _num(value: float) -> str:

@@ -7,6 +7,13 @@ torchrun from starting anywhere: a world with a missing node can only hang until
 rendezvous timeout.
 The partial state is kept as hosts progress, so an interrupted or timed-out run still reports
 what each host reached.
+
+Deadlines: ``--timeout`` bounds the whole command and caps every step's own: connect
+(``ssh.connect_timeout`` per step), stage 0 (``stage0_timeout_s``), the rendezvous check,
+launch (the agent's deadline on the host, plus ``launch_grace_s`` for it to clean up before
+the transport gives up on it), in which torchrun's rendezvous and the ranks' collectives have
+theirs, and the probe its watchdog; reading what is left after a command (transport
+``FETCH_DEADLINE_S``).
 """
 
 from __future__ import annotations
@@ -19,16 +26,19 @@ from dataclasses import dataclass, replace
 from typing import Optional, TextIO
 
 from . import analyze, health
-from .collect import parse_output, rank_record, tail
+from .collect import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
 from .errors import HostError
-from .plan import (LaunchOptions, plan_launch, plan_rendezvous_check, resolve_backend,
-                   resolve_slots, stage0_command)
+from .plan import (LaunchOptions, global_ranks, plan_launch, plan_rendezvous_check,
+                   redact_secrets, resolve_backend, resolve_slots, stage0_command)
 from .records import Finding, HostRecord, RankRecord, Severity, Verdict
 from .report import Report
 from .spec import ClusterSpec, HostSpec
 from .transport import CommandResult, JumpPool, LocalSession, Session, SSHSession, fan_out
 
 STAGE0_DEADLINE_S = 60.0
+LAUNCH_GRACE_S = 10.0  # after the agent's deadline, for it to stop torchrun and clean up
+AGENT_STOP_S = 5.0  # what the agent's deadline keeps back from --timeout to stop and report
+WORLD_BROKEN_GRACE_S = 5.0  # after one host failed: the collective timeout, then this
 REACH_WINDOW_S = 5.0  # how long a host keeps trying the master's rendezvous port
 
 
@@ -38,6 +48,8 @@ class PreflightOptions:
     launch: LaunchOptions = LaunchOptions()
     verbose: bool = False
     rendezvous_check: bool = True  # connect to master:port from every host before torchrun
+    stage0_timeout_s: float = STAGE0_DEADLINE_S  # connect is ssh.connect_timeout
+    launch_grace_s: float = LAUNCH_GRACE_S
 
 
 class Progress:
@@ -79,11 +91,16 @@ class PreflightRun:
 
     # -- stage 0 ------------------------------------------------------------------------
     def check_host(self, host: HostSpec) -> None:
+        if self.cancel.is_set():
+            return
         via = f" through {' > '.join(j.name for j in host.jumps)}" if host.jumps else ""
         self.progress.host(host.name, f"connecting{via}" if not self.spec.local else "checking")
+        # every connect step gets the smaller of its own timeout and what --timeout leaves
+        ssh = replace(self.spec.ssh, connect_timeout=max(min(
+            self.spec.ssh.connect_timeout, self.deadline - time.monotonic()), 0.5))
         try:
             session: Session = (LocalSession() if self.spec.local
-                                else SSHSession.connect(host, self.spec.ssh, self.jumps))
+                                else SSHSession.connect(host, ssh, self.jumps))
         except HostError as exc:
             self.update(host.name, error=exc.message, error_check="ssh", stage="connect")
             self.progress.host(host.name, f"unreachable: {exc.message}")
@@ -91,7 +108,7 @@ class PreflightRun:
         with self.lock:
             self.sessions[host.name] = session
         self.update(host.name, reachable=True, stage="stage0")
-        deadline = min(self.deadline, time.monotonic() + STAGE0_DEADLINE_S)
+        deadline = min(self.deadline, time.monotonic() + self.options.stage0_timeout_s)
         command = stage0_command(host, max(deadline - time.monotonic() - 2, 1),
                                  master=self.spec.master_host.address)
         sent = time.time()  # the launcher's clock around the call bounds the host's clock
@@ -109,6 +126,8 @@ class PreflightRun:
         self.update(host.name, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
                     versions={"python": facts.get("python"), "torch": facts.get("torch")},
                     error=error, error_check=check, output_tail=tail(parsed.stray))
+        if check == "ssh":
+            self.update(host.name, reachable=False)
         if error:
             self.progress.host(host.name, f"failed stage 0: {error}")
         else:
@@ -188,51 +207,95 @@ class PreflightRun:
         self.backend = backend.value
         self.slots = {h.name: resolve_slots(h, gpus[h.name], self.spec.local) for h in specs}
         remaining = self.deadline - time.monotonic()
+        # the agent's deadline leaves it time to stop torchrun and report within --timeout
         launch_options = replace(self.options.launch,
-                                 deadline_s=max(min(self.options.launch.deadline_s,
-                                                    remaining - 5.0), 5.0))
+                                 deadline_s=round(max(min(self.options.launch.deadline_s,
+                                                          remaining - AGENT_STOP_S), 1.0), 1))
         plans = plan_launch(self.spec, self.slots, backend, launch_options,
                             run_id=uuid.uuid4().hex[:12])
         for host_plan in plans:
             self.update(host_plan.host, slots=host_plan.slots, stage="launch")
 
+        # Once a host's launch ends with failures the world cannot finish: the others get the
+        # collective timeout (their ranks fail by themselves within it) and a grace, then
+        # their agents are asked to stop, and report which ranks were still running.
+        stop_launch = threading.Event()
+        stoppers: list[threading.Timer] = []
+        window = launch_options.collective_timeout_s + WORLD_BROKEN_GRACE_S
+
+        def world_broken(name: str) -> None:
+            with self.lock:
+                if stoppers:
+                    return
+                timer = threading.Timer(window, stop_launch.set)
+                timer.daemon = True
+                stoppers.append(timer)
+            timer.start()
+            self.progress.say(f"{name} ended with failures: hosts still running get {window:g}s "
+                              f"to end, then are asked to stop")
+
         def run_one(host_plan):
             self.progress.host(host_plan.host, f"launched torchrun: node rank "
                                                f"{host_plan.node_rank}, {host_plan.slots} rank(s)")
             if self.options.verbose:
-                self.progress.host(host_plan.host, f"command: {host_plan.command}")
-            deadline = min(self.deadline, time.monotonic() + launch_options.deadline_s + 10)
-            result = self.sessions[host_plan.host].run(host_plan.command, deadline, self.cancel)
-            self.record_launch(host_plan.host, result)
+                self.progress.host(host_plan.host,
+                                   f"command: {redact_secrets(host_plan.command)}")
+            deadline = min(self.deadline, time.monotonic() + launch_options.deadline_s
+                           + self.options.launch_grace_s)
+            result = self.sessions[host_plan.host].run(host_plan.command, deadline, self.cancel,
+                                                       stop=stop_launch)
+            if self.record_launch(host_plan.host, result) and len(plans) > 1:
+                world_broken(host_plan.host)
 
-        outcomes = fan_out(plans, run_one, len(plans), self.cancel)
+        try:
+            outcomes = fan_out(plans, run_one, len(plans), self.cancel)
+        finally:
+            for timer in stoppers:
+                timer.cancel()
         for outcome in outcomes:
             if outcome.error is not None:
                 self.update(outcome.item.host, error=f"launch: {outcome.error}",
                             error_check="rendezvous")
 
-    def record_launch(self, name: str, result: CommandResult) -> None:
+    def record_launch(self, name: str, result: CommandResult) -> bool:
+        """Record what one host's launch gave; True when something failed there."""
         parsed = parse_output(result.output)
         ranks = [rank_record(raw, name) for raw in parsed.ranks]
         agent = parsed.agent or {}
+        hostname = self.hosts[name].hostname
+        ranks += [replace(r, hostname=hostname) for r in unreported_ranks(
+            name, global_ranks(self.spec.hosts, self.slots).get(name, ()),
+            {r.rank for r in ranks}, agent, torchrun_failures(parsed.stray))]
         error, check = None, None
-        if not ranks:
+        if agent.get("error"):  # the run directory could not be made: the workdir is unusable
+            check, error = "resources", f"launch: {agent['error']}"
+        elif result.lost and not ranks:
+            check, error = "ssh", "launch: the connection was lost before any rank reported"
+        elif not ranks:
             check = "timeout" if result.timed_out or agent.get("stopped") else "rendezvous"
             why = ("interrupted" if result.cancelled else
                    f"no answer within the deadline" if result.timed_out else
-                   f"torchrun exited {agent.get('exit_code', result.exit_code)}")
+                   f"the agent stopped torchrun: {agent['stopped']}" if agent.get("stopped")
+                   else f"torchrun exited {agent.get('exit_code', result.exit_code)}")
             error = f"launch: no rank reported back ({why}): {summary_of(parsed.stray)}"
         with self.lock:
             self.ranks.extend(ranks)
-        self.update(name, stage="done", error=error, error_check=check, launch_exit=agent.get("exit_code"),
+        kept = agent.get("run_dir") if agent.get("kept") else None
+        self.update(name, stage="done", error=error, error_check=check,
+                    launch_exit=agent.get("exit_code"),
                     launch_stopped=agent.get("stopped") or (
                         "deadline" if result.timed_out else None),
-                    output_tail=tail(parsed.stray))
+                    output_tail=tail(parsed.stray), run_dir=kept)
+        if result.lost:
+            self.update(name, reachable=False)
         failed = [r for r in ranks if r.status.value != "ok"]
         state = (f"failed: {error}" if error else
                  f"done: {len(ranks)} rank(s), {len(failed)} failed" if failed else
                  f"done: {len(ranks)} rank(s) ok")
+        if kept:
+            state += f"; kept {kept}"
         self.progress.host(name, f"{state} in {result.duration_s:.1f}s")
+        return bool(error or failed)
 
     # -- whole run ---------------------------------------------------------------------
     def update(self, name: str, **changes) -> None:
@@ -323,20 +386,29 @@ def stage0_error(host: HostSpec, result: CommandResult, facts: dict,
         return "timeout", "stage 0 interrupted"
     if result.timed_out:
         return "timeout", "stage 0 did not finish before its deadline"
+    if result.lost and not facts:
+        return "ssh", "the connection was lost during stage 0"
     if result.exit_code == 127:
         return "python", f"interpreter {host.python!r} not found"
     if not facts:
         text = "\n".join(stray)
+        workdir_line = next((line for line in stray if line.lstrip().startswith(
+            ("mkdir:", "cd:", "sh:", "bash:")) and host.workdir in line), None)
+        if workdir_line is not None:
+            return "resources", (f"cannot create or enter the workdir {host.workdir}: "
+                                 f"{workdir_line.strip()[:300]}")
         if "No module named" in text and "ddpcheck" in text:
             return "python", f"ddpcheck is not importable by {host.python}"
         return "python", f"stage 0 exited {result.exit_code}: {summary_of(stray)}"
+    if facts.get("workdir_write_error"):  # the run directory could not be made there
+        return "resources", str(facts["workdir_write_error"])
     return None, None  # what the facts say is judged by the health rules
 
 
 def summary_of(lines: list[str] | tuple[str, ...]) -> str:
     """The most telling line of a host's stray output (the last error-looking one)."""
     for line in reversed(lines):
-        if "Error" in line or "error" in line:
+        if ("Error" in line or "error" in line) and "error_file:" not in line:
             return line.strip()[:300]
     return lines[-1].strip()[:300] if lines else "no output"
 

@@ -49,6 +49,7 @@ class HostRecord:
     launch_exit: Optional[int] = None
     launch_stopped: Optional[str] = None  # why the agent stopped torchrun, when it did
     output_tail: str = ""  # last lines of the host's output, for error messages
+    run_dir: Optional[str] = None  # the run directory left on the host (--keep)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class RankRecord:
     collectives: tuple[Mapping[str, Any], ...] = ()
     # versions, settings, env, rng (when seeded), ddp: what drift compares across ranks
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
+    # False: the rank left no record; this one was made from what its host's agent and
+    # torchrun saw of its process (stopped, killed, still running at the deadline)
+    reported: bool = True
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,11 @@ def test_missing_ranks_named_per_host():
     findings = missing_rank_findings(ranks, {"h1": 2, "h2": 2, "h3": 1})
     assert [(f.host, f.check) for f in findings] == [("h1", "world_size"), ("h2", "world_size"),
                                                      ("h3", "world_size")]
-    assert findings[0].message == "h1: 1 of 2 planned rank(s) reported back"
-    assert findings[2].message == "h3: 0 of 1 planned rank(s) reported back"
+    assert findings[0].message == ("h1: 1 of 2 planned rank(s) reported back; nothing came "
+                                   "from rank(s) 1")
+    assert findings[1].message.endswith("nothing came from rank(s) 3")
+    assert findings[2].message == ("h3: 0 of 1 planned rank(s) reported back; nothing came "
+                                   "from rank(s) 4")
     assert all(f.severity is Severity.ERROR and not f.root_cause for f in findings)
 
 

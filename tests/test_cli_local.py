@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def ddpcheck(*args: str, cwd=None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -14,7 +15,10 @@ def ddpcheck(*args: str, cwd=None, timeout: float = 240) -> subprocess.Completed
 
 def test_embedded_default_passes_with_two_cpu_ranks(tmp_path):
     report_path = tmp_path / "report.json"
+    workdir = Path("/tmp/ddpcheck")  # the embedded default's workdir
+    before = set(workdir.glob("ddpcheck-*")) if workdir.exists() else set()
     done = ddpcheck("preflight", "--json", str(report_path), cwd=tmp_path)
+    assert set(workdir.glob("ddpcheck-*")) - before == set()  # the run directory is removed
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(report_path.read_text())
     assert report["schema"] == "ddpcheck/report/v1"

@@ -467,3 +467,67 @@ def test_any_text_gives_a_spec_or_a_config_error(text: str) -> None:
         assert exc.line is None or exc.line >= 1
         return
     assert isinstance(spec, ClusterSpec) and spec.hosts
+
+
+# -- property: hostile values end as a ConfigError or as correctly quoted commands -------------
+
+import shlex  # noqa: E402
+
+import yaml  # noqa: E402
+
+from ddpcheck.plan import EXEC_AS_GIVEN, plan_launch, stage0_argv, stage0_command  # noqa: E402
+
+_ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+_HOSTILE = st.sampled_from(["$(touch pwned)", "`id`", "a;b", "x' y", "-rf", "a=b", "\n",
+                            "$HOME", "&& true", "|", "#", "~", "\0", "/opt/p=1/python", " "])
+# Strings that mean harm: pieces of shell syntax mixed with any text.
+_HARMFUL = st.lists(st.one_of(_HOSTILE, _ANY_TEXT), min_size=1, max_size=4).map("".join)
+_ENV = st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True),
+                       st.one_of(_HARMFUL, _HARMFUL, st.integers(), st.booleans(), st.none()),
+                       max_size=3)
+_FIELDS = {"python": _HARMFUL, "workdir": _HARMFUL.map(lambda t: "/" + t), "env": _ENV,
+           "identity_file": _HARMFUL, "user": _HARMFUL, "address": _HARMFUL}
+# A well-formed skeleton (so that most documents reach the planner) carrying those strings
+# wherever hosts.yaml takes a free-form value.
+_DOCUMENT = st.fixed_dictionaries({
+    "defaults": st.fixed_dictionaries({}, optional={k: v for k, v in _FIELDS.items()
+                                                    if k != "address"}),
+    "hosts": st.lists(st.sampled_from(["n1", "n[2-3]", "gpu-07", "node.example.org"]),
+                      min_size=1, max_size=4, unique=True).flatmap(
+        lambda names: st.tuples(*[st.fixed_dictionaries({"name": st.just(n)},
+                                                        optional=_FIELDS)
+                                  for n in names]).map(list)),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(_DOCUMENT)
+def test_hostile_documents_give_a_config_error_or_exactly_quoted_commands(document) -> None:
+    """hosts.yaml with values meant to break out of a shell (or a YAML parser): either a
+    ConfigError naming the file, or a spec whose every command splits back to exactly the
+    words intended, each value one word."""
+    text = yaml.safe_dump(document, allow_unicode=True)
+    try:
+        spec = parse_hosts_yaml(text, "fuzz.yaml")
+    except ConfigError as exc:
+        assert exc.source == "fuzz.yaml" and exc.message
+        return
+    slots = {h.name: h.slots or 1 for h in spec.hosts}
+    launches = plan_launch(spec, slots, Backend.GLOO, run_id="r1")
+    for host, launch in zip(spec.hosts, launches):
+        env = [f"{k}={v}" for k, v in {"PYTHONUNBUFFERED": "1", **host.env}.items()]
+        argv = stage0_argv(host, 30.0)
+        program = [*EXEC_AS_GIVEN, *argv] if "=" in host.python else argv
+        assert shlex.split(stage0_command(host, 30.0)) == [
+            "mkdir", "-p", host.workdir, "&&", "cd", host.workdir, "&&", "exec", "env", *env,
+            *program]
+        words = shlex.split(launch.command)
+        assert words[:9 + len(env)] == ["mkdir", "-p", host.workdir, "&&", "cd", host.workdir,
+                                        "&&", "exec", "env", *env]
+        assert words[words.index("--host") + 1] == host.name
+        assert host.python in words and "\0" not in launch.command
+
+
+def test_nul_in_a_value_is_a_config_error() -> None:
+    assert_error('hosts:\n  - name: a\n    env: {X: "a\\0b"}\n', 3, "hosts[0].env.X", "NUL")
+    assert_error('defaults:\n  python: "py\\0thon"\nhosts: [a]\n', 2, "defaults.python", "NUL")

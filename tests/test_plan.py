@@ -159,3 +159,119 @@ def test_resolve_slots():
     assert resolve_slots(plain, 4, local=True) == 4
     assert resolve_slots(plain, 0, local=False) == 1
     assert resolve_slots(plain, 0, local=True) == 2
+
+
+# -- property: every value is one quoted word, whatever it holds --------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ddpcheck.plan import EXEC_AS_GIVEN, global_ranks, stage0_argv  # noqa: E402
+
+# Any text a YAML file or a command line can carry to us (no NUL, no lone surrogate): quotes,
+# $(...), backticks, ;, &&, newlines, globs, leading dashes, "=" included.
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                max_size=40)
+_NASTY = st.sampled_from(["$(touch pwned)", "`id`", "a;b", "x' y", '"', "\\", "*", "~",
+                          "-rf", "a=b", "\n", "$HOME", "&& true", "|", "#c", ""])
+_VALUE = st.one_of(_TEXT, _NASTY, st.lists(st.one_of(_TEXT, _NASTY), max_size=4).map("".join))
+_NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True)
+
+
+def _expected_tokens(host: HostSpec, argv: list[str], extra_env: dict) -> list[str]:
+    env = {"PYTHONUNBUFFERED": "1", **host.env, **extra_env}
+    program = [*EXEC_AS_GIVEN, *argv] if "=" in argv[0] else argv
+    return ["mkdir", "-p", host.workdir, "&&", "cd", host.workdir, "&&", "exec", "env",
+            *[f"{k}={v}" for k, v in env.items()], *program]
+
+
+@settings(max_examples=300, deadline=None)
+@given(env=st.dictionaries(_NAME, _VALUE, max_size=4), extra=st.dictionaries(_NAME, _VALUE,
+                                                                              max_size=2),
+       workdir=_VALUE, python=_VALUE.filter(bool), argv=st.lists(_VALUE, max_size=5))
+def test_remote_command_splits_back_to_exactly_the_intended_words(env, extra, workdir, python,
+                                                                  argv):
+    host = HostSpec(name="h", address="h", python=python, env=env, workdir="/" + workdir)
+    command = remote_command(host, [python, *argv], extra)
+    assert shlex.split(command) == _expected_tokens(host, [python, *argv], extra)
+    for line in (stage0_command(host, 30.0),):
+        assert shlex.split(line) == _expected_tokens(host, stage0_argv(host, 30.0), {})
+
+
+_SEGMENT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0/"),
+                   min_size=1, max_size=20).filter(lambda s: s not in (".", ".."))
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=_VALUE, segment=_SEGMENT, args=st.lists(_VALUE, max_size=3))
+def test_a_real_shell_passes_every_value_byte_for_byte_and_runs_nothing(tmp_path_factory,
+                                                                       value, segment, args):
+    """Run by /bin/sh as sshd would: the program sees the workdir, the env value and its
+    arguments exactly, and nothing in them was executed."""
+    base = tmp_path_factory.mktemp("shell")
+    host = HostSpec(name="h", address="h", env={"DDPCHECK_VALUE": value},
+                    workdir=str(base / segment))
+    show = 'printf "%s\\0" "$PWD" "$DDPCHECK_VALUE" "$@"'
+    done = subprocess.run(["/bin/sh", "-c", remote_command(host, ["/bin/sh", "-c", show, "sh",
+                                                                  *args])],
+                          capture_output=True, timeout=30, cwd=base)
+    assert done.returncode == 0, done.stderr
+    words = done.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1]
+    assert words == [str(base / segment), value, *args]
+    assert not (base / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_python_path_with_an_equals_sign_is_run_not_read_as_an_assignment(tmp_path):
+    folder = tmp_path / "opt=1" / "bin"
+    folder.mkdir(parents=True)
+    (folder / "python").symlink_to("/bin/sh")
+    host = HostSpec(name="h", address="h", python=str(folder / "python"),
+                    env={"A": "b=c"}, workdir=str(tmp_path / "work"))
+    command = remote_command(host, [host.python, "-c", 'echo "ran with A=$A"'])
+    assert f"sh -c 'exec \"$0\" \"$@\"' {folder / 'python'}" in command
+    done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
+                          timeout=30)
+    assert (done.returncode, done.stdout) == (0, "ran with A=b=c\n"), done.stderr
+
+
+def test_remote_command_refuses_what_no_command_line_can_carry():
+    host = HostSpec(name="h", address="h")
+    with pytest.raises(ValueError, match="NUL"):
+        remote_command(host, ["python3"], {"A": "x\0y"})
+    with pytest.raises(ValueError, match="variable name"):
+        remote_command(host, ["python3"], {"A=B": "x"})
+    with pytest.raises(ValueError, match="nothing to run"):
+        remote_command(host, [])
+
+
+def test_global_ranks_follow_node_order_and_slots():
+    hosts = make_spec().hosts
+    assert global_ranks(hosts, SLOTS) == {"node-a": (0,), "node-b": (1, 2),
+                                          "node-c": (3, 4, 5)}
+
+
+def test_launch_runs_in_its_own_run_dir_kept_only_with_keep():
+    spec = make_spec()
+    plain = shlex.split(plan_launch(spec, SLOTS, Backend.GLOO, run_id="abc")[0].command)
+    kept = shlex.split(plan_launch(spec, SLOTS, Backend.GLOO, LaunchOptions(keep=True),
+                                   run_id="abc")[0].command)
+    assert plain[plain.index("--run-dir") + 1] == "ddpcheck-abc" and "--keep" not in plain
+    assert kept.index("--keep") < kept.index("--")
+
+
+def test_printed_commands_hide_secret_looking_values_and_nothing_else():
+    from ddpcheck.cli import dry_run_text
+    from ddpcheck.plan import redact_secrets
+    from ddpcheck.preflight import PreflightOptions
+
+    plain = make_spec().hosts[0]
+    command = remote_command(plain, ["python3", "-c", "pass"])
+    assert redact_secrets(command) == command  # byte for byte: still the exact command
+    secret = HostSpec(name="s", address="s", env={"WANDB_API_KEY": "wb-12345-secret",
+                                                  "HF_TOKEN": "hf_abcdef", "NCCL_DEBUG": "INFO"})
+    shown = redact_secrets(remote_command(secret, ["python3", "-c", "pass"]))
+    assert "wb-12345-secret" not in shown and "hf_abcdef" not in shown
+    assert "WANDB_API_KEY=***" in shown and "HF_TOKEN=***" in shown
+    assert "NCCL_DEBUG=INFO" in shown and shown.startswith("mkdir -p /tmp/ddpcheck && cd")
+    text = dry_run_text(ClusterSpec(hosts=(secret,)), PreflightOptions())
+    assert "wb-12345-secret" not in text and "hf_abcdef" not in text

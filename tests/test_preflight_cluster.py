@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_three_hosts_two_slots_pass(ns_cluster, tmp_path):
     hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", ns_cluster.hosts[:3],
                                     slots=2, port=29610)
     report_path = tmp_path / "report.json"
-    done = ddpcheck("preflight", str(hosts_yaml), "--json", str(report_path))
+    done = ddpcheck("preflight", str(hosts_yaml), "--json", str(report_path), "--keep")
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(report_path.read_text())
     assert report["verdict"] == "ok" and report["exit_code"] == 0
@@ -52,6 +53,13 @@ def test_three_hosts_two_slots_pass(ns_cluster, tmp_path):
     for name in ("h1", "h2", "h3"):
         assert f"{name}: checked" in done.stderr and f"{name}: done" in done.stderr
     no_torchrun_left(ns_cluster)
+    # --keep: each host's run directory stays, named in the report, with its launch.log
+    for host in report["hosts"]:
+        run_dir = Path(host["run_dir"])
+        assert run_dir.parent == tmp_path / f"work-{host['name']}"
+        assert run_dir.name.startswith("ddpcheck-") and f"kept {run_dir}" in done.stderr
+        assert "@@DDPCHECK rank" in (run_dir / "launch.log").read_text()
+        assert list((tmp_path / f"work-{host['name']}").iterdir()) == [run_dir]
 
 
 def test_host_missing_from_known_hosts_is_named_and_nothing_starts(ns_cluster, tmp_path):
@@ -114,9 +122,22 @@ def test_ctrl_c_mid_run_exits_130_writes_report_and_leaves_nothing(ns_cluster, t
             break
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
     out, err = proc.communicate(timeout=60)
+    answered = time.monotonic() - sent
     assert proc.returncode == 130, "".join(seen) + err + out
+    assert answered < 15, answered
     report = json.loads(report_path.read_text())
     assert report["verdict"] == "interrupted" and report["exit_code"] == 130
     assert [h["name"] for h in report["hosts"]] == ["h1", "h2", "h3"]
+    # partial: what each host reached (all three were checked and launched)
+    assert all(h["reachable"] and h["hostname"] == h["name"] and h["stage"] in ("launch", "done")
+               for h in report["hosts"]), report["hosts"]
+    print(f"Ctrl-C: exited 130 {answered:.1f}s after SIGINT")
     wait_until_clean(ns_cluster)
+    # each host's agent removed its run directory on the hang-up
+    deadline = time.monotonic() + 20
+    workdirs = [tmp_path / f"work-{name}" for name in ("h1", "h2", "h3")]
+    while any(w.exists() and any(w.iterdir()) for w in workdirs):
+        assert time.monotonic() < deadline, [list(w.iterdir()) for w in workdirs]
+        time.sleep(0.2)
