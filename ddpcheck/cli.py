@@ -176,6 +176,15 @@ def preflight_command(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[Any], None]] = [register_preflight]
 
 
+def _register_bandwidth(sub) -> None:
+    from .bandwidth_run import register_bandwidth
+
+    register_bandwidth(sub)
+
+
+COMMANDS.append(_register_bandwidth)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # killed by a scheduler: clean up too

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from .spec import Backend, ClusterSpec, HostSpec
 
@@ -81,14 +81,34 @@ def resolve_slots(host: HostSpec, gpus: int, local: bool) -> int:
     return LOCAL_CPU_RANKS if local else 1
 
 
+# What each rank runs under torchrun: (host, world size, backend, options) -> "-m module args".
+RankProgram = Callable[[HostSpec, int, Backend, LaunchOptions], list[str]]
+
+
+def probe_program(host: HostSpec, world_size: int, backend: Backend,
+                  options: LaunchOptions) -> list[str]:
+    """The preflight probe on every rank."""
+    return [
+        "-m", "ddpcheck.probe",
+        "--host", host.name,
+        "--expected-world-size", str(world_size),
+        "--backend", backend.value,
+        "--collective-timeout", str(options.collective_timeout_s),
+        "--deadline", _num(options.deadline_s),
+        "--iterations", str(options.iterations),
+    ]
+
+
 def master_address(spec: ClusterSpec) -> str:
     return spec.master_host.address
 
 
 def plan_launch(spec: ClusterSpec, slots_by_host: Mapping[str, int], backend: Backend,
                 options: LaunchOptions = LaunchOptions(),
-                run_id: Optional[str] = None) -> list[HostLaunch]:
-    """One torchrun per host with static node ranks, in hosts.yaml order."""
+                run_id: Optional[str] = None,
+                rank_program: RankProgram = probe_program) -> list[HostLaunch]:
+    """One torchrun per host with static node ranks, in hosts.yaml order, running
+    ``rank_program`` (the probe by default) on every rank."""
     hosts = spec.hosts
     world_size = sum(slots_by_host[h.name] for h in hosts)
     launches = []
@@ -106,15 +126,7 @@ def plan_launch(spec: ClusterSpec, slots_by_host: Mapping[str, int], backend: Ba
         ]
         if run_id:
             torchrun_args += ["--rdzv-id", run_id]
-        probe_args = [
-            "-m", "ddpcheck.probe",
-            "--host", host.name,
-            "--expected-world-size", str(world_size),
-            "--backend", backend.value,
-            "--collective-timeout", str(options.collective_timeout_s),
-            "--deadline", _num(options.deadline_s),
-            "--iterations", str(options.iterations),
-        ]
+        probe_args = rank_program(host, world_size, backend, options)
         argv = [host.python, "-m", "ddpcheck.agent", "launch",
                 "--deadline", _num(options.deadline_s), "--", *torchrun_args, *probe_args]
         launches.append(HostLaunch(host.name, node_rank, slots, remote_command(host, argv)))

@@ -19,10 +19,11 @@ from typing import Optional, TextIO
 from . import analyze
 from .collect import parse_output, rank_record, tail
 from .errors import HostError
-from .plan import LaunchOptions, plan_launch, resolve_backend, resolve_slots, stage0_command
+from .plan import (HostLaunch, LaunchOptions, plan_launch, resolve_backend, resolve_slots,
+                   stage0_command)
 from .records import Finding, HostRecord, RankRecord, Severity, Verdict
 from .report import Report
-from .spec import ClusterSpec, HostSpec
+from .spec import Backend, ClusterSpec, HostSpec
 from .transport import CommandResult, LocalSession, Session, SSHSession, fan_out
 
 STAGE0_DEADLINE_S = 60.0
@@ -114,8 +115,7 @@ class PreflightRun:
         launch_options = replace(self.options.launch,
                                  deadline_s=max(min(self.options.launch.deadline_s,
                                                     remaining - 5.0), 5.0))
-        plans = plan_launch(self.spec, self.slots, backend, launch_options,
-                            run_id=uuid.uuid4().hex[:12])
+        plans = self.plan(backend, launch_options)
         for host_plan in plans:
             self.update(host_plan.host, slots=host_plan.slots, stage="launch")
 
@@ -133,6 +133,11 @@ class PreflightRun:
             if outcome.error is not None:
                 self.update(outcome.item.host, error=f"launch: {outcome.error}",
                             error_check="rendezvous")
+
+    def plan(self, backend: Backend, launch_options: LaunchOptions) -> list[HostLaunch]:
+        """Each host's torchrun command (the probe on every rank; other commands run others)."""
+        return plan_launch(self.spec, self.slots, backend, launch_options,
+                           run_id=uuid.uuid4().hex[:12])
 
     def record_launch(self, name: str, result: CommandResult) -> None:
         parsed = parse_output(result.output)
@@ -172,7 +177,7 @@ class PreflightRun:
         try:
             fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
             failed = [h for h in self.hosts.values() if h.error]
-            if failed:
+            if failed and not self.can_launch_without(failed):
                 names = ", ".join(h.name for h in failed)
                 self.extra_findings.append(Finding(
                     Severity.INFO, "rendezvous",
@@ -191,6 +196,11 @@ class PreflightRun:
             for session in list(self.sessions.values()):
                 session.close()
         return self.build_report(interrupted)
+
+    def can_launch_without(self, failed: list[HostRecord]) -> bool:
+        """Whether to launch although ``failed`` hosts failed stage 0: not for one world over
+        all hosts (it could only hang); a command whose jobs span fewer hosts may."""
+        return False
 
     def build_report(self, interrupted: bool) -> Report:
         hosts = [self.hosts[h.name] for h in self.spec.hosts]
