@@ -195,8 +195,8 @@ def pair_findings(hosts: Sequence[str], pairs: Sequence[PairResult], settings: S
         own = [p for p in pairs if host in p.hosts]
         values = [p.busbw_gbs for p in own if p.busbw_gbs is not None]
         failed = sum(1 for p in own if p.busbw_gbs is None)
-        spread = (f"{gbs(min(values))}-{gbs(max(values))}" if len(values) > 1
-                  else gbs(values[0]))
+        low, high = gbs(min(values)), gbs(max(values))
+        spread = low if low == high else f"{low}-{high}"
         findings.append(Finding(
             Severity.ERROR, "slow_link",
             f"{host}: every pair with {host} is slow (busbw {spread} GB/s"
