@@ -26,7 +26,8 @@ from .bandwidth import (DEFAULT_SLOW_FRACTION, PLOT_INSTALL_HINT, PairResult, Pl
                         pair_findings, pair_name, pairs_json, pairs_summary, plot_report,
                         render_bandwidth, require_matplotlib, rows_of, sweep_findings,
                         sweep_summary)
-from .busbw import ALL_COLLECTIVES, Collective, element_count, format_size, message_sizes, parse_size
+from .busbw import (ALL_COLLECTIVES, Collective, element_count, format_size, message_sizes,
+                    parse_ops, parse_size)
 from .collect import parse_output, rank_record
 from .errors import ConfigError
 from .pairing import circle_rounds
@@ -342,17 +343,10 @@ def pair_result(hosts: tuple[str, str], number: int,
 
 
 def _ops(text: str) -> tuple[Collective, ...]:
-    if text == "all":
-        return ALL_COLLECTIVES
-    ops = []
-    for name in text.split(","):
-        try:
-            ops.append(Collective(name.strip()))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"unknown op {name.strip()!r}; choose from "
-                f"{', '.join(c.value for c in Collective)}, or all") from None
-    return tuple(dict.fromkeys(ops))
+    try:
+        return parse_ops(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _size(text: str) -> int:

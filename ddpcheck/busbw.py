@@ -59,6 +59,20 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
+def parse_ops(text: str) -> tuple[Collective, ...]:
+    """``all`` or comma-separated op names, in the order given, without repeats."""
+    if text.strip() == "all":
+        return ALL_COLLECTIVES
+    ops = []
+    for name in text.split(","):
+        try:
+            ops.append(Collective(name.strip()))
+        except ValueError:
+            raise ValueError(f"unknown op {name.strip()!r}; choose from "
+                             f"{', '.join(c.value for c in Collective)}, or all") from None
+    return tuple(dict.fromkeys(ops))
+
+
 def format_size(nbytes: int) -> str:
     """The shortest exact K/M/G spelling of ``nbytes`` (``33554432`` -> ``32M``)."""
     for unit in ("T", "G", "M", "K"):

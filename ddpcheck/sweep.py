@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from .agent import set_parent_death_signal
 from .busbw import (ALL_COLLECTIVES, Collective, CollectiveRow, element_count, message_sizes,
-                    parse_size)
+                    parse_ops, parse_size)
 from .probe import RankProbe
 
 PATTERN_PERIOD = 13  # element i carries (i % 13) * 64 on top of its rank's value
@@ -185,18 +185,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _ops(text: str) -> list[Collective]:
-    if text == "all":
-        return list(ALL_COLLECTIVES)
-    ops = []
-    for name in text.split(","):
-        try:
-            ops.append(Collective(name.strip()))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"unknown op {name!r}; choose from {', '.join(c.value for c in Collective)}, "
-                f"or all") from None
-    return ops
+def _ops(text: str) -> tuple[Collective, ...]:
+    try:
+        return parse_ops(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _size(text: str) -> int:

@@ -325,3 +325,18 @@ def test_every_pair_planned_once_over_all_rounds():
         assert len(hosts_in_round) == len(set(hosts_in_round))
         seen += [p.hosts for p in planned]
     assert sorted(seen) == sorted(itertools.combinations([h.name for h in spec.hosts], 2))
+
+
+def test_sweep_imports_only_stdlib_torch_and_ddpcheck():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "before = {m.split('.')[0] for m in sys.modules}\n"
+            "import ddpcheck.sweep\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} - before - "
+            "set(sys.stdlib_module_names) - {'ddpcheck'}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -123,3 +123,13 @@ def test_circle_rounds_small_and_bad_input():
     assert circle_rounds(["a", "b"]) == [[("a", "b")]]
     with pytest.raises(ValueError):
         circle_rounds(["a", "a"])
+
+
+def test_parse_ops():
+    from ddpcheck.busbw import ALL_COLLECTIVES, parse_ops
+
+    assert parse_ops("all") == ALL_COLLECTIVES
+    assert parse_ops("broadcast, all_reduce,broadcast") == (Collective.BROADCAST,
+                                                           Collective.ALL_REDUCE)
+    with pytest.raises(ValueError, match="unknown op 'allreduce'"):
+        parse_ops("allreduce")
