@@ -23,6 +23,7 @@ import time
 from typing import Any, Optional
 
 MARK = "@@DDPCHECK"
+LAUNCH_STARTED_ENV = "DDPCHECK_LAUNCH_STARTED"  # epoch seconds when the agent started torchrun
 _PR_SET_PDEATHSIG = 1
 
 # Runs in a child interpreter so a hanging or crashing torch import cannot take the agent along.
@@ -152,10 +153,12 @@ class Launch:
 
     def run(self) -> int:
         started = time.monotonic()
+        # The ranks' deadline counts from here, not from their own (later) start.
+        env = {**os.environ, LAUNCH_STARTED_ENV: f"{time.time():.3f}"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", *self.torchrun_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
+            env=env, preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
         pump = threading.Thread(target=self._pump, daemon=True)
         pump.start()
         while self.proc.poll() is None and self.stop_reason is None:

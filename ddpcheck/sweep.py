@@ -18,6 +18,7 @@ Only the standard library, torch and ddpcheck's stdlib-only modules are imported
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -28,13 +29,14 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from .agent import set_parent_death_signal
+from .agent import LAUNCH_STARTED_ENV, set_parent_death_signal
 from .busbw import (ALL_COLLECTIVES, Collective, CollectiveRow, element_count, message_sizes,
                     parse_ops, parse_size)
 from .probe import RankProbe
 
 PATTERN_PERIOD = 13  # element i carries (i % 13) * 64 on top of its rank's value
 PATTERN_STEP = 64.0  # all sums stay exact in float32 for thousands of ranks
+WATCHDOG_MARGIN_S = 4.0  # the agent stops torchrun at the deadline, then kills after 5 s
 
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -106,6 +108,21 @@ class OpBuffers:
 
 class RankSweep(RankProbe):
     """One rank's sweep; the record is filled in as rows complete (see ``RankProbe``)."""
+
+    def watchdog(self) -> None:
+        """Report the rows so far and exit shortly before the agent stops torchrun: the
+        deadline counts from the agent's start of torchrun (same host, same clock), since the
+        rank itself starts seconds later on a loaded host."""
+        try:
+            started = float(os.environ.get(LAUNCH_STARTED_ENV, ""))
+        except ValueError:
+            started = time.time()
+        time.sleep(max(started + self.args.deadline - WATCHDOG_MARGIN_S - time.time(), 1.0))
+        self.failed_at = time.time()
+        self.emit("timeout", f"rank did not finish {self.record['stage']} within the "
+                             f"{self.args.deadline:g}s deadline; the rows measured before are "
+                             f"reported")
+        os._exit(3)
 
     def run(self) -> None:
         args = self.args
