@@ -379,7 +379,8 @@ def sweep_footer(summary: Mapping[str, Any]) -> list[str]:
 
 
 def pair_matrix_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The host-by-host busbw matrix; ``*`` marks a slow pair, ``fail`` a pair with no result."""
+    """The host-by-host busbw matrix: ``*`` marks a slow pair, ``fail`` a pair with no result,
+    ``n/a`` a pair not measured (a host left out, or the run cut short)."""
     hosts = list(summary.get("hosts_order") or [])
     cell: dict[tuple[str, str], str] = {}
     for pair in pairs:
@@ -397,7 +398,7 @@ def pair_matrix_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, A
     lines.append("host".ljust(width) + "".join(h.rjust(width) for h in hosts))
     for a in hosts:
         lines.append(a.ljust(width) + "".join(
-            ("-" if a == b else cell.get((a, b), "?")).rjust(width) for b in hosts))
+            ("-" if a == b else cell.get((a, b), "n/a")).rjust(width) for b in hosts))
     lines.append("#")
     return lines
 

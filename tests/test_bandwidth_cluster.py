@@ -121,4 +121,6 @@ def test_pairwise_pairs_the_others_when_a_host_is_cut_off(ns_cluster, tmp_path):
     assert [p["hosts"] for p in report["pairs"]] == [["h1", "h2"]]
     assert report["pairs"][0]["busbw_gbs"] > 0 and report["pairs"][0]["error"] is None
     assert f"leaving out {cut.name}" in done.stderr
+    matrix_row = next(line for line in done.stdout.splitlines() if line.startswith(cut.name))
+    assert matrix_row.split()[1:] == ["n/a", "n/a", "-"]
     no_torchrun_left(ns_cluster)
