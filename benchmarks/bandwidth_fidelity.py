@@ -3,13 +3,14 @@
 1. Fidelity: every host's link shaped to RATE with tc (both directions); all_reduce busbw of
    ``ddpcheck bandwidth`` on 4 hosts against the shaped rate, and against a plain torch loop
    timing the same all_reduce (same hosts, size, iterations; ``plain_allreduce.py``) started
-   with torchrun over ssh. Interleaved repetitions, medians compared.
+   with torchrun over ssh. Repetitions interleaved (the order alternating); the ratio is the
+   median of the repetitions' ratios.
 2. Overhead of ``--pairwise``: its wall time for 2, 4 and 6 hosts, as a ratio to one all-host
    sweep of the same op and size on the same hosts, interleaved.
 
 Needs root.
 
-    .venv/bin/python benchmarks/bandwidth_fidelity.py [--reps 3] [--rate-mbit 200]
+    .venv/bin/python benchmarks/bandwidth_fidelity.py [--reps 5] [--pair-reps 3] [--rate-mbit 200]
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def plain_busbw(cluster: NamespaceCluster, hosts, port: int, iters: int) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5, help="fidelity repetitions")
+    parser.add_argument("--pair-reps", type=int, default=3, help="--pairwise repetitions")
     parser.add_argument("--rate-mbit", type=float, default=200.0)
     parser.add_argument("--iters", type=int, default=5)
     args = parser.parse_args()
@@ -90,47 +92,53 @@ def main() -> None:
             port = 29900
             four = cluster.hosts[:4]
             ours, plain = [], []
-            for _ in range(args.reps):
-                port += 1
+            for rep in range(args.reps):
+                port += 2
                 yaml_path = cluster_hosts_yaml(cluster, tmp / "four.yaml", four, slots=1,
                                                port=port)
-                ours.append(ddpcheck_busbw(yaml_path, tmp / "four.json", args.iters))
-                port += 1
-                plain.append(plain_busbw(cluster, four, port, args.iters))
+                # alternate which goes first, so a drift in the machine's load cancels out
+                if rep % 2 == 0:
+                    ours.append(ddpcheck_busbw(yaml_path, tmp / "four.json", args.iters))
+                    plain.append(plain_busbw(cluster, four, port + 1, args.iters))
+                else:
+                    plain.append(plain_busbw(cluster, four, port + 1, args.iters))
+                    ours.append(ddpcheck_busbw(yaml_path, tmp / "four.json", args.iters))
                 print(f"busbw: ddpcheck {ours[-1]:.5f}  plain loop {plain[-1]:.5f}  "
                       f"rate {rate_gbs:.5f} GB/s", file=sys.stderr)
             pair_rows = []
             for count in (2, 4, 6):
                 hosts = cluster.hosts[:count]
-                pairwise, sweep = [], []
-                for _ in range(max(args.reps - 1, 1)):
+                ratios = []
+                for rep in range(args.pair_reps):
                     port += 10
                     yaml_path = cluster_hosts_yaml(cluster, tmp / f"h{count}.yaml", hosts,
                                                    slots=1, port=port)
                     common = ["-e", str(PAIR_SIZE), "-n", str(args.iters), "-w", "1"]
-                    pairwise.append(run_ddpcheck(yaml_path, tmp / "p.json", "--pairwise",
-                                                 *common))
-                    sweep.append(run_ddpcheck(yaml_path, tmp / "s.json", "--ops", "all_reduce",
-                                              "-b", str(PAIR_SIZE), *common))
-                    print(f"{count} hosts: pairwise {pairwise[-1]:.1f}s  sweep "
-                          f"{sweep[-1]:.1f}s", file=sys.stderr)
-                rounds = count - 1
-                p, s = statistics.median(pairwise), statistics.median(sweep)
-                pair_rows.append((count, rounds, p / s))
+                    runs = [("pairwise", ["--pairwise", *common]),
+                            ("sweep", ["--ops", "all_reduce", "-b", str(PAIR_SIZE), *common])]
+                    walls = {}
+                    for name, extra in (runs if rep % 2 == 0 else runs[::-1]):
+                        walls[name] = run_ddpcheck(yaml_path, tmp / f"{name}.json", *extra)
+                    ratios.append(walls["pairwise"] / walls["sweep"])
+                    print(f"{count} hosts: pairwise {walls['pairwise']:.1f}s  sweep "
+                          f"{walls['sweep']:.1f}s  ratio {ratios[-1]:.2f}", file=sys.stderr)
+                pair_rows.append((count, count - 1, statistics.median(ratios), ratios))
         finally:
             cluster.stop()
-    mo, mp = statistics.median(ours), statistics.median(plain)
-    print(f"| measure (median of {args.reps}) | ratio |")
+    fidelity = [o / p for o, p in zip(ours, plain)]
+    print(f"| measure (median over {args.reps} interleaved repetitions) | ratio |")
     print("|---|---|")
     print(f"| ddpcheck all_reduce busbw / shaped rate ({args.rate_mbit:g} Mbit/s, 4 hosts, "
-          f"8 MiB) | {mo / rate_gbs:.3f} |")
-    print(f"| plain torch loop busbw / shaped rate | {mp / rate_gbs:.3f} |")
-    print(f"| ddpcheck busbw / plain torch loop busbw | {mo / mp:.3f} |")
+          f"8 MiB) | {statistics.median(ours) / rate_gbs:.3f} |")
+    print(f"| plain torch loop busbw / shaped rate | {statistics.median(plain) / rate_gbs:.3f} |")
+    print(f"| ddpcheck busbw / plain torch loop busbw | {statistics.median(fidelity):.3f} "
+          f"(each repetition: {', '.join(f'{r:.3f}' for r in fidelity)}) |")
     print()
-    print("| hosts | rounds | --pairwise wall / one all-host sweep wall |")
-    print("|---|---|---|")
-    for count, rounds, ratio in pair_rows:
-        print(f"| {count} | {rounds} | {ratio:.2f} |")
+    print(f"| hosts | rounds | --pairwise wall / one all-host sweep wall (median of "
+          f"{args.pair_reps}) | each repetition |")
+    print("|---|---|---|---|")
+    for count, rounds, ratio, ratios in pair_rows:
+        print(f"| {count} | {rounds} | {ratio:.2f} | {', '.join(f'{r:.2f}' for r in ratios)} |")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,9 @@ from typing import Any, Optional, Sequence
 
 from . import analyze
 from .bandwidth import (DEFAULT_SLOW_FRACTION, PLOT_INSTALL_HINT, PairResult, PlotUnavailable,
-                        SweepSettings,
-                        pair_findings, pair_name, pairs_json, pairs_summary, plot_report,
-                        render_bandwidth, require_matplotlib, rows_of, sweep_findings,
-                        sweep_summary)
+                        SweepSettings, pair_findings, pair_name, pairs_json, pairs_summary,
+                        plot_report, render_bandwidth, require_matplotlib, rows_of,
+                        sweep_findings, sweep_summary)
 from .busbw import (ALL_COLLECTIVES, Collective, element_count, format_size, message_sizes,
                     parse_ops, parse_size)
 from .collect import parse_output, rank_record
@@ -261,14 +260,18 @@ class PairwiseRun(PreflightRun):
         jobs = [(pair, launch) for pair in planned for launch in pair.launches]
         started = time.monotonic()
         outputs: dict[tuple[tuple[str, str], str], CommandResult] = {}
+        finished: dict[tuple[str, str], float] = {}
 
         def run_one(job: tuple[PairLaunch, HostLaunch]) -> None:
             pair, launch = job
             if self.options.verbose:
                 self.progress.host(launch.host, f"command: {launch.command}")
             deadline = min(self.deadline, time.monotonic() + deadline_s + 10)
-            outputs[(pair.hosts, launch.host)] = self.sessions[launch.host].run(
-                launch.command, deadline, self.cancel)
+            try:
+                outputs[(pair.hosts, launch.host)] = self.sessions[launch.host].run(
+                    launch.command, deadline, self.cancel)
+            finally:
+                finished[pair.hosts] = max(finished.get(pair.hosts, 0.0), time.monotonic())
 
         outcomes = fan_out(jobs, run_one, len(jobs), self.cancel)
         errors = {(o.item[0].hosts, o.item[1].host): str(o.error) for o in outcomes
@@ -276,7 +279,8 @@ class PairwiseRun(PreflightRun):
         for pair in planned:
             results = [(launch.host, outputs.get((pair.hosts, launch.host)),
                         errors.get((pair.hosts, launch.host))) for launch in pair.launches]
-            result = pair_result(pair.hosts, number, results, time.monotonic() - started,
+            result = pair_result(pair.hosts, number, results,
+                                 finished.get(pair.hosts, time.monotonic()) - started,
                                  self.bandwidth.settings.ops[0])
             self.pair_results.append(result)
             self.progress.say(f"{pair_name(pair.hosts)}: " + (
