@@ -1,9 +1,17 @@
 """The host agent: what the launcher runs on each host (``python -m ddpcheck.agent``).
 
-``facts``: stage 0, this host's facts (hostname, python, torch import, GPUs) as one marked line.
+``facts``: stage 0, this host's facts as one marked line: hostname, python, the torch import (in
+a child, with a deadline, timed), GPUs through NVML (``nvml``), CPU, memory, disks, ulimits,
+interfaces and the route to the master (``hostfacts``), and its clock for the skew check.
+``listen`` / ``reach``: the rendezvous check before torchrun: the master host listens on the
+rendezvous port while every host connects to it, so a firewall or a wrong address is named in
+seconds instead of after torchrun's join timeout.
 ``launch``: runs torchrun with the probe under a dead-man deadline, passes its output through,
 and kills torchrun and every rank on deadline, SIGHUP (the ssh connection closed), SIGTERM or
-SIGINT. Imports only the standard library (torch is imported in a child, with a deadline), so
+SIGINT. Under srun (``--launcher slurm``) one command runs on every node: ``--slurm-hosts``
+lists the nodes in node-rank order, the agent finds its own (SLURMD_NODENAME, else
+SLURM_NODEID), says which it is in a ``node`` line and fills in the @NODE_RANK@, @NPROC@ and
+@HOST@ placeholders of the torchrun arguments. Imports only the standard library (torch is imported in a child, with a deadline), so
 it works on a host whose torch is broken and says so.
 """
 
@@ -20,10 +28,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
+
+from . import hostfacts, nvml
 
 MARK = "@@DDPCHECK"
 LAUNCH_STARTED_ENV = "DDPCHECK_LAUNCH_STARTED"  # epoch seconds when the agent started torchrun
+NODE_RANK_TOKEN = "@NODE_RANK@"
+NPROC_TOKEN = "@NPROC@"
+HOST_TOKEN = "@HOST@"
 _PR_SET_PDEATHSIG = 1
 
 # Runs in a child interpreter so a hanging or crashing torch import cannot take the agent along.
@@ -49,6 +62,31 @@ def emit(kind: str, payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def slurm_node(hosts: Sequence[str], env: Mapping[str, str]) -> tuple[int, str]:
+    """(node rank, host name) of this node among ``hosts``: by SLURMD_NODENAME (or its short
+    form), else by SLURM_NODEID. Raises ValueError when neither places it."""
+    name = env.get("SLURMD_NODENAME", "")
+    if name in hosts:
+        return list(hosts).index(name), name
+    short = name.split(".")[0]
+    if short:
+        for index, host in enumerate(hosts):
+            if host.split(".")[0] == short:
+                return index, host
+    node_id = env.get("SLURM_NODEID", "")
+    if node_id.isdigit() and int(node_id) < len(hosts):
+        return int(node_id), hosts[int(node_id)]
+    raise ValueError(f"this node ({name or 'SLURMD_NODENAME unset'}, SLURM_NODEID "
+                     f"{node_id or 'unset'}) is not one of {', '.join(hosts)}")
+
+
+def fill_node_tokens(argv: Sequence[str], node_rank: int, nproc: int, host: str) -> list[str]:
+    """The torchrun arguments with this node's placeholders filled in (whole arguments only,
+    so no other value can be mistaken for one)."""
+    values = {NODE_RANK_TOKEN: str(node_rank), NPROC_TOKEN: str(nproc), HOST_TOKEN: host}
+    return [values.get(arg, arg) for arg in argv]
+
+
 def set_parent_death_signal(sig: int) -> None:
     """Linux: deliver ``sig`` to this process when its parent dies (no orphans on any path)."""
     try:
@@ -58,40 +96,60 @@ def set_parent_death_signal(sig: int) -> None:
         pass
 
 
-def torch_facts(timeout_s: float) -> dict[str, Any]:
+def start_torch_facts() -> subprocess.Popen[str]:
+    """The torch import in a child, started first so the other facts are read meanwhile."""
+    return subprocess.Popen([sys.executable, "-c", _TORCH_FACTS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def finish_torch_facts(child: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
     try:
-        done = subprocess.run([sys.executable, "-c", _TORCH_FACTS], capture_output=True,
-                              text=True, timeout=max(timeout_s, 1.0))
+        stdout, stderr = child.communicate(timeout=max(timeout_s, 1.0))
     except subprocess.TimeoutExpired:
-        return {"torch_error": f"import torch did not finish within {timeout_s:.0f}s"}
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]
+        child.kill()
+        child.communicate()
+        return {"torch_error": f"import torch did not finish within {max(timeout_s, 1.0):.0f}s"}
+    if child.returncode != 0:
+        tail = (stderr.strip().splitlines() or ["exit %d" % child.returncode])[-1]
         return {"torch_error": tail}
     try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return {"torch_error": f"unreadable output: {done.stdout[-200:]!r}"}
+        return {"torch_error": f"unreadable output: {stdout[-200:]!r}"}
+
+
+def torch_facts(timeout_s: float) -> dict[str, Any]:
+    return finish_torch_facts(start_torch_facts(), timeout_s)
 
 
 def resolve_with_deadline(name: str, timeout_s: float) -> list[str]:
     """Addresses ``name`` resolves to; a resolver that hangs gives [] after the deadline."""
-    found: list[str] = []
+    return hostfacts.resolve(name, timeout_s)
 
-    def lookup() -> None:
+
+def with_deadline(read, timeout_s: float, what: str) -> dict[str, Any]:
+    """``read()`` in a daemon thread: a driver call that hangs (a GPU gone bad) costs its
+    deadline, not stage 0."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
         try:
-            infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-            found.extend(sorted({info[4][0] for info in infos}))
-        except OSError:
-            pass
+            result.update(read())
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
+            result["error"] = f"{what}: {type(exc).__name__}: {exc}"
 
-    worker = threading.Thread(target=lookup, daemon=True)
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(timeout_s)
-    return list(found)
+    if worker.is_alive():
+        return {"error": f"{what} did not answer within {timeout_s:.0f}s"}
+    return result
 
 
-def collect_facts(deadline_s: float) -> dict[str, Any]:
+def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: bool = True,
+                  workdir: str = ".") -> dict[str, Any]:
     started = time.monotonic()
+    child = start_torch_facts() if with_torch else None
     hostname = socket.gethostname()
     facts: dict[str, Any] = {
         "hostname": hostname,
@@ -102,10 +160,86 @@ def collect_facts(deadline_s: float) -> dict[str, Any]:
         "time": time.time(),
         "cpus": os.cpu_count(),
     }
-    remaining = deadline_s - (time.monotonic() - started)
-    facts.update(torch_facts(remaining))
+    share = max(min(10.0, deadline_s / 3), 1.0)
+    facts["nvml"] = with_deadline(nvml.read_gpus, share, "NVML")
+    host = with_deadline(lambda: hostfacts.collect(master, workdir, min(3.0, share)), share,
+                         "host facts")
+    if "error" in host:
+        facts["host_facts_error"] = host.pop("error")
+    facts.update(host)
+    if child is not None:
+        facts.update(finish_torch_facts(child, deadline_s - (time.monotonic() - started)))
     facts["duration_s"] = round(time.monotonic() - started, 3)
+    facts["time_end"] = time.time()
     return facts
+
+
+def listen(port: int, deadline_s: float, expect: int) -> dict[str, Any]:
+    """Accept connections on ``port`` until ``expect`` peers said their name or the deadline.
+
+    The peer closes first (it waits for our "ok"), so TIME_WAIT stays on its side and the port
+    is free for torchrun's store right after."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        server.bind(("", port))
+        server.listen(max(expect, 1) + 8)
+    except OSError as exc:
+        server.close()
+        return {"ok": False, "port": port, "error": f"cannot listen on port {port}: "
+                                                    f"{exc.strerror or exc}"}
+    emit("listening", {"port": port})
+    peers: list[dict[str, str]] = []
+    ends = time.monotonic() + deadline_s
+    try:
+        while len(peers) < expect and time.monotonic() < ends:
+            server.settimeout(max(ends - time.monotonic(), 0.01))
+            try:
+                conn, address = server.accept()
+            except (socket.timeout, OSError):
+                break
+            with conn:
+                conn.settimeout(max(ends - time.monotonic(), 0.5))
+                try:
+                    name = conn.recv(256).decode(errors="replace").strip()
+                    conn.sendall(b"ok\n")
+                    conn.recv(16)  # EOF: the peer closed first
+                except OSError:
+                    continue
+            peers.append({"name": name, "address": address[0]})
+    finally:
+        server.close()
+    return {"ok": True, "port": port, "peers": peers}
+
+
+def reach(address: str, port: int, name: str, timeout_s: float) -> dict[str, Any]:
+    """Connect to ``address:port`` until it answers or ``timeout_s`` passes (the listener may
+    start a moment after us: a refused connection is retried)."""
+    started = time.monotonic()
+    ends = started + timeout_s
+    last = "no attempt"
+    attempts = 0
+    while time.monotonic() < ends:
+        attempts += 1
+        try:
+            with socket.create_connection((address, port),
+                                          timeout=max(min(ends - time.monotonic(), 2.0), 0.1)) \
+                    as conn:
+                conn.settimeout(max(ends - time.monotonic(), 0.5))
+                conn.sendall(name.encode() + b"\n")
+                if conn.recv(16).startswith(b"ok"):
+                    return {"ok": True, "address": address, "port": port, "attempts": attempts,
+                            "elapsed_s": round(time.monotonic() - started, 3)}
+                last = "the port answered but not as the ddpcheck listener"
+        except socket.timeout:
+            last = "connection timed out (packets dropped: a firewall?)"
+        except ConnectionRefusedError:
+            last = "connection refused (nothing listening, or a firewall rejecting)"
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        time.sleep(0.2)
+    return {"ok": False, "address": address, "port": port, "attempts": attempts,
+            "elapsed_s": round(time.monotonic() - started, 3), "error": last}
 
 
 def descendants(root: int) -> list[int]:
@@ -202,18 +336,55 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     facts = sub.add_parser("facts", help="stage 0: print this host's facts")
     facts.add_argument("--deadline", type=float, default=60.0)
+    facts.add_argument("--master", default=None, help="rendezvous host: report the route to it")
+    facts.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
+    listener = sub.add_parser("listen", help="accept rendezvous check connections on PORT")
+    listener.add_argument("--port", type=int, required=True)
+    listener.add_argument("--deadline", type=float, default=10.0)
+    listener.add_argument("--expect", type=int, default=1)
+    reacher = sub.add_parser("reach", help="connect to the rendezvous check listener")
+    reacher.add_argument("--address", required=True)
+    reacher.add_argument("--port", type=int, required=True)
+    reacher.add_argument("--name", default=socket.gethostname())
+    reacher.add_argument("--timeout", type=float, default=5.0)
     launch = sub.add_parser("launch", help="run torchrun ARGS under a deadline")
     launch.add_argument("--deadline", type=float, default=120.0)
+    launch.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
+    launch.add_argument("--slurm-slots", default=None,
+                        help="under srun: ranks per node, in the order of --slurm-hosts")
     launch.add_argument("torchrun_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
+    node: Optional[tuple[int, str]] = None
+    if getattr(args, "slurm_hosts", None):  # facts and launch take it
+        hosts = args.slurm_hosts.split(",")
+        try:
+            node = slurm_node(hosts, os.environ)
+        except ValueError as exc:
+            print(f"ddpcheck agent: {exc}", file=sys.stderr)
+            return 2
+        emit("node", {"host": node[1], "node_rank": node[0]})
+
     if args.action == "facts":
-        emit("facts", collect_facts(args.deadline))
+        emit("facts", collect_facts(args.deadline, args.master))
+        return 0
+    if args.action == "listen":
+        emit("listen", listen(args.port, args.deadline, args.expect))
+        return 0
+    if args.action == "reach":
+        emit("reach", reach(args.address, args.port, args.name, args.timeout))
         return 0
 
     torchrun_args = args.torchrun_args
     if torchrun_args[:1] == ["--"]:
         torchrun_args = torchrun_args[1:]
+    if node is not None:
+        slots = (args.slurm_slots or "").split(",")
+        if len(slots) != len(hosts) or not all(s.isdigit() for s in slots):
+            print(f"ddpcheck agent: --slurm-slots needs {len(hosts)} numbers, got "
+                  f"{args.slurm_slots!r}", file=sys.stderr)
+            return 2
+        torchrun_args = fill_node_tokens(torchrun_args, node[0], int(slots[node[0]]), node[1])
     job = Launch(torchrun_args, args.deadline)
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: job.request_stop(signal.Signals(signum).name))

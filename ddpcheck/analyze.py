@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Iterable, Mapping, Optional, Sequence
 
+from . import drift
+from .drift import RankPrint
 from .records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
                       Severity, Verdict)
 
@@ -18,7 +20,7 @@ from .records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, Rank
 STAGE_CHECKS: Mapping[str, str] = {
     "start": "torch_import", "device": "gpu_count", "init": "rendezvous",
     "all_reduce": "all_reduce", "barrier": "barrier", "latency": "all_reduce",
-    "finish": "barrier",
+    "finish": "barrier", "setup": "seed", "fingerprint": "env_drift", "ddp": "params",
     # bandwidth sweep (ddpcheck.sweep): the stage is the op being measured
     "all_gather": "bandwidth", "reduce_scatter": "bandwidth", "broadcast": "bandwidth",
     "all_to_all": "bandwidth",
@@ -28,7 +30,8 @@ EXIT_CODES: Mapping[Verdict, int] = {Verdict.OK: 0, Verdict.FAIL: 1, Verdict.UNR
 LOOPBACK_PREFIXES = ("127.", "::1")
 
 
-def host_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
+def host_findings(hosts: Sequence[HostRecord],
+                  pinned: frozenset[str] = frozenset()) -> list[Finding]:
     """A host that could not be reached or checked: each one is its own root cause."""
     findings = []
     for host in hosts:
@@ -37,21 +40,31 @@ def host_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
         findings.append(Finding(Severity.ERROR, host.error_check or "ssh",
                                 f"{host.name}: {host.stage}: {host.error}",
                                 host=host.name, root_cause=True))
-    findings += hostname_findings([h for h in hosts if h.hostname])
+    findings += hostname_findings([h for h in hosts if h.hostname], pinned)
     return findings
 
 
-def hostname_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
-    """Hostnames that resolve to loopback (gloo/NCCL then bind to lo) or repeat across hosts."""
+def hostname_findings(hosts: Sequence[HostRecord],
+                      pinned: frozenset[str] = frozenset()) -> list[Finding]:
+    """Hostnames that resolve to loopback (gloo/NCCL then bind to lo) or repeat across hosts.
+
+    Loopback is an error on a host whose ranks are not told their interface (a
+    *_SOCKET_IFNAME in its env): there gloo and NCCL pick the address of the hostname, lo, and
+    peers cannot connect. With the interface pinned it is a warning."""
     findings = []
     if len(hosts) > 1:
         for host in hosts:
             addresses = [str(a) for a in host.facts.get("addresses", [])]
-            if addresses and all(a.startswith(LOOPBACK_PREFIXES) for a in addresses):
+            # the first address is the one a bind by hostname picks (127.0.1.1 on Debian)
+            if addresses and addresses[0].startswith(LOOPBACK_PREFIXES):
+                harmless = host.name in pinned
                 findings.append(Finding(
-                    Severity.WARNING, "hostname",
-                    f"{host.name}: its hostname {host.hostname!r} resolves only to loopback "
-                    f"({', '.join(addresses)}); ranks that bind by hostname will use lo",
+                    Severity.WARNING if harmless else Severity.ERROR, "hostname",
+                    f"{host.name}: its hostname {host.hostname!r} resolves first to loopback "
+                    f"({', '.join(addresses)}); " + (
+                        "its *_SOCKET_IFNAME keeps ranks off lo, but other tools may bind lo"
+                        if harmless else "gloo and NCCL will bind lo and peers cannot connect: "
+                        "fix /etc/hosts or set GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME"),
                     host=host.name))
     by_hostname: dict[str, list[str]] = defaultdict(list)
     for host in hosts:
@@ -94,6 +107,19 @@ def rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
                 host=rank.host, rank=rank.rank))
     findings += latency_findings(ranks)
     return findings
+
+
+def drift_report(ranks: Sequence[RankRecord],
+                 seeded: bool) -> tuple[list[Finding], list[dict]]:
+    """Versions, settings, env, RNG (when seeded) and the tiny DDP run compared across ranks:
+    the findings and the host-by-value rows of what differs."""
+    prints = [RankPrint(r.rank, r.host, r.fingerprint) for r in ranks
+              if r.rank is not None and r.fingerprint]
+    if len(prints) < 2:
+        return [], []
+    host_of = {p.rank: p.host for p in prints}
+    diffs = drift.all_differences(prints, seeded)
+    return [drift.finding(d, host_of) for d in diffs], drift.value_rows(diffs, host_of)
 
 
 def failure_findings(ranks: Sequence[RankRecord]) -> list[Finding]:

@@ -55,8 +55,11 @@ class BandwidthOptions:
     verbose: bool = False
 
     def preflight_options(self) -> PreflightOptions:
+        # --pairwise: each pair has its own master, so the check of the one master's port
+        # before torchrun does not apply; the pair jobs show which pairs cannot meet.
         return PreflightOptions(timeout_s=self.timeout_s, launch=self.launch,
-                                verbose=self.verbose)
+                                verbose=self.verbose,
+                                rendezvous_check=not self.settings.pairwise)
 
 
 # -- planning (pure) ---------------------------------------------------------------------------
@@ -66,10 +69,10 @@ def sweep_program(ops: Sequence[Collective], min_bytes: int, max_bytes: int, fac
                   iters: int, warmup: int) -> RankProgram:
     """``-m ddpcheck.sweep ...`` for every rank, in place of the probe."""
 
-    def program(host: HostSpec, world_size: int, backend: Backend,
+    def program(host_name: str, world_size: int, backend: Backend,
                 options: LaunchOptions) -> list[str]:
         return ["-m", "ddpcheck.sweep",
-                "--host", host.name,
+                "--host", host_name,
                 "--expected-world-size", str(world_size),
                 "--backend", backend.value,
                 "--collective-timeout", str(options.collective_timeout_s),
@@ -136,7 +139,10 @@ def dry_run_text(spec: ClusterSpec, options: BandwidthOptions) -> str:
              f"backend {backend.value} (auto picks nccl when every host has GPUs)"]
     for host in spec.hosts:
         where = "local" if spec.local else f"ssh {ssh_target(host)}"
-        lines += [f"# {host.name} stage 0 via {where}", stage0_command(host, 58)]
+        if host.jumps:
+            where += " through " + " > ".join(ssh_target(jump) for jump in host.jumps)
+        lines += [f"# {host.name} stage 0 via {where}",
+                  stage0_command(host, 58, master=spec.master_host.address)]
     if not settings.pairwise:
         slots = {h.name: resolve_slots(h, 0, spec.local) for h in spec.hosts}
         for launch in plan_launch(spec, slots, backend, options.launch, rank_program=program):
@@ -360,12 +366,17 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _count(minimum: int):
+WARMUP_HINT = ("-w is the warm-up iteration count here, as in nccl-tests; give a host list "
+               "with --nodelist")
+
+
+def _count(minimum: int, hint: str = ""):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}"
+                                             + (f" ({hint})" if hint else "")) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
@@ -393,7 +404,7 @@ def _gbs(text: str) -> float:
 
 
 def register_bandwidth(sub) -> None:
-    from .cli import _positive, add_common_options
+    from .cli import _positive, add_common_options, add_inventory_options, add_output_options
 
     parser = sub.add_parser(
         "bandwidth", help="nccl-tests style bus-bandwidth sweep; --pairwise finds a slow host "
@@ -403,6 +414,8 @@ def register_bandwidth(sub) -> None:
                     "With --pairwise, measure every pair of hosts (circle method: the pairs of "
                     "a round run at once) and name a slow host or link.")
     add_common_options(parser, SWEEP_TIMEOUT_S)
+    add_inventory_options(parser, hostlist_flags=("--nodelist",))  # -w: warm-up, as nccl-tests
+    add_output_options(parser)
     parser.set_defaults(timeout=None)
     parser._option_string_actions["--timeout"].help = (
         f"hard deadline for the whole command (default {SWEEP_TIMEOUT_S:g}; with --pairwise "
@@ -419,8 +432,9 @@ def register_bandwidth(sub) -> None:
                         help="multiply the size by F each step (default 2)")
     parser.add_argument("-n", "--iters", type=_count(1), default=20, metavar="N",
                         help="timed iterations per size (default 20)")
-    parser.add_argument("-w", "--warmup", type=_count(0), default=5, metavar="N",
-                        help="warm-up iterations per size, not timed (default 5)")
+    parser.add_argument("-w", "--warmup", type=_count(0, hint=WARMUP_HINT), default=5,
+                        metavar="N", help="warm-up iterations per size, not timed (default 5; "
+                                          "a host list is --nodelist here)")
     parser.add_argument("--min-busbw", type=_gbs, default=None, metavar="GB/s",
                         help="fail (exit 1) when the average busbw (with --pairwise: any "
                              "pair's) is below this")
@@ -478,7 +492,7 @@ def run_bandwidth(spec: ClusterSpec, options: BandwidthOptions,
 
 
 def bandwidth_command(args: argparse.Namespace) -> int:
-    from .cli import EXIT_USAGE, load_spec, run_reported
+    from .cli import EXIT_USAGE, load_spec_from_args, run_reported
 
     if args.plot:
         try:
@@ -487,7 +501,7 @@ def bandwidth_command(args: argparse.Namespace) -> int:
             print(f"ddpcheck: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        spec: Optional[ClusterSpec] = load_spec(args.hosts)
+        spec: Optional[ClusterSpec] = load_spec_from_args(args)
     except ConfigError:
         spec = None  # run_reported reports it, with the file, line and key
     try:
@@ -501,9 +515,10 @@ def bandwidth_command(args: argparse.Namespace) -> int:
         sys.stdout.write(dry_run_text(spec, options))
         return 0
     reports: list[Report] = []
+    progress = Progress(None if args.quiet else sys.stderr)
 
     def execute(run_spec: ClusterSpec) -> Report:
-        report = run_bandwidth(run_spec, options)
+        report = run_bandwidth(run_spec, options, progress)
         reports.append(report)
         return report
 

@@ -23,11 +23,14 @@ class HostOutput:
     agent: Optional[dict[str, Any]] = None
     stray: tuple[str, ...] = ()  # lines that were not records (torchrun logs, tracebacks)
     garbled: int = 0  # marked lines whose JSON could not be read
+    listen: Optional[dict[str, Any]] = None  # the rendezvous check's listener, on the master
+    reach: Optional[dict[str, Any]] = None  # this host's connection to the master's port
 
 
 def parse_output(text: str) -> HostOutput:
     facts: Optional[dict[str, Any]] = None
     agent: Optional[dict[str, Any]] = None
+    checks: dict[str, dict[str, Any]] = {}
     ranks: list[dict[str, Any]] = []
     stray: list[str] = []
     garbled = 0
@@ -52,9 +55,14 @@ def parse_output(text: str) -> HostOutput:
             agent = value
         elif kind == "rank":
             ranks.append(value)
+        elif kind in ("listen", "reach"):
+            checks[kind] = value
+        elif kind == "listening":
+            pass  # the listener is up; its outcome comes as "listen"
         else:
             garbled += 1
-    return HostOutput(facts, tuple(ranks), agent, tuple(stray), garbled)
+    return HostOutput(facts, tuple(ranks), agent, tuple(stray), garbled,
+                      checks.get("listen"), checks.get("reach"))
 
 
 def tail(lines: tuple[str, ...] | list[str], count: int = 12) -> str:
@@ -91,6 +99,7 @@ def rank_record(raw: dict[str, Any], host: str) -> RankRecord:
         all_reduce_wrong=_opt_int(raw.get("all_reduce_wrong")),
         versions={str(k): _opt_str(v) for k, v in versions.items()},
         collectives=tuple(c for c in collectives if isinstance(c, dict)),
+        fingerprint=raw["fingerprint"] if isinstance(raw.get("fingerprint"), dict) else {},
     )
 
 

@@ -20,16 +20,21 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError
 from .hostlist import expand_hostlist
-from .spec import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_FANOUT, DEFAULT_PYTHON,
-                   DEFAULT_RENDEZVOUS_PORT, DEFAULT_SSH_PORT, DEFAULT_WORKDIR, Backend,
-                   ClusterSpec, HostKeyPolicy, HostSpec, SSHSpec)
+from .spec import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_FANOUT, DEFAULT_JUMP_HANDSHAKES,
+                   DEFAULT_PYTHON, DEFAULT_RENDEZVOUS_PORT, DEFAULT_SSH_PORT, DEFAULT_WORKDIR,
+                   SSH_FIELDS, Backend, ClusterSpec, HostKeyPolicy, HostSpec, SSHSpec)
 
 LOCAL_SOURCE = "<embedded: this machine>"
 
 TOP_KEYS = ("defaults", "ssh", "rendezvous", "backend", "hosts")
-DEFAULT_KEYS = ("user", "port", "identity_file", "python", "env", "workdir", "slots")
+DEFAULT_KEYS = ("user", "port", "identity_file", "python", "env", "workdir", "slots",
+                "proxy_jump")
 HOST_KEYS = ("name", "address") + DEFAULT_KEYS
-SSH_KEYS = ("known_hosts", "host_key_policy", "connect_timeout", "fanout")
+SSH_KEYS = ("known_hosts", "host_key_policy", "connect_timeout", "fanout", "config",
+            "jump_handshakes")
+# --config FILE (defaults for --hostfile, --slurm, -w): everything but the hosts.
+CONFIG_KEYS = ("defaults", "ssh", "rendezvous", "backend")
+NO_SSH_CONFIG = "none"  # ssh.config: none -> do not read any ssh_config
 RENDEZVOUS_KEYS = ("master", "port")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -54,19 +59,23 @@ class _Invalid(Exception):
 def load_hosts_file(path: Union[str, "os.PathLike[str]"]) -> ClusterSpec:
     """Read and parse a hosts.yaml; an unreadable file is a ``ConfigError`` naming it."""
     source = os.fspath(path)
+    return parse_hosts_yaml(_read_text(source, "a hosts.yaml file"), source)
+
+
+def _read_text(source: str, what: str = "a file") -> str:
+    """A text file's content; any problem is a ``ConfigError`` naming the file."""
     try:
         with open(source, encoding="utf-8") as handle:
-            text = handle.read()
+            return handle.read()
     except FileNotFoundError:
         raise ConfigError("no such file", source=source) from None
     except IsADirectoryError:
-        raise ConfigError("is a directory, not a hosts.yaml file", source=source) from None
+        raise ConfigError(f"is a directory, not {what}", source=source) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
                           source=source) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", source=source) from None
-    return parse_hosts_yaml(text, source)
 
 
 def parse_hosts_yaml(text: str, source: str) -> ClusterSpec:
@@ -76,6 +85,65 @@ def parse_hosts_yaml(text: str, source: str) -> ClusterSpec:
         return _cluster(root, source)
     except _Invalid as exc:
         raise ConfigError(exc.message, source=source, line=exc.line, key=exc.key) from None
+
+
+@dataclass(frozen=True)
+class ConfigDefaults:
+    """What a ``--config FILE`` gives an inventory (--hostfile, --slurm, -w): a hosts.yaml
+    without its hosts. ``host_fields`` are the validated keys of its ``defaults``."""
+
+    host_fields: Mapping[str, Any]
+    ssh: SSHSpec = SSHSpec()
+    master: str = ""
+    master_line: Optional[int] = None
+    rendezvous_port: int = DEFAULT_RENDEZVOUS_PORT
+    backend: Backend = Backend.AUTO
+    source: str = ""
+
+
+def load_config_defaults(path: Union[str, "os.PathLike[str]"]) -> ConfigDefaults:
+    """Read and parse a ``--config`` file; an unreadable file is a ``ConfigError`` naming it."""
+    source = os.fspath(path)
+    return parse_config_defaults(_read_text(source), source)
+
+
+def parse_config_defaults(text: str, source: str) -> ConfigDefaults:
+    """``--config`` text -> ``ConfigDefaults``. A ``hosts`` key is an error: with an inventory
+    option the hosts come from the inventory, and silently ignoring a list would mislead."""
+    try:
+        root = _compose(text)
+        if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
+            return ConfigDefaults(host_fields={}, source=source)
+        if not isinstance(root, MappingNode):
+            _fail(root, None, f"the top level must be a mapping with keys "
+                              f"{', '.join(CONFIG_KEYS)}; got {_describe(root)}")
+        for key_node, _ in _pairs(root, ""):
+            if key_node.value == "hosts":
+                _fail(key_node, "hosts", "a --config file gives only defaults, ssh, rendezvous "
+                                         "and backend; the hosts come from --hostfile, --slurm "
+                                         "or -w: remove 'hosts' (or pass this file as HOSTS "
+                                         "instead)")
+        top = _mapping(root, "", CONFIG_KEYS)
+        fields = _host_fields(top["defaults"][1], "defaults", DEFAULT_KEYS) \
+            if "defaults" in top else {}
+        ssh = _ssh(top["ssh"][1]) if "ssh" in top else SSHSpec()
+        rendezvous = _rendezvous(top["rendezvous"][1]) if "rendezvous" in top \
+            else _Rendezvous()
+        backend = Backend(_choice(top["backend"][1], "backend",
+                                  tuple(b.value for b in Backend))) \
+            if "backend" in top else Backend.AUTO
+    except _Invalid as exc:
+        raise ConfigError(exc.message, source=source, line=exc.line, key=exc.key) from None
+    master_line = _line(rendezvous.master_node) if rendezvous.master_node is not None else None
+    return ConfigDefaults(host_fields=fields, ssh=ssh, master=rendezvous.master,
+                          master_line=master_line, rendezvous_port=rendezvous.port,
+                          backend=backend, source=source)
+
+
+def host_from_fields(name: str, fields: Mapping[str, Any], line: int,
+                     address: Optional[str] = None) -> HostSpec:
+    """A HostSpec from validated host keys (as ``ConfigDefaults.host_fields`` holds them)."""
+    return _host(name, address, fields, line)
 
 
 def local_cluster_spec(python: str) -> ClusterSpec:
@@ -319,7 +387,20 @@ _HOST_FIELDS: Mapping[str, Callable[[Node, str], Any]] = {
     "env": _env,
     "workdir": _workdir,
     "slots": lambda node, key: _integer(node, key, 1),
+    "proxy_jump": lambda node, key: _proxy_jump(node, key),
 }
+
+
+def _proxy_jump(node: Node, key: str) -> str:
+    """OpenSSH ProxyJump text, checked here so a typo fails before anything runs."""
+    from .sshconfig import parse_proxy_jump
+
+    value = _nonempty(node, key).strip()
+    try:
+        parse_proxy_jump(value)
+    except ValueError as exc:
+        _fail(node, key, str(exc))
+    return value
 
 
 # ----------------------------------------------------------------------------- sections
@@ -375,8 +456,15 @@ def _ssh(node: Node) -> SSHSpec:
     timeout = _positive_number(keys["connect_timeout"][1], "ssh.connect_timeout") \
         if "connect_timeout" in keys else DEFAULT_CONNECT_TIMEOUT
     fanout = _integer(keys["fanout"][1], "ssh.fanout", 1) if "fanout" in keys else DEFAULT_FANOUT
+    config_file = None
+    if "config" in keys:
+        config_file = _nonempty(keys["config"][1], "ssh.config").strip()
+        config_file = NO_SSH_CONFIG if config_file.lower() == NO_SSH_CONFIG \
+            else os.path.expanduser(config_file)
+    jump_handshakes = _integer(keys["jump_handshakes"][1], "ssh.jump_handshakes", 1) \
+        if "jump_handshakes" in keys else DEFAULT_JUMP_HANDSHAKES
     return SSHSpec(known_hosts=known_hosts, host_key_policy=policy, connect_timeout=timeout,
-                   fanout=fanout)
+                   fanout=fanout, config_file=config_file, jump_handshakes=jump_handshakes)
 
 
 def _rendezvous(node: Node) -> _Rendezvous:
@@ -459,4 +547,7 @@ def _host(name: str, address: Optional[str], fields: Mapping[str, Any], line: in
         workdir=fields.get("workdir", DEFAULT_WORKDIR),
         slots=fields.get("slots"),
         line=line,
+        proxy_jump=fields.get("proxy_jump"),
+        given=frozenset(k for k in SSH_FIELDS if k in fields) | (
+            frozenset({"address"}) if address else frozenset()),
     )

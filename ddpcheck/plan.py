@@ -29,6 +29,10 @@ class LaunchOptions:
     rendezvous_timeout_s: int = 30  # torchrun static rendezvous (default 600)
     collective_timeout_s: int = 30  # process group timeout (default 10 min NCCL, 30 min gloo)
     iterations: int = 20  # repeats for latency medians
+    seed: Optional[int] = None  # --seed: every rank seeds with it, RNG states are compared
+    setup: Optional[str] = None  # --setup MODULE:FUNCTION run on every rank first
+    ddp_steps: int = 3  # steps of the tiny DDP run
+    consistency: bool = True  # fingerprints and the tiny DDP run
 
 
 @dataclass(frozen=True)
@@ -54,13 +58,17 @@ def remote_command(host: HostSpec, argv: Sequence[str], extra_env: Mapping[str, 
     return f"mkdir -p {workdir} && cd {workdir} && exec {run}"
 
 
-def stage0_argv(host: HostSpec, deadline_s: float) -> list[str]:
-    return [host.python, "-m", "ddpcheck.agent", "facts", "--deadline", _num(deadline_s)]
+def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None) -> list[str]:
+    argv = [host.python, "-m", "ddpcheck.agent", "facts", "--deadline", _num(deadline_s)]
+    if master:
+        argv += ["--master", master]
+    return argv
 
 
-def stage0_command(host: HostSpec, deadline_s: float) -> str:
-    """Stage 0: host facts (hostname, python, torch import, GPUs) before any rank starts."""
-    return remote_command(host, stage0_argv(host, deadline_s))
+def stage0_command(host: HostSpec, deadline_s: float, master: Optional[str] = None) -> str:
+    """Stage 0: host facts (hostname, python, torch import, GPUs, resources, interfaces, the
+    route to ``master``) before any rank starts, with the env the ranks will get."""
+    return remote_command(host, stage0_argv(host, deadline_s, master))
 
 
 def resolve_backend(requested: Backend, gpus_by_host: Mapping[str, int]) -> Backend:
@@ -81,21 +89,23 @@ def resolve_slots(host: HostSpec, gpus: int, local: bool) -> int:
     return LOCAL_CPU_RANKS if local else 1
 
 
-# What each rank runs under torchrun: (host, world size, backend, options) -> "-m module args".
-RankProgram = Callable[[HostSpec, int, Backend, LaunchOptions], list[str]]
+# What each rank runs under torchrun: (host name, world size, backend, options) -> "-m module
+# args". The host name is text so that srun's per-node placeholder can stand for it.
+RankProgram = Callable[[str, int, Backend, LaunchOptions], list[str]]
 
 
-def probe_program(host: HostSpec, world_size: int, backend: Backend,
+def probe_program(host_name: str, world_size: int, backend: Backend,
                   options: LaunchOptions) -> list[str]:
     """The preflight probe on every rank."""
     return [
         "-m", "ddpcheck.probe",
-        "--host", host.name,
+        "--host", host_name,
         "--expected-world-size", str(world_size),
         "--backend", backend.value,
         "--collective-timeout", str(options.collective_timeout_s),
         "--deadline", _num(options.deadline_s),
         "--iterations", str(options.iterations),
+        *consistency_args(options),
     ]
 
 
@@ -114,23 +124,71 @@ def plan_launch(spec: ClusterSpec, slots_by_host: Mapping[str, int], backend: Ba
     launches = []
     for node_rank, host in enumerate(hosts):
         slots = slots_by_host[host.name]
-        torchrun_args = [
-            "--nnodes", str(len(hosts)),
-            "--node-rank", str(node_rank),
-            "--nproc-per-node", str(slots),
-            "--master-addr", master_address(spec),
-            "--master-port", str(spec.rendezvous_port),
-            "--max-restarts", "0",
-            "--monitor-interval", "0.5",
-            "--rdzv-conf", f"timeout={options.rendezvous_timeout_s}",
-        ]
-        if run_id:
-            torchrun_args += ["--rdzv-id", run_id]
-        probe_args = rank_program(host, world_size, backend, options)
-        argv = [host.python, "-m", "ddpcheck.agent", "launch",
-                "--deadline", _num(options.deadline_s), "--", *torchrun_args, *probe_args]
+        argv = launch_argv(spec, host, str(node_rank), str(slots), host.name, world_size,
+                           backend, options, run_id, rank_program)
         launches.append(HostLaunch(host.name, node_rank, slots, remote_command(host, argv)))
     return launches
+
+
+def consistency_args(options: LaunchOptions) -> list[str]:
+    """The probe's consistency options, only where they differ from its defaults."""
+    args: list[str] = []
+    if options.seed is not None:
+        args += ["--seed", str(options.seed)]
+    if options.setup:
+        args += ["--setup", options.setup]
+    if options.ddp_steps != LaunchOptions.ddp_steps:
+        args += ["--ddp-steps", str(options.ddp_steps)]
+    if not options.consistency:
+        args.append("--no-consistency")
+    return args
+
+
+@dataclass(frozen=True)
+class RendezvousCheck:
+    """The check before torchrun: the master listens on the rendezvous port while every host
+    (the master too) connects to the address torchrun will be given."""
+
+    master: str
+    listen_command: str
+    reach_commands: Mapping[str, str]
+
+
+def plan_rendezvous_check(spec: ClusterSpec, window_s: float) -> RendezvousCheck:
+    master = spec.master_host
+    port = str(spec.rendezvous_port)
+    listen = remote_command(master, [
+        master.python, "-m", "ddpcheck.agent", "listen", "--port", port,
+        "--deadline", _num(window_s + 2.0), "--expect", str(len(spec.hosts))])
+    reach = {host.name: remote_command(host, [
+        host.python, "-m", "ddpcheck.agent", "reach", "--address", master_address(spec),
+        "--port", port, "--name", host.name, "--timeout", _num(window_s)])
+        for host in spec.hosts}
+    return RendezvousCheck(master.name, listen, reach)
+
+
+def launch_argv(spec: ClusterSpec, host: HostSpec, node_rank: str, slots: str, host_name: str,
+                world_size: int, backend: Backend, options: LaunchOptions,
+                run_id: Optional[str], rank_program: RankProgram = probe_program) -> list[str]:
+    """The agent's argv on one host: ``agent launch -- <torchrun args> -m ddpcheck.probe ...``
+    (or another ``rank_program``). node_rank, slots and host_name are text so that a launcher
+    that runs one command on every node (srun) can pass placeholders the agent fills in on the
+    node."""
+    torchrun_args = [
+        "--nnodes", str(len(spec.hosts)),
+        "--node-rank", node_rank,
+        "--nproc-per-node", slots,
+        "--master-addr", master_address(spec),
+        "--master-port", str(spec.rendezvous_port),
+        "--max-restarts", "0",
+        "--monitor-interval", "0.5",
+        "--rdzv-conf", f"timeout={options.rendezvous_timeout_s}",
+    ]
+    if run_id:
+        torchrun_args += ["--rdzv-id", run_id]
+    probe_args = rank_program(host_name, world_size, backend, options)
+    return [host.python, "-m", "ddpcheck.agent", "launch",
+            "--deadline", _num(options.deadline_s), "--", *torchrun_args, *probe_args]
 
 
 def _num(value: float) -> str:

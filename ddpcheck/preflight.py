@@ -1,8 +1,10 @@
 """Preflight: the one way through, spec -> report, with the I/O at this edge.
 
-connect + stage 0 on every host (one fan-out) -> plan -> torchrun + probe on every host (one
-fan-out) -> collect -> analyze -> report. A host that fails before launch keeps torchrun from
-starting anywhere: a world with a missing node can only hang until the rendezvous timeout.
+connect + stage 0 on every host (one fan-out) -> the rendezvous check (the master listens on
+the rendezvous port, every host connects: one fan-out) -> plan -> torchrun + probe on every
+host (one fan-out) -> collect -> analyze -> report. A host that fails before launch keeps
+torchrun from starting anywhere: a world with a missing node can only hang until the
+rendezvous timeout.
 The partial state is kept as hosts progress, so an interrupted or timed-out run still reports
 what each host reached.
 """
@@ -16,17 +18,18 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Optional, TextIO
 
-from . import analyze
+from . import analyze, health
 from .collect import parse_output, rank_record, tail
 from .errors import HostError
-from .plan import (HostLaunch, LaunchOptions, plan_launch, resolve_backend, resolve_slots,
-                   stage0_command)
+from .plan import (HostLaunch, LaunchOptions, plan_launch, plan_rendezvous_check,
+                   resolve_backend, resolve_slots, stage0_command)
 from .records import Finding, HostRecord, RankRecord, Severity, Verdict
 from .report import Report
 from .spec import Backend, ClusterSpec, HostSpec
-from .transport import CommandResult, LocalSession, Session, SSHSession, fan_out
+from .transport import CommandResult, JumpPool, LocalSession, Session, SSHSession, fan_out
 
 STAGE0_DEADLINE_S = 60.0
+REACH_WINDOW_S = 5.0  # how long a host keeps trying the master's rendezvous port
 
 
 @dataclass(frozen=True)
@@ -34,13 +37,14 @@ class PreflightOptions:
     timeout_s: float = 180.0  # the whole command
     launch: LaunchOptions = LaunchOptions()
     verbose: bool = False
+    rendezvous_check: bool = True  # connect to master:port from every host before torchrun
 
 
 class Progress:
     """A line per host on stderr as its state changes, with seconds since start."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = sys.stderr) -> None:
+        self.stream = stream  # None: quiet (-q)
         self.started = time.monotonic()
         self.lock = threading.Lock()
 
@@ -48,6 +52,8 @@ class Progress:
         self.say(f"{name}: {state}")
 
     def say(self, text: str) -> None:
+        if self.stream is None:
+            return
         with self.lock:
             self.stream.write(f"ddpcheck [{time.monotonic() - self.started:6.1f}s] {text}\n")
             self.stream.flush()
@@ -69,13 +75,15 @@ class PreflightRun:
         self.slots: dict[str, int] = {}
         self.backend: Optional[str] = None
         self.lock = threading.Lock()
+        self.jumps = JumpPool(spec.ssh)  # ProxyJump: one connection per jump host, shared
 
     # -- stage 0 ------------------------------------------------------------------------
     def check_host(self, host: HostSpec) -> None:
-        self.progress.host(host.name, "connecting" if not self.spec.local else "checking")
+        via = f" through {' > '.join(j.name for j in host.jumps)}" if host.jumps else ""
+        self.progress.host(host.name, f"connecting{via}" if not self.spec.local else "checking")
         try:
             session: Session = (LocalSession() if self.spec.local
-                                else SSHSession.connect(host, self.spec.ssh))
+                                else SSHSession.connect(host, self.spec.ssh, self.jumps))
         except HostError as exc:
             self.update(host.name, error=exc.message, error_check="ssh", stage="connect")
             self.progress.host(host.name, f"unreachable: {exc.message}")
@@ -84,13 +92,18 @@ class PreflightRun:
             self.sessions[host.name] = session
         self.update(host.name, reachable=True, stage="stage0")
         deadline = min(self.deadline, time.monotonic() + STAGE0_DEADLINE_S)
-        result = session.run(stage0_command(host, max(deadline - time.monotonic() - 2, 1)),
-                             deadline, self.cancel)
-        self.record_stage0(host, result)
+        command = stage0_command(host, max(deadline - time.monotonic() - 2, 1),
+                                 master=self.spec.master_host.address)
+        sent = time.time()  # the launcher's clock around the call bounds the host's clock
+        result = session.run(command, deadline, self.cancel)
+        self.record_stage0(host, result, (sent, time.time()))
 
-    def record_stage0(self, host: HostSpec, result: CommandResult) -> None:
+    def record_stage0(self, host: HostSpec, result: CommandResult,
+                      clock_window: Optional[tuple[float, float]] = None) -> None:
         parsed = parse_output(result.output)
         facts = parsed.facts or {}
+        if facts and clock_window and not self.spec.local:
+            facts["launcher_clock"] = list(clock_window)
         check, error = stage0_error(host, result, facts, list(parsed.stray))
         gpus = int(facts.get("gpus") or 0)
         self.update(host.name, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
@@ -99,10 +112,73 @@ class PreflightRun:
         if error:
             self.progress.host(host.name, f"failed stage 0: {error}")
         else:
+            torch = (f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
+                     if facts.get("torch") else "torch import failed")
             self.progress.host(host.name, (
                 f"checked: hostname {facts.get('hostname')}, python {facts.get('python')}, "
-                f"torch {facts.get('torch')} (import {facts.get('import_s')}s), {gpus} GPU(s) "
-                f"in {result.duration_s:.1f}s"))
+                f"{torch}, {gpus} GPU(s) in {result.duration_s:.1f}s"))
+
+    def judge_stage0(self) -> None:
+        """Stage-0 health rules on every host that answered (pure, in ``health``). A host with
+        an error that makes the run pointless gets it as its error: torchrun will not start."""
+        answered = [h for h in self.spec.hosts
+                    if self.hosts[h.name].facts and not self.hosts[h.name].error]
+        gpus = {h.name: self.hosts[h.name].gpus for h in answered}
+        backend = resolve_backend(self.spec.backend, gpus).value if answered else "auto"
+        for host in answered:
+            facts = self.hosts[host.name].facts
+            window = facts.get("launcher_clock")
+            context = health.Stage0Context(
+                backend=backend, slots=host.slots, multi_host=len(self.spec.hosts) > 1,
+                clock_window=tuple(window) if isinstance(window, list) and len(window) == 2
+                else None)
+            findings = health.host_findings(host.name, facts, context)
+            blocking = next((f for f in findings if health.blocks_launch(f)), None)
+            if blocking is not None:
+                prefix = f"{host.name}: "
+                message = blocking.message[len(prefix):] if blocking.message.startswith(
+                    prefix) else blocking.message
+                self.update(host.name, error=message, error_check=blocking.check)
+                self.progress.host(host.name, f"failed stage 0: {blocking.check}: {message}")
+                findings.remove(blocking)
+            for finding in findings:
+                if finding.severity is not Severity.INFO:
+                    self.progress.host(host.name, f"stage 0 {finding.severity.value}: "
+                                                  f"{finding.check}: {finding.message}")
+            self.extra_findings += findings
+        self.extra_findings += health.cluster_gpu_findings(gpus)
+
+    # -- rendezvous check ------------------------------------------------------------
+    def check_rendezvous(self) -> None:
+        """Every host connects to master:port while the master listens there; a host that
+        cannot is named now, in seconds, instead of after torchrun's join timeout."""
+        check = plan_rendezvous_check(self.spec, REACH_WINDOW_S)
+        master = self.spec.master_host
+        target = f"{master.name} {master.address}:{self.spec.rendezvous_port}"
+        self.progress.say(f"rendezvous check: every host connects to {target}")
+        jobs = [("listen", check.master, check.listen_command)] + [
+            ("reach", name, command) for name, command in check.reach_commands.items()]
+        deadline = min(self.deadline, time.monotonic() + REACH_WINDOW_S + 15.0)
+
+        def run_one(job: tuple[str, str, str]) -> None:
+            kind, name, command = job
+            result = self.sessions[name].run(command, deadline, self.cancel)
+            parsed = parse_output(result.output)
+            outcome = parsed.listen if kind == "listen" else parsed.reach
+            if outcome is None:
+                why = "no answer" if result.timed_out else summary_of(parsed.stray)
+                self.update(name, error=f"rendezvous check: {kind} gave no result ({why})",
+                            error_check="rendezvous", stage="rendezvous")
+            elif not outcome.get("ok"):
+                error = (f"{outcome.get('error')} on the master" if kind == "listen" else
+                         f"cannot connect to master {target}: {outcome.get('error')} "
+                         f"(tried {outcome.get('elapsed_s')}s)")
+                self.update(name, error=error, error_check="rendezvous", stage="rendezvous")
+                self.progress.host(name, f"failed rendezvous check: {error}")
+            elif kind == "reach":
+                self.progress.host(name, f"reached {target} in {outcome.get('elapsed_s')}s")
+
+        fan_out(jobs, run_one, len(jobs), self.cancel)
 
     # -- launch ------------------------------------------------------------------------
     def launch(self) -> None:
@@ -175,7 +251,13 @@ class PreflightRun:
     def run(self) -> Report:
         interrupted = False
         try:
-            fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
+            self.stage0()
+            self.judge_stage0()
+            if (self.options.rendezvous_check and self.sessions
+                    and not self.spec.local
+                    and not any(h.error for h in self.hosts.values())
+                    and not self.cancel.is_set()):
+                self.check_rendezvous()
             failed = [h for h in self.hosts.values() if h.error]
             if failed and not self.can_launch_without(failed):
                 names = ", ".join(h.name for h in failed)
@@ -195,6 +277,7 @@ class PreflightRun:
             self.cancel.set()
             for session in list(self.sessions.values()):
                 session.close()
+            self.jumps.close()
         return self.build_report(interrupted)
 
     def can_launch_without(self, failed: list[HostRecord]) -> bool:
@@ -202,14 +285,23 @@ class PreflightRun:
         all hosts (it could only hang); a command whose jobs span fewer hosts may."""
         return False
 
+    def stage0(self) -> None:
+        """Connect to every host and collect its facts (one fan-out)."""
+        fan_out(list(self.spec.hosts), self.check_host, self.spec.ssh.fanout, self.cancel)
+
     def build_report(self, interrupted: bool) -> Report:
         hosts = [self.hosts[h.name] for h in self.spec.hosts]
         failed_hosts = frozenset(h.name for h in hosts if h.error)
-        findings = analyze.host_findings(hosts) + self.extra_findings
+        findings = analyze.host_findings(hosts, self.pinned_interfaces()) + self.extra_findings
+        drift_rows: list[dict] = []
         if self.slots:
             findings += analyze.rank_findings(self.ranks, self.slots,
                                               {h.name: h.gpus for h in hosts},
                                               self.backend or "", failed_hosts)
+            launch = self.options.launch
+            drifted, drift_rows = analyze.drift_report(
+                self.ranks, seeded=launch.seed is not None or bool(launch.setup))
+            findings += drifted
         findings = analyze.mark_single_root_cause(analyze.order_findings(findings))
         verdict = analyze.verdict(findings, hosts, interrupted)
         ranks = sorted(self.ranks, key=lambda r: (r.rank is None, r.rank or 0))
@@ -223,7 +315,14 @@ class PreflightRun:
             hosts=tuple(hosts), ranks=tuple(ranks), findings=tuple(findings),
             source=self.spec.source,
             master=f"{self.spec.master_host.address}:{self.spec.rendezvous_port}",
-            collectives=tuple(root.collectives) if root else ())
+            collectives=tuple(root.collectives) if root else (),
+            extra={**({"drift": drift_rows} if drift_rows else {}),
+                   "stage0": {h.name: dict(h.facts) for h in hosts if h.facts}})
+
+    def pinned_interfaces(self) -> frozenset[str]:
+        """Hosts whose ranks are told their interface (a hostname on loopback is then harmless)."""
+        names = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME")
+        return frozenset(h.name for h in self.spec.hosts if any(n in h.env for n in names))
 
 
 def stage0_error(host: HostSpec, result: CommandResult, facts: dict,
@@ -240,9 +339,7 @@ def stage0_error(host: HostSpec, result: CommandResult, facts: dict,
         if "No module named" in text and "ddpcheck" in text:
             return "python", f"ddpcheck is not importable by {host.python}"
         return "python", f"stage 0 exited {result.exit_code}: {summary_of(stray)}"
-    if facts.get("torch_error"):
-        return "torch_import", f"import torch failed: {facts['torch_error']}"
-    return None, None
+    return None, None  # what the facts say is judged by the health rules
 
 
 def summary_of(lines: list[str] | tuple[str, ...]) -> str:

@@ -7,12 +7,19 @@ prints one marked JSON line, its record, which ``collect`` reads back; a rank th
 still prints its record with the stage it reached and the traceback, and a watchdog makes sure
 a rank stuck past its deadline leaves a ``timeout`` record instead of hanging.
 
+Consistency (``fingerprint``): after ``--seed`` and the user's ``--setup`` function, the rank
+takes its fingerprint (versions, numeric settings, NCCL_*/TORCH_*/... environment, RNG state
+hashes, a tiny model's parameters) and gathers everyone's in one collective; when every layout
+and dtype agrees, it trains that model for ``--ddp-steps`` steps under DDP on identical data,
+recording a checksum of every parameter after each step. ``drift`` compares them afterwards.
+
 Only the standard library and torch are imported here, so a host needs just torch and ddpcheck.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -29,8 +36,12 @@ import torch
 import torch.distributed as dist
 
 from .agent import MARK, set_parent_death_signal
+from .fingerprint import (call_setup, gather_json, load_setup, model_fingerprint,
+                          numeric_settings, relevant_env, rng_hashes, runtime_versions,
+                          seed_everything)
 
 CORRECTNESS_ELEMENTS = 1 << 18  # 1 MiB of float32
+DATA_SEED = 1234  # the tiny DDP run's inputs: the same on every rank, whatever the user seeds
 
 
 class RankProbe:
@@ -93,9 +104,19 @@ class RankProbe:
     def run(self) -> None:
         self.stage("device")
         device = self.select_device()
+        self.stage("setup")
+        rng = self.run_setup(device)
         self.stage("init")
+        init_options: dict[str, Any] = {}
+        if device.type == "cuda" and "device_id" in inspect.signature(
+                dist.init_process_group).parameters:  # torch >= 2.3
+            # Binds the process group to this rank's GPU: NCCL's communicator is created for
+            # it (no guessing the device at the first barrier).
+            init_options["device_id"] = device
         dist.init_process_group(self.args.backend,
-                                timeout=timedelta(seconds=self.args.collective_timeout))
+                                timeout=timedelta(seconds=self.args.collective_timeout),
+                                **init_options)
+        self.record["timer"] = timer_name(device)
         self.record["rank"] = dist.get_rank()
         self.record["world_size"] = dist.get_world_size()
         self.stage("all_reduce")
@@ -106,8 +127,39 @@ class RankProbe:
         self.stage("latency")
         one = torch.ones(1, device=device)
         self.record["allreduce_small_us"] = median_us(lambda: dist.all_reduce(one), iters, device)
+        if self.args.consistency:
+            self.stage("fingerprint")
+            self.check_consistency(device, rng)
         self.stage("finish")
         dist.barrier()
+
+    def run_setup(self, device: torch.device) -> Optional[dict[str, Optional[str]]]:
+        """--seed, then the user's --setup; the RNG hashes right after (None when neither
+        was asked for: unseeded generators differ by design)."""
+        if self.args.seed is not None:
+            seed_everything(self.args.seed)
+        if self.args.setup:
+            call_setup(load_setup(self.args.setup), self.args.seed)
+        if self.args.seed is None and not self.args.setup:
+            return None
+        return rng_hashes(device)
+
+    def check_consistency(self, device: torch.device,
+                          rng: Optional[dict[str, Optional[str]]]) -> None:
+        model = tiny_model().to(device)  # initialised from the (seeded) global RNG
+        mine: dict[str, Any] = {"versions": runtime_versions(), "settings": numeric_settings(),
+                                "env": relevant_env(), "ddp": {"start": model_fingerprint(model)}}
+        if rng is not None:
+            mine["rng"] = rng
+        self.record["fingerprint"] = mine
+        everyone = gather_json(mine)  # one collective for the whole fingerprint
+        layouts = {json.dumps([row[:3] for row in fp["ddp"]["start"]["params"]])
+                   for fp in everyone}
+        if len(layouts) > 1:
+            mine["ddp"]["skipped"] = "parameter dtypes or shapes differ across ranks"
+            return
+        self.stage("ddp")
+        mine["ddp"]["after"] = train_tiny_ddp(model, device, self.args.ddp_steps)
 
     def select_device(self) -> torch.device:
         if self.args.backend != "nccl":
@@ -135,10 +187,7 @@ class RankProbe:
         for _ in range(3):
             tensor.fill_(float(dist.get_rank() + 1))
             _sync(device)
-            begin = time.perf_counter()
-            dist.all_reduce(tensor)
-            _sync(device)
-            times.append(time.perf_counter() - begin)
+            times.append(time_once_s(lambda: dist.all_reduce(tensor), device))
             wrong += int((tensor != expected).sum().item())
         seconds = statistics.median(times)
         algbw = nbytes / seconds / 1e9
@@ -146,19 +195,60 @@ class RankProbe:
         self.record["collectives"].append({
             "op": "all_reduce", "bytes": nbytes, "time_us": round(seconds * 1e6, 1),
             "algbw_gbs": round(algbw, 3), "busbw_gbs": round(algbw * 2 * (world - 1) / world, 3),
-            "wrong": wrong})
+            "wrong": wrong, "timer": timer_name(device)})
+
+
+def tiny_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.LayerNorm(64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 8))
+
+
+def train_tiny_ddp(model: torch.nn.Module, device: torch.device,
+                   steps: int) -> list[dict[str, Any]]:
+    """``steps`` SGD steps under DDP on identical data; a fingerprint after each."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                  else None)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(DATA_SEED)
+    dtype = next(model.parameters()).dtype
+    inputs = torch.randn(16, 32, generator=generator, dtype=dtype).to(device)
+    targets = torch.randn(16, 8, generator=generator, dtype=dtype).to(device)
+    after = []
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(ddp(inputs), targets).backward()
+        optimizer.step()
+        after.append(model_fingerprint(model, step=step))
+    return after
 
 
 def median_us(op: Callable[[], Any], iterations: int, device: torch.device) -> float:
     op()  # warm-up
     _sync(device)
-    times = []
-    for _ in range(max(iterations, 1)):
-        begin = time.perf_counter()
-        op()
-        _sync(device)
-        times.append(time.perf_counter() - begin)
+    times = [time_once_s(op, device) for _ in range(max(iterations, 1))]
     return round(statistics.median(times) * 1e6, 1)
+
+
+def time_once_s(op: Callable[[], Any], device: torch.device) -> float:
+    """Seconds ``op`` takes: CUDA events on a GPU (the collective's time on the device, as
+    nccl-tests measures it), a monotonic clock around the synchronized op on CPU."""
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        op()  # a synchronous collective makes the current stream wait for NCCL's stream
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    op()
+    return time.perf_counter() - begin
+
+
+def timer_name(device: torch.device) -> str:
+    return "cuda_event" if device.type == "cuda" else "monotonic"
 
 
 def _sync(device: torch.device) -> None:
@@ -182,6 +272,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--deadline", type=float, default=120.0,
                         help="the rank gives up and reports 'timeout' after this many seconds")
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed Python, NumPy and torch on every rank, then compare RNG states")
+    parser.add_argument("--setup", metavar="MODULE:FUNCTION", default=None,
+                        help="call the user's set-up function first (FILE.py:FUNCTION works "
+                             "too); it gets the seed when it takes an argument")
+    parser.add_argument("--ddp-steps", type=int, default=3,
+                        help="steps of the tiny DDP run (default 3)")
+    parser.add_argument("--no-consistency", dest="consistency", action="store_false",
+                        help="skip fingerprints and the tiny DDP run")
     args = parser.parse_args(argv)
     if args.backend == "auto":
         args.backend = "nccl" if torch.cuda.is_available() else "gloo"

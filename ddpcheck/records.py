@@ -28,7 +28,7 @@ class RankStatus(str, enum.Enum):
 
 
 # Checks that mean "could not reach or check the host", not "a check failed" (exit 3, not 1).
-REACHABILITY_CHECKS = frozenset({"ssh"})
+REACHABILITY_CHECKS = frozenset({"ssh", "srun"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ class RankRecord:
     all_reduce_wrong: Optional[int] = None
     versions: Mapping[str, Optional[str]] = field(default_factory=dict)
     collectives: tuple[Mapping[str, Any], ...] = ()
+    # versions, settings, env, rng (when seeded), ddp: what drift compares across ranks
+    fingerprint: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,23 @@ from tabulate import tabulate
 from .records import Finding, HostRecord, RankRecord, Verdict
 
 SCHEMA = "ddpcheck/report/v1"
+DEFAULT_TABLE_FORMAT = "simple"
+
+# ANSI colours, used only when the caller says the output is a terminal (see cli.use_color).
+_COLORS = {"green": "\033[32m", "red": "\033[31m", "yellow": "\033[33m", "bold": "\033[1m"}
+_RESET = "\033[0m"
+STATE_COLORS: Mapping[str, str] = {
+    "ok": "green", "error": "red", "fail": "red", "failed": "red", "timeout": "red",
+    "missing": "red", "unreachable": "yellow", "interrupted": "yellow", "warning": "yellow",
+}
+
+
+def paint(text: str, state: str, color: bool) -> str:
+    """``text`` in the colour of ``state`` (ok green, failures red, unreachable yellow)."""
+    name = STATE_COLORS.get(state)
+    if not color or name is None:
+        return text
+    return f"{_COLORS[name]}{text}{_RESET}"
 
 
 @dataclass(frozen=True)
@@ -81,12 +98,19 @@ def to_json(report: Report) -> str:
     return json.dumps(to_json_dict(report), indent=2, sort_keys=False) + "\n"
 
 
-def render_table(report: Report) -> str:
+def render_table(report: Report, tablefmt: str = DEFAULT_TABLE_FORMAT,
+                 color: bool = False) -> str:
+    """The report for people: header, a row per rank (``tablefmt``: any tabulate format),
+    findings and the verdict; ``color`` adds ANSI colours (only for a terminal)."""
     lines = header_lines(report)
-    lines.append(rank_table(report.hosts, report.ranks))
+    lines.append(rank_table(report.hosts, report.ranks, tablefmt, color))
     lines.append("#")
-    lines += findings_lines(report.findings)
-    lines.append(footer_line(report))
+    if report.extra.get("drift"):
+        lines.append("# What differs across ranks (the first value of each key is the reference):")
+        lines.append(drift_table(report.extra["drift"], tablefmt))
+        lines.append("#")
+    lines += findings_lines(report.findings, color)
+    lines.append(footer_line(report, color))
     return "\n".join(lines) + "\n"
 
 
@@ -108,7 +132,8 @@ def header_lines(report: Report) -> list[str]:
     return lines
 
 
-def rank_table(hosts: Sequence[HostRecord], ranks: Sequence[RankRecord]) -> str:
+def rank_table(hosts: Sequence[HostRecord], ranks: Sequence[RankRecord],
+               tablefmt: str = DEFAULT_TABLE_FORMAT, color: bool = False) -> str:
     """A row per rank, grouped by host in hosts.yaml order; a host without ranks gets one row."""
     rows: list[list[Any]] = []
     for host in hosts:
@@ -116,36 +141,55 @@ def rank_table(hosts: Sequence[HostRecord], ranks: Sequence[RankRecord]) -> str:
                      key=lambda r: (r.rank is None, r.rank or 0))
         if not own:
             status = "unreachable" if not host.reachable else ("failed" if host.error else "-")
-            rows.append([host.name, "-", "-", host.hostname or "-", "-", "-", status,
-                         "", "", ""])
+            rows.append([host.name, "-", "-", host.hostname or "-", "-", "-",
+                         paint(status, status, color), "", "", ""])
             continue
         for index, rank in enumerate(own):
             rows.append([
                 host.name if index == 0 else "",
                 _cell(rank.rank), _cell(rank.local_rank), rank.hostname or "-", _cell(rank.pid),
                 rank.device + (f" {rank.gpu_bus_id}" if rank.gpu_bus_id else ""),
-                rank.status.value if rank.status.value == "ok" else
-                f"{rank.status.value} ({rank.stage})",
+                paint(rank.status.value if rank.status.value == "ok" else
+                      f"{rank.status.value} ({rank.stage})", rank.status.value, color),
                 _cell(rank.barrier_us), _cell(rank.allreduce_small_us),
                 _cell(rank.all_reduce_wrong),
             ])
     headers = ["host", "rank", "local", "hostname", "pid", "device", "status",
                "barrier_us", "allreduce_us", "#wrong"]
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
 
-def findings_lines(findings: Sequence[Finding]) -> list[str]:
+def drift_table(rows: Sequence[Mapping[str, Any]],
+                tablefmt: str = DEFAULT_TABLE_FORMAT) -> str:
+    table = [[row.get("check"), row.get("key"), _clip(str(row.get("value")), 40),
+              ", ".join(row.get("hosts", [])), _ranks_text(row.get("ranks", [])),
+              "" if row.get("reference") else "<- differs"] for row in rows]
+    return tabulate(table, headers=["check", "key", "value", "hosts", "ranks", ""],
+                    tablefmt=tablefmt, disable_numparse=True)
+
+
+def _ranks_text(ranks: Sequence[int]) -> str:
+    return " ".join(str(r) for r in ranks) if len(ranks) <= 8 else f"{len(ranks)} ranks"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def findings_lines(findings: Sequence[Finding], color: bool = False) -> list[str]:
     if not findings:
         return ["# Findings: none"]
     lines = ["# Findings (root cause first):"]
     for finding in findings:
         mark = "ROOT CAUSE " if finding.root_cause else ""
-        lines.append(f"#  {mark}[{finding.severity.value}] {finding.check}: {finding.message}")
+        severity = paint(f"[{finding.severity.value}]", finding.severity.value, color)
+        lines.append(f"#  {mark}{severity} {finding.check}: {finding.message}")
     return lines
 
 
-def footer_line(report: Report) -> str:
-    return (f"# Verdict: {report.verdict.value.upper()} (exit {report.exit_code}) "
+def footer_line(report: Report, color: bool = False) -> str:
+    verdict = paint(report.verdict.value.upper(), report.verdict.value, color)
+    return (f"# Verdict: {verdict} (exit {report.exit_code}) "
             f"in {report.duration_s:.1f}s")
 
 

@@ -28,6 +28,10 @@ DEFAULT_SSH_PORT = 22
 DEFAULT_RENDEZVOUS_PORT = 29500
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_FANOUT = 32
+DEFAULT_JUMP_HANDSHAKES = 8
+# HostSpec fields the user can set for ssh; ``HostSpec.given`` says which of them hosts.yaml (or
+# the --config defaults) set, so that ~/.ssh/config fills in only the others.
+SSH_FIELDS = ("address", "user", "port", "identity_file", "proxy_jump")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,11 @@ class HostSpec:
     workdir: str = DEFAULT_WORKDIR
     slots: Optional[int] = None  # None: GPU count, or 1 without GPUs
     line: int = 0  # line of hosts.yaml the entry came from (0: not from a file)
+    proxy_jump: Optional[str] = None  # OpenSSH ProxyJump text: [user@]host[:port][,...] | none
+    # The jump hosts to go through, in order, resolved from proxy_jump and ssh_config by
+    # ``sshconfig.apply_ssh_config`` (empty: connect directly).
+    jumps: tuple["HostSpec", ...] = ()
+    given: frozenset[str] = frozenset()  # which of SSH_FIELDS the hosts file set
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,8 @@ class SSHSpec:
     host_key_policy: HostKeyPolicy = HostKeyPolicy.REJECT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     fanout: int = DEFAULT_FANOUT
+    config_file: Optional[str] = None  # ssh_config to read; None: ~/.ssh/config when it exists
+    jump_handshakes: int = DEFAULT_JUMP_HANDSHAKES  # ssh handshakes in flight via one jump host
 
 
 @dataclass(frozen=True)

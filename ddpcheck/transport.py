@@ -169,58 +169,27 @@ class SSHSession:
         self.client = client
         self._channels: list = []
         self._lock = threading.Lock()
+        self._own_jumps: Optional["JumpPool"] = None
 
     @classmethod
-    def connect(cls, host: HostSpec, ssh: SSHSpec) -> "SSHSession":
-        import paramiko
-
-        client = paramiko.SSHClient()
-        known_hosts = os.path.expanduser(ssh.known_hosts or USER_KNOWN_HOSTS)
-        for path in (SYSTEM_KNOWN_HOSTS, known_hosts):
-            if os.path.exists(path):
-                try:
-                    # load_system_host_keys: paramiko never rewrites these files itself.
-                    client.load_system_host_keys(path)
-                except (OSError, paramiko.SSHException) as exc:
-                    raise HostError(host.name, "ssh", f"cannot read known_hosts {path}: {exc}")
-        if ssh.host_key_policy is HostKeyPolicy.ACCEPT_NEW:
-            client.set_missing_host_key_policy(_accept_new_policy(known_hosts))
-        else:
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        timeout = ssh.connect_timeout
+    def connect(cls, host: HostSpec, ssh: SSHSpec,
+                jumps: Optional["JumpPool"] = None) -> "SSHSession":
+        """Connect and authenticate, through ``host.jumps`` when it has any. Pass one
+        ``JumpPool`` for a whole run so hosts behind a jump host share one connection to it;
+        without one, this session gets a pool of its own (closed with it)."""
+        if not host.jumps:
+            return cls(open_client(host, ssh))
+        own = jumps is None
+        pool = jumps if jumps is not None else JumpPool(ssh)
         try:
-            client.connect(host.address, port=host.port, username=ssh_user(host),
-                           key_filename=host.identity_file, timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout,
-                           channel_timeout=timeout, allow_agent=True,
-                           look_for_keys=host.identity_file is None)
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise HostError(host.name, "ssh", (
-                f"HOST KEY CHANGED for {host.address}: expected {exc.expected_key.fingerprint}, "
-                f"got {exc.key.fingerprint}; refusing to connect. If the change is legitimate, "
-                f"run: ssh-keygen -f {known_hosts} -R {_known_hosts_name(host)}")) from None
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise HostError(host.name, "ssh", f"authentication failed as {ssh_user(host)}: "
-                                              f"{exc}") from None
-        except paramiko.SSHException as exc:
-            client.close()
-            message = str(exc)
-            if "not found in known_hosts" in message:
-                message = (f"host key for {_known_hosts_name(host)} is not in {known_hosts} "
-                           f"(or {SYSTEM_KNOWN_HOSTS}); add it with ssh-keyscan after checking "
-                           f"it, or set ssh.host_key_policy: accept-new")
-            raise HostError(host.name, "ssh", message) from None
-        except (socket.timeout, TimeoutError):
-            client.close()
-            raise HostError(host.name, "ssh", f"connect to {host.address}:{host.port} timed "
-                                              f"out after {timeout:g}s") from None
-        except OSError as exc:
-            client.close()
-            raise HostError(host.name, "ssh", f"cannot connect to {host.address}:{host.port}: "
-                                              f"{exc.strerror or exc}") from None
-        return cls(client)
+            session = cls(pool.connect_through(host, ssh))
+        except BaseException:
+            if own:
+                pool.close()
+            raise
+        if own:
+            session._own_jumps = pool
+        return session
 
     def run(self, command: str, deadline: float, cancel: threading.Event) -> CommandResult:
         started = time.monotonic()
@@ -268,6 +237,179 @@ class SSHSession:
         for channel in channels:
             channel.close()
         self.client.close()
+        if self._own_jumps is not None:
+            self._own_jumps.close()
+
+
+def open_client(host: HostSpec, ssh: SSHSpec, sock=None, via: str = ""):
+    """An authenticated ``paramiko.SSHClient`` to ``host`` (over ``sock`` when given: a
+    direct-tcpip channel through a jump host). Host keys are checked the same way for jump
+    hosts and targets. Every failure is a ``HostError`` for ``host`` (stage ``ssh``); ``via``
+    prefixes its message (e.g. "jump host bastion: ")."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    known_hosts = os.path.expanduser(ssh.known_hosts or USER_KNOWN_HOSTS)
+
+    def fail(message: str) -> HostError:
+        client.close()
+        return HostError(host.name, "ssh", via + message)
+
+    for path in (SYSTEM_KNOWN_HOSTS, known_hosts):
+        if os.path.exists(path):
+            try:
+                # load_system_host_keys: paramiko never rewrites these files itself.
+                client.load_system_host_keys(path)
+            except (OSError, paramiko.SSHException) as exc:
+                raise fail(f"cannot read known_hosts {path}: {exc}") from None
+    if ssh.host_key_policy is HostKeyPolicy.ACCEPT_NEW:
+        client.set_missing_host_key_policy(_accept_new_policy(known_hosts))
+    else:
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    timeout = ssh.connect_timeout
+    try:
+        client.connect(host.address, port=host.port, username=ssh_user(host),
+                       key_filename=host.identity_file, timeout=timeout,
+                       banner_timeout=timeout, auth_timeout=timeout,
+                       channel_timeout=timeout, allow_agent=True,
+                       look_for_keys=host.identity_file is None, sock=sock)
+    except paramiko.BadHostKeyException as exc:
+        raise fail(
+            f"HOST KEY CHANGED for {host.address}: expected {exc.expected_key.fingerprint}, "
+            f"got {exc.key.fingerprint}; refusing to connect. If the change is legitimate, "
+            f"run: ssh-keygen -f {known_hosts} -R {_known_hosts_name(host)}") from None
+    except paramiko.AuthenticationException as exc:
+        raise fail(f"authentication failed as {ssh_user(host)}: {exc}") from None
+    except paramiko.SSHException as exc:
+        message = str(exc)
+        if "not found in known_hosts" in message:
+            message = (f"host key for {_known_hosts_name(host)} is not in {known_hosts} "
+                       f"(or {SYSTEM_KNOWN_HOSTS}); add it with ssh-keyscan after checking "
+                       f"it, or set ssh.host_key_policy: accept-new")
+        raise fail(message) from None
+    except (socket.timeout, TimeoutError):
+        raise fail(f"connect to {host.address}:{host.port} timed out after "
+                   f"{timeout:g}s") from None
+    except OSError as exc:
+        raise fail(f"cannot connect to {host.address}:{host.port}: "
+                   f"{exc.strerror or exc}") from None
+    return client
+
+
+class _Jump:
+    """One jump host's shared connection, and the cap on handshakes through it."""
+
+    def __init__(self, limit: int) -> None:
+        self.ready = threading.Lock()  # held while connecting: one attempt at a time
+        self.client = None
+        self.error: Optional[HostError] = None  # a failed attempt is not retried in this pool
+        self.handshakes = threading.BoundedSemaphore(limit)
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most handshakes seen in flight at once through it
+        self.count_lock = threading.Lock()
+
+
+class JumpPool:
+    """ProxyJump for a whole run: one authenticated connection per jump host, shared by every
+    host behind it, each target reached over a ``direct-tcpip`` channel of that connection.
+    At most ``ssh.jump_handshakes`` ssh handshakes are in flight through one jump host (a
+    thousand hosts behind one bastion would otherwise hit it, and its sshd's MaxStartups, at
+    once). A jump host that cannot be reached fails every host behind it with its reason,
+    once, instead of being retried per host."""
+
+    def __init__(self, ssh: Optional[SSHSpec] = None) -> None:
+        self.limit = (ssh or SSHSpec()).jump_handshakes
+        self._lock = threading.Lock()
+        self._jumps: dict[tuple, _Jump] = {}
+        self.connections_made = 0
+
+    @staticmethod
+    def _key(chain: Sequence[HostSpec]) -> tuple:
+        return tuple((ssh_user(h), h.address, h.port, h.identity_file) for h in chain)
+
+    def jump(self, chain: Sequence[HostSpec]) -> _Jump:
+        """The entry of the last host of ``chain`` (reached through the ones before it)."""
+        with self._lock:
+            return self._jumps.setdefault(self._key(chain), _Jump(self.limit))
+
+    def connect_through(self, host: HostSpec, ssh: SSHSpec):
+        """An authenticated client to ``host`` over its jump chain."""
+        chain = list(host.jumps)
+        last = self._transport(chain, ssh, host)
+        return self._handshake(chain, last, host, ssh, f"via jump host {chain[-1].name}: ")
+
+    def _transport(self, chain: list[HostSpec], ssh: SSHSpec, target: HostSpec):
+        """The live connection to the last jump host of ``chain``, made once."""
+        entry = self.jump(chain)
+        with entry.ready:
+            if entry.client is not None:
+                transport = entry.client.get_transport()
+                if transport is not None and transport.is_active():
+                    return entry.client
+            if entry.error is not None:
+                raise HostError(target.name, "ssh", entry.error.message)
+            hop = chain[-1]
+            try:
+                if len(chain) == 1:
+                    client = open_client(hop, ssh, via=f"jump host {hop.name}: ")
+                else:
+                    before = self._transport(chain[:-1], ssh, target)
+                    client = self._handshake(chain[:-1], before, hop, ssh,
+                                             f"jump host {hop.name} via {chain[-2].name}: ")
+            except HostError as exc:
+                entry.error = exc
+                raise HostError(target.name, "ssh", exc.message) from None
+            with self._lock:
+                self.connections_made += 1
+            entry.client = client
+            return client
+
+    def _handshake(self, chain: Sequence[HostSpec], through, host: HostSpec, ssh: SSHSpec,
+                   via: str):
+        """Open a direct-tcpip channel to ``host`` through ``through`` and run the ssh
+        handshake and authentication over it, within the jump host's cap."""
+        import paramiko
+
+        entry = self.jump(chain)
+        with entry.handshakes:
+            with entry.count_lock:
+                entry.in_flight += 1
+                entry.max_in_flight = max(entry.max_in_flight, entry.in_flight)
+            try:
+                transport = through.get_transport()
+                if transport is None or not transport.is_active():
+                    raise HostError(host.name, "ssh", f"{via}connection to the jump host "
+                                                      f"closed")
+                try:
+                    channel = transport.open_channel(
+                        "direct-tcpip", (host.address, host.port), ("127.0.0.1", 0),
+                        timeout=ssh.connect_timeout)
+                except paramiko.ChannelException as exc:
+                    raise HostError(host.name, "ssh", (
+                        f"{via}cannot reach {host.address}:{host.port} from it: "
+                        f"{exc.text or exc}")) from None
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    raise HostError(host.name, "ssh", (
+                        f"{via}opening a channel to {host.address}:{host.port} failed: "
+                        f"{exc or 'timed out'}")) from None
+                try:
+                    return open_client(host, ssh, sock=channel, via=via)
+                except BaseException:
+                    channel.close()
+                    raise
+            finally:
+                with entry.count_lock:
+                    entry.in_flight -= 1
+
+    def close(self) -> None:
+        """Close every jump connection (the counters stay, for the curious)."""
+        with self._lock:
+            entries = list(self._jumps.values())
+        for entry in reversed(entries):  # the innermost hop first
+            with entry.ready:
+                if entry.client is not None:
+                    entry.client.close()
+                    entry.client = None
 
 
 def _known_hosts_name(host: HostSpec) -> str:

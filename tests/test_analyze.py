@@ -194,13 +194,23 @@ def test_hostname_duplicates():
 
 def test_hostname_loopback_only():
     hosts = [host("h1", facts={"addresses": ["127.0.1.1"]}),
-             host("h2", facts={"addresses": ["127.0.0.1", "10.0.0.2"]}),
+             host("h2", facts={"addresses": ["10.0.0.2", "127.0.1.1"]}),
              host("h3", facts={"addresses": ["::1", "127.0.0.1"]}),
              host("h4", facts={})]
     findings = host_findings(hosts)
     assert [(f.check, f.host) for f in findings] == [("hostname", "h1"), ("hostname", "h3")]
-    assert all(f.severity is Severity.WARNING for f in findings)
+    # nothing tells the ranks their interface: they would bind lo, peers cannot connect
+    assert all(f.severity is Severity.ERROR for f in findings)
     assert "127.0.1.1" in findings[0].message and "loopback" in findings[0].message
+    assert "GLOO_SOCKET_IFNAME" in findings[0].message
+
+
+def test_hostname_loopback_with_pinned_interface_is_a_warning():
+    hosts = [host("h1", facts={"addresses": ["127.0.1.1"]}),
+             host("h3", facts={"addresses": ["127.0.1.1", "10.0.0.3"]})]
+    findings = host_findings(hosts, pinned=frozenset({"h1"}))
+    assert [(f.host, f.severity) for f in findings] == [
+        ("h1", Severity.WARNING), ("h3", Severity.ERROR)]
 
 
 def test_loopback_not_reported_for_single_host():

@@ -96,9 +96,11 @@ def test_sweep_dry_run_runs_the_sweep_on_every_rank(five_hosts):
 
 def test_embedded_default_sweeps_every_op_checks_results_and_plots(tmp_path):
     report_path, plot_path = tmp_path / "report.json", tmp_path / "busbw.png"
+    csv_path, junit_path = tmp_path / "ranks.csv", tmp_path / "junit.xml"
     done = ddpcheck("bandwidth", "-b", "64K", "-e", "256K", "-f", "4", "-n", "2", "-w", "1",
                     "--min-busbw", "0.000001", "--json", str(report_path), "--plot",
-                    str(plot_path), cwd=tmp_path)
+                    str(plot_path), "--csv", str(csv_path), "--junit", str(junit_path),
+                    cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(report_path.read_text())
     assert report["command"] == "bandwidth" and report["verdict"] == "ok"
@@ -118,3 +120,16 @@ def test_embedded_default_sweeps_every_op_checks_results_and_plots(tmp_path):
         assert text in done.stdout
     assert plot_path.read_bytes().startswith(PNG_MAGIC)
     assert f"wrote plot {plot_path}" in done.stderr
+    assert len(csv_path.read_text().splitlines()) == 3  # header and a row per rank
+    assert "<testsuites" in junit_path.read_text()
+
+
+def test_w_is_warmup_as_in_nccl_tests_and_nodelist_gives_hosts():
+    done = ddpcheck("bandwidth", "-w", "node[1-2]")
+    assert done.returncode == 2
+    assert "-w is the warm-up iteration count here" in done.stderr and "--nodelist" in done.stderr
+    done = ddpcheck("bandwidth", "--nodelist", "node[1-3]", "--ssh-config", "none",
+                    "--pairwise", "-w", "2", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert len(re.findall(r"^# round \d+:", done.stdout, re.M)) == 3
+    assert "-n 20 -w 2" in done.stdout

@@ -1,0 +1,157 @@
+"""Unit tests for ddpcheck.sshconfig: ProxyJump syntax, and ssh_config applied to a ClusterSpec
+with hosts.yaml values > ssh_config > defaults. ssh_config text is parsed by paramiko's
+real parser."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import paramiko
+import pytest
+
+from ddpcheck.config import parse_hosts_yaml
+from ddpcheck.errors import ConfigError
+from ddpcheck.sshconfig import (JumpHop, apply_ssh_config, parse_proxy_jump,
+                                read_ssh_config)
+
+SSH_CONFIG = textwrap.dedent("""\
+    Host bastion
+      HostName bastion.example.org
+      User jumper
+      Port 2022
+      IdentityFile /keys/jump
+    Host gpu01
+      HostName 10.1.0.1
+      User gpuadmin
+      Port 2201
+    Host gpu*
+      ProxyJump bastion
+      IdentityFile /nonexistent/first
+      IdentityFile ~/.ssh/second
+    Host deep
+      ProxyJump alice@outer:2200,bastion
+    Host outer
+      ProxyJump gate
+    Host loop
+      ProxyJump loop
+    Host badport
+      Port eighty
+    """)
+
+
+def lookup_of(text: str):
+    config = paramiko.SSHConfig.from_text(text)
+    return config.lookup
+
+
+def applied(hosts_yaml: str, ssh_config: str = SSH_CONFIG):
+    spec = parse_hosts_yaml(textwrap.dedent(hosts_yaml), "hosts.yaml")
+    return apply_ssh_config(spec, lookup_of(ssh_config), "ssh_config", "localuser")
+
+
+@pytest.mark.parametrize("text, hops", [
+    ("bastion", (JumpHop("bastion"),)),
+    ("alice@bastion:2222", (JumpHop("bastion", "alice", 2222),)),
+    ("a,b@c:23", (JumpHop("a"), JumpHop("c", "b", 23))),
+    ("ssh://bob@gw.example.org:2200", (JumpHop("gw.example.org", "bob", 2200),)),
+    ("[fe80::1]:22", (JumpHop("fe80::1", None, 22),)),
+    ("none", ()),
+    ("NONE", ()),
+])
+def test_parse_proxy_jump(text: str, hops) -> None:
+    assert parse_proxy_jump(text) == hops
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "empty"),
+    ("a,,b", r"hop '' is not \[user@\]host"),
+    ("a b", "is not"),
+    ("host:port", "is not"),
+    ("-oProxyCommand=x", "is not"),
+    ("h:70000", "not 1..65535"),
+])
+def test_parse_proxy_jump_rejects(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_proxy_jump(text)
+
+
+def test_ssh_config_fills_what_hosts_yaml_left_out() -> None:
+    spec = applied("""\
+        hosts:
+          - gpu01
+          - {name: gpu02, user: explicit, port: 22}
+          - {name: gpu03, address: 10.9.9.3, identity_file: /keys/mine, proxy_jump: none}
+          - plain
+        """)
+    gpu01, gpu02, gpu03, plain = spec.hosts
+    # ssh_config: HostName, User, Port, the first existing IdentityFile (else the first), jump
+    assert (gpu01.address, gpu01.user, gpu01.port) == ("10.1.0.1", "gpuadmin", 2201)
+    assert gpu01.identity_file == "/nonexistent/first"
+    assert gpu01.proxy_jump == "bastion"
+    [jump] = gpu01.jumps
+    assert (jump.name, jump.address, jump.user, jump.port, jump.identity_file) == (
+        "bastion", "bastion.example.org", "jumper", 2022, "/keys/jump")
+    # hosts.yaml wins, key by key
+    assert (gpu02.address, gpu02.user, gpu02.port) == ("gpu02", "explicit", 22)
+    assert gpu02.jumps == gpu01.jumps
+    assert (gpu03.address, gpu03.identity_file, gpu03.jumps) == ("10.9.9.3", "/keys/mine", ())
+    # neither: the defaults ($USER, 22, the name)
+    assert (plain.address, plain.user, plain.port, plain.jumps) == ("plain", "localuser", 22, ())
+
+
+def test_defaults_of_hosts_yaml_count_as_explicit() -> None:
+    spec = applied("""\
+        defaults: {user: team, port: 22}
+        hosts: [gpu01]
+        """)
+    assert (spec.hosts[0].user, spec.hosts[0].port, spec.hosts[0].address) == (
+        "team", 22, "10.1.0.1")
+
+
+def test_jump_chain_follows_openssh() -> None:
+    """-J alice@outer:2200,bastion: outer with its own ssh_config (its ProxyJump gate too),
+    then bastion reached through it."""
+    [deep] = applied("hosts: [deep]\n").hosts
+    assert [(j.name, j.user, j.port) for j in deep.jumps] == [
+        ("gate", "localuser", 22), ("outer", "alice", 2200), ("bastion", "jumper", 2022)]
+    assert all(j.jumps == () for j in deep.jumps)
+
+
+def test_loops_and_bad_values_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="'loop' names itself as its ProxyJump"):
+        applied("hosts: [loop]\n")
+    with pytest.raises(ConfigError, match=r"^ssh_config: Host badport: Port: Port must be 1..65535"):
+        applied("hosts: [badport]\n")
+    cycle = "Host a\n  ProxyJump b\nHost b\n  ProxyJump a\n"
+    with pytest.raises(ConfigError, match="hops deep: a loop"):
+        applied("hosts: [c]\n", "Host c\n  ProxyJump a\n" + cycle)
+
+
+def test_hosts_yaml_proxy_jump_is_checked_when_parsed() -> None:
+    with pytest.raises(ConfigError, match=r"^hosts.yaml:1: hosts\[0\].proxy_jump: ProxyJump hop"):
+        parse_hosts_yaml("hosts: [{name: a, proxy_jump: 'x y'}]\n", "hosts.yaml")
+
+
+def test_local_spec_is_left_alone() -> None:
+    from ddpcheck.config import local_cluster_spec
+
+    spec = local_cluster_spec("python3")
+    assert apply_ssh_config(spec, lookup_of(SSH_CONFIG), "x", "u") is spec
+
+
+def test_read_ssh_config(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    lookup, source = read_ssh_config(None)  # no ~/.ssh/config: nothing, no error
+    assert lookup("x") == {} and source == ""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host x\n  User y\n")
+    lookup, source = read_ssh_config(None)
+    assert lookup("x")["user"] == "y" and source == os.path.join(tmp_path, ".ssh", "config")
+    assert read_ssh_config("none")[0]("x") == {}
+    with pytest.raises(ConfigError, match="missing: no such ssh_config file"):
+        read_ssh_config(str(tmp_path / "missing"))
+    bad = tmp_path / "bad"
+    bad.write_text("Host x\n  Match\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: cannot parse ssh_config"):
+        read_ssh_config(str(bad))
