@@ -2,17 +2,22 @@
 
 Kept light on purpose: ``python -m ddpcheck.probe`` runs on every rank and must import only the
 standard library and torch, so nothing heavy is imported here; the in-job API is loaded on first
-use (``ddpcheck.check_consistency``, ``ddpcheck.ConsistencyError``).
+use (``ddpcheck.check_consistency``, ``ddpcheck.ConsistencyError``, ``ddpcheck.Monitor``).
 """
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"check_consistency": "consistency", "ConsistencyError": "consistency"}
+_LAZY = {"check_consistency": "ddpcheck.consistency",
+         "ConsistencyError": "ddpcheck.consistency", "Monitor": "ddpcheck.monitor"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'ddpcheck' has no attribute {name!r}")

@@ -415,8 +415,37 @@ def register_node(sub) -> None:
     register(sub)
 
 
+def register_hang(sub) -> None:
+    hang = sub.add_parser("hang", help="name the rank(s) holding up a running torchrun job",
+                          description="Scan the torchrun workers running on HOSTS (or this "
+                                      "machine): sample each rank twice, take its Python stack "
+                                      "(py-spy), read ddpcheck.Monitor heartbeats and Flight "
+                                      "Recorder dumps, and name the ranks that are stopped, "
+                                      "gone, blocked or behind. Exit 1 when one is named, 0 "
+                                      "when the job progresses.")
+    add_common_options(hang, 60.0)
+    hang.add_argument("--window", type=_positive, default=3.0, metavar="SECONDS",
+                      help="seconds between the two samples of every rank (default 3)")
+    hang.add_argument("--heartbeat-dir", action="append", default=[], metavar="DIR",
+                      help="where the job's ddpcheck.Monitor writes heartbeats, when not the "
+                           "default (may repeat)")
+    hang.add_argument("--job", default="", metavar="TEXT",
+                      help="only jobs whose key (RUN_ID@MASTER_ADDR:MASTER_PORT) contains TEXT")
+    hang.add_argument("--no-stacks", action="store_true", help="do not run py-spy")
+    hang.set_defaults(run=hang_command)
+
+
+def hang_command(args: argparse.Namespace) -> int:
+    from .hang import HangOptions, render_hang, run_hang
+
+    options = HangOptions(timeout_s=args.timeout, window_s=args.window,
+                          heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
+                          job_filter=args.job, verbose=args.verbose)
+    return run_reported(args, lambda spec: run_hang(spec, options), render_hang)
+
+
 # Each entry adds one subcommand to the parser; its parser sets ``run``.
-COMMANDS: list[Callable[[Any], None]] = [register_preflight, register_node]
+COMMANDS: list[Callable[[Any], None]] = [register_preflight, register_node, register_hang]
 
 
 def _register_bandwidth(sub) -> None:

@@ -146,7 +146,14 @@ class RankProbe:
 
     def check_consistency(self, device: torch.device,
                           rng: Optional[dict[str, Optional[str]]]) -> None:
-        model = tiny_model().to(device)  # initialised from the (seeded) global RNG
+        if rng is not None:
+            model = tiny_model().to(device)  # from the user's seeding: is it the same everywhere?
+        else:
+            # torch seeds each process at random: unseeded, build it from a fixed seed, leaving
+            # the global RNG as it was
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(DATA_SEED)
+                model = tiny_model().to(device)
         mine: dict[str, Any] = {"versions": runtime_versions(), "settings": numeric_settings(),
                                 "env": relevant_env(), "ddp": {"start": model_fingerprint(model)}}
         if rng is not None:

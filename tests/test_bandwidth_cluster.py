@@ -44,7 +44,7 @@ def test_sweep_busbw_tracks_the_shaped_rate_and_min_busbw_above_it_fails(ns_clus
                                                                           tmp_path):
     for host in ns_cluster.hosts:
         shape(host, RATE_MBIT)
-    hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", slots=1, port=29620)
+    hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", slots=1, port=29625)
     report_path = tmp_path / "report.json"
     done = ddpcheck("bandwidth", str(hosts_yaml), "--ops", "all", "-b", "256K", "-e", "8M",
                     "-f", "32", "-n", "3", "-w", "1", "--min-busbw", f"{2 * RATE_GBS:g}",
@@ -106,7 +106,7 @@ def test_pairwise_pairs_the_others_when_a_host_is_cut_off(ns_cluster, tmp_path):
     cut = ns_cluster.hosts[3]
     hosts = [ns_cluster.hosts[0], ns_cluster.hosts[1], cut]
     hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", hosts, slots=1,
-                                    port=29640)
+                                    port=29650)
     report_path = tmp_path / "report.json"
     ns_cluster.set_link(cut, False)
     try:

@@ -1,0 +1,89 @@
+"""A small training-like job for the hang tests and benchmark, run by torchrun on gloo.
+
+Every step: an optional stall, one all_reduce, an optional ``ddpcheck.Monitor`` step, a short
+sleep. Without ``--use-monitor`` it never imports ddpcheck. After ``--ready-step`` steps each rank
+writes ``<ready-dir>/rank-<rank>`` with its pid, so a test knows the job runs and whom to hit.
+
+    torchrun ... tests/hangjob.py --ready-dir DIR [--use-monitor] [--watchdog S]
+        [--block-rank R --block-step S] [--flight-recorder]
+
+``--block-rank``: that rank calls ``load_batch()``, an ordinary function that never returns,
+before the all_reduce of ``--block-step``: the others wait for it in all_reduce.
+``--flight-recorder``: a thread of every rank writes its Flight Recorder dump to
+``$TORCH_FR_DUMP_TEMP_FILE<rank>`` every 0.5 s, in the format and place NCCL's watchdog uses on a
+timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def load_batch() -> None:
+    """Stands for a data loader that never delivers."""
+    while True:
+        time.sleep(1.0)
+
+
+def write_flight_record(rank: int) -> None:
+    from torch._C._distributed_c10d import _dump_fr_trace
+
+    path = os.environ["TORCH_FR_DUMP_TEMP_FILE"] + str(rank)
+    data = _dump_fr_trace(includeCollectives=True, includeStackTraces=False, onlyActive=False)
+    with open(path + ".tmp", "wb") as handle:
+        handle.write(data)
+    os.replace(path + ".tmp", path)
+
+
+def flight_recorder_thread(rank: int) -> None:
+    def run() -> None:
+        while True:
+            write_flight_record(rank)
+            time.sleep(0.5)
+
+    threading.Thread(target=run, name="flight-recorder", daemon=True).start()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ready-dir", required=True)
+    parser.add_argument("--ready-step", type=int, default=3)
+    parser.add_argument("--use-monitor", action="store_true")
+    parser.add_argument("--watchdog", type=float, default=None)
+    parser.add_argument("--block-rank", type=int, default=-1)
+    parser.add_argument("--block-step", type=int, default=5)
+    parser.add_argument("--flight-recorder", action="store_true")
+    parser.add_argument("--sleep", type=float, default=0.05)
+    args = parser.parse_args()
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    monitor = None
+    if args.use_monitor:
+        import ddpcheck
+
+        monitor = ddpcheck.Monitor(watchdog_s=args.watchdog)
+    tensor = torch.ones(16)
+    if args.flight_recorder:
+        flight_recorder_thread(rank)
+    for step in range(1_000_000):
+        if rank == args.block_rank and step == args.block_step:
+            load_batch()
+        dist.all_reduce(tensor)
+        tensor.fill_(1.0)
+        if monitor is not None:
+            monitor.step(step)
+        if step == args.ready_step:
+            with open(os.path.join(args.ready_dir, f"rank-{rank}"), "w") as handle:
+                handle.write(str(os.getpid()))
+        time.sleep(args.sleep)
+
+
+if __name__ == "__main__":
+    main()
