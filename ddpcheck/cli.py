@@ -18,6 +18,7 @@ import getpass
 import inspect
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence, TextIO
@@ -212,7 +213,8 @@ def load_spec_from_args(args: argparse.Namespace,
         if config:
             raise ConfigError("--config needs an inventory: --hostfile, --slurm or -w",
                               source="command line")
-        return local_cluster_spec(sys.executable)
+        # like torchrun --standalone: a free port, not 29500, which a job here may hold
+        return local_cluster_spec(sys.executable, free_local_port())
     if hosts:
         spec = load_hosts_file(hosts)
     else:
@@ -231,6 +233,12 @@ def load_spec_from_args(args: argparse.Namespace,
     lookup, read = read_ssh_config(path)
     local_user = env.get("USER") or getpass.getuser()
     return apply_ssh_config(spec, lookup, read, local_user)
+
+
+def free_local_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def dry_run_text(spec: ClusterSpec, options) -> str:

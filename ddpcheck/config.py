@@ -146,10 +146,12 @@ def host_from_fields(name: str, fields: Mapping[str, Any], line: int,
     return _host(name, address, fields, line)
 
 
-def local_cluster_spec(python: str) -> ClusterSpec:
+def local_cluster_spec(python: str,
+                       rendezvous_port: int = DEFAULT_RENDEZVOUS_PORT) -> ClusterSpec:
     """The embedded default without a hosts.yaml: this machine only, no SSH."""
     host = HostSpec(name="localhost", address="127.0.0.1", python=python, slots=None)
-    return ClusterSpec(hosts=(host,), source=LOCAL_SOURCE, local=True)
+    return ClusterSpec(hosts=(host,), source=LOCAL_SOURCE, local=True,
+                       rendezvous_port=rendezvous_port)
 
 
 # ----------------------------------------------------------------------------- YAML nodes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -14,13 +15,19 @@ import pytest
 JOB = pathlib.Path(__file__).parent / "jobs" / "consistency_job.py"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     outdir = tmp_path_factory.mktemp("job")
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3",
-         "--master-port", "29731", str(JOB), str(outdir), "2"], capture_output=True, text=True,
+         "--master-port", str(free_port()), str(JOB), str(outdir), "2"], capture_output=True, text=True,
         timeout=180, env=env, cwd=outdir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found: dict[str, dict[int, dict]] = {}

@@ -115,8 +115,14 @@ def test_run_in_and_pids_in(cluster):
     try:
         assert pid in cluster.pids_in(h)
         assert pid not in cluster.pids_in(cluster.hosts[0])
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            assert f.read().split(b"\0")[:2] == [b"sleep", b"321"]
+        deadline = time.monotonic() + 10  # setsid execs sleep in the same pid, a moment later
+        while True:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")[:2]
+            if argv == [b"sleep", b"321"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert argv == [b"sleep", b"321"]
     finally:
         os.kill(pid, 9)
 

@@ -56,6 +56,7 @@ def main() -> int:
             drifted[2].bias[3] += 1e-6  # one element, a tiny amount
     outcome("params", lambda: ddpcheck.check_consistency(drifted, step=3,
                                                          raise_on_error=False))
+    dist.barrier()  # every rank done with the last gather before any tears gloo down
     dist.destroy_process_group()
     return 0
 
