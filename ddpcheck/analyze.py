@@ -21,6 +21,9 @@ STAGE_CHECKS: Mapping[str, str] = {
     "start": "torch_import", "device": "gpu_count", "init": "rendezvous",
     "all_reduce": "all_reduce", "barrier": "barrier", "latency": "all_reduce",
     "finish": "barrier", "setup": "seed", "fingerprint": "env_drift", "ddp": "params",
+    # bandwidth sweep (ddpcheck.sweep): the stage is the op being measured
+    "all_gather": "bandwidth", "reduce_scatter": "bandwidth", "broadcast": "bandwidth",
+    "all_to_all": "bandwidth",
 }
 EXIT_CODES: Mapping[Verdict, int] = {Verdict.OK: 0, Verdict.FAIL: 1, Verdict.UNREACHABLE: 3,
                                      Verdict.INTERRUPTED: 130}

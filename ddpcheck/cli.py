@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable, Optional, Sequence, TextIO
 
 from . import __version__
+from .argtypes import at_least, positive
 from .errors import ConfigError, DdpcheckError
 from .records import Verdict
 from .report import DEFAULT_TABLE_FORMAT, Report, footer_line, render_table, to_json
@@ -54,13 +55,15 @@ def add_common_options(parser: argparse.ArgumentParser, timeout_s: float) -> Non
     parser.add_argument("hosts", nargs="?", metavar="HOSTS",
                         help="hosts.yaml; without it, this machine only (no SSH)")
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
-    parser.add_argument("--timeout", type=_positive, default=timeout_s, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive, default=timeout_s, metavar="SECONDS",
                         help=f"hard deadline for the whole command (default {timeout_s:g})")
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
-def add_inventory_options(parser: argparse.ArgumentParser) -> None:
-    """Inventories users already have, instead of HOSTS (see ``load_spec_from_args``)."""
+def add_inventory_options(parser: argparse.ArgumentParser,
+                          hostlist_flags: Sequence[str] = ("-w",)) -> None:
+    """Inventories users already have, instead of HOSTS (see ``load_spec_from_args``).
+    ``hostlist_flags``: where ``-w`` means something else (bandwidth: warm-up, as nccl-tests)."""
     group = parser.add_argument_group(
         "inventories (instead of HOSTS; one of them)",
         "Hosts from a file or list you already have; user, python, env, ssh, rendezvous and "
@@ -70,7 +73,7 @@ def add_inventory_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--slurm", action="store_true",
                        help="the SLURM allocation this runs in (SLURM_JOB_NODELIST, tasks or "
                             "GPUs per node)")
-    group.add_argument("-w", dest="hostlist", action="append", metavar="HOSTS",
+    group.add_argument(*hostlist_flags, dest="hostlist", action="append", metavar="HOSTS",
                        help="pdsh-style host list, e.g. 'node[01-04],gpu7' (repeatable)")
     group.add_argument("--config", metavar="FILE",
                        help="hosts.yaml with defaults, ssh, rendezvous, backend for the "
@@ -121,9 +124,9 @@ def register_preflight(sub) -> None:
     pre.add_argument("--launcher", choices=("ssh", "slurm"), default="ssh",
                      help="how ranks are started: ssh (default), or slurm: srun inside the "
                           "current allocation (the hosts default to --slurm)")
-    pre.add_argument("--collective-timeout", type=_positive, default=30.0, metavar="SECONDS",
+    pre.add_argument("--collective-timeout", type=positive, default=30.0, metavar="SECONDS",
                      help="process group timeout for the ranks (default 30; torch's is 10-30 min)")
-    pre.add_argument("--rendezvous-timeout", type=_positive, default=30.0, metavar="SECONDS",
+    pre.add_argument("--rendezvous-timeout", type=positive, default=30.0, metavar="SECONDS",
                      help="torchrun rendezvous timeout (default 30; torch's is 600)")
     pre.add_argument("--seed", type=int, metavar="N",
                      help="seed Python, NumPy and torch with N on every rank, then check that "
@@ -132,13 +135,13 @@ def register_preflight(sub) -> None:
                      help="call your own set-up (e.g. seed_everything) on every rank first, so "
                           "your code is what gets checked; FILE.py:FUNCTION works too; the "
                           "function gets --seed when it takes an argument")
-    pre.add_argument("--ddp-steps", type=_count, default=3, metavar="K",
+    pre.add_argument("--ddp-steps", type=at_least(0), default=3, metavar="K",
                      help="steps of the tiny DDP run that checks parameters stay equal "
                           "(default 3)")
     pre.add_argument("--skip", type=_skip_list, default=frozenset(), metavar="CHECK[,CHECK]",
                      help="leave out: consistency (fingerprints and the tiny DDP run), "
                           "rendezvous (the port check before torchrun)")
-    pre.add_argument("--iterations", type=_iterations, default=20, metavar="N",
+    pre.add_argument("--iterations", type=at_least(1), default=20, metavar="N",
                      help="repeats of barrier and small all_reduce for the latency medians "
                           "(default 20)")
     pre.add_argument("--keep", action="store_true",
@@ -148,33 +151,6 @@ def register_preflight(sub) -> None:
                      help="print each host's exact commands and run nothing (the values of "
                           "variables named like *_TOKEN, *_KEY or *PASSWORD shown as ***)")
     pre.set_defaults(run=preflight_command)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _iterations(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 SKIPPABLE = ("consistency", "rendezvous")
@@ -446,7 +422,7 @@ def register_hang(sub) -> None:
                                       "gone, blocked or behind. Exit 1 when one is named, 0 "
                                       "when the job progresses.")
     add_common_options(hang, 60.0)
-    hang.add_argument("--window", type=_positive, default=3.0, metavar="SECONDS",
+    hang.add_argument("--window", type=positive, default=3.0, metavar="SECONDS",
                       help="seconds between the two samples of every rank (default 3)")
     hang.add_argument("--heartbeat-dir", action="append", default=[], metavar="DIR",
                       help="where the job's ddpcheck.Monitor writes heartbeats, when not the "
@@ -468,6 +444,15 @@ def hang_command(args: argparse.Namespace) -> int:
 
 # Each entry adds one subcommand to the parser; its parser sets ``run``.
 COMMANDS: list[Callable[[Any], None]] = [register_preflight, register_node, register_hang]
+
+
+def _register_bandwidth(sub) -> None:
+    from .bandwidth_run import register_bandwidth
+
+    register_bandwidth(sub)
+
+
+COMMANDS.append(_register_bandwidth)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,5 @@
-"""The few exception types ddpcheck raises; the CLI turns each into a one-line message and an exit code."""
+"""The few exception types ddpcheck raises; the CLI turns each into a one-line message and an
+exit code."""
 
 from __future__ import annotations
 

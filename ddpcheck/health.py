@@ -14,7 +14,7 @@ could only fail or hang until the rendezvous timeout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .records import Finding, Severity
 

@@ -215,8 +215,8 @@ def route_to(master: str, interfaces: dict[str, dict[str, Any]],
 
 
 def resolve(name: str, timeout_s: float) -> list[str]:
-    """Addresses ``name`` resolves to, in the resolver's order; a resolver that hangs gives [] at the
-    deadline instead of holding stage 0."""
+    """Addresses ``name`` resolves to, in the resolver's order; a resolver that hangs gives []
+    at the deadline instead of holding stage 0."""
     found: list[str] = []
 
     def lookup() -> None:

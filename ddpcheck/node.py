@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from tabulate import tabulate
 
 from . import analyze, health
+from .argtypes import at_least, positive
 from .records import Finding, HostRecord, Severity
 from .report import Report, findings_lines, footer_line
 
@@ -43,20 +44,18 @@ class NodeOptions:
 
 
 def register(sub) -> None:
-    from .cli import _positive
-
     parser = sub.add_parser(
         "node", help="this host's checks only (GPU health, resources, env), for SLURM",
         description="Stage 0 on this machine: GPU inventory and health (NVML), resources, "
                     "interfaces and env, the torch import. Exit 1 when a check fails, so a "
                     "SLURM prolog drains the node; --slurm-drain drains it directly.")
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
-    parser.add_argument("--timeout", type=_positive, default=DEFAULT_TIMEOUT_S,
+    parser.add_argument("--timeout", type=positive, default=DEFAULT_TIMEOUT_S,
                         metavar="SECONDS",
                         help=f"hard deadline for the checks (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also list interfaces and every GPU counter")
-    parser.add_argument("--gpus", type=_count, metavar="N",
+    parser.add_argument("--gpus", type=at_least(0), metavar="N",
                         help="GPUs this node must have (a gpu_count error otherwise)")
     parser.add_argument("--master", metavar="HOST",
                         help="also check the route to this rendezvous host")
@@ -71,16 +70,6 @@ def register(sub) -> None:
                         help="SLURM node name for --slurm-drain (default $SLURMD_NODENAME, "
                              "else the short hostname)")
     parser.set_defaults(run=node_command, hosts=None)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def node_command(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from .spec import Backend, ClusterSpec, HostSpec
 
@@ -129,21 +129,43 @@ def resolve_slots(host: HostSpec, gpus: int, local: bool) -> int:
     return LOCAL_CPU_RANKS if local else 1
 
 
+# What each rank runs under torchrun: (host name, world size, backend, options) -> "-m module
+# args". The host name is text so that srun's per-node placeholder can stand for it.
+RankProgram = Callable[[str, int, Backend, LaunchOptions], list[str]]
+
+
+def probe_program(host_name: str, world_size: int, backend: Backend,
+                  options: LaunchOptions) -> list[str]:
+    """The preflight probe on every rank."""
+    return [
+        "-m", "ddpcheck.probe",
+        "--host", host_name,
+        "--expected-world-size", str(world_size),
+        "--backend", backend.value,
+        "--collective-timeout", str(options.collective_timeout_s),
+        "--deadline", _num(options.deadline_s),
+        "--iterations", str(options.iterations),
+        *consistency_args(options),
+    ]
+
+
 def master_address(spec: ClusterSpec) -> str:
     return spec.master_host.address
 
 
 def plan_launch(spec: ClusterSpec, slots_by_host: Mapping[str, int], backend: Backend,
                 options: LaunchOptions = LaunchOptions(),
-                run_id: Optional[str] = None) -> list[HostLaunch]:
-    """One torchrun per host with static node ranks, in hosts.yaml order."""
+                run_id: Optional[str] = None,
+                rank_program: RankProgram = probe_program) -> list[HostLaunch]:
+    """One torchrun per host with static node ranks, in hosts.yaml order, running
+    ``rank_program`` (the probe by default) on every rank."""
     hosts = spec.hosts
     world_size = sum(slots_by_host[h.name] for h in hosts)
     launches = []
     for node_rank, host in enumerate(hosts):
         slots = slots_by_host[host.name]
         argv = launch_argv(spec, host, str(node_rank), str(slots), host.name, world_size,
-                           backend, options, run_id)
+                           backend, options, run_id, rank_program)
         launches.append(HostLaunch(host.name, node_rank, slots, remote_command(host, argv)))
     return launches
 
@@ -206,10 +228,11 @@ def plan_rendezvous_check(spec: ClusterSpec, window_s: float) -> RendezvousCheck
 
 def launch_argv(spec: ClusterSpec, host: HostSpec, node_rank: str, slots: str, host_name: str,
                 world_size: int, backend: Backend, options: LaunchOptions,
-                run_id: Optional[str]) -> list[str]:
-    """The agent's argv on one host: ``agent launch -- <torchrun args> -m ddpcheck.probe ...``.
-    node_rank, slots and host_name are text so that a launcher that runs one command on every
-    node (srun) can pass placeholders the agent fills in on the node."""
+                run_id: Optional[str], rank_program: RankProgram = probe_program) -> list[str]:
+    """The agent's argv on one host: ``agent launch -- <torchrun args> -m ddpcheck.probe ...``
+    (or another ``rank_program``). node_rank, slots and host_name are text so that a launcher
+    that runs one command on every node (srun) can pass placeholders the agent fills in on the
+    node."""
     torchrun_args = [
         "--nnodes", str(len(spec.hosts)),
         "--node-rank", node_rank,
@@ -222,16 +245,7 @@ def launch_argv(spec: ClusterSpec, host: HostSpec, node_rank: str, slots: str, h
     ]
     if run_id:
         torchrun_args += ["--rdzv-id", run_id]
-    probe_args = [
-        "-m", "ddpcheck.probe",
-        "--host", host_name,
-        "--expected-world-size", str(world_size),
-        "--backend", backend.value,
-        "--collective-timeout", str(options.collective_timeout_s),
-        "--deadline", _num(options.deadline_s),
-        "--iterations", str(options.iterations),
-        *consistency_args(options),
-    ]
+    probe_args = rank_program(host_name, world_size, backend, options)
     return [host.python, "-m", "ddpcheck.agent", "launch",
             "--deadline", _num(options.deadline_s), "--run-dir", run_dir_name(run_id),
             *(["--keep"] if options.keep else []), "--", *torchrun_args, *probe_args]

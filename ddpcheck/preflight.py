@@ -28,11 +28,12 @@ from typing import Optional, TextIO
 from . import analyze, health
 from .collect import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
 from .errors import HostError
-from .plan import (LaunchOptions, global_ranks, plan_launch, plan_rendezvous_check,
-                   redact_secrets, resolve_backend, resolve_slots, stage0_command)
-from .records import Finding, HostRecord, RankRecord, Severity, Verdict
+from .plan import (HostLaunch, LaunchOptions, global_ranks, plan_launch,
+                   plan_rendezvous_check, redact_secrets, resolve_backend, resolve_slots,
+                   stage0_command)
+from .records import Finding, HostRecord, RankRecord, Severity
 from .report import Report
-from .spec import ClusterSpec, HostSpec
+from .spec import Backend, ClusterSpec, HostSpec
 from .transport import CommandResult, JumpPool, LocalSession, Session, SSHSession, fan_out
 
 STAGE0_DEADLINE_S = 60.0
@@ -211,8 +212,7 @@ class PreflightRun:
         launch_options = replace(self.options.launch,
                                  deadline_s=round(max(min(self.options.launch.deadline_s,
                                                           remaining - AGENT_STOP_S), 1.0), 1))
-        plans = plan_launch(self.spec, self.slots, backend, launch_options,
-                            run_id=uuid.uuid4().hex[:12])
+        plans = self.plan(backend, launch_options)
         for host_plan in plans:
             self.update(host_plan.host, slots=host_plan.slots, stage="launch")
 
@@ -257,6 +257,11 @@ class PreflightRun:
                 self.update(outcome.item.host, error=f"launch: {outcome.error}",
                             error_check="rendezvous")
 
+    def plan(self, backend: Backend, launch_options: LaunchOptions) -> list[HostLaunch]:
+        """Each host's torchrun command (the probe on every rank; other commands run others)."""
+        return plan_launch(self.spec, self.slots, backend, launch_options,
+                           run_id=uuid.uuid4().hex[:12])
+
     def record_launch(self, name: str, result: CommandResult) -> bool:
         """Record what one host's launch gave; True when something failed there."""
         parsed = parse_output(result.output)
@@ -274,7 +279,7 @@ class PreflightRun:
         elif not ranks:
             check = "timeout" if result.timed_out or agent.get("stopped") else "rendezvous"
             why = ("interrupted" if result.cancelled else
-                   f"no answer within the deadline" if result.timed_out else
+                   "no answer within the deadline" if result.timed_out else
                    f"the agent stopped torchrun: {agent['stopped']}" if agent.get("stopped")
                    else f"torchrun exited {agent.get('exit_code', result.exit_code)}")
             error = f"launch: no rank reported back ({why}): {summary_of(parsed.stray)}"
@@ -318,7 +323,7 @@ class PreflightRun:
                     and not self.cancel.is_set()):
                 self.check_rendezvous()
             failed = [h for h in self.hosts.values() if h.error]
-            if failed:
+            if failed and not self.can_launch_without(failed):
                 names = ", ".join(h.name for h in failed)
                 self.extra_findings.append(Finding(
                     Severity.INFO, "rendezvous",
@@ -338,6 +343,11 @@ class PreflightRun:
                 session.close()
             self.jumps.close()
         return self.build_report(interrupted)
+
+    def can_launch_without(self, failed: list[HostRecord]) -> bool:
+        """Whether to launch although ``failed`` hosts failed stage 0: not for one world over
+        all hosts (it could only hang); a command whose jobs span fewer hosts may."""
+        return False
 
     def stage0(self) -> None:
         """Connect to every host and collect its facts (one fan-out)."""

@@ -101,9 +101,12 @@ class RankProbe:
             pass
         time.sleep(wait)
         self.failed_at = time.time()
-        self.emit("timeout", f"rank did not finish stage '{self.record['stage']}' within "
-                             f"{time.monotonic() - self.started:.0f}s (its deadline)")
+        self.emit("timeout", self.timeout_message())
         os._exit(3)
+
+    def timeout_message(self) -> str:
+        return (f"rank did not finish stage '{self.record['stage']}' within "
+                f"{time.monotonic() - self.started:.0f}s (its deadline)")
 
     # -- stages ---------------------------------------------------------------------------
     def stage(self, name: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
 import sysconfig

@@ -1,0 +1,51 @@
+"""Option value parsers shared by the commands (argparse ``type=``): a bad value is a one-line
+usage error (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+def positive(text: str) -> float:
+    """A number > 0 (seconds, rates)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def at_least(minimum: int, hint: str = "") -> Callable[[str], int]:
+    """A whole number >= ``minimum``; ``hint`` says what the option is when the text is not one."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}"
+                                             + (f" ({hint})" if hint else "")) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
