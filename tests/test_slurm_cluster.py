@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import time
 import pytest
 from slurmctl import SlurmController, SlurmNode, slurm_available
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 NODES = ("n1", "n2")
 HOSTS = ("h1", "h2")
 LEFTOVER_WORDS = ("srun", "slurmstepd", "torchrun", "ddpcheck.probe", "ddpcheck.agent")
@@ -78,7 +80,7 @@ def test_preflight_launcher_slurm_under_real_slurm(slurm_nodes, ns_cluster, tmp_
     defaults = tmp_path / "defaults.yaml"
     defaults.write_text(f"defaults:\n  python: {sys.executable}\n  workdir: {tmp_path / 'work'}\n")
     report_path = tmp_path / "report.json"
-    env = {**slurm_nodes.env, "PYTHONPATH": os.getcwd()}
+    env = {**slurm_nodes.env, "PYTHONPATH": str(REPO)}
     started = time.monotonic()
     done = subprocess.run(
         ["salloc", "--nodes=2", "--ntasks-per-node=2", "--time=5",
