@@ -522,7 +522,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     reacher = sub.add_parser("reach", help="connect to the rendezvous check listener")
     reacher.add_argument("--address", required=True)
     reacher.add_argument("--port", type=int, required=True)
-    reacher.add_argument("--name", default=socket.gethostname())
+    reacher.add_argument("--name", default=None, help="default: the node under srun, else "
+                                                       "the hostname")
+    reacher.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
     reacher.add_argument("--timeout", type=float, default=5.0)
     launch = sub.add_parser("launch", help="run torchrun ARGS under a deadline")
     launch.add_argument("--deadline", type=float, default=120.0)
@@ -553,7 +555,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         emit("listen", listen(args.port, args.deadline, args.expect))
         return 0
     if args.action == "reach":
-        emit("reach", reach(args.address, args.port, args.name, args.timeout))
+        name = args.name or (node[1] if node is not None else socket.gethostname())
+        emit("reach", reach(args.address, args.port, name, args.timeout))
         return 0
 
     torchrun_args = args.torchrun_args

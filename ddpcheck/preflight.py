@@ -182,23 +182,28 @@ class PreflightRun:
 
         def run_one(job: tuple[str, str, str]) -> None:
             kind, name, command = job
-            result = self.sessions[name].run(command, deadline, self.cancel)
-            parsed = parse_output(result.output)
-            outcome = parsed.listen if kind == "listen" else parsed.reach
-            if outcome is None:
-                why = "no answer" if result.timed_out else summary_of(parsed.stray)
-                self.update(name, error=f"rendezvous check: {kind} gave no result ({why})",
-                            error_check="rendezvous", stage="rendezvous")
-            elif not outcome.get("ok"):
-                error = (f"{outcome.get('error')} on the master" if kind == "listen" else
-                         f"cannot connect to master {target}: {outcome.get('error')} "
-                         f"(tried {outcome.get('elapsed_s')}s)")
-                self.update(name, error=error, error_check="rendezvous", stage="rendezvous")
-                self.progress.host(name, f"failed rendezvous check: {error}")
-            elif kind == "reach":
-                self.progress.host(name, f"reached {target} in {outcome.get('elapsed_s')}s")
+            self.judge_rendezvous(kind, name, self.sessions[name].run(command, deadline,
+                                                                      self.cancel), target)
 
         fan_out(jobs, run_one, len(jobs), self.cancel)
+
+    def judge_rendezvous(self, kind: str, name: str, result: CommandResult,
+                         target: str) -> None:
+        """One host's part of the rendezvous check: its listen or reach outcome."""
+        parsed = parse_output(result.output)
+        outcome = parsed.listen if kind == "listen" else parsed.reach
+        if outcome is None:
+            why = "no answer" if result.timed_out else summary_of(parsed.stray)
+            self.update(name, error=f"rendezvous check: {kind} gave no result ({why})",
+                        error_check="rendezvous", stage="rendezvous")
+        elif not outcome.get("ok"):
+            error = (f"{outcome.get('error')} on the master" if kind == "listen" else
+                     f"cannot connect to master {target}: {outcome.get('error')} "
+                     f"(tried {outcome.get('elapsed_s')}s)")
+            self.update(name, error=error, error_check="rendezvous", stage="rendezvous")
+            self.progress.host(name, f"failed rendezvous check: {error}")
+        elif kind == "reach":
+            self.progress.host(name, f"reached {target} in {outcome.get('elapsed_s')}s")
 
     # -- launch ------------------------------------------------------------------------
     def launch(self) -> None:

@@ -3,24 +3,32 @@
 Inside an allocation, stage 0 is one ``srun`` step (one task per node, ``--label``) and the
 launch another; ``slurm.split_srun_output`` gives each node its own output, which goes through
 the same records, analysis and report as the SSH launcher's. A node whose task never reported
-(srun could not start the step there) is unreachable, under the check ``srun``.
+(srun could not start the step there) is unreachable, under the check ``srun``. Nodes are
+reached at SLURM's NodeAddr (``scontrol show node``) where the inventory gave no address.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from dataclasses import replace
 
 from .plan import resolve_backend, resolve_slots
-from .preflight import STAGE0_DEADLINE_S, PreflightRun, summary_of
-from .slurm import outputs_by_host, plan_srun_launch, plan_srun_stage0, split_srun_output
-from .transport import CommandResult, LocalSession
+from .preflight import REACH_WINDOW_S, STAGE0_DEADLINE_S, PreflightRun, summary_of
+from .slurm import (node_addresses_command, outputs_by_host, parse_node_addresses,
+                    plan_srun_launch, plan_srun_rendezvous_check, plan_srun_stage0,
+                    split_srun_output, with_node_addresses)
+from .transport import CommandResult, LocalSession, fan_out
 
 SRUN_STARTUP_S = 30.0  # srun may wait for the step's resources, then start every node
 
 
 class SlurmPreflightRun(PreflightRun):
+    def __init__(self, spec, options, progress) -> None:
+        super().__init__(with_node_addresses(spec, node_addresses(spec, progress)), options,
+                         progress)
+
     def stage0(self) -> None:
         session = LocalSession()
         with self.lock:
@@ -36,6 +44,44 @@ class SlurmPreflightRun(PreflightRun):
             spec_host = next(h for h in self.spec.hosts if h.name == host)
             self.update(host, reachable=True, stage="stage0")
             self.record_stage0(spec_host, node_result)
+
+    def check_rendezvous(self) -> None:
+        """The SSH launcher's check, as two srun steps side by side: the master node listens
+        on the rendezvous port while every node connects to the address torchrun will get."""
+        listen, reach = plan_srun_rendezvous_check(self.spec, REACH_WINDOW_S)
+        master = self.spec.master_host
+        target = f"{master.name} {master.address}:{self.spec.rendezvous_port}"
+        self.progress.say(f"rendezvous check: every node connects to {target}")
+        if self.options.verbose:
+            self.progress.say(f"rendezvous check: {listen}\n  {reach}")
+        deadline = min(self.deadline, time.monotonic() + REACH_WINDOW_S + 15.0 +
+                       SRUN_STARTUP_S)
+        results: dict[str, CommandResult] = {}
+
+        def run_step(job: tuple[str, str]) -> None:
+            kind, command = job
+            results[kind] = LocalSession().run(command, deadline, self.cancel)
+
+        fan_out([("listen", listen), ("reach", reach)], run_step, 2, self.cancel)
+        if self.cancel.is_set():
+            return
+        empty = CommandResult(None, "", False, False, 0.0)
+        listened = self.task_outputs(results.get("listen", empty), [master.name])
+        self.judge_rendezvous("listen", master.name,
+                              listened.get(master.name, empty), target)
+        reached = self.task_outputs(results.get("reach", empty),
+                                    [h.name for h in self.spec.hosts])
+        for host in self.spec.hosts:
+            self.judge_rendezvous("reach", host.name, reached.get(host.name, empty), target)
+
+    def task_outputs(self, result: CommandResult, names: list[str]) -> dict[str, CommandResult]:
+        """Each node's output of one srun step over ``names`` (in that order)."""
+        tasks, own = split_srun_output(result.output)
+        by_host = outputs_by_host(replace(self.spec, hosts=tuple(
+            h for name in names for h in self.spec.hosts if h.name == name)), tasks)
+        return {name: CommandResult(task.exit_code, task.text or "\n".join(own[-3:]),
+                                    result.timed_out, result.cancelled, result.duration_s)
+                for name, task in by_host.items()}
 
     def per_host(self, result: CommandResult, launched: bool = False
                  ) -> dict[str, CommandResult]:
@@ -92,6 +138,20 @@ class SlurmPreflightRun(PreflightRun):
         result = self.sessions["<srun>"].run(command, deadline, self.cancel)
         for host, node_result in self.per_host(result, launched=True).items():
             self.record_launch(host, node_result)
+
+
+def node_addresses(spec, progress) -> dict[str, str]:
+    """NodeAddr of each node from scontrol; {} (the names are used) when scontrol fails."""
+    command = node_addresses_command(spec)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        progress.say(f"{' '.join(command)}: {exc}; using the node names as addresses")
+        return {}
+    if done.returncode != 0:
+        progress.say(f"{' '.join(command)} exited {done.returncode}: "
+                     f"{summary_of(done.stderr.splitlines())}; using the node names as addresses")
+    return parse_node_addresses(done.stdout)
 
 
 def srun_dry_run_text(spec, options) -> str:

@@ -14,9 +14,10 @@ from goldenfile import check_golden
 
 from ddpcheck.agent import fill_node_tokens, slurm_node
 from ddpcheck.plan import LaunchOptions
-from ddpcheck.slurm import (SlurmError, outputs_by_host, parse_gpu_count, parse_nodelist,
-                            parse_tasks_per_node, plan_srun_launch, plan_srun_stage0,
-                            slurm_allocation, split_srun_output, uniform_host_problem)
+from ddpcheck.slurm import (SRUN_CHUNK_BYTES, SlurmError, outputs_by_host, parse_gpu_count,
+                            parse_nodelist, parse_tasks_per_node, plan_srun_launch,
+                            plan_srun_rendezvous_check, plan_srun_stage0, slurm_allocation,
+                            split_srun_output, uniform_host_problem)
 from ddpcheck.spec import Backend, ClusterSpec, HostSpec
 
 # SLURM_JOB_NODELIST values as sbatch/salloc set them on real clusters.
@@ -144,7 +145,9 @@ def test_srun_commands_golden() -> None:
     slots = {"gpu01": 8, "gpu02": 8, "gpu03": 4}
     options = LaunchOptions(deadline_s=90, rendezvous_timeout_s=20, collective_timeout_s=25,
                             iterations=5)
-    text = ("# stage 0\n" + plan_srun_stage0(spec, 58) + "\n# launch\n" +
+    listen, reach = plan_srun_rendezvous_check(spec, 5.0)
+    text = ("# stage 0\n" + plan_srun_stage0(spec, 58) + "\n# rendezvous check\n" + listen +
+            "\n" + reach + "\n# launch\n" +
             plan_srun_launch(spec, slots, Backend.NCCL, options, run_id="r1") + "\n")
     check_golden("srun_plan.txt", text)
 
@@ -220,3 +223,18 @@ def test_split_srun_output_task_ranges_and_silent_nodes() -> None:
     assert sorted(tasks) == [0, 1] and tasks[1].srun_error == "gpu01: Killed"
     assert tasks[0].exit_code is None and tasks[0].text == ""
     assert own[0].startswith("srun: error: Unable to create step")
+
+
+def test_split_srun_output_joins_lines_srun_cut_into_chunks() -> None:
+    # slurmstepd sends at most 1024 bytes per message and srun labels each as a line: a long
+    # record from two nodes arrives as interleaved pieces (as a real srun printed it).
+    record = '@@DDPCHECK facts {"hostname": "gpu01", "pad": "' + "x" * 2500 + '"}'
+    pieces = [record[i:i + SRUN_CHUNK_BYTES] for i in range(0, len(record), SRUN_CHUNK_BYTES)]
+    other = '@@DDPCHECK facts {"hostname": "gpu02", "pad": "' + "y" * 1500 + '"}'
+    exact = "z" * SRUN_CHUNK_BYTES  # a line of exactly one chunk: the next piece is empty
+    text = "\n".join([f"0: {pieces[0]}", f"1: {other[:SRUN_CHUNK_BYTES]}", f"0: {pieces[1]}",
+                      f"1: {other[SRUN_CHUNK_BYTES:]}", f"0: {pieces[2]}", f"1: {exact}",
+                      "1: ", "1: after"]) + "\n"
+    tasks, own = split_srun_output(text)
+    assert own == [] and tasks[0].text == record
+    assert tasks[1].text.splitlines() == [other, exact, "after"]
