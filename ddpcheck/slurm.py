@@ -9,7 +9,8 @@ SSH launcher; one srun step for stage 0 and one for the launch, with ``--label``
 line's node is known. slurmstepd forwards a task's output a line at a time but at most
 ``SRUN_CHUNK_BYTES`` per message, and srun labels (and ends) each message as a line: a longer
 line (a facts or rank record) arrives in pieces, which ``split_srun_output`` joins again.
-Buffered (no ``--unbuffered``), so no piece ends elsewhere than a newline or a full chunk. Everything here is pure; ``preflight_slurm`` runs the commands.
+Buffered (no ``--unbuffered``), so no piece ends elsewhere than a newline or a full chunk.
+Everything here is pure; ``preflight_slurm`` runs the commands.
 """
 
 from __future__ import annotations
