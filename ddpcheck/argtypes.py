@@ -1,10 +1,12 @@
-"""Option value parsers shared by the commands (argparse ``type=``): a bad value is a one-line
-usage error (exit 2), never a traceback."""
+"""Option value parsers shared by the commands and the sweep (argparse ``type=``): a bad value
+is a one-line usage error (exit 2), never a traceback. Standard library only (ranks import it)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Callable
+
+from .busbw import Collective, parse_ops, parse_size
 
 
 def positive(text: str) -> float:
@@ -42,6 +44,22 @@ def at_least(minimum: int, hint: str = "") -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
         return value
     return parse
+
+
+def collectives(text: str) -> tuple[Collective, ...]:
+    """``all_reduce,broadcast``: the collectives of a sweep."""
+    try:
+        return parse_ops(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def message_size(text: str) -> int:
+    """A message size: ``8``, ``64K``, ``32M``."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _number(text: str) -> float:

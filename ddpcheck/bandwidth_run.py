@@ -21,13 +21,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 from . import analyze
-from .argtypes import at_least, fraction, non_negative, positive
+from .argtypes import (at_least, collectives, fraction, message_size, non_negative,
+                       positive)
 from .bandwidth import (DEFAULT_SLOW_FRACTION, PLOT_INSTALL_HINT, PairResult, PlotUnavailable,
                         SweepSettings, pair_findings, pair_name, pairs_json, pairs_summary,
                         plot_report, render_bandwidth, require_matplotlib, rows_of,
                         sweep_findings, sweep_summary)
 from .busbw import (ALL_COLLECTIVES, Collective, element_count, format_size, message_sizes,
-                    parse_ops, parse_size)
+                    parse_size)
 from .collect import parse_output, rank_record
 from .errors import ConfigError
 from .pairing import circle_rounds
@@ -354,20 +355,6 @@ def pair_result(hosts: tuple[str, str], number: int,
 # -- the command -------------------------------------------------------------------------------
 
 
-def _ops(text: str) -> tuple[Collective, ...]:
-    try:
-        return parse_ops(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 WARMUP_HINT = ("-w is the warm-up iteration count here, as in nccl-tests; give a host list "
                "with --nodelist")
 
@@ -389,12 +376,13 @@ def register_bandwidth(sub) -> None:
     parser._option_string_actions["--timeout"].help = (
         f"hard deadline for the whole command (default {SWEEP_TIMEOUT_S:g}; with --pairwise "
         f"{PAIRWISE_BASE_S:g} + {PAIRWISE_ROUND_S:g} per round)")
-    parser.add_argument("--ops", type=_ops, default=None, metavar="OP[,OP...]",
+    parser.add_argument("--ops", type=collectives, default=None, metavar="OP[,OP...]",
                         help="all_reduce, all_gather, reduce_scatter, broadcast, all_to_all or "
                              "all (default: all; with --pairwise: all_reduce)")
-    parser.add_argument("-b", "--minbytes", type=_size, default=parse_size("1M"), metavar="SIZE",
+    parser.add_argument("-b", "--minbytes", type=message_size, default=parse_size("1M"),
+                        metavar="SIZE",
                         help="smallest size, e.g. 8, 64K, 1M (default 1M)")
-    parser.add_argument("-e", "--maxbytes", type=_size, default=parse_size("32M"),
+    parser.add_argument("-e", "--maxbytes", type=message_size, default=parse_size("32M"),
                         metavar="SIZE", help="largest size (default 32M; the only size of "
                                              "--pairwise)")
     parser.add_argument("-f", "--stepfactor", type=at_least(1), default=2, metavar="F",

@@ -104,6 +104,10 @@ class RankProbe:
         self.emit("timeout", self.timeout_message())
         os._exit(3)
 
+    def error_context(self) -> str:
+        """Where in its work the rank was when it raised, for the error line."""
+        return ""
+
     def timeout_message(self) -> str:
         return (f"rank did not finish stage '{self.record['stage']}' within "
                 f"{time.monotonic() - self.started:.0f}s (its deadline)")
@@ -305,15 +309,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def run_rank(probe: RankProbe) -> int:
+    """A rank's whole life: watchdog, run, and a record on every way out (ok, error, timeout)."""
     set_parent_death_signal(9)  # torchrun gone -> this rank goes too
-    probe = RankProbe(parse_args(argv))
     threading.Thread(target=probe.watchdog, daemon=True).start()
     try:
         probe.run()
     except BaseException as exc:  # noqa: BLE001 - every failure must leave a record
         probe.failed_at = time.time()
-        probe.emit("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        probe.emit("error", f"{type(exc).__name__}{probe.error_context()}: {exc}\n"
+                            f"{traceback.format_exc()}")
         return 1
     finally:
         if dist.is_initialized():
@@ -323,6 +328,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 pass
     probe.emit("ok")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_rank(RankProbe(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
-import traceback
 from datetime import timedelta
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-from .agent import set_parent_death_signal
+from .argtypes import collectives, message_size
 from .busbw import (ALL_COLLECTIVES, Collective, CollectiveRow, element_count, message_sizes,
-                    parse_ops, parse_size)
-from .probe import RankProbe
+                    parse_size)
+from .probe import RankProbe, run_rank
 
 PATTERN_PERIOD = 13  # element i carries (i % 13) * 64 on top of its rank's value
 PATTERN_STEP = 64.0  # all sums stay exact in float32 for thousands of ranks
@@ -106,6 +104,9 @@ class OpBuffers:
 
 class RankSweep(RankProbe):
     """One rank's sweep; the record is filled in as rows complete (see ``RankProbe``)."""
+
+    def error_context(self) -> str:
+        return f" at {self.record['size']} B" if "size" in self.record else ""
 
     def timeout_message(self) -> str:
         return (f"rank did not finish {self.record['stage']} within its deadline; the rows "
@@ -189,20 +190,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _ops(text: str) -> tuple[Collective, ...]:
-    try:
-        return parse_ops(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ddpcheck.sweep",
                                      description="ddpcheck per-rank bandwidth sweep (run under "
@@ -213,10 +200,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--collective-timeout", type=float, default=30.0)
     parser.add_argument("--deadline", type=float, default=600.0,
                         help="the rank reports what it has and exits after this many seconds")
-    parser.add_argument("--ops", type=_ops, default=list(ALL_COLLECTIVES),
+    parser.add_argument("--ops", type=collectives, default=list(ALL_COLLECTIVES),
                         help="comma-separated ops, or all (default)")
-    parser.add_argument("-b", "--minbytes", type=_size, default=parse_size("1M"))
-    parser.add_argument("-e", "--maxbytes", type=_size, default=parse_size("32M"))
+    parser.add_argument("-b", "--minbytes", type=message_size, default=parse_size("1M"))
+    parser.add_argument("-e", "--maxbytes", type=message_size, default=parse_size("32M"))
     parser.add_argument("-f", "--stepfactor", type=int, default=2)
     parser.add_argument("-n", "--iters", type=int, default=20)
     parser.add_argument("-w", "--warmup", type=int, default=5)
@@ -233,24 +220,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    set_parent_death_signal(9)  # torchrun gone -> this rank goes too
-    sweep = RankSweep(parse_args(argv))
-    threading.Thread(target=sweep.watchdog, daemon=True).start()
-    try:
-        sweep.run()
-    except BaseException as exc:  # noqa: BLE001 - every failure must leave a record
-        sweep.failed_at = time.time()
-        where = f" at {sweep.record['size']} B" if "size" in sweep.record else ""
-        sweep.emit("error", f"{type(exc).__name__}{where}: {exc}\n{traceback.format_exc()}")
-        return 1
-    finally:
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:  # noqa: BLE001 - the record is already out
-                pass
-    sweep.emit("ok")
-    return 0
+    return run_rank(RankSweep(parse_args(argv)))
 
 
 if __name__ == "__main__":
