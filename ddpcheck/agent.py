@@ -118,15 +118,6 @@ def finish_torch_facts(child: subprocess.Popen[str], timeout_s: float) -> dict[s
         return {"torch_error": f"unreadable output: {stdout[-200:]!r}"}
 
 
-def torch_facts(timeout_s: float) -> dict[str, Any]:
-    return finish_torch_facts(start_torch_facts(), timeout_s)
-
-
-def resolve_with_deadline(name: str, timeout_s: float) -> list[str]:
-    """Addresses ``name`` resolves to; a resolver that hangs gives [] after the deadline."""
-    return hostfacts.resolve(name, timeout_s)
-
-
 def with_deadline(read, timeout_s: float, what: str) -> dict[str, Any]:
     """``read()`` in a daemon thread: a driver call that hangs (a GPU gone bad) costs its
     deadline, not stage 0."""
@@ -178,7 +169,7 @@ def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: b
     hostname = socket.gethostname()
     facts: dict[str, Any] = {
         "hostname": hostname,
-        "addresses": resolve_with_deadline(hostname, min(3.0, deadline_s / 4)),
+        "addresses": hostfacts.resolve(hostname, min(3.0, deadline_s / 4)),
         "python": platform.python_version(),
         "executable": sys.executable,
         "pid": os.getpid(),

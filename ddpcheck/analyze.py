@@ -13,6 +13,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from . import drift
 from .drift import RankPrint
+from .health import is_loopback
 from .records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
                       Severity, Verdict)
 
@@ -27,7 +28,6 @@ STAGE_CHECKS: Mapping[str, str] = {
 }
 EXIT_CODES: Mapping[Verdict, int] = {Verdict.OK: 0, Verdict.FAIL: 1, Verdict.UNREACHABLE: 3,
                                      Verdict.INTERRUPTED: 130}
-LOOPBACK_PREFIXES = ("127.", "::1")
 
 
 def host_findings(hosts: Sequence[HostRecord],
@@ -56,7 +56,7 @@ def hostname_findings(hosts: Sequence[HostRecord],
         for host in hosts:
             addresses = [str(a) for a in host.facts.get("addresses", [])]
             # the first address is the one a bind by hostname picks (127.0.1.1 on Debian)
-            if addresses and addresses[0].startswith(LOOPBACK_PREFIXES):
+            if addresses and is_loopback(addresses[0]):
                 harmless = host.name in pinned
                 findings.append(Finding(
                     Severity.WARNING if harmless else Severity.ERROR, "hostname",

@@ -119,7 +119,7 @@ def hostname_findings(host: str, facts: Mapping[str, Any],
         return [_finding(Severity.WARNING, "hostname", host,
                          f"its hostname {hostname!r} does not resolve on the host itself "
                          f"(/etc/hosts or DNS); c10d and gloo look it up")]
-    if context.check_hostname_loopback and all(_is_loopback(a) for a in addresses):
+    if context.check_hostname_loopback and all(is_loopback(a) for a in addresses):
         return [_finding(Severity.WARNING, "hostname", host,
                          f"its hostname {hostname!r} resolves only to loopback "
                          f"({', '.join(addresses)}); gloo/NCCL ranks that bind by hostname "
@@ -236,10 +236,11 @@ def _unusable(name: str, interface: Any) -> Optional[str]:
 
 def _loopback_interface(name: str, interface: Any) -> bool:
     addresses = interface.get("addresses", []) if isinstance(interface, Mapping) else []
-    return name == "lo" or bool(addresses) and all(_is_loopback(str(a)) for a in addresses)
+    return name == "lo" or bool(addresses) and all(is_loopback(str(a)) for a in addresses)
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8 or ::1 (Debian puts the hostname on 127.0.1.1)."""
     return address.startswith("127.") or address == "::1"
 
 
@@ -255,7 +256,7 @@ def route_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) 
     through = route.get("interface")
     interfaces = facts.get("interfaces") if isinstance(facts.get("interfaces"), Mapping) else {}
     if (gloo and through and through not in gloo and all(n in interfaces for n in gloo)
-            and not _is_loopback(str(route.get("source")))):
+            and not is_loopback(str(route.get("source")))):
         return [_finding(Severity.WARNING, "env", host,
                          f"GLOO_SOCKET_IFNAME={','.join(gloo)} but the route to the master "
                          f"{route.get('address')} leaves through {through}")]
