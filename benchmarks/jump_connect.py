@@ -32,8 +32,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from nscluster import NamespaceCluster  # noqa: E402
 
-from ddpcheck.spec import HostSpec, SSHSpec  # noqa: E402
-from ddpcheck.transport import JumpPool, SSHSession, fan_out  # noqa: E402
+from ddpcheck.model.spec import HostSpec, SSHSpec  # noqa: E402
+from ddpcheck.transport.ssh import JumpPool, SSHSession, fan_out  # noqa: E402
 
 
 def sshd_cpu_s(cluster: NamespaceCluster, host) -> float:

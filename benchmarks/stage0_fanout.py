@@ -1,7 +1,7 @@
 """Stage-0 fan-out wall time for 1, 4, 8 and 16 hosts, beside pdsh running the same command.
 
 A 16-host namespace cluster (real sshd per host). For each host count, ddpcheck's stage 0 (connect
-over paramiko + ``python -m ddpcheck.agent facts`` on every host + the health rules) is timed as
+over paramiko + ``python -m ddpcheck.remote.agent facts`` on every host + the health rules) is timed as
 its own process, and so is ``pdsh -R ssh`` (OpenSSH, the cluster's ssh config and key) running
 the identical stage-0 command line on the same hosts; the two are interleaved, 3 repetitions
 each, medians compared. Every host's facts line is checked in both outputs. Needs root and pdsh.
@@ -33,9 +33,9 @@ STAGE0_DEADLINE_S = 58.0  # what preflight passes (its 60 s stage-0 deadline les
 # The ddpcheck side, as its own process: load hosts.yaml, stage-0 fan-out, health rules.
 DDPCHECK_STAGE0 = """
 import sys
-from ddpcheck.config import load_hosts_file
-from ddpcheck.preflight import PreflightOptions, PreflightRun, Progress
-from ddpcheck.transport import fan_out
+from ddpcheck.config.hostsyaml import load_hosts_file
+from ddpcheck.engine.preflight import PreflightOptions, PreflightRun, Progress
+from ddpcheck.transport.ssh import fan_out
 import io
 spec = load_hosts_file(sys.argv[1])
 run = PreflightRun(spec, PreflightOptions(timeout_s=300), Progress(io.StringIO()))
@@ -95,8 +95,8 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     if not shutil.which("pdsh"):
         raise SystemExit("pdsh is not installed (apt-get install pdsh)")
-    from ddpcheck.config import load_hosts_file
-    from ddpcheck.plan import stage0_command
+    from ddpcheck.config.hostsyaml import load_hosts_file
+    from ddpcheck.plan.commands import stage0_command
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """ddpcheck: a health checker for multi-node PyTorch (torchrun) clusters.
 
-Kept light on purpose: ``python -m ddpcheck.probe`` runs on every rank and must import only the
+Kept light on purpose: ``python -m ddpcheck.remote.probe`` runs on every rank and must import only the
 standard library and torch, so nothing heavy is imported here; the in-job API is loaded on first
 use (``ddpcheck.check_consistency``, ``ddpcheck.ConsistencyError``, ``ddpcheck.Monitor``).
 """
@@ -9,8 +9,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"check_consistency": "ddpcheck.consistency",
-         "ConsistencyError": "ddpcheck.consistency", "Monitor": "ddpcheck.monitor"}
+_LAZY = {"check_consistency": "ddpcheck.injob.consistency",
+         "ConsistencyError": "ddpcheck.injob.consistency", "Monitor": "ddpcheck.injob.monitor"}
 
 
 def __getattr__(name: str) -> Any:

@@ -24,11 +24,11 @@ import time
 from typing import Any, Callable, Optional, Sequence, TextIO
 
 from . import __version__
-from .argtypes import at_least, positive
-from .errors import ConfigError, DdpcheckError
-from .records import Verdict
-from .report import DEFAULT_TABLE_FORMAT, Report, footer_line, render_table, to_json
-from .spec import ClusterSpec
+from .remote.argtypes import at_least, positive
+from .model.errors import ConfigError, DdpcheckError
+from .model.records import Verdict
+from .report.table import DEFAULT_TABLE_FORMAT, Report, footer_line, render_table, to_json
+from .model.spec import ClusterSpec
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -176,9 +176,9 @@ def load_spec_from_args(args: argparse.Namespace,
     --slurm or -w (one of them; --launcher slurm defaults to --slurm; none: this machine),
     then ssh_config applied (hosts.yaml values > ssh_config > defaults). ConfigError on any
     problem, naming the file, line or option."""
-    from .config import ConfigDefaults, load_config_defaults, load_hosts_file, local_cluster_spec
-    from .inventory import build_cluster, load_hostfile, parse_host_expression, slurm_entries
-    from .sshconfig import apply_ssh_config, read_ssh_config
+    from .config.hostsyaml import ConfigDefaults, load_config_defaults, load_hosts_file, local_cluster_spec
+    from .config.inventory import build_cluster, load_hostfile, parse_host_expression, slurm_entries
+    from .config.sshconfig import apply_ssh_config, read_ssh_config
 
     env = dict(os.environ) if env is None else env
     hosts = getattr(args, "hosts", None)
@@ -232,10 +232,10 @@ def free_local_port() -> int:
 def dry_run_text(spec: ClusterSpec, options) -> str:
     """Each host's exact commands: stage 0, then torchrun (slots from hosts.yaml, else 1 per
     GPU: shown as planned for a host without GPUs, since stage 0 has not run)."""
-    from .plan import (plan_launch, plan_rendezvous_check, redact_secrets, resolve_backend,
+    from .plan.commands import (plan_launch, plan_rendezvous_check, redact_secrets, resolve_backend,
                        resolve_slots, stage0_command)
-    from .preflight import REACH_WINDOW_S
-    from .transport import ssh_target
+    from .engine.preflight import REACH_WINDOW_S
+    from .transport.ssh import ssh_target
 
     slots = {h.name: resolve_slots(h, 0, spec.local) for h in spec.hosts}
     backend = resolve_backend(spec.backend, {h.name: 0 for h in spec.hosts})
@@ -270,7 +270,7 @@ def write_report(path: str, report: Report,
 
 def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report], str]]]:
     """(path, renderer) of every report file the arguments ask for."""
-    from .outputs import render_csv, render_junit
+    from .report.machine import render_csv, render_junit
 
     files = []
     for option, render in (("json", to_json), ("csv", render_csv), ("junit", render_junit)):
@@ -281,7 +281,7 @@ def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report],
 
 
 def interrupted_report(command: str, spec: Optional[ClusterSpec], started: float) -> Report:
-    from .records import HostRecord
+    from .model.records import HostRecord
 
     hosts = tuple(HostRecord(h.name, h.address) for h in spec.hosts) if spec else ()
     return Report(command, Verdict.INTERRUPTED, EXIT_INTERRUPTED,
@@ -348,8 +348,8 @@ def _style(render: Callable[..., str], args: argparse.Namespace, color: bool) ->
 
 
 def preflight_command(args: argparse.Namespace) -> int:
-    from .plan import LaunchOptions
-    from .preflight import PreflightOptions, Progress, run_preflight
+    from .plan.commands import LaunchOptions
+    from .engine.preflight import PreflightOptions, Progress, run_preflight
 
     options = PreflightOptions(
         timeout_s=args.timeout, verbose=args.verbose,
@@ -370,7 +370,7 @@ def preflight_command(args: argparse.Namespace) -> int:
             print(f"ddpcheck: {exc}", file=sys.stderr)
             return EXIT_USAGE
         if slurm:
-            from .preflight_slurm import srun_dry_run_text
+            from .engine.preflight_slurm import srun_dry_run_text
 
             sys.stdout.write(srun_dry_run_text(spec, options))
         else:
@@ -380,7 +380,7 @@ def preflight_command(args: argparse.Namespace) -> int:
 
     def execute(spec: ClusterSpec) -> Report:
         if slurm:
-            from .preflight_slurm import SlurmPreflightRun
+            from .engine.preflight_slurm import SlurmPreflightRun
 
             return SlurmPreflightRun(spec, options, progress).run()
         return run_preflight(spec, options, progress)
@@ -392,7 +392,7 @@ def check_slurm_spec(spec: ClusterSpec, need_allocation: bool = True) -> None:
     """--launcher slurm: inside an allocation, srun at hand, one command fits every node."""
     import shutil
 
-    from .slurm import uniform_host_problem
+    from .plan.slurm import uniform_host_problem
 
     if spec.local:
         raise ConfigError("--launcher slurm needs nodes (--slurm, --hostfile or -w)",
@@ -408,7 +408,7 @@ def check_slurm_spec(spec: ClusterSpec, need_allocation: bool = True) -> None:
 
 
 def register_node(sub) -> None:
-    from .node import register
+    from .commands.node import register
 
     register(sub)
 
@@ -434,7 +434,7 @@ def register_hang(sub) -> None:
 
 
 def hang_command(args: argparse.Namespace) -> int:
-    from .hang import HangOptions, render_hang, run_hang
+    from .engine.hang import HangOptions, render_hang, run_hang
 
     options = HangOptions(timeout_s=args.timeout, window_s=args.window,
                           heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
@@ -447,7 +447,7 @@ COMMANDS: list[Callable[[Any], None]] = [register_preflight, register_node, regi
 
 
 def _register_bandwidth(sub) -> None:
-    from .bandwidth_run import register_bandwidth
+    from .engine.bandwidth import register_bandwidth
 
     register_bandwidth(sub)
 

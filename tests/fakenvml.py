@@ -1,4 +1,4 @@
-"""A small fake of the NVML calls ddpcheck.nvml makes, for unit tests without a GPU.
+"""A small fake of the NVML calls ddpcheck.remote.nvml makes, for unit tests without a GPU.
 
 It mirrors pynvml's surface for those calls only: the same function names and argument order,
 errors raised as ``NVMLError(code)`` carrying ``.value`` (pynvml maps the code to a subclass such

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from ddpcheck.agent import descendants
-from ddpcheck.collect import parse_output
+from ddpcheck.remote.agent import descendants
+from ddpcheck.collect.hostoutput import parse_output
 
 from sshserver import free_port
 
@@ -28,12 +28,12 @@ BUSY_FOR_GOOD = ["--nnodes", "1", "--iterations", "1000000000"]
 
 def agent_argv(run_dir: str, deadline: float, launch: list[str], *extra: str) -> list[str]:
     nnodes, probe = launch[:2], launch[2:]
-    return [sys.executable, "-m", "ddpcheck.agent", "launch", "--deadline", str(deadline),
+    return [sys.executable, "-m", "ddpcheck.remote.agent", "launch", "--deadline", str(deadline),
             "--run-dir", run_dir, *extra, "--",
             *nnodes, "--node-rank", "0", "--nproc-per-node", "1",
             "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
             "--max-restarts", "0", "--monitor-interval", "0.5", "--rdzv-conf", "timeout=300",
-            "-m", "ddpcheck.probe", "--backend", "gloo", "--deadline", "300",
+            "-m", "ddpcheck.remote.probe", "--backend", "gloo", "--deadline", "300",
             "--no-consistency", *probe]
 
 
@@ -150,7 +150,7 @@ def test_probe_watchdog_reports_timeout_at_its_deadline(tmp_path):
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
            "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     began = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "ddpcheck.probe", "--backend", "gloo",
+    done = subprocess.run([sys.executable, "-m", "ddpcheck.remote.probe", "--backend", "gloo",
                            "--deadline", "5", "--collective-timeout", "120"],
                           capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     took = time.monotonic() - began

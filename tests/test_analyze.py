@@ -1,11 +1,11 @@
-"""Unit tests for ddpcheck.analyze: root cause, missing ranks, devices, hostnames, verdict."""
+"""Unit tests for ddpcheck.analyze.verdict: root cause, missing ranks, devices, hostnames, verdict."""
 
 from __future__ import annotations
 
-from ddpcheck.analyze import (EXIT_CODES, duplicate_device_findings, failure_findings,
+from ddpcheck.analyze.verdict import (EXIT_CODES, duplicate_device_findings, failure_findings,
                               host_findings, mark_single_root_cause, missing_rank_findings,
                               order_findings, rank_findings, verdict)
-from ddpcheck.records import (Finding, HostRecord, RankRecord, RankStatus, Severity,
+from ddpcheck.model.records import (Finding, HostRecord, RankRecord, RankStatus, Severity,
                               Verdict)
 
 

@@ -1,5 +1,5 @@
-"""Unit tests for the bandwidth analysis and rendering (ddpcheck.bandwidth), the sweep's
-known-data checks (ddpcheck.sweep.OpBuffers, no process group needed) and the pair planning."""
+"""Unit tests for the bandwidth analysis and rendering (ddpcheck.report.bandwidth), the sweep's
+known-data checks (ddpcheck.remote.sweep.OpBuffers, no process group needed) and the pair planning."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import pytest
 
 from goldenfile import check_golden
 
-from ddpcheck.bandwidth import (PairResult, SweepSettings, analyze_pairs, average_busbw, gbs,
+from ddpcheck.report.bandwidth import (PairResult, SweepSettings, analyze_pairs, average_busbw, gbs,
                                 pair_findings, pairs_json, pairs_summary, render_bandwidth,
                                 sweep_findings, sweep_summary)
-from ddpcheck.bandwidth_run import pair_result, plan_round, sweep_program
-from ddpcheck.busbw import ALL_COLLECTIVES, Collective, CollectiveRow
-from ddpcheck.pairing import circle_rounds
-from ddpcheck.plan import LaunchOptions
-from ddpcheck.records import HostRecord, RankRecord, Verdict
-from ddpcheck.report import Report
-from ddpcheck.spec import Backend, ClusterSpec, HostSpec
-from ddpcheck.transport import CommandResult
+from ddpcheck.engine.bandwidth import pair_result, plan_round, sweep_program
+from ddpcheck.remote.busbw import ALL_COLLECTIVES, Collective, CollectiveRow
+from ddpcheck.plan.pairing import circle_rounds
+from ddpcheck.plan.commands import LaunchOptions
+from ddpcheck.model.records import HostRecord, RankRecord, Verdict
+from ddpcheck.report.table import Report
+from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec
+from ddpcheck.transport.ssh import CommandResult
 
 HOSTS = [f"h{i}" for i in range(1, 7)]
 RATE = 1.0
@@ -242,7 +242,7 @@ def simulate(op: Collective, inputs):
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
 def test_sweep_known_data_matches_the_collective_and_catches_a_bad_element(op, world):
     torch = pytest.importorskip("torch")
-    from ddpcheck.sweep import OpBuffers
+    from ddpcheck.remote.sweep import OpBuffers
 
     count = 60 * world
     buffers = [OpBuffers(op, count, rank, world, torch.device("cpu")) for rank in range(world)]
@@ -277,7 +277,7 @@ def test_plan_round_gives_each_pair_its_master_and_port():
         assert f"--node-rank {node_rank}" in launch.command
         assert "--nnodes 2" in launch.command and "--nproc-per-node 1" in launch.command
         assert "--master-addr 10.0.0.1 --master-port 29600" in launch.command
-        assert "-m ddpcheck.sweep" in launch.command and "--expected-world-size 2" in launch.command
+        assert "-m ddpcheck.remote.sweep" in launch.command and "--expected-world-size 2" in launch.command
         assert "-b 4194304 -e 4194304 -f 1" in launch.command
     assert "--master-addr 10.0.0.2 --master-port 29601" in planned[1].launches[1].command
 
@@ -333,7 +333,7 @@ def test_sweep_imports_only_stdlib_torch_and_ddpcheck():
 
     code = ("import sys, torch\n"
             "before = {m.split('.')[0] for m in sys.modules}\n"
-            "import ddpcheck.sweep\n"
+            "import ddpcheck.remote.sweep\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} - before - "
             "set(sys.stdlib_module_names) - {'ddpcheck'}))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

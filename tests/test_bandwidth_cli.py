@@ -77,7 +77,7 @@ def test_pairwise_dry_run_prints_every_pair_once_in_rounds(five_hosts):
         assert all(master == a for a, _, master, _ in pairs)
         seen += [(a, b) for a, b, _, _ in pairs]
     assert sorted(seen) == list(itertools.combinations([f"node{i}" for i in range(1, 6)], 2))
-    assert "-m ddpcheck.sweep" in done.stdout and "-b 4194304 -e 4194304 -f 1" in done.stdout
+    assert "-m ddpcheck.remote.sweep" in done.stdout and "-b 4194304 -e 4194304 -f 1" in done.stdout
     assert "--nnodes 2" in done.stdout and "--nproc-per-node 1" in done.stdout
     assert done.stderr == ""
 
@@ -86,11 +86,11 @@ def test_sweep_dry_run_runs_the_sweep_on_every_rank(five_hosts):
     done = ddpcheck("bandwidth", str(five_hosts), "--ops", "all_gather", "-b", "1K", "-e",
                     "64K", "-f", "4", "-n", "7", "-w", "2", "--dry-run")
     assert done.returncode == 0, done.stderr
-    launches = [line for line in done.stdout.splitlines() if "ddpcheck.agent launch" in line]
+    launches = [line for line in done.stdout.splitlines() if "ddpcheck.remote.agent launch" in line]
     assert len(launches) == 5
     for node_rank, line in enumerate(launches):
         assert f"--nnodes 5 --node-rank {node_rank}" in line
-        assert "-m ddpcheck.sweep" in line and "--ops all_gather" in line
+        assert "-m ddpcheck.remote.sweep" in line and "--ops all_gather" in line
         assert "-b 1024 -e 65536 -f 4 -n 7 -w 2" in line
 
 

@@ -21,7 +21,7 @@ def test_sweep_on_every_gpu_with_nccl():
     gpus = torch.cuda.device_count()
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(gpus),
-         "--master-port", "29690", "-m", "ddpcheck.sweep", "--backend", "nccl", "--ops", "all",
+         "--master-port", "29690", "-m", "ddpcheck.remote.sweep", "--backend", "nccl", "--ops", "all",
          "-b", "1M", "-e", "16M", "-f", "4", "-n", "5", "-w", "2", "--deadline", "240"],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

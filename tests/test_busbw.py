@@ -1,4 +1,4 @@
-"""Unit tests for ddpcheck.busbw (nccl-tests factors, sizes, rows) and ddpcheck.pairing."""
+"""Unit tests for ddpcheck.remote.busbw (nccl-tests factors, sizes, rows) and ddpcheck.plan.pairing."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from ddpcheck.busbw import (Collective, CollectiveRow, busbw_factor, element_count, format_size,
+from ddpcheck.remote.busbw import (Collective, CollectiveRow, busbw_factor, element_count, format_size,
                             message_sizes, parse_size, row_from_dict)
-from ddpcheck.pairing import circle_rounds
+from ddpcheck.plan.pairing import circle_rounds
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 16, 64])
@@ -126,7 +126,7 @@ def test_circle_rounds_small_and_bad_input():
 
 
 def test_parse_ops():
-    from ddpcheck.busbw import ALL_COLLECTIVES, parse_ops
+    from ddpcheck.remote.busbw import ALL_COLLECTIVES, parse_ops
 
     assert parse_ops("all") == ALL_COLLECTIVES
     assert parse_ops("broadcast, all_reduce,broadcast") == (Collective.BROADCAST,

@@ -53,5 +53,5 @@ def test_local_dry_run_prints_torchrun_command():
     done = ddpcheck("preflight", "--dry-run")
     assert done.returncode == 0
     assert "torch.distributed.run" not in done.stdout  # the agent starts torchrun itself
-    assert "ddpcheck.agent launch" in done.stdout and "--nproc-per-node 2" in done.stdout
+    assert "ddpcheck.remote.agent launch" in done.stdout and "--nproc-per-node 2" in done.stdout
     assert "--master-addr 127.0.0.1" in done.stdout

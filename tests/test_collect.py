@@ -1,4 +1,4 @@
-"""Unit tests for ddpcheck.collect: parse_output over fixture outputs, rank_record tolerance."""
+"""Unit tests for ddpcheck.collect.hostoutput: parse_output over fixture outputs, rank_record tolerance."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ddpcheck.collect import HostOutput, parse_output, rank_record, tail
-from ddpcheck.records import RankRecord, RankStatus
+from ddpcheck.collect.hostoutput import HostOutput, parse_output, rank_record, tail
+from ddpcheck.model.records import RankRecord, RankStatus
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

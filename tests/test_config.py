@@ -1,4 +1,4 @@
-"""Tests of ddpcheck.config: hosts.yaml -> ClusterSpec, and errors naming file:line: key."""
+"""Tests of ddpcheck.config.hostsyaml: hosts.yaml -> ClusterSpec, and errors naming file:line: key."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpcheck.config import load_hosts_file, local_cluster_spec, parse_hosts_yaml
-from ddpcheck.errors import ConfigError
-from ddpcheck.spec import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_FANOUT, DEFAULT_PYTHON,
+from ddpcheck.config.hostsyaml import load_hosts_file, local_cluster_spec, parse_hosts_yaml
+from ddpcheck.model.errors import ConfigError
+from ddpcheck.model.spec import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_FANOUT, DEFAULT_PYTHON,
                            DEFAULT_RENDEZVOUS_PORT, DEFAULT_SSH_PORT, DEFAULT_WORKDIR, Backend,
                            ClusterSpec, HostKeyPolicy)
 
@@ -475,7 +475,7 @@ import shlex  # noqa: E402
 
 import yaml  # noqa: E402
 
-from ddpcheck.plan import EXEC_AS_GIVEN, plan_launch, stage0_argv, stage0_command  # noqa: E402
+from ddpcheck.plan.commands import EXEC_AS_GIVEN, plan_launch, stage0_argv, stage0_command  # noqa: E402
 
 _ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 _HOSTILE = st.sampled_from(["$(touch pwned)", "`id`", "a;b", "x' y", "-rf", "a=b", "\n",

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from ddpcheck.fingerprint import (call_setup, load_setup, model_fingerprint, parameter_table,
+from ddpcheck.remote.fingerprint import (call_setup, load_setup, model_fingerprint, parameter_table,
                                   relevant_env, rng_hashes, seed_everything)
 
 

@@ -7,7 +7,7 @@ import os
 import pathlib
 import pickle
 
-from ddpcheck.flightrecorder import dump_prefix, op_name, parse_dump, summarize_dump
+from ddpcheck.remote.flightrecorder import dump_prefix, op_name, parse_dump, summarize_dump
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "flight_recorder"
 

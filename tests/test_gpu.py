@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from ddpcheck import health, nvml
+from ddpcheck.analyze import health
+from ddpcheck.remote import nvml
 
 
 def _nvml_gpus() -> int:
@@ -89,7 +90,7 @@ def test_node_counts_the_gpus(tmp_path):
 def test_cuda_event_timing_measures_the_device():
     import torch
 
-    from ddpcheck.probe import time_once_s, timer_name
+    from ddpcheck.remote.probe import time_once_s, timer_name
 
     device = torch.device("cuda", 0)
     a = torch.randn(4096, 4096, device=device)

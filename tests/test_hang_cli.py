@@ -53,7 +53,7 @@ def interrupt_a_long_scan(port: int, report_path) -> dict:
     while not scans:
         assert time.monotonic() < deadline, "the scan never started"
         scans = [p for p in psutil.process_iter(["cmdline"])
-                 if "ddpcheck.hangscan" in " ".join(p.info["cmdline"] or [])
+                 if "ddpcheck.remote.hangscan" in " ".join(p.info["cmdline"] or [])
                  and f"127.0.0.1:{port}" in " ".join(p.info["cmdline"] or [])]
         time.sleep(0.1)
     time.sleep(1.0)

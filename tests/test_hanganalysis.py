@@ -7,12 +7,12 @@ from typing import Any, Optional
 
 from goldenfile import check_golden
 
-from ddpcheck.hang import HangOptions, HangRun, hang_findings, parse_scan_output, render_hang
-from ddpcheck.hanganalysis import (HostScanResult, Role, analyze_job, analyze_scans,
+from ddpcheck.engine.hang import HangOptions, HangRun, hang_findings, parse_scan_output, render_hang
+from ddpcheck.analyze.hang import (HostScanResult, Role, analyze_job, analyze_scans,
                                    collect_views, compress_ranks)
-from ddpcheck.preflight import Progress
-from ddpcheck.records import Finding, HostRecord, Severity
-from ddpcheck.spec import ClusterSpec, HostSpec
+from ddpcheck.engine.preflight import Progress
+from ddpcheck.model.records import Finding, HostRecord, Severity
+from ddpcheck.model.spec import ClusterSpec, HostSpec
 
 JOB = "none@10.0.0.1:29500"
 TORCH = "/venv/lib/python3.11/site-packages/torch/distributed"

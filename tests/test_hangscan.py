@@ -17,7 +17,7 @@ import textwrap
 import psutil
 import pytest
 
-from ddpcheck.hangscan import (find_py_spy, orphan_heartbeats, parse_py_spy_json, topmost,
+from ddpcheck.remote.hangscan import (find_py_spy, orphan_heartbeats, parse_py_spy_json, topmost,
                                worker_identity)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "flight_recorder"
@@ -46,7 +46,7 @@ def worker_env(tmp_path: pathlib.Path, rank: int, port: int) -> dict[str, str]:
 
 
 def run_scan(*args: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "ddpcheck.hangscan", *args],
+    done = subprocess.run([sys.executable, "-m", "ddpcheck.remote.hangscan", *args],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     (line,) = [l for l in done.stdout.splitlines() if l.startswith("@@DDPCHECK hangscan ")]

@@ -1,12 +1,12 @@
-"""Unit tests for ddpcheck.health: stage-0 facts -> findings (no SSH, no torch, no GPU)."""
+"""Unit tests for ddpcheck.analyze.health: stage-0 facts -> findings (no SSH, no torch, no GPU)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ddpcheck import health
-from ddpcheck.health import Stage0Context, socket_ifname_problems
-from ddpcheck.records import Severity
+from ddpcheck.analyze import health
+from ddpcheck.analyze.health import Stage0Context, socket_ifname_problems
+from ddpcheck.model.records import Severity
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2

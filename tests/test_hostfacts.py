@@ -1,4 +1,4 @@
-"""ddpcheck.hostfacts on this machine: psutil and the stdlib fallback agree; pure parsers."""
+"""ddpcheck.remote.hostfacts on this machine: psutil and the stdlib fallback agree; pure parsers."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import resource
 import subprocess
 import sys
 
-from ddpcheck import hostfacts
+from ddpcheck.remote import hostfacts
 
 # hostfacts.collect() in a child where psutil cannot be imported (a host with only torch).
 WITHOUT_PSUTIL = """
 import json, sys
 sys.modules["psutil"] = None
-from ddpcheck import hostfacts
+from ddpcheck.remote import hostfacts
 print(json.dumps(hostfacts.collect("127.0.0.1", ".")))
 """
 

@@ -1,4 +1,4 @@
-"""Unit and property tests of ddpcheck.hostlist (pdsh/SLURM hostlist expressions)."""
+"""Unit and property tests of ddpcheck.config.hostlist (pdsh/SLURM hostlist expressions)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpcheck.hostlist import MAX_HOSTS, compress_hostlist, expand_hostlist
+from ddpcheck.config.hostlist import MAX_HOSTS, compress_hostlist, expand_hostlist
 
 
 @pytest.mark.parametrize("expr, expected", [

@@ -1,4 +1,4 @@
-"""Unit tests for inventories (ddpcheck.inventory, --config, load_spec_from_args): hostfiles,
+"""Unit tests for inventories (ddpcheck.config.inventory, --config, load_spec_from_args): hostfiles,
 -w, SLURM, and that each gives the ClusterSpec the equivalent hosts.yaml gives."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from dataclasses import fields
 import pytest
 
 from ddpcheck.cli import load_spec_from_args
-from ddpcheck.config import (ConfigDefaults, load_config_defaults, parse_config_defaults,
+from ddpcheck.config.hostsyaml import (ConfigDefaults, load_config_defaults, parse_config_defaults,
                              parse_hosts_yaml)
-from ddpcheck.errors import ConfigError
-from ddpcheck.inventory import (InventoryEntry, build_cluster, load_hostfile,
+from ddpcheck.model.errors import ConfigError
+from ddpcheck.config.inventory import (InventoryEntry, build_cluster, load_hostfile,
                                 parse_host_expression, parse_hostfile, slurm_entries)
-from ddpcheck.spec import Backend, HostKeyPolicy
+from ddpcheck.model.spec import Backend, HostKeyPolicy
 
 CONFIG = textwrap.dedent("""\
     defaults:

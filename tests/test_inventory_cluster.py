@@ -17,11 +17,11 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from ddpcheck.collect import parse_output
-from ddpcheck.config import parse_hosts_yaml
-from ddpcheck.errors import HostError
-from ddpcheck.sshconfig import apply_ssh_config, read_ssh_config
-from ddpcheck.transport import JumpPool, SSHSession, fan_out
+from ddpcheck.collect.hostoutput import parse_output
+from ddpcheck.config.hostsyaml import parse_hosts_yaml
+from ddpcheck.model.errors import HostError
+from ddpcheck.config.sshconfig import apply_ssh_config, read_ssh_config
+from ddpcheck.transport.ssh import JumpPool, SSHSession, fan_out
 
 pytestmark = pytest.mark.cluster
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ddpcheck.monitor import Monitor, heartbeat_path, job_key, stall_message
+from ddpcheck.injob.monitor import Monitor, heartbeat_path, job_key, stall_message
 
 
 def env_of(rank: int, world: int = 2, run_id: str = "mon-test") -> dict[str, str]:
@@ -35,8 +35,8 @@ def wait_for(predicate, seconds: float = 10.0) -> None:
 
 
 def test_import_ddpcheck_stays_light_and_monitor_loads_on_use():
-    code = ("import sys, ddpcheck; assert 'ddpcheck.monitor' not in sys.modules; "
-            "ddpcheck.Monitor; assert 'ddpcheck.monitor' in sys.modules; "
+    code = ("import sys, ddpcheck; assert 'ddpcheck.injob.monitor' not in sys.modules; "
+            "ddpcheck.Monitor; assert 'ddpcheck.injob.monitor' in sys.modules; "
             "assert not [m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'psutil', 'paramiko', 'yaml', 'tabulate')], sorted(sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -67,7 +67,7 @@ def test_every_step_written_when_asked(tmp_path):
 
 def test_default_folder_is_private_and_one_planted_by_another_user_is_refused(tmp_path,
                                                                                monkeypatch):
-    monkeypatch.setattr("ddpcheck.monitor.SHM_DIR", str(tmp_path))
+    monkeypatch.setattr("ddpcheck.injob.monitor.SHM_DIR", str(tmp_path))
     with Monitor(env=env_of(0)) as monitor:
         root = tmp_path / f"ddpcheck-heartbeat-{os.getuid()}"
         assert monitor.path.startswith(str(root))

@@ -11,8 +11,8 @@ import pytest
 
 from slurmctl import NODE, SlurmController, slurm_available
 
-from ddpcheck.node import drain_command, drain_reason, slurm_node_name
-from ddpcheck.records import Finding, Severity
+from ddpcheck.commands.node import drain_command, drain_reason, slurm_node_name
+from ddpcheck.model.records import Finding, Severity
 
 
 def node(*args: str, env=None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""ddpcheck.nvml against a fake of the NVML calls it makes, and health's GPU rules on the result."""
+"""ddpcheck.remote.nvml against a fake of the NVML calls it makes, and health's GPU rules on the result."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from fakenvml import (DRIVER_NOT_LOADED, FUNCTIONS, GPU_IS_LOST, LIB_RM_VERSION_
                       LIBRARY_NOT_FOUND, NO_PERMISSION, NOT_SUPPORTED, UNKNOWN, FakeGpu,
                       FakeNvml)
 
-from ddpcheck import health, nvml
-from ddpcheck.records import Severity
+from ddpcheck.analyze import health
+from ddpcheck.remote import nvml
+from ddpcheck.model.records import Severity
 
 NA = nvml.NA
 

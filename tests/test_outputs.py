@@ -1,4 +1,4 @@
-"""Unit tests for the machine outputs (ddpcheck.outputs) and the table's formats and colours."""
+"""Unit tests for the machine outputs (ddpcheck.report.machine) and the table's formats and colours."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from goldenfile import check_golden
 from test_report import failed_report, healthy_report
 
 from ddpcheck.cli import use_color
-from ddpcheck.outputs import CSV_COLUMNS, render_csv, render_junit
-from ddpcheck.report import footer_line, render_table
+from ddpcheck.report.machine import CSV_COLUMNS, render_csv, render_junit
+from ddpcheck.report.table import footer_line, render_table
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -1,4 +1,4 @@
-"""Unit tests for ddpcheck.plan: golden commands, quoting, backend/slot resolution."""
+"""Unit tests for ddpcheck.plan.commands: golden commands, quoting, backend/slot resolution."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from goldenfile import check_golden
 
-from ddpcheck.plan import (LaunchOptions, plan_launch, remote_command, resolve_backend,
+from ddpcheck.plan.commands import (LaunchOptions, plan_launch, remote_command, resolve_backend,
                            resolve_slots, stage0_command)
-from ddpcheck.spec import Backend, ClusterSpec, HostSpec
+from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec
 
 HOSTILE = "$(touch /tmp/pwned); echo x"
 
@@ -70,7 +70,7 @@ def test_hostile_env_value_is_one_quoted_token():
 def test_stage0_argv_tail():
     host = make_spec().hosts[0]
     tokens = shlex.split(stage0_command(host, 12.5))
-    assert tokens[-6:] == ["/opt/py/bin/python3", "-m", "ddpcheck.agent", "facts",
+    assert tokens[-6:] == ["/opt/py/bin/python3", "-m", "ddpcheck.remote.agent", "facts",
                            "--deadline", "12.5"]
     assert "exec" in tokens and tokens[tokens.index("exec") + 1] == "env"
 
@@ -166,7 +166,7 @@ def test_resolve_slots():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ddpcheck.plan import EXEC_AS_GIVEN, global_ranks, stage0_argv  # noqa: E402
+from ddpcheck.plan.commands import EXEC_AS_GIVEN, global_ranks, stage0_argv  # noqa: E402
 
 # Any text a YAML file or a command line can carry to us (no NUL, no lone surrogate): quotes,
 # $(...), backticks, ;, &&, newlines, globs, leading dashes, "=" included.
@@ -261,8 +261,8 @@ def test_launch_runs_in_its_own_run_dir_kept_only_with_keep():
 
 def test_printed_commands_hide_secret_looking_values_and_nothing_else():
     from ddpcheck.cli import dry_run_text
-    from ddpcheck.plan import redact_secrets
-    from ddpcheck.preflight import PreflightOptions
+    from ddpcheck.plan.commands import redact_secrets
+    from ddpcheck.engine.preflight import PreflightOptions
 
     plain = make_spec().hosts[0]
     command = remote_command(plain, ["python3", "-c", "pass"])

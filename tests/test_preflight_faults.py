@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddpcheck.plan import LaunchOptions
-from ddpcheck.preflight import PreflightOptions, Progress, run_preflight
-from ddpcheck.spec import Backend, ClusterSpec, HostSpec, SSHSpec
+from ddpcheck.plan.commands import LaunchOptions
+from ddpcheck.engine.preflight import PreflightOptions, Progress, run_preflight
+from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec, SSHSpec
 
 from sshserver import (FakeSSHServer, by_command, drop_mid_stream, free_port, hang, new_key,
                        run_locally)

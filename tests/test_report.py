@@ -1,4 +1,4 @@
-"""Unit tests for ddpcheck.report: golden tables and the JSON report's keys."""
+"""Unit tests for ddpcheck.report.table: golden tables and the JSON report's keys."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from goldenfile import check_golden
 
-from ddpcheck.records import (Finding, HostRecord, RankRecord, RankStatus, Severity,
+from ddpcheck.model.records import (Finding, HostRecord, RankRecord, RankStatus, Severity,
                               Verdict)
-from ddpcheck.report import SCHEMA, Report, render_table, to_json, to_json_dict
+from ddpcheck.report.table import SCHEMA, Report, render_table, to_json, to_json_dict
 
 # The interface contract users rely on.
 INTERFACE = Path(__file__).resolve().parents[1] / "docs" / "interface.md"

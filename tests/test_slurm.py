@@ -1,4 +1,4 @@
-"""Unit tests for ddpcheck.slurm and the agent's srun side: SLURM's variables as real jobs
+"""Unit tests for ddpcheck.plan.slurm and the agent's srun side: SLURM's variables as real jobs
 write them, the planned srun steps (golden), and srun --label output split per node.
 
 There is no SLURM on the test machines: the srun commands are pinned by golden files, not run.
@@ -12,13 +12,13 @@ import pytest
 
 from goldenfile import check_golden
 
-from ddpcheck.agent import fill_node_tokens, slurm_node
-from ddpcheck.plan import LaunchOptions
-from ddpcheck.slurm import (SRUN_CHUNK_BYTES, SlurmError, outputs_by_host, parse_gpu_count,
+from ddpcheck.remote.agent import fill_node_tokens, slurm_node
+from ddpcheck.plan.commands import LaunchOptions
+from ddpcheck.plan.slurm import (SRUN_CHUNK_BYTES, SlurmError, outputs_by_host, parse_gpu_count,
                             parse_nodelist, parse_tasks_per_node, plan_srun_launch,
                             plan_srun_rendezvous_check, plan_srun_stage0, slurm_allocation,
                             split_srun_output, uniform_host_problem)
-from ddpcheck.spec import Backend, ClusterSpec, HostSpec
+from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec
 
 # SLURM_JOB_NODELIST values as sbatch/salloc set them on real clusters.
 NODELISTS = [

@@ -11,10 +11,10 @@ import socket
 import subprocess
 import sys
 
-from ddpcheck.collect import parse_output
-from ddpcheck.plan import LaunchOptions
-from ddpcheck.slurm import outputs_by_host, plan_srun_launch, split_srun_output
-from ddpcheck.spec import Backend, ClusterSpec, HostSpec
+from ddpcheck.collect.hostoutput import parse_output
+from ddpcheck.plan.commands import LaunchOptions
+from ddpcheck.plan.slurm import outputs_by_host, plan_srun_launch, split_srun_output
+from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from slurmctl import SlurmController, SlurmNode, slurm_available
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NODES = ("n1", "n2")
 HOSTS = ("h1", "h2")
-LEFTOVER_WORDS = ("srun", "slurmstepd", "torchrun", "ddpcheck.probe", "ddpcheck.agent")
+LEFTOVER_WORDS = ("srun", "slurmstepd", "torchrun", "ddpcheck.remote.probe", "ddpcheck.remote.agent")
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from ddpcheck.errors import HostError
-from ddpcheck.spec import HostKeyPolicy, HostSpec, SSHSpec
-from ddpcheck.transport import SSHSession
+from ddpcheck.model.errors import HostError
+from ddpcheck.model.spec import HostKeyPolicy, HostSpec, SSHSpec
+from ddpcheck.transport.ssh import SSHSession
 
 pytestmark = pytest.mark.cluster
 

@@ -1,4 +1,4 @@
-"""Unit tests for ddpcheck.sshconfig: ProxyJump syntax, and ssh_config applied to a ClusterSpec
+"""Unit tests for ddpcheck.config.sshconfig: ProxyJump syntax, and ssh_config applied to a ClusterSpec
 with hosts.yaml values > ssh_config > defaults. ssh_config text is parsed by paramiko's
 real parser."""
 
@@ -10,9 +10,9 @@ import textwrap
 import paramiko
 import pytest
 
-from ddpcheck.config import parse_hosts_yaml
-from ddpcheck.errors import ConfigError
-from ddpcheck.sshconfig import (JumpHop, apply_ssh_config, parse_proxy_jump,
+from ddpcheck.config.hostsyaml import parse_hosts_yaml
+from ddpcheck.model.errors import ConfigError
+from ddpcheck.config.sshconfig import (JumpHop, apply_ssh_config, parse_proxy_jump,
                                 read_ssh_config)
 
 SSH_CONFIG = textwrap.dedent("""\
@@ -134,7 +134,7 @@ def test_hosts_yaml_proxy_jump_is_checked_when_parsed() -> None:
 
 
 def test_local_spec_is_left_alone() -> None:
-    from ddpcheck.config import local_cluster_spec
+    from ddpcheck.config.hostsyaml import local_cluster_spec
 
     spec = local_cluster_spec("python3")
     assert apply_ssh_config(spec, lookup_of(SSH_CONFIG), "x", "u") is spec

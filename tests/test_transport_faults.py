@@ -1,7 +1,7 @@
 """SSHSession against an in-process SSH server with one fault per test.
 
 Each test starts ``tests/sshserver.FakeSSHServer`` on 127.0.0.1:0 with the fault it needs and
-checks what ``ddpcheck.transport.SSHSession`` answers, and how fast: a refused port, a banner
+checks what ``ddpcheck.transport.ssh.SSHSession`` answers, and how fast: a refused port, a banner
 that never comes, rejected authentication, a wrong or unknown host key, exit 127, a command
 that never ends, output far larger than the SSH window, a connection cut mid-stream, a pty
 request never answered, output that never stops after the exit status, Ctrl-C.
@@ -16,10 +16,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
-import ddpcheck.transport as transport
-from ddpcheck.errors import HostError
-from ddpcheck.spec import HostKeyPolicy, HostSpec, SSHSpec
-from ddpcheck.transport import SSHSession
+import ddpcheck.transport.ssh as transport
+from ddpcheck.model.errors import HostError
+from ddpcheck.model.spec import HostKeyPolicy, HostSpec, SSHSpec
+from ddpcheck.transport.ssh import SSHSession
 
 from sshserver import (FakeSSHServer, drop_mid_stream, exit_then_keep_sending, exit_with, flood,
                        free_port, hang, new_key, numbered_lines)

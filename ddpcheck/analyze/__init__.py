@@ -1,0 +1,1 @@
+"""Analyze: records -> findings, root cause first, and the verdict (pure)."""

@@ -1,0 +1,576 @@
+"""Hang analysis: what the host scans saw -> which rank holds the job up (pure).
+
+Input: each host's ``hangscan`` record (workers sampled twice, heartbeats of gone ranks). Per
+job (torchrun run id + master address) every rank gets a role, root cause first:
+
+* ``dead``: no process (a heartbeat says where it ran and its last step), or a zombie;
+* ``stopped``: state T (SIGSTOP, a debugger, job control);
+* ``blocked``: outside any collective, in the same frame at both samples, while others wait in one;
+* ``mismatch``: in another collective than the others (a rank took a different code path);
+* ``behind``: a lower collective sequence number or step than the others (heartbeat or Flight
+  Recorder), with no stack to say more;
+* ``waiting``: in a collective, waiting for the above ("waiting in all_reduce (seq N)");
+* ``progressing``: its heartbeat or collective sequence moved during the window.
+
+A job whose ranks all progress is not hung (exit 0). One where every rank waits in the same
+collective and none is behind gets an error of its own: the collective itself is stuck.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from ..model.records import Finding, Severity
+
+# Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
+COLLECTIVES = frozenset({
+    "all_reduce", "all_reduce_coalesced", "reduce", "broadcast", "all_gather",
+    "all_gather_into_tensor", "_all_gather_base", "all_gather_coalesced", "all_gather_object",
+    "reduce_scatter", "reduce_scatter_tensor", "_reduce_scatter_base", "all_to_all",
+    "all_to_all_single", "barrier", "monitored_barrier", "gather", "gather_object", "scatter",
+    "scatter_object_list", "broadcast_object_list", "send", "recv", "isend", "irecv",
+    "batch_isend_irecv", "send_object_list", "recv_object_list", "new_group",
+    "wait_tensor", "wait",
+})
+TORCH_DISTRIBUTED = "/torch/distributed/"
+LIBRARY_MARKS = ("/site-packages/", "/dist-packages/", "/lib/python3")
+IDLE_CPU_PCT = 20.0  # a rank waiting in gloo sleeps in recv; above this it is doing something
+
+
+class Role(str, enum.Enum):
+    DEAD = "dead"
+    STOPPED = "stopped"
+    BLOCKED = "blocked"
+    MISMATCH = "mismatch"
+    BEHIND = "behind"
+    WAITING = "waiting"
+    PROGRESSING = "progressing"
+    UNKNOWN = "unknown"
+
+
+CULPRITS = (Role.DEAD, Role.STOPPED, Role.BLOCKED, Role.MISMATCH, Role.BEHIND)
+
+
+@dataclass(frozen=True)
+class Frame:
+    name: str
+    file: str
+    line: Optional[int]
+
+    def text(self) -> str:
+        return f"{self.name} ({self.file}:{self.line if self.line is not None else '?'})"
+
+    def short(self) -> str:
+        return f"{self.name} ({self.file.rsplit('/', 1)[-1]}:{self.line or '?'})"
+
+
+@dataclass(frozen=True)
+class StackSample:
+    frames: tuple[Frame, ...]  # main thread, innermost first
+    text: str  # every thread, like py-spy dump
+
+    @property
+    def collective(self) -> Optional[str]:
+        return collective_of(self.frames)
+
+    @property
+    def innermost(self) -> Optional[Frame]:
+        return self.frames[0] if self.frames else None
+
+
+@dataclass(frozen=True)
+class RankView:
+    """One rank as the scans saw it (a live process, or a gone one known by its heartbeat)."""
+
+    job: str
+    rank: int
+    world_size: int
+    host: str
+    hostname: Optional[str] = None
+    pid: Optional[int] = None
+    local_rank: Optional[int] = None
+    group_rank: Optional[int] = None
+    local_world_size: Optional[int] = None
+    status: str = "unknown"  # psutil status at the 2nd sample; "gone" when no process
+    cpu_pct: Optional[float] = None
+    step: Optional[int] = None  # heartbeat, 2nd sample
+    seq: Optional[int] = None  # collective sequence: heartbeat seq_now, else Flight Recorder
+    progressed: bool = False  # heartbeat step or seq moved between the samples
+    heartbeat_age_s: Optional[float] = None
+    first: Optional[StackSample] = None
+    last: Optional[StackSample] = None
+    stack_error: Optional[str] = None
+    flight_record: Optional[Mapping[str, Any]] = None
+    started: Optional[float] = None
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class RankVerdict:
+    view: RankView
+    role: Role
+    reason: str  # for culprits: what is wrong; for others: what it does
+    op: Optional[str] = None  # the collective it waits in
+
+
+@dataclass(frozen=True)
+class JobVerdict:
+    job: str
+    world_size: int
+    ranks: tuple[RankVerdict, ...]  # by rank; missing ranks included as dead
+    findings: tuple[Finding, ...]
+    hung: bool
+    culprits: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostScanResult:
+    """One host's scan as the launcher got it (None scan: the host could not be scanned)."""
+
+    host: str
+    scan: Optional[Mapping[str, Any]]
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class HangAnalysis:
+    jobs: tuple[JobVerdict, ...]
+    findings: tuple[Finding, ...]  # job findings, root cause first, then host-level ones
+    stacks: Mapping[str, str] = field(default_factory=dict)
+
+
+# -- stacks ------------------------------------------------------------------------------------
+
+def collective_of(frames: Sequence[Frame]) -> Optional[str]:
+    """The torch.distributed collective the main thread is in, innermost first."""
+    for frame in frames:
+        if TORCH_DISTRIBUTED in frame.file and frame.name.rsplit(".", 1)[-1] in COLLECTIVES:
+            return frame.name.rsplit(".", 1)[-1]
+    return None
+
+
+def same_place(a: Optional[Frame], b: Optional[Frame]) -> bool:
+    """The same function (a loop may be at another line of it at each sample)."""
+    return a is not None and b is not None and (a.name, a.file) == (b.name, b.file)
+
+
+def user_frame(frames: Sequence[Frame]) -> Optional[Frame]:
+    """The innermost frame of the job's own code (not a library, not the standard library)."""
+    for frame in frames:
+        if not any(mark in frame.file for mark in LIBRARY_MARKS) and not frame.file.startswith("<"):
+            return frame
+    return None
+
+
+def describe_location(frames: Sequence[Frame]) -> str:
+    if not frames:
+        return "no Python frame"
+    inner, own = frames[0], user_frame(frames)
+    if own is None or own == inner:
+        return f"in {inner.short()}"
+    return f"in {inner.short()}, called from {own.short()}"
+
+
+def stack_sample(raw: Any, header: str) -> Optional[StackSample]:
+    """A StackSample from the scan's py-spy threads (None when there is none)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("threads"), list):
+        return None
+    main: tuple[Frame, ...] = ()
+    lines = [header]
+    for thread in raw["threads"]:
+        if not isinstance(thread, dict):
+            continue
+        frames = tuple(Frame(str(f.get("name")), str(f.get("file")), _int(f.get("line")))
+                       for f in thread.get("frames") or [] if isinstance(f, dict))
+        if thread.get("main") and not main:
+            main = frames
+        state = "active" if thread.get("active") else "idle"
+        gil = ", holds the GIL" if thread.get("gil") else ""
+        lines.append(f"Thread {thread.get('os_tid')} {thread.get('name') or ''} "
+                     f"({state}{gil})".replace("  ", " "))
+        lines += [f"    {frame.text()}" for frame in frames]
+    return StackSample(main, "\n".join(lines))
+
+
+def current_collective(view: RankView) -> Optional[str]:
+    """The collective the rank waits in: its stack's, else its Flight Recorder's last one when
+    that had not completed (NCCL ranks wait in CUDA, where the Python stack shows no collective)."""
+    if view.last is not None and view.last.collective is not None:
+        return view.last.collective
+    record = view.flight_record or {}
+    if record.get("last_op_pending") and record.get("last_op"):
+        return str(record["last_op"])
+    return None
+
+
+# -- scans -> views ------------------------------------------------------------------------------
+
+def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -> RankView:
+    samples = [s for s in worker.get("samples") or [] if isinstance(s, dict)]
+    first = samples[0] if samples else {}
+    last = samples[-1] if samples else {}
+    beat_a, beat_b = first.get("heartbeat") or {}, last.get("heartbeat") or {}
+    cpu = None
+    if isinstance(first.get("cpu_s"), (int, float)) and isinstance(last.get("cpu_s"), (int, float)):
+        span = (last.get("at") or 0) - (first.get("at") or 0)
+        if span > 0.2:
+            cpu = round(100.0 * (last["cpu_s"] - first["cpu_s"]) / span, 1)
+    record = worker.get("flight_record") if isinstance(worker.get("flight_record"), dict) else None
+    seq = _int(beat_b.get("seq_now"))
+    if seq is None:
+        seq = _int(beat_b.get("seq"))
+    if seq is None and record:
+        seq = _int(record.get("last_enqueued"))
+    progressed = bool(beat_a and beat_b and (
+        beat_a.get("step") != beat_b.get("step") or (
+            _int(beat_a.get("seq_now")) is not None
+            and beat_a.get("seq_now") != beat_b.get("seq_now"))))
+    age = None
+    if isinstance(beat_b.get("time"), (int, float)) and isinstance(last.get("at"), (int, float)):
+        age = round(max(0.0, last["at"] - beat_b["time"]), 1)
+    header = (f"Process {worker.get('pid')} (rank {worker.get('rank')} on {host}): "
+              f"{worker.get('cmdline') or ''}").rstrip()
+    stack_error = (last.get("stack") or {}).get("error") or (first.get("stack") or {}).get("error")
+    return RankView(
+        job=str(worker.get("job")), rank=int(worker["rank"]),
+        world_size=int(worker.get("world_size") or 0), host=host,
+        hostname=scan.get("hostname"), pid=_int(worker.get("pid")),
+        local_rank=_int(worker.get("local_rank")), group_rank=_int(worker.get("group_rank")),
+        local_world_size=_int(worker.get("local_world_size")),
+        status=str(last.get("status") or "unknown"), cpu_pct=cpu,
+        step=_int(beat_b.get("step")), seq=seq, progressed=progressed,
+        heartbeat_age_s=age,
+        first=stack_sample(first.get("stack"), header),
+        last=stack_sample(last.get("stack"), header),
+        stack_error=stack_error, flight_record=record,
+        started=worker.get("create_time") if isinstance(worker.get("create_time"),
+                                                        (int, float)) else None,
+        cmdline=str(worker.get("cmdline") or ""))
+
+
+def gone_view(host: str, scan: Mapping[str, Any], beat: Mapping[str, Any]) -> Optional[RankView]:
+    rank, world = _int(beat.get("rank")), _int(beat.get("world_size"))
+    if rank is None or world is None:
+        return None
+    age = None
+    if isinstance(beat.get("time"), (int, float)) and isinstance(scan.get("time"), (int, float)):
+        age = round(max(0.0, scan["time"] - beat["time"]), 1)
+    return RankView(job=str(beat.get("job")), rank=rank, world_size=world, host=host,
+                    hostname=beat.get("host"), pid=_int(beat.get("pid")),
+                    local_rank=_int(beat.get("local_rank")), status="gone",
+                    step=_int(beat.get("step")),
+                    seq=_int(beat.get("seq_now")) if beat.get("seq_now") is not None
+                    else _int(beat.get("seq")),
+                    heartbeat_age_s=age,
+                    started=beat.get("started") if isinstance(beat.get("started"),
+                                                              (int, float)) else None)
+
+
+def collect_views(results: Sequence[HostScanResult]) -> dict[str, list[RankView]]:
+    """Views per job. A process seen twice (same machine, two scans) counts once; a gone
+    heartbeat counts only for a job that still has live ranks, and only when it is newer than
+    the job (an older file belongs to an earlier run with the same run id and master)."""
+    live: dict[str, list[RankView]] = defaultdict(list)
+    seen: set[tuple[Any, Any, Any]] = set()
+    for result in results:
+        scan = result.scan or {}
+        for worker in scan.get("workers") or []:
+            if not isinstance(worker, dict) or _int(worker.get("rank")) is None:
+                continue
+            key = (scan.get("boot_id"), worker.get("pid"), worker.get("create_time"))
+            if key in seen and key[0] is not None:
+                continue
+            seen.add(key)
+            live[str(worker.get("job"))].append(worker_view(result.host, scan, worker))
+    jobs = {job: list(views) for job, views in live.items()}
+    for result in results:
+        scan = result.scan or {}
+        for beat in scan.get("gone") or []:
+            view = gone_view(result.host, scan, beat) if isinstance(beat, dict) else None
+            if view is None or view.job not in jobs:
+                continue
+            if any(v.rank == view.rank for v in jobs[view.job]):
+                continue
+            job_start = min((v.started for v in live[view.job] if v.started), default=None)
+            if job_start is not None and (view.started or 0) < job_start - 120:
+                continue  # from an earlier run
+            jobs[view.job].append(view)
+    return jobs
+
+
+# -- roles ---------------------------------------------------------------------------------------
+
+def analyze_job(job: str, views: Sequence[RankView],
+                scanned_hosts: Sequence[str] = (),
+                unscanned_hosts: Sequence[str] = ()) -> JobVerdict:
+    world = max((v.world_size for v in views), default=0)
+    by_rank = {v.rank: v for v in sorted(views, key=lambda v: v.status != "gone")}  # live wins
+    verdicts: dict[int, RankVerdict] = {}
+    live = [v for r, v in sorted(by_rank.items()) if v.status not in ("gone", "zombie")]
+
+    # Who is in which collective, where, how far.
+    top_seq = max((v.seq for v in live if v.seq is not None), default=None)
+    top_step = max((v.step for v in live if v.step is not None), default=None)
+    running = [v for v in live if v.status not in ("stopped", "tracing-stop")]
+    in_collective = {v.rank: op for v in running if (op := current_collective(v)) is not None}
+    ops = defaultdict(list)
+    for rank, op in in_collective.items():
+        ops[op].append(rank)
+    main_op = max(ops, key=lambda op: (len(ops[op]), op)) if ops else None
+    progressing = [v for v in running if v.progressed]
+    waiters_idle = any(_idle(by_rank[r]) for r in in_collective)
+
+    for rank in range(world):
+        view = by_rank.get(rank)
+        if view is None:
+            verdicts[rank] = RankVerdict(
+                RankView(job=job, rank=rank, world_size=world, host="?", status="missing"),
+                Role.DEAD, missing_reason(rank, world, views, scanned_hosts, unscanned_hosts))
+            continue
+        verdicts[rank] = classify(view, top_seq, top_step, in_collective, main_op,
+                                  waiters_idle)
+    for view in views:  # ranks outside the world (a mismatched WORLD_SIZE)
+        if view.rank not in verdicts:
+            verdicts[view.rank] = RankVerdict(view, Role.UNKNOWN, "outside the world size")
+
+    ordered = tuple(verdicts[r] for r in sorted(verdicts))
+    culprits = [v for v in ordered if v.role in CULPRITS]
+    all_progress = bool(running) and len(progressing) == len(running) and not culprits
+    findings = job_findings(job, world, ordered, culprits, all_progress, main_op, ops)
+    hung = any(f.severity is Severity.ERROR for f in findings)
+    return JobVerdict(job, world, ordered, tuple(findings), hung,
+                      tuple(v.view.rank for v in culprits))
+
+
+def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
+             in_collective: Mapping[int, str], main_op: Optional[str],
+             waiters_idle: bool) -> RankVerdict:
+    at = position(view)
+    if view.status == "gone":
+        when = (f", {view.heartbeat_age_s:.0f}s ago" if view.heartbeat_age_s is not None else "")
+        return RankVerdict(view, Role.DEAD, (
+            f"rank {view.rank} on {view.host} is gone: pid {view.pid} no longer runs; its last "
+            f"heartbeat was{at or ' before its first step'}{when}"))
+    if view.status == "zombie":
+        return RankVerdict(view, Role.DEAD, f"rank {view.rank} on {view.host} (pid {view.pid}) "
+                                            f"has exited (zombie){at}")
+    if view.status in ("stopped", "tracing-stop"):
+        where = f", {describe_location(view.last.frames)}" if view.last else ""
+        return RankVerdict(view, Role.STOPPED, (
+            f"rank {view.rank} on {view.host} (pid {view.pid}) is stopped (state T: SIGSTOP, a "
+            f"debugger or job control){at}{where}"))
+    if view.progressed:
+        return RankVerdict(view, Role.PROGRESSING, f"progressing{at}")
+    op = in_collective.get(view.rank)
+    stable_outside = (view.first is not None and view.last is not None
+                      and view.last.collective is None and view.first.collective is None
+                      and same_place(view.first.innermost, view.last.innermost))
+    if op is None and stable_outside and in_collective and waiters_idle:
+        return RankVerdict(view, Role.BLOCKED, (
+            f"rank {view.rank} on {view.host} (pid {view.pid}) is not in any collective: it "
+            f"stays {describe_location(view.last.frames)} while the others wait in "
+            f"{main_op}{at}"))
+    if op is not None and main_op is not None and op != main_op:
+        return RankVerdict(view, Role.MISMATCH, (
+            f"rank {view.rank} on {view.host} (pid {view.pid}) waits in {op} while the others "
+            f"wait in {main_op}: the ranks took different code paths{at}"))
+    behind_seq = top_seq is not None and view.seq is not None and view.seq < top_seq
+    behind_step = top_step is not None and view.step is not None and view.step < top_step
+    if behind_seq or behind_step:
+        what = (f"collective seq {view.seq}, the others {top_seq}" if behind_seq
+                else f"step {view.step}, the others {top_step}")
+        where = f"; {describe_location(view.last.frames)}" if view.last else ""
+        return RankVerdict(view, Role.BEHIND, (
+            f"rank {view.rank} on {view.host} (pid {view.pid}) is behind: {what}{where}"))
+    if op is not None:
+        return RankVerdict(view, Role.WAITING, f"waiting in {op}" + _seq_text(view.seq), op)
+    return RankVerdict(view, Role.UNKNOWN, (
+        describe_location(view.last.frames) if view.last else
+        f"no stack ({view.stack_error})" if view.stack_error else f"no stack{at}"))
+
+
+def missing_reason(rank: int, world: int, views: Sequence[RankView],
+                   scanned_hosts: Sequence[str], unscanned_hosts: Sequence[str]) -> str:
+    """Why a rank of the world has no process: where it should run, as far as can be told."""
+    text = (f"rank {rank} is missing: WORLD_SIZE is {world} but no process of rank {rank} runs "
+            f"on the hosts scanned")
+    sizes = {v.local_world_size for v in views if v.local_world_size}
+    node = rank // next(iter(sizes)) if len(sizes) == 1 else None
+    if node is not None:
+        text += f" (node {node} by LOCAL_WORLD_SIZE {next(iter(sizes))})"
+    with_ranks = {v.host for v in views}
+    empty = [h for h in scanned_hosts if h not in with_ranks]
+    if unscanned_hosts:
+        text += f"; {', '.join(unscanned_hosts)} could not be scanned"
+    elif len(empty) == 1:
+        text += f"; probably on {empty[0]}, the only host scanned without a rank of this job"
+    return text
+
+
+def position(view: RankView) -> str:
+    """" at step S, collective seq N" as far as known, else ""."""
+    parts = []
+    if view.step is not None:
+        parts.append(f"step {view.step}")
+    if view.seq is not None:
+        parts.append(f"collective seq {view.seq}")
+    return f" at {', '.join(parts)}" if parts else ""
+
+
+def job_findings(job: str, world: int, ranks: Sequence[RankVerdict],
+                 culprits: Sequence[RankVerdict], all_progress: bool,
+                 main_op: Optional[str], ops: Mapping[str, list[int]]) -> list[Finding]:
+    findings: list[Finding] = []
+    order = {role: index for index, role in enumerate(CULPRITS)}
+    dead_by_host: dict[str, list[RankVerdict]] = defaultdict(list)
+    for verdict in culprits:
+        if verdict.role is Role.DEAD:
+            dead_by_host[verdict.view.host].append(verdict)
+    grouped: list[tuple[int, Finding]] = []
+    for host, dead in dead_by_host.items():
+        if host != "?" and len(dead) > 1:
+            ranks_text = ", ".join(str(d.view.rank) for d in dead)
+            grouped.append((0, Finding(Severity.ERROR, "hang", (
+                f"ranks {ranks_text} on {host} are gone: " + "; ".join(
+                    d.reason.split(": ", 1)[-1] for d in dead)), host=host,
+                rank=dead[0].view.rank)))
+        else:
+            grouped += [(0, Finding(Severity.ERROR, "hang", d.reason,
+                                    host=None if host == "?" else host, rank=d.view.rank))
+                        for d in dead]
+    for verdict in culprits:
+        if verdict.role is not Role.DEAD:
+            grouped.append((order[verdict.role], Finding(
+                Severity.ERROR, "hang", verdict.reason, host=verdict.view.host,
+                rank=verdict.view.rank)))
+    grouped.sort(key=lambda pair: pair[0])
+    findings = [f for _, f in grouped]
+    if findings:
+        findings[0] = replace(findings[0], root_cause=True)
+    waiting = [v for v in ranks if v.role is Role.WAITING]
+    if waiting:
+        findings.append(Finding(Severity.INFO, "hang", f"job {job}: " + waiting_summary(waiting)
+                                + (" (collateral: they wait for the rank(s) above)"
+                                   if culprits else "")))
+    if culprits:
+        return findings
+    live = [v for v in ranks if v.view.status not in ("gone", "missing")]
+    if all_progress:
+        steps = [v.view.step for v in live if v.view.step is not None]
+        moved = f", at step {max(steps)}" if steps else ""
+        findings.append(Finding(Severity.INFO, "hang", (
+            f"job {job}: all {len(live)} rank(s) progressed during the window{moved}: not hung")))
+    elif waiting and len(waiting) == len(live) and len(ops) == 1 and all(
+            _idle(v.view) for v in waiting):
+        seqs = sorted({v.view.seq for v in waiting if v.view.seq is not None})
+        findings.append(Finding(Severity.ERROR, "hang", (
+            f"job {job}: all {len(live)} ranks wait in {main_op}"
+            f"{_seq_text(seqs[0]) if len(seqs) == 1 else ''} and none is behind: the "
+            f"collective itself is stuck (a network fault, or a group the ranks disagree on); "
+            f"try ddpcheck bandwidth"), root_cause=True))
+    else:
+        findings.append(Finding(Severity.INFO, "hang", (
+            f"job {job}: {len(live)} of {world} rank(s) seen, none stopped, gone or behind: "
+            f"no sign of a hang")))
+    return findings
+
+
+def waiting_summary(waiting: Sequence[RankVerdict]) -> str:
+    groups: dict[tuple[str, Optional[int]], list[int]] = defaultdict(list)
+    for verdict in waiting:
+        groups[(verdict.op or "?", verdict.view.seq)].append(verdict.view.rank)
+    parts = []
+    for (op, seq), ranks in sorted(groups.items(), key=lambda item: item[1][0]):
+        noun = "rank" if len(ranks) == 1 else "ranks"
+        verb = "is waiting" if len(ranks) == 1 else "are waiting"
+        parts.append(f"{noun} {compress_ranks(ranks)} {verb} in {op}{_seq_text(seq)}")
+    return "; ".join(parts)
+
+
+def compress_ranks(ranks: Iterable[int]) -> str:
+    """[0, 1, 2, 4] -> "0-2, 4"."""
+    values = sorted(set(ranks))
+    parts, start = [], None
+    for index, value in enumerate(values):
+        if start is None:
+            start = value
+        if index + 1 == len(values) or values[index + 1] != value + 1:
+            parts.append(str(start) if start == value else f"{start}-{value}")
+            start = None
+    return ", ".join(parts)
+
+
+def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> HangAnalysis:
+    """Every job on the hosts (those whose key contains ``job_filter``), root causes first,
+    plus host-level findings (no py-spy, ...)."""
+    jobs_views = {job: views for job, views in collect_views(results).items()
+                  if job_filter in job}
+    scanned = [r.host for r in results if r.scan is not None and not r.scan.get("error")]
+    unscanned = [r.host for r in results if r.host not in scanned]
+    jobs = tuple(analyze_job(job, views, scanned, unscanned)
+                 for job, views in sorted(jobs_views.items()))
+    findings: list[Finding] = []
+    for job in sorted(jobs, key=lambda j: not j.hung):
+        findings += job.findings
+    findings += host_findings(results, bool(jobs_views), job_filter)
+    stacks: dict[str, str] = {}
+    for job in jobs:
+        for verdict in job.ranks:
+            if verdict.view.last is not None:
+                key = str(verdict.view.rank) if len(jobs) == 1 else f"{job.job}:{verdict.view.rank}"
+                stacks[key] = verdict.view.last.text
+    return HangAnalysis(jobs, tuple(findings), stacks)
+
+
+def host_findings(results: Sequence[HostScanResult], any_job: bool,
+                  job_filter: str = "") -> list[Finding]:
+    findings = []
+    no_py_spy = [r for r in results if r.scan and r.scan.get("stacks_requested")
+                 and not r.scan.get("py_spy") and r.scan.get("workers")]
+    for result in no_py_spy:
+        assert result.scan is not None
+        findings.append(Finding(Severity.WARNING, "stacks", (
+            f"{result.host}: py-spy is not installed, so no Python stacks of its ranks: install "
+            f"it with pip install 'ddpcheck[stacks]' (or pip install py-spy) into "
+            f"{result.scan.get('python') or 'the python of hosts.yaml'}"), host=result.host))
+    for result in results:
+        scan = result.scan or {}
+        failed = sorted({(w.get("samples") or [{}])[-1].get("stack", {}).get("error")
+                         for w in scan.get("workers") or [] if isinstance(w, dict)} - {None})
+        if failed:
+            findings.append(Finding(Severity.WARNING, "stacks", (
+                f"{result.host}: py-spy could not read some ranks: {failed[0]}"),
+                host=result.host))
+        if scan.get("other_netns") and not scan.get("workers"):
+            findings.append(Finding(Severity.INFO, "hang", (
+                f"{result.host}: {scan['other_netns']} torchrun worker(s) run in other network "
+                f"namespaces (containers or other hosts on this machine) and were not "
+                f"inspected; run ddpcheck hang where they run"), host=result.host))
+        if result.scan is not None and scan.get("error"):
+            findings.append(Finding(Severity.ERROR, "hang", f"{result.host}: scan failed: "
+                                                            f"{scan['error']}", host=result.host))
+    if not any_job and any(r.scan is not None for r in results):
+        hosts = ", ".join(r.host for r in results if r.scan is not None)
+        matching = f" of a job matching {job_filter!r}" if job_filter else ""
+        findings.append(Finding(Severity.WARNING, "hang", (
+            f"no running torchrun worker{matching} found on {hosts} (a worker has RANK, "
+            f"WORLD_SIZE and LOCAL_RANK in its environment)")))
+    return findings
+
+
+def _idle(view: RankView) -> bool:
+    return view.cpu_pct is None or view.cpu_pct < IDLE_CPU_PCT
+
+
+def _seq_text(seq: Optional[int]) -> str:
+    return f" (seq {seq})" if seq is not None else ""
+
+
+def _int(value: Any) -> Optional[int]:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+

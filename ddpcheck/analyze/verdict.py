@@ -1,0 +1,253 @@
+"""Analyze: host and rank records -> findings, root cause first, and the verdict.
+
+Pure. Like torch elastic's error handling, the *first observed* failure is the root cause and
+later failures are marked as possibly collateral: when one rank dies, the others fail in the
+next collective, and naming them all as culprits would bury the one that matters.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+from typing import Iterable, Mapping, Optional, Sequence
+
+from ..remote import drift
+from ..remote.drift import RankPrint
+from .health import is_loopback
+from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
+                      Severity, Verdict)
+
+# Which check a rank failure belongs to, by the probe stage it was in.
+STAGE_CHECKS: Mapping[str, str] = {
+    "start": "torch_import", "device": "gpu_count", "init": "rendezvous",
+    "all_reduce": "all_reduce", "barrier": "barrier", "latency": "all_reduce",
+    "finish": "barrier", "setup": "seed", "fingerprint": "env_drift", "ddp": "params",
+    # bandwidth sweep (ddpcheck.remote.sweep): the stage is the op being measured
+    "all_gather": "bandwidth", "reduce_scatter": "bandwidth", "broadcast": "bandwidth",
+    "all_to_all": "bandwidth",
+}
+EXIT_CODES: Mapping[Verdict, int] = {Verdict.OK: 0, Verdict.FAIL: 1, Verdict.UNREACHABLE: 3,
+                                     Verdict.INTERRUPTED: 130}
+
+
+def host_findings(hosts: Sequence[HostRecord],
+                  pinned: frozenset[str] = frozenset()) -> list[Finding]:
+    """A host that could not be reached or checked: each one is its own root cause."""
+    findings = []
+    for host in hosts:
+        if host.error is None:
+            continue
+        findings.append(Finding(Severity.ERROR, host.error_check or "ssh",
+                                f"{host.name}: {host.stage}: {host.error}",
+                                host=host.name, root_cause=True))
+    findings += hostname_findings([h for h in hosts if h.hostname], pinned)
+    return findings
+
+
+def hostname_findings(hosts: Sequence[HostRecord],
+                      pinned: frozenset[str] = frozenset()) -> list[Finding]:
+    """Hostnames that resolve to loopback (gloo/NCCL then bind to lo) or repeat across hosts.
+
+    Loopback is an error on a host whose ranks are not told their interface (a
+    *_SOCKET_IFNAME in its env): there gloo and NCCL pick the address of the hostname, lo, and
+    peers cannot connect. With the interface pinned it is a warning."""
+    findings = []
+    if len(hosts) > 1:
+        for host in hosts:
+            addresses = [str(a) for a in host.facts.get("addresses", [])]
+            # the first address is the one a bind by hostname picks (127.0.1.1 on Debian)
+            if addresses and is_loopback(addresses[0]):
+                harmless = host.name in pinned
+                findings.append(Finding(
+                    Severity.WARNING if harmless else Severity.ERROR, "hostname",
+                    f"{host.name}: its hostname {host.hostname!r} resolves first to loopback "
+                    f"({', '.join(addresses)}); " + (
+                        "its *_SOCKET_IFNAME keeps ranks off lo, but other tools may bind lo"
+                        if harmless else "gloo and NCCL will bind lo and peers cannot connect: "
+                        "fix /etc/hosts or set GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME"),
+                    host=host.name))
+    by_hostname: dict[str, list[str]] = defaultdict(list)
+    for host in hosts:
+        by_hostname[str(host.hostname)].append(host.name)
+    for hostname, names in by_hostname.items():
+        if len(names) > 1:
+            findings.append(Finding(Severity.WARNING, "hostname",
+                                    f"hosts {', '.join(names)} all report hostname {hostname!r}"))
+    return findings
+
+
+def rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
+                  gpus_by_host: Mapping[str, int], backend: str,
+                  failed_hosts: frozenset[str] = frozenset()) -> list[Finding]:
+    expected_world = sum(slots_by_host.values())
+    findings: list[Finding] = []
+    findings += failure_findings(ranks)
+    findings += missing_rank_findings(ranks, slots_by_host, failed_hosts)
+    for rank in ranks:
+        if rank.world_size is not None and rank.world_size != expected_world:
+            findings.append(Finding(
+                Severity.ERROR, "world_size",
+                f"rank {rank.rank} on {rank.host} sees world_size {rank.world_size}, expected "
+                f"{expected_world} (the sum of slots over all hosts)",
+                host=rank.host, rank=rank.rank))
+    if backend == "nccl":
+        for host, slots in slots_by_host.items():
+            gpus = gpus_by_host.get(host, 0)
+            if slots > gpus:
+                findings.append(Finding(Severity.ERROR, "gpu_count",
+                                        f"{host} runs {slots} ranks but has {gpus} GPU(s)",
+                                        host=host))
+    findings += duplicate_device_findings(ranks)
+    for rank in ranks:
+        if rank.all_reduce_wrong:
+            findings.append(Finding(
+                Severity.ERROR, "all_reduce",
+                f"rank {rank.rank} on {rank.host}: all_reduce gave {rank.all_reduce_wrong} "
+                f"wrong element(s) (expected the sum of rank+1 over the world)",
+                host=rank.host, rank=rank.rank))
+    findings += latency_findings(ranks)
+    return findings
+
+
+def drift_report(ranks: Sequence[RankRecord],
+                 seeded: bool) -> tuple[list[Finding], list[dict]]:
+    """Versions, settings, env, RNG (when seeded) and the tiny DDP run compared across ranks:
+    the findings and the host-by-value rows of what differs."""
+    prints = [RankPrint(r.rank, r.host, r.fingerprint) for r in ranks
+              if r.rank is not None and r.fingerprint]
+    if len(prints) < 2:
+        return [], []
+    host_of = {p.rank: p.host for p in prints}
+    diffs = drift.all_differences(prints, seeded)
+    return [drift.finding(d, host_of) for d in diffs], drift.value_rows(diffs, host_of)
+
+
+def failure_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
+    """Ranks that raised, timed out or vanished; the root cause first, the rest collateral.
+
+    A rank that left no record of its own (stopped, killed, still running at the deadline) is
+    the root cause before any rank that reported a failure: those were waiting for it in a
+    collective. Among the others the earliest failure is. A rank torchrun stopped because
+    another rank of its host failed is never the root cause."""
+    failed = [r for r in ranks
+              if r.status in (RankStatus.ERROR, RankStatus.TIMEOUT, RankStatus.MISSING)]
+    candidates = [r for r in failed if r.status is not RankStatus.MISSING]
+    if not failed:
+        return []
+    first = min(candidates, key=lambda r: (r.reported, r.failed_at is None, r.failed_at or 0.0,
+                                           r.rank if r.rank is not None else 1 << 30),
+                default=None)
+    findings = []
+    for rank in sorted(failed, key=lambda r: r is not first):
+        note = "" if rank is first else " (possibly collateral: failed after the root cause)"
+        reason = summary_line(rank.error) or rank.status.value
+        if rank.reported:
+            check = "timeout" if rank.status is RankStatus.TIMEOUT else STAGE_CHECKS.get(
+                rank.stage, "probe")
+            message = f"rank {rank.rank} on {rank.host} failed in {rank.stage or 'start'}: "
+        else:
+            check = "timeout" if rank.status is RankStatus.TIMEOUT else "crash"
+            message = f"rank {rank.rank} on {rank.host} (local rank {rank.local_rank}): "
+        findings.append(Finding(Severity.ERROR, check, message + reason + note,
+                                host=rank.host, rank=rank.rank, root_cause=rank is first))
+    return findings
+
+
+def missing_rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
+                          failed_hosts: frozenset[str] = frozenset()) -> list[Finding]:
+    """Hosts that returned fewer rank records than planned, naming the ranks nothing is known
+    of (hosts that failed as a whole already have their own finding). ``slots_by_host`` is in
+    node-rank order, which gives each host's global ranks."""
+    returned: dict[str, set[Optional[int]]] = defaultdict(set)
+    for rank in ranks:
+        returned[rank.host].add(rank.rank)
+    findings = []
+    base = 0
+    for host, slots in slots_by_host.items():
+        planned = range(base, base + slots)
+        base += slots
+        if len(returned[host]) < slots and host not in failed_hosts:
+            missing = [r for r in planned if r not in returned[host]]
+            names = ", ".join(str(r) for r in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            findings.append(Finding(
+                Severity.ERROR, "world_size",
+                f"{host}: {len(returned[host])} of {slots} planned rank(s) reported back; "
+                f"nothing came from rank(s) {names}",
+                host=host))
+    return findings
+
+
+def duplicate_device_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
+    by_gpu: dict[str, list[RankRecord]] = defaultdict(list)
+    for rank in ranks:
+        if rank.gpu_uuid:
+            by_gpu[rank.gpu_uuid].append(rank)
+    findings = []
+    for uuid, sharing in by_gpu.items():
+        if len(sharing) > 1:
+            names = ", ".join(f"rank {r.rank} ({r.host} {r.device})" for r in sharing)
+            bus = sharing[0].gpu_bus_id or "?"
+            findings.append(Finding(Severity.ERROR, "duplicate_device",
+                                    f"{names} share one GPU: {uuid} at bus id {bus}",
+                                    host=sharing[0].host, rank=sharing[0].rank))
+    return findings
+
+
+def latency_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
+    timed = [r for r in ranks if r.barrier_us is not None]
+    if not timed:
+        return []
+    slowest = max(timed, key=lambda r: r.barrier_us or 0.0)
+    values = sorted(r.barrier_us or 0.0 for r in timed)
+    median = values[len(values) // 2]
+    return [Finding(Severity.INFO, "barrier",
+                    f"barrier median {median:.0f} us over {len(timed)} ranks; slowest rank "
+                    f"{slowest.rank} on {slowest.host}: {slowest.barrier_us:.0f} us")]
+
+
+def order_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Root causes first, then errors, warnings, info; stable otherwise."""
+    rank_of = {Severity.ERROR: 1, Severity.WARNING: 2, Severity.INFO: 3}
+    return sorted(findings, key=lambda f: 0 if f.root_cause else rank_of[f.severity])
+
+
+def mark_single_root_cause(findings: list[Finding]) -> list[Finding]:
+    """With no explicit root cause, the first error is it (e.g. a lone world_size finding)."""
+    if any(f.root_cause for f in findings):
+        return findings
+    for index, finding in enumerate(findings):
+        if finding.severity is Severity.ERROR:
+            return findings[:index] + [replace(finding, root_cause=True)] + findings[index + 1:]
+    return findings
+
+
+# A deadline before a host's ranks ran means it could not be checked (exit 3), as ssh does.
+PRE_LAUNCH_STAGES = frozenset({"connect", "stage0"})
+
+
+def not_checked(finding: Finding, hosts: Sequence[HostRecord]) -> bool:
+    """The finding says a host could not be reached or checked, not that a check failed."""
+    if finding.check in REACHABILITY_CHECKS:
+        return True
+    stage = next((h.stage for h in hosts if h.name == finding.host), None)
+    return finding.check == "timeout" and finding.rank is None and stage in PRE_LAUNCH_STAGES
+
+
+def verdict(findings: Sequence[Finding], hosts: Sequence[HostRecord],
+            interrupted: bool = False) -> Verdict:
+    """A failed check on a reachable host wins over an unreachable host (exit 1, not 3)."""
+    if interrupted:
+        return Verdict.INTERRUPTED
+    errors = [f for f in findings if f.severity is Severity.ERROR]
+    if any(not not_checked(f, hosts) for f in errors):
+        return Verdict.FAIL
+    if errors or any(not h.reachable for h in hosts):
+        return Verdict.UNREACHABLE
+    return Verdict.OK
+
+
+def summary_line(text: Optional[str]) -> str:
+    if not text:
+        return ""
+    first = text.strip().splitlines()[0]
+    return first[:300]

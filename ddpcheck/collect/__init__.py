@@ -1,0 +1,1 @@
+"""Collect: raw text that came back from hosts -> records (pure)."""

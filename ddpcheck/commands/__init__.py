@@ -1,0 +1,1 @@
+"""Commands: one module per ddpcheck command (options and how it runs)."""

@@ -1,0 +1,283 @@
+"""``ddpcheck node``: stage 0 on this machine alone, for a SLURM prolog or HealthCheckProgram.
+
+The same facts every host gives in preflight's stage 0 (``agent.collect_facts``: NVML, host
+resources, interfaces, the torch import) judged by the same rules (``health``), in a few seconds,
+with no SSH and no torchrun. Exit codes are the common ones: 0 when every check passed, 1 when one
+failed (a non-zero prolog drains the node), 2 for a bad option. ``--slurm-drain`` drains the node
+itself with ``scontrol update NodeName=<node> State=DRAIN Reason="ddpcheck: <check>"``, for use as
+HealthCheckProgram, whose exit code SLURM ignores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from tabulate import tabulate
+
+from ..analyze import verdict as analyze
+
+from ..analyze import health
+from ..remote.argtypes import at_least, positive
+from ..model.records import Finding, HostRecord, Severity
+from ..report.table import Report, findings_lines, footer_line
+
+DEFAULT_TIMEOUT_S = 30.0
+SCONTROL_TIMEOUT_S = 20.0
+MAX_REASON = 200  # SLURM shows the reason in sinfo -R; keep it readable
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    expected_gpus: Optional[int] = None
+    master: Optional[str] = None
+    workdir: str = "."
+    with_torch: bool = True
+    slurm_drain: bool = False
+    node_name: Optional[str] = None
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "node", help="this host's checks only (GPU health, resources, env), for SLURM",
+        description="Stage 0 on this machine: GPU inventory and health (NVML), resources, "
+                    "interfaces and env, the torch import. Exit 1 when a check fails, so a "
+                    "SLURM prolog drains the node; --slurm-drain drains it directly.")
+    parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
+    parser.add_argument("--timeout", type=positive, default=DEFAULT_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help=f"hard deadline for the checks (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also list interfaces and every GPU counter")
+    parser.add_argument("--gpus", type=at_least(0), metavar="N",
+                        help="GPUs this node must have (a gpu_count error otherwise)")
+    parser.add_argument("--master", metavar="HOST",
+                        help="also check the route to this rendezvous host")
+    parser.add_argument("--workdir", default=".", metavar="DIR",
+                        help="directory whose disk is checked (default: the current one)")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="skip the torch import check (faster)")
+    parser.add_argument("--slurm-drain", action="store_true",
+                        help="on a failed check, run scontrol update NodeName=<node> "
+                             "State=DRAIN Reason=\"ddpcheck: <check>\"")
+    parser.add_argument("--node-name", metavar="NAME",
+                        help="SLURM node name for --slurm-drain (default $SLURMD_NODENAME, "
+                             "else the short hostname)")
+    parser.set_defaults(run=node_command, hosts=None)
+
+
+def node_command(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_USAGE, run_reported
+
+    if not os.path.isdir(args.workdir):
+        print(f"ddpcheck: --workdir {args.workdir}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    options = NodeOptions(timeout_s=args.timeout, expected_gpus=args.gpus, master=args.master,
+                          workdir=args.workdir, with_torch=not args.no_torch,
+                          slurm_drain=args.slurm_drain, node_name=args.node_name)
+    return run_reported(args, lambda spec: run_node(options),
+                        lambda report: render_node(report, verbose=args.verbose))
+
+
+def run_node(options: NodeOptions,
+             drain: Optional[Callable[[str, str], Mapping[str, Any]]] = None) -> Report:
+    """Facts -> findings -> report; drains the node when asked and a check failed."""
+    from ..remote.agent import collect_facts
+
+    started = time.monotonic()
+    facts = collect_facts(max(options.timeout_s - 1.0, 1.0), options.master,
+                          with_torch=options.with_torch, workdir=options.workdir)
+    name = str(facts.get("hostname") or socket.gethostname())
+    context = health.Stage0Context(expected_gpus=options.expected_gpus,
+                                   check_hostname_loopback=True)
+    findings = analyze.mark_single_root_cause(analyze.order_findings(
+        health.host_findings(name, facts, context)))
+    nvml = facts.get("nvml") if isinstance(facts.get("nvml"), Mapping) else {}
+    gpus = len(nvml.get("gpus") or []) if nvml.get("available") else int(facts.get("gpus") or 0)
+    host = HostRecord(name=name, address="127.0.0.1", reachable=True, hostname=name,
+                      gpus=gpus, stage="stage0", facts=facts,
+                      versions={"python": facts.get("python"), "torch": facts.get("torch")})
+    verdict = analyze.verdict(findings, [host])
+    report = Report(command="node", verdict=verdict, exit_code=analyze.EXIT_CODES[verdict],
+                    duration_s=time.monotonic() - started, backend=None, world_size=None,
+                    expected_world_size=None, hosts=(host,), ranks=(), findings=tuple(findings),
+                    source="this machine", extra={"stage0": {name: facts}})
+    if options.slurm_drain and any(f.severity is Severity.ERROR for f in findings):
+        node = options.node_name or slurm_node_name(os.environ, name)
+        outcome = (drain or drain_node)(node, drain_reason(findings))
+        report = replace(report, extra={**report.extra, "slurm_drain": dict(outcome)},
+                         duration_s=time.monotonic() - started)
+        if outcome.get("error"):
+            print(f"ddpcheck: --slurm-drain: {outcome['error']}", file=sys.stderr)
+        else:
+            print(f"ddpcheck: drained SLURM node {node}: {outcome['reason']}", file=sys.stderr)
+    return report
+
+
+# -- SLURM --------------------------------------------------------------------------------
+
+def slurm_node_name(environ: Mapping[str, str], hostname: str) -> str:
+    """The node's SLURM name: slurmd exports SLURMD_NODENAME to prolog and health check
+    programs; otherwise the short hostname, as SLURM names nodes by default."""
+    return environ.get("SLURMD_NODENAME") or hostname.split(".")[0]
+
+
+def drain_reason(findings: Sequence[Finding]) -> str:
+    """"ddpcheck: <check>[, <check>...]", the failed checks, root cause first."""
+    checks: list[str] = []
+    for finding in findings:
+        if finding.severity is Severity.ERROR and finding.check not in checks:
+            checks.append(finding.check)
+    return f"ddpcheck: {', '.join(checks)}"[:MAX_REASON]
+
+
+def drain_command(node: str, reason: str) -> list[str]:
+    """An argv, never a shell line: the reason and node name reach scontrol as they are."""
+    return ["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"]
+
+
+def drain_node(node: str, reason: str) -> dict[str, Any]:
+    argv = drain_command(node, reason)
+    outcome: dict[str, Any] = {"node": node, "reason": reason, "command": argv,
+                               "drained": False, "error": None}
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        outcome["error"] = (f"scontrol not found on PATH; node {node} was NOT drained "
+                            f"(install the SLURM client or drop --slurm-drain)")
+        return outcome
+    try:
+        done = subprocess.run([scontrol, *argv[1:]], capture_output=True, text=True,
+                              timeout=SCONTROL_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        outcome["error"] = f"scontrol failed: {exc}; node {node} was NOT drained"
+        return outcome
+    if done.returncode != 0:
+        text = (done.stderr or done.stdout).strip() or f"exit {done.returncode}"
+        outcome["error"] = f"scontrol exited {done.returncode}: {text}; node {node} was NOT drained"
+        return outcome
+    outcome["drained"] = True
+    return outcome
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+def render_node(report: Report, verbose: bool = False) -> str:
+    host = report.hosts[0] if report.hosts else None
+    facts: Mapping[str, Any] = host.facts if host else {}
+    lines = header_lines(host.name if host else "?", facts)
+    if verbose:
+        lines += interface_lines(facts)
+    lines.append("#")
+    nvml = facts.get("nvml") if isinstance(facts.get("nvml"), Mapping) else {}
+    if nvml.get("gpus"):
+        lines.append(gpu_table(nvml["gpus"], verbose))
+        if verbose and nvml.get("topology"):
+            lines.append("#")
+            lines.append(topology_table(nvml["topology"]))
+        lines.append("#")
+    else:
+        why = nvml.get("error") or nvml.get("reason") or "none found"
+        lines.append(f"# GPUs: none ({why})")
+    lines += findings_lines(report.findings)
+    drained = report.extra.get("slurm_drain")
+    if isinstance(drained, Mapping):
+        lines.append(f"# SLURM: {'drained' if drained.get('drained') else 'NOT drained'} "
+                     f"{drained.get('node')}: {drained.get('error') or drained.get('reason')}")
+    lines.append(footer_line(report))
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(name: str, facts: Mapping[str, Any]) -> list[str]:
+    nvml = facts.get("nvml") if isinstance(facts.get("nvml"), Mapping) else {}
+    torch = (f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
+             if facts.get("torch") else
+             f"torch: {facts.get('torch_error')}" if facts.get("torch_error") else "torch: skipped")
+    driver = (f", driver {nvml.get('driver')} (CUDA {nvml.get('cuda_driver')})"
+              if nvml.get("available") else "")
+    lines = [f"# ddpcheck node: {name}, python {facts.get('python')}, {torch}{driver}"]
+    cpu = facts.get("cpu") if isinstance(facts.get("cpu"), Mapping) else {}
+    memory = facts.get("memory") if isinstance(facts.get("memory"), Mapping) else {}
+    shm = facts.get("shm") if isinstance(facts.get("shm"), Mapping) else {}
+    workdir = facts.get("workdir") if isinstance(facts.get("workdir"), Mapping) else {}
+    limits = facts.get("ulimit") if isinstance(facts.get("ulimit"), Mapping) else {}
+    size = health.format_size
+    lines.append(
+        f"# cpus {cpu.get('usable', cpu.get('count', '?'))} (load {cpu.get('load1', '?')}), "
+        f"memory {size(memory.get('available'))} free of {size(memory.get('total'))}, "
+        f"/dev/shm {size(shm.get('total'))}, workdir {workdir.get('path', '?')} "
+        f"{size(workdir.get('free'))} free, ulimit -n {_limit(limits.get('nofile'))} "
+        f"-l {_limit(limits.get('memlock'), scale=True)}")
+    return lines
+
+
+def interface_lines(facts: Mapping[str, Any]) -> list[str]:
+    interfaces = facts.get("interfaces")
+    if not isinstance(interfaces, Mapping):
+        return []
+    parts = []
+    for name, info in sorted(interfaces.items()):
+        if isinstance(info, Mapping):
+            state = "up" if info.get("up") else "down"
+            addresses = ",".join(a for a in info.get("addresses", []) if ":" not in a) or "-"
+            parts.append(f"{name} {addresses} ({state})")
+    lines = ["# interfaces: " + "; ".join(parts)]
+    route = facts.get("route")
+    if isinstance(route, Mapping):
+        through = f"{route.get('interface')} from {route.get('source')}"
+        lines.append(f"# route to {route.get('master')}: {route.get('error') or through}")
+    return lines
+
+
+def gpu_table(gpus: Sequence[Mapping[str, Any]], verbose: bool = False) -> str:
+    rows = []
+    for gpu in gpus:
+        if gpu.get("lost"):
+            rows.append([gpu.get("index"), "LOST", "-", "-", "-", "-", "-", "-", "-", "-"])
+            continue
+        pcie = gpu.get("pcie") if isinstance(gpu.get("pcie"), Mapping) else {}
+        ecc = gpu.get("ecc_uncorrected")
+        rows_ = gpu.get("remapped_rows")
+        links = gpu.get("nvlink")
+        reasons = gpu.get("clock_event_reasons")
+        rows.append([
+            gpu.get("index"), gpu.get("name"), gpu.get("bus_id"), gpu.get("temperature_c"),
+            f"{gpu.get('memory_used_mib')}/{gpu.get('memory_total_mib')}",
+            ecc.get("volatile") if isinstance(ecc, Mapping) else ecc,
+            ("pending" if rows_.get("pending") else "failed" if rows_.get("failed") else "ok")
+            if isinstance(rows_, Mapping) else rows_,
+            f"gen{pcie.get('gen')}/{pcie.get('max_gen')} x{pcie.get('width')}/"
+            f"{pcie.get('max_width')}",
+            f"{len(links.get('up', []))} up, {len(links.get('down', []))} down"
+            if isinstance(links, Mapping) else links,
+            ",".join(reasons) if isinstance(reasons, list) else reasons,
+        ])
+    headers = ["gpu", "name", "bus_id", "temp_C", "mem_MiB", "ecc_unc", "remap", "pcie",
+               "nvlink", "clock_events"]
+    if not verbose:
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
+                    missingval="-")
+
+
+def topology_table(matrix: Sequence[Sequence[str]]) -> str:
+    headers = [""] + [f"GPU{i}" for i in range(len(matrix))]
+    rows = [[f"GPU{i}", *row] for i, row in enumerate(matrix)]
+    return tabulate(rows, headers=headers, tablefmt="plain")
+
+
+def _limit(value: Any, scale: bool = False) -> str:
+    if isinstance(value, (list, tuple)) and value:
+        soft = value[0]
+        if isinstance(soft, int):
+            if soft < 0:
+                return "unlimited"
+            return health.format_size(soft) if scale else str(soft)
+    return "?"

@@ -1,0 +1,402 @@
+"""In-job heartbeat and watchdog: ``ddpcheck.Monitor``, the job's side of ``ddpcheck hang``.
+
+    monitor = ddpcheck.Monitor()              # or Monitor(watchdog_s=60) for stall warnings
+    for step, batch in enumerate(loader):
+        ...
+        monitor.step(step)
+
+``step()`` records the step and writes this rank's heartbeat, a small JSON file (step, time,
+collective sequence number when a process group is up, host, pid), atomically (write, then
+rename) to ``$DDPCHECK_HEARTBEAT_DIR/<job>/rank-<rank>.json`` (default
+``/dev/shm/ddpcheck-heartbeat-<uid>``, the temp dir without /dev/shm; ``<job>`` is torchrun's run
+id and master address, so two jobs never share files). So that it costs about a microsecond
+however short the step, ``step()`` writes at most every ``write_every_s``; a background thread
+writes whatever is newer every ``beat_s`` together with the *current* collective sequence
+number, so a rank waiting in collective N+1 is told apart from one that never got past N. Only
+a stopped or dead process can leave a step unwritten, and ``ddpcheck hang`` sees those by their
+process state. ``ddpcheck hang`` (its host scan) reads these files.
+
+With ``watchdog_s``, the same thread also publishes (step, beat) of this rank to torchrun's
+TCPStore every few seconds and, when this rank has made no step for ``watchdog_s`` seconds, reads
+every rank's entry twice and logs a warning on every live rank naming the ranks that stopped
+answering or are behind, long before NCCL's 10-minute timeout. Without a store (a job not started
+by torchrun) it compares the heartbeat files of this host.
+
+Torch-light: only the standard library is imported here; torch is touched only when the job has
+already imported it (``import ddpcheck`` stays cheap, and the probe stays stdlib + torch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Mapping, Optional
+
+HEARTBEAT_DIR_VARIABLE = "DDPCHECK_HEARTBEAT_DIR"
+HEARTBEAT_PREFIX = "ddpcheck-heartbeat-"
+SHM_DIR = "/dev/shm"
+STORE_PREFIX = "ddpcheck/monitor/"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+logger = logging.getLogger("ddpcheck.injob.monitor")
+
+
+# -- where heartbeats live (shared with the host scan) ----------------------------------------
+
+def job_key(env: Mapping[str, str]) -> str:
+    """One key per torchrun job: its run id and master address (torchrun's default run id is
+    "none", so the master address is what tells two jobs apart)."""
+    return (f"{env.get('TORCHELASTIC_RUN_ID') or '-'}@{env.get('MASTER_ADDR') or '?'}:"
+            f"{env.get('MASTER_PORT') or '?'}")
+
+
+def job_dirname(key: str) -> str:
+    return _UNSAFE.sub("_", key).strip("._") or "job"
+
+
+def default_heartbeat_root(uid: Optional[int] = None) -> str:
+    """/dev/shm (tmpfs: a rename there costs microseconds; on ext4 it may flush data and cost a
+    millisecond) when it exists, else the temp dir; one folder per user."""
+    uid = os.getuid() if uid is None else uid
+    base = SHM_DIR if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK) else \
+        tempfile.gettempdir()
+    return os.path.join(base, f"{HEARTBEAT_PREFIX}{uid}")
+
+
+def heartbeat_root(env: Mapping[str, str], uid: Optional[int] = None) -> str:
+    return env.get(HEARTBEAT_DIR_VARIABLE) or default_heartbeat_root(uid)
+
+
+def heartbeat_path(root: str, key: str, rank: int) -> str:
+    return os.path.join(root, job_dirname(key), f"rank-{rank}.json")
+
+
+def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
+    try:
+        return int(env[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _make_private_dir(path: str) -> None:
+    """Create ``path`` (0700) and refuse one owned by another user: in a shared /dev/shm or /tmp
+    nobody else may plant our heartbeat folder (or a symlink in its place) or read it."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if info.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to uid {info.st_uid}, not {os.getuid()}")
+
+
+# -- the monitor -------------------------------------------------------------------------------
+
+class Monitor:
+    """Per-rank heartbeat for ``ddpcheck hang`` and an optional stall watchdog.
+
+    ``directory``: heartbeat root (default ``$DDPCHECK_HEARTBEAT_DIR`` or a per-user folder in
+    the temp dir). ``watchdog_s``: warn when this rank has made no step for that many seconds
+    (None: no warnings). ``beat_s``: how often the background thread refreshes the heartbeat.
+    ``write_every_s``: the least time between two writes from ``step()`` (0: every step).
+    ``rank``/``world_size``: default to the environment torchrun sets (RANK, WORLD_SIZE), else
+    the default process group's, else 0 and 1.
+    """
+
+    def __init__(self, directory: Optional[str] = None, watchdog_s: Optional[float] = None, *,
+                 beat_s: float = 1.0, write_every_s: float = 0.1, rank: Optional[int] = None,
+                 world_size: Optional[int] = None,
+                 env: Optional[Mapping[str, str]] = None) -> None:
+        env = dict(os.environ if env is None else env)
+        if watchdog_s is not None and watchdog_s <= 0:
+            raise ValueError(f"watchdog_s must be > 0, got {watchdog_s}")
+        self.env = env
+        self.rank = rank if rank is not None else _env_int(env, "RANK")
+        self.world_size = world_size if world_size is not None else _env_int(env, "WORLD_SIZE")
+        if self.rank is None or self.world_size is None:
+            group_rank, group_size = _default_group_rank_size()
+            self.rank = self.rank if self.rank is not None else group_rank
+            self.world_size = self.world_size if self.world_size is not None else group_size
+        self.local_rank = _env_int(env, "LOCAL_RANK")
+        self.job = job_key(env)
+        self.hostname = socket.gethostname()
+        self.pid = os.getpid()
+        self.root = directory or heartbeat_root(env)
+        self.path = heartbeat_path(self.root, self.job, self.rank)
+        if self.root == default_heartbeat_root():
+            _make_private_dir(self.root)  # a world-writable place: it must be ours
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.watchdog_s = watchdog_s
+        self.write_every_s = max(0.0, write_every_s)
+        self._written_at = 0.0  # time.monotonic() of the last write
+        self.beat_s = max(0.05, beat_s if watchdog_s is None else min(beat_s, watchdog_s / 4))
+        self.started = time.time()
+        self.last_step: Optional[int] = None
+        self.last_step_time: Optional[float] = None
+        self.last_step_seq: Optional[int] = None
+        self.warnings: list[str] = []  # every warning the watchdog logged (for the job itself)
+        self._tmp = f"{self.path}.tmp{self.pid}"
+        self._lock = threading.Lock()
+        self._seq_fn: Optional[Callable[[], int]] = None
+        self._stop = threading.Event()
+        self._write(time.time())
+        self._thread = threading.Thread(target=self._run, name="ddpcheck-monitor", daemon=True)
+        self._thread.start()
+
+    # -- the per-step path: kept to a few system calls -------------------------------------
+    def step(self, step: int) -> None:
+        now = time.time()
+        first = self.last_step is None
+        self.last_step = step
+        self.last_step_time = now
+        self.last_step_seq = self.collective_seq()
+        if first or time.monotonic() - self._written_at >= self.write_every_s:
+            self._write(now)  # else the background thread writes it within beat_s
+
+    def collective_seq(self) -> Optional[int]:
+        """Collectives this rank has issued on the default group (None before one exists)."""
+        if self._seq_fn is None:
+            self._seq_fn = _default_group_seq_fn()
+            if self._seq_fn is None:
+                return None
+        try:
+            return self._seq_fn()
+        except Exception:  # noqa: BLE001 - the group was destroyed; look again next time
+            self._seq_fn = None
+            return None
+
+    def _write(self, beat: float, seq_now: Optional[int] = None) -> None:
+        record = {"v": 1, "job": self.job, "rank": self.rank, "local_rank": self.local_rank,
+                  "world_size": self.world_size, "host": self.hostname, "pid": self.pid,
+                  "started": self.started, "step": self.last_step,
+                  "time": self.last_step_time, "seq": self.last_step_seq,
+                  "seq_now": seq_now if seq_now is not None else self.last_step_seq,
+                  "beat": beat}
+        data = json.dumps(record, separators=(",", ":")).encode()
+        self._written_at = time.monotonic()
+        with self._lock:
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(self._tmp, self.path)
+
+    def close(self) -> None:
+        """Stop the background thread (the heartbeat file stays, for ``ddpcheck hang``)."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(5.0)
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- the background thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        watchdog = _Watchdog(self) if self.watchdog_s is not None else None
+        if watchdog is not None:
+            try:
+                watchdog.tick()  # connect and publish at once: a rank may stop any time
+            except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
+                logger.debug("ddpcheck monitor watchdog: %s", exc)
+        while not self._stop.wait(self.beat_s):
+            try:
+                self._write(time.time(), self.collective_seq())
+            except OSError:
+                pass  # a full or vanished /tmp must never take the job down
+            if watchdog is not None:
+                try:
+                    watchdog.tick()
+                except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
+                    logger.debug("ddpcheck monitor watchdog: %s", exc)
+
+
+class _Watchdog:
+    """Publishes this rank's progress and warns, once per stall, naming the lagging ranks."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.store: Any = None
+        self.store_tried = False
+        self.beat = 0
+        self.last_published = -1e9
+        self.seen_step: Optional[int] = None
+        self.seen_step_at = time.monotonic()
+        self.warned_for: Optional[int] = None  # the step a warning was logged at
+
+    def tick(self) -> None:
+        monitor = self.monitor
+        now = time.monotonic()
+        self.beat += 1
+        if monitor.last_step != self.seen_step:
+            self.seen_step, self.seen_step_at = monitor.last_step, now
+            self.warned_for = None
+        if now - self.last_published >= self._publish_every():
+            self._publish()
+            self.last_published = now
+        stalled_s = now - self.seen_step_at
+        if stalled_s >= (monitor.watchdog_s or 0) and self.warned_for != self.seen_step:
+            self.warned_for = self.seen_step
+            message = self._stall_message(stalled_s)
+            monitor.warnings.append(message)
+            logger.warning(message)
+
+    def _publish_every(self) -> float:
+        return max(self.monitor.beat_s, min(5.0, (self.monitor.watchdog_s or 4.0) / 4))
+
+    def _entry(self) -> str:
+        m = self.monitor
+        return json.dumps({"step": m.last_step, "seq": m.collective_seq(), "beat": self.beat,
+                           "host": m.hostname, "pid": m.pid}, separators=(",", ":"))
+
+    def _connect(self) -> Any:
+        if not self.store_tried:
+            self.store_tried = True
+            self.store = _connect_store(self.monitor.env, self.monitor.job)
+        return self.store
+
+    def _publish(self) -> None:
+        store = self._connect()
+        if store is not None:
+            store.set(str(self.monitor.rank), self._entry())
+
+    def _read_all(self) -> dict[int, dict[str, Any]]:
+        """Every rank's latest entry: from the store, else this host's heartbeat files."""
+        monitor = self.monitor
+        store = self._connect()
+        entries: dict[int, dict[str, Any]] = {}
+        if store is not None:
+            for rank in range(monitor.world_size or 1):
+                key = str(rank)
+                if rank == monitor.rank:
+                    entries[rank] = json.loads(self._entry())
+                elif store.check([key]):
+                    entries[rank] = json.loads(store.get(key))
+            return entries
+        folder = os.path.dirname(monitor.path)
+        for name in os.listdir(folder):
+            match = re.fullmatch(r"rank-(\d+)\.json", name)
+            if match:
+                try:
+                    with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                        beat = json.load(handle)
+                except (OSError, ValueError):
+                    continue
+                entries[int(match.group(1))] = {"step": beat.get("step"),
+                                                "seq": beat.get("seq_now"),
+                                                "beat": beat.get("beat"), "host": beat.get("host"),
+                                                "pid": beat.get("pid")}
+        return entries
+
+    def _stall_message(self, stalled_s: float) -> str:
+        """Reads every rank twice, publishing in between, over more than a publish period of
+        the others: a rank whose beat did not move meanwhile has stopped answering."""
+        monitor = self.monitor
+        first = self._read_all()
+        until = time.monotonic() + self._publish_every() * 2 + monitor.beat_s
+        while time.monotonic() < until and not monitor._stop.is_set():
+            time.sleep(monitor.beat_s)
+            self.beat += 1
+            self._publish()
+        second = self._read_all()
+        return stall_message(monitor.rank or 0, monitor.hostname, monitor.last_step,
+                             monitor.collective_seq(), stalled_s, monitor.world_size or 1,
+                             first, second)
+
+
+def stall_message(rank: int, hostname: str, step: Optional[int], seq: Optional[int],
+                  stalled_s: float, world_size: int, first: Mapping[int, Mapping[str, Any]],
+                  second: Mapping[int, Mapping[str, Any]]) -> str:
+    """The watchdog's warning (pure): ranks whose beat did not move between two reads are not
+    responding (stopped, dead, or holding the GIL); ranks at a lower step are behind."""
+    silent = sorted(r for r in range(world_size) if r != rank and
+                    (r not in second or first.get(r, {}).get("beat") == second[r].get("beat")))
+    answering = {r: e for r, e in second.items() if r not in silent}
+    behind = sorted(r for r in answering if _progress(answering[r]) < max(
+        _progress(e) for e in answering.values()))
+    where = f"step {step}" if step is not None else "no step yet"
+    if seq is not None:
+        where += f", collective seq {seq}"
+    parts = []
+    for r in silent:
+        entry = second.get(r) or first.get(r)
+        if entry is None:
+            parts.append(f"rank {r} never reported (not started, stopped or dead)")
+        else:
+            last = (f"its last report at step {entry.get('step')}"
+                    if entry.get("step") is not None else "its last report before its first step")
+            parts.append(f"rank {r} on {entry.get('host')} (pid {entry.get('pid')}) not "
+                         f"responding, {last}")
+    for r in behind:
+        entry = second[r]
+        parts.append(f"rank {r} on {entry.get('host')} (pid {entry.get('pid')}) behind at step "
+                     f"{entry.get('step')}, collective seq {entry.get('seq')}")
+    lagging = "; ".join(parts) if parts else "no rank is behind (all wait: suspect a collective"\
+                                             " or the network)"
+    return (f"ddpcheck.Monitor [{hostname}:rank {rank}]: no progress for {stalled_s:.0f}s at "
+            f"{where}; lagging: {lagging}")
+
+
+def _progress(entry: Mapping[str, Any]) -> tuple[int, int]:
+    """(step, collective seq): a rank that has not issued the collective the others wait in
+    is behind even at the same step."""
+    step, seq = entry.get("step"), entry.get("seq")
+    return (step if isinstance(step, int) else -1, seq if isinstance(seq, int) else -1)
+
+
+# -- torch, only when the job already imported it -------------------------------------------
+
+def _dist() -> Any:
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not getattr(dist, "is_available", lambda: False)():
+        return None
+    return dist
+
+
+def _default_group_rank_size() -> tuple[int, int]:
+    dist = _dist()
+    if dist is not None and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _default_group_seq_fn() -> Optional[Callable[[], int]]:
+    dist = _dist()
+    if dist is None or not dist.is_initialized():
+        return None
+    try:
+        group = dist.distributed_c10d._get_default_group()
+        return group._get_sequence_number_for_group
+    except Exception:  # noqa: BLE001 - an older torch or a backend without sequence numbers
+        return None
+
+
+def _connect_store(env: Mapping[str, str], key: str) -> Any:
+    """A TCPStore client of its own (never the process group's connection, which a collective
+    may be holding), prefixed per job; None when the job has no store we can reach, or has not
+    imported torch.distributed (then neither do we)."""
+    dist = _dist()
+    if dist is None:
+        return None
+    from datetime import timedelta
+
+    address, port = env.get("MASTER_ADDR"), _env_int(env, "MASTER_PORT")
+    try:
+        if address and port:
+            store = dist.TCPStore(address, port, is_master=False,
+                                  timeout=timedelta(seconds=10), wait_for_workers=False)
+        elif dist.is_initialized():
+            store = dist.distributed_c10d._get_default_store()
+        else:
+            return None
+        return dist.PrefixStore(f"{STORE_PREFIX}{key}/", store)
+    except Exception as exc:  # noqa: BLE001 - no store: fall back to this host's files
+        logger.debug("ddpcheck monitor: no store (%s); comparing this host's ranks only", exc)
+        return None

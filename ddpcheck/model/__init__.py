@@ -1,0 +1,1 @@
+"""The data every layer shares: the cluster spec, records, findings, errors (pure, standard library)."""

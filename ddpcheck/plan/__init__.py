@@ -1,0 +1,1 @@
+"""Plan: ClusterSpec -> the exact commands run on each host (pure)."""

@@ -1,0 +1,393 @@
+"""The host scan of ``ddpcheck hang``: what the launcher runs on each host
+(``python -m ddpcheck.remote.hangscan --window 3``), like ``ddpcheck.remote.agent`` for preflight.
+
+It finds the torchrun workers running here (processes whose environment has RANK, WORLD_SIZE and
+LOCAL_RANK, and TORCHELASTIC_RUN_ID or MASTER_ADDR; a data-loader child inherits that environment,
+so only the topmost process of each rank counts), samples each twice, ``--window`` seconds apart
+(process state, CPU time, Python stack with py-spy when installed, the ``ddpcheck.Monitor``
+heartbeat, the PyTorch Flight Recorder dump when the job wrote one) and prints one marked JSON
+line, ``@@DDPCHECK hangscan {...}``, that the launcher collects. Heartbeats written on this host
+by ranks whose process is gone are reported too: that is how a dead rank is named with its host.
+
+Only processes in this scan's network namespace are inspected (on one machine, other namespaces
+are other hosts or containers); the count of skipped workers is reported. Standard library and
+psutil only: no torch, so it works while the job holds every GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Mapping, Optional
+
+from .flightrecorder import MAX_DUMP_BYTES, dump_prefix, parse_dump
+from ..injob.monitor import HEARTBEAT_PREFIX, SHM_DIR, heartbeat_path, heartbeat_root, job_key
+
+MARK = "@@DDPCHECK"
+PY_SPY_VARIABLE = "DDPCHECK_PY_SPY"
+PY_SPY_INSTALL = "pip install 'ddpcheck[stacks]' (or pip install py-spy) into the host's python"
+MAX_HEARTBEAT_BYTES = 1 << 16
+MAX_FRAMES = 80
+MAX_THREADS = 32
+KEPT_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE",
+            "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")
+
+
+def emit(kind: str, payload: Mapping[str, Any]) -> None:
+    sys.stdout.write(f"{MARK} {kind} {json.dumps(payload, sort_keys=True)}\n")
+    sys.stdout.flush()
+
+
+# -- which processes are workers (pure) -------------------------------------------------------
+
+def worker_identity(env: Mapping[str, str]) -> Optional[dict[str, Any]]:
+    """Rank, world and job of a torchrun worker's environment; None for any other process."""
+    try:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    except (KeyError, ValueError):
+        return None
+    if not (env.get("TORCHELASTIC_RUN_ID") or env.get("MASTER_ADDR")):
+        return None
+    if not 0 <= rank < world:
+        return None
+    return {"job": job_key(env), "rank": rank, "local_rank": local, "world_size": world,
+            "group_rank": _int_or_none(env.get("GROUP_RANK")),
+            "local_world_size": _int_or_none(env.get("LOCAL_WORLD_SIZE"))}
+
+
+def topmost(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (job, rank), the process whose parent is not one of the same rank (data-loader
+    workers and other children inherit the rank's environment); ``children`` counts the rest."""
+    by_rank: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for cand in candidates:
+        by_rank.setdefault((cand["job"], cand["rank"]), []).append(cand)
+    chosen = []
+    for group in by_rank.values():
+        pids = {c["pid"] for c in group}
+        roots = [c for c in group if c["ppid"] not in pids] or group
+        # a wrapper shell above the interpreter: prefer the topmost python process
+        pythons = [c for c in group if "python" in (c.get("name") or "")]
+        pick = roots[0]
+        if pythons and "python" not in (pick.get("name") or ""):
+            pick = min(pythons, key=lambda c: c["create_time"])
+        chosen.append({**pick, "children": len(group) - 1})
+    return sorted(chosen, key=lambda c: (c["job"], c["rank"]))
+
+
+# -- py-spy -----------------------------------------------------------------------------------
+
+def find_py_spy(env: Mapping[str, str] = os.environ) -> Optional[str]:
+    """$DDPCHECK_PY_SPY, py-spy on PATH, or beside this interpreter (a venv's bin/)."""
+    for cand in (env.get(PY_SPY_VARIABLE), shutil.which("py-spy"),
+                 os.path.join(os.path.dirname(sys.executable), "py-spy")):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def parse_py_spy_json(text: str, pid: int) -> list[dict[str, Any]]:
+    """py-spy ``dump --json`` -> threads (main thread first), frames innermost first."""
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError("py-spy output is not a list of threads")
+    threads = []
+    for thread in data[:MAX_THREADS]:
+        if not isinstance(thread, dict):
+            continue
+        frames = []
+        for frame in (thread.get("frames") or [])[:MAX_FRAMES]:
+            if isinstance(frame, dict):
+                frames.append({"name": str(frame.get("name") or "?"),
+                               "file": str(frame.get("filename") or "?"),
+                               "line": _int_or_none(frame.get("line"))})
+        os_tid = _int_or_none(thread.get("os_thread_id"))
+        threads.append({"name": thread.get("thread_name"), "os_tid": os_tid,
+                        "main": os_tid == pid, "active": bool(thread.get("active")),
+                        "gil": bool(thread.get("owns_gil")), "frames": frames})
+    threads.sort(key=lambda t: not t["main"])
+    return threads
+
+
+def take_stack(py_spy: str, pid: int, stopped: bool,
+               timeout_s: float) -> tuple[Optional[list[dict[str, Any]]], Optional[str]]:
+    """(threads, None) or (None, why). A stopped process cannot be paused by ptrace: it is read
+    without pausing (--nonblocking); a running one is paused for a consistent stack, and read
+    without pausing when that fails."""
+    attempts = [["--nonblocking"]] if stopped else [[], ["--nonblocking"]]
+    error = "py-spy gave no output"
+    for extra in attempts:
+        try:
+            done = subprocess.run([py_spy, "dump", "--pid", str(pid), "--json", *extra],
+                                  capture_output=True, text=True, timeout=timeout_s,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            error = f"py-spy did not answer within {timeout_s:g}s"
+            continue
+        except OSError as exc:
+            return None, f"cannot run py-spy: {exc}"
+        if done.returncode == 0:
+            try:
+                return parse_py_spy_json(done.stdout, pid), None
+            except ValueError as exc:
+                error = f"unreadable py-spy output: {exc}"
+                continue
+        error = _py_spy_error(done.stderr or done.stdout)
+    return None, error
+
+
+def _py_spy_error(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = next((line for line in lines if line.startswith("Error")), lines[0] if lines else "")
+    if "Permission" in text or "EPERM" in text or "Operation not permitted" in text:
+        first += (" (py-spy needs root, the job's user with kernel.yama.ptrace_scope=0, or "
+                  "CAP_SYS_PTRACE in a container)")
+    return first[:300] or "py-spy failed"
+
+
+# -- heartbeats and Flight Recorder dumps -----------------------------------------------------
+
+def read_json_file(path: str, limit: int = MAX_HEARTBEAT_BYTES) -> Optional[dict[str, Any]]:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError:
+        return None
+    if len(data) > limit:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_flight_record(path: str, not_before: float) -> Optional[dict[str, Any]]:
+    """The summary of a dump at ``path`` written after ``not_before`` (an older one belongs to
+    an earlier run of the same rank number); None when there is none."""
+    try:
+        info = os.stat(path)
+        if info.st_mtime < not_before or info.st_size > MAX_DUMP_BYTES:
+            return None
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    return {"path": path, "mtime": info.st_mtime, **parse_dump(data).to_json()}
+
+
+def heartbeat_roots(extra: list[str]) -> list[str]:
+    """Folders that may hold heartbeats: given ones, $DDPCHECK_HEARTBEAT_DIR, and every user's
+    default folder in /dev/shm and the temp dir."""
+    roots = list(extra)
+    if os.environ.get("DDPCHECK_HEARTBEAT_DIR"):
+        roots.append(os.environ["DDPCHECK_HEARTBEAT_DIR"])
+    for base in (SHM_DIR, "/tmp", os.environ.get("TMPDIR") or "/tmp"):
+        roots += sorted(glob.glob(os.path.join(base, HEARTBEAT_PREFIX + "*")))
+    seen: list[str] = []
+    for root in roots:
+        if root and root not in seen:
+            seen.append(root)
+    return seen
+
+
+def orphan_heartbeats(roots: list[str], hostname: str, live: set[tuple[str, int]],
+                      alive: Any) -> list[dict[str, Any]]:
+    """Heartbeats written on this host whose rank has no live process: dead ranks."""
+    found = []
+    for root in roots:
+        for path in glob.glob(os.path.join(root, "*", "rank-*.json")):
+            beat = read_json_file(path)
+            if not beat or beat.get("host") != hostname:
+                continue
+            rank, pid = _int_or_none(beat.get("rank")), _int_or_none(beat.get("pid"))
+            if rank is None or pid is None or (str(beat.get("job")), rank) in live:
+                continue
+            if alive(pid, beat.get("started")):
+                continue  # a live process of another namespace or a job not found as a worker
+            found.append({**beat, "path": path})
+    return found
+
+
+# -- the scan (I/O) ----------------------------------------------------------------------------
+
+class HostScan:
+    def __init__(self, window_s: float, heartbeat_dirs: list[str], stacks: bool,
+                 deadline_s: float, job_filter: str = "") -> None:
+        import psutil  # a dependency of ddpcheck; imported here so --help works without it
+
+        self.psutil = psutil
+        self.window_s = window_s
+        self.heartbeat_dirs = heartbeat_dirs
+        self.job_filter = job_filter
+        self.started = time.monotonic()
+        self.deadline = self.started + deadline_s
+        self.py_spy = find_py_spy() if stacks else None
+        self.stacks = stacks
+        self.own_netns = _netns(os.getpid())
+        self.hostname = socket.gethostname()
+
+    def find_workers(self) -> tuple[list[dict[str, Any]], int, int]:
+        """(workers, workers skipped in other network namespaces, processes we may not read)."""
+        me = os.getpid()
+        candidates, other_netns, denied = [], 0, 0
+        for proc in self.psutil.process_iter(["pid", "ppid", "name", "create_time", "uids"]):
+            info = proc.info
+            if info["pid"] == me:
+                continue
+            try:
+                env = proc.environ()
+            except (self.psutil.AccessDenied, self.psutil.ZombieProcess):
+                denied += 1
+                continue
+            except self.psutil.NoSuchProcess:
+                continue
+            identity = worker_identity(env)
+            if identity is None or self.job_filter not in identity["job"]:
+                continue
+            if _netns(info["pid"]) != self.own_netns:
+                other_netns += 1
+                continue
+            try:
+                cmdline = " ".join(proc.cmdline())[:300]
+                cwd = proc.cwd()
+            except (self.psutil.Error, OSError):
+                cmdline, cwd = "", "/"
+            uids = info.get("uids")
+            candidates.append({
+                **identity, "pid": info["pid"], "ppid": info["ppid"], "name": info["name"],
+                "create_time": info["create_time"], "cmdline": cmdline,
+                "uid": uids.real if uids else None,
+                "env": {k: env[k] for k in KEPT_ENV if k in env},
+                "heartbeat_path": heartbeat_path(heartbeat_root(env, uids.real if uids else None),
+                                                 identity["job"], identity["rank"]),
+                "fr_path": os.path.join(cwd, dump_prefix(env) + str(identity["rank"])),
+            })
+        return topmost(candidates), other_netns, denied
+
+    def sample(self, worker: dict[str, Any]) -> dict[str, Any]:
+        try:
+            proc = self.psutil.Process(worker["pid"])
+            if proc.create_time() != worker["create_time"]:
+                return {"status": "gone"}
+            with proc.oneshot():
+                times = proc.cpu_times()
+                return {"status": proc.status(), "cpu_s": round(times.user + times.system, 3),
+                        "threads": proc.num_threads(), "at": time.time()}
+        except (self.psutil.NoSuchProcess, self.psutil.ZombieProcess):
+            return {"status": "gone"}
+        except self.psutil.AccessDenied:
+            return {"status": "denied"}
+
+    def stack(self, worker: dict[str, Any], status: str) -> dict[str, Any]:
+        if not self.py_spy or status in ("gone", "zombie", "denied"):
+            return {}
+        remaining = max(2.0, min(15.0, self.deadline - time.monotonic() - 1.0))
+        threads, error = take_stack(self.py_spy, worker["pid"],
+                                    status in ("stopped", "tracing-stop"), remaining)
+        return {"threads": threads} if threads is not None else {"error": error}
+
+    def observe(self, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One sample of every worker: state, CPU, heartbeat, stack (stacks taken in parallel,
+        each py-spy pausing its process for milliseconds)."""
+        samples = [self.sample(w) for w in workers]
+        beats = [read_json_file(w["heartbeat_path"]) for w in workers]
+        stacks: list[dict[str, Any]] = [{} for _ in workers]
+        if self.py_spy and workers:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(workers))) as pool:
+                stacks = list(pool.map(self.stack, workers, [s["status"] for s in samples]))
+        return [{**sample, "heartbeat": beat, "stack": stack}
+                for sample, beat, stack in zip(samples, beats, stacks)]
+
+    def alive(self, pid: int, started: Any) -> bool:
+        try:
+            proc = self.psutil.Process(pid)
+            if proc.status() == self.psutil.STATUS_ZOMBIE:
+                return False
+            if isinstance(started, (int, float)) and proc.create_time() > started + 2.0:
+                return False  # the pid was reused by a later process
+            return True
+        except self.psutil.Error:
+            return False
+
+    def run(self) -> dict[str, Any]:
+        workers, other_netns, denied = self.find_workers()
+        first_at = time.monotonic()
+        first = self.observe(workers)
+        rest = self.window_s - (time.monotonic() - first_at)
+        if workers and rest > 0:
+            time.sleep(min(rest, max(0.0, self.deadline - time.monotonic() - 5.0)))
+        second = self.observe(workers)
+        for worker, a, b in zip(workers, first, second):
+            worker["samples"] = [a, b]
+            worker["flight_record"] = read_flight_record(worker["fr_path"],
+                                                         worker["create_time"])
+        live = {(w["job"], w["rank"]) for w in workers}
+        gone = [beat for beat in orphan_heartbeats(heartbeat_roots(self.heartbeat_dirs),
+                                                   self.hostname, live, self.alive)
+                if self.job_filter in str(beat.get("job"))]
+        return {"hostname": self.hostname, "boot_id": _boot_id(), "scan_pid": os.getpid(),
+                "time": time.time(), "window_s": self.window_s,
+                "py_spy": self.py_spy, "stacks_requested": self.stacks,
+                "python": sys.executable, "workers": workers, "gone": gone,
+                "other_netns": other_netns, "denied": denied,
+                "duration_s": round(time.monotonic() - self.started, 3)}
+
+
+def _netns(pid: int) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+def _boot_id() -> Optional[str]:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ddpcheck.remote.hangscan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--window", type=float, default=3.0,
+                        help="seconds between the two samples of every rank (default 3)")
+    parser.add_argument("--heartbeat-dir", action="append", default=[],
+                        help="also look for ddpcheck.Monitor heartbeats here")
+    parser.add_argument("--no-stacks", action="store_true", help="do not run py-spy")
+    parser.add_argument("--job", default="", help="only jobs whose key contains this")
+    parser.add_argument("--deadline", type=float, default=60.0,
+                        help="give up and report what was seen after this many seconds")
+    args = parser.parse_args(argv)
+    try:
+        scan = HostScan(max(args.window, 0.0), args.heartbeat_dir, not args.no_stacks,
+                        args.deadline, args.job)
+    except ImportError as exc:
+        emit("hangscan", {"hostname": socket.gethostname(), "error": f"psutil missing: {exc}"})
+        return 1
+    emit("hangscan", scan.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

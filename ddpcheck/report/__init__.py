@@ -1,0 +1,1 @@
+"""Report: records and findings -> the table, JSON, CSV, JUnit (pure rendering)."""

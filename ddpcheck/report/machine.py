@@ -1,0 +1,182 @@
+"""Outputs for machines: the report as CSV and as JUnit XML (report stage, pure).
+
+report -> ``render_csv`` (a row per rank; a host without ranks gets one row) and
+``render_junit`` (one testsuite per check, a testcase per host or per rank; a failed check is a
+``<failure>``, a host that could not be reached is an ``<error>``, a check that could not run
+is ``<skipped>``), for CI systems and spreadsheets. The table and JSON renderers are in
+``report``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..analyze.verdict import summary_line
+from ..model.records import Finding, HostRecord, RankRecord, Severity
+from .table import Report
+
+CSV_COLUMNS = ("host", "address", "reachable", "hostname", "slots", "gpus", "rank",
+               "local_rank", "pid", "device", "status", "stage", "barrier_us", "allreduce_us",
+               "all_reduce_wrong", "error")
+
+# Checks every preflight evaluates: per host, then per rank. Any other check a finding names
+# gets a suite too (per rank when one of its findings names a rank, else per host).
+PREFLIGHT_HOST_CHECKS = ("ssh", "python", "torch_import", "hostname")
+PREFLIGHT_RANK_CHECKS = ("rendezvous", "world_size", "all_reduce", "barrier")
+CLUSTER_CASE = "cluster"  # the testcase of findings about no host in particular
+
+
+def render_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for host in report.hosts:
+        own = _ranks_of(host, report.ranks)
+        base = [host.name, host.address, _bool(host.reachable), host.hostname or "",
+                _cell(host.slots), _cell(host.gpus)]
+        if not own:
+            status = "unreachable" if not host.reachable else ("failed" if host.error
+                                                               else "not_run")
+            writer.writerow(base + ["", "", "", "", status, host.stage, "", "", "",
+                                    summary_line(host.error)])
+            continue
+        for rank in own:
+            writer.writerow(base + [
+                _cell(rank.rank), _cell(rank.local_rank), _cell(rank.pid), rank.device,
+                rank.status.value, rank.stage, _cell(rank.barrier_us),
+                _cell(rank.allreduce_small_us), _cell(rank.all_reduce_wrong),
+                summary_line(rank.error)])
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class _Case:
+    host: Optional[HostRecord]  # None: the cluster as a whole
+    rank: Optional[RankRecord] = None
+
+    @property
+    def name(self) -> str:
+        if self.host is None:
+            return CLUSTER_CASE
+        return self.host.name if self.rank is None else f"{self.host.name} rank {self.rank.rank}"
+
+
+def render_junit(report: Report) -> str:
+    """JUnit XML (the common Jenkins/GitLab/pytest dialect): ``<testsuites>`` with a
+    ``<testsuite name="ddpcheck.CHECK">`` per check."""
+    rank_checks = _rank_scoped_checks(report)
+    root = ET.Element("testsuites", name=f"ddpcheck {report.command}",
+                      time=f"{report.duration_s:.3f}")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for check in _checks(report):
+        suite = ET.SubElement(root, "testsuite", name=f"ddpcheck.{check}")
+        counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+        for case in _cases(report, check, check in rank_checks):
+            outcome = _testcase(suite, report, check, case)
+            counts["tests"] += 1
+            if outcome:
+                counts[outcome] += 1
+        for key, value in counts.items():
+            suite.set(key, str(value))
+            totals[key] += value
+        suite.set("time", "0")
+    for key, value in totals.items():
+        root.set(key, str(value))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _checks(report: Report) -> list[str]:
+    checks: list[str] = ["ssh"]
+    if report.command == "preflight":
+        checks += [*PREFLIGHT_HOST_CHECKS[1:], *PREFLIGHT_RANK_CHECKS]
+    for finding in report.findings:
+        if finding.check not in checks:
+            checks.append(finding.check)
+    for host in report.hosts:
+        if host.error_check and host.error_check not in checks:
+            checks.append(host.error_check)
+    return checks
+
+
+def _rank_scoped_checks(report: Report) -> set[str]:
+    scoped = set(PREFLIGHT_RANK_CHECKS) if report.command == "preflight" else set()
+    scoped |= {f.check for f in report.findings if f.rank is not None}
+    return scoped
+
+
+def _cases(report: Report, check: str, per_rank: bool) -> list[_Case]:
+    cases: list[_Case] = []
+    for host in report.hosts:
+        own = _ranks_of(host, report.ranks) if per_rank else []
+        cases += [_Case(host, rank) for rank in own] or [_Case(host)]
+    names = {h.name for h in report.hosts}
+    if any(f.check == check and (f.host is None or f.host not in names)
+           for f in report.findings):
+        cases.append(_Case(None))
+    return cases
+
+
+def _testcase(suite: ET.Element, report: Report, check: str, case: _Case) -> Optional[str]:
+    """Adds the testcase; returns "failures", "errors", "skipped" or None (passed)."""
+    element = ET.SubElement(suite, "testcase", name=case.name,
+                            classname=f"ddpcheck.{report.command}.{check}", time="0")
+    host = case.host
+    if host is not None and not host.reachable:
+        error = ET.SubElement(element, "error", type=host.error_check or "ssh",
+                              message=summary_line(host.error) or "host not reached")
+        error.text = host.error or "host not reached"
+        return "errors"
+    findings = _findings_for(report.findings, check, case)
+    errors = [f for f in findings if f.severity is Severity.ERROR]
+    notes = [f for f in findings if f.severity is not Severity.ERROR]
+    if notes:
+        ET.SubElement(element, "system-out").text = "\n".join(
+            f"[{f.severity.value}] {f.message}" for f in notes)
+    if errors:
+        failure = ET.SubElement(element, "failure", type=check,
+                                message=summary_line(errors[0].message))
+        failure.text = "\n".join(("ROOT CAUSE: " if f.root_cause else "") + f.message
+                                 for f in errors)
+        return "failures"
+    if host is not None and case.rank is None and _not_run(report, check, host):
+        ET.SubElement(element, "skipped", message=_not_run(report, check, host))
+        return "skipped"
+    return None
+
+
+def _findings_for(findings: Sequence[Finding], check: str, case: _Case) -> list[Finding]:
+    if case.host is None:
+        return [f for f in findings if f.check == check and f.host is None]
+    return [f for f in findings if f.check == check and f.host == case.host.name
+            and (case.rank is None or f.rank is None or f.rank == case.rank.rank)]
+
+
+def _not_run(report: Report, check: str, host: HostRecord) -> str:
+    """Why a rank-level check has no result on this host ("" when it has one)."""
+    if check not in _rank_scoped_checks(report) or _ranks_of(host, report.ranks):
+        return ""
+    if host.stage in ("connect", "stage0"):
+        return "not run: torchrun was not started"
+    return "not run: no rank of this host reported back"
+
+
+def _ranks_of(host: HostRecord, ranks: Sequence[RankRecord]) -> list[RankRecord]:
+    return sorted((r for r in ranks if r.host == host.name),
+                  key=lambda r: (r.rank is None, r.rank or 0))
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)

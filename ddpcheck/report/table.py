@@ -1,0 +1,201 @@
+"""Report: the run's records -> the cluster-wide table (stdout) and the JSON report.
+
+Pure. The table reads like nccl-tests: a ``#`` header with parameters and versions, a row per
+rank grouped by host, the findings with the root cause first, and a verdict footer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+from tabulate import tabulate
+
+from ..model.records import Finding, HostRecord, RankRecord, Verdict
+
+SCHEMA = "ddpcheck/report/v1"
+DEFAULT_TABLE_FORMAT = "simple"
+
+# ANSI colours, used only when the caller says the output is a terminal (see cli.use_color).
+_COLORS = {"green": "\033[32m", "red": "\033[31m", "yellow": "\033[33m", "bold": "\033[1m"}
+_RESET = "\033[0m"
+STATE_COLORS: Mapping[str, str] = {
+    "ok": "green", "error": "red", "fail": "red", "failed": "red", "timeout": "red",
+    "missing": "red", "unreachable": "yellow", "interrupted": "yellow", "warning": "yellow",
+}
+
+
+def paint(text: str, state: str, color: bool) -> str:
+    """``text`` in the colour of ``state`` (ok green, failures red, unreachable yellow)."""
+    name = STATE_COLORS.get(state)
+    if not color or name is None:
+        return text
+    return f"{_COLORS[name]}{text}{_RESET}"
+
+
+@dataclass(frozen=True)
+class Report:
+    command: str
+    verdict: Verdict
+    exit_code: int
+    duration_s: float
+    backend: Optional[str]
+    world_size: Optional[int]
+    expected_world_size: Optional[int]
+    hosts: tuple[HostRecord, ...]
+    ranks: tuple[RankRecord, ...]
+    findings: tuple[Finding, ...]
+    source: str = ""
+    master: Optional[str] = None
+    collectives: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    pairs: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # bandwidth --pairwise
+    stacks: Mapping[str, str] = field(default_factory=dict)  # hang: rank -> stack
+    # Command-specific top-level JSON sections (never one of the keys above).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def to_json_dict(report: Report) -> dict[str, Any]:
+    data = {
+        "schema": SCHEMA,
+        "command": report.command,
+        "verdict": report.verdict.value,
+        "exit_code": report.exit_code,
+        "duration_s": round(report.duration_s, 3),
+        "backend": report.backend,
+        "world_size": report.world_size,
+        "expected_world_size": report.expected_world_size,
+        "source": report.source,
+        "master": report.master,
+        "hosts": [{
+            "name": h.name, "address": h.address, "reachable": h.reachable,
+            "hostname": h.hostname, "slots": h.slots, "gpus": h.gpus, "error": h.error,
+            "stage": h.stage, "versions": dict(h.versions), "run_dir": h.run_dir,
+        } for h in report.hosts],
+        "ranks": [{
+            "rank": r.rank, "local_rank": r.local_rank, "host": r.host, "hostname": r.hostname,
+            "pid": r.pid, "device": r.device, "status": r.status.value, "stage": r.stage,
+            "gpu_uuid": r.gpu_uuid, "gpu_bus_id": r.gpu_bus_id, "world_size": r.world_size,
+            "barrier_us": r.barrier_us, "allreduce_small_us": r.allreduce_small_us,
+            "all_reduce_wrong": r.all_reduce_wrong, "error": r.error,
+        } for r in report.ranks],
+        "findings": [{
+            "severity": f.severity.value, "check": f.check, "host": f.host, "rank": f.rank,
+            "message": f.message, "root_cause": f.root_cause,
+        } for f in report.findings],
+        "collectives": [dict(c) for c in report.collectives],
+    }
+    if report.pairs or report.command == "bandwidth":
+        data["pairs"] = [dict(p) for p in report.pairs]
+    if report.stacks or report.command == "hang":
+        data["stacks"] = dict(report.stacks)
+    for key, value in report.extra.items():
+        data.setdefault(key, value)
+    return data
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(to_json_dict(report), indent=2, sort_keys=False) + "\n"
+
+
+def render_table(report: Report, tablefmt: str = DEFAULT_TABLE_FORMAT,
+                 color: bool = False) -> str:
+    """The report for people: header, a row per rank (``tablefmt``: any tabulate format),
+    findings and the verdict; ``color`` adds ANSI colours (only for a terminal)."""
+    lines = header_lines(report)
+    lines.append(rank_table(report.hosts, report.ranks, tablefmt, color))
+    lines.append("#")
+    if report.extra.get("drift"):
+        lines.append("# What differs across ranks (the first value of each key is the reference):")
+        lines.append(drift_table(report.extra["drift"], tablefmt))
+        lines.append("#")
+    lines += findings_lines(report.findings, color)
+    lines.append(footer_line(report, color))
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(report: Report) -> list[str]:
+    reachable = sum(1 for h in report.hosts if h.reachable)
+    world = "?" if report.world_size is None else str(report.world_size)
+    expected = "?" if report.expected_world_size is None else str(report.expected_world_size)
+    lines = [
+        f"# ddpcheck {report.command}: {len(report.hosts)} host(s) from {report.source}, "
+        f"{reachable} reachable",
+        f"# backend {report.backend or '?'}  master {report.master or '?'}  "
+        f"world_size {world} (expected {expected})",
+    ]
+    versions = sorted({f"python {h.versions.get('python')}, torch {h.versions.get('torch')}"
+                       for h in report.hosts if h.versions})
+    if versions:
+        lines.append("# versions: " + " | ".join(versions))
+    lines.append("#")
+    return lines
+
+
+def rank_table(hosts: Sequence[HostRecord], ranks: Sequence[RankRecord],
+               tablefmt: str = DEFAULT_TABLE_FORMAT, color: bool = False) -> str:
+    """A row per rank, grouped by host in hosts.yaml order; a host without ranks gets one row."""
+    rows: list[list[Any]] = []
+    for host in hosts:
+        own = sorted((r for r in ranks if r.host == host.name),
+                     key=lambda r: (r.rank is None, r.rank or 0))
+        if not own:
+            status = "unreachable" if not host.reachable else ("failed" if host.error else "-")
+            rows.append([host.name, "-", "-", host.hostname or "-", "-", "-",
+                         paint(status, status, color), "", "", ""])
+            continue
+        for index, rank in enumerate(own):
+            rows.append([
+                host.name if index == 0 else "",
+                _cell(rank.rank), _cell(rank.local_rank), rank.hostname or "-", _cell(rank.pid),
+                rank.device + (f" {rank.gpu_bus_id}" if rank.gpu_bus_id else ""),
+                paint(rank.status.value if rank.status.value == "ok" else
+                      f"{rank.status.value} ({rank.stage})", rank.status.value, color),
+                _cell(rank.barrier_us), _cell(rank.allreduce_small_us),
+                _cell(rank.all_reduce_wrong),
+            ])
+    headers = ["host", "rank", "local", "hostname", "pid", "device", "status",
+               "barrier_us", "allreduce_us", "#wrong"]
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def drift_table(rows: Sequence[Mapping[str, Any]],
+                tablefmt: str = DEFAULT_TABLE_FORMAT) -> str:
+    table = [[row.get("check"), row.get("key"), _clip(str(row.get("value")), 40),
+              ", ".join(row.get("hosts", [])), _ranks_text(row.get("ranks", [])),
+              "" if row.get("reference") else "<- differs"] for row in rows]
+    return tabulate(table, headers=["check", "key", "value", "hosts", "ranks", ""],
+                    tablefmt=tablefmt, disable_numparse=True)
+
+
+def _ranks_text(ranks: Sequence[int]) -> str:
+    return " ".join(str(r) for r in ranks) if len(ranks) <= 8 else f"{len(ranks)} ranks"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def findings_lines(findings: Sequence[Finding], color: bool = False) -> list[str]:
+    if not findings:
+        return ["# Findings: none"]
+    lines = ["# Findings (root cause first):"]
+    for finding in findings:
+        mark = "ROOT CAUSE " if finding.root_cause else ""
+        severity = paint(f"[{finding.severity.value}]", finding.severity.value, color)
+        lines.append(f"#  {mark}{severity} {finding.check}: {finding.message}")
+    return lines
+
+
+def footer_line(report: Report, color: bool = False) -> str:
+    verdict = paint(report.verdict.value.upper(), report.verdict.value, color)
+    return (f"# Verdict: {verdict} (exit {report.exit_code}) "
+            f"in {report.duration_s:.1f}s")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
