@@ -143,6 +143,8 @@ def dry_run_text(spec: ClusterSpec, options: BandwidthOptions) -> str:
         where = "local" if spec.local else f"ssh {ssh_target(host)}"
         if host.jumps:
             where += " through " + " > ".join(ssh_target(jump) for jump in host.jumps)
+        if host.proxy_command and not spec.local:
+            where += f" through ProxyCommand {host.proxy_command!r}"
         lines += [f"# {host.name} stage 0 via {where}",
                   stage0_command(host, 58, master=spec.master_host.address)]
     if not settings.pairwise:
