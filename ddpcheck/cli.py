@@ -103,6 +103,13 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                             "unset")
 
 
+def add_prom_option(parser: argparse.ArgumentParser) -> None:
+    """--prom FILE: node_exporter's textfile format (preflight, node, bandwidth)."""
+    parser.add_argument("--prom", metavar="FILE",
+                        help="write Prometheus metrics here (node_exporter textfile collector "
+                             "format, replaced atomically; name it *.prom)")
+
+
 def use_color(args: argparse.Namespace, stream: TextIO) -> bool:
     choice = getattr(args, "color", "never")
     if choice == "always":
@@ -121,6 +128,7 @@ def register_preflight(sub) -> None:
     add_common_options(pre, 180.0)
     add_inventory_options(pre)
     add_output_options(pre)
+    add_prom_option(pre)
     pre.add_argument("--launcher", choices=("ssh", "slurm"), default="ssh",
                      help="how ranks are started: ssh (default), or slurm: srun inside the "
                           "current allocation (the hosts default to --slurm)")
@@ -263,7 +271,8 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
 
 def write_report(path: str, report: Report,
                  render: Callable[[Report], str] = to_json) -> None:
-    """Atomically: a reader never sees half a report."""
+    """Atomically (a temporary file in the same directory, then renamed): a reader, such as
+    node_exporter's textfile collector, never sees half a report."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(render(report))
@@ -273,9 +282,11 @@ def write_report(path: str, report: Report,
 def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report], str]]]:
     """(path, renderer) of every report file the arguments ask for."""
     from .report.machine import render_csv, render_junit
+    from .report.prometheus import render_prom
 
     files = []
-    for option, render in (("json", to_json), ("csv", render_csv), ("junit", render_junit)):
+    for option, render in (("json", to_json), ("csv", render_csv), ("junit", render_junit),
+                           ("prom", render_prom)):
         path = getattr(args, option, None)
         if path:
             files.append((path, render))

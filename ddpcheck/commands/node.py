@@ -52,6 +52,8 @@ def register(sub) -> None:
                     "interfaces and env, the torch import. Exit 1 when a check fails, so a "
                     "SLURM prolog drains the node; --slurm-drain drains it directly.")
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
+    parser.add_argument("--prom", metavar="FILE",
+                        help="write Prometheus metrics here (node_exporter textfile format)")
     parser.add_argument("--timeout", type=positive, default=DEFAULT_TIMEOUT_S,
                         metavar="SECONDS",
                         help=f"hard deadline for the checks (default {DEFAULT_TIMEOUT_S:g})")

@@ -362,7 +362,8 @@ WARMUP_HINT = ("-w is the warm-up iteration count here, as in nccl-tests; give a
 
 
 def register_bandwidth(sub) -> None:
-    from ..cli import add_common_options, add_inventory_options, add_output_options
+    from ..cli import (add_common_options, add_inventory_options, add_output_options,
+                       add_prom_option)
 
     parser = sub.add_parser(
         "bandwidth", help="nccl-tests style bus-bandwidth sweep; --pairwise finds a slow host "
@@ -374,6 +375,7 @@ def register_bandwidth(sub) -> None:
     add_common_options(parser, SWEEP_TIMEOUT_S)
     add_inventory_options(parser, hostlist_flags=("--nodelist",))  # -w: warm-up, as nccl-tests
     add_output_options(parser)
+    add_prom_option(parser)
     parser.set_defaults(timeout=None)
     parser._option_string_actions["--timeout"].help = (
         f"hard deadline for the whole command (default {SWEEP_TIMEOUT_S:g}; with --pairwise "
