@@ -177,3 +177,20 @@ def test_proxy_command_tokens_and_unfollowed_keywords_are_said() -> None:
     assert "(n1, n2)" in said[0]
     with pytest.raises(ConfigError, match="Match localnetwork is not supported"):
         applied("hosts: [n1]\n", "Match localnetwork 10.0.0.0/8\n  User x\n")
+
+
+def test_dry_run_shows_the_proxy_command(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "ssh_config"
+    config.write_text("Host gpu*\n  HostName %h.cluster\n  User alice # admin\n"
+                      "  ProxyCommand ssh -W %h:%p gateway\n")
+    for command in (["preflight"], ["bandwidth", "-e", "1M"]):
+        done = subprocess.run([sys.executable, "-m", "ddpcheck", *command, *(
+            ["-w"] if command[0] == "preflight" else ["--nodelist"]), "gpu1,gpu2",
+            "--ssh-config", str(config), "--dry-run"], capture_output=True, text=True,
+            timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert ("via ssh alice@gpu1.cluster:22 through ProxyCommand "
+                "'ssh -W gpu1.cluster:22 gateway'") in done.stdout, done.stdout
