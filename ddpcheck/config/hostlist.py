@@ -51,9 +51,11 @@ def compress_hostlist(names: Iterable[str]) -> str:
 
     Names ending in a number are grouped by the text before it (SLURM, which reads the lists
     handed to ``srun --nodelist``, allows no text after a bracket: ``gpu1-ib`` stays as it is),
-    groups keep the order in which they first appear, numbers within a group are sorted and duplicates dropped. The result expands
-    back to the same set of names. Raises ``ValueError`` for a name that ``expand_hostlist`` could
-    not have produced (empty, brackets, commas, whitespace, other odd characters, leading '-').
+    groups keep the order in which they first appear, numbers within a group are sorted and
+    duplicates dropped. The result expands back to the same set of names (SLURM's
+    ``scontrol show hostnames`` agrees). Raises ``ValueError`` for a name that
+    ``expand_hostlist`` could not have produced (empty, brackets, commas, whitespace, other odd
+    characters, leading '-').
     """
     groups: dict[tuple[str, str], list[str]] = {}
     plain: dict[str, None] = {}

@@ -532,11 +532,11 @@ def _one(args: tuple[str, ...], line: ConfigLine) -> str:
 def _set_jump(options: _Options, text: str, active: bool) -> None:
     """readconf.c parse_jump: ``none`` only claims the slot; a jump host also turns
     ProxyCommand off; neither when ProxyCommand or ProxyJump already has a value."""
-    if text.strip().lower() == NO_SSH_CONFIG:
+    text = text.split("#", 1)[0].strip(_WS)
+    if text.lower() == NO_SSH_CONFIG:
         if active and options.proxy_jump is None:
             options.proxy_jump = NO_SSH_CONFIG
         return
-    text = text.split("#", 1)[0].rstrip(_WS)
     parse_proxy_jump(text)  # ValueError names the bad hop
     if active and options.proxy_command is None and options.proxy_jump is None:
         options.proxy_jump = text
