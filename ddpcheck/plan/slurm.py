@@ -22,7 +22,8 @@ from typing import Mapping, Optional, Sequence
 
 from ..remote.agent import HOST_TOKEN, NODE_RANK_TOKEN, NPROC_TOKEN
 from ..config.hostlist import compress_hostlist, expand_hostlist
-from .commands import (LaunchOptions, MARK, launch_argv, master_address, plan_rendezvous_check,
+from ..wire import MARK
+from .commands import (LaunchOptions, launch_argv, master_address, plan_rendezvous_check,
                    remote_command, stage0_argv)
 from ..model.spec import Backend, ClusterSpec
 

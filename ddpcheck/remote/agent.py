@@ -31,11 +31,11 @@ import threading
 import time
 from typing import Any, Mapping, Optional, Sequence
 
+from .. import wire
 from . import hostfacts
 
 from . import nvml
 
-MARK = "@@DDPCHECK"
 NODE_RANK_TOKEN = "@NODE_RANK@"
 NPROC_TOKEN = "@NPROC@"
 HOST_TOKEN = "@HOST@"
@@ -60,8 +60,7 @@ print(json.dumps(facts))
 
 
 def emit(kind: str, payload: dict[str, Any]) -> None:
-    sys.stdout.write(f"{MARK} {kind} {json.dumps(payload, sort_keys=True)}\n")
-    sys.stdout.flush()
+    wire.emit(kind, payload)
 
 
 def slurm_node(hosts: Sequence[str], env: Mapping[str, str]) -> tuple[int, str]:

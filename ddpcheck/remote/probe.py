@@ -35,7 +35,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from .agent import MARK, set_parent_death_signal
+from .. import wire
+from .agent import set_parent_death_signal
 from .fingerprint import (call_setup, gather_json, load_setup, model_fingerprint,
                           numeric_settings, relevant_env, rng_hashes, runtime_versions,
                           seed_everything)
@@ -86,7 +87,7 @@ class RankProbe:
             self.record["duration_s"] = round(time.monotonic() - self.started, 3)
             if self.failed_at is not None:
                 self.record["failed_at"] = self.failed_at
-            sys.stdout.write(f"{MARK} rank {json.dumps(self.record, sort_keys=True)}\n")
+            sys.stdout.write(wire.encode("rank", self.record) + "\n")
             sys.stdout.flush()
 
     def watchdog(self) -> None:
