@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 from ..model.checks import Check
 from ..model.errors import HostError
@@ -26,10 +26,18 @@ from ..transport.fanout import fan_out
 from ..transport.jump import JumpPool
 from ..transport.local import LocalSession
 from ..transport.ssh import Session, SSHSession
-from .state import REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup
+from .progress import Progress
+from .state import REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup, RunState
 
-if TYPE_CHECKING:
-    from .run import Engine
+
+class Run(Protocol):
+    """What a launcher sees of the run (``engine.run.Engine``)."""
+
+    spec: ClusterSpec
+    state: RunState
+    progress: Progress
+    verbose: bool
+    launch_grace_s: float  # after the agent's deadline, for it to clean up
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,12 @@ HostDone = Callable[[str, CommandResult], bool]  # True when something failed on
 
 
 class Launcher(Protocol):
-    def prepare(self, spec: ClusterSpec, run: "Engine") -> ClusterSpec: ...
-    def reach(self, run: "Engine", step: HostStep) -> None: ...
-    def rendezvous(self, run: "Engine") -> RendezvousResults: ...
-    def launch(self, run: "Engine", setup: LaunchSetup, program: Optional[RankProgram],
+    def prepare(self, spec: ClusterSpec, run: Run) -> ClusterSpec: ...
+    def reach(self, run: Run, step: HostStep) -> None: ...
+    def rendezvous(self, run: Run) -> RendezvousResults: ...
+    def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
                done: HostDone) -> None: ...
-    def run_jobs(self, run: "Engine", jobs: Sequence[HostJob]) -> dict[int, CommandResult]: ...
+    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]: ...
     def close(self) -> None: ...
 
 
@@ -76,15 +84,15 @@ class SSHLauncher:
         self.jumps: Optional[JumpPool] = None
         self.lock = threading.Lock()
 
-    def prepare(self, spec: ClusterSpec, run: "Engine") -> ClusterSpec:
+    def prepare(self, spec: ClusterSpec, run: Run) -> ClusterSpec:
         self.jumps = JumpPool(spec.ssh)  # ProxyJump: one connection per jump host, shared
         return spec
 
-    def reach(self, run: "Engine", step: HostStep) -> None:
+    def reach(self, run: Run, step: HostStep) -> None:
         fan_out(list(run.spec.hosts), lambda host: self.reach_one(run, host, step),
                 run.spec.ssh.fanout, run.state.cancel)
 
-    def reach_one(self, run: "Engine", host: HostSpec, step: HostStep) -> None:
+    def reach_one(self, run: Run, host: HostSpec, step: HostStep) -> None:
         state = run.state
         if state.cancel.is_set():
             return
@@ -109,7 +117,7 @@ class SSHLauncher:
         result = session.run(command, deadline, state.cancel)
         step.record(host, result, None if run.spec.local else (sent, time.time()))
 
-    def rendezvous(self, run: "Engine") -> RendezvousResults:
+    def rendezvous(self, run: Run) -> RendezvousResults:
         check = plan_rendezvous_check(run.spec, REACH_WINDOW_S)
         jobs = [("listen", check.master, check.listen_command)] + [
             ("reach", name, command) for name, command in check.reach_commands.items()]
@@ -118,7 +126,7 @@ class SSHLauncher:
             job[2], deadline, run.state.cancel), len(jobs), run.state.cancel)
         return [(o.item[0], o.item[1], o.result) for o in outcomes if o.result is not None]
 
-    def launch(self, run: "Engine", setup: LaunchSetup, program: Optional[RankProgram],
+    def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
                done: HostDone) -> None:
         """One torchrun per host. Once a host's launch ends with failures the world cannot
         finish: the others get the collective timeout (their ranks fail by themselves within
@@ -149,7 +157,7 @@ class SSHLauncher:
                                               f"{host_plan.node_rank}, {host_plan.slots} rank(s)")
             if run.verbose:
                 run.progress.host(host_plan.host, f"command: {redact_secrets(host_plan.command)}")
-            deadline = run.state.until(setup.options.deadline_s + run.workload.launch_grace_s)
+            deadline = run.state.until(setup.options.deadline_s + run.launch_grace_s)
             result = self.sessions[host_plan.host].run(host_plan.command, deadline,
                                                        run.state.cancel, stop=stop)
             if done(host_plan.host, result) and len(plans) > 1:
@@ -165,7 +173,7 @@ class SSHLauncher:
                 run.state.fail(outcome.item.host,
                                Failure(Check.RENDEZVOUS, f"launch: {outcome.error}"))
 
-    def run_jobs(self, run: "Engine", jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
+    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
         """Each job on its host at once; {index: result}, no entry for a job that raised."""
         def run_one(index: int) -> CommandResult:
             job = jobs[index]

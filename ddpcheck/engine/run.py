@@ -53,6 +53,7 @@ class Engine:
         self.launcher = launcher
         self.progress = progress or Progress()
         self.verbose = workload.verbose
+        self.launch_grace_s = workload.launch_grace_s
         self.spec = launcher.prepare(spec, self)
         self.state = RunState(self.spec, workload.timeout_s)
 

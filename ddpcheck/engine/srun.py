@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..analyze.outcomes import srun_silent_failure, summary_of
 from ..model.errors import ConfigError
@@ -27,12 +27,9 @@ from ..plan.slurm import (node_addresses_command, outputs_by_host, parse_node_ad
                           split_srun_output, with_node_addresses)
 from ..transport.fanout import fan_out
 from ..transport.local import LocalSession
-from .launchers import HostDone, HostJob, HostStep, RendezvousResults
+from .launchers import HostDone, HostJob, HostStep, RendezvousResults, Run
 from .progress import Progress
 from .state import REACH_WINDOW_S, LaunchSetup
-
-if TYPE_CHECKING:
-    from .run import Engine
 
 SRUN_STARTUP_S = 30.0  # srun may wait for the step's resources, then start every node
 EMPTY = CommandResult(None, "", False, False, 0.0)
@@ -42,10 +39,10 @@ class SrunLauncher:
     def __init__(self) -> None:
         self.session = LocalSession()
 
-    def prepare(self, spec: ClusterSpec, run: "Engine") -> ClusterSpec:
+    def prepare(self, spec: ClusterSpec, run: Run) -> ClusterSpec:
         return with_node_addresses(spec, node_addresses(spec, run.progress))
 
-    def reach(self, run: "Engine", step: HostStep) -> None:
+    def reach(self, run: Run, step: HostStep) -> None:
         if step.stage is not Stage.STAGE0:
             raise ConfigError("--launcher slurm runs preflight only", source="command line")
         for host in run.spec.hosts:
@@ -60,7 +57,7 @@ class SrunLauncher:
             run.state.update(name, reachable=True, stage=Stage.STAGE0)
             step.record(by_name[name], node_result, None)
 
-    def rendezvous(self, run: "Engine") -> RendezvousResults:
+    def rendezvous(self, run: Run) -> RendezvousResults:
         """Two srun steps side by side: the master node listens on the rendezvous port while
         every node connects to the address torchrun will get."""
         listen, reach = plan_srun_rendezvous_check(run.spec, REACH_WINDOW_S)
@@ -78,7 +75,7 @@ class SrunLauncher:
                 + [("reach", name, result) for name, result in
                    ((n, task_outputs(run.spec, reached, names).get(n, EMPTY)) for n in names)])
 
-    def launch(self, run: "Engine", setup: LaunchSetup, program: Optional[RankProgram],
+    def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
                done: HostDone) -> None:
         if program is not None:
             raise ConfigError("--launcher slurm runs the preflight probe only",
@@ -96,14 +93,14 @@ class SrunLauncher:
         for host, node_result in self.per_host(run, result, launched=True).items():
             done(host, node_result)
 
-    def run_jobs(self, run: "Engine", jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
+    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
         raise ConfigError("--launcher slurm runs one world per step, not per-host jobs",
                           source="command line")
 
     def close(self) -> None:
         self.session.close()
 
-    def per_host(self, run: "Engine", result: CommandResult, launched: bool = False
+    def per_host(self, run: Run, result: CommandResult, launched: bool = False
                  ) -> dict[str, CommandResult]:
         """Each node's share of one srun step. At stage 0 a node that gave nothing fails
         (check ``srun``); at launch it gets an empty result."""
