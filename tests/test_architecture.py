@@ -186,3 +186,20 @@ def test_building_the_parser_loads_neither_transport_nor_engine() -> None:
     loaded = loaded_modules("--version")
     assert "ddpcheck.commands.bandwidth" in loaded
     assert not [m for m in loaded if m.startswith(("ddpcheck.transport", "ddpcheck.engine"))]
+
+
+def test_every_class_is_under_150_lines() -> None:
+    long = [f"{p.relative_to(PACKAGE)}:{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p in MODULES for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, ast.ClassDef) and n.end_lineno - n.lineno + 1 >= 150]
+    assert not long
+
+
+def test_the_io_layers_decide_no_finding() -> None:
+    """engine, transport and commands do I/O; findings are made by the rules in analyze (and
+    the rank's own checks on the host), never there."""
+    makers = [f"{p.relative_to(PACKAGE)}:{n.lineno}" for p in MODULES
+              if package_of(p) in ("engine", "transport", "commands", "cli")
+              for n in ast.walk(ast.parse(p.read_text()))
+              if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Finding"]
+    assert not makers

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from ..model.records import Finding, RankRecord, RankStatus, Severity
+from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from .verdict import order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
@@ -577,6 +577,12 @@ def _int(value: Any) -> Optional[int]:
 
 
 # -- the hang report's findings and rank records ------------------------------------------
+
+def host_error_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
+    """A host that could not be scanned, as an error finding (its stage and error)."""
+    return [Finding(Severity.ERROR, h.error_check or "ssh", f"{h.name}: {h.stage}: {h.error}",
+                    host=h.name) for h in hosts if h.error]
+
 
 def hang_findings(analysis: HangAnalysis, host_errors: list[Finding]) -> list[Finding]:
     """Job findings first (their root cause leads), then unreachable hosts, then the rest.

@@ -17,15 +17,16 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..analyze import verdict as analyze
-from ..analyze.hang import HostScanResult, analyze_scans, hang_findings, rank_records
+from ..analyze.hang import (HostScanResult, analyze_scans, hang_findings, host_error_findings,
+                            rank_records)
 from ..analyze.outcomes import scan_failure
 from ..collect.scan import parse_scan_output
-from ..model.checks import EXIT_CODES, Check
+from ..model.checks import EXIT_CODES
 from ..model.outcomes import CommandResult
-from ..model.records import Finding, HostRecord, Severity, Stage
+from ..model.records import HostRecord, Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.commands import remote_command
-from ..report.hang import job_json, jobs_master, render_hang  # noqa: F401 - render_hang: here too
+from ..report.hang import job_json, jobs_master
 from ..report.table import Report
 from .launchers import HostStep, Launcher, SSHLauncher
 from .progress import Progress
@@ -121,9 +122,7 @@ def hang_report(spec: ClusterSpec, hosts: list[HostRecord], scans: dict[str, Hos
     results = [scans.get(h.name) or HostScanResult(h.name, None, "not scanned")
                for h in spec.hosts]
     analysis = analyze_scans(results, options.job_filter)
-    findings = [Finding(Severity.ERROR, h.error_check or Check.SSH, f"{h.name}: {h.stage}: "
-                        f"{h.error}", host=h.name) for h in hosts if h.error]
-    findings = hang_findings(analysis, findings)
+    findings = hang_findings(analysis, host_error_findings(hosts))
     verdict = analyze.verdict(findings, hosts, interrupted)
     worlds = [job.world_size for job in analysis.jobs]
     return Report(
