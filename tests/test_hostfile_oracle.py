@@ -12,7 +12,7 @@ import subprocess
 from typing import Optional
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ddpcheck.config.inventory import parse_hostfile
@@ -63,7 +63,10 @@ _line = st.tuples(
 
 
 @needs_mpirun
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(lines=["node01 max_slots=1 slots=2"])  # keys apply in order: slots raises max_slots
+@example(lines=["node01 slots=2 max_slots=1"])
+@example(lines=["bob@gpu7", "gpu7 slots=2"])
 @given(lines=st.lists(st.one_of(_line, st.sampled_from(["# comment", ""])), min_size=1,
                       max_size=7))
 def test_generated_hostfiles_read_as_openmpi_reads_them(lines, tmp_path_factory) -> None:

@@ -68,9 +68,9 @@ def parse_hostfile(text: str, source: str) -> list[InventoryEntry]:
         if not line:
             continue
         words = re.sub(r"\s*=\s*", "=", line).split()
-        name, user, slots, max_slots = _hostfile_host(words, source, number)
+        name, user, counts = _hostfile_host(words, source, number)
         for host in _expand(name, source, number):
-            _add(seen, host, user, slots, max_slots, source, number)
+            _add(seen, host, user, counts, source, number)
     if not seen:
         raise ConfigError("no hosts in the hostfile (only comments or blank lines)",
                           source=source)
@@ -78,8 +78,9 @@ def parse_hostfile(text: str, source: str) -> list[InventoryEntry]:
             for name, node in seen.items()]
 
 
-def _add(seen: dict, host: str, user: Optional[str], slots: Optional[int],
-         max_slots: Optional[int], source: str, number: int) -> None:
+def _add(seen: dict, host: str, user: Optional[str], counts: list[tuple[str, int]],
+         source: str, number: int) -> None:
+    """One line's host, its keys applied in the order written (as OpenMPI does)."""
     node = seen.get(host)
     if node is None:
         node = seen[host] = _Seen(number, user)
@@ -88,17 +89,21 @@ def _add(seen: dict, host: str, user: Optional[str], slots: Optional[int],
         node.slots_given = True
         node.user = node.user or user
     node.lines += 1
-    if slots is not None:
-        if node.slots_given:
-            _fail(source, number, f"{host!r} already has its slots (line {node.line}); list a "
-                                  f"host once per slot or once with slots=N, not both")
-        node.slots += slots
-        node.slots_given = True
-    if max_slots is not None:
-        if max_slots < node.slots:
-            _fail(source, number, f"max_slots={max_slots} is less than the {node.slots} "
-                                  f"slots of {host!r}")
-        node.max_slots = max_slots
+    for key, value in counts:
+        if key == "slots":
+            if node.slots_given:
+                _fail(source, number, f"{host!r} already has its slots (line {node.line}); "
+                                      f"list a host once per slot or once with slots=N, "
+                                      f"not both")
+            node.slots += value
+            node.slots_given = True
+            if node.max_slots and node.max_slots < node.slots:
+                node.max_slots = node.slots
+        else:
+            if value < node.slots:
+                _fail(source, number, f"max_slots={value} is less than the {node.slots} "
+                                      f"slots of {host!r}")
+            node.max_slots = value
     if node.lines == 1 and not node.slots_given:
         node.slots = node.max_slots or 1
 
@@ -110,7 +115,8 @@ def _final_slots(node: _Seen) -> Optional[int]:
 
 
 def _hostfile_host(words: list[str], source: str, number: int
-                   ) -> tuple[str, Optional[str], Optional[int], Optional[int]]:
+                   ) -> tuple[str, Optional[str], list[tuple[str, int]]]:
+    """(host, user, [("slots" | "max_slots", N) in the order written])."""
     first = words[0]
     user = None
     if "@" in first:
@@ -122,10 +128,9 @@ def _hostfile_host(words: list[str], source: str, number: int
         if len(words) > 1:
             _fail(source, number, f"unexpected {words[1]!r} after {first!r} (MPICH form is "
                                   f"'host:N' alone on a line)")
-        return mpich.group("name"), user, _slots(mpich.group("slots"), source, number,
-                                                 first), None
-    slots: Optional[int] = None
-    max_slots: Optional[int] = None
+        return mpich.group("name"), user, [("slots", _slots(mpich.group("slots"), source,
+                                                            number, first))]
+    counts: list[tuple[str, int]] = []
     for word in words[1:]:
         key, equals, value = word.partition("=")
         key = key.lower()
@@ -133,15 +138,15 @@ def _hostfile_host(words: list[str], source: str, number: int
             _fail(source, number, f"expected key=value after the host name, got {word!r} "
                                   f"(OpenMPI/DeepSpeed form is 'host slots=N')")
         if key in SLOTS_KEYS:
-            if slots is not None:
+            if any(kind == "slots" for kind, _ in counts):
                 _fail(source, number, "slots given twice")
-            slots = _slots(value, source, number, word)
+            counts.append(("slots", _slots(value, source, number, word)))
         elif key in MAX_SLOTS_KEYS:
-            max_slots = _slots(value, source, number, word)
+            counts.append(("max_slots", _slots(value, source, number, word)))
         else:
             _fail(source, number, f"unknown key {key!r} (known: "
                                   f"{', '.join(SLOTS_KEYS + MAX_SLOTS_KEYS)})")
-    return first, user, slots, max_slots
+    return first, user, counts
 
 
 def _looks_like_ipv6(word: str) -> bool:
