@@ -681,9 +681,6 @@ def proxy_command_line(resolved: Resolved) -> Optional[str]:
 # ---------------------------------------------------------------- ddpcheck's side
 
 
-SSHConfigLookup = SSHConfig
-
-
 def read_ssh_config(path: Optional[str]) -> tuple[SSHConfig, str]:
     """(config, the files read). ``None``: ~/.ssh/config and /etc/ssh/ssh_config, those that
     exist (as ssh); ``"none"``: nothing; a file named explicitly must exist (as ``ssh -F``).
