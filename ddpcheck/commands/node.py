@@ -43,6 +43,9 @@ class NodeOptions:
     with_torch: bool = True
     slurm_drain: bool = False
     node_name: Optional[str] = None
+    dcgm: Optional[int] = None  # dcgmi diag -r N
+    xid_since: Optional[float] = None  # epoch; None: since boot
+    ib_root: str = "/sys/class/infiniband"
 
 
 def register(sub) -> None:
@@ -65,6 +68,15 @@ def register(sub) -> None:
                         help="directory whose disk is checked (default: the current one)")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the torch import check (faster)")
+    parser.add_argument("--dcgm", type=int, choices=(1, 2), metavar="1|2",
+                        help="also run DCGM diagnostics (dcgmi diag -r N -j) and fold failed "
+                             "tests into gpu_health; the deadline grows by its run time")
+    parser.add_argument("--since", type=_since, default=None, metavar="TIME",
+                        help="Xid/SXid events since TIME: boot (default), epoch seconds, "
+                             "'YYYY-MM-DD HH:MM[:SS]' or an age like 10m, 2h")
+    parser.add_argument("--ib-sysfs", default="/sys/class/infiniband", metavar="DIR",
+                        help="where the InfiniBand/RoCE devices are (default "
+                             "/sys/class/infiniband)")
     parser.add_argument("--slurm-drain", action="store_true",
                         help="on a failed check, run scontrol update NodeName=<node> "
                              "State=DRAIN Reason=\"ddpcheck: <check>\"")
@@ -82,7 +94,8 @@ def node_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     options = NodeOptions(timeout_s=args.timeout, expected_gpus=args.gpus, master=args.master,
                           workdir=args.workdir, with_torch=not args.no_torch,
-                          slurm_drain=args.slurm_drain, node_name=args.node_name)
+                          slurm_drain=args.slurm_drain, node_name=args.node_name,
+                          dcgm=args.dcgm, xid_since=args.since, ib_root=args.ib_sysfs)
     return run_reported(args, lambda spec: run_node(options),
                         lambda report: render_node(report, verbose=args.verbose))
 
@@ -93,8 +106,10 @@ def run_node(options: NodeOptions,
     from ..remote.agent import collect_facts
 
     started = time.monotonic()
-    facts = collect_facts(max(options.timeout_s - 1.0, 1.0), options.master,
-                          with_torch=options.with_torch, workdir=options.workdir)
+    facts = collect_facts(max(node_deadline_s(options) - 1.0, 1.0), options.master,
+                          with_torch=options.with_torch, workdir=options.workdir,
+                          xid_since=options.xid_since, ib_root=options.ib_root,
+                          dcgm_level=options.dcgm)
     name = str(facts.get("hostname") or socket.gethostname())
     context = health.Stage0Context(expected_gpus=options.expected_gpus,
                                    check_hostname_loopback=True)
@@ -120,6 +135,22 @@ def run_node(options: NodeOptions,
         else:
             print(f"ddpcheck: drained SLURM node {node}: {outcome['reason']}", file=sys.stderr)
     return report
+
+
+def node_deadline_s(options: NodeOptions) -> float:
+    """--timeout, plus DCGM's own deadline when --dcgm runs the diagnostics."""
+    from ..remote.dcgm import DEADLINE_S
+
+    return options.timeout_s + (DEADLINE_S[options.dcgm] if options.dcgm else 0.0)
+
+
+def _since(text: str) -> Optional[float]:
+    from ..remote.kernlog import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- SLURM --------------------------------------------------------------------------------
@@ -173,8 +204,10 @@ def render_node(report: Report, verbose: bool = False) -> str:
     host = report.hosts[0] if report.hosts else None
     facts: Mapping[str, Any] = host.facts if host else {}
     lines = header_lines(host.name if host else "?", facts)
+    lines += kernel_log_lines(facts)
     if verbose:
         lines += interface_lines(facts)
+        lines += infiniband_lines(facts)
     lines.append("#")
     nvml = facts.get("nvml") if isinstance(facts.get("nvml"), Mapping) else {}
     if nvml.get("gpus"):
@@ -216,6 +249,34 @@ def header_lines(name: str, facts: Mapping[str, Any]) -> list[str]:
         f"{size(workdir.get('free'))} free, ulimit -n {_limit(limits.get('nofile'))} "
         f"-l {_limit(limits.get('memlock'), scale=True)}")
     return lines
+
+
+def kernel_log_lines(facts: Mapping[str, Any]) -> list[str]:
+    log = facts.get("kernel_log")
+    if not isinstance(log, Mapping):
+        return []
+    if log.get("error"):
+        return ["# kernel log: NOT read (see the gpu_health warning)"]
+    since = log.get("since")
+    when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+            if isinstance(since, (int, float)) else "boot")
+    events = [e for e in log.get("events") or [] if isinstance(e, Mapping)]
+    total = sum(int(e.get("count") or 1) for e in events)
+    return [f"# kernel log ({log.get('source')}) since {when}: {total} Xid/SXid event(s)"
+            + (f" of {len(events)} kind(s)" if events else "")]
+
+
+def infiniband_lines(facts: Mapping[str, Any]) -> list[str]:
+    ib = facts.get("infiniband")
+    devices = ib.get("devices") if isinstance(ib, Mapping) else None
+    if not isinstance(devices, Mapping) or not devices:
+        return ["# infiniband: no HCA"]
+    parts = []
+    for hca, info in sorted(devices.items()):
+        for port, state in sorted((info.get("ports") or {}).items()):
+            parts.append(f"{hca}/{port} {state.get('state')} {state.get('link_layer') or ''} "
+                         f"{state.get('rate') or '?'}".replace("  ", " "))
+    return ["# infiniband: " + "; ".join(parts)]
 
 
 def interface_lines(facts: Mapping[str, Any]) -> list[str]:
