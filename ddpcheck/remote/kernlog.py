@@ -13,7 +13,9 @@ The driver's formats (``NVRM`` messages of nvidia.ko, ``nvidia-nvswitchN`` of nv
     NVRM: Xid (PCI:0000:18:00): 13, Graphics SM Warp Exception on (GPC 0, TPC 1): ...
     nvidia-nvswitch3: SXid (PCI:0000:c6:00.0): 12028, Non-fatal, Link 32 egress ...
 
-Events are counted per (kind, number, bus id), not listed: a GPU that logs the same Xid ten
+Only events since the driver was last loaded (its "NVRM: loading NVIDIA UNIX ..." line) count,
+and of those only the ones since ``since`` when given. Events are counted per (kind, number,
+bus id), not listed: a GPU that logs the same Xid ten
 thousand times yields one entry with its count, first and last time and one sample message.
 Imports only the standard library.
 """
@@ -40,6 +42,8 @@ _EVENT = re.compile(
     r"(?:NVRM: (?P<kind>Xid)|nvidia-nvswitch(?P<switch>\d+): (?P<skind>SXid)) "
     r"\(PCI:(?P<bus>[0-9A-Fa-f]{1,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.[0-7])?)\): "
     r"(?P<xid>\d{1,6}),\s*(?P<rest>.*)$")
+# nvidia.ko's first line on every load (proprietary and open modules alike).
+_DRIVER_LOAD = re.compile(r"NVRM: loading NVIDIA UNIX")
 _PID = re.compile(r"^pid=(?P<pid>'?[^,]*'?),\s*(?:name=(?P<name>[^,]*),\s*)?")
 
 
@@ -94,11 +98,18 @@ def parse_kmsg_record(record: str) -> Optional[tuple[int, str]]:
 
 
 def count_events(stamped: Iterable[tuple[float, str]]) -> dict[str, Any]:
-    """(wall time, message) pairs -> {"events": [...], "dropped": n}: one entry per
-    (kind, xid, bus id) with its count, first/last time and the latest message."""
+    """(wall time, message) pairs -> {"events": [...], "dropped": n, "driver_loaded"}: one
+    entry per (kind, xid, bus id) with its count, first/last time and the latest message.
+    Only events since the driver was last loaded count: a reload resets the GPUs, and what came
+    before concerned the previous instance (NVML's counters keep what outlives it)."""
     table: dict[tuple[str, int, str], dict[str, Any]] = {}
     dropped = 0
+    loaded: Optional[float] = None
     for when, message in stamped:
+        if _DRIVER_LOAD.search(message):
+            table.clear()
+            dropped, loaded = 0, when
+            continue
         event = parse_event(message)
         if event is None:
             continue
@@ -113,7 +124,7 @@ def count_events(stamped: Iterable[tuple[float, str]]) -> dict[str, Any]:
         entry["last"] = when
         entry.update({k: event[k] for k in ("pid", "process", "message")})
     events = sorted(table.values(), key=lambda e: (e["first"], e["kind"], e["xid"]))
-    return {"events": events, "dropped": dropped}
+    return {"events": events, "dropped": dropped, "driver_loaded": loaded}
 
 
 def read_kmsg(path: str = KMSG, since: Optional[float] = None) -> tuple[list[tuple[float, str]],
@@ -142,7 +153,7 @@ def read_kmsg(path: str = KMSG, since: Optional[float] = None) -> tuple[list[tup
             if not data:
                 break
             record = data.decode("utf-8", "replace")
-            if "Xid" not in record:
+            if "Xid" not in record and "NVRM: loading" not in record:
                 continue
             parsed = parse_kmsg_record(record)
             if parsed is None:
@@ -176,7 +187,7 @@ def read_journal(since: Optional[float] = None) -> tuple[list[tuple[float, str]]
     entries = 0
     for line in done.stdout.splitlines():
         entries += 1
-        if "Xid" not in line:
+        if "Xid" not in line and "NVRM: loading" not in line:
             continue
         try:
             entry = json.loads(line)
