@@ -95,8 +95,11 @@ def parse(text: str) -> dict[str, Any]:
             rank = _RANK.search(body)
             if rank:
                 view["errors"].append({**comm, **_rank(rank), "error": rank.group("error")})
-            elif body:
-                view["errors"].append({**comm, "rank": None, "error": body})
+            else:
+                many = re.match(r"(\d+) ranks reported (.+)$", body)
+                if many:
+                    view["errors"].append({**comm, "rank": None,
+                                           "error": f"{many.group(2)} ({many.group(1)} ranks)"})
         elif comm is not None and block == "MISMATCH":
             kind = _OPS_KIND.search(body)
             if kind or "different status" in body:

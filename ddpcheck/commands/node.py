@@ -257,9 +257,14 @@ def kernel_log_lines(facts: Mapping[str, Any]) -> list[str]:
         return []
     if log.get("error"):
         return ["# kernel log: NOT read (see the gpu_health warning)"]
-    since = log.get("since")
-    when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
-            if isinstance(since, (int, float)) else "boot")
+    since, loaded = log.get("since"), log.get("driver_loaded")
+    if isinstance(loaded, (int, float)) and not (isinstance(since, (int, float))
+                                                   and since > loaded):
+        since, what = loaded, "the nvidia driver's load at "
+    else:
+        what = ""
+    when = what + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+                   if isinstance(since, (int, float)) else "boot")
     events = [e for e in log.get("events") or [] if isinstance(e, Mapping)]
     total = sum(int(e.get("count") or 1) for e in events)
     return [f"# kernel log ({log.get('source')}) since {when}: {total} Xid/SXid event(s)"
