@@ -6,7 +6,11 @@ live query against a real NCCL job is in test_gpu_suite (marked gpu)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,6 +19,8 @@ import pytest
 from ddpcheck.analyze import ras
 from ddpcheck.model.records import Severity
 from ddpcheck.remote import ncclras
+
+from test_hangscan import fake_ranks  # noqa: F401 - the fixture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ras"
 
@@ -149,3 +155,33 @@ def test_module_prints_one_marked_line(capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("@@DDPCHECK ras ")
     assert "Job summary" in json.loads(line.split(" ", 2)[2])["output"]
+
+
+def test_hang_scan_asks_ras_and_the_analysis_names_the_rank(tmp_path, fake_ranks, monkeypatch):
+    """Real worker processes (one stopped with SIGSTOP) whose environment names the RAS port
+    (NCCL_RAS_ADDR), the host scan with --ras asking it, and the hang analysis folding RAS's
+    answer in, RAS's pid named as the job's rank."""
+    from ddpcheck.analyze.hang import HostScanResult, analyze_scans
+
+    server = RasServer("")
+    monkeypatch.setenv("NCCL_RAS_ADDR", f"127.0.0.1:{server.port}")
+    port = 29000 + os.getpid() % 1000
+    ranks = [fake_ranks(rank, port) for rank in (0, 1)]
+    stopped = ranks[1]
+    server.answer = (FIXTURES / "stopped_2.29.txt").read_text().replace(
+        "3487984", str(stopped.pid)).replace("Rank 21", "Rank 1").replace(
+        "172.16.64.213", "127.0.0.1")
+    os.kill(stopped.pid, signal.SIGSTOP)
+    done = subprocess.run([sys.executable, "-m", "ddpcheck.remote.hangscan", "--window", "0.5",
+                           "--no-stacks", "--ras", "--job", "scan-test", "--deadline", "20"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (line,) = [l for l in done.stdout.splitlines() if l.startswith("@@DDPCHECK hangscan ")]
+    scan = json.loads(line.split(" ", 2)[2])
+    assert scan["ras"].get("output") == server.answer, scan["ras"]
+    analysis = analyze_scans([HostScanResult("h1", scan)])
+    named = [f for f in analysis.findings if f.message.startswith("NCCL RAS")]
+    assert [f.rank for f in named] == [1], [f.message for f in analysis.findings]
+    assert "(GPU 5, rank 1) did not answer NCCL RAS" in named[0].message
+    assert analysis.ras["host"] == "h1"
+    assert analysis.ras["view"]["unresponsive"][0]["pid"] == stopped.pid
