@@ -138,6 +138,10 @@ def register_preflight(sub) -> None:
     pre.add_argument("--ddp-steps", type=at_least(0), default=3, metavar="K",
                      help="steps of the tiny DDP run that checks parameters stay equal "
                           "(default 3)")
+    pre.add_argument("--dcgm", type=int, choices=(1, 2), metavar="1|2",
+                     help="also run DCGM diagnostics (dcgmi diag -r N -j) on every host in "
+                          "stage 0; failed tests are gpu_health errors; --timeout grows by "
+                          "120 s / 600 s")
     pre.add_argument("--skip", type=_skip_list, default=frozenset(), metavar="CHECK[,CHECK]",
                      help="leave out: consistency (fingerprints and the tiny DDP run), "
                           "rendezvous (the port check before torchrun)")
@@ -349,10 +353,13 @@ def _style(render: Callable[..., str], args: argparse.Namespace, color: bool) ->
 
 def preflight_command(args: argparse.Namespace) -> int:
     from .plan.commands import LaunchOptions
-    from .engine.preflight import PreflightOptions, Progress, run_preflight
+    from .engine.preflight import STAGE0_DEADLINE_S, PreflightOptions, Progress, run_preflight
+    from .remote import dcgm
 
+    dcgm_s = dcgm.DEADLINE_S[args.dcgm] if args.dcgm else 0.0
     options = PreflightOptions(
-        timeout_s=args.timeout, verbose=args.verbose,
+        timeout_s=args.timeout + dcgm_s, verbose=args.verbose, dcgm=args.dcgm,
+        stage0_timeout_s=STAGE0_DEADLINE_S + dcgm_s,
         rendezvous_check="rendezvous" not in args.skip,
         launch=LaunchOptions(deadline_s=args.timeout,
                              rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
@@ -430,6 +437,8 @@ def register_hang(sub) -> None:
     hang.add_argument("--job", default="", metavar="TEXT",
                       help="only jobs whose key (RUN_ID@MASTER_ADDR:MASTER_PORT) contains TEXT")
     hang.add_argument("--no-stacks", action="store_true", help="do not run py-spy")
+    hang.add_argument("--no-ras", action="store_true",
+                      help="do not ask NCCL RAS (NCCL >= 2.24) on the first host")
     hang.set_defaults(run=hang_command)
 
 
@@ -438,8 +447,9 @@ def hang_command(args: argparse.Namespace) -> int:
 
     options = HangOptions(timeout_s=args.timeout, window_s=args.window,
                           heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
-                          job_filter=args.job, verbose=args.verbose)
-    return run_reported(args, lambda spec: run_hang(spec, options), render_hang)
+                          job_filter=args.job, verbose=args.verbose, ras=not args.no_ras)
+    return run_reported(args, lambda spec: run_hang(spec, options),
+                        lambda report: render_hang(report, verbose=args.verbose))
 
 
 # Each entry adds one subcommand to the parser; its parser sets ``run``.

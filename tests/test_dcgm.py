@@ -76,3 +76,26 @@ def test_run_parses_the_output_and_keeps_the_deadline(tmp_path, monkeypatch):
 def test_no_dcgmi(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert dcgm.run(1) == {"level": 1, "available": False, "reason": "dcgmi not found on PATH"}
+
+
+def test_node_and_preflight_fold_dcgm_into_gpu_health(tmp_path):
+    """``--dcgm`` end to end, with a dcgmi on PATH answering DCGM 4's JSON (a failed memory
+    test on GPU 1): ddpcheck node and preflight's stage 0 both name it and fail."""
+    import json
+    import subprocess
+    import sys
+
+    fake_dcgmi(tmp_path, f"cat {FIXTURES / 'dcgm4_r2_fail.json'}; exit 226\n")
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    for command in (["node", "--no-torch"], ["preflight", "--skip", "consistency"]):
+        report_path = tmp_path / f"{command[0]}.json"
+        done = subprocess.run([sys.executable, "-m", "ddpcheck", *command, "--dcgm", "2",
+                               "--json", str(report_path)], capture_output=True, text=True,
+                              timeout=400, cwd=tmp_path, env=env)
+        report = json.loads(report_path.read_text())
+        failed = [f for f in report["findings"] if "DCGM diag -r 2" in f["message"]
+                  and f["severity"] == "error"]
+        assert len(failed) == 1, done.stdout + done.stderr
+        assert failed[0]["check"] == "gpu_health"
+        assert "test 'memory' FAILED on GPU 1" in failed[0]["message"]
+        assert done.returncode == 1

@@ -185,3 +185,46 @@ def test_hang_scan_asks_ras_and_the_analysis_names_the_rank(tmp_path, fake_ranks
     assert "(GPU 5, rank 1) did not answer NCCL RAS" in named[0].message
     assert analysis.ras["host"] == "h1"
     assert analysis.ras["view"]["unresponsive"][0]["pid"] == stopped.pid
+
+
+def test_ddpcheck_hang_folds_ras_into_its_verdict_and_json(tmp_path, monkeypatch):
+    """`ddpcheck hang` on this machine: a stopped rank named by stacks/state AND by RAS, whose
+    text is in -v and in the JSON."""
+    import time
+
+    from test_hangscan import FAKE_RANK, worker_env
+
+    server = RasServer("")
+    run_id = f"ras-hang-{os.getpid()}-{time.monotonic_ns()}"
+    procs = []
+    try:
+        for rank in (0, 1):
+            env = {**worker_env(tmp_path, rank, 29000 + os.getpid() % 1000),
+                   "TORCHELASTIC_RUN_ID": run_id,
+                   "NCCL_RAS_ADDR": f"127.0.0.1:{server.port}"}
+            proc = subprocess.Popen([sys.executable, "-c", FAKE_RANK], env=env,
+                                    stdout=subprocess.PIPE, text=True, start_new_session=True)
+            procs.append(proc)
+            assert proc.stdout.readline().strip() == "ready"
+        stopped = procs[1]
+        server.answer = (FIXTURES / "stopped_2.29.txt").read_text().replace(
+            "3487984", str(stopped.pid)).replace("Rank 21", "Rank 1")
+        os.kill(stopped.pid, signal.SIGSTOP)
+        report_path = tmp_path / "hang.json"
+        done = subprocess.run([sys.executable, "-m", "ddpcheck", "hang", "--job", run_id,
+                               "--window", "1", "--no-stacks", "-v", "--json",
+                               str(report_path)], capture_output=True, text=True, timeout=120)
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    report = json.loads(report_path.read_text())
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert report["ras"]["view"]["unresponsive"][0]["pid"] == stopped.pid
+    assert "Job summary" in report["ras"]["output"]
+    ras_findings = [f for f in report["findings"] if f["message"].startswith("NCCL RAS")]
+    assert [(f["check"], f["rank"], f["severity"]) for f in ras_findings] == [("hang", 1, "error")]
+    assert "# NCCL RAS (asked on localhost, NCCL 2.29.1): 1 comm(s) of 32 rank(s) RUNNING " \
+           "INCOMPLETE" in done.stdout
+    assert "#     Missing communicator data from 1 job process" in done.stdout  # -v: RAS's text

@@ -40,11 +40,15 @@ class HangOptions:
     stacks: bool = True
     job_filter: str = ""  # only jobs whose key (run id@master:port) contains this
     verbose: bool = False
+    ras: bool = True  # ask NCCL RAS on the first host (one query sees the whole job)
 
 
-def scan_argv(host: HostSpec, options: HangOptions, deadline_s: float) -> list[str]:
+def scan_argv(host: HostSpec, options: HangOptions, deadline_s: float,
+              ras: bool = False) -> list[str]:
     argv = [host.python, "-m", "ddpcheck.remote.hangscan", "--window", f"{options.window_s:g}",
             "--deadline", f"{deadline_s:g}"]
+    if ras:
+        argv.append("--ras")
     for folder in options.heartbeat_dirs:
         argv += ["--heartbeat-dir", folder]
     if not options.stacks:
@@ -54,8 +58,9 @@ def scan_argv(host: HostSpec, options: HangOptions, deadline_s: float) -> list[s
     return argv
 
 
-def scan_command(host: HostSpec, options: HangOptions, deadline_s: float) -> str:
-    return remote_command(host, scan_argv(host, options, deadline_s))
+def scan_command(host: HostSpec, options: HangOptions, deadline_s: float,
+                 ras: bool = False) -> str:
+    return remote_command(host, scan_argv(host, options, deadline_s, ras))
 
 
 def parse_scan_output(text: str) -> tuple[Optional[dict[str, Any]], list[str]]:
@@ -107,7 +112,8 @@ class HangRun:
         self.update(host.name, reachable=True, stage="scan")
         remaining = self.deadline - time.monotonic()
         scan_deadline = max(min(self.options.window_s * 2 + SCAN_OVERHEAD_S, remaining - 3), 1)
-        command = scan_command(host, self.options, scan_deadline)
+        ras = self.options.ras and host.name == self.spec.hosts[0].name
+        command = scan_command(host, self.options, scan_deadline, ras)
         if self.options.verbose:
             self.progress.host(host.name, f"command: {command}")
         result = session.run(command, min(self.deadline, time.monotonic() + scan_deadline + 10),
@@ -177,7 +183,8 @@ class HangRun:
             extra={"jobs": [job_json(job) for job in analysis.jobs],
                    "window_s": self.options.window_s,
                    "tools": {r.host: {"py_spy": (r.scan or {}).get("py_spy")}
-                             for r in results if r.scan is not None}})
+                             for r in results if r.scan is not None},
+                   **({"ras": dict(analysis.ras)} if analysis.ras else {})})
 
 
 def hang_findings(analysis: HangAnalysis, host_errors: list[Finding]) -> list[Finding]:
@@ -240,7 +247,23 @@ def where_cell(frames: tuple[Frame, ...]) -> str:
 
 # -- rendering (pure) --------------------------------------------------------------------------
 
-def render_hang(report: Report) -> str:
+def ras_lines(ras: Any, verbose: bool) -> list[str]:
+    """One line on what NCCL RAS said (or why it could not be asked); its text with -v."""
+    if not isinstance(ras, dict) or not ras:
+        return []
+    if ras.get("error") and not ras.get("output"):  # a job without NCCL, or NCCL < 2.24
+        return [f"# NCCL RAS (asked on {ras.get('host')}): {ras['error']}", "#"] if verbose else []
+    view = ras.get("view") or {}
+    comms = view.get("communicators") or []
+    state = ", ".join(f"{c['comms']} comm(s) of {c['ranks_per_comm']} rank(s) {c['status']} "
+                      f"{c['errors']}" for c in comms) or "no communicator data"
+    lines = [f"# NCCL RAS (asked on {ras.get('host')}, NCCL {view.get('nccl') or '?'}): {state}"]
+    if verbose and ras.get("output"):
+        lines += [f"#   {line}" for line in str(ras["output"]).rstrip().splitlines()]
+    return lines + ["#"]
+
+
+def render_hang(report: Report, verbose: bool = False) -> str:
     reachable = sum(1 for h in report.hosts if h.reachable)
     lines = [f"# ddpcheck hang: {len(report.hosts)} host(s) from {report.source}, "
              f"{reachable} reachable; window {report.extra.get('window_s', '?')}s"]
@@ -264,6 +287,7 @@ def render_hang(report: Report) -> str:
                 lines.append("#")
     if not jobs:
         lines.append("#")
+    lines += ras_lines(report.extra.get("ras"), verbose)
     lines += findings_lines(report.findings)
     lines.append(footer_line(report))
     return "\n".join(lines) + "\n"

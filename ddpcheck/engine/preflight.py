@@ -52,6 +52,7 @@ class PreflightOptions:
     verbose: bool = False
     rendezvous_check: bool = True  # connect to master:port from every host before torchrun
     stage0_timeout_s: float = STAGE0_DEADLINE_S  # connect is ssh.connect_timeout
+    dcgm: Optional[int] = None  # --dcgm N: dcgmi diag -r N in stage 0 (its deadline added)
     launch_grace_s: float = LAUNCH_GRACE_S
 
 
@@ -113,7 +114,7 @@ class PreflightRun:
         self.update(host.name, reachable=True, stage="stage0")
         deadline = min(self.deadline, time.monotonic() + self.options.stage0_timeout_s)
         command = stage0_command(host, max(deadline - time.monotonic() - 2, 1),
-                                 master=self.spec.master_host.address)
+                                 master=self.spec.master_host.address, dcgm=self.options.dcgm)
         sent = time.time()  # the launcher's clock around the call bounds the host's clock
         result = session.run(command, deadline, self.cancel)
         self.record_stage0(host, result, (sent, time.time()))
