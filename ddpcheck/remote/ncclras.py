@@ -13,18 +13,18 @@ prints. Imports only the standard library.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
 import time
 from typing import Any, Mapping, Optional
 
+from .. import wire
+
 DEFAULT_PORT = 28028
 PROTOCOL = 2
 COLLECTIVE_TIMEOUT_S = 5  # RAS's own per-leg timeout (RAS_COLLECTIVE_LEG_TIMEOUT_SEC)
 MAX_OUTPUT = 1 << 20
-MARK = "@@DDPCHECK"
 
 
 def address(environ: Mapping[str, str]) -> tuple[str, int]:
@@ -101,7 +101,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if facts.get("error"):
             print(facts["error"], file=sys.stderr)
         return 1 if facts.get("error") else 0
-    sys.stdout.write(f"{MARK} ras {json.dumps(facts, sort_keys=True)}\n")
+    wire.emit("ras", facts)
     return 0
 
 
