@@ -107,6 +107,11 @@ def preflight_command(args: argparse.Namespace) -> int:
 
     options = preflight_options(args)
     slurm = args.launcher == "slurm"
+    if slurm and options.dcgm:
+        print("ddpcheck: --dcgm runs with the ssh launcher or on this machine; under "
+              "--launcher slurm run `ddpcheck node --dcgm N` on each node (e.g. in the prolog)",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.dry_run:
         try:
             spec = load_spec_from_args(args)
