@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from ..model.checks import Check
 from ..model.records import Finding, Severity
 
-CHECK = "infiniband"
+CHECK = Check.INFINIBAND
 
 
 @dataclass(frozen=True)
