@@ -1,8 +1,9 @@
 """``ddpcheck node``: stage 0 on this machine alone, for a SLURM prolog or HealthCheckProgram.
 
 The same facts every host gives in preflight's stage 0 (``agent.collect_facts``: NVML, host
-resources, interfaces, the torch import) judged by the same rules (``health``), in a few seconds,
-with no SSH and no torchrun. Exit codes are the common ones: 0 when every check passed, 1 when one
+resources, interfaces, the torch import, Xid/SXid from the kernel log, IB/RoCE ports, DCGM with
+``--dcgm``) judged by the same rules (``health``), in a few seconds, with no SSH and no torchrun.
+A kernel log this user may not read is a warning that says so (exit 0 unless a check failed). Exit codes are the common ones: 0 when every check passed, 1 when one
 failed (a non-zero prolog drains the node), 2 for a bad option. ``--slurm-drain`` drains the node
 itself with ``scontrol update NodeName=<node> State=DRAIN Reason="ddpcheck: <check>"``, for use as
 HealthCheckProgram, whose exit code SLURM ignores.
