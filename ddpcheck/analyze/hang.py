@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from . import ras
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from .verdict import order_findings
 
@@ -141,6 +142,7 @@ class HangAnalysis:
     jobs: tuple[JobVerdict, ...]
     findings: tuple[Finding, ...]  # job findings, root cause first, then host-level ones
     stacks: Mapping[str, str] = field(default_factory=dict)
+    ras: Mapping[str, Any] = field(default_factory=dict)  # NCCL RAS: host, output, view, error
 
 
 # -- stacks ------------------------------------------------------------------------------------
@@ -625,6 +627,8 @@ def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> Ha
     findings: list[Finding] = []
     for job in sorted(jobs, key=lambda j: not j.hung):
         findings += job.findings
+    ras_view, ras_found = ras_of(results)
+    findings += ras_found
     findings += host_findings(results, bool(jobs_views), job_filter)
     stacks: dict[str, str] = {}
     for job in jobs:
@@ -632,7 +636,33 @@ def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> Ha
             if verdict.view.last is not None:
                 key = str(verdict.view.rank) if len(jobs) == 1 else f"{job.job}:{verdict.view.rank}"
                 stacks[key] = verdict.view.last.text
-    return HangAnalysis(jobs, tuple(findings), stacks)
+    return HangAnalysis(jobs, tuple(findings), stacks, ras_view)
+
+
+def ras_of(results: Sequence[HostScanResult]) -> tuple[dict[str, Any], list[Finding]]:
+    """NCCL RAS's answer from the host that asked it: its text, the parsed view, and its
+    ``hang`` findings with RAS's (node, pid) named as the job's ranks where the pid says."""
+    for result in results:
+        answer = (result.scan or {}).get("ras")
+        if not isinstance(answer, Mapping):
+            continue
+        facts: dict[str, Any] = {"host": result.host, **answer}
+        if not answer.get("output"):
+            return facts, []
+        view = ras.parse(str(answer["output"]))
+        facts["view"] = view
+        ranks: dict[int, list[int]] = {}
+        for other in results:
+            for worker in (other.scan or {}).get("workers") or []:
+                if isinstance(worker, Mapping) and isinstance(worker.get("pid"), int):
+                    ranks.setdefault(worker["pid"], []).append(int(worker.get("rank", -1)))
+
+        def rank_of(node: str, pid: int) -> Optional[int]:
+            found = ranks.get(pid) or []
+            return found[0] if len(found) == 1 and found[0] >= 0 else None
+
+        return facts, ras.findings(view, rank_of)
+    return {}, []
 
 
 def host_findings(results: Sequence[HostScanResult], any_job: bool,
