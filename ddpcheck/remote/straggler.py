@@ -53,13 +53,15 @@ class Thresholds:
     """When a rank is named. ``window``: the last steps looked at; ``min_steps``: in how many
     of them it must be late; late means arriving at least ``max(min_lag_s, min_lag_fraction
     x the median step)`` after its peers' median *and* busy for at least ``min_compute_ratio``
-    x their median busy time. The defaults stay silent on healthy runs on loaded machines (see
-    benchmarks/straggler.py); a straggler costing 15 % of every step is named in ~8 steps."""
+    x their median busy time. With a healthy rank's compute time jittering by 20 % from step to
+    step, the chance that it is late in 9 of 10 steps is about 1e-6 per window (see
+    tests/test_straggler.py; benchmarks/straggler.py counts false alarms of a real job); a rank
+    20 % slower every step is named 9 steps after its onset."""
     window: int = 10
-    min_steps: int = 8
+    min_steps: int = 9
     min_lag_s: float = 0.002
     min_lag_fraction: float = 0.10
-    min_compute_ratio: float = 1.15
+    min_compute_ratio: float = 1.2
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.window:

@@ -1,0 +1,127 @@
+"""The straggler analysis (pure) and the Monitor's step clock against a real CPU quota."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from ddpcheck.remote.straggler import (StepSample, Thresholds, history_from_rows,
+                                       identify_stragglers, median_without, slow_devices)
+
+
+def synchronous_run(world: int, steps: int, compute: dict[int, float], seed: int = 0,
+                    noise: float = 0.2) -> dict[int, list[StepSample]]:
+    """Steps of a synchronous job: every rank computes (its mean times a noisy factor), then
+    waits in the collective until the slowest has arrived."""
+    rng = random.Random(seed)
+    history: dict[int, list[StepSample]] = {rank: [] for rank in range(world)}
+    for step in range(steps):
+        busy = {r: compute.get(r, 0.05) * rng.lognormvariate(0, noise) for r in range(world)}
+        last = max(busy.values())
+        for rank in range(world):
+            history[rank].append(StepSample(step, busy[rank], last - busy[rank] + 0.002))
+    return history
+
+
+def test_median_without_matches_the_median_of_the_others():
+    rng = random.Random(1)
+    for n in range(2, 12):
+        values = sorted(rng.choice([1.0, 2.0, 3.0, rng.random()]) for _ in range(n))
+        for i, value in enumerate(values):
+            others = values[:i] + values[i + 1:]
+            assert median_without(values, value) == pytest.approx(statistics.median(others))
+
+
+def test_a_consistently_late_rank_is_named_with_its_host_lag_and_ratio():
+    history = synchronous_run(8, 30, {5: 0.08})
+    (found,) = identify_stragglers(history, {r: f"h{r // 2 + 1}" for r in range(8)})
+    assert (found.rank, found.host, found.window) == (5, "h3", 10)
+    assert found.flagged >= 8 and found.compute_ratio > 1.3 and found.lag_s > 0.02
+    assert found.message().startswith("rank 5 on h3 arrives ")
+    assert f"{found.flagged} of the last 10 steps" in found.message()
+
+
+def test_noisy_healthy_runs_name_nobody():
+    for seed in range(200):  # 200 runs x 21 windows x 16 ranks; every step jitters ~20 %
+        history = synchronous_run(16, 30, {}, seed=seed)
+        for end in range(10, 31):
+            window = {r: samples[:end] for r, samples in history.items()}
+            assert identify_stragglers(window) == [], (seed, end)
+
+
+def test_late_in_too_few_steps_or_too_little_is_not_named():
+    history = synchronous_run(4, 10, {}, noise=0.0)
+    # rank 2 slow in only 8 of the last 10 steps
+    for sample_index in range(8):
+        history[2][sample_index] = StepSample(sample_index, 0.1, 0.0)
+        for rank in (0, 1, 3):
+            history[rank][sample_index] = StepSample(sample_index, 0.05, 0.05)
+    assert identify_stragglers(history) == []
+    assert [s.rank for s in identify_stragglers(history, thresholds=Thresholds(min_steps=8))] \
+        == [2]
+    # 15 % slower every step: under the default 1.2x ratio
+    assert identify_stragglers(synchronous_run(4, 20, {1: 0.0575}, noise=0.0)) == []
+
+
+def test_steps_not_reported_by_every_rank_are_not_judged():
+    history = synchronous_run(3, 20, {2: 0.1}, noise=0.0)
+    history[0] = history[0][:5]  # rank 0 stopped reporting after step 4
+    assert identify_stragglers(history) == []
+
+
+def test_rows_round_trip_and_bad_rows_are_skipped():
+    sample = StepSample(7, 0.25, 0.125, 1700000000.5)
+    rows = {"3": [sample.as_list(), ["x"], None, [1, 2]]}
+    assert history_from_rows(rows) == {3: [sample]}
+    with pytest.raises(ValueError):
+        Thresholds(window=5, min_steps=6)
+
+
+def test_slow_devices_are_judged_against_peers_of_the_same_model():
+    def result(rank, model, tflops, gbs):
+        return {"rank": rank, "host": f"n{rank}", "device_model": model,
+                "where": f"GPU 0 on n{rank}", "metrics": {"bf16 TFLOP/s": tflops,
+                                                          "memory GB/s": gbs}}
+
+    results = [result(r, "H100", 700.0 + r, 3000.0) for r in range(6)]
+    results[3] = result(3, "H100", 490.0, 3000.0)
+    results += [result(10 + r, "A100", 280.0, 1500.0) for r in range(2)]  # too few to judge
+    (slow,) = slow_devices(results)
+    assert (slow.rank, slow.metric, slow.peers) == (3, "bf16 TFLOP/s", 6)
+    assert slow.message().startswith("GPU 0 on n3: 0.70x the median bf16 TFLOP/s of 6 H100s")
+    assert slow_devices(results, fraction=0.6) == []
+
+
+def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
+    """A real CFS quota: a thread spinning at 20 % of a CPU is busy the whole step (running or
+    throttled), one that sleeps is waiting."""
+    import os
+    import threading
+    import time
+
+    from ddpcheck.injob.stragglers import StepClock
+    from cpuquota import available, cpu_quota
+
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    clock = StepClock()
+    clock.sample(0, time.time())
+    time.sleep(0.3)
+    clock.sample(1, time.time())
+    with cpu_quota([os.getpid()], 0.2):
+        spin(0.5)
+        clock.sample(2, time.time())
+    (_, _, busy1, wait1), (_, _, busy2, wait2) = clock.recent()
+    assert wait1 > 0.25 and busy1 < 0.05
+    assert busy2 > 0.45 and wait2 < 0.05
+    assert threading.get_native_id()  # the clock followed this thread
+    clock.close()
