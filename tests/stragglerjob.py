@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--ready-dir", required=True)
     parser.add_argument("--ready-step", type=int, default=3)
     parser.add_argument("--use-monitor", action="store_true")
-    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--sleep", type=float, default=0.0)
