@@ -187,9 +187,10 @@ class SlowDevice:
         return self.value / self.median if self.median else 0.0
 
     def message(self) -> str:
-        model = f" {self.device}s" if self.device != "cpu" else " CPU ranks"
-        return (f"{self.where}: {self.ratio:.2f}x the median {self.metric} of {self.peers}"
-                f"{model} ({_fmt(self.value)} vs {_fmt(self.median)})")
+        peers = (f"{self.peers} {self.device}s" if self.where.startswith("GPU") else
+                 f"{self.peers} ranks on {self.device}")
+        return (f"{self.where}: {self.ratio:.2f}x the median {self.metric} of {peers} "
+                f"({_fmt(self.value)} vs {_fmt(self.median)})")
 
 
 def slow_devices(results: Sequence[Mapping[str, Any]], fraction: float = 0.7,
