@@ -22,6 +22,26 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 
+def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
+    """Per-step bookkeeping on the training thread, and the CPU time of the Monitor's thread
+    against the training thread's, over the whole run."""
+    import json
+    import statistics
+    import threading
+
+    def oncpu(tid: int) -> float:
+        with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as handle:
+            return int(handle.read().split()[0]) / 1e9
+
+    result = {"steps": len(steps_s), "step_s": statistics.median(steps_s),
+              "bookkeeping_s": statistics.median(costs),
+              "monitor_thread_cpu_s": oncpu(monitor._thread.native_id),
+              "training_thread_cpu_s": oncpu(threading.get_native_id()),
+              "warnings": monitor.warnings}
+    with open(f"{prefix}{rank}.json", "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ready-dir", required=True)
@@ -32,6 +52,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--mark-every", type=int, default=10)
+    parser.add_argument("--measure", default=None,
+                        help="with --use-monitor: write the Monitor's bookkeeping cost to "
+                             "MEASURE<rank>.json at the end (benchmarks/straggler.py)")
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -50,13 +73,24 @@ def main() -> None:
         import ddpcheck
 
         monitor = ddpcheck.Monitor()
+    probe_clock = costs = None
+    if monitor is not None and args.measure:
+        from ddpcheck.injob.stragglers import StepClock
+
+        probe_clock, costs, steps_s = StepClock(), [], []
     marks = open(os.path.join(args.ready_dir, f"steps-{rank}"), "a", buffering=1)
     for step in range(args.steps):
+        began = time.perf_counter()
         optimizer.zero_grad()
         ddp(inputs).square().mean().backward()
         optimizer.step()
         if monitor is not None:
             monitor.step(step)
+        if probe_clock is not None:
+            steps_s.append(time.perf_counter() - began)
+            mark = time.perf_counter()
+            probe_clock.sample(step, time.time())  # the same bookkeeping step() does, again
+            costs.append(time.perf_counter() - mark)
         if step % args.mark_every == 0:
             marks.write(f"{step} {time.time():.3f}\n")
         if step == args.ready_step:
@@ -64,6 +98,8 @@ def main() -> None:
                 handle.write(str(os.getpid()))
         if args.sleep:
             time.sleep(args.sleep)
+    if probe_clock is not None:
+        write_costs(args.measure, rank, monitor, costs, steps_s)
     if monitor is not None:
         monitor.close()
     dist.destroy_process_group()

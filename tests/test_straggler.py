@@ -125,3 +125,50 @@ def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
     assert busy2 > 0.45 and wait2 < 0.05
     assert threading.get_native_id()  # the clock followed this thread
     clock.close()
+
+
+# -- ddpcheck hang's analysis of a progressing job ------------------------------------------------
+
+def _scans(history: dict[int, list[StepSample]], busy: dict[int, float], with_history: bool):
+    from test_hanganalysis import beat, scan, worker
+
+    workers = {}
+    for rank in range(4):
+        rows = [s.as_list() for s in history[rank]]
+        last = history[rank][-1].step
+        beats = (beat(last - 10, 2 * last - 20), beat(last, 2 * last,
+                                                     **({"history": rows} if with_history
+                                                        else {})))
+        w = worker(rank, beats=beats)
+        w["samples"][0]["busy_s"] = 5.0
+        w["samples"][1]["busy_s"] = 5.0 + 3.0 * busy[rank]  # the samples are 3 s apart
+        w["samples"][0]["heartbeat"]["time"] = 10.0
+        w["samples"][1]["heartbeat"]["time"] = 12.5
+        workers[rank] = w
+    return [scan("h1", [workers[0], workers[1]]), scan("h2", [workers[2], workers[3]])]
+
+
+def test_hang_names_a_straggler_of_a_progressing_job_from_monitor_histories():
+    from ddpcheck.analyze.hang import analyze_scans
+
+    history = synchronous_run(4, 20, {3: 0.09})
+    in_job = identify_stragglers(history, {0: "h1", 1: "h1", 2: "h2", 3: "h2"})
+    analysis = analyze_scans(_scans(history, {r: 0.5 for r in range(4)}, True))
+    assert not analysis.jobs[0].hung
+    (finding,) = [f for f in analysis.findings if f.check == "straggler"]
+    assert (finding.rank, finding.host) == (3, "h2")
+    assert finding.message.endswith(in_job[0].message())  # the in-job words
+    view = {v.view.rank: v.view for v in analysis.jobs[0].ranks}[0]
+    assert view.step_rate == 4.0 and view.busy == 0.5
+
+
+def test_hang_names_a_straggler_without_monitor_by_busy_time_and_not_a_healthy_job():
+    from ddpcheck.analyze.hang import analyze_scans
+
+    history = synchronous_run(4, 20, {})
+    slow = analyze_scans(_scans(history, {0: 0.3, 1: 0.35, 2: 0.98, 3: 0.32}, False))
+    (finding,) = [f for f in slow.findings if f.check == "straggler"]
+    assert (finding.rank, finding.host) == (2, "h2")
+    assert "rank 2 on h2 busy 98% of the window" in finding.message
+    healthy = analyze_scans(_scans(history, {0: 0.3, 1: 0.45, 2: 0.38, 3: 0.32}, False))
+    assert [f for f in healthy.findings if f.check == "straggler"] == []

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..model.records import Finding, Severity
+from ..remote.straggler import busy_stragglers, history_from_rows, identify_stragglers
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
 COLLECTIVES = frozenset({
@@ -106,6 +107,9 @@ class RankView:
     flight_record: Optional[Mapping[str, Any]] = None
     started: Optional[float] = None
     cmdline: str = ""
+    busy: Optional[float] = None  # fraction of the window its main thread was busy (schedstat)
+    step_rate: Optional[float] = None  # steps/s over the window (Monitor heartbeat)
+    history: tuple[Any, ...] = ()  # the Monitor's last steps: [step, time, busy_s, wait_s]
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,7 @@ def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -
     age = None
     if isinstance(beat_b.get("time"), (int, float)) and isinstance(last.get("at"), (int, float)):
         age = round(max(0.0, last["at"] - beat_b["time"]), 1)
+    busy, rate = window_rates(first, last, beat_a, beat_b)
     header = (f"Process {worker.get('pid')} (rank {worker.get('rank')} on {host}): "
               f"{worker.get('cmdline') or ''}").rstrip()
     stack_error = (last.get("stack") or {}).get("error") or (first.get("stack") or {}).get("error")
@@ -248,7 +253,39 @@ def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -
         stack_error=stack_error, flight_record=record,
         started=worker.get("create_time") if isinstance(worker.get("create_time"),
                                                         (int, float)) else None,
-        cmdline=str(worker.get("cmdline") or ""))
+        cmdline=str(worker.get("cmdline") or ""), busy=busy, step_rate=rate,
+        history=tuple(beat_b.get("history") or ()) if isinstance(beat_b.get("history"), list)
+        else ())
+
+
+def window_rates(first: Mapping[str, Any], last: Mapping[str, Any], beat_a: Mapping[str, Any],
+                 beat_b: Mapping[str, Any]) -> tuple[Optional[float], Optional[float]]:
+    """(busy fraction of the window, steps per second) between the two samples, or None."""
+    busy = rate = None
+    span = (last.get("at") or 0) - (first.get("at") or 0)
+    if span > 0.2 and all(isinstance(s.get("busy_s"), (int, float)) for s in (first, last)):
+        busy = round(min(1.0, max(0.0, (last["busy_s"] - first["busy_s"]) / span)), 3)
+    steps = [_int(b.get("step")) for b in (beat_a, beat_b)]
+    times = [b.get("time") for b in (beat_a, beat_b)]
+    if None not in steps and all(isinstance(t, (int, float)) for t in times) and \
+            times[1] - times[0] > 0:
+        rate = round((steps[1] - steps[0]) / (times[1] - times[0]), 2)
+    return busy, rate
+
+
+def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
+    """A progressing job's slow ranks: from the Monitor's step history when every rank has
+    one (the in-job finding, word for word), else from the main threads' busy time."""
+    hosts = {v.rank: v.host for v in live}
+    if live and all(v.history for v in live):
+        named = identify_stragglers(history_from_rows({v.rank: v.history for v in live}), hosts)
+        return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}",
+                        host=s.host, rank=s.rank) for s in named]
+    busy = {v.rank: v.busy for v in live if v.busy is not None}
+    if len(busy) != len(live):
+        return []
+    return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}", host=s.host,
+                    rank=s.rank) for s in busy_stragglers(busy, hosts)]
 
 
 def gone_view(host: str, scan: Mapping[str, Any], beat: Mapping[str, Any]) -> Optional[RankView]:
@@ -340,6 +377,8 @@ def analyze_job(job: str, views: Sequence[RankView],
     culprits = [v for v in ordered if v.role in CULPRITS]
     all_progress = bool(running) and len(progressing) == len(running) and not culprits
     findings = job_findings(job, world, ordered, culprits, all_progress, main_op, ops)
+    if not culprits and not any(f.severity is Severity.ERROR for f in findings):
+        findings += straggler_findings(job, running)
     hung = any(f.severity is Severity.ERROR for f in findings)
     return JobVerdict(job, world, ordered, tuple(findings), hung,
                       tuple(v.view.rank for v in culprits))

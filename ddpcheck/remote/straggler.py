@@ -223,3 +223,41 @@ def slow_devices(results: Sequence[Mapping[str, Any]], fraction: float = 0.7,
 
 def _fmt(value: float) -> str:
     return f"{value:.3g}"
+
+
+# -- from outside the job, without the Monitor -------------------------------------------------
+
+@dataclass(frozen=True)
+class BusyStraggler:
+    """A rank busy (on a CPU, queued or throttled) much more of a window than its peers: they
+    wait for it. What ``ddpcheck hang`` can see of a job that has no Monitor."""
+    rank: int
+    host: Optional[str]
+    busy: float  # fraction of the window its main thread was busy
+    peers: float  # its peers' median fraction
+
+    @property
+    def ratio(self) -> float:
+        return self.busy / self.peers if self.peers > 0 else float("inf")
+
+    def message(self) -> str:
+        where = f" on {self.host}" if self.host else ""
+        return (f"rank {self.rank}{where} busy {self.busy * 100:.0f}% of the window (running, "
+                f"queued or throttled), {self.ratio:.2f}x the median of its peers "
+                f"({self.peers * 100:.0f}%): the others wait for it")
+
+
+def busy_stragglers(busy: Mapping[int, float], hosts: Optional[Mapping[int, Optional[str]]] = None,
+                    min_ratio: float = 1.5, min_busy: float = 0.6) -> list[BusyStraggler]:
+    """Ranks whose main thread was busy at least ``min_busy`` of the window and ``min_ratio`` x
+    its peers' median (at least three ranks: with two, who waits for whom is a coin toss)."""
+    if len(busy) < 3:
+        return []
+    hosts = hosts or {}
+    ordered = sorted(busy.values())
+    found = []
+    for rank, value in sorted(busy.items()):
+        peers = median_without(ordered, value)
+        if value >= min_busy and value >= min_ratio * peers:
+            found.append(BusyStraggler(rank, hosts.get(rank), value, peers))
+    return found
