@@ -97,3 +97,46 @@ def test_monitor_names_a_throttled_rank_on_every_rank_and_never_a_healthy_one(
     assert named_at - onset <= 30, (onset, named_at)  # 9 slow steps, then one exchange
     print(f"healthy steps without a straggler: {HEALTHY_STEPS}; named {named_at - onset} "
           f"steps after onset")
+
+
+def run_hang(cluster, tmp_path, hosts, *extra: str):
+    import subprocess
+    import sys
+
+    from hostsfile import cluster_hosts_yaml
+
+    hosts_yaml = cluster_hosts_yaml(cluster, tmp_path / "hosts.yaml", hosts)
+    report_path = tmp_path / "hang.json"
+    done = subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml), "--json",
+                           str(report_path), "--window", "3", *extra], capture_output=True,
+                          text=True, timeout=180)
+    return done, json.loads(report_path.read_text())
+
+
+@pytest.mark.parametrize("monitor", [False, True], ids=["without-ddpcheck", "with-monitor"])
+def test_hang_names_the_throttled_rank_of_a_progressing_job(ns_cluster, tmp_path, jobs,
+                                                            monitor):
+    hosts = ns_cluster.hosts[:3]
+    beats = tmp_path / "heartbeats"
+    job = jobs(ns_cluster, hosts, 1, 29683 + monitor, tmp_path,
+               ["--use-monitor"] if monitor else [], env={"DDPCHECK_HEARTBEAT_DIR": str(beats)})
+    pids = job.wait_ready()
+    time.sleep(3.0)
+    done, healthy = run_hang(ns_cluster, tmp_path, hosts)
+    assert [f for f in healthy["findings"] if f["check"] == "straggler"] == [], \
+        done.stdout + done.stderr
+    with cpuquota.cpu_quota([pids[2]], QUOTA):
+        time.sleep(8.0)  # more than 10 slow steps
+        done, report = run_hang(ns_cluster, tmp_path, hosts)
+    found = [f for f in report["findings"] if f["check"] == "straggler"]
+    assert [(f["rank"], f["host"]) for f in found] == [(2, "h3")], done.stdout + done.stderr
+    assert f"rank 2 on h3 " in found[0]["message"]
+    if monitor:
+        assert "after the median" in found[0]["message"]  # the Monitor's own words
+    else:
+        assert "busy" in found[0]["message"]
+    assert done.returncode == 0 and "straggler" in done.stdout
+    (ranks,) = [job["ranks"] for job in report["jobs"]]
+    assert all(r["busy_pct"] is not None for r in ranks)
+    if monitor:
+        assert all(r["steps_per_s"] for r in ranks)
