@@ -7,7 +7,7 @@ cluster, cgroup CPU quota).
    of the per-step bookkeeping ``Monitor.step`` does (``StepClock.sample``) beside its training
    step, and reads the CPU time of the Monitor's thread (exchange, heartbeats) against the
    training thread's. Ratios: median bookkeeping / median step; Monitor thread CPU / training
-   thread CPU.
+   thread CPU, beside a run with ``Monitor(stragglers=False)`` (heartbeat only).
 2. False alarms: the same healthy run, ``--healthy-steps`` steps: straggler lines logged.
 3. Onset to naming: a wider model (compute-bound steps); each repetition throttles another rank
    to 3 % of a CPU (cgroup cpu.cfs_quota_us) and counts that rank's steps from the onset until
@@ -41,13 +41,14 @@ def straggler_lines(job) -> list[str]:
             if "straggler:" in line]
 
 
-def healthy_run(cluster, workdir: pathlib.Path, steps: int) -> dict:
+def healthy_run(cluster, workdir: pathlib.Path, steps: int, port: int,
+                *extra: str) -> dict:
     from torchrunjob import start_job
 
     workdir.mkdir()
-    job = start_job(cluster, cluster.hosts[:3], 1, 29741, workdir,
+    job = start_job(cluster, cluster.hosts[:3], 1, port, workdir,
                     ["--use-monitor", "--width", "256", "--steps", str(steps), "--measure",
-                     str(workdir / "cost-")],
+                     str(workdir / "cost-"), *extra],
                     env={"DDPCHECK_HEARTBEAT_DIR": str(workdir / "beats")}, script=JOB)
     try:
         job.wait_ready(180)
@@ -125,8 +126,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ddpcheck-bench-") as tmp:
         work = pathlib.Path(tmp)
         with NamespaceCluster(3, work / "cluster") as cluster:
-            healthy = healthy_run(cluster, work / "healthy", args.healthy_steps)
+            healthy = healthy_run(cluster, work / "healthy", args.healthy_steps, 29741)
             print(json.dumps(healthy), flush=True)
+            baseline = healthy_run(cluster, work / "baseline", min(500, args.healthy_steps),
+                                   29744, "--no-stragglers")
+            print(json.dumps(baseline), flush=True)
             named = onset_to_naming(cluster, work / "onset", args.reps)
             print(json.dumps({"steps from onset to naming": named}), flush=True)
             share = compute_share(cluster, work / "preflight")
@@ -134,8 +138,10 @@ def main() -> None:
     print("\n| measure | value |\n|---|---|")
     print(f"| Monitor bookkeeping / training step (median of 3 ranks; step "
           f"{healthy['step_ms']:.0f} ms) | {healthy['bookkeeping/step']:.5f} |")
-    print(f"| Monitor thread CPU / training thread CPU | "
+    print(f"| Monitor thread CPU / training thread CPU, stragglers on | "
           f"{healthy['monitor thread/training thread CPU']:.4f} |")
+    print(f"| the same, stragglers=False (heartbeat only) | "
+          f"{baseline['monitor thread/training thread CPU']:.4f} |")
     print(f"| straggler lines over {healthy['steps']} healthy steps x 3 ranks | "
           f"{healthy['false_alarms']} |")
     print(f"| steps from onset to naming (3 % CPU quota) | {named} |")

@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--mark-every", type=int, default=10)
+    parser.add_argument("--no-stragglers", action="store_true",
+                        help="Monitor(stragglers=False): the heartbeat alone")
     parser.add_argument("--measure", default=None,
                         help="with --use-monitor: write the Monitor's bookkeeping cost to "
                              "MEASURE<rank>.json at the end (benchmarks/straggler.py)")
@@ -72,9 +74,9 @@ def main() -> None:
     if args.use_monitor:
         import ddpcheck
 
-        monitor = ddpcheck.Monitor()
+        monitor = ddpcheck.Monitor(stragglers=not args.no_stragglers)
     probe_clock = costs = None
-    if monitor is not None and args.measure:
+    if monitor is not None and args.measure and not args.no_stragglers:
         from ddpcheck.injob.stragglers import StepClock
 
         probe_clock, costs, steps_s = StepClock(), [], []
@@ -98,8 +100,8 @@ def main() -> None:
                 handle.write(str(os.getpid()))
         if args.sleep:
             time.sleep(args.sleep)
-    if probe_clock is not None:
-        write_costs(args.measure, rank, monitor, costs, steps_s)
+    if monitor is not None and args.measure:
+        write_costs(args.measure, rank, monitor, costs or [0.0], steps_s or [1.0])
     if monitor is not None:
         monitor.close()
     dist.destroy_process_group()

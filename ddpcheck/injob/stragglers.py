@@ -106,7 +106,10 @@ class StepClock:
 
 def nccl_collective_clock() -> Optional[Callable[[], float]]:
     """On an NCCL default group: a running total of the GPU time its collectives took (from the
-    process group's completion hook), else None. Only when the job already imported torch."""
+    process group's completion hook), else None. Only when the job already imported torch.
+    NCCL takes one completion hook per group: when the job registered its own first, this
+    returns None (and the busy/wait split falls back to schedstat, which on a GPU sees every
+    rank busy: nobody is named)."""
     import sys
 
     dist = sys.modules.get("torch.distributed")
@@ -130,6 +133,16 @@ def nccl_collective_clock() -> Optional[Callable[[], float]]:
     except Exception as exc:  # noqa: BLE001 - an older torch: the schedstat clock is used
         logger.debug("ddpcheck monitor: no NCCL completion hook (%s)", exc)
         return None
+
+
+def _group_up() -> bool:
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    try:
+        return bool(dist is not None and dist.is_available() and dist.is_initialized())
+    except Exception:  # noqa: BLE001 - advisory
+        return False
 
 
 class StragglerWatch:
@@ -160,9 +173,9 @@ class StragglerWatch:
             return
         self.next_at = self._next_instant(now)
         monitor = self.monitor
-        if not self.hooked:  # the process group may come up after the Monitor
+        if not self.hooked and _group_up():  # the group may come up after the Monitor: once
+            self.hooked = True
             collective_s = nccl_collective_clock()
-            self.hooked = collective_s is not None
             if collective_s is not None:
                 monitor.clock.attach(collective_s)
         rows = monitor.clock.recent()
