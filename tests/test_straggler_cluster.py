@@ -6,6 +6,7 @@ names it on every rank within a few steps, and stays silent over a long healthy 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import time
@@ -18,7 +19,8 @@ from torchrunjob import TorchrunJob, start_job
 pytestmark = pytest.mark.cluster
 
 STRAGGLERJOB = pathlib.Path(__file__).resolve().parent / "stragglerjob.py"
-HEALTHY_STEPS = int(__import__("os").environ.get("HEALTHY_STEPS", 400))  # a healthy stretch of this many steps (about 40-90 s here) names nobody
+# a healthy stretch of this many steps (about 80 s on a loaded 2-core machine) names nobody
+HEALTHY_STEPS = int(os.environ.get("DDPCHECK_TEST_HEALTHY_STEPS", 400))
 QUOTA = 0.03  # the slowed rank gets 3 % of a CPU (a loaded 2-core machine gives each ~15 %)
 
 

@@ -22,7 +22,8 @@ from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecor
 STAGE_CHECKS: Mapping[str, str] = {
     "start": "torch_import", "device": "gpu_count", "init": "rendezvous",
     "all_reduce": "all_reduce", "barrier": "barrier", "latency": "all_reduce",
-    "finish": "barrier", "compute": "straggler", "setup": "seed", "fingerprint": "env_drift", "ddp": "params",
+    "compute": "straggler",
+    "finish": "barrier", "setup": "seed", "fingerprint": "env_drift", "ddp": "params",
     # bandwidth sweep (ddpcheck.remote.sweep): the stage is the op being measured
     "all_gather": "bandwidth", "reduce_scatter": "bandwidth", "broadcast": "bandwidth",
     "all_to_all": "bandwidth",
