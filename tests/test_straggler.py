@@ -136,9 +136,9 @@ def _scans(history: dict[int, list[StepSample]], busy: dict[int, float], with_hi
     for rank in range(4):
         rows = [s.as_list() for s in history[rank]]
         last = history[rank][-1].step
-        beats = (beat(last - 10, 2 * last - 20), beat(last, 2 * last,
-                                                     **({"history": rows} if with_history
-                                                        else {})))
+        beats = (beat(last - 10, 2 * last - 20, **({"history": rows[:-10]} if with_history
+                                                   else {})),
+                 beat(last, 2 * last, **({"history": rows} if with_history else {})))
         w = worker(rank, beats=beats)
         w["samples"][0]["busy_s"] = 5.0
         w["samples"][1]["busy_s"] = 5.0 + 3.0 * busy[rank]  # the samples are 3 s apart
@@ -160,6 +160,16 @@ def test_hang_names_a_straggler_of_a_progressing_job_from_monitor_histories():
     assert finding.message.endswith(in_job[0].message())  # the in-job words
     view = {v.view.rank: v.view for v in analysis.jobs[0].ranks}[0]
     assert view.step_rate == 4.0 and view.busy == 0.5
+    # slow only in the steps after the first sample: not yet named (both samples must agree)
+    late = synchronous_run(4, 30, {})
+    late[3][-10:] = synchronous_run(4, 10, {3: 0.09}, seed=1)[3]
+    for rank in range(3):
+        late[rank][-10:] = synchronous_run(4, 10, {3: 0.09}, seed=1)[rank]
+    for rank in range(4):
+        late[rank] = [StepSample(i, s.busy_s, s.wait_s) for i, s in enumerate(late[rank])]
+    assert identify_stragglers(late) != []
+    analysis = analyze_scans(_scans(late, {r: 0.5 for r in range(4)}, True))
+    assert [f for f in analysis.findings if f.check == "straggler"] == []
 
 
 def test_hang_names_a_straggler_without_monitor_by_busy_time_and_not_a_healthy_job():
@@ -172,3 +182,22 @@ def test_hang_names_a_straggler_without_monitor_by_busy_time_and_not_a_healthy_j
     assert "rank 2 on h2 busy 98% of the window" in finding.message
     healthy = analyze_scans(_scans(history, {0: 0.3, 1: 0.45, 2: 0.38, 3: 0.32}, False))
     assert [f for f in healthy.findings if f.check == "straggler"] == []
+
+
+def test_the_monitor_names_a_rank_only_after_consecutive_verdicts_agree(tmp_path):
+    from types import SimpleNamespace
+
+    from ddpcheck.injob.stragglers import StragglerWatch
+
+    monitor = SimpleNamespace(world_size=4, beat_s=1.0, rank=0, hostname="h1", warnings=[],
+                              stragglers=[])
+    watch = StragglerWatch(monitor, Thresholds(), store=None)
+    entry = {"rank": 3, "message": "rank 3 on h2 arrives ..."}
+    assert watch._confirmed([entry]) == [] and watch._confirmed([entry]) == []
+    assert watch._confirmed([entry]) == [entry]
+    assert watch._confirmed([]) == []  # recovered: the streak starts again
+    assert watch._confirmed([entry]) == []
+    watch._log([entry])
+    watch._log([entry])
+    assert monitor.warnings == ["ddpcheck.Monitor [h1:rank 0]: straggler: rank 3 on h2 "
+                                "arrives ..."]  # logged once per episode

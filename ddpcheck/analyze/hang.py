@@ -110,6 +110,7 @@ class RankView:
     busy: Optional[float] = None  # fraction of the window its main thread was busy (schedstat)
     step_rate: Optional[float] = None  # steps/s over the window (Monitor heartbeat)
     history: tuple[Any, ...] = ()  # the Monitor's last steps: [step, time, busy_s, wait_s]
+    history_first: tuple[Any, ...] = ()  # the same, at the first sample
 
 
 @dataclass(frozen=True)
@@ -254,8 +255,11 @@ def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -
         started=worker.get("create_time") if isinstance(worker.get("create_time"),
                                                         (int, float)) else None,
         cmdline=str(worker.get("cmdline") or ""), busy=busy, step_rate=rate,
-        history=tuple(beat_b.get("history") or ()) if isinstance(beat_b.get("history"), list)
-        else ())
+        history=_rows(beat_b), history_first=_rows(beat_a))
+
+
+def _rows(beat: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(beat["history"]) if isinstance(beat.get("history"), list) else ()
 
 
 def window_rates(first: Mapping[str, Any], last: Mapping[str, Any], beat_a: Mapping[str, Any],
@@ -275,10 +279,15 @@ def window_rates(first: Mapping[str, Any], last: Mapping[str, Any], beat_a: Mapp
 
 def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
     """A progressing job's slow ranks: from the Monitor's step history when every rank has
-    one (the in-job finding, word for word), else from the main threads' busy time."""
+    one (the in-job finding, word for word; named at both samples), else from the main
+    threads' busy time."""
     hosts = {v.rank: v.host for v in live}
     if live and all(v.history for v in live):
         named = identify_stragglers(history_from_rows({v.rank: v.history for v in live}), hosts)
+        if all(v.history_first for v in live):
+            before = {s.rank for s in identify_stragglers(
+                history_from_rows({v.rank: v.history_first for v in live}), hosts)}
+            named = [s for s in named if s.rank in before]
         return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}",
                         host=s.host, rank=s.rank) for s in named]
     busy = {v.rank: v.busy for v in live if v.busy is not None}

@@ -12,7 +12,8 @@ The exchange (``StragglerWatch.tick``, on the Monitor's background thread, never
 training path): every ``period_s``, at the same wall-clock instants on every rank (so their
 recent windows overlap even when steps take milliseconds), each rank puts its last steps into
 torchrun's TCPStore; the leader (rank 0) reads them all in one ``multi_get``, runs
-``identify_stragglers`` and puts the verdict back; every rank reads the verdict and logs each
+``identify_stragglers``, keeps the ranks named by ``confirmations`` (3) verdicts in a row and
+puts them back; every rank reads the verdict and logs each
 newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler: rank 5 on h3 arrives
 38 ms after the median, ...``). Without a store (a job not started by torchrun) the ranks of
 this host compare their heartbeat files. At 1,000 ranks this is 2,000 small store requests and
@@ -157,6 +158,7 @@ class StragglerWatch:
         self.period_s = period_s or max(monitor.beat_s, world / 500.0)
         self.next_at = self._next_instant(time.time())
         self.named: dict[int, dict[str, Any]] = {}
+        self.streak: dict[int, int] = {}  # leader: consecutive verdicts that named each rank
         self.hooked = False
         self.seen_keys: set[str] = set()
 
@@ -184,15 +186,23 @@ class StragglerWatch:
                 {"host": monitor.hostname, "rows": rows}, separators=(",", ":")))
             if monitor.rank == 0:
                 # the others' rows may be a period old: judging the steps all have covers it
-                verdict = self._judge(self._read_store())
+                verdict = self._confirmed(self._judge(self._read_store()))
                 self.store.set(VERDICT_KEY, json.dumps(verdict, separators=(",", ":")))
             elif self.store.check([VERDICT_KEY]):
                 verdict = json.loads(self.store.get(VERDICT_KEY))
             else:
                 verdict = []
         else:
-            verdict = self._judge(self._read_files())
+            verdict = self._confirmed(self._judge(self._read_files()))
         self._log(verdict)
+
+    def _confirmed(self, verdict: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The stragglers of ``confirmations`` verdicts in a row: a rank starved for half a
+        second by a neighbour is late in 10 short steps, but not for seconds on end."""
+        ranks = {int(entry["rank"]) for entry in verdict}
+        self.streak = {rank: self.streak.get(rank, 0) + 1 for rank in ranks}
+        return [entry for entry in verdict
+                if self.streak[int(entry["rank"])] >= self.thresholds.confirmations]
 
     def _read_store(self) -> dict[int, dict[str, Any]]:
         world = self.monitor.world_size or 1

@@ -55,13 +55,16 @@ class Thresholds:
     x the median step)`` after its peers' median *and* busy for at least ``min_compute_ratio``
     x their median busy time. With a healthy rank's compute time jittering by 20 % from step to
     step, the chance that it is late in 9 of 10 steps is about 1e-6 per window (see
-    tests/test_straggler.py; benchmarks/straggler.py counts false alarms of a real job); a rank
-    20 % slower every step is named 9 steps after its onset."""
+    tests/test_straggler.py). Short steps make 10 steps a short time, and a neighbour can starve
+    a healthy rank for half a second: the Monitor therefore names a rank only when
+    ``confirmations`` consecutive exchanges (about a second apart) agree, and ``ddpcheck hang``
+    when both of its samples do (benchmarks/straggler.py counts false alarms of a real job)."""
     window: int = 10
     min_steps: int = 9
     min_lag_s: float = 0.002
     min_lag_fraction: float = 0.10
     min_compute_ratio: float = 1.2
+    confirmations: int = 3  # Monitor: consecutive exchanges (a second apart) that must agree
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.window:
