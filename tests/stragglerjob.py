@@ -75,11 +75,11 @@ def main() -> None:
         import ddpcheck
 
         monitor = ddpcheck.Monitor(stragglers=not args.no_stragglers)
-    probe_clock = costs = None
+    probe_clock, costs, steps_s = None, [], []
     if monitor is not None and args.measure and not args.no_stragglers:
         from ddpcheck.injob.stragglers import StepClock
 
-        probe_clock, costs, steps_s = StepClock(), [], []
+        probe_clock = StepClock()
     marks = open(os.path.join(args.ready_dir, f"steps-{rank}"), "a", buffering=1)
     for step in range(args.steps):
         began = time.perf_counter()
@@ -88,8 +88,9 @@ def main() -> None:
         optimizer.step()
         if monitor is not None:
             monitor.step(step)
-        if probe_clock is not None:
+        if args.measure:
             steps_s.append(time.perf_counter() - began)
+        if probe_clock is not None:
             mark = time.perf_counter()
             probe_clock.sample(step, time.time())  # the same bookkeeping step() does, again
             costs.append(time.perf_counter() - mark)
@@ -101,7 +102,7 @@ def main() -> None:
         if args.sleep:
             time.sleep(args.sleep)
     if monitor is not None and args.measure:
-        write_costs(args.measure, rank, monitor, costs or [0.0], steps_s or [1.0])
+        write_costs(args.measure, rank, monitor, costs or [0.0], steps_s)
     if monitor is not None:
         monitor.close()
     dist.destroy_process_group()
