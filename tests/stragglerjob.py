@@ -23,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 
 def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
-    """Per-step bookkeeping on the training thread, and the CPU time of the Monitor's thread
-    against the training thread's, over the whole run."""
+    """The mean time of ``monitor.step()`` (its occasional heartbeat writes included) and of
+    the training step, and the CPU time of the Monitor's thread against the training thread's,
+    over the whole run."""
     import json
     import statistics
     import threading
@@ -33,8 +34,8 @@ def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
         with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as handle:
             return int(handle.read().split()[0]) / 1e9
 
-    result = {"steps": len(steps_s), "step_s": statistics.median(steps_s),
-              "bookkeeping_s": statistics.median(costs),
+    result = {"steps": len(steps_s), "step_s": statistics.fmean(steps_s),
+              "monitor_step_s": statistics.fmean(costs),
               "monitor_thread_cpu_s": oncpu(monitor._thread.native_id),
               "training_thread_cpu_s": oncpu(threading.get_native_id()),
               "warnings": monitor.warnings}
@@ -75,11 +76,8 @@ def main() -> None:
         import ddpcheck
 
         monitor = ddpcheck.Monitor(stragglers=not args.no_stragglers)
-    probe_clock, costs, steps_s = None, [], []
-    if monitor is not None and args.measure and not args.no_stragglers:
-        from ddpcheck.injob.stragglers import StepClock
-
-        probe_clock = StepClock()
+    costs: list[float] = []  # seconds in monitor.step(), per step
+    steps_s: list[float] = []  # seconds of the training step before it
     marks = open(os.path.join(args.ready_dir, f"steps-{rank}"), "a", buffering=1)
     for step in range(args.steps):
         began = time.perf_counter()
@@ -87,13 +85,11 @@ def main() -> None:
         ddp(inputs).square().mean().backward()
         optimizer.step()
         if monitor is not None:
-            monitor.step(step)
-        if args.measure:
-            steps_s.append(time.perf_counter() - began)
-        if probe_clock is not None:
             mark = time.perf_counter()
-            probe_clock.sample(step, time.time())  # the same bookkeeping step() does, again
-            costs.append(time.perf_counter() - mark)
+            monitor.step(step)
+            if args.measure:
+                costs.append(time.perf_counter() - mark)
+                steps_s.append(mark - began)
         if step % args.mark_every == 0:
             marks.write(f"{step} {time.time():.3f}\n")
         if step == args.ready_step:
@@ -102,7 +98,7 @@ def main() -> None:
         if args.sleep:
             time.sleep(args.sleep)
     if monitor is not None and args.measure:
-        write_costs(args.measure, rank, monitor, costs or [0.0], steps_s)
+        write_costs(args.measure, rank, monitor, costs, steps_s)
     if monitor is not None:
         monitor.close()
     dist.destroy_process_group()
