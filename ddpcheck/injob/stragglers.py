@@ -160,6 +160,7 @@ class StragglerWatch:
         self.named: dict[int, dict[str, Any]] = {}
         self.streak: dict[int, int] = {}  # leader: consecutive verdicts that named each rank
         self.hooked = False
+        self.verdict_seen = False
         self.seen_keys: set[str] = set()
 
     def _next_instant(self, now: float) -> float:
@@ -188,7 +189,8 @@ class StragglerWatch:
                 # the others' rows may be a period old: judging the steps all have covers it
                 verdict = self._confirmed(self._judge(self._read_store()))
                 self.store.set(VERDICT_KEY, json.dumps(verdict, separators=(",", ":")))
-            elif self.store.check([VERDICT_KEY]):
+            elif self.verdict_seen or self.store.check([VERDICT_KEY]):
+                self.verdict_seen = True  # from then on one round trip (a get would wait)
                 verdict = json.loads(self.store.get(VERDICT_KEY))
             else:
                 verdict = []
