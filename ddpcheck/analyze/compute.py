@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..model.checks import Check
 from ..model.records import Finding, RankRecord, Severity
 from ..remote.straggler import slow_devices
 
@@ -29,7 +30,7 @@ def compute_findings(ranks: Sequence[RankRecord], fraction: float = SLOW_FRACTIO
         worst = min(slows, key=lambda s: s.ratio)
         others = "; ".join(f"{s.ratio:.2f}x the median {s.metric}" for s in slows
                            if s is not worst)
-        findings.append(Finding(Severity.WARNING, "straggler",
+        findings.append(Finding(Severity.WARNING, Check.STRAGGLER,
                                 worst.message() + (f"; {others}" if others else ""),
                                 host=host, rank=rank))
     return findings
