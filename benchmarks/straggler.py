@@ -60,6 +60,8 @@ def healthy_run(cluster, workdir: pathlib.Path, steps: int, port: int,
                                                        for c in costs),
                 "monitor thread/training thread CPU": statistics.median(
                     c["monitor_thread_cpu_s"] / c["training_thread_cpu_s"] for c in costs),
+                "monitor.step/step, medians": statistics.median(
+                    c["monitor_step_median_s"] / c["step_median_s"] for c in costs),
                 "step_ms": statistics.median(c["step_s"] for c in costs) * 1e3}
     finally:
         job.stop()
@@ -122,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--healthy-steps", type=int, default=1500)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--cost-only", action="store_true", help="only part 1 and 2")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ddpcheck-bench-") as tmp:
         work = pathlib.Path(tmp)
@@ -131,15 +134,20 @@ def main() -> None:
             baseline = healthy_run(cluster, work / "baseline", min(500, args.healthy_steps),
                                    29744, "--no-stragglers")
             print(json.dumps(baseline), flush=True)
-            named = onset_to_naming(cluster, work / "onset", args.reps)
-            print(json.dumps({"steps from onset to naming": named}), flush=True)
-            share = compute_share(cluster, work / "preflight")
-            print(json.dumps(share), flush=True)
+            named, share = [], {"compute/preflight": float("nan")}
+            if not args.cost_only:
+                named = onset_to_naming(cluster, work / "onset", args.reps)
+                print(json.dumps({"steps from onset to naming": named}), flush=True)
+                share = compute_share(cluster, work / "preflight")
+                print(json.dumps(share), flush=True)
     print("\n| measure | value |\n|---|---|")
     print(f"| monitor.step() / training step, stragglers on (mean; step "
           f"{healthy['step_ms']:.0f} ms) | {healthy['monitor.step/step']:.5f} |")
     print(f"| the same, stragglers=False (heartbeat only) | "
           f"{baseline['monitor.step/step']:.5f} |")
+    print(f"| median monitor.step() / median step, stragglers on | "
+          f"{healthy['monitor.step/step, medians']:.5f} |")
+    print(f"| the same, stragglers=False | {baseline['monitor.step/step, medians']:.5f} |")
     print(f"| Monitor thread CPU / training thread CPU, stragglers on | "
           f"{healthy['monitor thread/training thread CPU']:.4f} |")
     print(f"| the same, stragglers=False (heartbeat only) | "

@@ -36,6 +36,8 @@ def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
 
     result = {"steps": len(steps_s), "step_s": statistics.fmean(steps_s),
               "monitor_step_s": statistics.fmean(costs),
+              "monitor_step_median_s": statistics.median(costs),
+              "step_median_s": statistics.median(steps_s),
               "monitor_thread_cpu_s": oncpu(monitor._thread.native_id),
               "training_thread_cpu_s": oncpu(threading.get_native_id()),
               "warnings": monitor.warnings}

@@ -201,3 +201,24 @@ def test_the_monitor_names_a_rank_only_after_consecutive_verdicts_agree(tmp_path
     watch._log([entry])
     assert monitor.warnings == ["ddpcheck.Monitor [h1:rank 0]: straggler: rank 3 on h2 "
                                 "arrives ..."]  # logged once per episode
+
+
+def test_heartbeat_carries_the_step_history_for_ddpcheck_hang(tmp_path):
+    import json
+    import time
+
+    from ddpcheck.injob.monitor import Monitor
+
+    with Monitor(str(tmp_path), env={"RANK": "0", "WORLD_SIZE": "1"}, beat_s=0.1) as monitor:
+        for step in range(5):
+            time.sleep(0.02)
+            monitor.step(step)
+        deadline = time.monotonic() + 5
+        while True:
+            rows = json.loads(open(monitor.path, encoding="utf-8").read()).get("history")
+            if rows and rows[-1][0] == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert [row[0] for row in rows] == [1, 2, 3, 4]  # the first step has no "since"
+    for _, _, busy, wait in rows:
+        assert wait > 0.015 and busy >= 0  # it slept between steps

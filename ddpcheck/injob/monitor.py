@@ -157,6 +157,7 @@ class Monitor:
         self.clock: Optional[StepClock] = StepClock() if stragglers else None
         self.straggler_thresholds = straggler_thresholds or Thresholds()
         self.stragglers: list[dict[str, Any]] = []  # the stragglers named now (as dicts)
+        self._history_json = "[]"
         self._stop = threading.Event()
         self._write(time.time())
         self._thread = threading.Thread(target=self._run, name="ddpcheck-monitor", daemon=True)
@@ -186,16 +187,22 @@ class Monitor:
             self._seq_fn = None
             return None
 
-    def _write(self, beat: float, seq_now: Optional[int] = None) -> None:
+    def _write(self, beat: float, seq_now: Optional[int] = None,
+               refresh_history: bool = False) -> None:
+        """The heartbeat; the step history is serialized by the background thread
+        (``refresh_history``) and spliced in as text, so ``step()`` never pays for it."""
         record = {"v": 1, "job": self.job, "rank": self.rank, "local_rank": self.local_rank,
                   "world_size": self.world_size, "host": self.hostname, "pid": self.pid,
                   "started": self.started, "step": self.last_step,
                   "time": self.last_step_time, "seq": self.last_step_seq,
                   "seq_now": seq_now if seq_now is not None else self.last_step_seq,
                   "beat": beat}
+        text = json.dumps(record, separators=(",", ":"))
         if self.clock is not None:
-            record["history"] = self.clock.recent()
-        data = json.dumps(record, separators=(",", ":")).encode()
+            if refresh_history:
+                self._history_json = json.dumps(self.clock.recent(), separators=(",", ":"))
+            text = f'{text[:-1]},"history":{self._history_json}}}'
+        data = text.encode()
         self._written_at = time.monotonic()
         with self._lock:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -228,7 +235,7 @@ class Monitor:
                 logger.debug("ddpcheck monitor watchdog: %s", exc)
         while not self._stop.wait(self.beat_s):
             try:
-                self._write(time.time(), self.collective_seq())
+                self._write(time.time(), self.collective_seq(), refresh_history=True)
             except OSError:
                 pass  # a full or vanished /tmp must never take the job down
             if watchdog is not None:
