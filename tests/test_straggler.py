@@ -115,16 +115,18 @@ def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
 
     clock = StepClock()
     clock.sample(0, time.time())
+    assert clock.tid == threading.get_native_id()  # the training thread
     time.sleep(0.3)
     clock.sample(1, time.time())
     with cpu_quota([os.getpid()], 0.2):
+        clock.refresh()  # what the Monitor's thread does every beat
         spin(0.5)
+        clock.refresh()
         clock.sample(2, time.time())
+    assert clock.runq_rate > 0.5  # throttled 80 % of the time: runnable, not running
     (_, _, busy1, wait1), (_, _, busy2, wait2) = clock.recent()
     assert wait1 > 0.25 and busy1 < 0.05
     assert busy2 > 0.45 and wait2 < 0.05
-    assert threading.get_native_id()  # the clock followed this thread
-    clock.close()
 
 
 # -- ddpcheck hang's analysis of a progressing job ------------------------------------------------

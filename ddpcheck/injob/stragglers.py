@@ -1,9 +1,10 @@
 """The Monitor's straggler watch: runs inside the user's training processes.
 
-Per step (``StepClock.sample``, on the training thread, a few microseconds): the wall time since
-the previous step boundary, split into *busy* (this thread on a CPU or wanting one: running,
-in the run queue, throttled by a cgroup quota; ``/proc/thread-self/schedstat``, read with one
-``pread`` of a file kept open) and *wait* (blocked: in a collective, waiting for the others).
+Per step (``StepClock.sample``, on the training thread, about a microsecond, GIL kept): the wall
+time since the previous step boundary, split into *busy* (this thread on a CPU or wanting one:
+running, in the run queue, throttled by a cgroup quota: its CPU time plus its recent run-queue
+rate from ``/proc/self/task/TID/schedstat``, which the background thread reads each beat) and
+*wait* (blocked: in a collective, waiting for the others).
 On a GPU job with NCCL the training thread spins rather than blocks, so there *wait* is the
 time the GPU spent in NCCL collectives (the process group's completion hook: a straggler's
 collectives start last and are the shortest), and busy the rest.
@@ -42,53 +43,60 @@ logger = logging.getLogger("ddpcheck.injob.monitor")
 
 
 class StepClock:
-    """This thread's busy time, and the rows [step, time, busy, wait] of its last steps."""
+    """The training thread's busy time per step, and the rows [step, time, busy, wait] of its
+    last steps.
+
+    Per step (``sample``, on the training thread) only clocks that keep the GIL are read: the
+    thread's CPU time (``time.thread_time``) and the wall clock. Any system call that releases
+    the GIL would let the Monitor's thread in at that point of every step, and on a busy
+    machine a thread descheduled while holding the GIL stalls the step. The time the thread
+    spent *runnable but not running* (run queue, or throttled by a CPU quota: what a slowed
+    rank shows) comes from ``/proc/self/task/TID/schedstat``, read by the background thread
+    each beat (``refresh``) as a rate, and is added to each step in proportion to its length.
+    """
 
     def __init__(self) -> None:
         self.rows: deque[list[Any]] = deque(maxlen=HISTORY)
-        self._fd: Optional[int] = None
-        self._tid: Optional[int] = None
-        self._source: Optional[str] = None
-        self._last: Optional[tuple[float, float, str]] = None  # (perf_counter, busy, source)
+        self.tid: Optional[int] = None  # the training thread (the one calling sample)
+        self.runq_rate = 0.0  # seconds runnable-not-running per second, recently
+        self._runq_last: Optional[tuple[float, float]] = None  # (monotonic, runq seconds)
+        self._last: Optional[tuple[float, float]] = None  # (perf_counter, thread_time)
         self.collective_s: Optional[Callable[[], float]] = None  # NCCL: seconds in collectives
         self._last_collective = 0.0
 
-    def busy_s(self) -> tuple[float, str]:
-        """Seconds this thread has been on a CPU or runnable, and which clock said so."""
-        tid = threading.get_native_id()
-        if tid != self._tid:
-            self._tid = tid
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-            try:
-                self._fd = os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
-            except OSError:
-                self._fd = None
-        if self._fd is not None:
-            try:
-                oncpu, runq = os.pread(self._fd, 96, 0).split()[:2]
-                return (int(oncpu) + int(runq)) / 1e9, "schedstat"
-            except (OSError, ValueError):
-                os.close(self._fd)
-                self._fd = None
-        return time.thread_time(), "thread_time"  # on a CPU only: misses throttling
+    def refresh(self) -> None:
+        """Background thread: the training thread's recent run-queue rate (0 where schedstat
+        is unavailable: then a CPU quota goes unseen, CPU time still counts)."""
+        if self.tid is None:
+            return
+        try:
+            with open(f"/proc/self/task/{self.tid}/schedstat", encoding="ascii") as handle:
+                runq = int(handle.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return
+        now = time.monotonic()
+        if self._runq_last is not None and now > self._runq_last[0]:
+            self.runq_rate = min(1.0, max(0.0, (runq - self._runq_last[1]) /
+                                          (now - self._runq_last[0])))
+        self._runq_last = (now, runq)
 
     def sample(self, step: int, now: float) -> None:
         mark = time.perf_counter()
-        busy, source = self.busy_s()
-        last, self._last = self._last, (mark, busy, source)
+        cpu = time.thread_time()
+        if self.tid is None:
+            self.tid = threading.get_native_id()
+        last, self._last = self._last, (mark, cpu)
         collective = self.collective_s() if self.collective_s is not None else None
         if collective is not None:
             spent, self._last_collective = collective - self._last_collective, collective
-        if last is None or last[2] != source:
+        if last is None:
             return
         wall = mark - last[0]
         if collective is not None:  # NCCL: the thread spins; the GPU's collective time is wait
             wait = min(max(spent, 0.0), wall)
             busy_s = wall - wait
         else:
-            busy_s = min(max(busy - last[1], 0.0), wall)
+            busy_s = min(max(cpu - last[1], 0.0) + self.runq_rate * wall, wall)
             wait = wall - busy_s
         self.rows.append([step, round(now, 6), round(busy_s, 6), round(wait, 6)])
 
@@ -100,9 +108,7 @@ class StepClock:
         return list(self.rows)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        pass
 
 
 def nccl_collective_clock() -> Optional[Callable[[], float]]:
@@ -176,6 +182,7 @@ class StragglerWatch:
             return
         self.next_at = self._next_instant(now)
         monitor = self.monitor
+        monitor.clock.refresh()
         if not self.hooked and _group_up():  # the group may come up after the Monitor: once
             self.hooked = True
             collective_s = nccl_collective_clock()
