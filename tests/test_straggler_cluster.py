@@ -121,14 +121,19 @@ def test_hang_names_the_throttled_rank_of_a_progressing_job(ns_cluster, tmp_path
     hosts = ns_cluster.hosts[:3]
     beats = tmp_path / "heartbeats"
     job = jobs(ns_cluster, hosts, 1, 29683 + monitor, tmp_path,
-               ["--use-monitor"] if monitor else [], env={"DDPCHECK_HEARTBEAT_DIR": str(beats)})
+               ["--mark-every", "1"] + (["--use-monitor"] if monitor else []),
+               env={"DDPCHECK_HEARTBEAT_DIR": str(beats)})
     pids = job.wait_ready()
     time.sleep(3.0)
     done, healthy = run_hang(ns_cluster, tmp_path, hosts)
     assert [f for f in healthy["findings"] if f["check"] == "straggler"] == [], \
         done.stdout + done.stderr
     with cpuquota.cpu_quota([pids[2]], QUOTA):
-        time.sleep(8.0)  # more than 10 slow steps
+        onset = last_step(tmp_path, 2)
+        deadline = time.monotonic() + 90
+        while last_step(tmp_path, 2) < onset + 15:  # both samples see 10 slow steps
+            assert time.monotonic() < deadline, job.logs()
+            time.sleep(0.5)
         done, report = run_hang(ns_cluster, tmp_path, hosts)
     found = [f for f in report["findings"] if f["check"] == "straggler"]
     assert [(f["rank"], f["host"]) for f in found] == [(2, "h3")], done.stdout + done.stderr
