@@ -67,15 +67,18 @@ def comparable(report: dict) -> dict:
     for rank in report["ranks"]:
         for key in VOLATILE_RANK_KEYS:
             rank.pop(key)
+        rank.pop("compute", None)  # the compute check's throughputs
     for collective in report["collectives"]:
         for key in ("time_us", "algbw_gbs", "busbw_gbs"):
             collective.pop(key)
     for finding in report["findings"]:
         if finding["check"] == "barrier" and finding["severity"] == "info":
             finding.pop("message")  # barrier latencies
-    # warnings about the moment's load (a slow torch import, a clock read late) may come and go
+    # warnings about the moment's load (a slow torch import, a clock read late, a rank's compute
+    # check squeezed by other work) may come and go
     report["findings"] = [f for f in report["findings"] if not (
-        f["severity"] == "warning" and f["check"] in ("torch_import", "clock_skew"))]
+        f["severity"] == "warning" and f["check"] in ("torch_import", "clock_skew",
+                                                      "straggler"))]
     return report
 
 

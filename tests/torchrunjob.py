@@ -1,4 +1,4 @@
-"""Starts tests/hangjob.py with torchrun on hosts of the namespace cluster, as a user would
+"""Starts tests/hangjob.py (or another job script) with torchrun on hosts of the namespace cluster, as a user would
 (one torchrun per host, static rendezvous at the first host), and always cleans up: every
 process of the job is continued (in case a test stopped it) and killed. Used by the hang tests
 and the hang benchmark."""
@@ -30,8 +30,9 @@ class ThisMachine:
 class TorchrunJob:
     def __init__(self, cluster: Any, hosts: Sequence[Any], slots: int, port: int,
                  workdir: pathlib.Path, args: Sequence[str] = (),
-                 env: Mapping[str, str] = {}) -> None:
+                 env: Mapping[str, str] = {}, script: pathlib.Path = HANGJOB) -> None:
         self.cluster = cluster
+        self.script = script
         self.hosts = list(hosts)
         self.slots = slots
         self.port = port
@@ -53,7 +54,7 @@ class TorchrunJob:
                     str(len(self.hosts)), "--node-rank", str(node_rank), "--nproc-per-node",
                     str(self.slots), "--master-addr", self.hosts[0].address, "--master-port",
                     str(self.port), "--max-restarts", "0", "--monitor-interval", "0.5",
-                    str(HANGJOB), "--ready-dir", str(self.ready_dir), *self.args]
+                    str(self.script), "--ready-dir", str(self.ready_dir), *self.args]
             options = dict(env=self.env, stdout=log, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, start_new_session=True)
             self.procs.append(subprocess.Popen(argv, **options) if self.cluster is None
@@ -147,5 +148,6 @@ def job_pids_running(marker: str) -> list[int]:
 
 def start_job(cluster: Any, hosts: Sequence[Any], slots: int, port: int,
               workdir: pathlib.Path, args: Sequence[str] = (),
-              env: Optional[Mapping[str, str]] = None) -> TorchrunJob:
-    return TorchrunJob(cluster, hosts, slots, port, workdir, args, env or {}).start()
+              env: Optional[Mapping[str, str]] = None,
+              script: pathlib.Path = HANGJOB) -> TorchrunJob:
+    return TorchrunJob(cluster, hosts, slots, port, workdir, args, env or {}, script).start()

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import ras
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
+from ..remote.straggler import busy_stragglers, history_from_rows, identify_stragglers
 from .verdict import order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
@@ -108,6 +109,10 @@ class RankView:
     flight_record: Optional[Mapping[str, Any]] = None
     started: Optional[float] = None
     cmdline: str = ""
+    busy: Optional[float] = None  # fraction of the window its main thread was busy (schedstat)
+    step_rate: Optional[float] = None  # steps/s over the window (Monitor heartbeat)
+    history: tuple[Any, ...] = ()  # the Monitor's last steps: [step, time, busy_s, wait_s]
+    history_first: tuple[Any, ...] = ()  # the same, at the first sample
 
 
 @dataclass(frozen=True)
@@ -332,6 +337,7 @@ def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -
     age = None
     if isinstance(beat_b.get("time"), (int, float)) and isinstance(last.get("at"), (int, float)):
         age = round(max(0.0, last["at"] - beat_b["time"]), 1)
+    busy, rate = window_rates(first, last, beat_a, beat_b)
     header = (f"Process {worker.get('pid')} (rank {worker.get('rank')} on {host}): "
               f"{worker.get('cmdline') or ''}").rstrip()
     stack_error = (last.get("stack") or {}).get("error") or (first.get("stack") or {}).get("error")
@@ -349,7 +355,47 @@ def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -
         stack_error=stack_error, flight_record=record,
         started=worker.get("create_time") if isinstance(worker.get("create_time"),
                                                         (int, float)) else None,
-        cmdline=str(worker.get("cmdline") or ""))
+        cmdline=str(worker.get("cmdline") or ""), busy=busy, step_rate=rate,
+        history=_rows(beat_b), history_first=_rows(beat_a))
+
+
+def _rows(beat: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(beat["history"]) if isinstance(beat.get("history"), list) else ()
+
+
+def window_rates(first: Mapping[str, Any], last: Mapping[str, Any], beat_a: Mapping[str, Any],
+                 beat_b: Mapping[str, Any]) -> tuple[Optional[float], Optional[float]]:
+    """(busy fraction of the window, steps per second) between the two samples, or None."""
+    busy = rate = None
+    span = (last.get("at") or 0) - (first.get("at") or 0)
+    if span > 0.2 and all(isinstance(s.get("busy_s"), (int, float)) for s in (first, last)):
+        busy = round(min(1.0, max(0.0, (last["busy_s"] - first["busy_s"]) / span)), 3)
+    steps = [_int(b.get("step")) for b in (beat_a, beat_b)]
+    times = [b.get("time") for b in (beat_a, beat_b)]
+    if None not in steps and all(isinstance(t, (int, float)) for t in times) and \
+            times[1] - times[0] > 0:
+        rate = round((steps[1] - steps[0]) / (times[1] - times[0]), 2)
+    return busy, rate
+
+
+def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
+    """A progressing job's slow ranks: from the Monitor's step history when every rank has
+    one (the in-job finding, word for word; named at both samples), else from the main
+    threads' busy time."""
+    hosts = {v.rank: v.host for v in live}
+    if live and all(v.history for v in live):
+        named = identify_stragglers(history_from_rows({v.rank: v.history for v in live}), hosts)
+        if all(v.history_first for v in live):
+            before = {s.rank for s in identify_stragglers(
+                history_from_rows({v.rank: v.history_first for v in live}), hosts)}
+            named = [s for s in named if s.rank in before]
+        return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}",
+                        host=s.host, rank=s.rank) for s in named]
+    busy = {v.rank: v.busy for v in live if v.busy is not None}
+    if len(busy) != len(live):
+        return []
+    return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}", host=s.host,
+                    rank=s.rank) for s in busy_stragglers(busy, hosts)]
 
 
 def gone_view(host: str, scan: Mapping[str, Any], beat: Mapping[str, Any]) -> Optional[RankView]:
@@ -453,6 +499,8 @@ def analyze_job(job: str, views: Sequence[RankView],
                     and "the collective itself is stuck" not in f.message]
         culprit_ranks = from_dumps
     findings += more
+    if not culprits and not any(f.severity is Severity.ERROR for f in findings):
+        findings += straggler_findings(job, running)
     hung = any(f.severity is Severity.ERROR for f in findings)
     return JobVerdict(job, world, ordered, tuple(findings), hung, culprit_ranks)
 

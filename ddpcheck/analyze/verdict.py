@@ -13,6 +13,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from ..remote import drift
 from ..remote.drift import RankPrint
+from .compute import compute_findings
 from .health import is_loopback
 from ..model.checks import EXIT_CODES  # noqa: F401 - analyze.EXIT_CODES, as before
 from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
@@ -22,6 +23,7 @@ from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecor
 STAGE_CHECKS: Mapping[str, str] = {
     "start": "torch_import", "device": "gpu_count", "init": "rendezvous",
     "all_reduce": "all_reduce", "barrier": "barrier", "latency": "all_reduce",
+    "compute": "straggler",
     "finish": "barrier", "setup": "seed", "fingerprint": "env_drift", "ddp": "params",
     # bandwidth sweep (ddpcheck.remote.sweep): the stage is the op being measured
     "all_gather": "bandwidth", "reduce_scatter": "bandwidth", "broadcast": "bandwidth",
@@ -105,6 +107,7 @@ def rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
                 f"wrong element(s) (expected the sum of rank+1 over the world)",
                 host=rank.host, rank=rank.rank))
     findings += latency_findings(ranks)
+    findings += compute_findings(ranks)
     return findings
 
 

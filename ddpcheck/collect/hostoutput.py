@@ -219,6 +219,7 @@ def rank_record(raw: dict[str, Any], host: str) -> RankRecord:
         versions={str(k): _opt_str(v) for k, v in versions.items()},
         collectives=tuple(c for c in collectives if isinstance(c, dict)),
         fingerprint=raw["fingerprint"] if isinstance(raw.get("fingerprint"), dict) else {},
+        compute=raw["compute"] if isinstance(raw.get("compute"), dict) else {},
     )
 
 

@@ -22,6 +22,14 @@ every rank's entry twice and logs a warning on every live rank naming the ranks 
 answering or are behind, long before NCCL's 10-minute timeout. Without a store (a job not started
 by torchrun) it compares the heartbeat files of this host.
 
+Stragglers (on by default, ``stragglers=False`` turns it off): ``step()`` also splits the time
+since the previous step into this rank's busy time and its time waiting for the others, keeps
+the last steps in the heartbeat (``history``: [step, time, busy_s, wait_s] rows, which
+``ddpcheck hang`` reads from outside), and the background thread exchanges them through the
+TCPStore (see ``ddpcheck.injob.stragglers``): a rank consistently last to arrive is logged on
+every rank as a ``straggler`` warning and listed in ``monitor.stragglers``. ``straggler_thresholds``
+(a ``ddpcheck.remote.straggler.Thresholds``) sets the margins.
+
 Torch-light: only the standard library is imported here; torch is touched only when the job has
 already imported it (``import ddpcheck`` stays cheap, and the probe stays stdlib + torch).
 """
@@ -38,6 +46,9 @@ import tempfile
 import threading
 import time
 from typing import Any, Callable, Mapping, Optional
+
+from ..remote.straggler import Thresholds
+from .stragglers import StepClock, StragglerWatch
 
 HEARTBEAT_DIR_VARIABLE = "DDPCHECK_HEARTBEAT_DIR"
 HEARTBEAT_PREFIX = "ddpcheck-heartbeat-"
@@ -110,7 +121,8 @@ class Monitor:
     def __init__(self, directory: Optional[str] = None, watchdog_s: Optional[float] = None, *,
                  beat_s: float = 1.0, write_every_s: float = 0.1, rank: Optional[int] = None,
                  world_size: Optional[int] = None,
-                 env: Optional[Mapping[str, str]] = None) -> None:
+                 env: Optional[Mapping[str, str]] = None, stragglers: bool = True,
+                 straggler_thresholds: Optional[Thresholds] = None) -> None:
         env = dict(os.environ if env is None else env)
         if watchdog_s is not None and watchdog_s <= 0:
             raise ValueError(f"watchdog_s must be > 0, got {watchdog_s}")
@@ -142,6 +154,10 @@ class Monitor:
         self._tmp = f"{self.path}.tmp{self.pid}"
         self._lock = threading.Lock()
         self._seq_fn: Optional[Callable[[], int]] = None
+        self.clock: Optional[StepClock] = StepClock() if stragglers else None
+        self.straggler_thresholds = straggler_thresholds or Thresholds()
+        self.stragglers: list[dict[str, Any]] = []  # the stragglers named now (as dicts)
+        self._history_json = "[]"
         self._stop = threading.Event()
         self._write(time.time())
         self._thread = threading.Thread(target=self._run, name="ddpcheck-monitor", daemon=True)
@@ -154,6 +170,8 @@ class Monitor:
         self.last_step = step
         self.last_step_time = now
         self.last_step_seq = self.collective_seq()
+        if self.clock is not None:
+            self.clock.sample(step, now)
         if first or time.monotonic() - self._written_at >= self.write_every_s:
             self._write(now)  # else the background thread writes it within beat_s
 
@@ -169,14 +187,22 @@ class Monitor:
             self._seq_fn = None
             return None
 
-    def _write(self, beat: float, seq_now: Optional[int] = None) -> None:
+    def _write(self, beat: float, seq_now: Optional[int] = None,
+               refresh_history: bool = False) -> None:
+        """The heartbeat; the step history is serialized by the background thread
+        (``refresh_history``) and spliced in as text, so ``step()`` never pays for it."""
         record = {"v": 1, "job": self.job, "rank": self.rank, "local_rank": self.local_rank,
                   "world_size": self.world_size, "host": self.hostname, "pid": self.pid,
                   "started": self.started, "step": self.last_step,
                   "time": self.last_step_time, "seq": self.last_step_seq,
                   "seq_now": seq_now if seq_now is not None else self.last_step_seq,
                   "beat": beat}
-        data = json.dumps(record, separators=(",", ":")).encode()
+        text = json.dumps(record, separators=(",", ":"))
+        if self.clock is not None:
+            if refresh_history:
+                self._history_json = json.dumps(self.clock.recent(), separators=(",", ":"))
+            text = f'{text[:-1]},"history":{self._history_json}}}'
+        data = text.encode()
         self._written_at = time.monotonic()
         with self._lock:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -201,6 +227,7 @@ class Monitor:
     # -- the background thread ---------------------------------------------------------------
     def _run(self) -> None:
         watchdog = _Watchdog(self) if self.watchdog_s is not None else None
+        stragglers = self._straggler_watch()
         if watchdog is not None:
             try:
                 watchdog.tick()  # connect and publish at once: a rank may stop any time
@@ -208,7 +235,7 @@ class Monitor:
                 logger.debug("ddpcheck monitor watchdog: %s", exc)
         while not self._stop.wait(self.beat_s):
             try:
-                self._write(time.time(), self.collective_seq())
+                self._write(time.time(), self.collective_seq(), refresh_history=True)
             except OSError:
                 pass  # a full or vanished /tmp must never take the job down
             if watchdog is not None:
@@ -216,6 +243,19 @@ class Monitor:
                     watchdog.tick()
                 except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
                     logger.debug("ddpcheck monitor watchdog: %s", exc)
+            if stragglers is not None:
+                try:
+                    stragglers.tick()
+                except Exception as exc:  # noqa: BLE001 - advisory too
+                    logger.debug("ddpcheck monitor stragglers: %s", exc)
+
+    def _straggler_watch(self) -> Optional[StragglerWatch]:
+        """The straggler exchange, over a TCPStore client of its own (None: this host's
+        heartbeat files)."""
+        if self.clock is None:
+            return None
+        store = _connect_store(self.env, self.job)
+        return StragglerWatch(self, self.straggler_thresholds, store)
 
 
 class _Watchdog:

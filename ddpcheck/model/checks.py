@@ -38,6 +38,7 @@ class Check(str, enum.Enum):
     ALL_REDUCE = "all_reduce"
     BANDWIDTH = "bandwidth"
     SLOW_LINK = "slow_link"
+    STRAGGLER = "straggler"
     HANG = "hang"
     STACKS = "stacks"
 

@@ -93,6 +93,8 @@ class RankRecord:
     collectives: tuple[Mapping[str, Any], ...] = ()
     # versions, settings, env, rng (when seeded), ddp: what drift compares across ranks
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
+    # the compute check: device_model, where, metrics {name: value, higher is better}, seconds
+    compute: Mapping[str, Any] = field(default_factory=dict)
     # False: the rank left no record; this one was made from what its host's agent and
     # torchrun saw of its process (stopped, killed, still running at the deadline)
     reported: bool = True

@@ -4,8 +4,8 @@
 It finds the torchrun workers running here (processes whose environment has RANK, WORLD_SIZE and
 LOCAL_RANK, and TORCHELASTIC_RUN_ID or MASTER_ADDR; a data-loader child inherits that environment,
 so only the topmost process of each rank counts), samples each twice, ``--window`` seconds apart
-(process state, CPU time, Python stack with py-spy when installed, the ``ddpcheck.Monitor``
-heartbeat, the PyTorch Flight Recorder dump when the job wrote one) and prints one marked JSON
+(process state, CPU time, the main thread's busy time from schedstat, Python stack with py-spy
+when installed, the ``ddpcheck.Monitor`` heartbeat, the PyTorch Flight Recorder dump when the job wrote one) and prints one marked JSON
 line, ``@@DDPCHECK hangscan {...}``, that the launcher collects. Heartbeats written on this host
 by ranks whose process is gone are reported too: that is how a dead rank is named with its host.
 
@@ -285,7 +285,8 @@ class HostScan:
             with proc.oneshot():
                 times = proc.cpu_times()
                 return {"status": proc.status(), "cpu_s": round(times.user + times.system, 3),
-                        "threads": proc.num_threads(), "at": time.time()}
+                        "threads": proc.num_threads(), "at": time.time(),
+                        "busy_s": main_thread_busy_s(worker["pid"])}
         except (self.psutil.NoSuchProcess, self.psutil.ZombieProcess):
             return {"status": "gone"}
         except self.psutil.AccessDenied:
@@ -364,6 +365,17 @@ class HostScan:
                 "python": sys.executable, "workers": workers, "gone": gone,
                 "other_netns": other_netns, "denied": denied,
                 "duration_s": round(time.monotonic() - self.started, 3)}
+
+
+def main_thread_busy_s(pid: int) -> Optional[float]:
+    """Seconds the process's main thread has been on a CPU or runnable (in the run queue or
+    throttled by a CPU quota), from /proc/PID/task/PID/schedstat; None where unavailable."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as handle:
+            oncpu, runq = handle.read().split()[:2]
+        return round((int(oncpu) + int(runq)) / 1e9, 4)
+    except (OSError, ValueError):
+        return None
 
 
 def _netns(pid: int) -> Optional[str]:

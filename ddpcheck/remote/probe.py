@@ -13,6 +13,10 @@ hashes, a tiny model's parameters) and gathers everyone's in one collective; whe
 and dtype agrees, it trains that model for ``--ddp-steps`` steps under DDP on identical data,
 recording a checksum of every parameter after each step. ``drift`` compares them afterwards.
 
+Compute (``computecheck``): after the latency stage every rank measures its device's matmul
+throughput and memory bandwidth for ``--compute-seconds`` (1 s), all ranks at once; ``analyze``
+names ranks far below the median of their peers of the same device model (``straggler``).
+
 Only the standard library and torch are imported here, so a host needs just torch and ddpcheck.
 """
 
@@ -37,6 +41,7 @@ import torch.distributed as dist
 
 from .. import wire
 from .agent import set_parent_death_signal
+from .computecheck import compute_check
 from .fingerprint import (call_setup, gather_json, load_setup, model_fingerprint,
                           numeric_settings, relevant_env, rng_hashes, runtime_versions,
                           seed_everything)
@@ -143,6 +148,11 @@ class RankProbe:
         self.stage("latency")
         one = torch.ones(1, device=device)
         self.record["allreduce_small_us"] = median_us(lambda: dist.all_reduce(one), iters, device)
+        if self.args.compute_seconds > 0:
+            self.stage("compute")
+            dist.barrier()  # all ranks at once: neighbours contend as they will in the job
+            self.record["compute"] = compute_check(device, self.record["host"],
+                                                   self.record["rank"], self.args.compute_seconds)
         if self.args.consistency:
             self.stage("fingerprint")
             self.check_consistency(device, rng)
@@ -305,6 +315,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                              "too); it gets the seed when it takes an argument")
     parser.add_argument("--ddp-steps", type=int, default=3,
                         help="steps of the tiny DDP run (default 3)")
+    parser.add_argument("--compute-seconds", type=float, default=1.0,
+                        help="the compute check's time on each rank: matmul throughput and "
+                             "memory bandwidth (default 1; 0 skips it)")
     parser.add_argument("--no-consistency", dest="consistency", action="store_false",
                         help="skip fingerprints and the tiny DDP run")
     args = parser.parse_args(argv)

@@ -27,6 +27,8 @@ def job_json(job: JobVerdict) -> dict[str, Any]:
             "pid": v.view.pid, "role": v.role.value, "reason": v.reason, "op": v.op,
             "state": v.view.status, "cpu_pct": v.view.cpu_pct, "step": v.view.step,
             "seq": v.view.seq, "heartbeat_age_s": v.view.heartbeat_age_s,
+            "steps_per_s": v.view.step_rate, "busy_pct": None if v.view.busy is None
+            else round(v.view.busy * 100, 1),
             "where": where_cell(v.view.last.frames) if v.view.last else None,
             "stack_error": v.view.stack_error,
             "flight_record": dict(v.view.flight_record) if v.view.flight_record else None,
@@ -71,10 +73,12 @@ def render_hang(report: Report, verbose: bool = False) -> str:
         rows = []
         for rank in job["ranks"]:
             rows.append([rank["host"], rank["rank"], _cell(rank["pid"]), rank["state"],
-                         _cell(rank["cpu_pct"]), _cell(rank["step"]), _cell(rank["seq"]),
-                         rank["role"], rank["where"] or "-"])
-        lines.append(tabulate(rows, headers=["host", "rank", "pid", "state", "cpu%", "step",
-                                             "seq", "role", "where (innermost < job code)"],
+                         _cell(rank["cpu_pct"]), _cell(rank.get("busy_pct")),
+                         _cell(rank["step"]), _cell(rank.get("steps_per_s")),
+                         _cell(rank["seq"]), rank["role"], rank["where"] or "-"])
+        lines.append(tabulate(rows, headers=["host", "rank", "pid", "state", "cpu%", "busy%",
+                                             "step", "steps/s", "seq", "role",
+                                             "where (innermost < job code)"],
                               tablefmt="simple", disable_numparse=True))
         lines.append("#")
         for culprit in job["culprits"]:

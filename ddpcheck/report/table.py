@@ -78,6 +78,7 @@ def to_json_dict(report: Report) -> dict[str, Any]:
             "gpu_uuid": r.gpu_uuid, "gpu_bus_id": r.gpu_bus_id, "world_size": r.world_size,
             "barrier_us": r.barrier_us, "allreduce_small_us": r.allreduce_small_us,
             "all_reduce_wrong": r.all_reduce_wrong, "error": r.error,
+            **({"compute": dict(r.compute)} if r.compute else {}),
         } for r in report.ranks],
         "findings": [{
             "severity": f.severity.value, "check": f.check, "host": f.host, "rank": f.rank,
@@ -156,7 +157,27 @@ def rank_table(hosts: Sequence[HostRecord], ranks: Sequence[RankRecord],
             ])
     headers = ["host", "rank", "local", "hostname", "pid", "device", "status",
                "barrier_us", "allreduce_us", "#wrong"]
+    add_compute_columns(rows, headers, hosts, ranks)
     return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def add_compute_columns(rows: list[list[Any]], headers: list[str], hosts: Sequence[HostRecord],
+                        ranks: Sequence[RankRecord]) -> None:
+    """The compute check's metrics as extra columns (only when some rank measured them), in
+    the order of ``rank_table``'s rows."""
+    names = sorted({name for r in ranks for name in (r.compute or {}).get("metrics", {})},
+                   key=lambda name: (name.startswith("memory"), name))
+    if not names:
+        return
+    headers += names
+    ordered: list[Optional[RankRecord]] = []
+    for host in hosts:
+        own = sorted((r for r in ranks if r.host == host.name),
+                     key=lambda r: (r.rank is None, r.rank or 0))
+        ordered += own or [None]
+    for row, rank in zip(rows, ordered):
+        metrics = (rank.compute or {}).get("metrics", {}) if rank is not None else {}
+        row += [_cell(metrics.get(name)) for name in names]
 
 
 def drift_table(rows: Sequence[Mapping[str, Any]],

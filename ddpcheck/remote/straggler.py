@@ -1,0 +1,266 @@
+"""Who is the straggler: pure functions over per-rank step samples (runs anywhere).
+
+The in-job ``Monitor`` (on its leader rank), ``ddpcheck hang``'s analysis of Monitor heartbeats
+and the preflight compute check all name slow ranks here, so the three speak one language.
+
+A collective evens out the step durations of all ranks (everyone leaves it together), so
+duration cannot blame anyone. What differs is how each rank spent the step: its *busy* time
+(on a CPU or wanting one: running, waiting in the run queue, or throttled by a cgroup quota)
+and its *wait* time (blocked: in a collective waiting for the others, or in I/O). The last rank
+to arrive at the collective waits least; its arrival lag behind the median rank is the median
+wait of its peers minus its own (no cross-host clock needed). A rank is named when, in at least
+``min_steps`` of the last ``window`` steps, it arrived late by a margin *and* its busy time was
+a multiple of its peers' median. Noise on a healthy run moves the last place from rank to
+rank; a straggler holds it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """One rank's account of one step: ``busy_s`` working, ``wait_s`` blocked (the rest of
+    the wall time since its previous step), ``time`` the wall clock at the step boundary."""
+    step: int
+    busy_s: float
+    wait_s: float
+    time: float = 0.0
+
+    @property
+    def wall_s(self) -> float:
+        return self.busy_s + self.wait_s
+
+    def as_list(self) -> list[Any]:
+        """The compact form heartbeats and the store carry: [step, time, busy, wait]."""
+        return [self.step, round(self.time, 6), round(self.busy_s, 6), round(self.wait_s, 6)]
+
+    @staticmethod
+    def from_list(row: Sequence[Any]) -> Optional["StepSample"]:
+        try:
+            step, when, busy, wait = row[:4]
+            return StepSample(int(step), float(busy), float(wait), float(when))
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a rank is named. ``window``: the last steps looked at; ``min_steps``: in how many
+    of them it must be late; late means arriving at least ``max(min_lag_s, min_lag_fraction
+    x the median step)`` after its peers' median *and* busy for at least ``min_compute_ratio``
+    x their median busy time. With a healthy rank's compute time jittering by 20 % from step to
+    step, the chance that it is late in 9 of 10 steps is about 1e-6 per window (see
+    tests/test_straggler.py). Short steps make 10 steps a short time, and a neighbour can starve
+    a healthy rank for half a second: the Monitor therefore names a rank only when
+    ``confirmations`` consecutive exchanges (about a second apart) agree, and ``ddpcheck hang``
+    when both of its samples do (benchmarks/straggler.py counts false alarms of a real job)."""
+    window: int = 10
+    min_steps: int = 9
+    min_lag_s: float = 0.002
+    min_lag_fraction: float = 0.10
+    min_compute_ratio: float = 1.2
+    confirmations: int = 3  # Monitor: consecutive exchanges (a second apart) that must agree
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_steps <= self.window:
+            raise ValueError(f"need 1 <= min_steps <= window, got {self.min_steps}, "
+                             f"{self.window}")
+        if self.min_compute_ratio < 1.0 or self.min_lag_s < 0 or self.min_lag_fraction < 0:
+            raise ValueError("min_compute_ratio must be >= 1, min_lag_s and min_lag_fraction "
+                             ">= 0")
+
+
+@dataclass(frozen=True)
+class Straggler:
+    rank: int
+    host: Optional[str]
+    lag_s: float  # median arrival lag behind its peers' median over the flagged steps
+    compute_ratio: float  # median busy time / peers' median busy time over the flagged steps
+    flagged: int  # steps it was late in ...
+    window: int  # ... of this many
+    last_step: int
+
+    def message(self) -> str:
+        where = f" on {self.host}" if self.host else ""
+        return (f"rank {self.rank}{where} arrives {self.lag_s * 1e3:.0f} ms after the median, "
+                f"{self.compute_ratio:.2f}x the median compute time, {self.flagged} of the last "
+                f"{self.window} steps")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "host": self.host, "lag_ms": round(self.lag_s * 1e3, 1),
+                "compute_ratio": round(self.compute_ratio, 3), "flagged": self.flagged,
+                "window": self.window, "last_step": self.last_step, "message": self.message()}
+
+
+def median_without(ordered: Sequence[float], value: float) -> float:
+    """The median of ``ordered`` (sorted, containing ``value``) with one ``value`` removed: the
+    peers' median of one rank in O(log n), so a leader of 1,000 ranks stays cheap."""
+    n = len(ordered) - 1
+    if n <= 0:
+        return value
+    skip = bisect.bisect_left(ordered, value)
+
+    def at(k: int) -> float:
+        return ordered[k] if k < skip else ordered[k + 1]
+
+    if n % 2:
+        return at(n // 2)
+    return (at(n // 2 - 1) + at(n // 2)) / 2
+
+
+def late_ranks(samples: Mapping[int, StepSample], thresholds: Thresholds) -> dict[int, tuple[
+        float, float]]:
+    """One step: {rank: (lag_s, compute_ratio)} of the ranks late by the margins."""
+    if len(samples) < 2:
+        return {}
+    waits = sorted(s.wait_s for s in samples.values())
+    busies = sorted(s.busy_s for s in samples.values())
+    step_s = statistics.median(s.wall_s for s in samples.values())
+    margin = max(thresholds.min_lag_s, thresholds.min_lag_fraction * step_s)
+    late = {}
+    for rank, sample in samples.items():
+        lag = median_without(waits, sample.wait_s) - sample.wait_s
+        peers_busy = median_without(busies, sample.busy_s)
+        ratio = sample.busy_s / peers_busy if peers_busy > 0 else (
+            float("inf") if sample.busy_s > 0 else 1.0)
+        if lag >= margin and ratio >= thresholds.min_compute_ratio:
+            late[rank] = (lag, ratio)
+    return late
+
+
+def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
+                        hosts: Optional[Mapping[int, Optional[str]]] = None,
+                        thresholds: Thresholds = Thresholds()) -> list[Straggler]:
+    """The ranks late in at least ``min_steps`` of the last ``window`` steps that every rank in
+    ``history`` reported (a rank that stopped reporting is ``ddpcheck hang``'s business)."""
+    hosts = hosts or {}
+    by_step: dict[int, dict[int, StepSample]] = {}
+    for rank, samples in history.items():
+        for sample in samples:
+            by_step.setdefault(sample.step, {})[rank] = sample
+    everyone = len(history)
+    steps = sorted(step for step, ranks in by_step.items() if len(ranks) == everyone >= 2)
+    steps = steps[-thresholds.window:]
+    if len(steps) < thresholds.min_steps:
+        return []
+    late: dict[int, list[tuple[float, float]]] = {}
+    for step in steps:
+        for rank, seen in late_ranks(by_step[step], thresholds).items():
+            late.setdefault(rank, []).append(seen)
+    named = []
+    for rank, seen in sorted(late.items()):
+        if len(seen) >= thresholds.min_steps:
+            named.append(Straggler(rank, hosts.get(rank),
+                                   statistics.median(lag for lag, _ in seen),
+                                   statistics.median(ratio for _, ratio in seen),
+                                   len(seen), len(steps), steps[-1]))
+    return named
+
+
+def history_from_rows(rows: Mapping[int, Iterable[Sequence[Any]]]) -> dict[int, list[StepSample]]:
+    """{rank: [StepSample]} from the compact rows heartbeats and the store carry."""
+    out: dict[int, list[StepSample]] = {}
+    for rank, items in rows.items():
+        samples = [s for s in (StepSample.from_list(row) for row in items or []) if s]
+        if samples:
+            out[int(rank)] = samples
+    return out
+
+
+# -- the preflight compute check ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlowDevice:
+    rank: Optional[int]
+    host: Optional[str]
+    device: str  # "cpu" or the GPU's model name
+    where: str  # "GPU 3 on node17 (bus 0000:3b:00.0)" / "rank 4 on h2 (cpu)"
+    metric: str  # "bf16 TFLOP/s", "fp32 GFLOP/s", "memory GB/s"
+    value: float
+    median: float
+    peers: int
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.median if self.median else 0.0
+
+    def message(self) -> str:
+        peers = (f"{self.peers} {self.device}s" if self.where.startswith("GPU") else
+                 f"{self.peers} ranks on {self.device}")
+        return (f"{self.where}: {self.ratio:.2f}x the median {self.metric} of {peers} "
+                f"({_fmt(self.value)} vs {_fmt(self.median)})")
+
+
+def slow_devices(results: Sequence[Mapping[str, Any]], fraction: float = 0.7,
+                 min_peers: int = 3) -> list[SlowDevice]:
+    """Ranks whose compute-check values fall below ``fraction`` of the median of the ranks with
+    the same device model. ``results``: dicts with ``rank``, ``host``, ``device_model``,
+    ``where`` and ``metrics`` ({metric name: value, higher is better}). A group smaller than
+    ``min_peers`` has no meaningful median and is not judged."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for result in results:
+        groups.setdefault(str(result.get("device_model") or "?"), []).append(result)
+    slow = []
+    for model, members in sorted(groups.items()):
+        if len(members) < min_peers:
+            continue
+        names = sorted({name for m in members for name in (m.get("metrics") or {})})
+        for name in names:
+            values = [(m, float(m["metrics"][name])) for m in members
+                      if isinstance((m.get("metrics") or {}).get(name), (int, float))]
+            if len(values) < min_peers:
+                continue
+            median = statistics.median(v for _, v in values)
+            for member, value in values:
+                if median > 0 and value < fraction * median:
+                    slow.append(SlowDevice(member.get("rank"), member.get("host"), model,
+                                           str(member.get("where")), name, value, median,
+                                           len(values)))
+    return slow
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+# -- from outside the job, without the Monitor -------------------------------------------------
+
+@dataclass(frozen=True)
+class BusyStraggler:
+    """A rank busy (on a CPU, queued or throttled) much more of a window than its peers: they
+    wait for it. What ``ddpcheck hang`` can see of a job that has no Monitor."""
+    rank: int
+    host: Optional[str]
+    busy: float  # fraction of the window its main thread was busy
+    peers: float  # its peers' median fraction
+
+    @property
+    def ratio(self) -> float:
+        return self.busy / self.peers if self.peers > 0 else float("inf")
+
+    def message(self) -> str:
+        where = f" on {self.host}" if self.host else ""
+        return (f"rank {self.rank}{where} busy {self.busy * 100:.0f}% of the window (running, "
+                f"queued or throttled), {self.ratio:.2f}x the median of its peers "
+                f"({self.peers * 100:.0f}%): the others wait for it")
+
+
+def busy_stragglers(busy: Mapping[int, float], hosts: Optional[Mapping[int, Optional[str]]] = None,
+                    min_ratio: float = 1.5, min_busy: float = 0.6) -> list[BusyStraggler]:
+    """Ranks whose main thread was busy at least ``min_busy`` of the window and ``min_ratio`` x
+    its peers' median (at least three ranks: with two, who waits for whom is a coin toss)."""
+    if len(busy) < 3:
+        return []
+    hosts = hosts or {}
+    ordered = sorted(busy.values())
+    found = []
+    for rank, value in sorted(busy.items()):
+        peers = median_without(ordered, value)
+        if value >= min_busy and value >= min_ratio * peers:
+            found.append(BusyStraggler(rank, hosts.get(rank), value, peers))
+    return found

@@ -1,0 +1,110 @@
+"""A small real DDP training job (gloo, CPU) for the straggler tests and benchmark, run by
+torchrun: an MLP, SGD, a fixed batch; every step does the same work on every rank, so a rank is
+slower only when something outside makes it so (a cgroup CPU quota, SIGSTOP/SIGCONT).
+
+    torchrun ... tests/stragglerjob.py --ready-dir DIR [--use-monitor] [--width N]
+        [--steps N] [--sleep S]
+
+Without ``--use-monitor`` it never imports ddpcheck. After ``--ready-step`` steps each rank
+writes ``<ready-dir>/rank-<rank>`` with its pid; every rank appends ``<step> <time>`` to
+``<ready-dir>/steps-<rank>`` every ``--mark-every`` steps so a test can tell step rates apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+
+def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
+    """The mean time of ``monitor.step()`` (its occasional heartbeat writes included) and of
+    the training step, and the CPU time of the Monitor's thread against the training thread's,
+    over the whole run."""
+    import json
+    import statistics
+    import threading
+
+    def oncpu(tid: int) -> float:
+        with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as handle:
+            return int(handle.read().split()[0]) / 1e9
+
+    result = {"steps": len(steps_s), "step_s": statistics.fmean(steps_s),
+              "monitor_step_s": statistics.fmean(costs),
+              "monitor_step_median_s": statistics.median(costs),
+              "step_median_s": statistics.median(steps_s),
+              "monitor_thread_cpu_s": oncpu(monitor._thread.native_id),
+              "training_thread_cpu_s": oncpu(threading.get_native_id()),
+              "warnings": monitor.warnings}
+    with open(f"{prefix}{rank}.json", "w", encoding="utf-8") as handle:
+        json.dump(result, handle)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ready-dir", required=True)
+    parser.add_argument("--ready-step", type=int, default=3)
+    parser.add_argument("--use-monitor", action="store_true")
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--mark-every", type=int, default=10)
+    parser.add_argument("--no-stragglers", action="store_true",
+                        help="Monitor(stragglers=False): the heartbeat alone")
+    parser.add_argument("--measure", default=None,
+                        help="with --use-monitor: write the Monitor's bookkeeping cost to "
+                             "MEASURE<rank>.json at the end (benchmarks/straggler.py)")
+    args = parser.parse_args()
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    width = args.width
+    model = torch.nn.Sequential(*[layer for _ in range(4) for layer in
+                                  (torch.nn.Linear(width, width), torch.nn.ReLU())])
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-3)
+    inputs = torch.randn(args.batch, width)
+    monitor = None
+    if args.use_monitor:
+        import ddpcheck
+
+        monitor = ddpcheck.Monitor(stragglers=not args.no_stragglers)
+    costs: list[float] = []  # seconds in monitor.step(), per step
+    steps_s: list[float] = []  # seconds of the training step before it
+    marks = open(os.path.join(args.ready_dir, f"steps-{rank}"), "a", buffering=1)
+    for step in range(args.steps):
+        began = time.perf_counter()
+        optimizer.zero_grad()
+        ddp(inputs).square().mean().backward()
+        optimizer.step()
+        if monitor is not None:
+            mark = time.perf_counter()
+            monitor.step(step)
+            if args.measure:
+                costs.append(time.perf_counter() - mark)
+                steps_s.append(mark - began)
+        if step % args.mark_every == 0:
+            marks.write(f"{step} {time.time():.3f}\n")
+        if step == args.ready_step:
+            with open(os.path.join(args.ready_dir, f"rank-{rank}"), "w") as handle:
+                handle.write(str(os.getpid()))
+        if args.sleep:
+            time.sleep(args.sleep)
+    if monitor is not None and args.measure:
+        write_costs(args.measure, rank, monitor, costs, steps_s)
+    if monitor is not None:
+        monitor.close()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

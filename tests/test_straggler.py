@@ -1,0 +1,226 @@
+"""The straggler analysis (pure) and the Monitor's step clock against a real CPU quota."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from ddpcheck.remote.straggler import (StepSample, Thresholds, history_from_rows,
+                                       identify_stragglers, median_without, slow_devices)
+
+
+def synchronous_run(world: int, steps: int, compute: dict[int, float], seed: int = 0,
+                    noise: float = 0.2) -> dict[int, list[StepSample]]:
+    """Steps of a synchronous job: every rank computes (its mean times a noisy factor), then
+    waits in the collective until the slowest has arrived."""
+    rng = random.Random(seed)
+    history: dict[int, list[StepSample]] = {rank: [] for rank in range(world)}
+    for step in range(steps):
+        busy = {r: compute.get(r, 0.05) * rng.lognormvariate(0, noise) for r in range(world)}
+        last = max(busy.values())
+        for rank in range(world):
+            history[rank].append(StepSample(step, busy[rank], last - busy[rank] + 0.002))
+    return history
+
+
+def test_median_without_matches_the_median_of_the_others():
+    rng = random.Random(1)
+    for n in range(2, 12):
+        values = sorted(rng.choice([1.0, 2.0, 3.0, rng.random()]) for _ in range(n))
+        for i, value in enumerate(values):
+            others = values[:i] + values[i + 1:]
+            assert median_without(values, value) == pytest.approx(statistics.median(others))
+
+
+def test_a_consistently_late_rank_is_named_with_its_host_lag_and_ratio():
+    history = synchronous_run(8, 30, {5: 0.08})
+    (found,) = identify_stragglers(history, {r: f"h{r // 2 + 1}" for r in range(8)})
+    assert (found.rank, found.host, found.window) == (5, "h3", 10)
+    assert found.flagged >= 8 and found.compute_ratio > 1.3 and found.lag_s > 0.02
+    assert found.message().startswith("rank 5 on h3 arrives ")
+    assert f"{found.flagged} of the last 10 steps" in found.message()
+
+
+def test_noisy_healthy_runs_name_nobody():
+    for seed in range(200):  # 200 runs x 21 windows x 16 ranks; every step jitters ~20 %
+        history = synchronous_run(16, 30, {}, seed=seed)
+        for end in range(10, 31):
+            window = {r: samples[:end] for r, samples in history.items()}
+            assert identify_stragglers(window) == [], (seed, end)
+
+
+def test_late_in_too_few_steps_or_too_little_is_not_named():
+    history = synchronous_run(4, 10, {}, noise=0.0)
+    # rank 2 slow in only 8 of the last 10 steps
+    for sample_index in range(8):
+        history[2][sample_index] = StepSample(sample_index, 0.1, 0.0)
+        for rank in (0, 1, 3):
+            history[rank][sample_index] = StepSample(sample_index, 0.05, 0.05)
+    assert identify_stragglers(history) == []
+    assert [s.rank for s in identify_stragglers(history, thresholds=Thresholds(min_steps=8))] \
+        == [2]
+    # 15 % slower every step: under the default 1.2x ratio
+    assert identify_stragglers(synchronous_run(4, 20, {1: 0.0575}, noise=0.0)) == []
+
+
+def test_steps_not_reported_by_every_rank_are_not_judged():
+    history = synchronous_run(3, 20, {2: 0.1}, noise=0.0)
+    history[0] = history[0][:5]  # rank 0 stopped reporting after step 4
+    assert identify_stragglers(history) == []
+
+
+def test_rows_round_trip_and_bad_rows_are_skipped():
+    sample = StepSample(7, 0.25, 0.125, 1700000000.5)
+    rows = {"3": [sample.as_list(), ["x"], None, [1, 2]]}
+    assert history_from_rows(rows) == {3: [sample]}
+    with pytest.raises(ValueError):
+        Thresholds(window=5, min_steps=6)
+
+
+def test_slow_devices_are_judged_against_peers_of_the_same_model():
+    def result(rank, model, tflops, gbs):
+        return {"rank": rank, "host": f"n{rank}", "device_model": model,
+                "where": f"GPU 0 on n{rank}", "metrics": {"bf16 TFLOP/s": tflops,
+                                                          "memory GB/s": gbs}}
+
+    results = [result(r, "H100", 700.0 + r, 3000.0) for r in range(6)]
+    results[3] = result(3, "H100", 490.0, 3000.0)
+    results += [result(10 + r, "A100", 280.0, 1500.0) for r in range(2)]  # too few to judge
+    (slow,) = slow_devices(results)
+    assert (slow.rank, slow.metric, slow.peers) == (3, "bf16 TFLOP/s", 6)
+    assert slow.message().startswith("GPU 0 on n3: 0.70x the median bf16 TFLOP/s of 6 H100s")
+    assert slow_devices(results, fraction=0.6) == []
+
+
+def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
+    """A real CFS quota: a thread spinning at 20 % of a CPU is busy the whole step (running or
+    throttled), one that sleeps is waiting."""
+    import os
+    import threading
+    import time
+
+    from ddpcheck.injob.stragglers import StepClock
+    from cpuquota import available, cpu_quota
+
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    clock = StepClock()
+    clock.sample(0, time.time())
+    assert clock.tid == threading.get_native_id()  # the training thread
+    time.sleep(0.3)
+    clock.sample(1, time.time())
+    with cpu_quota([os.getpid()], 0.2):
+        clock.refresh()  # what the Monitor's thread does every beat
+        spin(0.5)
+        clock.refresh()
+        clock.sample(2, time.time())
+    assert clock.runq_rate > 0.5  # throttled 80 % of the time: runnable, not running
+    (_, _, busy1, wait1), (_, _, busy2, wait2) = clock.recent()
+    assert wait1 > 0.25 and busy1 < 0.05
+    assert busy2 > 0.45 and wait2 < 0.05
+
+
+# -- ddpcheck hang's analysis of a progressing job ------------------------------------------------
+
+def _scans(history: dict[int, list[StepSample]], busy: dict[int, float], with_history: bool):
+    from test_hanganalysis import beat, scan, worker
+
+    workers = {}
+    for rank in range(4):
+        rows = [s.as_list() for s in history[rank]]
+        last = history[rank][-1].step
+        beats = (beat(last - 10, 2 * last - 20, **({"history": rows[:-10]} if with_history
+                                                   else {})),
+                 beat(last, 2 * last, **({"history": rows} if with_history else {})))
+        w = worker(rank, beats=beats)
+        w["samples"][0]["busy_s"] = 5.0
+        w["samples"][1]["busy_s"] = 5.0 + 3.0 * busy[rank]  # the samples are 3 s apart
+        w["samples"][0]["heartbeat"]["time"] = 10.0
+        w["samples"][1]["heartbeat"]["time"] = 12.5
+        workers[rank] = w
+    return [scan("h1", [workers[0], workers[1]]), scan("h2", [workers[2], workers[3]])]
+
+
+def test_hang_names_a_straggler_of_a_progressing_job_from_monitor_histories():
+    from ddpcheck.analyze.hang import analyze_scans
+
+    history = synchronous_run(4, 20, {3: 0.09})
+    in_job = identify_stragglers(history, {0: "h1", 1: "h1", 2: "h2", 3: "h2"})
+    analysis = analyze_scans(_scans(history, {r: 0.5 for r in range(4)}, True))
+    assert not analysis.jobs[0].hung
+    (finding,) = [f for f in analysis.findings if f.check == "straggler"]
+    assert (finding.rank, finding.host) == (3, "h2")
+    assert finding.message.endswith(in_job[0].message())  # the in-job words
+    view = {v.view.rank: v.view for v in analysis.jobs[0].ranks}[0]
+    assert view.step_rate == 4.0 and view.busy == 0.5
+    # slow only in the steps after the first sample: not yet named (both samples must agree)
+    late = synchronous_run(4, 30, {})
+    late[3][-10:] = synchronous_run(4, 10, {3: 0.09}, seed=1)[3]
+    for rank in range(3):
+        late[rank][-10:] = synchronous_run(4, 10, {3: 0.09}, seed=1)[rank]
+    for rank in range(4):
+        late[rank] = [StepSample(i, s.busy_s, s.wait_s) for i, s in enumerate(late[rank])]
+    assert identify_stragglers(late) != []
+    analysis = analyze_scans(_scans(late, {r: 0.5 for r in range(4)}, True))
+    assert [f for f in analysis.findings if f.check == "straggler"] == []
+
+
+def test_hang_names_a_straggler_without_monitor_by_busy_time_and_not_a_healthy_job():
+    from ddpcheck.analyze.hang import analyze_scans
+
+    history = synchronous_run(4, 20, {})
+    slow = analyze_scans(_scans(history, {0: 0.3, 1: 0.35, 2: 0.98, 3: 0.32}, False))
+    (finding,) = [f for f in slow.findings if f.check == "straggler"]
+    assert (finding.rank, finding.host) == (2, "h2")
+    assert "rank 2 on h2 busy 98% of the window" in finding.message
+    healthy = analyze_scans(_scans(history, {0: 0.3, 1: 0.45, 2: 0.38, 3: 0.32}, False))
+    assert [f for f in healthy.findings if f.check == "straggler"] == []
+
+
+def test_the_monitor_names_a_rank_only_after_consecutive_verdicts_agree(tmp_path):
+    from types import SimpleNamespace
+
+    from ddpcheck.injob.stragglers import StragglerWatch
+
+    monitor = SimpleNamespace(world_size=4, beat_s=1.0, rank=0, hostname="h1", warnings=[],
+                              stragglers=[])
+    watch = StragglerWatch(monitor, Thresholds(), store=None)
+    entry = {"rank": 3, "message": "rank 3 on h2 arrives ..."}
+    assert watch._confirmed([entry]) == [] and watch._confirmed([entry]) == []
+    assert watch._confirmed([entry]) == [entry]
+    assert watch._confirmed([]) == []  # recovered: the streak starts again
+    assert watch._confirmed([entry]) == []
+    watch._log([entry])
+    watch._log([entry])
+    assert monitor.warnings == ["ddpcheck.Monitor [h1:rank 0]: straggler: rank 3 on h2 "
+                                "arrives ..."]  # logged once per episode
+
+
+def test_heartbeat_carries_the_step_history_for_ddpcheck_hang(tmp_path):
+    import json
+    import time
+
+    from ddpcheck.injob.monitor import Monitor
+
+    with Monitor(str(tmp_path), env={"RANK": "0", "WORLD_SIZE": "1"}, beat_s=0.1) as monitor:
+        for step in range(5):
+            time.sleep(0.02)
+            monitor.step(step)
+        deadline = time.monotonic() + 5
+        while True:
+            rows = json.loads(open(monitor.path, encoding="utf-8").read()).get("history")
+            if rows and rows[-1][0] == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert [row[0] for row in rows] == [1, 2, 3, 4]  # the first step has no "since"
+    for _, _, busy, wait in rows:
+        assert wait > 0.015 and busy >= 0  # it slept between steps
