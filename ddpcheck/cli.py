@@ -259,13 +259,24 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
     return "\n".join(lines) + "\n"
 
 
+def setup_target(target: Optional[str]) -> Optional[str]:
+    """--setup with a relative FILE.py made absolute (from here), so that ranks load the file
+    the user named and never search their current directory for it."""
+    if not target:
+        return target
+    where, sep, name = target.rpartition(":")
+    if sep and (where.endswith(".py") or os.sep in where) and not os.path.isabs(where):
+        return f"{os.path.abspath(where)}:{name}"
+    return target
+
+
 def write_report(path: str, report: Report,
                  render: Callable[[Report], str] = to_json) -> None:
-    """Atomically: a reader never sees half a report."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render(report))
-    os.replace(tmp, path)
+    """Atomically (a reader never sees half a report), never through a link another user
+    planted at ``path`` (``model.safety.write_atomically``)."""
+    from .model.safety import write_atomically
+
+    write_atomically(path, render(report).encode("utf-8"))
 
 
 def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report], str]]]:
@@ -358,7 +369,8 @@ def preflight_command(args: argparse.Namespace) -> int:
                              rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
                              collective_timeout_s=max(int(args.collective_timeout), 1),
                              iterations=args.iterations, keep=args.keep,
-                             seed=args.seed, setup=args.setup, ddp_steps=args.ddp_steps,
+                             seed=args.seed, setup=setup_target(args.setup),
+                             ddp_steps=args.ddp_steps,
                              consistency="consistency" not in args.skip))
     slurm = args.launcher == "slurm"
     if args.dry_run:

@@ -417,6 +417,8 @@ def stage0_error(host: HostSpec, result: CommandResult, facts: dict,
         if "No module named" in text and "ddpcheck" in text:
             return "python", f"ddpcheck is not importable by {host.python}"
         return "python", f"stage 0 exited {result.exit_code}: {summary_of(stray)}"
+    if facts.get("workdir_error"):  # refused (not private) or not creatable: safety.py
+        return "resources", str(facts["workdir_error"])
     if facts.get("workdir_write_error"):  # the run directory could not be made there
         return "resources", str(facts["workdir_write_error"])
     return None, None  # what the facts say is judged by the health rules

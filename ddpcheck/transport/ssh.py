@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Generic, Optional, Protocol, Sequence, TypeVar, Union
 
 from ..model.errors import HostError
+from ..model.safety import open_append
 from ..model.spec import HostKeyPolicy, HostSpec, SSHSpec
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
@@ -200,9 +201,9 @@ def _accept_new_policy(known_hosts_path: str):  # -> paramiko.MissingHostKeyPoli
         (paramiko raises BadHostKeyException for it before consulting the policy)."""
 
         def missing_host_key(self, client, hostname, key) -> None:
-            with _known_hosts_lock:
-                os.makedirs(os.path.dirname(known_hosts_path) or ".", exist_ok=True)
-                with open(known_hosts_path, "a", encoding="ascii") as handle:
+            with _known_hosts_lock:  # ~/.ssh made 0700; a link planted there is refused
+                os.makedirs(os.path.dirname(known_hosts_path) or ".", mode=0o700, exist_ok=True)
+                with os.fdopen(open_append(known_hosts_path), "a", encoding="ascii") as handle:
                     fcntl.flock(handle, fcntl.LOCK_EX)
                     handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
                     fcntl.flock(handle, fcntl.LOCK_UN)
