@@ -165,3 +165,37 @@ def test_write_atomically_refuses_a_link_another_user_planted(tmp_path):
     os.lchown(out, 0, 0)  # a link we made: followed, the file it names replaced
     safety.write_atomically(str(out), b"report")
     assert victim.read_text() == "report" and out.is_symlink()
+
+
+def test_the_write_test_never_writes_through_a_planted_link(tmp_path):
+    """Stage 0's (and ``ddpcheck node``'s) 1 MiB write test in a shared current directory: a
+    link planted at the name it once used is left alone, and so is what it points to."""
+    from ddpcheck.remote.agent import workdir_write_test
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for pid in (os.getpid(), *range(os.getpid() + 1, os.getpid() + 4)):
+        (shared / f".ddpcheck-write-test-{pid}").symlink_to(victim)
+    assert workdir_write_test(str(shared)) is None
+    assert victim.read_text() == "precious"
+    assert all(p.is_symlink() for p in shared.iterdir()) and len(list(shared.iterdir())) == 4
+
+
+@needs_root
+def test_known_hosts_append_refuses_a_link_another_user_planted(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    known = tmp_path / "known_hosts"
+    known.symlink_to(victim)
+    os.lchown(known, 65534, 65534)
+    with pytest.raises(safety.UnsafePlace, match="planted by another user"):
+        safety.open_append(str(known))
+    assert victim.read_text() == "precious\n"
+    os.unlink(known)
+    fd = safety.open_append(str(known))
+    os.write(fd, b"h ssh-ed25519 AAAA\n")
+    os.close(fd)
+    assert known.read_text() == "h ssh-ed25519 AAAA\n"
+    assert stat.S_IMODE(known.stat().st_mode) == 0o600
