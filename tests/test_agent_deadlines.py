@@ -109,6 +109,9 @@ def test_agent_stops_when_asked_on_stdin_and_says_who_was_running(tmp_path):
     while not any(w for w in _workers(proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(1.0)  # one watch round sees it
+    environ = dict(item.split(b"=", 1) for pid in _workers(proc.pid)[:1]
+                   for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                   if b"=" in item)
     asked = time.monotonic()
     proc.stdin.write(b"stop\n")
     proc.stdin.flush()
@@ -123,6 +126,10 @@ def test_agent_stops_when_asked_on_stdin_and_says_who_was_running(tmp_path):
     assert run_dir.parent == tmp_path and run_dir.name.startswith("ddpcheck-test-")
     assert agent["kept"] is True and run_dir.is_dir()
     assert run_dir.stat().st_mode & 0o777 == 0o700
+    # the rank's temporary files and NCCL dumps go in it; its cwd is off sys.path
+    assert environ[b"TMPDIR"] == str(run_dir).encode()
+    assert environ[b"TORCH_FR_DUMP_TEMP_FILE"] == str(run_dir / "nccl_trace_rank_").encode()
+    assert environ[b"PYTHONSAFEPATH"] == b"1"
     log = (run_dir / "launch.log").read_text()
     assert log and log in out
     assert any(p.name.startswith("torchelastic_") for p in run_dir.iterdir())

@@ -43,6 +43,7 @@ NPROC_TOKEN = "@NPROC@"
 HOST_TOKEN = "@HOST@"
 _PR_SET_PDEATHSIG = 1
 WORKDIR_VARIABLE = "DDPCHECK_WORKDIR"  # set by the launcher: where this host's files go
+FLIGHT_RECORDER_VARIABLES = ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE")
 
 # Runs in a child interpreter so a hanging or crashing torch import cannot take the agent along.
 _TORCH_FACTS = r"""
@@ -496,6 +497,11 @@ class Launch:
         env = safe_python_env(os.environ)
         if self.run_dir is not None:
             env["TMPDIR"] = self.run_dir  # torchrun's log dirs, the ranks' temporary files
+            if not any(env.get(name) for name in FLIGHT_RECORDER_VARIABLES):
+                # NCCL's Flight Recorder dumps (on a timeout) go here, not to the shared
+                # /tmp/nccl_trace_rank_<rank>, where another user could plant a link
+                for name in FLIGHT_RECORDER_VARIABLES:
+                    env[name] = os.path.join(self.run_dir, "nccl_trace_rank_")
         # the ranks' watchdogs report just before we stop them (see probe.RankProbe.watchdog)
         left = self.deadline_s - (time.monotonic() - started)
         env["DDPCHECK_RANK_DEADLINE"] = f"{time.time() + left - RANK_REPORT_MARGIN_S:.3f}"
