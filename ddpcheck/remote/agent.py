@@ -30,14 +30,14 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
+from .. import wire
 from . import hostfacts
 
 from . import nvml
 from ..model import safety
 
-MARK = "@@DDPCHECK"
 NODE_RANK_TOKEN = "@NODE_RANK@"
 NPROC_TOKEN = "@NPROC@"
 HOST_TOKEN = "@HOST@"
@@ -64,8 +64,7 @@ print(json.dumps(facts))
 
 
 def emit(kind: str, payload: dict[str, Any]) -> None:
-    sys.stdout.write(f"{MARK} {kind} {json.dumps(payload, sort_keys=True)}\n")
-    sys.stdout.flush()
+    wire.emit(kind, payload)
 
 
 def slurm_node(hosts: Sequence[str], env: Mapping[str, str]) -> tuple[int, str]:
@@ -351,16 +350,74 @@ def workers_of(parent: int) -> dict[int, dict[str, Any]]:
     return found
 
 
+def listen_for_stop(request_stop: Callable[[str], None]) -> None:
+    """The launcher writes "stop" on our stdin when the rest of the world has failed and
+    waiting longer cannot help: stop torchrun, and still report who was running."""
+    stdin = sys.stdin
+    if stdin is None:
+        return
+    try:
+        if stdin.isatty():  # a pty echoes what it reads back into our output: not that
+            import termios
+
+            attributes = termios.tcgetattr(stdin.fileno())
+            attributes[3] &= ~termios.ECHO
+            termios.tcsetattr(stdin.fileno(), termios.TCSANOW, attributes)
+    except (OSError, ValueError, ImportError):
+        pass
+
+    def read() -> None:
+        try:
+            for line in iter(stdin.buffer.readline, b""):
+                if line.strip() == b"stop":
+                    request_stop("asked to stop by the launcher")
+                    return
+        except (OSError, ValueError):
+            return
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+def refresh_workers(workers: dict[int, dict[str, Any]], root_pid: int) -> None:
+    """Refresh what is known of each worker under ``root_pid``; a worker that is gone keeps its
+    last state."""
+    alive = workers_of(root_pid)
+    for pid, seen in workers.items():
+        if pid not in alive:
+            seen["alive"] = False
+    for pid, now in alive.items():
+        workers[pid] = {**now, "alive": now["state"] not in (None, "Z", "X")}
+
+
+def torchrun_env(environ: Mapping[str, str], run_dir: Optional[str]) -> dict[str, str]:
+    """The environment of torchrun and its ranks: the current directory off ``sys.path``, and
+    with a run directory, ``TMPDIR`` (torchrun's log dirs, the ranks' temporary files) and
+    NCCL's Flight Recorder dumps in it unless the user chose their place (NCCL's default is
+    the shared /tmp/nccl_trace_rank_<rank>, where another user could plant a link)."""
+    env = safe_python_env(environ)
+    if run_dir is not None:
+        env["TMPDIR"] = run_dir
+        if not any(env.get(name) for name in FLIGHT_RECORDER_VARIABLES):
+            for name in FLIGHT_RECORDER_VARIABLES:
+                env[name] = os.path.join(run_dir, "nccl_trace_rank_")
+    return env
+
+
+def open_new(path: str) -> Any:
+    """A new file (O_EXCL, 0600) for writing bytes: never one planted before."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
 class Launch:
     """torchrun as a child, its output passed through, stopped for good on any way out.
 
     torchrun runs in the run directory (``--run-dir NAME``: a new ``NAME-<random>`` made by
     ``mkdtemp`` in the workdir, 0700) with TMPDIR pointing into it, so its log directories and
     whatever the ranks write to temporary files stay there, where no other user can plant or
-    read anything; the output is also kept there as ``launch.log``; the directory is removed at the
-    end, whatever the end, unless ``--keep``. The workers' pids, ranks and process states are
-    watched, so the agent's record says which ranks were still running, or stopped, when
-    torchrun ended or was stopped."""
+    read anything; the output is also kept there as ``launch.log``; the directory is removed
+    at the end, whatever the end, unless ``--keep``. The workers' pids, ranks and process
+    states are watched, so the agent's record says which ranks were still running, or stopped,
+    when torchrun ended or was stopped."""
 
     WATCH_EVERY_S = 0.5
 
@@ -382,33 +439,6 @@ class Launch:
         if self.stop_reason is None:
             self.stop_reason = reason
 
-    def listen_for_stop(self) -> None:
-        """The launcher writes "stop" on our stdin when the rest of the world has failed and
-        waiting longer cannot help: stop torchrun, and still report who was running."""
-        stdin = sys.stdin
-        if stdin is None:
-            return
-        try:
-            if stdin.isatty():  # a pty echoes what it reads back into our output: not that
-                import termios
-
-                attributes = termios.tcgetattr(stdin.fileno())
-                attributes[3] &= ~termios.ECHO
-                termios.tcsetattr(stdin.fileno(), termios.TCSANOW, attributes)
-        except (OSError, ValueError, ImportError):
-            pass
-
-        def read() -> None:
-            try:
-                for line in iter(stdin.buffer.readline, b""):
-                    if line.strip() == b"stop":
-                        self.request_stop("asked to stop by the launcher")
-                        return
-            except (OSError, ValueError):
-                return
-
-        threading.Thread(target=read, daemon=True).start()
-
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in iter(self.proc.stdout.readline, b""):
@@ -424,16 +454,6 @@ class Launch:
                 self.request_stop("output closed")
                 return
 
-    def watch_workers(self) -> None:
-        """Refresh what is known of each worker; a worker that is gone keeps its last state."""
-        assert self.proc is not None
-        alive = workers_of(self.proc.pid)
-        for pid, seen in self.workers.items():
-            if pid not in alive:
-                seen["alive"] = False
-        for pid, now in alive.items():
-            self.workers[pid] = {**now, "alive": now["state"] not in (None, "Z", "X")}
-
     def prepare_run_dir(self) -> Optional[str]:
         """Make the run directory; the reason when it (or the workdir) cannot be used."""
         if self.workdir_error is not None:
@@ -444,12 +464,9 @@ class Launch:
         try:
             self.run_dir = safety.private_run_dir(os.path.dirname(where),
                                                   os.path.basename(where))
-            fd = os.open(os.path.join(self.run_dir, "launch.log"),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self.log = os.fdopen(fd, "wb")
+            self.log = open_new(os.path.join(self.run_dir, "launch.log"))
         except OSError as exc:
-            return f"cannot create the run directory {self.run_dir or where}-*: " \
-                   f"{exc.strerror or exc}"
+            return f"cannot create the run directory {where}-*: {exc.strerror or exc}"
         return None
 
     def remove_run_dir(self) -> bool:
@@ -469,7 +486,7 @@ class Launch:
     def run(self) -> int:
         started = time.monotonic()
         code: Optional[int] = None
-        self.listen_for_stop()
+        listen_for_stop(self.request_stop)
         error = self.prepare_run_dir()
         try:
             if error is None:
@@ -494,14 +511,7 @@ class Launch:
         return 124 if self.stop_reason else (code or 0)
 
     def run_torchrun(self, started: float) -> int:
-        env = safe_python_env(os.environ)
-        if self.run_dir is not None:
-            env["TMPDIR"] = self.run_dir  # torchrun's log dirs, the ranks' temporary files
-            if not any(env.get(name) for name in FLIGHT_RECORDER_VARIABLES):
-                # NCCL's Flight Recorder dumps (on a timeout) go here, not to the shared
-                # /tmp/nccl_trace_rank_<rank>, where another user could plant a link
-                for name in FLIGHT_RECORDER_VARIABLES:
-                    env[name] = os.path.join(self.run_dir, "nccl_trace_rank_")
+        env = torchrun_env(os.environ, self.run_dir)
         # the ranks' watchdogs report just before we stop them (see probe.RankProbe.watchdog)
         left = self.deadline_s - (time.monotonic() - started)
         env["DDPCHECK_RANK_DEADLINE"] = f"{time.time() + left - RANK_REPORT_MARGIN_S:.3f}"
@@ -518,11 +528,11 @@ class Launch:
                 self.request_stop(f"deadline of {self.deadline_s:g}s")
                 break
             if time.monotonic() - watched >= self.WATCH_EVERY_S:
-                self.watch_workers()
+                refresh_workers(self.workers, self.proc.pid)
                 watched = time.monotonic()
             time.sleep(0.1)
         if self.stop_reason is not None:
-            self.watch_workers()  # who was still running when we stopped them
+            refresh_workers(self.workers, self.proc.pid)  # who was still running when we stopped them
             self.terminate_all()
         code = self.proc.wait()
         pump.join(2.0)
