@@ -28,6 +28,8 @@ def register(sub) -> None:
     hang.add_argument("--job", default="", metavar="TEXT",
                       help="only jobs whose key (RUN_ID@MASTER_ADDR:MASTER_PORT) contains TEXT")
     hang.add_argument("--no-stacks", action="store_true", help="do not run py-spy")
+    hang.add_argument("--no-ras", action="store_true",
+                      help="do not ask NCCL RAS (NCCL >= 2.24) on the first host")
     hang.set_defaults(run=hang_command)
 
 
@@ -37,5 +39,6 @@ def hang_command(args: argparse.Namespace) -> int:
 
     options = HangOptions(timeout_s=args.timeout, window_s=args.window,
                           heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
-                          job_filter=args.job, verbose=args.verbose)
-    return run_reported(args, lambda spec: run_hang(spec, options), render_hang)
+                          job_filter=args.job, verbose=args.verbose, ras=not args.no_ras)
+    return run_reported(args, lambda spec: run_hang(spec, options),
+                        lambda report: render_hang(report, verbose=args.verbose))

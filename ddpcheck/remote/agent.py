@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from .. import wire
 from . import hostfacts
 
-from . import nvml
+from . import dcgm, ibports, kernlog, nvml
 from ..model import safety
 
 NODE_RANK_TOKEN = "@NODE_RANK@"
@@ -198,8 +198,15 @@ def enter_workdir(env: Mapping[str, str]) -> tuple[str, Optional[str]]:
 
 
 def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: bool = True,
-                  workdir: str = ".", workdir_error: Optional[str] = None) -> dict[str, Any]:
+                  workdir: str = ".", xid_since: Optional[float] = None,
+                  ib_root: str = ibports.SYSFS_ROOT,
+                  dcgm_level: Optional[int] = None,
+                  workdir_error: Optional[str] = None) -> dict[str, Any]:
+    """Stage 0's facts. ``dcgm_level`` runs ``dcgmi diag`` meanwhile, under its own deadline
+    (``dcgm.DEADLINE_S``), which the caller's deadline must leave room for. ``workdir_error``:
+    the workdir was refused (``enter_workdir``): said, and nothing is written there."""
     started = time.monotonic()
+    diag = dcgm.start(dcgm_level) if dcgm_level else None
     child = start_torch_facts() if with_torch else None
     hostname = socket.gethostname()
     facts: dict[str, Any] = {
@@ -218,6 +225,10 @@ def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: b
     if "error" in host:
         facts["host_facts_error"] = host.pop("error")
     facts.update(host)
+    facts["kernel_log"] = with_deadline(lambda: kernlog.read_xids(xid_since), share,
+                                        "kernel log")
+    facts["infiniband"] = with_deadline(lambda: ibports.read_ports(ib_root), min(3.0, share),
+                                        "InfiniBand sysfs")
     write_error = workdir_write_test(workdir) if workdir_error is None else None
     if workdir_error:
         facts["workdir_error"] = workdir_error
@@ -225,6 +236,9 @@ def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: b
         facts["workdir_write_error"] = write_error
     if child is not None:
         facts.update(finish_torch_facts(child, deadline_s - (time.monotonic() - started)))
+    if diag is not None and dcgm_level:
+        left = deadline_s - (time.monotonic() - started) - 1.0
+        facts["dcgm"] = dcgm.finish(diag, dcgm_level, max(left, 1.0))
     facts["duration_s"] = round(time.monotonic() - started, 3)
     facts["time_end"] = time.time()
     return facts
@@ -570,6 +584,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     facts.add_argument("--deadline", type=float, default=60.0)
     facts.add_argument("--master", default=None, help="rendezvous host: report the route to it")
     facts.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
+    facts.add_argument("--dcgm", type=int, choices=(1, 2), default=None,
+                       help="also run dcgmi diag -r N (the deadline must leave room)")
+    facts.add_argument("--xid-since", type=float, default=None,
+                       help="Xid/SXid events since this epoch time (default: since boot)")
     listener = sub.add_parser("listen", help="accept rendezvous check connections on PORT")
     listener.add_argument("--port", type=int, required=True)
     listener.add_argument("--deadline", type=float, default=10.0)
@@ -606,6 +624,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.action == "facts":
         workdir, workdir_error = enter_workdir(os.environ)
         emit("facts", collect_facts(args.deadline, args.master, workdir=workdir,
+                                    dcgm_level=args.dcgm, xid_since=args.xid_since,
                                     workdir_error=workdir_error))
         return 0
     if args.action == "listen":
