@@ -269,19 +269,16 @@ class HostScan:
         self.other_users = 0  # Python processes of other users, not inspected
 
     def find_workers(self) -> tuple[list[dict[str, Any]], int, int]:
-        """(workers, workers skipped in other network namespaces, processes we may not read).
-        Only our own processes unless we are root; other users' Python processes are counted
-        in ``other_users``."""
+        """(workers, workers skipped in other network namespaces, processes we may not read);
+        other users' Python processes are only counted (``other_users``), unless we are root."""
         me = os.getpid()
         candidates, other_netns, denied = [], 0, 0
         for proc in self.psutil.process_iter(["pid", "ppid", "name", "create_time", "uids"]):
             info = proc.info
             if info["pid"] == me:
                 continue
-            owner = info["uids"].real if info.get("uids") else None
-            if self.uid != 0 and owner != self.uid:
-                if "python" in (info.get("name") or "") or "torchrun" in (info.get("name") or ""):
-                    self.other_users += 1
+            if not_ours(info, self.uid):
+                self.other_users += "python" in (info.get("name") or "")
                 continue
             try:
                 env = proc.environ()
@@ -399,9 +396,14 @@ class HostScan:
                 "py_spy": self.py_spy, "stacks_requested": self.stacks,
                 "python": sys.executable, "workers": workers, "gone": gone,
                 "other_netns": other_netns, "denied": denied,
-                "other_users": self.other_users, "uid": self.uid,
-                "ptrace_scope": ptrace_scope(),
+                "other_users": self.other_users, "uid": self.uid, "ptrace_scope": ptrace_scope(),
                 "duration_s": round(time.monotonic() - self.started, 3)}
+
+
+def not_ours(info: Mapping[str, Any], uid: int) -> bool:
+    """A process of another user, which a scan by ``uid`` leaves alone (root's sees all)."""
+    owner = info["uids"].real if info.get("uids") else None
+    return uid != 0 and owner != uid
 
 
 def _owners(worker: Mapping[str, Any]) -> tuple[int, ...]:
