@@ -38,10 +38,11 @@ def agent_argv(run_dir: str, deadline: float, launch: list[str], *extra: str) ->
 
 
 def start_agent(workdir: Path, deadline: float, launch: list[str],
-                *extra: str) -> subprocess.Popen:
+                *extra: str, env: dict = {}) -> subprocess.Popen:
     return subprocess.Popen(agent_argv("ddpcheck-test", deadline, launch, *extra), cwd=workdir,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **env})
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[str, dict]:
@@ -75,8 +76,9 @@ def test_agent_deadline_stops_torchrun_and_removes_the_run_dir(tmp_path):
     assert proc.returncode == 124
     assert agent["stopped"] == "deadline of 4s"
     assert agent["removed"] is True and agent["kept"] is False
-    assert agent["run_dir"] == str(tmp_path / "ddpcheck-test")
-    assert not (tmp_path / "ddpcheck-test").exists()
+    run_dir = Path(agent["run_dir"])  # ddpcheck-test-<random>, made with mkdtemp
+    assert run_dir.parent == tmp_path and run_dir.name.startswith("ddpcheck-test-")
+    assert not run_dir.exists()
     assert list(tmp_path.iterdir()) == []  # torchrun's temporary files went with it
     assert took < 4 + 8, took  # the deadline, then at most the kill grace
     assert nothing_left_of(proc.pid)
@@ -107,6 +109,9 @@ def test_agent_stops_when_asked_on_stdin_and_says_who_was_running(tmp_path):
     while not any(w for w in _workers(proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(1.0)  # one watch round sees it
+    environ = dict(item.split(b"=", 1) for pid in _workers(proc.pid)[:1]
+                   for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                   if b"=" in item)
     asked = time.monotonic()
     proc.stdin.write(b"stop\n")
     proc.stdin.flush()
@@ -117,8 +122,14 @@ def test_agent_stops_when_asked_on_stdin_and_says_who_was_running(tmp_path):
     assert (worker["rank"], worker["local_rank"]) == (0, 0) and worker["pid"] > 0
     assert worker["alive"] is True and worker["state"] in ("S", "R", "D")
     # --keep: the run directory stays, with the launch's output in launch.log
-    run_dir = tmp_path / "ddpcheck-test"
+    run_dir = Path(agent["run_dir"])
+    assert run_dir.parent == tmp_path and run_dir.name.startswith("ddpcheck-test-")
     assert agent["kept"] is True and run_dir.is_dir()
+    assert run_dir.stat().st_mode & 0o777 == 0o700
+    # the rank's temporary files and NCCL dumps go in it; its cwd is off sys.path
+    assert environ[b"TMPDIR"] == str(run_dir).encode()
+    assert environ[b"TORCH_FR_DUMP_TEMP_FILE"] == str(run_dir / "nccl_trace_rank_").encode()
+    assert environ[b"PYTHONSAFEPATH"] == b"1"
     log = (run_dir / "launch.log").read_text()
     assert log and log in out
     assert any(p.name.startswith("torchelastic_") for p in run_dir.iterdir())
@@ -137,12 +148,28 @@ def _workers(agent_pid: int) -> list[int]:
 
 
 def test_agent_reports_an_unusable_run_dir_and_starts_nothing(tmp_path):
-    (tmp_path / "ddpcheck-test").write_text("a file where the run directory should go")
-    proc = start_agent(tmp_path, 60, WAIT_FOR_A_MISSING_NODE)
+    (tmp_path / "work").write_text("a file where the workdir should go")
+    proc = start_agent(tmp_path, 60, WAIT_FOR_A_MISSING_NODE,
+                       env={"DDPCHECK_WORKDIR": str(tmp_path / "work")})
     _, agent = finish(proc)
     assert proc.returncode == 1
-    assert agent["error"].startswith("cannot create the run directory")
+    assert agent["error"].startswith(f"workdir {tmp_path / 'work'} is not a directory")
     assert agent["exit_code"] is None and agent["workers"] == []
+
+
+def test_agent_refuses_a_workdir_others_may_write_and_starts_nothing(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    planted = shared / "ddpcheck-test-planted"
+    proc = start_agent(tmp_path, 60, WAIT_FOR_A_MISSING_NODE,
+                       env={"DDPCHECK_WORKDIR": str(shared)})
+    _, agent = finish(proc)
+    assert proc.returncode == 1
+    assert agent["error"].startswith(f"workdir {shared} is owned by ")
+    assert "mode 0777: writable by group or others" in agent["error"]
+    assert agent["exit_code"] is None and agent["workers"] == [] and not planted.exists()
+    assert list(shared.iterdir()) == []  # nothing was made there
 
 
 def test_probe_watchdog_reports_timeout_at_its_deadline(tmp_path):
@@ -180,7 +207,7 @@ def test_whole_command_deadline_mid_launch_stops_every_rank_and_leaves_nothing(t
     the deadline ends the run, the ranks are reported as timed out, no process or run
     directory is left."""
     mark = f"DDPCHECK_TEST_MARK={time.time_ns()}"
-    workdir = Path("/tmp/ddpcheck")  # the embedded default's workdir
+    workdir = Path(f"/tmp/ddpcheck-{os.geteuid()}")  # the embedded default's workdir
     before = set(workdir.glob("ddpcheck-*")) if workdir.exists() else set()
     report_path = tmp_path / "report.json"
     began = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ def ddpcheck(*args: str, cwd=None, timeout: float = 240) -> subprocess.Completed
 
 def test_embedded_default_passes_with_two_cpu_ranks(tmp_path):
     report_path = tmp_path / "report.json"
-    workdir = Path("/tmp/ddpcheck")  # the embedded default's workdir
+    workdir = Path(f"/tmp/ddpcheck-{os.geteuid()}")  # the embedded default's workdir
     before = set(workdir.glob("ddpcheck-*")) if workdir.exists() else set()
     done = ddpcheck("preflight", "--json", str(report_path), cwd=tmp_path)
     assert set(workdir.glob("ddpcheck-*")) - before == set()  # the run directory is removed

@@ -515,15 +515,14 @@ def test_hostile_documents_give_a_config_error_or_exactly_quoted_commands(docume
     slots = {h.name: h.slots or 1 for h in spec.hosts}
     launches = plan_launch(spec, slots, Backend.GLOO, run_id="r1")
     for host, launch in zip(spec.hosts, launches):
-        env = [f"{k}={v}" for k, v in {"PYTHONUNBUFFERED": "1", **host.env}.items()]
+        env = [f"{k}={v}" for k, v in {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1",
+                                        **host.env, "DDPCHECK_WORKDIR": host.workdir}.items()]
         argv = stage0_argv(host, 30.0)
         program = [*EXEC_AS_GIVEN, *argv] if "=" in host.python else argv
         assert shlex.split(stage0_command(host, 30.0)) == [
-            "mkdir", "-p", host.workdir, "&&", "cd", host.workdir, "&&", "exec", "env", *env,
-            *program]
+            "cd", "/", "&&", "exec", "env", *env, *program]
         words = shlex.split(launch.command)
-        assert words[:9 + len(env)] == ["mkdir", "-p", host.workdir, "&&", "cd", host.workdir,
-                                        "&&", "exec", "env", *env]
+        assert words[:5 + len(env)] == ["cd", "/", "&&", "exec", "env", *env]
         assert words[words.index("--host") + 1] == host.name
         assert host.python in words and "\0" not in launch.command
 

@@ -79,7 +79,8 @@ def test_load_setup_from_a_file_and_a_module(tmp_path, monkeypatch):
     assert without.__globals__["CALLS"] == ["none"]
 
 
-@pytest.mark.parametrize("target", ["nofunction", ":f", "mod:", "json:nothing_here"])
+@pytest.mark.parametrize("target", ["nofunction", ":f", "mod:", "json:nothing_here",
+                                    "relative/setup.py:f"])
 def test_load_setup_rejects_bad_targets_clearly(target):
     with pytest.raises(ValueError, match="--setup"):
         load_setup(target)

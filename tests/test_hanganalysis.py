@@ -281,3 +281,20 @@ def test_a_rank_spinning_in_one_function_is_blocked_even_at_another_line():
     analysis = analyze_scans(two_hosts(worker(3, stack=IN_LOAD_BATCH, first_stack=spinning,
                                               cpu=(1.0, 4.0))))
     assert roles(analysis)[3] is Role.BLOCKED
+
+
+def test_what_a_scan_could_not_read_is_said_plainly():
+    """An ordinary user's scan: other users' Python processes are named as not inspected;
+    a stack py-spy could not take names the ptrace_scope in force (not for root)."""
+    from ddpcheck.analyze.hang import HostScanResult, host_findings
+
+    failed = {"samples": [{"stack": {"error": "Permission denied (os error 13)"}}]}
+    scan = {"workers": [failed], "other_users": 3, "uid": 1000, "ptrace_scope": 1,
+            "stacks_requested": True, "py_spy": "/usr/bin/py-spy"}
+    messages = [f.message for f in host_findings([HostScanResult("h1", scan)], True)]
+    assert ("h1: 3 Python process(es) of other users were not inspected (ddpcheck hang reads "
+            "only your own processes; root sees every user's jobs)") in messages
+    assert any(m.endswith("(kernel.yama.ptrace_scope is 1 on this host)") for m in messages)
+    as_root = {**scan, "uid": 0, "other_users": 0}
+    messages = [f.message for f in host_findings([HostScanResult("h1", as_root)], True)]
+    assert not any("ptrace_scope is" in m or "other users" in m for m in messages)

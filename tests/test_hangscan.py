@@ -171,3 +171,30 @@ def test_orphan_heartbeats_keep_only_this_hosts_dead_ranks(tmp_path):
     found = orphan_heartbeats([str(tmp_path)], "here", live={("j", 3)},
                               alive=lambda pid, started: pid == 111)
     assert [b["rank"] for b in found] == [1]
+
+
+def test_orphan_heartbeats_are_read_only_from_their_owners_folders_and_files(tmp_path):
+    """A dead rank's heartbeat counts only from a folder of the scanning user (every user's
+    for root) and only when the file belongs to that folder's owner: a heartbeat another user
+    forged, or a link in a folder's place, is not taken for a dead rank."""
+    from ddpcheck.remote.hangscan import orphan_heartbeats
+
+    root = tmp_path / "ddpcheck-heartbeat-0"
+    beat = {"host": "h1", "rank": 1, "pid": 999999, "job": "j", "started": 1.0}
+    (root / "job").mkdir(parents=True)
+    (root / "job" / "rank-1.json").write_text(json.dumps(beat))
+    (root / "forged").mkdir()
+    (root / "forged" / "rank-2.json").write_text(json.dumps({**beat, "rank": 2}))
+    (root / "link").symlink_to(root / "job")
+
+    def dead(pid, started):
+        return False
+
+    me = os.geteuid()
+    found = orphan_heartbeats([str(root)], "h1", set(), dead, uid=me)
+    assert sorted(b["rank"] for b in found) == [1, 2]
+    assert orphan_heartbeats([str(root)], "h1", set(), dead, uid=me + 4242) == []
+    if me == 0:
+        os.chown(root / "forged" / "rank-2.json", 65534, 65534)
+        found = orphan_heartbeats([str(root)], "h1", set(), dead, uid=0)
+        assert [b["rank"] for b in found] == [1]

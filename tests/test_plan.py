@@ -61,9 +61,9 @@ def test_hostile_env_value_is_one_quoted_token():
         assert f"EVIL={HOSTILE}" in tokens
         assert "NCCL_DEBUG=INFO" in tokens
         assert "PYTHONUNBUFFERED=1" in tokens
-        # the workdir with a space stays one token (mkdir -p, cd)
-        assert tokens[:3] == ["mkdir", "-p", "/tmp/ddp work"]
-        assert tokens[4:6] == ["cd", "/tmp/ddp work"]
+        # the interpreter starts in /; the workdir with a space stays one token for the agent
+        assert tokens[:5] == ["cd", "/", "&&", "exec", "env"]
+        assert "DDPCHECK_WORKDIR=/tmp/ddp work" in tokens
         assert "$(" not in command.replace(shlex.quote(f"EVIL={HOSTILE}"), "")
 
 
@@ -85,14 +85,14 @@ def test_hostile_command_does_not_execute(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not pwned.exists()
     assert not Path("pwned2").exists()
-    assert workdir.is_dir()  # the workdir (with space and ;) was created literally
+    assert not workdir.exists()  # the shell makes nothing: the agent makes it, privately
 
-    # and the value reaches the program byte for byte, in the workdir
-    probe = ["/bin/sh", "-c", 'printf "%s|%s" "$EVIL" "$PWD"']
+    # and the values reach the program byte for byte, which starts in /
+    probe = ["/bin/sh", "-c", 'printf "%s|%s|%s" "$EVIL" "$DDPCHECK_WORKDIR" "$PWD"']
     result = subprocess.run(["/bin/sh", "-c", remote_command(host, probe)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{evil}|{workdir}"
+    assert result.stdout == f"{evil}|{workdir}|/"
     assert not pwned.exists()
 
 
@@ -179,10 +179,10 @@ _NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True)
 
 
 def _expected_tokens(host: HostSpec, argv: list[str], extra_env: dict) -> list[str]:
-    env = {"PYTHONUNBUFFERED": "1", **host.env, **extra_env}
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1", **host.env, **extra_env,
+           "DDPCHECK_WORKDIR": host.workdir}
     program = [*EXEC_AS_GIVEN, *argv] if "=" in argv[0] else argv
-    return ["mkdir", "-p", host.workdir, "&&", "cd", host.workdir, "&&", "exec", "env",
-            *[f"{k}={v}" for k, v in env.items()], *program]
+    return ["cd", "/", "&&", "exec", "env", *[f"{k}={v}" for k, v in env.items()], *program]
 
 
 @settings(max_examples=300, deadline=None)
@@ -206,18 +206,18 @@ _SEGMENT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_charact
 @given(value=_VALUE, segment=_SEGMENT, args=st.lists(_VALUE, max_size=3))
 def test_a_real_shell_passes_every_value_byte_for_byte_and_runs_nothing(tmp_path_factory,
                                                                        value, segment, args):
-    """Run by /bin/sh as sshd would: the program sees the workdir, the env value and its
-    arguments exactly, and nothing in them was executed."""
+    """Run by /bin/sh as sshd would: the program (started in /) sees the workdir, the env
+    value and its arguments exactly, and nothing in them was executed."""
     base = tmp_path_factory.mktemp("shell")
     host = HostSpec(name="h", address="h", env={"DDPCHECK_VALUE": value},
                     workdir=str(base / segment))
-    show = 'printf "%s\\0" "$PWD" "$DDPCHECK_VALUE" "$@"'
+    show = 'printf "%s\\0" "$PWD" "$DDPCHECK_WORKDIR" "$DDPCHECK_VALUE" "$@"'
     done = subprocess.run(["/bin/sh", "-c", remote_command(host, ["/bin/sh", "-c", show, "sh",
                                                                   *args])],
                           capture_output=True, timeout=30, cwd=base)
     assert done.returncode == 0, done.stderr
     words = done.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1]
-    assert words == [str(base / segment), value, *args]
+    assert words == ["/", str(base / segment), value, *args]
     assert not (base / "pwned").exists() and not Path("pwned").exists()
 
 
@@ -272,6 +272,7 @@ def test_printed_commands_hide_secret_looking_values_and_nothing_else():
     shown = redact_secrets(remote_command(secret, ["python3", "-c", "pass"]))
     assert "wb-12345-secret" not in shown and "hf_abcdef" not in shown
     assert "WANDB_API_KEY=***" in shown and "HF_TOKEN=***" in shown
-    assert "NCCL_DEBUG=INFO" in shown and shown.startswith("mkdir -p /tmp/ddpcheck && cd")
+    assert "NCCL_DEBUG=INFO" in shown and shown.startswith("cd / && exec env")
+    assert "'DDPCHECK_WORKDIR=/tmp/ddpcheck-{uid}'" in shown
     text = dry_run_text(ClusterSpec(hosts=(secret,)), PreflightOptions())
     assert "wb-12345-secret" not in text and "hf_abcdef" not in text

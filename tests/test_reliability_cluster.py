@@ -137,7 +137,8 @@ def test_cut_link_stopped_sshd_and_changed_key_each_named_while_the_rest_stand(n
 @contextlib.contextmanager
 def mounted_in(cluster, host, target: Path, options: str):
     """A tmpfs on ``target`` in the host's own mount namespace (that of its sshd), so that
-    only this host sees it: its disk, not the others'."""
+    only this host sees it: its disk, not the others'. (A tmpfs is 1777 unless ``mode=`` says
+    otherwise, and a workdir others may write is refused before any write.)"""
     target.mkdir(parents=True, exist_ok=True)
     enter = ["nsenter", "-t", str(cluster.sshd_pid(host)), "-m", "--"]
     subprocess.run([*enter, "mount", "-t", "tmpfs", "-o", options, "ddpcheck-test", str(target)],
@@ -152,10 +153,10 @@ def test_read_only_full_or_missing_workdir_is_a_finding_for_that_host(ns_cluster
     ok, read_only, full, cannot_create = ns_cluster.hosts
     mounts = tmp_path / "mounts"
     with contextlib.ExitStack() as stack:
-        ro = stack.enter_context(mounted_in(ns_cluster, read_only, mounts / "ro", "ro,size=1m"))
-        tiny = stack.enter_context(mounted_in(ns_cluster, full, mounts / "tiny", "size=64k"))
+        ro = stack.enter_context(mounted_in(ns_cluster, read_only, mounts / "ro", "ro,size=1m,mode=0755"))
+        tiny = stack.enter_context(mounted_in(ns_cluster, full, mounts / "tiny", "size=64k,mode=0755"))
         ro_parent = stack.enter_context(mounted_in(ns_cluster, cannot_create, mounts / "ro4",
-                                                   "ro,size=1m"))
+                                                   "ro,size=1m,mode=0755"))
         overrides = {read_only.name: {"workdir": str(ro)}, full.name: {"workdir": str(tiny)},
                      cannot_create.name: {"workdir": str(ro_parent / "sub")}}
         hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", port=29621,

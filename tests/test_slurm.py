@@ -159,7 +159,8 @@ def test_srun_launch_runs_the_agent_with_placeholders_per_node() -> None:
     assert argv[:4] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1"]
     assert "--nodelist=gpu[01-03]" in argv and "--label" in argv
     inner = shlex.split(argv[argv.index("-c") + 1])
-    assert inner[:6] == ["mkdir", "-p", "/scratch/ddp check", "&&", "cd", "/scratch/ddp check"]
+    assert inner[:5] == ["cd", "/", "&&", "exec", "env"]
+    assert "DDPCHECK_WORKDIR=/scratch/ddp check" in inner
     launch = inner[inner.index("launch"):]
     assert launch[launch.index("--slurm-hosts") + 1] == "gpu01,gpu02,gpu03"
     assert launch[launch.index("--slurm-slots") + 1] == "2,2,1"

@@ -729,9 +729,17 @@ def host_findings(results: Sequence[HostScanResult], any_job: bool,
         failed = sorted({(w.get("samples") or [{}])[-1].get("stack", {}).get("error")
                          for w in scan.get("workers") or [] if isinstance(w, dict)} - {None})
         if failed:
+            scope = scan.get("ptrace_scope")
+            why = (f" (kernel.yama.ptrace_scope is {scope} on this host)"
+                   if isinstance(scope, int) and scope > 0 and scan.get("uid") != 0 else "")
             findings.append(Finding(Severity.WARNING, "stacks", (
-                f"{result.host}: py-spy could not read some ranks: {failed[0]}"),
+                f"{result.host}: py-spy could not read some ranks: {failed[0]}{why}"),
                 host=result.host))
+        if scan.get("other_users"):
+            findings.append(Finding(Severity.INFO, "hang", (
+                f"{result.host}: {scan['other_users']} Python process(es) of other users were "
+                f"not inspected (ddpcheck hang reads only your own processes; root sees "
+                f"every user's jobs)"), host=result.host))
         if scan.get("other_netns") and not scan.get("workers"):
             findings.append(Finding(Severity.INFO, "hang", (
                 f"{result.host}: {scan['other_netns']} torchrun worker(s) run in other network "

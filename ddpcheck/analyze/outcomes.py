@@ -49,6 +49,8 @@ def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, An
         if "No module named" in text and "ddpcheck" in text:
             return Failure(Check.PYTHON, f"ddpcheck is not importable by {host.python}")
         return Failure(Check.PYTHON, f"stage 0 exited {result.exit_code}: {summary_of(stray)}")
+    if facts.get("workdir_error"):  # refused (not private) or not creatable: model.safety
+        return Failure(Check.RESOURCES, str(facts["workdir_error"]))
     if facts.get("workdir_write_error"):  # the run directory could not be made there
         return Failure(Check.RESOURCES, str(facts["workdir_write_error"]))
     return None  # what the facts say is judged by the health rules

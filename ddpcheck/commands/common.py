@@ -164,12 +164,12 @@ def add_prom_option(parser: argparse.ArgumentParser) -> None:
 
 def write_report(path: str, report: Report,
                  render: Callable[[Report], str] = to_json) -> None:
-    """Atomically (a temporary file in the same directory, then renamed): a reader, such as
-    node_exporter's textfile collector, never sees half a report."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render(report))
-    os.replace(tmp, path)
+    """Atomically (a reader, such as node_exporter's textfile collector, never sees half a
+    report), never through a link another user planted at ``path``
+    (``model.safety.write_atomically``: a new temporary file in the same directory, renamed)."""
+    from ..model.safety import write_atomically
+
+    write_atomically(path, render(report).encode("utf-8"))
 
 
 def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report], str]]]:

@@ -75,6 +75,17 @@ def _skip_list(text: str) -> frozenset[str]:
     return names
 
 
+def setup_target(target):
+    """--setup with a relative FILE.py made absolute (from here), so that ranks load the file
+    the user named and never search their current directory for it."""
+    if not target:
+        return target
+    where, sep, name = target.rpartition(":")
+    if sep and (where.endswith(".py") or os.sep in where) and not os.path.isabs(where):
+        return f"{os.path.abspath(where)}:{name}"
+    return target
+
+
 def preflight_options(args: argparse.Namespace):
     from ..engine.preflight import PreflightOptions
     from ..engine.state import STAGE0_DEADLINE_S
@@ -91,7 +102,8 @@ def preflight_options(args: argparse.Namespace):
                              rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
                              collective_timeout_s=max(int(args.collective_timeout), 1),
                              iterations=args.iterations, keep=args.keep,
-                             seed=args.seed, setup=args.setup, ddp_steps=args.ddp_steps,
+                             seed=args.seed, setup=setup_target(args.setup),
+                             ddp_steps=args.ddp_steps,
                              consistency="consistency" not in args.skip))
 
 

@@ -47,6 +47,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
+from ..model import safety
 from ..remote.straggler import Thresholds
 from .stragglers import StepClock, StragglerWatch
 
@@ -96,13 +97,17 @@ def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
         return None
 
 
-def _make_private_dir(path: str) -> None:
-    """Create ``path`` (0700) and refuse one owned by another user: in a shared /dev/shm or /tmp
-    nobody else may plant our heartbeat folder (or a symlink in its place) or read it."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.lstat(path)
-    if info.st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to uid {info.st_uid}, not {os.getuid()}")
+def make_heartbeat_dirs(root: str, job_dir: str, default: bool) -> None:
+    """Create the heartbeat folders (0700) and refuse ones another user controls
+    (``safety.place_problem``, raising ``safety.UnsafePlace``): in a shared /dev/shm or /tmp
+    nobody else may plant our heartbeat folder (or a symlink in its place) or read it. The
+    default per-user root must be private itself; a root the user named may be shared (a
+    sticky /dev/shm, say) as long as the job's folder in it is ours."""
+    if default:
+        safety.make_private_dir(root, "heartbeat folder")
+    else:
+        os.makedirs(root, exist_ok=True)
+    safety.make_private_dir(job_dir, "heartbeat folder")
 
 
 # -- the monitor -------------------------------------------------------------------------------
@@ -139,9 +144,8 @@ class Monitor:
         self.pid = os.getpid()
         self.root = directory or heartbeat_root(env)
         self.path = heartbeat_path(self.root, self.job, self.rank)
-        if self.root == default_heartbeat_root():
-            _make_private_dir(self.root)  # a world-writable place: it must be ours
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        make_heartbeat_dirs(self.root, os.path.dirname(self.path),
+                            default=self.root == default_heartbeat_root())
         self.watchdog_s = watchdog_s
         self.write_every_s = max(0.0, write_every_s)
         self._written_at = 0.0  # time.monotonic() of the last write

@@ -25,7 +25,7 @@ class Backend(str, enum.Enum):
 
 
 DEFAULT_PYTHON = "python3"
-DEFAULT_WORKDIR = "/tmp/ddpcheck"
+DEFAULT_WORKDIR = "/tmp/ddpcheck-{uid}"  # per user: {uid} is the numeric id on the host
 DEFAULT_SSH_PORT = 22
 DEFAULT_RENDEZVOUS_PORT = 29500
 DEFAULT_CONNECT_TIMEOUT = 10.0

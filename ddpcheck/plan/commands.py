@@ -15,8 +15,10 @@ from ..model.spec import Backend, ClusterSpec, HostSpec
 
 # Records come back over stdout as marked lines (ddpcheck.wire).
 
-# Environment every remote step gets: unbuffered output so records arrive as they happen.
-BASE_ENV: Mapping[str, str] = {"PYTHONUNBUFFERED": "1"}
+# Environment every remote step gets: unbuffered output so records arrive as they happen, and
+# the current directory off sys.path (Python 3.11+; older ones start in /, see remote_command).
+BASE_ENV: Mapping[str, str] = {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}
+WORKDIR_VARIABLE = "DDPCHECK_WORKDIR"  # the agent makes it (0700), checks it and enters it
 
 LOCAL_CPU_RANKS = 2  # the embedded default without a GPU: 2 ranks on gloo
 
@@ -52,27 +54,29 @@ EXEC_AS_GIVEN = ["sh", "-c", 'exec "$0" "$@"']
 
 
 def remote_command(host: HostSpec, argv: Sequence[str], extra_env: Mapping[str, str] = {}) -> str:
-    """A shell command that runs ``argv`` in the host's workdir with its env exported.
+    """A shell command that runs ``argv`` with the host's env exported and its workdir named.
 
-    The workdir is created first; ``exec`` makes the interpreter the session's process so that a
+    The interpreter starts in ``/``, never in a directory another user could have made or
+    written (``python -m`` puts the current directory first on ``sys.path``); the agent creates
+    the workdir (``$DDPCHECK_WORKDIR``, ``{uid}`` filled in there) 0700, refuses one that is
+    not private and enters it. ``exec`` makes the interpreter the session's process so that a
     closed connection (SIGHUP through the pty) reaches it directly. Every value is one
     ``shlex.quote``d word: ``shlex.split`` of the result gives back exactly
-    ``mkdir -p W && cd W && exec env NAME=VALUE... ARGV...``.
+    ``cd / && exec env NAME=VALUE... ARGV...``.
     """
-    env = {**BASE_ENV, **host.env, **extra_env}
+    env = {**BASE_ENV, **host.env, **extra_env, WORKDIR_VARIABLE: host.workdir}
     for name in env:
         if not name or "=" in name or "\0" in name:
             raise ValueError(f"not an environment variable name: {name!r}")
-    values = [host.workdir, *env.values(), *argv]
+    values = [*env.values(), *argv]
     if any("\0" in value for value in values):
         raise ValueError("a NUL character cannot be passed to a remote command")
     if not argv:
         raise ValueError("nothing to run")
     assignments = [f"{name}={value}" for name, value in env.items()]
     program = [*EXEC_AS_GIVEN, *argv] if "=" in argv[0] else list(argv)
-    workdir = shlex.quote(host.workdir)
     run = shlex.join(["env", *assignments, *program])
-    return f"mkdir -p {workdir} && cd {workdir} && exec {run}"
+    return f"cd / && exec {run}"
 
 
 # Variables whose values are shown as *** when commands are printed (-v, --dry-run).
@@ -175,8 +179,9 @@ def plan_launch(spec: ClusterSpec, slots_by_host: Mapping[str, int], backend: Ba
 
 
 def run_dir_name(run_id: Optional[str]) -> str:
-    """The run's directory under each host's workdir (the agent makes it, torchrun's files go
-    in it, and it is removed at the end unless --keep)."""
+    """The name of the run's directory in each host's workdir (the agent makes
+    ``<name>-<random>`` with mkdtemp, torchrun's files go in it, and it is removed at the end
+    unless --keep)."""
     return f"ddpcheck-{run_id or 'run'}"
 
 

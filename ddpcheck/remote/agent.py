@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -35,11 +36,14 @@ from .. import wire
 from . import hostfacts
 
 from . import dcgm, ibports, kernlog, nvml
+from ..model import safety
 
 NODE_RANK_TOKEN = "@NODE_RANK@"
 NPROC_TOKEN = "@NPROC@"
 HOST_TOKEN = "@HOST@"
 _PR_SET_PDEATHSIG = 1
+WORKDIR_VARIABLE = "DDPCHECK_WORKDIR"  # set by the launcher: where this host's files go
+FLIGHT_RECORDER_VARIABLES = ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE")
 
 # Runs in a child interpreter so a hanging or crashing torch import cannot take the agent along.
 _TORCH_FACTS = r"""
@@ -97,10 +101,20 @@ def set_parent_death_signal(sig: int) -> None:
         pass
 
 
+def safe_python_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a Python we start: the current directory off ``sys.path`` on 3.11+
+    (PYTHONSAFEPATH, unless the user set it); older Pythons are started in a private or
+    root-owned directory instead."""
+    return {"PYTHONSAFEPATH": "1", **env}
+
+
 def start_torch_facts() -> subprocess.Popen[str]:
-    """The torch import in a child, started first so the other facts are read meanwhile."""
+    """The torch import in a child, started first so the other facts are read meanwhile. It
+    runs in / (``-c`` puts the current directory first on ``sys.path``: a ``torch`` planted in
+    a shared current directory must not be what it imports)."""
     return subprocess.Popen([sys.executable, "-c", _TORCH_FACTS], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            cwd="/", env=safe_python_env(os.environ))
 
 
 def finish_torch_facts(child: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
@@ -147,28 +161,50 @@ def workdir_write_test(path: str = ".") -> Optional[str]:
     else why not (a read-only mount, a full disk, a quota: what ``os.access`` and free space
     cannot tell)."""
     path = os.path.abspath(path)
-    test = os.path.join(path, f".ddpcheck-write-test-{os.getpid()}")
-    try:
-        with open(test, "wb") as handle:
+    test = None
+    try:  # a new file of an unpredictable name (O_EXCL): nothing planted is written through
+        fd, test = tempfile.mkstemp(prefix=".ddpcheck-write-test-", dir=path)
+        with os.fdopen(fd, "wb") as handle:
             handle.write(b"\0" * WRITE_TEST_BYTES)
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:
         return f"cannot write {WRITE_TEST_BYTES >> 20} MiB in {path}: {exc.strerror or exc}"
     finally:
-        try:
-            os.unlink(test)
-        except OSError:
-            pass
+        if test is not None:
+            try:
+                os.unlink(test)
+            except OSError:
+                pass
     return None
+
+
+def enter_workdir(env: Mapping[str, str]) -> tuple[str, Optional[str]]:
+    """(workdir, why it is refused or unusable) for ``$DDPCHECK_WORKDIR`` (``{uid}`` filled
+    in): created 0700 when missing, checked (``safety.place_problem``: ours, writable by
+    nobody else, nothing above it that others could swap) and made the current directory.
+    Without the variable (the agent started by hand), the current directory as it is."""
+    template = env.get(WORKDIR_VARIABLE)
+    if not template:
+        return ".", None
+    workdir = safety.expand_workdir(template, os.geteuid())
+    try:
+        return safety.enter_private_dir(workdir, "workdir"), None
+    except safety.UnsafePlace as exc:
+        return workdir, str(exc)
+    except OSError as exc:
+        return workdir, (f"cannot create or enter the workdir {workdir}: "
+                         f"{exc.strerror or exc}")
 
 
 def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: bool = True,
                   workdir: str = ".", xid_since: Optional[float] = None,
                   ib_root: str = ibports.SYSFS_ROOT,
-                  dcgm_level: Optional[int] = None) -> dict[str, Any]:
+                  dcgm_level: Optional[int] = None,
+                  workdir_error: Optional[str] = None) -> dict[str, Any]:
     """Stage 0's facts. ``dcgm_level`` runs ``dcgmi diag`` meanwhile, under its own deadline
-    (``dcgm.DEADLINE_S``), which the caller's deadline must leave room for."""
+    (``dcgm.DEADLINE_S``), which the caller's deadline must leave room for. ``workdir_error``:
+    the workdir was refused (``enter_workdir``): said, and nothing is written there."""
     started = time.monotonic()
     diag = dcgm.start(dcgm_level) if dcgm_level else None
     child = start_torch_facts() if with_torch else None
@@ -193,7 +229,9 @@ def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: b
                                         "kernel log")
     facts["infiniband"] = with_deadline(lambda: ibports.read_ports(ib_root), min(3.0, share),
                                         "InfiniBand sysfs")
-    write_error = workdir_write_test(workdir)
+    write_error = workdir_write_test(workdir) if workdir_error is None else None
+    if workdir_error:
+        facts["workdir_error"] = workdir_error
     if write_error:
         facts["workdir_write_error"] = write_error
     if child is not None:
@@ -365,23 +403,46 @@ def refresh_workers(workers: dict[int, dict[str, Any]], root_pid: int) -> None:
         workers[pid] = {**now, "alive": now["state"] not in (None, "Z", "X")}
 
 
+def torchrun_env(environ: Mapping[str, str], run_dir: Optional[str]) -> dict[str, str]:
+    """The environment of torchrun and its ranks: the current directory off ``sys.path``, and
+    with a run directory, ``TMPDIR`` (torchrun's log dirs, the ranks' temporary files) and
+    NCCL's Flight Recorder dumps in it unless the user chose their place (NCCL's default is
+    the shared /tmp/nccl_trace_rank_<rank>, where another user could plant a link)."""
+    env = safe_python_env(environ)
+    if run_dir is not None:
+        env["TMPDIR"] = run_dir
+        if not any(env.get(name) for name in FLIGHT_RECORDER_VARIABLES):
+            for name in FLIGHT_RECORDER_VARIABLES:
+                env[name] = os.path.join(run_dir, "nccl_trace_rank_")
+    return env
+
+
+def open_new(path: str) -> Any:
+    """A new file (O_EXCL, 0600) for writing bytes: never one planted before."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
 class Launch:
     """torchrun as a child, its output passed through, stopped for good on any way out.
 
-    torchrun runs in the run directory (``--run-dir``, under the workdir) with TMPDIR pointing
-    into it, so its log directories and whatever the ranks write to temporary files stay
-    there; the output is also kept there as ``launch.log``; the directory is removed at the
-    end, whatever the end, unless ``--keep``. The workers' pids, ranks and process states are
-    watched, so the agent's record says which ranks were still running, or stopped, when
-    torchrun ended or was stopped."""
+    torchrun runs in the run directory (``--run-dir NAME``: a new ``NAME-<random>`` made by
+    ``mkdtemp`` in the workdir, 0700) with TMPDIR pointing into it, so its log directories and
+    whatever the ranks write to temporary files stay there, where no other user can plant or
+    read anything; the output is also kept there as ``launch.log``; the directory is removed
+    at the end, whatever the end, unless ``--keep``. The workers' pids, ranks and process
+    states are watched, so the agent's record says which ranks were still running, or stopped,
+    when torchrun ended or was stopped."""
 
     WATCH_EVERY_S = 0.5
 
     def __init__(self, torchrun_args: list[str], deadline_s: float,
-                 run_dir: Optional[str] = None, keep: bool = False) -> None:
+                 run_dir: Optional[str] = None, keep: bool = False,
+                 workdir_error: Optional[str] = None) -> None:
         self.torchrun_args = torchrun_args
         self.deadline_s = deadline_s
-        self.run_dir = os.path.abspath(run_dir) if run_dir else None
+        self.run_dir_name = run_dir
+        self.run_dir: Optional[str] = None
+        self.workdir_error = workdir_error
         self.keep = keep
         self.stop_reason: Optional[str] = None
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -408,14 +469,18 @@ class Launch:
                 return
 
     def prepare_run_dir(self) -> Optional[str]:
-        """Make the run directory; the reason when it cannot be made or written."""
-        if self.run_dir is None:
+        """Make the run directory; the reason when it (or the workdir) cannot be used."""
+        if self.workdir_error is not None:
+            return self.workdir_error
+        if self.run_dir_name is None:
             return None
+        where = os.path.abspath(self.run_dir_name)
         try:
-            os.makedirs(self.run_dir, exist_ok=True)
-            self.log = open(os.path.join(self.run_dir, "launch.log"), "wb")
+            self.run_dir = safety.private_run_dir(os.path.dirname(where),
+                                                  os.path.basename(where))
+            self.log = open_new(os.path.join(self.run_dir, "launch.log"))
         except OSError as exc:
-            return f"cannot create the run directory {self.run_dir}: {exc.strerror or exc}"
+            return f"cannot create the run directory {where}-*: {exc.strerror or exc}"
         return None
 
     def remove_run_dir(self) -> bool:
@@ -460,9 +525,7 @@ class Launch:
         return 124 if self.stop_reason else (code or 0)
 
     def run_torchrun(self, started: float) -> int:
-        env = dict(os.environ)
-        if self.run_dir is not None:
-            env["TMPDIR"] = self.run_dir  # torchrun's log dirs, the ranks' temporary files
+        env = torchrun_env(os.environ, self.run_dir)
         # the ranks' watchdogs report just before we stop them (see probe.RankProbe.watchdog)
         left = self.deadline_s - (time.monotonic() - started)
         env["DDPCHECK_RANK_DEADLINE"] = f"{time.time() + left - RANK_REPORT_MARGIN_S:.3f}"
@@ -542,8 +605,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     launch.add_argument("--slurm-slots", default=None,
                         help="under srun: ranks per node, in the order of --slurm-hosts")
     launch.add_argument("--run-dir", default=None,
-                        help="directory (under the workdir) for this run's files; removed at "
-                             "the end unless --keep")
+                        help="name of this run's directory (NAME-<random>, made in the "
+                             "workdir); removed at the end unless --keep")
     launch.add_argument("--keep", action="store_true", help="leave the run directory in place")
     launch.add_argument("torchrun_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -559,8 +622,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         emit("node", {"host": node[1], "node_rank": node[0]})
 
     if args.action == "facts":
-        emit("facts", collect_facts(args.deadline, args.master, dcgm_level=args.dcgm,
-                                    xid_since=args.xid_since))
+        workdir, workdir_error = enter_workdir(os.environ)
+        emit("facts", collect_facts(args.deadline, args.master, workdir=workdir,
+                                    dcgm_level=args.dcgm, xid_since=args.xid_since,
+                                    workdir_error=workdir_error))
         return 0
     if args.action == "listen":
         emit("listen", listen(args.port, args.deadline, args.expect))
@@ -580,7 +645,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{args.slurm_slots!r}", file=sys.stderr)
             return 2
         torchrun_args = fill_node_tokens(torchrun_args, node[0], int(slots[node[0]]), node[1])
-    job = Launch(torchrun_args, args.deadline, args.run_dir, args.keep)
+    _, workdir_error = enter_workdir(os.environ)
+    job = Launch(torchrun_args, args.deadline, args.run_dir, args.keep, workdir_error)
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: job.request_stop(signal.Signals(signum).name))
     return job.run()

@@ -123,11 +123,18 @@ def seed_everything(seed: int) -> None:
 
 
 def load_setup(target: str) -> Callable[..., Any]:
-    """``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION`` -> the function."""
+    """``MODULE:FUNCTION`` or ``/path/to/file.py:FUNCTION`` -> the function.
+
+    A file is loaded from the absolute path the user named (the launcher makes a relative one
+    absolute), never looked for in the current directory; a module is imported from
+    ``sys.path``, which ddpcheck starts without the current directory."""
     where, sep, name = target.rpartition(":")
     if not sep or not where or not name:
         raise ValueError(f"--setup wants MODULE:FUNCTION or FILE.py:FUNCTION, got {target!r}")
     if where.endswith(".py") or os.sep in where:
+        if not os.path.isabs(where):
+            raise ValueError(f"--setup: {where!r} is not an absolute path (ranks run in a "
+                             f"private run directory; name the file by its full path)")
         spec = importlib.util.spec_from_file_location("ddpcheck_user_setup", where)
         if spec is None or spec.loader is None:
             raise ValueError(f"--setup: cannot load {where!r}")

@@ -13,8 +13,13 @@ With ``--ras`` (``ddpcheck hang`` asks it of one host) the scan also asks NCCL's
 (NCCL >= 2.24, ``remote.ncclras``) for its view of the job, while the ranks are sampled.
 
 Only processes in this scan's network namespace are inspected (on one machine, other namespaces
-are other hosts or containers); the count of skipped workers is reported. Standard library and
-psutil only: no torch, so it works while the job holds every GPU.
+are other hosts or containers); the count of skipped workers is reported. On a shared node only
+the caller's own processes are inspected (root sees every user's): other users' Python processes
+are counted, not read, and the ``kernel.yama.ptrace_scope`` in force is reported so that a stack
+py-spy could not take is explained. Heartbeats and Flight Recorder dumps are read only from files
+owned by the rank's user, opened without following links (``model.safety``): a file another user
+planted in a shared /tmp is not taken for the job's. Standard library and psutil only: no torch,
+so it works while the job holds every GPU.
 """
 
 from __future__ import annotations
@@ -26,16 +31,18 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from . import ncclras
 from .. import wire
 from .flightrecorder import MAX_DUMP_BYTES, dump_prefix, parse_dump
 from ..injob.monitor import HEARTBEAT_PREFIX, SHM_DIR, heartbeat_path, heartbeat_root, job_key
+from ..model import safety
 
 PY_SPY_VARIABLE = "DDPCHECK_PY_SPY"
 MAX_HEARTBEAT_BYTES = 1 << 16
@@ -158,13 +165,11 @@ def _py_spy_error(text: str) -> str:
 
 # -- heartbeats and Flight Recorder dumps -----------------------------------------------------
 
-def read_json_file(path: str, limit: int = MAX_HEARTBEAT_BYTES) -> Optional[dict[str, Any]]:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError:
-        return None
-    if len(data) > limit:
+def read_json_file(path: str, owners: Sequence[int],
+                   limit: int = MAX_HEARTBEAT_BYTES) -> Optional[dict[str, Any]]:
+    """The JSON object in ``path`` when it is a regular file owned by one of ``owners``."""
+    data = safety.read_owned_file(path, owners, limit)
+    if data is None:
         return None
     try:
         value = json.loads(data)
@@ -173,28 +178,33 @@ def read_json_file(path: str, limit: int = MAX_HEARTBEAT_BYTES) -> Optional[dict
     return value if isinstance(value, dict) else None
 
 
-def read_flight_record(path: str, not_before: float) -> Optional[dict[str, Any]]:
+def read_flight_record(path: str, not_before: float,
+                       owners: Sequence[int]) -> Optional[dict[str, Any]]:
     """The summary of a dump at ``path`` written after ``not_before`` (an older one belongs to
-    an earlier run of the same rank number); None when there is none."""
+    an earlier run of the same rank number) by the rank's user (``owners``: the default path
+    is in the shared /tmp); None when there is none."""
     try:
-        info = os.stat(path)
-        if info.st_mtime < not_before or info.st_size > MAX_DUMP_BYTES:
-            return None
-        with open(path, "rb") as handle:
-            data = handle.read()
+        info = os.lstat(path)
     except OSError:
+        return None
+    if info.st_mtime < not_before:
+        return None
+    data = safety.read_owned_file(path, owners, MAX_DUMP_BYTES)
+    if data is None:
         return None
     return {"path": path, "mtime": info.st_mtime, **parse_dump(data).to_json()}
 
 
-def heartbeat_roots(extra: list[str]) -> list[str]:
-    """Folders that may hold heartbeats: given ones, $DDPCHECK_HEARTBEAT_DIR, and every user's
-    default folder in /dev/shm and the temp dir."""
+def heartbeat_roots(extra: list[str], uid: Optional[int] = None) -> list[str]:
+    """Folders that may hold heartbeats: given ones, $DDPCHECK_HEARTBEAT_DIR, and the default
+    folder in /dev/shm and the temp dir of the user ``uid`` (every user's for root)."""
+    uid = os.geteuid() if uid is None else uid
     roots = list(extra)
     if os.environ.get("DDPCHECK_HEARTBEAT_DIR"):
         roots.append(os.environ["DDPCHECK_HEARTBEAT_DIR"])
+    pattern = HEARTBEAT_PREFIX + ("*" if uid == 0 else str(uid))
     for base in (SHM_DIR, "/tmp", os.environ.get("TMPDIR") or "/tmp"):
-        roots += sorted(glob.glob(os.path.join(base, HEARTBEAT_PREFIX + "*")))
+        roots += sorted(glob.glob(os.path.join(base, pattern)))
     seen: list[str] = []
     for root in roots:
         if root and root not in seen:
@@ -203,21 +213,38 @@ def heartbeat_roots(extra: list[str]) -> list[str]:
 
 
 def orphan_heartbeats(roots: list[str], hostname: str, live: set[tuple[str, int]],
-                      alive: Any) -> list[dict[str, Any]]:
-    """Heartbeats written on this host whose rank has no live process: dead ranks."""
+                      alive: Any, uid: Optional[int] = None) -> list[dict[str, Any]]:
+    """Heartbeats written on this host whose rank has no live process: dead ranks. Only files
+    owned by the user whose job folder holds them, and only that user's folders unless ``uid``
+    (default: ours) is root."""
+    uid = os.geteuid() if uid is None else uid
     found = []
     for root in roots:
-        for path in glob.glob(os.path.join(root, "*", "rank-*.json")):
-            beat = read_json_file(path)
-            if not beat or beat.get("host") != hostname:
+        for folder in glob.glob(os.path.join(root, "*")):
+            try:
+                info = os.lstat(folder)
+            except OSError:
                 continue
-            rank, pid = _int_or_none(beat.get("rank")), _int_or_none(beat.get("pid"))
-            if rank is None or pid is None or (str(beat.get("job")), rank) in live:
-                continue
-            if alive(pid, beat.get("started")):
-                continue  # a live process of another namespace or a job not found as a worker
-            found.append({**beat, "path": path})
+            owner = info.st_uid
+            if not stat.S_ISDIR(info.st_mode) or (uid != 0 and owner != uid):
+                continue  # a link in its place, or another user's folder
+            for path in glob.glob(os.path.join(folder, "rank-*.json")):
+                beat = read_json_file(path, (owner,))
+                if beat and is_orphan(beat, hostname, live, alive):
+                    found.append({**beat, "path": path})
     return found
+
+
+def is_orphan(beat: dict[str, Any], hostname: str, live: set[tuple[str, int]],
+              alive: Any) -> bool:
+    """A heartbeat of this host whose rank is not among the live workers and whose process
+    is gone (a live one is of another namespace, or a job not found as a worker)."""
+    if beat.get("host") != hostname:
+        return False
+    rank, pid = _int_or_none(beat.get("rank")), _int_or_none(beat.get("pid"))
+    if rank is None or pid is None or (str(beat.get("job")), rank) in live:
+        return False
+    return not alive(pid, beat.get("started"))
 
 
 # -- the scan (I/O) ----------------------------------------------------------------------------
@@ -238,14 +265,20 @@ class HostScan:
         self.ras = ras
         self.own_netns = _netns(os.getpid())
         self.hostname = socket.gethostname()
+        self.uid = os.geteuid()
+        self.other_users = 0  # Python processes of other users, not inspected
 
     def find_workers(self) -> tuple[list[dict[str, Any]], int, int]:
-        """(workers, workers skipped in other network namespaces, processes we may not read)."""
+        """(workers, workers skipped in other network namespaces, processes we may not read);
+        other users' Python processes are only counted (``other_users``), unless we are root."""
         me = os.getpid()
         candidates, other_netns, denied = [], 0, 0
         for proc in self.psutil.process_iter(["pid", "ppid", "name", "create_time", "uids"]):
             info = proc.info
             if info["pid"] == me:
+                continue
+            if not_ours(info, self.uid):
+                self.other_users += "python" in (info.get("name") or "")
                 continue
             try:
                 env = proc.environ()
@@ -304,7 +337,7 @@ class HostScan:
         """One sample of every worker: state, CPU, heartbeat, stack (stacks taken in parallel,
         each py-spy pausing its process for milliseconds)."""
         samples = [self.sample(w) for w in workers]
-        beats = [read_json_file(w["heartbeat_path"]) for w in workers]
+        beats = [read_json_file(w["heartbeat_path"], _owners(w)) for w in workers]
         stacks: list[dict[str, Any]] = [{} for _ in workers]
         if self.py_spy and workers:
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(workers))) as pool:
@@ -349,7 +382,7 @@ class HostScan:
         for worker, a, b in zip(workers, first, second):
             worker["samples"] = [a, b]
             worker["flight_record"] = read_flight_record(worker["fr_path"],
-                                                         worker["create_time"])
+                                                         worker["create_time"], _owners(worker))
         live = {(w["job"], w["rank"]) for w in workers}
         gone = [beat for beat in orphan_heartbeats(heartbeat_roots(self.heartbeat_dirs),
                                                    self.hostname, live, self.alive)
@@ -364,6 +397,7 @@ class HostScan:
                 "py_spy": self.py_spy, "stacks_requested": self.stacks,
                 "python": sys.executable, "workers": workers, "gone": gone,
                 "other_netns": other_netns, "denied": denied,
+                "other_users": self.other_users, "uid": self.uid, "ptrace_scope": ptrace_scope(),
                 "duration_s": round(time.monotonic() - self.started, 3)}
 
 
@@ -374,6 +408,27 @@ def main_thread_busy_s(pid: int) -> Optional[float]:
         with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as handle:
             oncpu, runq = handle.read().split()[:2]
         return round((int(oncpu) + int(runq)) / 1e9, 4)
+    except (OSError, ValueError):
+        return None
+
+
+def not_ours(info: Mapping[str, Any], uid: int) -> bool:
+    """A process of another user, which a scan by ``uid`` leaves alone (root's sees all)."""
+    owner = info["uids"].real if info.get("uids") else None
+    return uid != 0 and owner != uid
+
+
+def _owners(worker: Mapping[str, Any]) -> tuple[int, ...]:
+    """Whose files may be the worker's heartbeat or dump: its user's only."""
+    return (worker["uid"],) if isinstance(worker.get("uid"), int) else ()
+
+
+def ptrace_scope() -> Optional[int]:
+    """kernel.yama.ptrace_scope: 0 any process of the same user, 1 only descendants (py-spy
+    then needs root or CAP_SYS_PTRACE), 2 admin only, 3 none; None without Yama."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope", encoding="ascii") as handle:
+            return int(handle.read().strip())
     except (OSError, ValueError):
         return None
 

@@ -11,6 +11,7 @@ import socket
 import threading
 
 from ..model.errors import HostError
+from ..model.safety import open_append
 from ..model.spec import HostKeyPolicy, HostSpec, SSHSpec, ssh_target, ssh_user  # noqa: F401
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
@@ -27,9 +28,9 @@ def _accept_new_policy(known_hosts_path: str):  # -> paramiko.MissingHostKeyPoli
         (paramiko raises BadHostKeyException for it before consulting the policy)."""
 
         def missing_host_key(self, client, hostname, key) -> None:
-            with _known_hosts_lock:
-                os.makedirs(os.path.dirname(known_hosts_path) or ".", exist_ok=True)
-                with open(known_hosts_path, "a", encoding="ascii") as handle:
+            with _known_hosts_lock:  # ~/.ssh made 0700; a link planted there is refused
+                os.makedirs(os.path.dirname(known_hosts_path) or ".", mode=0o700, exist_ok=True)
+                with os.fdopen(open_append(known_hosts_path), "a", encoding="ascii") as handle:
                     fcntl.flock(handle, fcntl.LOCK_EX)
                     handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
                     fcntl.flock(handle, fcntl.LOCK_UN)
