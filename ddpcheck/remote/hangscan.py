@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import glob
 import json
 import os
@@ -345,17 +346,6 @@ class HostScan:
         return [{**sample, "heartbeat": beat, "stack": stack}
                 for sample, beat, stack in zip(samples, beats, stacks)]
 
-    def alive(self, pid: int, started: Any) -> bool:
-        try:
-            proc = self.psutil.Process(pid)
-            if proc.status() == self.psutil.STATUS_ZOMBIE:
-                return False
-            if isinstance(started, (int, float)) and proc.create_time() > started + 2.0:
-                return False  # the pid was reused by a later process
-            return True
-        except self.psutil.Error:
-            return False
-
     def query_ras(self, workers: list[dict[str, Any]], into: dict[str, Any]) -> None:
         """NCCL RAS's view of the job, asked through the RAS port of this host (meanwhile)."""
         env = workers[0].get("env", {}) if workers else {}
@@ -385,7 +375,8 @@ class HostScan:
                                                          worker["create_time"], _owners(worker))
         live = {(w["job"], w["rank"]) for w in workers}
         gone = [beat for beat in orphan_heartbeats(heartbeat_roots(self.heartbeat_dirs),
-                                                   self.hostname, live, self.alive)
+                                                   self.hostname, live,
+                                                   functools.partial(process_alive, self.psutil))
                 if self.job_filter in str(beat.get("job"))]
         extra: dict[str, Any] = {}
         if asking is not None:
@@ -399,6 +390,19 @@ class HostScan:
                 "other_netns": other_netns, "denied": denied,
                 "other_users": self.other_users, "uid": self.uid, "ptrace_scope": ptrace_scope(),
                 "duration_s": round(time.monotonic() - self.started, 3)}
+
+
+def process_alive(psutil: Any, pid: int, started: Any) -> bool:
+    """The process ``pid`` still runs and is the one that started at ``started``."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if isinstance(started, (int, float)) and proc.create_time() > started + 2.0:
+            return False  # the pid was reused by a later process
+        return True
+    except psutil.Error:
+        return False
 
 
 def main_thread_busy_s(pid: int) -> Optional[float]:
