@@ -34,6 +34,7 @@ from ..plan.commands import (HostLaunch, LaunchOptions, global_ranks, plan_launc
                    plan_rendezvous_check, redact_secrets, resolve_backend, resolve_slots,
                    stage0_command)
 from ..model.records import Finding, HostRecord, RankRecord, Severity
+from ..report.grouping import hosts_text
 from ..report.table import Report
 from ..model.spec import Backend, ClusterSpec, HostSpec
 from ..transport.ssh import CommandResult, JumpPool, LocalSession, Session, SSHSession, fan_out
@@ -331,12 +332,11 @@ class PreflightRun:
                 self.check_rendezvous()
             failed = [h for h in self.hosts.values() if h.error]
             if failed and not self.can_launch_without(failed):
-                names = ", ".join(h.name for h in failed)
                 self.extra_findings.append(Finding(
                     Severity.INFO, "rendezvous",
-                    f"torchrun was not started: {names} failed before launch, and a world with a "
-                    f"missing node can only hang"))
-                self.progress.say(f"not launching: {names} failed before launch")
+                    not_launched_message([h.name for h in failed])))
+                self.progress.say(f"not launching: {hosts_text([h.name for h in failed])} "
+                                  f"failed before launch")
             elif self.cancel.is_set():
                 interrupted = True
             else:
@@ -394,6 +394,11 @@ class PreflightRun:
         """Hosts whose ranks are told their interface (a hostname on loopback is then harmless)."""
         names = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME")
         return frozenset(h.name for h in self.spec.hosts if any(n in h.env for n in names))
+
+
+def not_launched_message(failed: list[str]) -> str:
+    return (f"torchrun was not started: {hosts_text(failed)} failed before launch, and a "
+            f"world with a missing node can only hang")
 
 
 def stage0_error(host: HostSpec, result: CommandResult, facts: dict,
