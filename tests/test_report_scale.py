@@ -218,3 +218,18 @@ def test_groups_order_root_cause_first():
 def test_json_is_unchanged_by_grouping():
     report = cluster(hosts=64)
     assert json.loads(json.dumps(to_json_dict(report)))["ranks"][0]["rank"] == 0
+
+
+def test_hang_rows_group_the_crowd_around_the_named_rank():
+    from ddpcheck.report.grouping import hang_rows
+    ranks = [{"host": name(r // 8), "rank": r, "pid": 100 + r, "state": "sleeping",
+              "cpu_pct": 0.3, "step": 40, "seq": 8812, "role": "waiting",
+              "where": "all_reduce < train (train.py:40)"} for r in range(1024) if r != 517]
+    ranks.insert(517, {"host": name(64), "rank": 517, "pid": 9, "state": "sleeping",
+                       "cpu_pct": 0.0, "step": 40, "seq": 8811, "role": "behind",
+                       "where": "get (queue.py:171) < load_batch (train.py:12)"})
+    rows = hang_rows(ranks)
+    assert len(rows) == 2
+    assert rows[0][:2] == [name(64), "517"] and rows[0][7] == "behind"
+    assert rows[1][0] == "node[0001-0128]" and rows[1][1:3] == ["0-516,518-1023", "1023"]
+    assert rows[1][6] == "8812" and rows[1][7] == "waiting"

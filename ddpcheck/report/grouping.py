@@ -318,3 +318,45 @@ def _merged(key: tuple, members: list[tuple[Finding, list[int]]]) -> MergedFindi
     count = f"{len(members)} findings" if not ranks else f"{len(ranks)} ranks"
     text += f" [{count} on {len(hosts)} hosts]"
     return MergedFinding(first, text, hosts, ranks, len(members))
+
+
+# --- hang ------------------------------------------------------------------------------------
+
+# Roles of ranks that are alike by nature (the crowd around the named ranks).
+CROWD_ROLES = frozenset({"waiting", "progressing"})
+HANG_HEADERS = ["hosts", "ranks", "#", "state", "cpu%", "step", "seq", "role",
+                "where (innermost < job code)"]
+
+
+def hang_rows(ranks: Sequence[Mapping]) -> list[list[str]]:
+    """``ddpcheck hang``'s rows at scale: the named ranks (blocked, behind, stopped, gone, ...)
+    a row each, first; the crowd (waiting, progressing) a row per (role, state, step, seq,
+    where) with its hosts and ranks compressed: ``node[0001-0128]  0-1022  1023  waiting ...``."""
+    named, crowd = [], {}
+    for rank in ranks:
+        if rank.get("role") in CROWD_ROLES:
+            key = (rank.get("role"), rank.get("state"), rank.get("step"), rank.get("seq"),
+                   rank.get("where"))
+            crowd.setdefault(key, []).append(rank)
+        else:
+            named.append(rank)
+    rows = [[str(r.get("host")), _dash(r.get("rank")), "1", str(r.get("state")),
+             _dash(r.get("cpu_pct")), _dash(r.get("step")), _dash(r.get("seq")),
+             str(r.get("role")), r.get("where") or "-"] for r in named]
+    for (role, state, step, seq, where), members in sorted(
+            crowd.items(), key=lambda item: -len(item[1])):
+        hosts = list(dict.fromkeys(str(r.get("host")) for r in members))
+        numbers = [r["rank"] for r in members if isinstance(r.get("rank"), int)]
+        text = int_ranges(numbers)
+        cpu = _span(float(r["cpu_pct"]) for r in members
+                    if isinstance(r.get("cpu_pct"), (int, float)))
+        rows.append([hostlist_text(hosts, 48), text if len(text) <= 24 else
+                     f"{len(numbers)} ranks", str(len(members)), str(state),
+                     "-" if cpu is None else (f"{cpu[0]:g}" if cpu[0] == cpu[1]
+                                              else f"{cpu[0]:g}-{cpu[1]:g}"),
+                     _dash(step), _dash(seq), str(role), where or "-"])
+    return rows
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
