@@ -24,6 +24,7 @@ from ..analyze import verdict as analyze
 from ..remote.argtypes import (at_least, collectives, fraction, message_size, non_negative,
                        positive)
 from ..report.bandwidth import (DEFAULT_SLOW_FRACTION, PLOT_INSTALL_HINT, PairResult, PlotUnavailable,
+                        analyze_pairs,
                         SweepSettings, pair_findings, pair_name, pairs_json, pairs_summary,
                         plot_report, render_bandwidth, require_matplotlib, rows_of,
                         sweep_findings, sweep_summary)
@@ -31,7 +32,7 @@ from ..remote.busbw import (ALL_COLLECTIVES, Collective, element_count, format_s
                     parse_size)
 from ..collect.hostoutput import parse_output, rank_record
 from ..model.errors import ConfigError
-from ..plan.pairing import circle_rounds
+from ..plan.pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, first_round, next_round
 from ..plan.commands import (HostLaunch, LaunchOptions, RankProgram, plan_launch, resolve_backend,
                    resolve_slots, stage0_command)
 from .preflight import PreflightOptions, PreflightRun, Progress, summary_of
@@ -124,9 +125,13 @@ def plan_round(spec: ClusterSpec, pairs: Sequence[tuple[str, str]], backend: Bac
     return planned
 
 
-def default_timeout(spec: ClusterSpec, pairwise: bool) -> float:
+def default_timeout(spec: ClusterSpec, pairwise) -> float:
+    """``pairwise``: False/None (the sweep), "all" (every pair) or "adaptive" (at most
+    MAX_ADAPTIVE_ROUNDS rounds, whatever the number of hosts)."""
     if not pairwise:
         return SWEEP_TIMEOUT_S
+    if pairwise != "all":
+        return PAIRWISE_BASE_S + PAIRWISE_ROUND_S * MAX_ADAPTIVE_ROUNDS
     return PAIRWISE_BASE_S + PAIRWISE_ROUND_S * len(circle_rounds([h.name for h in spec.hosts]))
 
 
@@ -151,9 +156,14 @@ def dry_run_text(spec: ClusterSpec, options: BandwidthOptions) -> str:
             lines += [f"# {launch.host}: node rank {launch.node_rank}, {launch.slots} rank(s)",
                       launch.command]
         return "\n".join(lines) + "\n"
-    rounds = circle_rounds([h.name for h in spec.hosts])
+    names = [h.name for h in spec.hosts]
+    adaptive = settings.pairing != "all"
+    rounds = [first_round(names)] if adaptive else circle_rounds(names)
     lines.append(f"# {len(rounds)} round(s), the pairs of a round at the same time, one rank "
                  f"per host, {settings.ops[0].value} at {format_size(options.max_bytes)}B")
+    if adaptive:
+        lines.append(f"# adaptive: rounds 2 and 3 (at most {MAX_ADAPTIVE_ROUNDS} in all) pair "
+                     f"the hosts of slow pairs with hosts known to be good, once round 1 ran")
     for number, pairs in enumerate(rounds, 1):
         planned = plan_round(spec, pairs, backend, options.launch, program)
         lines.append(f"# round {number}: " + ", ".join(
@@ -240,12 +250,13 @@ class PairwiseRun(PreflightRun):
                                   {h.name: self.hosts[h.name].gpus for h in healthy})
         self.backend = backend.value
         self.paired_hosts = [h.name for h in healthy]
-        self.rounds = circle_rounds(self.paired_hosts)
+        adaptive = self.bandwidth.settings.pairing != "all"
+        self.rounds = [] if adaptive else circle_rounds(self.paired_hosts)
         for host in healthy:
             self.update(host.name, slots=PAIR_SLOTS, stage="launch")
         program = options_program(self.bandwidth)
         run_id = uuid.uuid4().hex[:8]
-        for number, pairs in enumerate(self.rounds, 1):
+        for number, pairs in enumerate(self.adaptive_rounds() if adaptive else self.rounds, 1):
             remaining = self.deadline - time.monotonic() - 5.0
             if self.cancel.is_set() or remaining < 5.0:
                 self.skip_rounds(number, "not run: the --timeout was reached")
@@ -254,11 +265,31 @@ class PairwiseRun(PreflightRun):
                              deadline_s=max(min(self.options.launch.deadline_s, remaining), 5.0))
             planned = plan_round(self.spec, pairs, backend, launch, program,
                                  run_id=f"{run_id}-{number}")
-            self.progress.say(f"round {number}/{len(self.rounds)}: " + ", ".join(
-                pair_name(p.hosts) for p in planned))
+            total = f"/{len(self.rounds)}" if not adaptive else f" (of at most " \
+                                                                  f"{MAX_ADAPTIVE_ROUNDS})"
+            self.progress.say(f"round {number}{total}: " + (", ".join(
+                pair_name(p.hosts) for p in planned) if len(planned) <= 8 else
+                f"{len(planned)} pairs at once"))
             self.run_round(number, planned, launch.deadline_s)
         for host in healthy:
             self.update(host.name, stage="done")
+
+    def adaptive_rounds(self):
+        """Round 1, then rounds 2 and 3 only for what the pairs so far leave open
+        (``plan.pairing.next_round``); a pair is slow below the report's threshold, and a pair
+        that failed counts as slow. Each round is recorded in ``self.rounds`` as it starts."""
+        done = 0
+        while not self.cancel.is_set():
+            slow = analyze_pairs(self.paired_hosts, self.pair_results,
+                                 self.bandwidth.settings.slow_fraction).slow
+            measured = [(p.hosts, p.hosts in slow or p.busbw_gbs is None)
+                        for p in self.pair_results]
+            pairs = next_round(self.paired_hosts, measured, done)
+            if not pairs:
+                return
+            done += 1
+            self.rounds.append(pairs)
+            yield pairs
 
     def skip_rounds(self, first: int, why: str) -> None:
         for number, pairs in enumerate(self.rounds[first - 1:], first):
@@ -395,8 +426,12 @@ def register_bandwidth(sub) -> None:
     parser.add_argument("--min-busbw", type=non_negative, default=None, metavar="GB/s",
                         help="fail (exit 1) when the average busbw (with --pairwise: any "
                              "pair's) is below this")
-    parser.add_argument("--pairwise", action="store_true",
-                        help="measure every pair of hosts and name a slow host or link")
+    parser.add_argument("--pairwise", nargs="?", const="adaptive", default=None,
+                        choices=("adaptive", "all"),
+                        help="name a slow host or link from pairs of hosts: adaptive (the "
+                             "default) pairs every host once, then re-pairs the hosts of slow "
+                             "pairs with good ones (at most 3 rounds, whatever the number of "
+                             "hosts); 'all' measures every pair (n-1 rounds)")
     parser.add_argument("--slow-fraction", type=fraction, default=DEFAULT_SLOW_FRACTION,
                         metavar="X", help="with --pairwise, a pair below X times the typical "
                                           "busbw is slow (default 0.5)")
@@ -434,7 +469,8 @@ def bandwidth_options(args: argparse.Namespace, spec: Optional[ClusterSpec]) -> 
     return BandwidthOptions(
         settings=SweepSettings(ops=tuple(ops), sizes=tuple(sizes), iters=args.iters,
                                warmup=args.warmup, min_busbw_gbs=args.min_busbw,
-                               pairwise=args.pairwise, slow_fraction=args.slow_fraction),
+                               pairwise=bool(args.pairwise), slow_fraction=args.slow_fraction,
+                               pairing=args.pairwise or "adaptive"),
         min_bytes=args.minbytes, max_bytes=args.maxbytes, factor=args.stepfactor,
         timeout_s=timeout, verbose=args.verbose,
         launch=LaunchOptions(deadline_s=timeout,

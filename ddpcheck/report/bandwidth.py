@@ -46,11 +46,13 @@ class SweepSettings:
     min_busbw_gbs: Optional[float] = None
     pairwise: bool = False
     slow_fraction: float = DEFAULT_SLOW_FRACTION
+    pairing: str = "all"  # with --pairwise: "adaptive" (the CLI's default) or "all" (every pair)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ops": [op.value for op in self.ops], "sizes": list(self.sizes),
                 "iters": self.iters, "warmup": self.warmup, "type": ELEMENT_TYPE,
                 "min_busbw_gbs": self.min_busbw_gbs, "pairwise": self.pairwise,
+                **({"pairing": self.pairing} if self.pairwise else {}),
                 "slow_fraction": self.slow_fraction}
 
 
@@ -283,7 +285,9 @@ def render_bandwidth(report: Report) -> str:
     lines = header_lines(report)
     lines.insert(-1, parameters_line(summary))
     if summary.get("pairwise"):
-        lines += pair_matrix_lines(summary, report.pairs)
+        matrix = summary.get("pairing") == "all" and len(summary.get("hosts_order") or []) \
+            <= MATRIX_MAX_HOSTS
+        lines += (pair_matrix_lines if matrix else pair_list_lines)(summary, report.pairs)
         lines += pairs_footer(summary)
     else:
         lines += rank_lines(report)
@@ -399,6 +403,38 @@ def pair_matrix_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, A
     for a in hosts:
         lines.append(a.ljust(width) + "".join(
             ("-" if a == b else cell.get((a, b), "n/a")).rjust(width) for b in hosts))
+    lines.append("#")
+    return lines
+
+
+MATRIX_MAX_HOSTS = 16  # past this (or with adaptive pairing) the pairs are listed, not a matrix
+PAIRS_LISTED = 8  # fine pairs of round 1 past this are summed up in one line
+
+
+def pair_list_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The pairs as a list: slow and failed pairs and every re-pairing (rounds 2+) on lines of
+    their own, the fine pairs of round 1 in one line when there are many."""
+    typical = summary.get("typical_busbw_gbs")
+    lines = [f"# Pairwise busbw (GB/s), {','.join(summary.get('ops', []))}, one rank per host, "
+             f"{summary.get('rounds', 0)} round(s) of concurrent pairs "
+             f"({summary.get('pairing', 'adaptive')})"
+             + (f"; * = slow, below {summary.get('slow_fraction'):g} x typical "
+                f"{gbs(typical)} GB/s" if typical is not None else "")]
+    plain = [p for p in pairs if p.get("round") == 1 and not p.get("slow")
+             and p.get("busbw_gbs") is not None]
+    folded = plain if len(pairs) > PAIRS_LISTED else []
+    shown = [p for p in pairs if not any(p is q for q in folded)]
+    shown.sort(key=lambda p: (p.get("round", 0), not p.get("slow"), p.get("busbw_gbs") or 0))
+    width = max([len(pair_name(p["hosts"])) for p in shown] + [8]) + 2
+    lines.append("pair".ljust(width) + "round".rjust(7) + "busbw".rjust(12))
+    for pair in shown:
+        text = "fail" if pair.get("busbw_gbs") is None else gbs(pair["busbw_gbs"])
+        lines.append(pair_name(pair["hosts"]).ljust(width) + str(pair.get("round")).rjust(7)
+                     + (text + ("*" if pair.get("slow") else "")).rjust(12))
+    if folded:
+        values = [p["busbw_gbs"] for p in folded]
+        lines.append(f"# and {len(folded)} more pair(s) of round 1, none slow: busbw "
+                     f"{gbs(min(values))}-{gbs(max(values))} GB/s")
     lines.append("#")
     return lines
 
