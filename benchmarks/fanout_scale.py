@@ -102,12 +102,14 @@ def main() -> None:
                 path = pathlib.Path(tmp) / f"h{count}.yaml"
                 cluster_hosts_yaml(
                     cluster, path, hosts, slots=1,
-                    host_overrides={h.name: {"python": SYSTEM_PYTHON,
-                                             "workdir": str(pathlib.Path(tmp) / "work"),
-                                             "env": {"PYTHONPATH": str(REPO)}}
+                    host_overrides={h.name: {"workdir": str(pathlib.Path(tmp) / "work")}
                                     for h in hosts},
                     extra={"ssh": {"known_hosts": str(cluster.known_hosts),
-                                   "connect_timeout": 10, "fanout": args.fanout}})
+                                   "connect_timeout": 10, "fanout": args.fanout},
+                           "defaults": {"user": "root",
+                                        "identity_file": str(cluster.identity_file),
+                                        "python": SYSTEM_PYTHON,
+                                        "env": {"PYTHONPATH": str(REPO)}}})
                 spec = load_hosts_file(str(path))
                 commands = {stage0_command(h, STAGE0_DEADLINE_S, spec.master_host.address)
                             for h in spec.hosts}

@@ -50,13 +50,13 @@ def big_cluster(tmp_path_factory):
         cluster.stop()
 
 
-def cheap_hosts_yaml(cluster, path: pathlib.Path, **extra) -> pathlib.Path:
-    python = cheap_python()
+def cheap_hosts_yaml(cluster, path: pathlib.Path) -> pathlib.Path:
+    """No GLOO_SOCKET_IFNAME: the interface check of the stdlib-only facts (no psutil in the
+    system interpreter) is not what this test is about."""
     return cluster_hosts_yaml(
         cluster, path, slots=1, port=29640,
-        host_overrides={h.name: {"python": python,
-                                 "env": {"PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "eth0"}}
-                        for h in cluster.hosts}, extra=extra)
+        extra={"defaults": {"user": "root", "identity_file": str(cluster.identity_file),
+                            "python": cheap_python(), "env": {"PYTHONPATH": str(REPO)}}})
 
 
 def test_every_one_of_64_hosts_is_reached_checked_and_reported(big_cluster, tmp_path):
@@ -74,9 +74,9 @@ def test_every_one_of_64_hosts_is_reached_checked_and_reported(big_cluster, tmp_
         assert record["reachable"] and record["hostname"] == host.name, record
         assert record["stage"] == "stage0"
         assert report["stage0"][host.name]["hostname"] == host.name
-    findings = [f for f in report["findings"] if f["host"]]
-    assert {f["check"] for f in findings} == {"torch_import"}
-    assert sorted(f["host"] for f in findings) == sorted(hosts)  # one finding per host
+    errors = [f for f in report["findings"] if f["host"] and f["severity"] == "error"]
+    assert {f["check"] for f in errors} == {"torch_import"}, errors
+    assert sorted(f["host"] for f in errors) == sorted(hosts)  # one finding per host
     assert not any(f["check"] in ("ssh", "timeout") for f in report["findings"])
     # the table: one group line and one merged finding for the 64 alike hosts
     table = done.stdout
