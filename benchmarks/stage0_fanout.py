@@ -34,21 +34,22 @@ STAGE0_DEADLINE_S = 58.0  # what preflight passes (its 60 s stage-0 deadline les
 DDPCHECK_STAGE0 = """
 import sys
 from ddpcheck.config.hostsyaml import load_hosts_file
-from ddpcheck.engine.preflight import PreflightOptions, PreflightRun, Progress
-from ddpcheck.transport.ssh import fan_out
+from ddpcheck.engine.launchers import SSHLauncher
+from ddpcheck.engine.preflight import PreflightOptions, Probe, Progress
+from ddpcheck.engine.run import Engine, judge_stage0, stage0_step
 import io
 spec = load_hosts_file(sys.argv[1])
-run = PreflightRun(spec, PreflightOptions(timeout_s=300), Progress(io.StringIO()))
+launcher = SSHLauncher()
+run = Engine(spec, Probe(PreflightOptions(timeout_s=300)), launcher, Progress(io.StringIO()))
 try:
-    fan_out(list(spec.hosts), run.check_host, spec.ssh.fanout, run.cancel)
-    run.judge_stage0()
+    launcher.reach(run, stage0_step(run))
+    judge_stage0(run)
 finally:
-    for session in run.sessions.values():
-        session.close()
-bad = [(h.name, h.error) for h in run.hosts.values() if h.error or not h.facts]
+    launcher.close()
+bad = [(h.name, h.error) for h in run.state.hosts.values() if h.error or not h.facts]
 if bad:
     sys.exit(f"stage 0 failed: {bad}")
-print(len(run.hosts))
+print(len(run.state.hosts))
 """
 
 

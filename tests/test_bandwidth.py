@@ -13,7 +13,8 @@ from goldenfile import check_golden
 from ddpcheck.report.bandwidth import (PairResult, SweepSettings, analyze_pairs, average_busbw, gbs,
                                 pair_findings, pairs_json, pairs_summary, render_bandwidth,
                                 sweep_findings, sweep_summary)
-from ddpcheck.engine.bandwidth import pair_result, plan_round, sweep_program
+from ddpcheck.analyze.outcomes import pair_result
+from ddpcheck.plan.bandwidth import plan_round, sweep_program
 from ddpcheck.remote.busbw import ALL_COLLECTIVES, Collective, CollectiveRow
 from ddpcheck.plan.pairing import circle_rounds
 from ddpcheck.plan.commands import LaunchOptions

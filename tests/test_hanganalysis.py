@@ -7,10 +7,12 @@ from typing import Any, Optional
 
 from goldenfile import check_golden
 
-from ddpcheck.engine.hang import HangOptions, HangRun, hang_findings, parse_scan_output, render_hang
+from ddpcheck.analyze.hang import hang_findings
+from ddpcheck.collect.scan import parse_scan_output
+from ddpcheck.engine.hang import HangOptions, hang_report
+from ddpcheck.report.hang import render_hang
 from ddpcheck.analyze.hang import (HostScanResult, Role, analyze_job, analyze_scans,
                                    collect_views, compress_ranks)
-from ddpcheck.engine.preflight import Progress
 from ddpcheck.model.records import Finding, HostRecord, Severity
 from ddpcheck.model.spec import ClusterSpec, HostSpec
 
@@ -259,14 +261,15 @@ def test_parse_scan_output_tolerates_pty_and_noise():
 def test_report_table_golden():
     spec = ClusterSpec(hosts=(HostSpec("h1", "10.0.0.1"), HostSpec("h2", "10.0.0.2"),
                               HostSpec("h3", "10.0.0.3")), source="hosts.yaml")
-    run = HangRun(spec, HangOptions(window_s=2.0), Progress())
+    scans, hosts = {}, {}
     for result in two_hosts(worker(3, stack=IN_LOAD_BATCH)):
-        run.scans[result.host] = result
-        run.hosts[result.host] = HostRecord(result.host, "10.0.0.x", reachable=True,
-                                            hostname=result.host, stage="done")
-    run.hosts["h3"] = HostRecord("h3", "10.0.0.3", error="connect to 10.0.0.3:22 timed out",
-                                 error_check="ssh")
-    report = replace(run.build_report(False), duration_s=2.5)
+        scans[result.host] = result
+        hosts[result.host] = HostRecord(result.host, "10.0.0.x", reachable=True,
+                                        hostname=result.host, stage="done")
+    hosts["h3"] = HostRecord("h3", "10.0.0.3", error="connect to 10.0.0.3:22 timed out",
+                             error_check="ssh")
+    report = replace(hang_report(spec, [hosts[h.name] for h in spec.hosts], scans,
+                                 HangOptions(window_s=2.0), False, 0.0), duration_s=2.5)
     assert report.exit_code == 1 and report.verdict.value == "fail"
     assert report.ranks[3].status.value == "error" and report.ranks[3].stage == "blocked"
     assert report.extra["jobs"][0]["culprits"] == [3]

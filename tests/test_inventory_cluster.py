@@ -261,3 +261,34 @@ def test_torchrun_probe_script_usage(tmp_path):
     done = subprocess.run(["bash", str(REPO / "launch" / "torchrun-probe.sh"), "2"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "NNODES NODE_RANK MASTER_ADDR" in done.stderr
+
+
+def accepted_logins(cluster, host) -> int:
+    """Authenticated connections the host's sshd has logged (LogLevel INFO)."""
+    log = cluster._hostdir(host.name) / "sshd.log"
+    return log.read_text(errors="replace").count("Accepted publickey for ")
+
+
+def test_hang_through_a_jump_host_opens_one_connection_to_it(ns_cluster, tmp_path):
+    """``ddpcheck hang`` goes through the engine's launcher, so it shares one connection to the
+    jump host for every host behind it (counted by the jump host's own sshd), with direct
+    routes blocked so nothing can bypass it."""
+    jump, *behind = ns_cluster.hosts
+    ssh_config = write_ssh_config(ns_cluster, tmp_path / "ssh_config", jump_through=jump)
+    hosts_yaml = tmp_path / "hosts.yaml"
+    hosts_yaml.write_text(yaml.safe_dump({
+        **shared_sections(ns_cluster, tmp_path, 29643, ssh_config),
+        "hosts": [h.name for h in behind]}))
+    report_path = tmp_path / "hang.json"
+    before = accepted_logins(ns_cluster, jump)
+    with blocked_from_here([h.address for h in behind]):
+        assert not reachable_directly(behind[0].address)  # the fault is real
+        done = ddpcheck("hang", str(hosts_yaml), "--window", "1", "--no-stacks",
+                        "--json", str(report_path))
+    time.sleep(0.5)  # sshd writes its log line as it accepts; let it land
+    report = json.loads(report_path.read_text())
+    assert [h["reachable"] for h in report["hosts"]] == [True] * len(behind), done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr  # no job runs: nothing is hung
+    for host in behind:
+        assert f"{host.name}: connecting through {jump.name}" in done.stderr
+    assert accepted_logins(ns_cluster, jump) - before == 1

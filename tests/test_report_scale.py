@@ -15,8 +15,8 @@ from goldenfile import check_golden
 
 from ddpcheck.analyze import verdict as analyze
 from ddpcheck.config.hostlist import expand_hostlist
-from ddpcheck.engine.preflight import not_launched_message
-from ddpcheck.model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
+from ddpcheck.analyze.outcomes import not_launched_finding
+from ddpcheck.model.records import HostRecord, RankRecord, RankStatus
 from ddpcheck.report.grouping import group_hosts, hostlist_text, int_ranges, merge_findings
 from ddpcheck.report.machine import render_csv, render_junit
 from ddpcheck.report.table import Report, render_table, to_json_dict
@@ -79,8 +79,7 @@ def cluster(bad_gpu=None, slow=None, drift=(), unreachable=(), hosts=HOSTS,
     if failed:  # as preflight does: a world with a missing node can only hang, so no launch
         ranks = []
         host_records = [replace(h, stage="stage0") if h.reachable else h for h in host_records]
-        findings.append(Finding(Severity.INFO, "rendezvous", not_launched_message(
-            [h.name for h in host_records if h.error])))
+        findings.append(not_launched_finding([h.name for h in host_records if h.error]))
     else:
         findings += analyze.rank_findings(ranks, {h.name: SLOTS for h in host_records},
                                           {h.name: h.gpus for h in host_records}, "nccl")

@@ -23,7 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from ..model.records import Finding, Severity
+from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
+from .verdict import order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
 COLLECTIVES = frozenset({
@@ -574,3 +575,36 @@ def _int(value: Any) -> Optional[int]:
         return None
     return value
 
+
+# -- the hang report's findings and rank records ------------------------------------------
+
+def host_error_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
+    """A host that could not be scanned, as an error finding (its stage and error)."""
+    return [Finding(Severity.ERROR, h.error_check or "ssh", f"{h.name}: {h.stage}: {h.error}",
+                    host=h.name) for h in hosts if h.error]
+
+
+def hang_findings(analysis: HangAnalysis, host_errors: list[Finding]) -> list[Finding]:
+    """Job findings first (their root cause leads), then unreachable hosts, then the rest.
+    A host that could not be scanned is a root cause only when no job names one."""
+    job_findings = list(analysis.findings)
+    has_root = any(f.root_cause for f in job_findings)
+    hosts = [replace(f, root_cause=not has_root and i == 0) for i, f in enumerate(host_errors)]
+    ordered = order_findings([f for f in job_findings if f.root_cause] + hosts
+                                     + [f for f in job_findings if not f.root_cause])
+    return ordered
+
+
+def rank_records(jobs: tuple[JobVerdict, ...]) -> list[RankRecord]:
+    records = []
+    for job in jobs:
+        for verdict in job.ranks:
+            view = verdict.view
+            status = (RankStatus.MISSING if verdict.role is Role.DEAD else
+                      RankStatus.ERROR if verdict.role in CULPRITS else RankStatus.OK)
+            records.append(RankRecord(
+                rank=view.rank, host=view.host, local_rank=view.local_rank,
+                node_rank=view.group_rank, hostname=view.hostname, pid=view.pid,
+                world_size=view.world_size, status=status, stage=verdict.role.value,
+                error=verdict.reason if verdict.role in CULPRITS else None))
+    return records

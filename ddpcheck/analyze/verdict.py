@@ -14,8 +14,9 @@ from typing import Iterable, Mapping, Optional, Sequence
 from ..remote import drift
 from ..remote.drift import RankPrint
 from .health import is_loopback
+from ..model.checks import EXIT_CODES  # noqa: F401 - analyze.EXIT_CODES, as before
 from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
-                      Severity, Verdict)
+                      Severity, Stage, Verdict)
 
 # Which check a rank failure belongs to, by the probe stage it was in.
 STAGE_CHECKS: Mapping[str, str] = {
@@ -26,8 +27,6 @@ STAGE_CHECKS: Mapping[str, str] = {
     "all_gather": "bandwidth", "reduce_scatter": "bandwidth", "broadcast": "bandwidth",
     "all_to_all": "bandwidth",
 }
-EXIT_CODES: Mapping[Verdict, int] = {Verdict.OK: 0, Verdict.FAIL: 1, Verdict.UNREACHABLE: 3,
-                                     Verdict.INTERRUPTED: 130}
 
 
 def host_findings(hosts: Sequence[HostRecord],
@@ -222,7 +221,7 @@ def mark_single_root_cause(findings: list[Finding]) -> list[Finding]:
 
 
 # A deadline before a host's ranks ran means it could not be checked (exit 3), as ssh does.
-PRE_LAUNCH_STAGES = frozenset({"connect", "stage0"})
+PRE_LAUNCH_STAGES = frozenset({Stage.CONNECT, Stage.STAGE0})
 
 
 def not_checked(finding: Finding, hosts: Sequence[HostRecord]) -> bool:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..plan.commands import MARK
+from ..wire import find as find_record
 from ..model.records import RankRecord, RankStatus
 
 
@@ -36,12 +36,12 @@ def parse_output(text: str) -> HostOutput:
     garbled = 0
     for raw in text.splitlines():
         line = raw.replace("\r", "")
-        at = line.find(MARK + " ")
-        if at < 0:
+        record = find_record(line)
+        if record is None:
             if line.strip():
                 stray.append(line)
             continue
-        kind, _, payload = line[at + len(MARK) + 1:].partition(" ")
+        kind, payload = record
         try:
             value = json.loads(payload)
         except ValueError:

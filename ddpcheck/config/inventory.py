@@ -20,7 +20,7 @@ from typing import Mapping, NoReturn, Optional, Sequence, Union
 from .hostsyaml import ConfigDefaults, _read_text, host_from_fields
 from ..model.errors import ConfigError
 from .hostlist import expand_hostlist
-from ..plan.slurm import SlurmError, slurm_allocation
+from .slurmenv import SlurmError, slurm_allocation
 from ..model.spec import ClusterSpec
 
 # OpenMPI hostfile keys besides slots; accepted and not used (ddpcheck starts one torchrun

@@ -27,6 +27,22 @@ class RankStatus(str, enum.Enum):
     MISSING = "missing"  # expected but no record came back
 
 
+class Stage(str, enum.Enum):
+    """How far a host got: connect -> stage0 -> rendezvous -> launch (or scan) -> done."""
+
+    CONNECT = "connect"
+    STAGE0 = "stage0"
+    RENDEZVOUS = "rendezvous"
+    LAUNCH = "launch"
+    SCAN = "scan"  # ddpcheck hang: the host's scan
+    DONE = "done"
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
 # Checks that mean "could not reach or check the host", not "a check failed" (exit 3, not 1).
 REACHABILITY_CHECKS = frozenset({"ssh", "srun"})
 
@@ -43,7 +59,7 @@ class HostRecord:
     gpus: int = 0
     error: Optional[str] = None  # the first error on this host
     error_check: Optional[str] = None  # the check that error belongs to (ssh, python, ...)
-    stage: str = "connect"  # connect | stage0 | launch | done
+    stage: Stage = Stage.CONNECT
     versions: Mapping[str, Optional[str]] = field(default_factory=dict)
     facts: Mapping[str, Any] = field(default_factory=dict)
     launch_exit: Optional[int] = None

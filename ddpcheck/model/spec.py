@@ -7,6 +7,8 @@ hosts.yaml (or the embedded local default) is parsed by ``config`` into a ``Clus
 from __future__ import annotations
 
 import enum
+import getpass
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -81,3 +83,12 @@ class ClusterSpec:
             if host.name == self.master:
                 return host
         return self.hosts[0]
+
+
+def ssh_user(host: HostSpec) -> str:
+    """hosts.yaml or ssh_config user (applied when the spec was loaded), else the local user."""
+    return host.user or os.environ.get("USER") or getpass.getuser()
+
+
+def ssh_target(host: HostSpec) -> str:
+    return f"{ssh_user(host)}@{host.address}:{host.port}"

@@ -13,8 +13,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from ..model.spec import Backend, ClusterSpec, HostSpec
 
-# Marked lines carry records back over stdout: "@@DDPCHECK <kind> <json>".
-MARK = "@@DDPCHECK"
+# Records come back over stdout as marked lines (ddpcheck.wire).
 
 # Environment every remote step gets: unbuffered output so records arrive as they happen.
 BASE_ENV: Mapping[str, str] = {"PYTHONUNBUFFERED": "1"}

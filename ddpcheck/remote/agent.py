@@ -29,13 +29,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
+from .. import wire
 from . import hostfacts
 
 from . import nvml
 
-MARK = "@@DDPCHECK"
 NODE_RANK_TOKEN = "@NODE_RANK@"
 NPROC_TOKEN = "@NPROC@"
 HOST_TOKEN = "@HOST@"
@@ -60,8 +60,7 @@ print(json.dumps(facts))
 
 
 def emit(kind: str, payload: dict[str, Any]) -> None:
-    sys.stdout.write(f"{MARK} {kind} {json.dumps(payload, sort_keys=True)}\n")
-    sys.stdout.flush()
+    wire.emit(kind, payload)
 
 
 def slurm_node(hosts: Sequence[str], env: Mapping[str, str]) -> tuple[int, str]:
@@ -315,6 +314,45 @@ def workers_of(parent: int) -> dict[int, dict[str, Any]]:
     return found
 
 
+def listen_for_stop(request_stop: Callable[[str], None]) -> None:
+    """The launcher writes "stop" on our stdin when the rest of the world has failed and
+    waiting longer cannot help: stop torchrun, and still report who was running."""
+    stdin = sys.stdin
+    if stdin is None:
+        return
+    try:
+        if stdin.isatty():  # a pty echoes what it reads back into our output: not that
+            import termios
+
+            attributes = termios.tcgetattr(stdin.fileno())
+            attributes[3] &= ~termios.ECHO
+            termios.tcsetattr(stdin.fileno(), termios.TCSANOW, attributes)
+    except (OSError, ValueError, ImportError):
+        pass
+
+    def read() -> None:
+        try:
+            for line in iter(stdin.buffer.readline, b""):
+                if line.strip() == b"stop":
+                    request_stop("asked to stop by the launcher")
+                    return
+        except (OSError, ValueError):
+            return
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+def refresh_workers(workers: dict[int, dict[str, Any]], root_pid: int) -> None:
+    """Refresh what is known of each worker under ``root_pid``; a worker that is gone keeps its
+    last state."""
+    alive = workers_of(root_pid)
+    for pid, seen in workers.items():
+        if pid not in alive:
+            seen["alive"] = False
+    for pid, now in alive.items():
+        workers[pid] = {**now, "alive": now["state"] not in (None, "Z", "X")}
+
+
 class Launch:
     """torchrun as a child, its output passed through, stopped for good on any way out.
 
@@ -342,33 +380,6 @@ class Launch:
         if self.stop_reason is None:
             self.stop_reason = reason
 
-    def listen_for_stop(self) -> None:
-        """The launcher writes "stop" on our stdin when the rest of the world has failed and
-        waiting longer cannot help: stop torchrun, and still report who was running."""
-        stdin = sys.stdin
-        if stdin is None:
-            return
-        try:
-            if stdin.isatty():  # a pty echoes what it reads back into our output: not that
-                import termios
-
-                attributes = termios.tcgetattr(stdin.fileno())
-                attributes[3] &= ~termios.ECHO
-                termios.tcsetattr(stdin.fileno(), termios.TCSANOW, attributes)
-        except (OSError, ValueError, ImportError):
-            pass
-
-        def read() -> None:
-            try:
-                for line in iter(stdin.buffer.readline, b""):
-                    if line.strip() == b"stop":
-                        self.request_stop("asked to stop by the launcher")
-                        return
-            except (OSError, ValueError):
-                return
-
-        threading.Thread(target=read, daemon=True).start()
-
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in iter(self.proc.stdout.readline, b""):
@@ -383,16 +394,6 @@ class Launch:
             except OSError:  # the connection is gone: nobody will read the rest
                 self.request_stop("output closed")
                 return
-
-    def watch_workers(self) -> None:
-        """Refresh what is known of each worker; a worker that is gone keeps its last state."""
-        assert self.proc is not None
-        alive = workers_of(self.proc.pid)
-        for pid, seen in self.workers.items():
-            if pid not in alive:
-                seen["alive"] = False
-        for pid, now in alive.items():
-            self.workers[pid] = {**now, "alive": now["state"] not in (None, "Z", "X")}
 
     def prepare_run_dir(self) -> Optional[str]:
         """Make the run directory; the reason when it cannot be made or written."""
@@ -422,7 +423,7 @@ class Launch:
     def run(self) -> int:
         started = time.monotonic()
         code: Optional[int] = None
-        self.listen_for_stop()
+        listen_for_stop(self.request_stop)
         error = self.prepare_run_dir()
         try:
             if error is None:
@@ -466,11 +467,11 @@ class Launch:
                 self.request_stop(f"deadline of {self.deadline_s:g}s")
                 break
             if time.monotonic() - watched >= self.WATCH_EVERY_S:
-                self.watch_workers()
+                refresh_workers(self.workers, self.proc.pid)
                 watched = time.monotonic()
             time.sleep(0.1)
         if self.stop_reason is not None:
-            self.watch_workers()  # who was still running when we stopped them
+            refresh_workers(self.workers, self.proc.pid)  # who was still running when we stopped them
             self.terminate_all()
         code = self.proc.wait()
         pump.join(2.0)

@@ -109,11 +109,6 @@ def element_count(op: Collective, size_bytes: int, world_size: int) -> int:
     return count
 
 
-def split_op(op: Collective) -> bool:
-    """True when the op's size is the whole array, divided between the ranks."""
-    return op in _SPLIT_OPS
-
-
 @dataclass(frozen=True)
 class CollectiveRow:
     """One line of an op's table: one size, timed and checked."""

@@ -28,12 +28,11 @@ import sys
 import time
 from typing import Any, Mapping, Optional
 
+from .. import wire
 from .flightrecorder import MAX_DUMP_BYTES, dump_prefix, parse_dump
 from ..injob.monitor import HEARTBEAT_PREFIX, SHM_DIR, heartbeat_path, heartbeat_root, job_key
 
-MARK = "@@DDPCHECK"
 PY_SPY_VARIABLE = "DDPCHECK_PY_SPY"
-PY_SPY_INSTALL = "pip install 'ddpcheck[stacks]' (or pip install py-spy) into the host's python"
 MAX_HEARTBEAT_BYTES = 1 << 16
 MAX_FRAMES = 80
 MAX_THREADS = 32
@@ -42,8 +41,7 @@ KEPT_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE"
 
 
 def emit(kind: str, payload: Mapping[str, Any]) -> None:
-    sys.stdout.write(f"{MARK} {kind} {json.dumps(payload, sort_keys=True)}\n")
-    sys.stdout.flush()
+    wire.emit(kind, payload)
 
 
 # -- which processes are workers (pure) -------------------------------------------------------

@@ -36,7 +36,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from .agent import MARK, set_parent_death_signal
+from .. import wire
+from .agent import set_parent_death_signal
 from .fingerprint import (call_setup, gather_json, load_setup, model_fingerprint,
                           numeric_settings, relevant_env, rng_hashes, runtime_versions,
                           seed_everything)
@@ -88,7 +89,7 @@ class RankProbe:
             self.record["duration_s"] = round(time.monotonic() - self.started, 3)
             if self.failed_at is not None:
                 self.record["failed_at"] = self.failed_at
-            sys.stdout.write(f"{MARK} rank {json.dumps(self.record, sort_keys=True)}\n")
+            sys.stdout.write(wire.encode("rank", self.record) + "\n")
             sys.stdout.flush()
 
     def watchdog(self) -> None:
@@ -120,7 +121,7 @@ class RankProbe:
 
     def run(self) -> None:
         self.stage("device")
-        device = self.select_device()
+        device = select_device(self.record, self.args.backend)
         self.stage("setup")
         rng = self.run_setup(device)
         self.stage("init")
@@ -137,7 +138,7 @@ class RankProbe:
         self.record["rank"] = dist.get_rank()
         self.record["world_size"] = dist.get_world_size()
         self.stage("all_reduce")
-        self.check_all_reduce(device)
+        check_all_reduce(self.record, device)
         self.stage("barrier")
         iters = self.args.iterations
         self.record["barrier_us"] = median_us(dist.barrier, iters, device)
@@ -185,41 +186,44 @@ class RankProbe:
         self.stage("ddp")
         mine["ddp"]["after"] = train_tiny_ddp(model, device, self.args.ddp_steps)
 
-    def select_device(self) -> torch.device:
-        if self.args.backend != "nccl":
-            return torch.device("cpu")
-        local_rank = self.record["local_rank"] or 0
-        torch.cuda.set_device(local_rank)
-        props = torch.cuda.get_device_properties(local_rank)
-        self.record["device"] = f"cuda:{local_rank}"
-        self.record["gpu_name"] = props.name
-        self.record["gpu_uuid"] = str(getattr(props, "uuid", "")) or None
-        bus = (getattr(props, "pci_domain_id", 0), getattr(props, "pci_bus_id", 0),
-               getattr(props, "pci_device_id", 0))
-        self.record["gpu_bus_id"] = "%04x:%02x:%02x.0" % bus
-        return torch.device("cuda", local_rank)
+def select_device(record: dict[str, Any], backend: str) -> torch.device:
+    """The rank's device (its local GPU with nccl), noted in its record."""
+    if backend != "nccl":
+        return torch.device("cpu")
+    local_rank = record["local_rank"] or 0
+    torch.cuda.set_device(local_rank)
+    props = torch.cuda.get_device_properties(local_rank)
+    record["device"] = f"cuda:{local_rank}"
+    record["gpu_name"] = props.name
+    record["gpu_uuid"] = str(getattr(props, "uuid", "")) or None
+    bus = (getattr(props, "pci_domain_id", 0), getattr(props, "pci_bus_id", 0),
+           getattr(props, "pci_device_id", 0))
+    record["gpu_bus_id"] = "%04x:%02x:%02x.0" % bus
+    return torch.device("cuda", local_rank)
 
-    def check_all_reduce(self, device: torch.device) -> None:
-        world = dist.get_world_size()
-        expected = world * (world + 1) / 2
-        tensor = torch.full((CORRECTNESS_ELEMENTS,), float(dist.get_rank() + 1), device=device)
-        dist.all_reduce(tensor)
+
+def check_all_reduce(record: dict[str, Any], device: torch.device) -> None:
+    """all_reduce of known values: how many came back wrong, and its time, in the record."""
+    world = dist.get_world_size()
+    expected = world * (world + 1) / 2
+    tensor = torch.full((CORRECTNESS_ELEMENTS,), float(dist.get_rank() + 1), device=device)
+    dist.all_reduce(tensor)
+    _sync(device)
+    wrong = int((tensor != expected).sum().item())
+    nbytes = tensor.numel() * tensor.element_size()
+    times = []
+    for _ in range(3):
+        tensor.fill_(float(dist.get_rank() + 1))
         _sync(device)
-        wrong = int((tensor != expected).sum().item())
-        nbytes = tensor.numel() * tensor.element_size()
-        times = []
-        for _ in range(3):
-            tensor.fill_(float(dist.get_rank() + 1))
-            _sync(device)
-            times.append(time_once_s(lambda: dist.all_reduce(tensor), device))
-            wrong += int((tensor != expected).sum().item())
-        seconds = statistics.median(times)
-        algbw = nbytes / seconds / 1e9
-        self.record["all_reduce_wrong"] = wrong
-        self.record["collectives"].append({
-            "op": "all_reduce", "bytes": nbytes, "time_us": round(seconds * 1e6, 1),
-            "algbw_gbs": round(algbw, 3), "busbw_gbs": round(algbw * 2 * (world - 1) / world, 3),
-            "wrong": wrong, "timer": timer_name(device)})
+        times.append(time_once_s(lambda: dist.all_reduce(tensor), device))
+        wrong += int((tensor != expected).sum().item())
+    seconds = statistics.median(times)
+    algbw = nbytes / seconds / 1e9
+    record["all_reduce_wrong"] = wrong
+    record["collectives"].append({
+        "op": "all_reduce", "bytes": nbytes, "time_us": round(seconds * 1e6, 1),
+        "algbw_gbs": round(algbw, 3), "busbw_gbs": round(algbw * 2 * (world - 1) / world, 3),
+        "wrong": wrong, "timer": timer_name(device)})
 
 
 def tiny_model() -> torch.nn.Module:

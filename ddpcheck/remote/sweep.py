@@ -29,7 +29,7 @@ import torch.distributed as dist
 from .argtypes import collectives, message_size
 from .busbw import (ALL_COLLECTIVES, Collective, CollectiveRow, element_count, message_sizes,
                     parse_size)
-from .probe import RankProbe, run_rank
+from .probe import RankProbe, run_rank, select_device
 
 PATTERN_PERIOD = 13  # element i carries (i % 13) * 64 on top of its rank's value
 PATTERN_STEP = 64.0  # all sums stay exact in float32 for thousands of ranks
@@ -115,7 +115,7 @@ class RankSweep(RankProbe):
     def run(self) -> None:
         args = self.args
         self.stage("device")
-        device = self.select_device()
+        device = select_device(self.record, self.args.backend)
         self.stage("init")
         timeout = timedelta(seconds=args.collective_timeout)
         if device.type == "cuda":

@@ -75,7 +75,7 @@ def to_json_dict(report: Report) -> dict[str, Any]:
         "hosts": [{
             "name": h.name, "address": h.address, "reachable": h.reachable,
             "hostname": h.hostname, "slots": h.slots, "gpus": h.gpus, "error": h.error,
-            "stage": h.stage, "versions": dict(h.versions), "run_dir": h.run_dir,
+            "stage": str(h.stage), "versions": dict(h.versions), "run_dir": h.run_dir,
         } for h in report.hosts],
         "ranks": [{
             "rank": r.rank, "local_rank": r.local_rank, "host": r.host, "hostname": r.hostname,

@@ -1,0 +1,199 @@
+"""Analyze, stage outcomes: what a host's command gave back -> why that host failed, or nothing.
+
+Pure, on the launcher. The engine runs the stages and records what these functions decide;
+every rule about *why* a host or a pair failed lives here, once, for every launcher and
+workload: stage 0, the rendezvous check, "no rank reported back (why)", a hang scan, a pair job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+from ..collect.hostoutput import HostOutput, parse_output, rank_record
+from ..config.hostlist import compress_hostlist
+from ..model.checks import Check
+from ..model.outcomes import CommandResult, Failure
+from ..model.records import Finding, RankRecord, Severity
+from ..model.spec import HostSpec
+from ..remote.busbw import Collective
+from . import health
+from .bandwidth import PairResult, rows_of
+from .verdict import failure_findings
+
+
+def summary_of(lines: Sequence[str]) -> str:
+    """The most telling line of a host's stray output (the last error-looking one)."""
+    for line in reversed(lines):
+        if ("Error" in line or "error" in line) and "error_file:" not in line:
+            return line.strip()[:300]
+    return lines[-1].strip()[:300] if lines else "no output"
+
+
+def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],
+                   stray: Sequence[str]) -> Optional[Failure]:
+    """What kept stage 0 from giving this host's facts; None when they came."""
+    if result.cancelled:
+        return Failure(Check.TIMEOUT, "stage 0 interrupted")
+    if result.timed_out:
+        return Failure(Check.TIMEOUT, "stage 0 did not finish before its deadline")
+    if result.lost and not facts:
+        return Failure(Check.SSH, "the connection was lost during stage 0")
+    if result.exit_code == 127:
+        return Failure(Check.PYTHON, f"interpreter {host.python!r} not found")
+    if not facts:
+        text = "\n".join(stray)
+        workdir_line = next((line for line in stray if line.lstrip().startswith(
+            ("mkdir:", "cd:", "sh:", "bash:")) and host.workdir in line), None)
+        if workdir_line is not None:
+            return Failure(Check.RESOURCES, f"cannot create or enter the workdir {host.workdir}: "
+                                            f"{workdir_line.strip()[:300]}")
+        if "No module named" in text and "ddpcheck" in text:
+            return Failure(Check.PYTHON, f"ddpcheck is not importable by {host.python}")
+        return Failure(Check.PYTHON, f"stage 0 exited {result.exit_code}: {summary_of(stray)}")
+    if facts.get("workdir_write_error"):  # the run directory could not be made there
+        return Failure(Check.RESOURCES, str(facts["workdir_write_error"]))
+    return None  # what the facts say is judged by the health rules
+
+
+def stage0_error(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],
+                 stray: Sequence[str]) -> tuple[Optional[str], Optional[str]]:
+    """(check, message) of ``stage0_failure``; (None, None)."""
+    failure = stage0_failure(host, result, facts, stray)
+    return (failure.check, failure.message) if failure else (None, None)
+
+
+def blocking_failure(host: str, findings: list[Finding]
+                     ) -> tuple[Optional[Failure], list[Finding]]:
+    """The first health finding that makes the run pointless (torchrun will not start), as the
+    host's failure, and the other findings."""
+    blocking = next((f for f in findings if health.blocks_launch(f)), None)
+    if blocking is None:
+        return None, findings
+    prefix = f"{host}: "
+    message = (blocking.message[len(prefix):] if blocking.message.startswith(prefix)
+               else blocking.message)
+    return Failure(blocking.check, message), [f for f in findings if f is not blocking]
+
+
+def rendezvous_failure(kind: str, result: CommandResult, target: str) -> Optional[Failure]:
+    """One host's part of the rendezvous check (``kind`` listen or reach); None when it passed."""
+    parsed = parse_output(result.output)
+    outcome = parsed.listen if kind == "listen" else parsed.reach
+    if outcome is None:
+        why = "no answer" if result.timed_out else summary_of(parsed.stray)
+        return Failure(Check.RENDEZVOUS, f"rendezvous check: {kind} gave no result ({why})")
+    if not outcome.get("ok"):
+        return Failure(Check.RENDEZVOUS,
+                       f"{outcome.get('error')} on the master" if kind == "listen" else
+                       f"cannot connect to master {target}: {outcome.get('error')} "
+                       f"(tried {outcome.get('elapsed_s')}s)")
+    return None
+
+
+def no_rank_reason(result: CommandResult, agent: Mapping[str, Any]) -> str:
+    """Why no rank of a host reported back: the one wording for every workload."""
+    return ("interrupted" if result.cancelled else
+            "no answer within the deadline" if result.timed_out else
+            f"the agent stopped torchrun: {agent['stopped']}" if agent.get("stopped")
+            else f"torchrun exited {agent.get('exit_code', result.exit_code)}")
+
+
+def launch_failure(result: CommandResult, parsed: HostOutput,
+                   ranks: Sequence[RankRecord]) -> Optional[Failure]:
+    """What failed a host's launch as a whole (not a rank's own failure); None otherwise."""
+    agent = parsed.agent or {}
+    if agent.get("error"):  # the run directory could not be made: the workdir is unusable
+        return Failure(Check.RESOURCES, f"launch: {agent['error']}")
+    if result.lost and not ranks:
+        return Failure(Check.SSH, "launch: the connection was lost before any rank reported")
+    if not ranks:
+        check = Check.TIMEOUT if result.timed_out or agent.get("stopped") else Check.RENDEZVOUS
+        return Failure(check, f"launch: no rank reported back ({no_rank_reason(result, agent)}): "
+                              f"{summary_of(parsed.stray)}")
+    return None
+
+
+def scan_failure(host: HostSpec, result: CommandResult, stray: Sequence[str]) -> Failure:
+    """Why a host's hang scan gave no result."""
+    why = ("interrupted" if result.cancelled else "no answer within the deadline"
+           if result.timed_out else f"exit {result.exit_code}: {summary_of(stray)}")
+    if "No module named" in "\n".join(stray):
+        why = f"ddpcheck is not importable by {host.python}: {summary_of(stray)}"
+    return Failure(Check.TIMEOUT if result.timed_out else Check.PYTHON, f"scan: {why}")
+
+
+def srun_silent_failure(result: CommandResult, detail: str) -> Failure:
+    """A node whose srun task gave nothing at stage 0: unreachable through srun."""
+    why = ("interrupted" if result.cancelled else
+           "srun did not finish before the deadline" if result.timed_out else
+           f"srun exited {result.exit_code}")
+    return Failure(Check.SRUN, f"no output from this node ({why}): {detail}")
+
+
+def hosts_text(names: Sequence[str], few: int = 8) -> str:
+    """A few hosts by name (``h2, h3``), more as a compressed host list (``node[001-040]``)."""
+    if len(names) <= few:
+        return ", ".join(names)
+    try:
+        return compress_hostlist(names)
+    except ValueError:
+        return ", ".join(names[:few]) + f" and {len(names) - few} more"
+
+
+def not_launched_finding(names: Sequence[str]) -> Finding:
+    joined = hosts_text(names)
+    return Finding(Severity.INFO, Check.RENDEZVOUS,
+                   f"torchrun was not started: {joined} failed before launch, and a world with a "
+                   f"missing node can only hang")
+
+
+def left_out_finding(names: Sequence[str], healthy: int) -> Finding:
+    joined = hosts_text(names)
+    return Finding(Severity.INFO, Check.SLOW_LINK,
+                   f"pairs with {joined} were not measured ({joined} failed before launch); the "
+                   f"other {healthy} hosts were paired")
+
+
+def rows_source(ranks: Sequence[RankRecord]) -> tuple[dict[str, Any], ...]:
+    """Every rank reports the same rows (slowest time, wrong summed): take rank 0's, else the
+    rank that got furthest."""
+    with_rows = [r for r in ranks if r.collectives]
+    if not with_rows:
+        return ()
+    chosen = min(with_rows, key=lambda r: (r.rank != 0, -len(r.collectives)))
+    return tuple(dict(c) for c in chosen.collectives)
+
+
+def pair_result(hosts: tuple[str, str], number: int,
+                results: Sequence[tuple[str, Optional[CommandResult], Optional[str]]],
+                duration_s: float, op: Collective) -> PairResult:
+    """One pair's outcome from the output of its two hosts."""
+    ranks: list[RankRecord] = []
+    problems: list[str] = []
+    check = "rendezvous"
+    for host, result, error in results:
+        if error is not None or result is None:
+            problems.append(f"{host}: {error or 'no result'}")
+            continue
+        parsed = parse_output(result.output)
+        own = [rank_record(raw, host) for raw in parsed.ranks]
+        ranks += own
+        if not own:
+            agent = parsed.agent or {}
+            if result.timed_out or agent.get("stopped"):
+                check = "timeout"
+            problems.append(f"{host}: no rank reported back ({no_rank_reason(result, agent)}): "
+                            f"{summary_of(parsed.stray)}")
+    rows = [r for r in rows_of(rows_source(ranks)) if r.op is op]
+    row = max(rows, key=lambda r: r.nbytes) if rows else None
+    failures = failure_findings(ranks)
+    error = None
+    if failures:
+        first = failures[0]
+        error, check = first.message, first.check
+    elif problems:
+        error = "; ".join(problems)
+    elif row is None:
+        error = "no bandwidth row came back"
+        check = "bandwidth"
+    return PairResult(hosts, number, row=row, error=error, check=check, duration_s=duration_s)

@@ -1,0 +1,250 @@
+"""The frame every command shares: options, the ClusterSpec from whichever inventory the
+arguments name, and ``run_reported`` (run -> table on stdout, progress on stderr, the report
+files, the exit code). Runs on the launcher.
+
+A command opts into the inventories (``--hostfile``, ``--slurm``, ``-w``, ``--config``,
+``--ssh-config``) with ``add_inventory_options`` and into the machine outputs (``--format``,
+``--csv``, ``--junit``, ``-q``, ``--color``) with ``add_output_options``; ``run_reported`` and
+``load_spec_from_args`` honour whichever of them the parser has. Errors the user can fix are one
+line on stderr with exit 2; never a traceback. Importing this module loads neither the engine
+nor the transport.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import inspect
+import os
+import socket
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence, TextIO
+
+from ..model.checks import EXIT_INTERRUPTED, EXIT_USAGE
+from ..model.errors import ConfigError, DdpcheckError
+from ..model.records import Verdict
+from ..model.spec import ClusterSpec
+from ..remote.argtypes import positive
+from ..report.table import DEFAULT_TABLE_FORMAT, Report, footer_line, render_table, to_json
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "add_common_options", "add_inventory_options",
+           "add_output_options", "load_spec_from_args", "run_reported", "usage_error"]
+
+
+def add_common_options(parser: argparse.ArgumentParser, timeout_s: float) -> None:
+    """The options every command shares: HOSTS, --json, --timeout, -v."""
+    parser.add_argument("hosts", nargs="?", metavar="HOSTS",
+                        help="hosts.yaml; without it, this machine only (no SSH)")
+    parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
+    parser.add_argument("--timeout", type=positive, default=timeout_s, metavar="SECONDS",
+                        help=f"hard deadline for the whole command (default {timeout_s:g})")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def add_inventory_options(parser: argparse.ArgumentParser,
+                          hostlist_flags: Sequence[str] = ("-w",)) -> None:
+    """Inventories users already have, instead of HOSTS (see ``load_spec_from_args``).
+    ``hostlist_flags``: where ``-w`` means something else (bandwidth: warm-up, as nccl-tests)."""
+    group = parser.add_argument_group(
+        "inventories (instead of HOSTS; one of them)",
+        "Hosts from a file or list you already have; user, python, env, ssh, rendezvous and "
+        "backend then come from --config (a hosts.yaml without hosts).")
+    group.add_argument("--hostfile", metavar="FILE",
+                       help="DeepSpeed/OpenMPI ('host slots=N') or MPICH ('host:N') hostfile")
+    group.add_argument("--slurm", action="store_true",
+                       help="the SLURM allocation this runs in (SLURM_JOB_NODELIST, tasks or "
+                            "GPUs per node)")
+    group.add_argument(*hostlist_flags, dest="hostlist", action="append", metavar="HOSTS",
+                       help="pdsh-style host list, e.g. 'node[01-04],gpu7' (repeatable)")
+    group.add_argument("--config", metavar="FILE",
+                       help="hosts.yaml with defaults, ssh, rendezvous, backend for the "
+                            "inventory (no hosts)")
+    group.add_argument("--ssh-config", metavar="FILE",
+                       help="ssh_config to read (default ~/.ssh/config; 'none': none); "
+                            "overrides ssh.config")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """Outputs for people and machines beside --json."""
+    from tabulate import tabulate_formats
+
+    group = parser.add_argument_group("output")
+    group.add_argument("--format", default=DEFAULT_TABLE_FORMAT, metavar="FMT",
+                       choices=tabulate_formats,
+                       help=f"table format, any of tabulate's (default {DEFAULT_TABLE_FORMAT}; "
+                            f"e.g. github, psql, tsv, html)")
+    group.add_argument("--csv", metavar="FILE", help="write a CSV row per rank (or host) here")
+    group.add_argument("--junit", metavar="FILE",
+                       help="write JUnit XML here: a testsuite per check, a testcase per host "
+                            "or rank")
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="print only the verdict line (no progress, no table)")
+    group.add_argument("--full", action="store_true",
+                       help="a row per rank in the table (past 32 ranks it is grouped: a line "
+                            "per outcome, the hosts that differ on their own)")
+    group.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                       help="colours: auto = only when stdout is a terminal and NO_COLOR is "
+                            "unset")
+
+
+def use_color(args: argparse.Namespace, stream: TextIO) -> bool:
+    choice = getattr(args, "color", "never")
+    if choice == "always":
+        return True
+    if choice == "never":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR") \
+        and os.environ.get("TERM") != "dumb"
+
+
+def load_spec_from_args(args: argparse.Namespace,
+                        env: Optional[dict[str, str]] = None) -> ClusterSpec:
+    """The ClusterSpec from whichever inventory the arguments name: HOSTS, --hostfile,
+    --slurm or -w (one of them; --launcher slurm defaults to --slurm; none: this machine),
+    then ssh_config applied (hosts.yaml values > ssh_config > defaults). ConfigError on any
+    problem, naming the file, line or option."""
+    from ..config.hostsyaml import ConfigDefaults, load_config_defaults, load_hosts_file, local_cluster_spec
+    from ..config.inventory import build_cluster, load_hostfile, parse_host_expression, slurm_entries
+    from ..config.sshconfig import apply_ssh_config, read_ssh_config
+
+    env = dict(os.environ) if env is None else env
+    hosts = getattr(args, "hosts", None)
+    hostfile = getattr(args, "hostfile", None)
+    hostlist = getattr(args, "hostlist", None)
+    slurm = bool(getattr(args, "slurm", False))
+    config = getattr(args, "config", None)
+    launcher = getattr(args, "launcher", "ssh")
+    given = [name for name, value in (("HOSTS", hosts), ("--hostfile", hostfile),
+                                      ("--slurm", slurm), ("-w", hostlist)) if value]
+    if len(given) > 1:
+        raise ConfigError(f"give one inventory, not {' and '.join(given)}",
+                          source="command line")
+    if config and hosts:
+        raise ConfigError("--config gives the defaults for --hostfile, --slurm or -w; HOSTS "
+                          "is a complete hosts.yaml already", source="command line")
+    if launcher == "slurm" and not given:
+        slurm, given = True, ["--slurm"]
+    if not given:
+        if config:
+            raise ConfigError("--config needs an inventory: --hostfile, --slurm or -w",
+                              source="command line")
+        # like torchrun --standalone: a free port, not 29500, which a job here may hold
+        return local_cluster_spec(sys.executable, free_local_port())
+    if hosts:
+        spec = load_hosts_file(hosts)
+    else:
+        defaults = load_config_defaults(config) if config else ConfigDefaults(host_fields={})
+        if hostfile:
+            spec = load_hostfile(hostfile, defaults)
+        elif slurm:
+            entries, source = slurm_entries(env)
+            spec = build_cluster(entries, defaults, source)
+        else:
+            source = "-w " + ",".join(hostlist)
+            spec = build_cluster(parse_host_expression(hostlist), defaults, source)
+    if launcher == "slurm":
+        return spec  # srun starts the ranks: no ssh, so no ssh_config
+    path = getattr(args, "ssh_config", None) or spec.ssh.config_file
+    lookup, read = read_ssh_config(path)
+    local_user = env.get("USER") or getpass.getuser()
+    return apply_ssh_config(spec, lookup, read, local_user)
+
+
+def free_local_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_report(path: str, report: Report,
+                 render: Callable[[Report], str] = to_json) -> None:
+    """Atomically: a reader never sees half a report."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(render(report))
+    os.replace(tmp, path)
+
+
+def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report], str]]]:
+    """(path, renderer) of every report file the arguments ask for."""
+    from ..report.machine import render_csv, render_junit
+
+    files = []
+    for option, render in (("json", to_json), ("csv", render_csv), ("junit", render_junit)):
+        path = getattr(args, option, None)
+        if path:
+            files.append((path, render))
+    return files
+
+
+def interrupted_report(command: str, spec: Optional[ClusterSpec], started: float) -> Report:
+    from ..model.records import HostRecord
+
+    hosts = tuple(HostRecord(h.name, h.address) for h in spec.hosts) if spec else ()
+    return Report(command, Verdict.INTERRUPTED, EXIT_INTERRUPTED,
+                  time.monotonic() - started, None, None, None, hosts, (), (),
+                  source=spec.source if spec else "")
+
+
+def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Report],
+                 render: Callable[[Report], str] = render_table,
+                 check_spec: Optional[Callable[[ClusterSpec], None]] = None) -> int:
+    """The shared frame of a command: load the spec (exit 2 on a config error), run, and always
+    write the report files (--json, --csv, --junit), partial or ``interrupted`` when the run
+    was cut short. stdout gets ``render(report)`` (with ``tablefmt``/``color`` when ``render``
+    takes them), or only the verdict line with -q. ``check_spec`` may reject the spec with a
+    ConfigError before anything runs."""
+    started = time.monotonic()
+    try:
+        spec = load_spec_from_args(args)
+        if check_spec is not None:
+            check_spec(spec)
+    except ConfigError as exc:
+        print(f"ddpcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report: Optional[Report] = None
+    try:
+        report = execute(spec)
+    except KeyboardInterrupt:
+        report = interrupted_report(args.command, spec, started)
+    except DdpcheckError as exc:
+        print(f"ddpcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        for path, file_render in report_files(args):
+            try:
+                write_report(path, report or interrupted_report(args.command, spec, started),
+                             file_render)
+            except OSError as exc:
+                print(f"ddpcheck: cannot write {path}: {exc}", file=sys.stderr)
+    color = use_color(args, sys.stdout)
+    if getattr(args, "quiet", False):
+        sys.stdout.write(footer_line(report, color) + "\n")
+    else:
+        sys.stdout.write(render(report, **_style(render, args, color)))
+    sys.stdout.flush()
+    return report.exit_code
+
+
+def _style(render: Callable[..., str], args: argparse.Namespace, color: bool) -> dict[str, Any]:
+    """The table format and colour, for a renderer that takes them."""
+    try:
+        parameters = inspect.signature(render).parameters
+    except (TypeError, ValueError):
+        return {}
+    style: dict[str, Any] = {}
+    if "tablefmt" in parameters and getattr(args, "format", None):
+        style["tablefmt"] = args.format
+    if "color" in parameters:
+        style["color"] = color
+    if "full" in parameters:
+        style["full"] = bool(getattr(args, "full", False))
+    return style
+
+
+def usage_error(exc: Exception) -> int:
+    """One line on stderr, exit 2."""
+    print(f"ddpcheck: {exc}", file=sys.stderr)
+    return EXIT_USAGE

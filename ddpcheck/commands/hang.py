@@ -1,0 +1,41 @@
+"""``ddpcheck hang``: its options, and the hang-scan workload over the SSH launcher.
+
+Runs on the launcher. Building the parser imports neither the engine nor the transport.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..remote.argtypes import positive
+from .common import add_common_options, run_reported
+
+
+def register(sub) -> None:
+    hang = sub.add_parser("hang", help="name the rank(s) holding up a running torchrun job",
+                          description="Scan the torchrun workers running on HOSTS (or this "
+                                      "machine): sample each rank twice, take its Python stack "
+                                      "(py-spy), read ddpcheck.Monitor heartbeats and Flight "
+                                      "Recorder dumps, and name the ranks that are stopped, "
+                                      "gone, blocked or behind. Exit 1 when one is named, 0 "
+                                      "when the job progresses.")
+    add_common_options(hang, 60.0)
+    hang.add_argument("--window", type=positive, default=3.0, metavar="SECONDS",
+                      help="seconds between the two samples of every rank (default 3)")
+    hang.add_argument("--heartbeat-dir", action="append", default=[], metavar="DIR",
+                      help="where the job's ddpcheck.Monitor writes heartbeats, when not the "
+                           "default (may repeat)")
+    hang.add_argument("--job", default="", metavar="TEXT",
+                      help="only jobs whose key (RUN_ID@MASTER_ADDR:MASTER_PORT) contains TEXT")
+    hang.add_argument("--no-stacks", action="store_true", help="do not run py-spy")
+    hang.set_defaults(run=hang_command)
+
+
+def hang_command(args: argparse.Namespace) -> int:
+    from ..engine.hang import HangOptions, run_hang
+    from ..report.hang import render_hang
+
+    options = HangOptions(timeout_s=args.timeout, window_s=args.window,
+                          heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
+                          job_filter=args.job, verbose=args.verbose)
+    return run_reported(args, lambda spec: run_hang(spec, options), render_hang)

@@ -1,0 +1,145 @@
+"""``ddpcheck preflight``: its options, and which workload and launcher run it.
+
+Runs on the launcher. Building the parser imports neither the engine nor the transport: they
+are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..model.errors import ConfigError
+from ..model.spec import ClusterSpec
+from ..remote.argtypes import at_least, positive
+from ..report.table import Report
+from .common import (EXIT_USAGE, add_common_options, add_inventory_options,
+                     add_output_options, load_spec_from_args, run_reported)
+
+
+def register(sub) -> None:
+    pre = sub.add_parser("preflight", help="full check before a multi-node job",
+                         description="Check every host of HOSTS (or this machine) and run a "
+                                     "probe on every rank with torchrun.")
+    add_common_options(pre, 180.0)
+    add_inventory_options(pre)
+    add_output_options(pre)
+    pre.add_argument("--launcher", choices=("ssh", "slurm"), default="ssh",
+                     help="how ranks are started: ssh (default), or slurm: srun inside the "
+                          "current allocation (the hosts default to --slurm)")
+    pre.add_argument("--collective-timeout", type=positive, default=30.0, metavar="SECONDS",
+                     help="process group timeout for the ranks (default 30; torch's is 10-30 min)")
+    pre.add_argument("--rendezvous-timeout", type=positive, default=30.0, metavar="SECONDS",
+                     help="torchrun rendezvous timeout (default 30; torch's is 600)")
+    pre.add_argument("--seed", type=int, metavar="N",
+                     help="seed Python, NumPy and torch with N on every rank, then check that "
+                          "every rank's RNG state is the same")
+    pre.add_argument("--setup", metavar="MODULE:FUNCTION",
+                     help="call your own set-up (e.g. seed_everything) on every rank first, so "
+                          "your code is what gets checked; FILE.py:FUNCTION works too; the "
+                          "function gets --seed when it takes an argument")
+    pre.add_argument("--ddp-steps", type=at_least(0), default=3, metavar="K",
+                     help="steps of the tiny DDP run that checks parameters stay equal "
+                          "(default 3)")
+    pre.add_argument("--skip", type=_skip_list, default=frozenset(), metavar="CHECK[,CHECK]",
+                     help="leave out: consistency (fingerprints and the tiny DDP run), "
+                          "rendezvous (the port check before torchrun)")
+    pre.add_argument("--iterations", type=at_least(1), default=20, metavar="N",
+                     help="repeats of barrier and small all_reduce for the latency medians "
+                          "(default 20)")
+    pre.add_argument("--keep", action="store_true",
+                     help="keep each host's run directory under its workdir (torchrun's "
+                          "files and launch.log); by default it is removed after the run")
+    pre.add_argument("--dry-run", action="store_true",
+                     help="print each host's exact commands and run nothing (the values of "
+                          "variables named like *_TOKEN, *_KEY or *PASSWORD shown as ***)")
+    pre.set_defaults(run=preflight_command)
+
+
+SKIPPABLE = ("consistency", "rendezvous")
+
+
+def _skip_list(text: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - set(SKIPPABLE))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"cannot skip {', '.join(unknown)} "
+                                         f"(choose from {', '.join(SKIPPABLE)})")
+    return names
+
+
+def preflight_options(args: argparse.Namespace):
+    from ..engine.preflight import PreflightOptions
+    from ..plan.commands import LaunchOptions
+
+    return PreflightOptions(
+        timeout_s=args.timeout, verbose=args.verbose,
+        rendezvous_check="rendezvous" not in args.skip,
+        launch=LaunchOptions(deadline_s=args.timeout,
+                             rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
+                             collective_timeout_s=max(int(args.collective_timeout), 1),
+                             iterations=args.iterations, keep=args.keep,
+                             seed=args.seed, setup=args.setup, ddp_steps=args.ddp_steps,
+                             consistency="consistency" not in args.skip))
+
+
+def dry_run_text(spec: ClusterSpec, options) -> str:
+    """Each host's exact commands: stage 0, the rendezvous check, then torchrun."""
+    from ..engine.state import REACH_WINDOW_S
+    from ..plan.dryrun import preflight_steps, render
+
+    return render(preflight_steps(spec, options.launch, options.rendezvous_check,
+                                  REACH_WINDOW_S))
+
+
+def preflight_command(args: argparse.Namespace) -> int:
+    from ..engine.preflight import Progress, run_preflight
+
+    options = preflight_options(args)
+    slurm = args.launcher == "slurm"
+    if args.dry_run:
+        try:
+            spec = load_spec_from_args(args)
+            if slurm:
+                check_slurm_spec(spec, need_allocation=False)
+        except ConfigError as exc:
+            print(f"ddpcheck: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if slurm:
+            from ..plan.dryrun import render, srun_steps
+
+            sys.stdout.write(render(srun_steps(spec, options.launch)))
+        else:
+            sys.stdout.write(dry_run_text(spec, options))
+        return 0
+    progress = Progress(None if args.quiet else sys.stderr)
+
+    def execute(spec: ClusterSpec) -> Report:
+        launcher = None
+        if slurm:
+            from ..engine.srun import SrunLauncher
+
+            launcher = SrunLauncher()
+        return run_preflight(spec, options, progress, launcher)
+
+    return run_reported(args, execute, check_spec=check_slurm_spec if slurm else None)
+
+
+def check_slurm_spec(spec: ClusterSpec, need_allocation: bool = True) -> None:
+    """--launcher slurm: inside an allocation, srun at hand, one command fits every node."""
+    import shutil
+
+    from ..plan.slurm import uniform_host_problem
+
+    if spec.local:
+        raise ConfigError("--launcher slurm needs nodes (--slurm, --hostfile or -w)",
+                          source="command line")
+    if need_allocation and not os.environ.get("SLURM_JOB_ID"):
+        raise ConfigError("--launcher slurm works inside a SLURM allocation (sbatch, salloc): "
+                          "SLURM_JOB_ID is not set", source="command line")
+    if need_allocation and shutil.which("srun") is None:
+        raise ConfigError("--launcher slurm: srun is not on PATH", source="command line")
+    problem = uniform_host_problem(spec)
+    if problem:
+        raise ConfigError(problem, source=spec.source)

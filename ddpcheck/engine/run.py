@@ -1,0 +1,192 @@
+"""The one run loop: a Launcher and a Workload, spec -> report. Runs on the launcher.
+
+    connect + stage 0 on every host (one fan-out; the health rules judge the facts)
+    -> the rendezvous check (the master listens on the rendezvous port, every host connects)
+    -> the workload's launch (one torchrun per host, or rounds of pair jobs)
+    -> collect -> analyze -> the workload's report
+
+A workload without stage 0 (``ddpcheck hang``) runs its own step on every host in its place.
+A host that fails before launch keeps torchrun from starting anywhere (a world with a missing
+node can only hang) unless the workload can do without it (pairs). The partial state is kept as
+hosts progress, so an interrupted or timed-out run still reports what each host reached.
+Stage outcomes arrive typed (``CommandResult``) and ``analyze`` decides what they mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Protocol
+
+from ..analyze import health
+from ..analyze.outcomes import (blocking_failure, hosts_text, launch_failure,
+                                not_launched_finding, rendezvous_failure, stage0_failure)
+from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
+from ..model.outcomes import CommandResult
+from ..model.records import HostRecord, Severity, Stage
+from ..model.spec import ClusterSpec, HostSpec
+from ..plan.commands import global_ranks, resolve_backend, stage0_command
+from ..report.table import Report
+from .launchers import HostStep, Launcher
+from .progress import Progress
+from .state import RunState
+
+
+class Workload(Protocol):
+    command: str
+    stage0: bool  # connect + stage 0 first; False: ``host_step`` runs on every host instead
+    rendezvous_check: bool
+    timeout_s: float
+    verbose: bool
+    stage0_timeout_s: float
+    launch_grace_s: float  # after the agent's deadline, for it to clean up
+
+    def host_step(self, run: "Engine") -> HostStep: ...
+    def launch_without(self, run: "Engine", failed: list[HostRecord]) -> bool: ...
+    def launch(self, run: "Engine") -> None: ...
+    def report(self, run: "Engine", interrupted: bool) -> Report: ...
+
+
+class Engine:
+    def __init__(self, spec: ClusterSpec, workload: Workload, launcher: Launcher,
+                 progress: Optional[Progress] = None) -> None:
+        self.workload = workload
+        self.launcher = launcher
+        self.progress = progress or Progress()
+        self.verbose = workload.verbose
+        self.launch_grace_s = workload.launch_grace_s
+        self.spec = launcher.prepare(spec, self)
+        self.state = RunState(self.spec, workload.timeout_s)
+
+    def run(self) -> Report:
+        interrupted = False
+        state = self.state
+        try:
+            if not self.workload.stage0:
+                self.launcher.reach(self, self.workload.host_step(self))
+                interrupted = state.cancel.is_set()
+            else:
+                self.launcher.reach(self, stage0_step(self))
+                judge_stage0(self)
+                if (self.workload.rendezvous_check and not self.spec.local
+                        and not state.failed() and not state.cancel.is_set()):
+                    check_rendezvous(self)
+                failed = state.failed()
+                if failed and not self.workload.launch_without(self, failed):
+                    names = [h.name for h in failed]
+                    state.add_findings([not_launched_finding(names)])
+                    self.progress.say(f"not launching: {hosts_text(names)} failed before launch")
+                elif state.cancel.is_set():
+                    interrupted = True
+                else:
+                    self.workload.launch(self)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.progress.say("interrupted: stopping remote work")
+        finally:
+            state.cancel.set()
+            self.launcher.close()
+        return self.workload.report(self, interrupted)
+
+
+# -- the stages every workload with stage 0 shares: run by the launcher, judged in analyze ------
+
+def stage0_step(run: Engine) -> HostStep:
+    master = run.spec.master_host.address
+    return HostStep(Stage.STAGE0, run.workload.stage0_timeout_s,
+                    lambda host, seconds: stage0_command(host, seconds, master=master),
+                    lambda host, result, window: record_stage0(run, host, result, window))
+
+
+def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
+                  clock_window: Optional[tuple[float, float]] = None) -> None:
+    parsed = parse_output(result.output)
+    facts = parsed.facts or {}
+    if facts and clock_window:
+        facts["launcher_clock"] = list(clock_window)
+    failure = stage0_failure(host, result, facts, list(parsed.stray))
+    gpus = int(facts.get("gpus") or 0)
+    run.state.fail(host.name, failure, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
+                   versions={"python": facts.get("python"), "torch": facts.get("torch")},
+                   output_tail=tail(parsed.stray))
+    if failure is not None and failure.check == "ssh":
+        run.state.update(host.name, reachable=False)
+    if failure is not None:
+        run.progress.host(host.name, f"failed stage 0: {failure.message}")
+        return
+    torch = (f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
+             if facts.get("torch") else "torch import failed")
+    run.progress.host(host.name, (
+        f"checked: hostname {facts.get('hostname')}, python {facts.get('python')}, "
+        f"{torch}, {gpus} GPU(s) in {result.duration_s:.1f}s"))
+
+
+def judge_stage0(run: Engine) -> None:
+    """Stage-0 health rules (``health``) on every host that answered. A host with a finding
+    that makes the run pointless fails with it: torchrun will not start."""
+    hosts = run.state.hosts
+    answered = [h for h in run.spec.hosts if hosts[h.name].facts and not hosts[h.name].error]
+    gpus = {h.name: hosts[h.name].gpus for h in answered}
+    backend = resolve_backend(run.spec.backend, gpus).value if answered else "auto"
+    for host in answered:
+        facts = hosts[host.name].facts
+        window = facts.get("launcher_clock")
+        context = health.Stage0Context(
+            backend=backend, slots=host.slots, multi_host=len(run.spec.hosts) > 1,
+            clock_window=tuple(window) if isinstance(window, list) and len(window) == 2
+            else None)
+        failure, findings = blocking_failure(host.name, health.host_findings(host.name, facts,
+                                                                             context))
+        if failure is not None:
+            run.state.fail(host.name, failure)
+            run.progress.host(host.name, f"failed stage 0: {failure.check}: {failure.message}")
+        for finding in findings:
+            if finding.severity is not Severity.INFO:
+                run.progress.host(host.name, f"stage 0 {finding.severity.value}: "
+                                             f"{finding.check}: {finding.message}")
+        run.state.add_findings(findings)
+    run.state.add_findings(health.cluster_gpu_findings(gpus))
+
+
+def check_rendezvous(run: Engine) -> None:
+    """Every host connects to master:port while the master listens there; a host that cannot
+    is named now, in seconds, instead of after torchrun's join timeout."""
+    master = run.spec.master_host
+    target = f"{master.name} {master.address}:{run.spec.rendezvous_port}"
+    run.progress.say(f"rendezvous check: every host connects to {target}")
+    for kind, name, result in run.launcher.rendezvous(run):
+        failure = rendezvous_failure(kind, result, target)
+        if failure is not None:
+            run.state.fail(name, failure, stage=Stage.RENDEZVOUS)
+            if "gave no result" not in failure.message:
+                run.progress.host(name, f"failed rendezvous check: {failure.message}")
+        elif kind == "reach":
+            run.progress.host(name, f"reached {target} in "
+                                    f"{parse_output(result.output).reach.get('elapsed_s')}s")
+
+
+def record_launch(run: Engine, name: str, result: CommandResult) -> bool:
+    """Record what one host's launch gave; True when something failed there."""
+    state = run.state
+    parsed = parse_output(result.output)
+    ranks = [rank_record(raw, name) for raw in parsed.ranks]
+    agent = parsed.agent or {}
+    hostname = state.hosts[name].hostname
+    ranks += [replace(r, hostname=hostname) for r in unreported_ranks(
+        name, global_ranks(run.spec.hosts, state.slots).get(name, ()),
+        {r.rank for r in ranks}, agent, torchrun_failures(parsed.stray))]
+    failure = launch_failure(result, parsed, ranks)
+    state.add_ranks(ranks)
+    kept = agent.get("run_dir") if agent.get("kept") else None
+    state.fail(name, failure, stage=Stage.DONE, launch_exit=agent.get("exit_code"),
+               launch_stopped=agent.get("stopped") or ("deadline" if result.timed_out else None),
+               output_tail=tail(parsed.stray), run_dir=kept)
+    if result.lost:
+        state.update(name, reachable=False)
+    failed = [r for r in ranks if r.status.value != "ok"]
+    progress = (f"failed: {failure.message}" if failure else
+                f"done: {len(ranks)} rank(s), {len(failed)} failed" if failed else
+                f"done: {len(ranks)} rank(s) ok")
+    if kept:
+        progress += f"; kept {kept}"
+    run.progress.host(name, f"{progress} in {result.duration_s:.1f}s")
+    return bool(failure or failed)

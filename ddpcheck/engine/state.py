@@ -1,0 +1,111 @@
+"""The run's state and its deadlines, computed once: what every host reached, the ranks that
+reported, the findings so far, and the one launch set-up (backend, slots, the agent's deadline).
+
+Runs on the launcher; no I/O and no rules: outcomes come in typed (``Failure``,
+``CommandResult``) as ``analyze`` decided them.
+
+Deadlines: ``--timeout`` bounds the whole command and caps every step's own: connect
+(``ssh.connect_timeout``, capped by what is left), stage 0 (``STAGE0_DEADLINE_S``), the
+rendezvous check, launch (the agent's deadline on the host, ``AGENT_STOP_S`` short of what is
+left, plus ``LAUNCH_GRACE_S`` for it to clean up before the transport gives up on it), in which
+torchrun's rendezvous and the ranks' collectives have theirs, and the probe its watchdog.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+from ..model.outcomes import Failure
+from ..model.records import Finding, HostRecord, RankRecord
+from ..model.spec import Backend, ClusterSpec, HostSpec
+from ..plan.commands import LaunchOptions, resolve_backend, resolve_slots
+
+STAGE0_DEADLINE_S = 60.0
+LAUNCH_GRACE_S = 10.0  # after the agent's deadline, for it to stop torchrun and clean up
+AGENT_STOP_S = 5.0  # what the agent's deadline keeps back from --timeout to stop and report
+WORLD_BROKEN_GRACE_S = 5.0  # after one host failed: the collective timeout, then this
+REACH_WINDOW_S = 5.0  # how long a host keeps trying the master's rendezvous port
+MIN_CONNECT_S = 0.5
+MIN_AGENT_S = 1.0
+
+
+@dataclass(frozen=True)
+class LaunchSetup:
+    """One launch's set-up, the same for every launcher and workload."""
+
+    backend: Backend
+    slots: dict[str, int]
+    options: LaunchOptions  # with the agent's deadline clamped to what --timeout leaves
+
+
+class RunState:
+    def __init__(self, spec: ClusterSpec, timeout_s: float) -> None:
+        self.spec = spec
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout_s
+        self.cancel = threading.Event()
+        self.lock = threading.Lock()
+        self.hosts: dict[str, HostRecord] = {h.name: HostRecord(h.name, h.address)
+                                             for h in spec.hosts}
+        self.ranks: list[RankRecord] = []
+        self.findings: list[Finding] = []
+        self.slots: dict[str, int] = {}
+        self.backend: Optional[str] = None
+
+    # -- deadlines -------------------------------------------------------------------------
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def until(self, seconds: float) -> float:
+        """The deadline of a step of ``seconds``, capped by --timeout."""
+        return min(self.deadline, time.monotonic() + seconds)
+
+    def connect_timeout(self) -> float:
+        return max(min(self.spec.ssh.connect_timeout, self.left()), MIN_CONNECT_S)
+
+    def setup(self, hosts: Sequence[HostSpec], options: LaunchOptions,
+              slots: Optional[int] = None) -> LaunchSetup:
+        """Backend from the hosts' GPUs, slots per host (``slots`` for every host when given),
+        the agent's deadline within what is left; recorded as the run's backend and slots."""
+        gpus = {h.name: self.hosts[h.name].gpus for h in hosts}
+        backend = resolve_backend(self.spec.backend, gpus)
+        by_host = {h.name: slots if slots is not None else
+                   resolve_slots(h, gpus[h.name], self.spec.local) for h in hosts}
+        agent_s = round(max(min(options.deadline_s, self.left() - AGENT_STOP_S), MIN_AGENT_S), 1)
+        self.backend = backend.value
+        if slots is None:
+            self.slots = by_host
+        return LaunchSetup(backend, by_host, replace(options, deadline_s=agent_s))
+
+    # -- outcomes --------------------------------------------------------------------------
+    def update(self, name: str, **changes) -> None:
+        with self.lock:
+            current = self.hosts[name]
+            if changes.get("error") is None or current.error is not None:
+                # keep the first error: it is the cause
+                changes.pop("error", None)
+                changes.pop("error_check", None)
+            self.hosts[name] = replace(current, **changes)
+
+    def fail(self, name: str, failure: Optional[Failure], **changes) -> None:
+        """Record a host's failure (the first one stays: it is the cause) and other changes."""
+        if failure is not None:
+            changes.update(error=failure.message, error_check=failure.check)
+        self.update(name, **changes)
+
+    def add_ranks(self, ranks: Sequence[RankRecord]) -> None:
+        with self.lock:
+            self.ranks.extend(ranks)
+
+    def add_findings(self, findings: Sequence[Finding]) -> None:
+        with self.lock:
+            self.findings.extend(findings)
+
+    def failed(self) -> list[HostRecord]:
+        return [h for h in self.hosts.values() if h.error]
+
+    def healthy(self) -> list[HostSpec]:
+        return [h for h in self.spec.hosts if not self.hosts[h.name].error]

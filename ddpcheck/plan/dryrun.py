@@ -1,0 +1,120 @@
+"""Plan, dry run: every command's ``--dry-run`` text, from one renderer.
+
+Pure, on the launcher. A dry run is a list of ``Step``s, a note (shown as ``# note``) and the
+exact command a host would run, rendered with secrets redacted (values of variables named like
+*_TOKEN, *_KEY or *PASSWORD as ***). Slots are shown as planned for hosts without GPUs: stage 0
+has not run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..model.spec import Backend, ClusterSpec, HostSpec, ssh_target
+from ..remote.busbw import Collective, format_size
+from .bandwidth import plan_round, sweep_program
+from .commands import (LaunchOptions, RankProgram, plan_launch, plan_rendezvous_check,
+                       redact_secrets, resolve_backend, resolve_slots, stage0_command)
+from .pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, first_round
+from .slurm import plan_srun_launch, plan_srun_stage0
+
+STAGE0_SHOWN_S = 58.0  # stage 0's deadline as the run passes it (60 s less 2)
+
+
+@dataclass(frozen=True)
+class Step:
+    note: str = ""
+    command: str = ""
+    suffix: str = ""  # after the command, e.g. "  # at the same time as:"
+
+
+def render(steps: Sequence[Step]) -> str:
+    lines = []
+    for step in steps:
+        if step.note:
+            lines.append(f"# {step.note}")
+        if step.command:
+            lines.append(redact_secrets(step.command) + step.suffix)
+    return "\n".join(lines) + "\n"
+
+
+def via(spec: ClusterSpec, host: HostSpec) -> str:
+    where = "local" if spec.local else f"ssh {ssh_target(host)}"
+    if host.jumps:
+        where += " through " + " > ".join(ssh_target(jump) for jump in host.jumps)
+    return where
+
+
+def unprobed(spec: ClusterSpec) -> tuple[Backend, dict[str, int]]:
+    """Backend and slots as planned before stage 0 (no GPUs seen)."""
+    backend = resolve_backend(spec.backend, {h.name: 0 for h in spec.hosts})
+    return backend, {h.name: resolve_slots(h, 0, spec.local) for h in spec.hosts}
+
+
+def stage0_step(spec: ClusterSpec, host: HostSpec) -> str:
+    return stage0_command(host, STAGE0_SHOWN_S, master=spec.master_host.address)
+
+
+def preflight_steps(spec: ClusterSpec, launch: LaunchOptions, rendezvous_check: bool,
+                    window_s: float) -> list[Step]:
+    backend, slots = unprobed(spec)
+    steps = [Step(f"ddpcheck preflight --dry-run: {len(spec.hosts)} host(s) from {spec.source}"),
+             Step(f"backend {backend.value} (auto picks nccl when every host has GPUs); hosts "
+                  f"without slots: one rank per GPU, shown here as without GPUs")]
+    check = (plan_rendezvous_check(spec, window_s)
+             if rendezvous_check and not spec.local else None)
+    for host, host_launch in zip(spec.hosts, plan_launch(spec, slots, backend, launch)):
+        steps += [Step(f"{host.name} (node rank {host_launch.node_rank}, {host_launch.slots} "
+                       f"rank(s)) via {via(spec, host)}", stage0_step(spec, host))]
+        if check is not None:
+            if host.name == check.master:
+                steps.append(Step(command=check.listen_command,
+                                  suffix="  # at the same time as:"))
+            steps.append(Step(command=check.reach_commands[host.name]))
+        steps.append(Step(command=host_launch.command))
+    return steps
+
+
+def srun_steps(spec: ClusterSpec, launch: LaunchOptions) -> list[Step]:
+    backend, slots = unprobed(spec)
+    return [Step(f"ddpcheck preflight --dry-run --launcher slurm: {len(spec.hosts)} node(s) "
+                 f"from {spec.source}"),
+            Step("stage 0 (one task per node):", plan_srun_stage0(spec, STAGE0_SHOWN_S)),
+            Step(f"launch (backend {backend.value}; nodes without slots shown as without GPUs):",
+                 plan_srun_launch(spec, slots, backend, launch))]
+
+
+def bandwidth_steps(spec: ClusterSpec, launch: LaunchOptions, program: RankProgram,
+                    pairwise: Optional[tuple[Collective, int]],
+                    adaptive: bool = False) -> list[Step]:
+    """The sweep's, or with ``pairwise`` (op, size) the rounds of pair jobs' (``adaptive``:
+    round 1 only, as the later rounds depend on what it measures)."""
+    backend, slots = unprobed(spec)
+    steps = [Step(f"ddpcheck bandwidth --dry-run: {len(spec.hosts)} host(s) from {spec.source}, "
+                  f"backend {backend.value} (auto picks nccl when every host has GPUs)")]
+    steps += [Step(f"{host.name} stage 0 via {via(spec, host)}", stage0_step(spec, host))
+              for host in spec.hosts]
+    if pairwise is None:
+        return steps + [Step(f"{h.host}: node rank {h.node_rank}, {h.slots} rank(s)", h.command)
+                        for h in plan_launch(spec, slots, backend, launch, rank_program=program)]
+    op, size = pairwise
+    names = [h.name for h in spec.hosts]
+    rounds = [first_round(names)] if adaptive else circle_rounds(names)
+    steps.append(Step(f"{len(rounds)} round(s), the pairs of a round at the same time, one rank "
+                      f"per host, {op.value} at {format_size(size)}B"))
+    if adaptive:
+        steps.append(Step(f"adaptive: rounds 2 and 3 (at most {MAX_ADAPTIVE_ROUNDS} in all) "
+                          f"pair the hosts of slow pairs with hosts known to be good, once "
+                          f"round 1 ran"))
+    for number, pairs in enumerate(rounds, 1):
+        planned = plan_round(spec, pairs, backend, launch, program)
+        steps.append(Step(f"round {number}: " + ", ".join(
+            f"{p.hosts[0]}-{p.hosts[1]} (master {p.hosts[0]}, port {p.port})" for p in planned)))
+        steps += [Step(f"round {number} {pair.hosts[0]}-{pair.hosts[1]}: {h.host}", h.command)
+                  for pair in planned for h in pair.launches]
+    return steps
+
+
+__all__ = ["Step", "render", "preflight_steps", "srun_steps", "bandwidth_steps",
+           "sweep_program"]

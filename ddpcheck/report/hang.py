@@ -1,0 +1,78 @@
+"""Report, hang: the per-job table with the culprits' stacks, and the JSON of each job.
+
+Pure, on the launcher.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from tabulate import tabulate
+
+from ..analyze.hang import Frame, JobVerdict, collective_of, user_frame
+from .table import Report, findings_lines, footer_line
+
+
+def jobs_master(jobs: tuple[JobVerdict, ...]) -> Optional[str]:
+    masters = sorted({job.job.split("@", 1)[-1] for job in jobs})
+    return ", ".join(masters) if masters else None
+
+
+def job_json(job: JobVerdict) -> dict[str, Any]:
+    return {
+        "job": job.job, "world_size": job.world_size, "hung": job.hung,
+        "culprits": list(job.culprits),
+        "ranks": [{
+            "rank": v.view.rank, "host": v.view.host, "hostname": v.view.hostname,
+            "pid": v.view.pid, "role": v.role.value, "reason": v.reason, "op": v.op,
+            "state": v.view.status, "cpu_pct": v.view.cpu_pct, "step": v.view.step,
+            "seq": v.view.seq, "heartbeat_age_s": v.view.heartbeat_age_s,
+            "where": where_cell(v.view.last.frames) if v.view.last else None,
+            "stack_error": v.view.stack_error,
+            "flight_record": dict(v.view.flight_record) if v.view.flight_record else None,
+        } for v in job.ranks],
+    }
+
+
+def where_cell(frames: tuple[Frame, ...]) -> str:
+    """The table's "where": the collective or innermost frame, then the job's own frame."""
+    if not frames:
+        return "-"
+    op = collective_of(frames)
+    own = user_frame(frames)
+    if op:
+        return op + (f" < {own.short()}" if own else "")
+    return frames[0].short() + (f" < {own.short()}" if own and own != frames[0] else "")
+
+
+def render_hang(report: Report) -> str:
+    reachable = sum(1 for h in report.hosts if h.reachable)
+    lines = [f"# ddpcheck hang: {len(report.hosts)} host(s) from {report.source}, "
+             f"{reachable} reachable; window {report.extra.get('window_s', '?')}s"]
+    jobs = report.extra.get("jobs") or []
+    for job in jobs:
+        lines.append(f"# job {job['job']}: world_size {job['world_size']}")
+        rows = []
+        for rank in job["ranks"]:
+            rows.append([rank["host"], rank["rank"], _cell(rank["pid"]), rank["state"],
+                         _cell(rank["cpu_pct"]), _cell(rank["step"]), _cell(rank["seq"]),
+                         rank["role"], rank["where"] or "-"])
+        lines.append(tabulate(rows, headers=["host", "rank", "pid", "state", "cpu%", "step",
+                                             "seq", "role", "where (innermost < job code)"],
+                              tablefmt="simple", disable_numparse=True))
+        lines.append("#")
+        for culprit in job["culprits"]:
+            key = str(culprit) if len(jobs) == 1 else f"{job['job']}:{culprit}"
+            if key in report.stacks:
+                lines.append(f"# Stack of rank {culprit}:")
+                lines += [f"#   {line}" for line in report.stacks[key].splitlines()]
+                lines.append("#")
+    if not jobs:
+        lines.append("#")
+    lines += findings_lines(report.findings)
+    lines.append(footer_line(report))
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
