@@ -18,7 +18,7 @@ from ..model.spec import HostSpec
 from ..remote.busbw import Collective
 from . import health
 from .bandwidth import PairResult, rows_of
-from .verdict import failure_findings
+from .verdict import NOT_REACHED, failure_findings
 
 
 def summary_of(lines: Sequence[str]) -> str:
@@ -27,6 +27,13 @@ def summary_of(lines: Sequence[str]) -> str:
         if ("Error" in line or "error" in line) and "error_file:" not in line:
             return line.strip()[:300]
     return lines[-1].strip()[:300] if lines else "no output"
+
+
+def not_reached_failure(timeout_s: float, what: str) -> Failure:
+    """A host the run had no time left for: not a failure of the host (exit 3, never the root
+    cause); ``what``: how far it got."""
+    return Failure(Check.TIMEOUT, f"{NOT_REACHED}: {what} when --timeout ({timeout_s:g}s) ran "
+                                  f"out; raise --timeout or ssh.fanout for this many hosts")
 
 
 def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],

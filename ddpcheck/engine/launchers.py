@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Protocol, Sequence
 
+from ..analyze.outcomes import not_reached_failure
 from ..model.checks import Check
 from ..model.errors import HostError
 from ..model.outcomes import CommandResult, Failure
@@ -27,7 +28,7 @@ from ..transport.jump import JumpPool
 from ..transport.local import LocalSession
 from ..transport.ssh import Session, SSHSession
 from .progress import Progress
-from .state import REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup, RunState
+from .state import MIN_CONNECT_S, REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup, RunState
 
 
 class Run(Protocol):
@@ -95,6 +96,12 @@ class SSHLauncher:
     def reach_one(self, run: Run, host: HostSpec, step: HostStep) -> None:
         state = run.state
         if state.cancel.is_set():
+            return
+        if state.left() < MIN_CONNECT_S and not run.spec.local:
+            # the --timeout ran out before this host's turn: no connection is started
+            state.fail(host.name, not_reached_failure(state.timeout_s, "not connected"),
+                       stage=Stage.CONNECT)
+            run.progress.host(host.name, "not reached: --timeout ran out before its turn")
             return
         via = f" through {' > '.join(j.name for j in host.jumps)}" if host.jumps else ""
         run.progress.host(host.name, f"connecting{via}" if not run.spec.local else step.starting)

@@ -19,16 +19,18 @@ from typing import Optional, Protocol
 
 from ..analyze import health
 from ..analyze.outcomes import (blocking_failure, hosts_text, launch_failure,
-                                not_launched_finding, rendezvous_failure, stage0_failure)
+                                not_launched_finding, not_reached_failure, rendezvous_failure,
+                                stage0_failure)
 from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
 from ..model.outcomes import CommandResult
 from ..model.records import HostRecord, Severity, Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.commands import global_ranks, resolve_backend, stage0_command
 from ..report.table import Report
+from ..transport.limits import ensure_open_files
 from .launchers import HostStep, Launcher
 from .progress import Progress
-from .state import RunState
+from .state import MIN_CONNECT_S, RunState
 
 
 class Workload(Protocol):
@@ -52,6 +54,7 @@ class Engine:
         self.workload = workload
         self.launcher = launcher
         self.progress = progress or Progress()
+        self.progress.expect(len(spec.hosts), workload.verbose)
         self.verbose = workload.verbose
         self.launch_grace_s = workload.launch_grace_s
         self.spec = launcher.prepare(spec, self)
@@ -60,6 +63,10 @@ class Engine:
     def run(self) -> Report:
         interrupted = False
         state = self.state
+        if not self.spec.local:
+            note = ensure_open_files(len(self.spec.hosts), self.spec.ssh.fanout)
+            if note:
+                self.progress.say(note)
         try:
             if not self.workload.stage0:
                 self.launcher.reach(self, self.workload.host_step(self))
@@ -85,6 +92,7 @@ class Engine:
         finally:
             state.cancel.set()
             self.launcher.close()
+            self.progress.finish()
         return self.workload.report(self, interrupted)
 
 
@@ -104,6 +112,9 @@ def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
     if facts and clock_window:
         facts["launcher_clock"] = list(clock_window)
     failure = stage0_failure(host, result, facts, list(parsed.stray))
+    if failure is not None and result.timed_out and run.state.left() < MIN_CONNECT_S:
+        # the run's --timeout, not the host's own stage-0 deadline, cut it short
+        failure = not_reached_failure(run.state.timeout_s, "stage 0 was still running")
     gpus = int(facts.get("gpus") or 0)
     run.state.fail(host.name, failure, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
                    versions={"python": facts.get("python"), "torch": facts.get("torch")},

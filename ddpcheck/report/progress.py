@@ -48,6 +48,12 @@ class Progress:
         self.last_summary = self.started
         self.dirty = False
 
+    def expect(self, hosts: int, verbose: bool = False) -> None:
+        """The run's size, once known: a line per host up to PER_HOST_MAX hosts or with -v."""
+        with self.lock:
+            self.hosts = hosts
+            self.per_host = verbose or hosts <= PER_HOST_MAX
+
     def host(self, name: str, state: str) -> None:
         if self.per_host:
             self.say(f"{name}: {state}")
