@@ -51,6 +51,7 @@ class HostStep:
     command: Callable[[HostSpec, float], str]
     record: Callable[[HostSpec, CommandResult, Optional[tuple[float, float]]], None]
     starting: str = "checking"  # the progress word for this machine (no connect)
+    last: bool = False  # nothing runs on the host after this step: close its session at once
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Launcher(Protocol):
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
                done: HostDone) -> None: ...
     def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]: ...
+    def release(self, names: Sequence[str]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -122,6 +124,8 @@ class SSHLauncher:
             run.progress.host(host.name, f"command: {command}")
         sent = time.time()  # the launcher's clock around the call bounds the host's clock
         result = session.run(command, deadline, state.cancel)
+        if step.last:
+            self.release([host.name])  # its connection, fd and transport thread go now
         step.record(host, result, None if run.spec.local else (sent, time.time()))
 
     def rendezvous(self, run: Run) -> RendezvousResults:
@@ -191,6 +195,14 @@ class SSHLauncher:
 
         outcomes = fan_out(list(range(len(jobs))), run_one, len(jobs), run.state.cancel)
         return {o.item: o.result for o in outcomes if o.result is not None}
+
+    def release(self, names: Sequence[str]) -> None:
+        """Close the sessions of hosts nothing more will run on (failed before launch, or
+        done): at 1,000 hosts each one held is a socket and a paramiko thread."""
+        with self.lock:
+            sessions = [self.sessions.pop(name) for name in names if name in self.sessions]
+        for session in sessions:
+            session.close()
 
     def close(self) -> None:
         with self.lock:

@@ -78,6 +78,7 @@ class Engine:
                         and not state.failed() and not state.cancel.is_set()):
                     check_rendezvous(self)
                 failed = state.failed()
+                self.launcher.release([h.name for h in failed])  # no more work there
                 if failed and not self.workload.launch_without(self, failed):
                     names = [h.name for h in failed]
                     state.add_findings([not_launched_finding(names)])
