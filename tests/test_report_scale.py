@@ -232,3 +232,25 @@ def test_hang_rows_group_the_crowd_around_the_named_rank():
     assert rows[0][:2] == [name(64), "517"] and rows[0][7] == "behind"
     assert rows[1][0] == "node[0001-0128]" and rows[1][1:3] == ["0-516,518-1023", "1023"]
     assert rows[1][6] == "8812" and rows[1][7] == "waiting"
+
+
+def test_render_hang_groups_the_waiting_ranks_at_scale():
+    from ddpcheck.model.records import Verdict
+    from ddpcheck.report.hang import render_hang
+    ranks = [{"host": name(r // 8), "rank": r, "pid": 100 + r, "state": "sleeping",
+              "cpu_pct": 0.3, "step": 40, "seq": 8812, "role": "waiting",
+              "where": "all_reduce < train (train.py:40)"} for r in range(8192)]
+    ranks[517] = dict(ranks[517], role="blocked", seq=None,
+                      where="get (queue.py:171) < load_batch (train.py:12)")
+    hosts = tuple(HostRecord(name(i), "10.0.0.1", reachable=True, hostname=name(i))
+                  for i in range(HOSTS))
+    report = Report(command="hang", verdict=Verdict.FAIL, exit_code=1, duration_s=4.0,
+                    backend=None, world_size=None, expected_world_size=None, hosts=hosts,
+                    ranks=(), findings=(), source="hosts.yaml",
+                    extra={"window_s": 3.0, "jobs": [{"job": "j@10.0.0.1:29500",
+                                                      "world_size": 8192, "ranks": ranks,
+                                                      "culprits": [517]}]})
+    text = render_hang(report)
+    assert len(text.splitlines()) < 15
+    assert "8191" in text and "node[0001-1024]" in text and "blocked" in text
+    assert len(render_hang(report, full=True).splitlines()) > 8192
