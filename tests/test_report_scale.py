@@ -254,3 +254,13 @@ def test_render_hang_groups_the_waiting_ranks_at_scale():
     assert len(text.splitlines()) < 15
     assert "8191" in text and "node[0001-1024]" in text and "blocked" in text
     assert len(render_hang(report, full=True).splitlines()) > 8192
+
+
+def test_bandwidth_rank_lines_grouped_at_scale():
+    from ddpcheck.report.bandwidth import render_bandwidth
+    report = replace(cluster(hosts=128, bad_gpu=(5, 2)), command="bandwidth",
+                     extra={"bandwidth": {"ops": ["all_reduce"], "sizes": [1 << 20]}})
+    text = render_bandwidth(report)
+    rank_lines = [line for line in text.splitlines() if line.startswith("#  Rank")]
+    assert len(rank_lines) == 1 and "error (device)" in rank_lines[0]
+    assert "#  node[0001-0005,0007-0128]: 8 ranks ok on cuda" in text

@@ -17,6 +17,7 @@ from ..analyze.bandwidth import (DEFAULT_SLOW_FRACTION, MIN_HOSTS_TO_COMPARE,  #
 from ..remote.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
                     row_from_dict)
 from ..model.errors import DdpcheckError
+from .grouping import FULL_TABLE_MAX_RANKS, group_hosts, hostlist_text
 from .table import Report, findings_lines, footer_line, header_lines
 
 PLOT_INSTALL_HINT = "pip install 'ddpcheck[plot]'"
@@ -50,7 +51,8 @@ def render_bandwidth(report: Report) -> str:
             lines += ["# no rows measured", "#"]
         lines += sweep_footer(summary)
     lines.append("#")
-    lines += findings_lines(report.findings)
+    lines += findings_lines(report.findings, hosts=report.hosts if len(report.hosts)
+                            > FULL_TABLE_MAX_RANKS else None)
     lines.append(footer_line(report))
     return "\n".join(lines) + "\n"
 
@@ -79,7 +81,12 @@ def rank_lines(report: Report) -> list[str]:
     lines: list[str] = []
     if not report.ranks:
         return lines
-    for rank in report.ranks:
+    shown = report.ranks
+    if len(report.ranks) > FULL_TABLE_MAX_RANKS:  # at scale: the groups, then ranks not ok
+        grouping = group_hosts(report.hosts, report.ranks, report.findings)
+        lines += [f"#  {hostlist_text(g.hosts)}: {g.outcome}" for g in grouping.groups]
+        shown = [r for r in report.ranks if r.status.value != "ok"]
+    for rank in shown:
         device = rank.device
         if rank.gpu_bus_id:
             device += f" [{rank.gpu_bus_id}]"
