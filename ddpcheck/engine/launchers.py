@@ -126,6 +126,13 @@ class SSHLauncher:
         result = session.run(command, deadline, state.cancel)
         if step.last:
             self.release([host.name])  # its connection, fd and transport thread go now
+        if result.timed_out and state.left() < MIN_CONNECT_S and not state.cancel.is_set():
+            # the run's --timeout, not the step's own deadline, cut it short: not checked
+            state.fail(host.name, not_reached_failure(state.timeout_s,
+                                                      f"its {step.stage.value} was running"))
+            run.progress.host(host.name, f"not reached in time: its {step.stage.value} was "
+                                         f"still running at --timeout")
+            return
         step.record(host, result, None if run.spec.local else (sent, time.time()))
 
     def rendezvous(self, run: Run) -> RendezvousResults:

@@ -19,8 +19,7 @@ from typing import Optional, Protocol
 
 from ..analyze import health
 from ..analyze.outcomes import (blocking_failure, hosts_text, launch_failure,
-                                not_launched_finding, not_reached_failure, rendezvous_failure,
-                                stage0_failure)
+                                not_launched_finding, rendezvous_failure, stage0_failure)
 from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
 from ..model.outcomes import CommandResult
 from ..model.records import HostRecord, Severity, Stage
@@ -30,7 +29,7 @@ from ..report.table import Report
 from ..transport.limits import ensure_open_files
 from .launchers import HostStep, Launcher
 from .progress import Progress
-from .state import MIN_CONNECT_S, RunState
+from .state import RunState
 
 
 class Workload(Protocol):
@@ -113,9 +112,6 @@ def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
     if facts and clock_window:
         facts["launcher_clock"] = list(clock_window)
     failure = stage0_failure(host, result, facts, list(parsed.stray))
-    if failure is not None and result.timed_out and run.state.left() < MIN_CONNECT_S:
-        # the run's --timeout, not the host's own stage-0 deadline, cut it short
-        failure = not_reached_failure(run.state.timeout_s, "stage 0 was still running")
     gpus = int(facts.get("gpus") or 0)
     run.state.fail(host.name, failure, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
                    versions={"python": facts.get("python"), "torch": facts.get("torch")},
