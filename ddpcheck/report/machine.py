@@ -13,7 +13,7 @@ import csv
 import io
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 from ..analyze.verdict import summary_line
 from ..model.records import Finding, HostRecord, RankRecord, Severity
