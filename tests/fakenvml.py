@@ -60,6 +60,10 @@ class FakeGpu:
     nvlinks: list[int] = field(default_factory=list)  # state per link (1 up, 0 down)
     nvlink_remote: dict[int, str] = field(default_factory=dict)  # link -> remote bus id
     fail: dict[str, int] = field(default_factory=dict)
+    nvlink_errors: dict[int, dict[int, int]] = field(default_factory=dict)  # link -> counter
+    row_histogram: Optional[tuple[int, int, int, int, int]] = None  # max high partial low none
+    recovery_action: Optional[int] = None  # None: a driver before 570 (field not supported)
+    clock_event_sequence: list[int] = field(default_factory=list)  # masks, one per read
 
 
 class FakeNvml:
@@ -155,6 +159,8 @@ class FakeNvml:
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, gpu: FakeGpu) -> int:
         self._check(gpu, "nvmlDeviceGetCurrentClocksEventReasons")
+        if gpu.clock_event_sequence:
+            return gpu.clock_event_sequence.pop(0)
         return gpu.clock_events
 
     def nvmlDeviceGetCurrentClocksThrottleReasons(self, gpu: FakeGpu) -> int:
@@ -196,6 +202,27 @@ class FakeNvml:
     def nvmlDeviceGetNvLinkRemotePciInfo(self, gpu: FakeGpu, link: int) -> Any:
         self._check(gpu, "nvmlDeviceGetNvLinkRemotePciInfo")
         return SimpleNamespace(busId=gpu.nvlink_remote.get(link, "00000000:FF:00.0").encode())
+
+    def nvmlDeviceGetNvLinkErrorCounter(self, gpu: FakeGpu, link: int, counter: int) -> int:
+        self._check(gpu, "nvmlDeviceGetNvLinkErrorCounter")
+        return gpu.nvlink_errors.get(link, {}).get(counter, 0)
+
+    def nvmlDeviceGetRowRemapperHistogram(self, gpu: FakeGpu) -> Any:
+        self._check(gpu, "nvmlDeviceGetRowRemapperHistogram")
+        if gpu.row_histogram is None:
+            raise NVMLError(NOT_SUPPORTED)
+        return SimpleNamespace(**dict(zip(("max", "high", "partial", "low", "none"),
+                                          gpu.row_histogram)))
+
+    def nvmlDeviceGetFieldValues(self, gpu: FakeGpu, field_ids: list[int]) -> list[Any]:
+        self._check(gpu, "nvmlDeviceGetFieldValues")
+        values = []
+        for field_id in field_ids:
+            known = field_id == 230 and gpu.recovery_action is not None
+            values.append(SimpleNamespace(
+                fieldId=field_id, nvmlReturn=0 if known else NOT_SUPPORTED,
+                value=SimpleNamespace(uiVal=gpu.recovery_action if known else 0)))
+        return values
 
     def nvmlDeviceGetTopologyCommonAncestor(self, first: FakeGpu, second: FakeGpu) -> int:
         key = tuple(sorted((self.gpus.index(first), self.gpus.index(second))))

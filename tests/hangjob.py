@@ -9,6 +9,10 @@ writes ``<ready-dir>/rank-<rank>`` with its pid, so a test knows the job runs an
 
 ``--block-rank``: that rank calls ``load_batch()``, an ordinary function that never returns,
 before the all_reduce of ``--block-step``: the others wait for it in all_reduce.
+``--subgroup 0,1,2``: after the step's all_reduce the ranks listed run one more all_reduce in
+their own group (``new_group``, as tensor or pipeline groups are made); the block rank, when it
+is one of them, blocks just before that one, so its group's ranks wait for it there while the
+others go on to the next step's all_reduce.
 ``--flight-recorder``: a thread of every rank writes its Flight Recorder dump to
 ``$TORCH_FR_DUMP_TEMP_FILE<rank>`` every 0.5 s, in the format and place NCCL's watchdog uses on a
 timeout.
@@ -60,10 +64,13 @@ def main() -> None:
     parser.add_argument("--block-step", type=int, default=5)
     parser.add_argument("--flight-recorder", action="store_true")
     parser.add_argument("--sleep", type=float, default=0.05)
+    parser.add_argument("--subgroup", default="")
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
+    members = [int(r) for r in args.subgroup.split(",") if r.strip()]
+    group = dist.new_group(members) if members else None  # every rank calls new_group
     monitor = None
     if args.use_monitor:
         import ddpcheck
@@ -72,11 +79,17 @@ def main() -> None:
     tensor = torch.ones(16)
     if args.flight_recorder:
         flight_recorder_thread(rank)
+    in_group = rank in members
     for step in range(1_000_000):
-        if rank == args.block_rank and step == args.block_step:
+        if rank == args.block_rank and step == args.block_step and not in_group:
             load_batch()
         dist.all_reduce(tensor)
         tensor.fill_(1.0)
+        if in_group:
+            if rank == args.block_rank and step == args.block_step:
+                load_batch()
+            dist.all_reduce(tensor, group=group)
+            tensor.fill_(1.0)
         if monitor is not None:
             monitor.step(step)
         if step == args.ready_step:

@@ -34,7 +34,7 @@ def five_hosts(tmp_path):
     (["-b", "1", "-e", "3"], "hold no float32 element"),
     (["--slow-fraction", "1.5"], "must be between 0 and 1"),
     (["-n", "0"], "must be >= 1"),
-    (["-b", "1.5M"], "not a size"),
+    (["-b", "1.5X"], "not a size"),
 ])
 def test_bad_options_exit_2_and_run_nothing(args, message, tmp_path):
     done = ddpcheck("bandwidth", *args, "--json", str(tmp_path / "r.json"))

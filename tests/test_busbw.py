@@ -51,12 +51,13 @@ def test_row_round_trips_through_json_form():
 
 @pytest.mark.parametrize("text,expected", [("8", 8), ("64K", 65536), ("32M", 32 << 20),
                                            ("1G", 1 << 30), ("2m", 2 << 20), ("4KB", 4096),
-                                           ("1MiB", 1 << 20)])
+                                           ("1MiB", 1 << 20), ("1.5M", 3 << 19),
+                                           ("0.5G", 1 << 29)])
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "M", "1.5M", "-8", "8X", "1 M B"])
+@pytest.mark.parametrize("text", ["", "M", "1.5.5M", "-8", "8X", "1 M B"])
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError):
         parse_size(text)
@@ -80,7 +81,8 @@ def test_message_sizes_like_nccl_tests():
 def test_element_count_gives_every_rank_an_equal_part():
     assert element_count(Collective.ALL_REDUCE, 1000, 3) == 250
     assert element_count(Collective.BROADCAST, 6, 4) == 1
-    assert element_count(Collective.ALL_GATHER, 1000, 3) == 249  # 250 rounded down to 3k
+    # nccl-tests: each rank's part rounded down to 16 bytes (83 -> 80 floats per rank)
+    assert element_count(Collective.ALL_GATHER, 1000, 3) == 240
     assert element_count(Collective.REDUCE_SCATTER, 1 << 20, 8) == 1 << 18
     assert element_count(Collective.ALL_TO_ALL, 8, 4) == 0  # too small to split: skipped
 

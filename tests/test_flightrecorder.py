@@ -75,3 +75,65 @@ def test_dump_prefix_follows_torch_variables():
     assert dump_prefix({"TORCH_NCCL_DEBUG_INFO_TEMP_FILE": "/a/t_",
                         "TORCH_FR_DUMP_TEMP_FILE": "/b/f_"}) == "/b/f_"
     assert op_name("nccl:all_reduce") == "all_reduce" and op_name(None) is None
+
+
+# -- every process group ------------------------------------------------------------------------
+
+def subgroup_views():
+    """The dumps of a real 4-rank gloo job (tests/hangjob.py --subgroup 0,1,2 --block-rank 2):
+    ranks 0 and 1 wait in their group's all_reduce, rank 2 never called it, rank 3 (not in the
+    group) went on to the next all_reduce of the default group."""
+    from ddpcheck.analyze.hang import RankView
+
+    views = []
+    for rank in range(4):
+        record = parse_dump((FIXTURES / f"gloo_subgroup_trace_rank_{rank}").read_bytes())
+        views.append(RankView(job="train", rank=rank, world_size=4, host=f"node{rank // 2}",
+                              status="sleeping", seq=record.last_enqueued,
+                              flight_record=record.to_json()))
+    return views
+
+
+def test_every_process_group_of_a_real_gloo_dump_is_read():
+    record = parse_dump((FIXTURES / "gloo_subgroup_trace_rank_0").read_bytes())
+    assert [(g.pg_id, g.desc, g.last_enqueued, g.last_completed, g.last_op, g.pending)
+            for g in record.groups] == [("0", "default_pg", 7, 7, "all_reduce", False),
+                                        ("1", "undefined", 7, 6, "all_reduce", True)]
+    assert [g.pg_id for g in parse_dump(
+        (FIXTURES / "gloo_subgroup_trace_rank_3").read_bytes()).groups] == ["0"]
+
+
+def test_subgroup_hang_names_the_group_and_the_missing_rank():
+    from ddpcheck.analyze.hang import analyze_job, group_stalls
+
+    views = subgroup_views()
+    first = group_stalls(views, 4)[0]
+    assert (first.pg_id, first.members, first.op, first.seq, first.waiting, first.missing,
+            first.culprits) == ("1", (0, 1, 2), "all_reduce", 7, (0, 1), (2,), (2,))
+    verdict = analyze_job("train", views)
+    assert verdict.hung and verdict.culprits == (2,)
+    [root] = [f for f in verdict.findings if f.root_cause]
+    assert root.rank == 2 and root.host == "node1"
+    assert "process group 1, ranks 0-2" in root.message
+    assert "rank(s) 0-1 wait in all_reduce (collective seq 7)" in root.message
+    assert "2 on node1, its last seq 6" in root.message
+
+
+def test_nccl_pg_config_ranks_name_the_members_even_without_their_dumps():
+    from ddpcheck.analyze.hang import RankView, group_stalls
+
+    def dump(seq, pending):
+        return {"version": "2.10", "pg_config": {"7": {"name": "7", "desc": "tp",
+                                                       "ranks": "[4, 5, 6]"}},
+                "pg_status": {"7": {"last_enqueued_collective": seq,
+                                    "last_completed_collective": seq - 1 if pending else seq}},
+                "entries": [{"pg_id": 7, "process_group": ("7", "tp"), "collective_seq_id": seq,
+                             "profiling_name": "nccl:all_gather", "is_p2p": False,
+                             "state": "started" if pending else "completed"}]}
+
+    views = [RankView(job="j", rank=r, world_size=8, host="h", status="sleeping",
+                      flight_record=summarize_dump(dump(3, True)).to_json()) for r in (4, 5)]
+    [stall] = group_stalls(views, 8)
+    assert (stall.members, stall.missing, stall.culprits, stall.op) == ((4, 5, 6), (6,), (6,),
+                                                                         "all_gather")
+    assert stall.describe() == "process group 7 (tp), ranks 4-6"

@@ -78,3 +78,40 @@ def test_no_job_exits_0_with_a_warning_and_an_empty_report(tmp_path):
 def test_bad_window_is_a_usage_error():
     done = ddpcheck("hang", "--window", "0")
     assert done.returncode == 2 and "--window" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_hang_inside_a_subgroup_names_the_group_and_the_missing_rank(tmp_path):
+    """A real 4-rank gloo job with the Flight Recorder on (TORCH_FR_BUFFER_SIZE): ranks 0-2
+    have their own group (new_group); rank 2 never calls that group's all_reduce. From the
+    dumps alone (no stacks) ddpcheck names group 1 (ranks 0-2) and rank 2."""
+    port = 29700 + (os.getpid() + 97) % 200
+    dumps = tmp_path / "fr"
+    dumps.mkdir()
+    job = start_job(None, [ThisMachine()], 4, port, tmp_path,
+                    ["--subgroup", "0,1,2", "--block-rank", "2", "--block-step", "6",
+                     "--flight-recorder"],
+                    env={"TORCH_FR_BUFFER_SIZE": "2000",
+                         "TORCH_FR_DUMP_TEMP_FILE": str(dumps / "trace_")})
+    try:
+        job.wait_ready()
+        deadline = time.monotonic() + 60
+        from ddpcheck.remote.flightrecorder import parse_dump
+        while True:  # until rank 0's dump shows it waiting in the group's all_reduce
+            path = dumps / "trace_0"
+            groups = parse_dump(path.read_bytes()).groups if path.exists() else ()
+            if any(g.pg_id == "1" and g.pending for g in groups):
+                break
+            assert time.monotonic() < deadline, "the job never hung in its subgroup"
+            time.sleep(0.5)
+        report_path = tmp_path / "hang.json"
+        done = ddpcheck("hang", "--job", f"127.0.0.1:{port}", "--window", "1.5", "--no-stacks",
+                        "--json", str(report_path))
+    finally:
+        job.stop()
+    report = json.loads(report_path.read_text())
+    assert done.returncode == 1, done.stdout + done.stderr
+    (found,) = report["jobs"]
+    assert found["hung"] and found["culprits"] == [2]
+    [root] = [f for f in report["findings"] if f.get("root_cause")]
+    assert root["rank"] == 2 and "process group 1, ranks 0-2" in root["message"]
+    assert "wait in all_reduce" in root["message"]

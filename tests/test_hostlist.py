@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -108,7 +112,8 @@ def test_expand_rejects_non_string() -> None:
     (["node08", "node09", "node10"], "node[08-10]"),
     (["node8", "node9", "node10"], "node[8-10]"),
     (["n1", "n01"], "n[1,01]"),
-    (["n1.a", "n2.a", "n1.b"], "n[1-2].a,n1.b"),
+    (["n1.a", "n2.a", "n1.b"], "n1.a,n2.a,n1.b"),  # SLURM: no text after a bracket
+    (["gpu1-ib", "gpu2-ib"], "gpu1-ib,gpu2-ib"),
     (["x", "n1", "y", "n2"], "x,n[1-2],y"),
     (["a1-b3", "a1-b4", "a2-b3", "a2-b4"], "a1-b[3-4],a2-b[3-4]"),
 ])
@@ -161,3 +166,44 @@ def test_range_expansion_matches_the_arithmetic(low: int, span: int, width: int)
     lo = f"{low:0{width}d}"
     names = expand_hostlist(f"n[{lo}-{low + span}]")
     assert names == [f"n{i:0{width}d}" for i in range(low, low + span + 1)]
+
+
+SCONTROL = shutil.which("scontrol")
+
+
+@pytest.fixture(scope="module")
+def slurm_conf(tmp_path_factory):
+    """A minimal slurm.conf: ``scontrol show hostnames`` needs no controller."""
+    if SCONTROL is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("scontrol (slurm-client) is missing under CI")
+        pytest.skip("scontrol (slurm-client) is not installed")
+    path = tmp_path_factory.mktemp("slurm") / "slurm.conf"
+    path.write_text("ClusterName=oracle\nSlurmctldHost=localhost\n")
+    return str(path)
+
+
+def slurm_expand(expr: str, conf: str) -> list[str]:
+    done = subprocess.run([SCONTROL, "show", "hostnames", expr], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "SLURM_CONF": conf})
+    assert done.returncode == 0 and "Invalid" not in done.stderr, (expr, done.stderr)
+    return done.stdout.split()
+
+
+_slurm_name = st.one_of(
+    st.text(alphabet="abcxyz", min_size=1, max_size=5),
+    st.tuples(st.text(alphabet="abn-", min_size=1, max_size=3).filter(
+        lambda s: not s.startswith("-")), _padded, _literal).map("".join),
+    st.tuples(st.sampled_from(["gpu", "node-", "rack1-n", "n"]), _padded,
+              st.sampled_from(["", "", "-ib", ".ib", "x1"])).map("".join),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(names=st.lists(_slurm_name, min_size=1, max_size=40))
+def test_slurm_expands_every_compressed_list_to_the_same_nodes(names, slurm_conf) -> None:
+    """The list handed to ``srun --nodelist`` / ``scontrol``: SLURM accepts it and expands it
+    to exactly these nodes."""
+    compressed = compress_hostlist(names)
+    assert sorted(slurm_expand(compressed, slurm_conf)) == sorted(set(names))
+    assert sorted(expand_hostlist(compressed)) == sorted(set(names))

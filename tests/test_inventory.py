@@ -58,6 +58,9 @@ def same_hosts(left, right) -> None:
     # an IPv6 literal is a host, not MPICH's host:N
     ("fe80::1 slots=2\n10.0.0.2:3\n", [("fe80::1", 2, 1), ("10.0.0.2", 3, 2)]),
     ("node01 slots=2\r\nnode02 slots=2\r\n", [("node01", 2, 1), ("node02", 2, 2)]),
+    # OpenMPI: a bare host repeated N times has N slots; "slots = 4"; count/cpu are slots
+    ("n1\nn2 slots = 4\nn1\nn1\nn3 cpu=2\nn4 count=3\n",
+     [("n1", 3, 1), ("n2", 4, 2), ("n3", 2, 5), ("n4", 3, 6)]),
 ])
 def test_hostfile_forms(text: str, expected) -> None:
     entries = parse_hostfile(text, "hostfile")
@@ -81,12 +84,20 @@ def test_hostfile_errors_name_file_and_line(text: str, where: str, words: str) -
     assert str(caught.value).startswith(where + ":") and words in str(caught.value)
 
 
-def test_hostfile_duplicate_host_names_both_lines(tmp_path) -> None:
+def test_hostfile_second_slot_count_names_both_lines(tmp_path) -> None:
     path = tmp_path / "hostfile"
     path.write_text("n1 slots=2\nn2 slots=2\nn1 slots=2\n")
     with pytest.raises(ConfigError) as caught:
         load_hostfile(path, ConfigDefaults(host_fields={}))
-    assert str(caught.value).startswith(f"{path}:3: duplicate host 'n1' (first at line 1)")
+    assert str(caught.value).startswith(f"{path}:3: 'n1' already has its slots (line 1)")
+
+
+def test_hostfile_user_at_host_sets_the_user(tmp_path) -> None:
+    path = tmp_path / "hostfile"
+    path.write_text("alice@n1 slots=2\nn2\nn1\n")
+    spec = load_hostfile(path, ConfigDefaults(host_fields={}))
+    assert [(h.name, h.user, h.slots, "user" in h.given) for h in spec.hosts] == [
+        ("n1", "alice", 3, True), ("n2", None, None, False)]
 
 
 def test_hostfile_and_w_give_the_hosts_yaml_spec(tmp_path) -> None:

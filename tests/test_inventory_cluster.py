@@ -189,6 +189,32 @@ def jump_spec(cluster, tmp_path, known_hosts=None, handshakes=2):
     return apply_ssh_config(spec, lookup, source, "root")
 
 
+def test_proxycommand_through_real_ssh_when_direct_routes_are_blocked(ns_cluster, tmp_path):
+    """ssh_config ProxyCommand (``ssh -W %h:%p`` through the first host, OpenSSH's own client):
+    the hosts behind it are reached only through the command, and --dry-run shows it."""
+    jump, *behind = ns_cluster.hosts[:3]
+    ssh_config = write_ssh_config(ns_cluster, tmp_path / "ssh_config")
+    with open(ssh_config, "a") as handle:
+        for host in behind:
+            handle.write(f"Match originalhost {host.name}\n  ProxyCommand ssh -F "
+                         f"{ns_cluster.ssh_config} -W %h:%p {jump.name}  # via {jump.name}\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(shared_sections(ns_cluster, tmp_path, 29643, ssh_config)))
+    dry = ddpcheck("preflight", "-w", "h[1-3]", "--config", str(config), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert (f"through ProxyCommand 'ssh -F {ns_cluster.ssh_config} -W "
+            f"{behind[0].address}:22 {jump.name}  # via {jump.name}'") in dry.stdout
+    with blocked_from_here([h.address for h in behind]):
+        assert not reachable_directly(behind[0].address)  # the fault is real
+        report_path = tmp_path / "report.json"
+        done = ddpcheck("preflight", "-w", "h[1-3]", "--config", str(config),
+                        "--json", str(report_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    assert [r["hostname"] for r in report["ranks"]] == ["h1", "h2", "h3"]
+    assert all(r["status"] == "ok" for r in report["ranks"])
+
+
 def test_jump_pool_shares_one_connection_and_caps_handshakes(ns_cluster, tmp_path):
     spec = jump_spec(ns_cluster, tmp_path, handshakes=1)
     pool = JumpPool(spec.ssh)

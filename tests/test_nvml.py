@@ -17,6 +17,12 @@ from ddpcheck.model.records import Severity
 NA = nvml.NA
 
 
+@pytest.fixture(autouse=True)
+def short_clock_window(monkeypatch):
+    """Clock event reasons are sampled over a window; a short one keeps the tests fast."""
+    monkeypatch.setattr(nvml, "CLOCK_WINDOW_S", 0.02)
+
+
 def gpu_findings(facts):
     return health.gpu_health_findings("n1", {"nvml": facts}, health.Stage0Context())
 
@@ -114,7 +120,8 @@ def test_unhealthy_counters_are_named_with_gpu_and_value():
     assert "row remap is pending" in errors
     assert "page retirement is pending" in errors
     warnings = " | ".join(by_severity[Severity.WARNING])
-    assert "clocks held down at 92 C: sw_thermal_slowdown, hw_thermal_slowdown" in warnings
+    assert "clocks held down at 92 C over" in warnings
+    assert "hw_thermal_slowdown (5/5 samples), sw_thermal_slowdown (5/5 samples)" in warnings
     assert "temperature 92 C (slowdown at 90 C)" in warnings
     assert "PCIe link x8, below its x16" in warnings
     assert "PCIe gen 3 while busy, below its gen 5" in warnings
@@ -202,3 +209,49 @@ def test_clock_event_names_and_bus_ids():
     assert nvml.normalize_bus_id("00000000:1B:00.0") == "0000:1b:00.0"
     assert nvml.normalize_bus_id("0001:c3:00.0") == "0001:c3:00.0"
     assert nvml.normalize_bus_id("") == NA
+
+
+# -- deeper NVML: NVLink error counters, recovery action, row remap banks, sampled clocks --
+
+def test_nvlink_error_counters_are_named_per_link():
+    gpus = two_linked_gpus(nvlink_errors={1: {0: 12, 2: 3}})
+    facts = nvml.read_gpus(FakeNvml(gpus))
+    first = facts["gpus"][0]
+    assert first["nvlink"]["errors"]["1"] == {"replay": 12, "recovery": 0, "crc_flit": 3,
+                                              "crc_data": 0, "ecc_data": 0}
+    messages = [f.message for f in gpu_findings(facts)]
+    assert any("link 1: replay=12, crc_flit=3" in m and "GPU 0" in m for m in messages)
+    assert not any("GPU 1" in m for m in messages)  # its counters are all zero
+
+
+def test_recovery_action_on_new_drivers_and_na_on_old_ones():
+    gpus = [FakeGpu(recovery_action=2), FakeGpu(bus_id="00000000:2C:00.0", recovery_action=0),
+            FakeGpu(bus_id="00000000:3D:00.0")]
+    facts = nvml.read_gpus(FakeNvml(gpus, driver="570.86.15"))
+    assert [g["recovery_action"] for g in facts["gpus"]] == ["node_reboot", "none", NA]
+    errors = [f.message for f in gpu_findings(facts) if f.severity is Severity.ERROR]
+    assert len(errors) == 1 and "GPU 0" in errors[0] and "'node_reboot'" in errors[0]
+
+
+def test_row_remap_banks_without_spare_rows_are_a_warning():
+    facts = nvml.read_gpus(FakeNvml([FakeGpu(row_histogram=(600, 10, 2, 1, 3))]))
+    assert facts["gpus"][0]["row_remap_banks"] == {"max": 600, "high": 10, "partial": 2,
+                                                    "low": 1, "none": 3}
+    warnings = [f.message for f in gpu_findings(facts) if f.severity is Severity.WARNING]
+    assert any("3 memory bank(s) have no spare rows left" in m for m in warnings)
+    healthy = nvml.read_gpus(FakeNvml([FakeGpu(row_histogram=(640, 0, 0, 0, 0))]))
+    assert gpu_findings(healthy) == []
+
+
+def test_clock_events_are_sampled_and_a_moment_is_not_a_state():
+    brief = FakeGpu(clock_event_sequence=[0x1, 0x40, 0x1, 0x1, 0x1, 0x1])  # 1 of 5
+    held = FakeGpu(bus_id="00000000:2C:00.0",
+                   clock_event_sequence=[0x1, 0x8, 0x8, 0x8, 0x1, 0x1])  # 3 of 5
+    facts = nvml.read_gpus(FakeNvml([brief, held]))
+    first, second = facts["gpus"]
+    assert first["clock_event_samples"]["samples"] == 5
+    assert first["clock_event_samples"]["counts"]["hw_thermal_slowdown"] == 1
+    assert second["clock_event_samples"]["counts"]["hw_slowdown"] == 3
+    warnings = [f.message for f in gpu_findings(facts)]
+    assert warnings and all("GPU 1" in m for m in warnings)
+    assert "hw_slowdown (3/5 samples)" in warnings[0]

@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from . import ras
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from .verdict import order_findings
 
@@ -141,6 +142,7 @@ class HangAnalysis:
     jobs: tuple[JobVerdict, ...]
     findings: tuple[Finding, ...]  # job findings, root cause first, then host-level ones
     stacks: Mapping[str, str] = field(default_factory=dict)
+    ras: Mapping[str, Any] = field(default_factory=dict)  # NCCL RAS: host, output, view, error
 
 
 # -- stacks ------------------------------------------------------------------------------------
@@ -204,7 +206,105 @@ def current_collective(view: RankView) -> Optional[str]:
     record = view.flight_record or {}
     if record.get("last_op_pending") and record.get("last_op"):
         return str(record["last_op"])
+    for group in record.get("groups") or []:  # a collective of another process group
+        if isinstance(group, dict) and group.get("pending") and group.get("last_op"):
+            return str(group["last_op"])
     return None
+
+
+# -- Flight Recorder: every process group ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroupStall:
+    """A process group in which some ranks wait in a collective that others never entered."""
+
+    pg_id: str
+    desc: str
+    members: tuple[int, ...]  # global ranks, as far as the dumps tell
+    op: str
+    seq: int
+    waiting: tuple[int, ...]
+    missing: tuple[int, ...]  # members whose dumps show they never entered it
+    culprits: tuple[int, ...]  # missing ranks not waiting in any collective themselves
+    last_seq: Mapping[int, Optional[int]]  # missing rank -> its last collective in the group
+
+    def describe(self) -> str:
+        name = f"process group {self.pg_id}" + (f" ({self.desc})" if self.desc not in (
+            "", "undefined") else "")
+        return f"{name}, ranks {compress_ranks(self.members)}"
+
+
+def group_stalls(views: Sequence[RankView], world: int) -> list[GroupStall]:
+    """From the Flight Recorder dumps of a job's ranks: for every process group, the newest
+    collective some members wait in and the members that never entered it. A group's members
+    are the ranks its dumps name (pg_config), else the ranks whose dumps hold it; the default
+    group (pg 0) is the whole world, so a rank without a dump is missing there."""
+    seen: dict[str, dict[int, Mapping[str, Any]]] = defaultdict(dict)
+    configured: dict[str, set[int]] = defaultdict(set)
+    for view in views:
+        groups = (view.flight_record or {}).get("groups")
+        for group in groups if isinstance(groups, list) else []:
+            if isinstance(group, dict) and isinstance(group.get("pg_id"), str):
+                seen[group["pg_id"]][view.rank] = group
+                configured[group["pg_id"]] |= {r for r in group.get("ranks") or []
+                                               if isinstance(r, int)}
+    pending_somewhere = {rank for groups in seen.values() for rank, g in groups.items()
+                         if g.get("pending")}
+    stalls = []
+    for pg_id in sorted(seen, key=lambda text: int(text) if text.isdigit() else 1 << 30):
+        by_rank = seen[pg_id]
+        waiting = {r: g for r, g in by_rank.items()
+                   if g.get("pending") and _int(g.get("last_enqueued")) is not None}
+        if not waiting:
+            continue
+        seq = max(int(g["last_enqueued"]) for g in waiting.values())
+        members = set(by_rank) | configured[pg_id] | (set(range(world)) if pg_id == "0" else set())
+        missing = sorted(r for r in members if r not in by_rank
+                         or (_int(by_rank[r].get("last_enqueued")) or -1) < seq)
+        if not missing:
+            continue
+        waiters = sorted(r for r, g in waiting.items() if g["last_enqueued"] == seq)
+        op = next((str(waiting[r]["last_op"]) for r in waiters if waiting[r].get("last_op")),
+                  "a collective")
+        stalls.append(GroupStall(
+            pg_id=pg_id, desc=str(next(iter(by_rank.values())).get("desc") or ""),
+            members=tuple(sorted(members)), op=op, seq=seq, waiting=tuple(waiters),
+            missing=tuple(missing),
+            culprits=tuple(r for r in missing if r not in pending_somewhere),
+            last_seq={r: _int(by_rank[r].get("last_enqueued")) if r in by_rank else None
+                      for r in missing}))
+    # the group that explains the hang first: its missing ranks all culprits, then by pg id
+    stalls.sort(key=lambda st: (not st.culprits, len(st.missing) - len(st.culprits)))
+    return stalls
+
+
+def stall_findings(job: str, stalls: Sequence[GroupStall], views: Sequence[RankView],
+                   named: bool) -> tuple[list[Finding], tuple[int, ...]]:
+    """Findings naming each stalled group and the ranks missing from its collective; the
+    first group's culprits are an error (the root cause) unless the stacks ``named`` one."""
+    hosts = {v.rank: v.host for v in views}
+    findings, culprits = [], ()
+    for index, stall in enumerate(stalls):
+        absent = []
+        for rank in stall.missing:
+            last = stall.last_seq.get(rank)
+            where = f" on {hosts[rank]}" if rank in hosts else " (no dump)"
+            absent.append(f"{rank}{where}" + (f", its last seq {last}" if last is not None
+                                               else ""))
+        collateral = [r for r in stall.missing if r not in stall.culprits]
+        text = (f"job {job}: Flight Recorder: in {stall.describe()}, rank(s) "
+                f"{compress_ranks(stall.waiting)} wait in {stall.op} (collective seq "
+                f"{stall.seq}) that rank(s) {'; '.join(absent)} never entered"
+                + (f" (rank(s) {compress_ranks(collateral)} wait in another group)"
+                   if collateral else ""))
+        error = index == 0 and bool(stall.culprits) and not named
+        rank = stall.culprits[0] if stall.culprits else None
+        findings.append(Finding(Severity.ERROR if error else Severity.INFO, "hang", text,
+                                host=hosts.get(rank) if rank is not None else None,
+                                rank=rank, root_cause=error))
+        if error:
+            culprits = stall.culprits
+    return findings, culprits
 
 
 # -- scans -> views ------------------------------------------------------------------------------
@@ -340,10 +440,21 @@ def analyze_job(job: str, views: Sequence[RankView],
     ordered = tuple(verdicts[r] for r in sorted(verdicts))
     culprits = [v for v in ordered if v.role in CULPRITS]
     all_progress = bool(running) and len(progressing) == len(running) and not culprits
+    stalls = [] if all_progress else group_stalls(views, world)
+    if stalls and stalls[0].culprits:
+        # The dumps tell every group apart; "behind" compares one group's sequence numbers
+        # only, and a rank waiting in another group is not behind.
+        culprits = [v for v in culprits if v.role is not Role.BEHIND]
     findings = job_findings(job, world, ordered, culprits, all_progress, main_op, ops)
+    culprit_ranks = tuple(v.view.rank for v in culprits)
+    more, from_dumps = stall_findings(job, stalls, views, named=bool(culprits))
+    if from_dumps:  # the dumps name whom the stacks could not
+        findings = [f for f in findings if "no sign of a hang" not in f.message
+                    and "the collective itself is stuck" not in f.message]
+        culprit_ranks = from_dumps
+    findings += more
     hung = any(f.severity is Severity.ERROR for f in findings)
-    return JobVerdict(job, world, ordered, tuple(findings), hung,
-                      tuple(v.view.rank for v in culprits))
+    return JobVerdict(job, world, ordered, tuple(findings), hung, culprit_ranks)
 
 
 def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
@@ -516,6 +627,8 @@ def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> Ha
     findings: list[Finding] = []
     for job in sorted(jobs, key=lambda j: not j.hung):
         findings += job.findings
+    ras_view, ras_found = ras_of(results)
+    findings += ras_found
     findings += host_findings(results, bool(jobs_views), job_filter)
     stacks: dict[str, str] = {}
     for job in jobs:
@@ -523,7 +636,33 @@ def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> Ha
             if verdict.view.last is not None:
                 key = str(verdict.view.rank) if len(jobs) == 1 else f"{job.job}:{verdict.view.rank}"
                 stacks[key] = verdict.view.last.text
-    return HangAnalysis(jobs, tuple(findings), stacks)
+    return HangAnalysis(jobs, tuple(findings), stacks, ras_view)
+
+
+def ras_of(results: Sequence[HostScanResult]) -> tuple[dict[str, Any], list[Finding]]:
+    """NCCL RAS's answer from the host that asked it: its text, the parsed view, and its
+    ``hang`` findings with RAS's (node, pid) named as the job's ranks where the pid says."""
+    for result in results:
+        answer = (result.scan or {}).get("ras")
+        if not isinstance(answer, Mapping):
+            continue
+        facts: dict[str, Any] = {"host": result.host, **answer}
+        if not answer.get("output"):
+            return facts, []
+        view = ras.parse(str(answer["output"]))
+        facts["view"] = view
+        ranks: dict[int, list[int]] = {}
+        for other in results:
+            for worker in (other.scan or {}).get("workers") or []:
+                if isinstance(worker, Mapping) and isinstance(worker.get("pid"), int):
+                    ranks.setdefault(worker["pid"], []).append(int(worker.get("rank", -1)))
+
+        def rank_of(node: str, pid: int) -> Optional[int]:
+            found = ranks.get(pid) or []
+            return found[0] if len(found) == 1 and found[0] >= 0 else None
+
+        return facts, ras.findings(view, rank_of)
+    return {}, []
 
 
 def host_findings(results: Sequence[HostScanResult], any_job: bool,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from ..model.records import Finding, Severity
+from . import dcgm, infiniband, xid
 
 NA = "n/a"
 MIB = 1024 * 1024
@@ -74,6 +75,9 @@ def host_findings(host: str, facts: Mapping[str, Any],
                  route_findings, resource_findings, gpu_health_findings, gpu_count_findings,
                  clock_findings):
         findings += rule(host, facts, context)
+    findings += xid.xid_findings(host, facts)
+    findings += dcgm.dcgm_findings(host, facts)
+    findings += infiniband.ib_findings(host, facts)
     return findings
 
 
@@ -378,12 +382,30 @@ def gpu_problems(gpu: Mapping[str, Any]) -> list[tuple[Severity, str]]:
         if double:
             problems.append((Severity.WARNING, f"{double:.0f} page(s) retired for double-bit ECC "
                                                f"errors"))
+    banks = gpu.get("row_remap_banks")
+    if isinstance(banks, Mapping) and _number(banks.get("none")):
+        problems.append((Severity.WARNING, f"{_number(banks.get('none')):.0f} memory bank(s) "
+                                           f"have no spare rows left: the next uncorrectable "
+                                           f"error there cannot be remapped (plan service)"))
+    action = gpu.get("recovery_action")
+    if isinstance(action, str) and action not in (NA, "none"):
+        problems.append((Severity.ERROR, f"the driver asks for recovery action {action!r} "
+                                         f"(NVML_FI_DEV_GET_GPU_RECOVERY_ACTION)"))
     reasons = gpu.get("clock_event_reasons")
     temperature = _number(gpu.get("temperature_c"))
-    if isinstance(reasons, list):
+    samples = gpu.get("clock_event_samples")
+    where = f" at {temperature:.0f} C" if temperature is not None else ""
+    if isinstance(samples, Mapping) and isinstance(samples.get("counts"), Mapping):
+        # sampled over a window: only a reason that held in most samples is the GPU's state
+        taken = int(samples.get("samples") or 0)
+        slow = [f"{r} ({n}/{taken} samples)" for r, n in sorted(samples["counts"].items())
+                if r in SLOWDOWN_REASONS and taken and n * 2 > taken]
+        if slow:
+            problems.append((Severity.WARNING, f"clocks held down{where} over "
+                                               f"{samples.get('window_s')}s: {', '.join(slow)}"))
+    elif isinstance(reasons, list):
         slow = [r for r in reasons if r in SLOWDOWN_REASONS]
         if slow:
-            where = f" at {temperature:.0f} C" if temperature is not None else ""
             problems.append((Severity.WARNING, f"clocks held down{where}: {', '.join(slow)}"))
     slowdown = _number(gpu.get("slowdown_temperature_c"))
     if temperature is not None:
@@ -408,6 +430,18 @@ def gpu_problems(gpu: Mapping[str, Any]) -> list[tuple[Severity, str]]:
         down = ", ".join(str(link) for link in links["down"])
         problems.append((Severity.WARNING, f"NVLink link(s) {down} down "
                                            f"({len(links['up'])} up)"))
+    if isinstance(links, Mapping) and isinstance(links.get("errors"), Mapping):
+        bad = []
+        for link, counters in sorted(links["errors"].items(), key=lambda kv: int(kv[0])):
+            if isinstance(counters, Mapping):
+                named = ", ".join(f"{k}={v}" for k, v in counters.items()
+                                  if isinstance(v, int) and v > 0)
+                if named:
+                    bad.append(f"link {link}: {named}")
+        if bad:
+            problems.append((Severity.WARNING, "NVLink error counters not zero (rising replay/"
+                                               "recovery/CRC counts mean a bad link): "
+                                               + "; ".join(bad)))
     processes = gpu.get("processes")
     if isinstance(processes, list) and processes:
         pids = ", ".join(str(p.get("pid")) for p in processes[:5] if isinstance(p, Mapping))

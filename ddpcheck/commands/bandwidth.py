@@ -21,7 +21,7 @@ from ..remote.busbw import ALL_COLLECTIVES, Collective, element_count, message_s
 from ..report.bandwidth import PLOT_INSTALL_HINT
 from ..report.table import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options, add_output_options,
-                     load_spec_from_args, run_reported)
+                     add_prom_option, load_spec_from_args, run_reported)
 
 
 
@@ -62,6 +62,7 @@ def register(sub) -> None:
     add_common_options(parser, SWEEP_TIMEOUT_S)
     add_inventory_options(parser, hostlist_flags=("--nodelist",))  # -w: warm-up, as nccl-tests
     add_output_options(parser)
+    add_prom_option(parser)
     parser.set_defaults(timeout=None)
     parser._option_string_actions["--timeout"].help = (
         f"hard deadline for the whole command (default {SWEEP_TIMEOUT_S:g}; with --pairwise "

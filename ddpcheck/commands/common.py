@@ -158,9 +158,17 @@ def free_local_port() -> int:
         return probe.getsockname()[1]
 
 
+def add_prom_option(parser: argparse.ArgumentParser) -> None:
+    """--prom FILE: node_exporter's textfile format (preflight, node, bandwidth)."""
+    parser.add_argument("--prom", metavar="FILE",
+                        help="write Prometheus metrics here (node_exporter textfile collector "
+                             "format, replaced atomically; name it *.prom)")
+
+
 def write_report(path: str, report: Report,
                  render: Callable[[Report], str] = to_json) -> None:
-    """Atomically: a reader never sees half a report."""
+    """Atomically (a temporary file in the same directory, then renamed): a reader, such as
+    node_exporter's textfile collector, never sees half a report."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(render(report))
@@ -170,9 +178,11 @@ def write_report(path: str, report: Report,
 def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report], str]]]:
     """(path, renderer) of every report file the arguments ask for."""
     from ..report.machine import render_csv, render_junit
+    from ..report.prometheus import render_prom
 
     files = []
-    for option, render in (("json", to_json), ("csv", render_csv), ("junit", render_junit)):
+    for option, render in (("json", to_json), ("csv", render_csv), ("junit", render_junit),
+                           ("prom", render_prom)):
         path = getattr(args, option, None)
         if path:
             files.append((path, render))

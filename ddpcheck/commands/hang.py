@@ -28,6 +28,8 @@ def register(sub) -> None:
     hang.add_argument("--job", default="", metavar="TEXT",
                       help="only jobs whose key (RUN_ID@MASTER_ADDR:MASTER_PORT) contains TEXT")
     hang.add_argument("--no-stacks", action="store_true", help="do not run py-spy")
+    hang.add_argument("--no-ras", action="store_true",
+                      help="do not ask NCCL RAS (NCCL >= 2.24) on the first host")
     add_output_options(hang)  # -q, --full, --csv, --junit, --format, --color
     hang.set_defaults(run=hang_command)
 
@@ -41,6 +43,8 @@ def hang_command(args: argparse.Namespace) -> int:
 
     options = HangOptions(timeout_s=args.timeout, window_s=args.window,
                           heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
-                          job_filter=args.job, verbose=args.verbose)
+                          job_filter=args.job, verbose=args.verbose, ras=not args.no_ras)
     progress = Progress(None if args.quiet else sys.stderr)
-    return run_reported(args, lambda spec: run_hang(spec, options, progress), render_hang)
+    return run_reported(args, lambda spec: run_hang(spec, options, progress),
+                        lambda report, full=False: render_hang(report, verbose=args.verbose,
+                                                               full=full))

@@ -1,8 +1,9 @@
 """``ddpcheck node``: stage 0 on this machine alone, for a SLURM prolog or HealthCheckProgram.
 
 The same facts every host gives in preflight's stage 0 (``agent.collect_facts``: NVML, host
-resources, interfaces, the torch import) judged by the same rules (``health``), in a few seconds,
-with no SSH and no torchrun. Exit codes are the common ones: 0 when every check passed, 1 when one
+resources, interfaces, the torch import, Xid/SXid from the kernel log, IB/RoCE ports, DCGM with
+``--dcgm``) judged by the same rules (``health``), in a few seconds, with no SSH and no torchrun.
+A kernel log this user may not read is a warning that says so (exit 0 unless a check failed). Exit codes are the common ones: 0 when every check passed, 1 when one
 failed (a non-zero prolog drains the node), 2 for a bad option. ``--slurm-drain`` drains the node
 itself with ``scontrol update NodeName=<node> State=DRAIN Reason="ddpcheck: <check>"``, for use as
 HealthCheckProgram, whose exit code SLURM ignores.
@@ -41,6 +42,9 @@ class NodeOptions:
     with_torch: bool = True
     slurm_drain: bool = False
     node_name: Optional[str] = None
+    dcgm: Optional[int] = None  # dcgmi diag -r N
+    xid_since: Optional[float] = None  # epoch; None: since the driver's last load
+    ib_root: str = "/sys/class/infiniband"
 
 
 def register(sub) -> None:
@@ -50,6 +54,8 @@ def register(sub) -> None:
                     "interfaces and env, the torch import. Exit 1 when a check fails, so a "
                     "SLURM prolog drains the node; --slurm-drain drains it directly.")
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
+    parser.add_argument("--prom", metavar="FILE",
+                        help="write Prometheus metrics here (node_exporter textfile format)")
     parser.add_argument("--timeout", type=positive, default=DEFAULT_TIMEOUT_S,
                         metavar="SECONDS",
                         help=f"hard deadline for the checks (default {DEFAULT_TIMEOUT_S:g})")
@@ -63,6 +69,16 @@ def register(sub) -> None:
                         help="directory whose disk is checked (default: the current one)")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the torch import check (faster)")
+    parser.add_argument("--dcgm", type=int, choices=(1, 2), metavar="1|2",
+                        help="also run DCGM diagnostics (dcgmi diag -r N -j) and fold failed "
+                             "tests into gpu_health; the deadline grows by its run time")
+    parser.add_argument("--since", type=_since, default=None, metavar="TIME",
+                        help="Xid/SXid events since TIME: boot, epoch seconds, 'YYYY-MM-DD "
+                             "HH:MM[:SS]' or an age like 10m, 2h (default: since the nvidia "
+                             "driver's last load)")
+    parser.add_argument("--ib-sysfs", default="/sys/class/infiniband", metavar="DIR",
+                        help="where the InfiniBand/RoCE devices are (default "
+                             "/sys/class/infiniband)")
     parser.add_argument("--slurm-drain", action="store_true",
                         help="on a failed check, run scontrol update NodeName=<node> "
                              "State=DRAIN Reason=\"ddpcheck: <check>\"")
@@ -81,7 +97,8 @@ def node_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     options = NodeOptions(timeout_s=args.timeout, expected_gpus=args.gpus, master=args.master,
                           workdir=args.workdir, with_torch=not args.no_torch,
-                          slurm_drain=args.slurm_drain, node_name=args.node_name)
+                          slurm_drain=args.slurm_drain, node_name=args.node_name,
+                          dcgm=args.dcgm, xid_since=args.since, ib_root=args.ib_sysfs)
     return run_reported(args, lambda spec: run_node(options),
                         lambda report: render_node(report, verbose=args.verbose))
 
@@ -92,8 +109,10 @@ def run_node(options: NodeOptions,
     from ..remote.agent import collect_facts
 
     started = time.monotonic()
-    facts = collect_facts(max(options.timeout_s - 1.0, 1.0), options.master,
-                          with_torch=options.with_torch, workdir=options.workdir)
+    facts = collect_facts(max(node_deadline_s(options) - 1.0, 1.0), options.master,
+                          with_torch=options.with_torch, workdir=options.workdir,
+                          xid_since=options.xid_since, ib_root=options.ib_root,
+                          dcgm_level=options.dcgm)
     name = str(facts.get("hostname") or socket.gethostname())
     context = health.Stage0Context(expected_gpus=options.expected_gpus,
                                    check_hostname_loopback=True)
@@ -122,6 +141,22 @@ def run_node(options: NodeOptions,
 
 
 # -- SLURM --------------------------------------------------------------------------------
+
+def node_deadline_s(options: NodeOptions) -> float:
+    """--timeout, plus DCGM's own deadline when --dcgm runs the diagnostics."""
+    from ..remote.dcgm import DEADLINE_S
+
+    return options.timeout_s + (DEADLINE_S[options.dcgm] if options.dcgm else 0.0)
+
+
+def _since(text: str) -> Optional[float]:
+    from ..remote.kernlog import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 def slurm_node_name(environ: Mapping[str, str], hostname: str) -> str:
     """The node's SLURM name: slurmd exports SLURMD_NODENAME to prolog and health check

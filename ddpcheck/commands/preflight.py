@@ -15,7 +15,8 @@ from ..model.spec import ClusterSpec
 from ..remote.argtypes import at_least, positive
 from ..report.table import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options,
-                     add_output_options, load_spec_from_args, run_reported)
+                     add_output_options, add_prom_option, load_spec_from_args,
+                     run_reported)
 
 
 def register(sub) -> None:
@@ -25,6 +26,7 @@ def register(sub) -> None:
     add_common_options(pre, 180.0)
     add_inventory_options(pre)
     add_output_options(pre)
+    add_prom_option(pre)
     pre.add_argument("--launcher", choices=("ssh", "slurm"), default="ssh",
                      help="how ranks are started: ssh (default), or slurm: srun inside the "
                           "current allocation (the hosts default to --slurm)")
@@ -42,6 +44,10 @@ def register(sub) -> None:
     pre.add_argument("--ddp-steps", type=at_least(0), default=3, metavar="K",
                      help="steps of the tiny DDP run that checks parameters stay equal "
                           "(default 3)")
+    pre.add_argument("--dcgm", type=int, choices=(1, 2), metavar="1|2",
+                     help="also run DCGM diagnostics (dcgmi diag -r N -j) on every host in "
+                          "stage 0; failed tests are gpu_health errors; --timeout grows by "
+                          "120 s / 600 s")
     pre.add_argument("--skip", type=_skip_list, default=frozenset(), metavar="CHECK[,CHECK]",
                      help="leave out: consistency (fingerprints and the tiny DDP run), "
                           "rendezvous (the port check before torchrun)")
@@ -71,10 +77,15 @@ def _skip_list(text: str) -> frozenset[str]:
 
 def preflight_options(args: argparse.Namespace):
     from ..engine.preflight import PreflightOptions
+    from ..engine.state import STAGE0_DEADLINE_S
     from ..plan.commands import LaunchOptions
+    from ..remote.dcgm import DEADLINE_S
 
+    dcgm = getattr(args, "dcgm", None)
+    dcgm_s = DEADLINE_S[dcgm] if dcgm else 0.0
     return PreflightOptions(
-        timeout_s=args.timeout, verbose=args.verbose,
+        timeout_s=args.timeout + dcgm_s, verbose=args.verbose, dcgm=dcgm,
+        stage0_timeout_s=STAGE0_DEADLINE_S + dcgm_s,
         rendezvous_check="rendezvous" not in args.skip,
         launch=LaunchOptions(deadline_s=args.timeout,
                              rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
@@ -98,6 +109,11 @@ def preflight_command(args: argparse.Namespace) -> int:
 
     options = preflight_options(args)
     slurm = args.launcher == "slurm"
+    if slurm and options.dcgm:
+        print("ddpcheck: --dcgm runs with the ssh launcher or on this machine; under "
+              "--launcher slurm run `ddpcheck node --dcgm N` on each node (e.g. in the prolog)",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.dry_run:
         try:
             spec = load_spec_from_args(args)

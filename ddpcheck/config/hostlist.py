@@ -49,10 +49,13 @@ def expand_hostlist(expr: str) -> list[str]:
 def compress_hostlist(names: Iterable[str]) -> str:
     """Best-effort inverse of ``expand_hostlist``: ``["n1", "n2", "n3", "n5"]`` -> ``"n[1-3,5]"``.
 
-    Names are grouped by the text around their last number, groups keep the order in which they
-    first appear, numbers within a group are sorted and duplicates dropped. The result expands
-    back to the same set of names. Raises ``ValueError`` for a name that ``expand_hostlist`` could
-    not have produced (empty, brackets, commas, whitespace, other odd characters, leading '-').
+    Names ending in a number are grouped by the text before it (SLURM, which reads the lists
+    handed to ``srun --nodelist``, allows no text after a bracket: ``gpu1-ib`` stays as it is),
+    groups keep the order in which they first appear, numbers within a group are sorted and
+    duplicates dropped. The result expands back to the same set of names (SLURM's
+    ``scontrol show hostnames`` agrees). Raises ``ValueError`` for a name that
+    ``expand_hostlist`` could not have produced (empty, brackets, commas, whitespace, other odd
+    characters, leading '-').
     """
     groups: dict[tuple[str, str], list[str]] = {}
     plain: dict[str, None] = {}
@@ -66,6 +69,11 @@ def compress_hostlist(names: Iterable[str]) -> str:
                 order.append(name)
             continue
         prefix, number, suffix = match.groups()
+        if suffix:  # SLURM takes no text after a bracket: "gpu[1-2]-ib" is invalid there
+            if name not in plain:
+                plain[name] = None
+                order.append(name)
+            continue
         key = (prefix, suffix)
         if key not in groups:
             groups[key] = []

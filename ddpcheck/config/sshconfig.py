@@ -1,36 +1,68 @@
-"""ssh_config: fill in what hosts.yaml left out, as OpenSSH would (between config and plan).
+"""ssh_config: fill in what hosts.yaml left out, exactly as OpenSSH's ``ssh NAME`` would
+(between config and plan; runs on the machine ddpcheck is started on).
 
 hosts.yaml / inventory -> ClusterSpec -> **apply_ssh_config** -> plan -> transport. For every
-host the ssh_config is looked up by the host's name (as ``ssh NAME`` would) and these keys are
-honoured: ``HostName`` (the address), ``User``, ``Port``, ``IdentityFile`` (the first one that
-exists) and ``ProxyJump`` (resolved here into the chain of jump hosts, each with its own
-ssh_config entry). Precedence, per key: a value hosts.yaml (or the ``--config`` defaults) sets
-explicitly > ssh_config > the built-in default (the name, $USER, 22, ssh-agent and default keys,
-no jump). paramiko only parses the file; ``transport`` does the connecting.
+host the ssh_config is read the way OpenSSH's readconf.c reads it, for the host's name as
+``ssh NAME`` would: ``Host`` (``*``/``?`` wildcards, ``!`` negation, brackets literal) and
+``Match`` (``all``, ``host``, ``originalhost``, ``user``, ``localuser``, ``exec``,
+``canonical``, ``final``; host matching case-insensitive), ``Include`` (globs; relative paths
+under ~/.ssh for the user's config, /etc/ssh for the system's), quoting, ``=``, trailing
+``# comments``, and the first value wins. Used: ``HostName`` (``%h``; lower-cased as ssh does),
+``User``, ``Port`` (a number or a service name), ``IdentityFile`` (``~``, ``${VAR}`` and the
+tokens ``%C %d %h %i %j %k %L %l %n %p %r %u %%``; files that do not exist are skipped, as ssh
+does), ``ProxyJump`` (resolved here into the chain of jump hosts, each with its own config) and
+``ProxyCommand`` (tokens ``%h %k %n %p %r %%``; run by ``transport``). Keywords that change
+where ssh connects and that ddpcheck does not follow (``CanonicalizeHostname``,
+``BindAddress``, ``BindInterface``, ``AddressFamily``) are warned about; a
+``Match`` criterion ddpcheck cannot evaluate is a ``ConfigError`` naming the file and line.
 
-``read_ssh_config`` reads the file; ``parse_proxy_jump`` is pure, and so is
-``apply_ssh_config`` but for looking which IdentityFile exists (as ssh does).
+Precedence, per key: a value hosts.yaml (or the ``--config`` defaults) sets explicitly (as
+``ssh -o``) > ssh_config > the built-in default (the name, the local user, 22, ssh-agent and
+default keys, no proxy). Without ``--ssh-config`` the user's ~/.ssh/config and then
+/etc/ssh/ssh_config are read, as ssh does; ``-F FILE`` semantics otherwise.
+
+Parsing, matching and token expansion are pure; I/O is reading the files (once each),
+``Match exec`` (run in the user's shell, as ssh does) and looking which IdentityFile exists.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
+import pwd
 import re
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Optional
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, Optional
 
 from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec, HostSpec
 
 USER_SSH_CONFIG = "~/.ssh/config"
+SYSTEM_SSH_CONFIG = "/etc/ssh/ssh_config"
+SYSTEM_SSH_DIR = "/etc/ssh"
+USER_SSH_DIR = "~/.ssh"
 NO_SSH_CONFIG = "none"
 MAX_JUMP_DEPTH = 8  # ProxyJump chains longer than this are a loop in practice
+MAX_INCLUDE_DEPTH = 16  # readconf.c READCONF_MAX_DEPTH
+MATCH_EXEC_TIMEOUT_S = 30.0
+DEFAULT_PORT = 22
 
-# What a lookup returns: paramiko.SSHConfig.lookup's dict (lower-case keys).
-SSHConfigLookup = Callable[[str], Mapping[str, Any]]
-
+_WS = " \t\r\n"
 _HOP = re.compile(r"^(?:(?P<user>[^@\s/]+)@)?(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^@:\s/\[\]]+)"
                   r"(?::(?P<port>[0-9]+))?$")
+# Keywords that change where ssh connects, which ddpcheck does not follow: (keyword, values
+# that are harmless).
+_UNFOLLOWED = {"canonicalizehostname": ("no",), "bindaddress": (), "bindinterface": (),
+               "addressfamily": ("any",)}
+_SPELLED = {"canonicalizehostname": "CanonicalizeHostname", "bindaddress": "BindAddress",
+            "bindinterface": "BindInterface", "addressfamily": "AddressFamily"}
+_MATCH_INLINE = re.compile(r"^(host|originalhost|user|localuser|localnetwork|version|tagged|"
+                           r"command|exec)=")
+_UNSUPPORTED_MATCH = ("localnetwork", "tagged", "command", "sessiontype", "version")
 
 
 @dataclass(frozen=True)
@@ -70,112 +102,696 @@ def parse_proxy_jump(text: str) -> tuple[JumpHop, ...]:
     return tuple(hops)
 
 
-def read_ssh_config(path: Optional[str]) -> tuple[SSHConfigLookup, str]:
-    """(lookup, the file read). ``None``: ~/.ssh/config when it exists (else nothing);
-    ``"none"``: nothing; a file named explicitly must exist. A file paramiko cannot parse is a
-    ``ConfigError`` naming it."""
-    if path == NO_SSH_CONFIG:
-        return _empty_lookup, ""
-    explicit = path is not None
-    chosen = os.path.expanduser(path if explicit else USER_SSH_CONFIG)
-    if not os.path.exists(chosen):
-        if explicit:
-            raise ConfigError("no such ssh_config file", source=chosen)
-        return _empty_lookup, ""
-    import paramiko
+# ---------------------------------------------------------------- lines, as readconf.c splits
 
-    try:
-        config = paramiko.SSHConfig.from_path(chosen)
-    except OSError as exc:
-        raise ConfigError(f"cannot read ssh_config: {exc.strerror or exc}",
-                          source=chosen) from None
-    except Exception as exc:  # noqa: BLE001 - paramiko raises several types for bad lines
-        raise ConfigError(f"cannot parse ssh_config: {exc}", source=chosen) from None
 
-    def lookup(name: str) -> Mapping[str, Any]:
+@dataclass(frozen=True)
+class ConfigLine:
+    """One directive: lower-case keyword, its arguments (quotes and escapes removed, stopped at
+    an unquoted ``#``), the raw text after the keyword (ProxyCommand keeps it whole)."""
+
+    source: str
+    number: int
+    keyword: str
+    args: tuple[str, ...]
+    rest: str
+
+
+def _strdelim(text: str) -> tuple[Optional[str], str]:
+    """OpenSSH's strdelim: the first word (a ``"quoted"`` one, or up to whitespace or one
+    ``=``) and the rest with the separator skipped. (None, ...) for an unclosed quote."""
+    match = re.search(r'[ \t\r\n"=]', text)
+    if match is None:
+        return text, ""
+    index = match.start()
+    if text[index] == '"':
+        text = text[:index] + text[index + 1:]
+        close = text.find('"', index)
+        if close < 0:
+            return None, ""
+        return text[:close], text[close + 1:].lstrip(_WS)
+    equals = text[index] == "="
+    word, rest = text[:index], text[index + 1:].lstrip(_WS)
+    if rest.startswith("=") and not equals:
+        rest = rest[1:].lstrip(_WS)
+    return word, rest
+
+
+def split_args(text: str) -> Optional[list[str]]:
+    """OpenSSH's argv_split(…, terminate_on_comment=1): words split at blanks, ``"``/``'``
+    quotes, backslash escapes, an unquoted ``#`` starting a word ends the line. None for an
+    unclosed quote."""
+    args: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] in " \t":
+            i += 1
+            continue
+        if text[i] == "#":
+            break
+        quote = ""
+        word: list[str] = []
+        while i < n:
+            char = text[i]
+            if char == "\\" and i + 1 < n and (text[i + 1] in "'\"\\"
+                                               or (not quote and text[i + 1] == " ")):
+                i += 1
+                word.append(text[i])
+            elif not quote and char in " \t":
+                break
+            elif not quote and char in "\"'":
+                quote = char
+            elif quote and char == quote:
+                quote = ""
+            else:
+                word.append(char)
+            i += 1
+        if i >= n and quote:
+            return None
+        args.append("".join(word))
+    return args
+
+
+def parse_config_text(text: str, source: str) -> list[ConfigLine]:
+    """Every directive of one ssh_config file, in order. Lines ssh skips are skipped; an
+    unclosed quote or a keyword without a value is a ``ConfigError`` naming the line."""
+    lines: list[ConfigLine] = []
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.rstrip(_WS + "\f")
+        if not line:
+            continue
+        keyword, rest = _strdelim(line)
+        if keyword == "":
+            keyword, rest = _strdelim(rest)
+        if keyword is None:
+            raise ConfigError("unclosed quote", source=source, line=number)
+        if not keyword or keyword.startswith("#"):
+            continue
+        keyword = keyword.lower()
+        rest = rest.lstrip(_WS)
+        if not rest:
+            raise ConfigError(f'no argument after keyword "{keyword}"', source=source,
+                              line=number)
+        args = split_args(rest)
+        if args is None:
+            raise ConfigError("invalid quotes", source=source, line=number)
+        lines.append(ConfigLine(source, number, keyword, tuple(args), rest))
+    return lines
+
+
+# ---------------------------------------------------------------- patterns and tokens
+
+
+def match_pattern(text: str, pattern: str) -> bool:
+    """OpenSSH's match_pattern: ``*`` and ``?`` only (brackets are literal), case as given."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, text, re.DOTALL) is not None
+
+
+def match_pattern_list(text: str, patterns: str, lower: bool = False) -> int:
+    """OpenSSH's match_pattern_list: 1 a positive match, -1 a negated one, 0 none."""
+    got = 0
+    for sub in patterns.split(","):
+        negated = sub.startswith("!")
+        sub = sub[1:] if negated else sub
+        if lower:
+            sub = sub.lower()
+        if match_pattern(text, sub):
+            if negated:
+                return -1
+            got = 1
+    return got
+
+
+def match_hostname(host: str, patterns: str) -> bool:
+    return match_pattern_list(host.lower(), patterns, lower=True) == 1
+
+
+def percent_expand(text: str, tokens: Mapping[str, str], what: str) -> str:
+    """``%x`` -> ``tokens['x']``, ``%%`` -> ``%``; any other ``%`` is a ``ValueError`` (ssh
+    refuses the same)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] != "%":
+            out.append(text[i])
+            i += 1
+            continue
+        if i + 1 >= len(text):
+            raise ValueError(f"{what}: a '%' at the end of {text!r}")
+        key = text[i + 1]
+        if key == "%":
+            out.append("%")
+        elif key in tokens:
+            out.append(tokens[key])
+        else:
+            raise ValueError(f"{what}: unknown token %{key} in {text!r}")
+        i += 2
+    return "".join(out)
+
+
+def dollar_expand(text: str, env: Mapping[str, str], what: str) -> str:
+    """``${NAME}`` -> the environment variable (ssh's dollar_expand); unset is an error."""
+    def one(match: "re.Match[str]") -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ValueError(f"{what}: environment variable ${{{name}}} has no value")
+        return env[name]
+
+    if "${" in text and re.search(r"\$\{[A-Za-z0-9_]*$|\$\{[^}]*[^A-Za-z0-9_}]", text):
+        raise ValueError(f"{what}: bad ${{...}} in {text!r}")
+    return re.sub(r"\$\{([A-Za-z0-9_]+)\}", one, text)
+
+
+def tilde_expand(path: str, home: str) -> str:
+    """ssh's tilde_expand: ``~`` and ``~/x`` from the user's home, ``~user/x`` from theirs."""
+    if not path.startswith("~"):
+        return path
+    rest = path[1:]
+    if not rest or rest.startswith("/"):
+        base, tail = home, rest.lstrip("/")
+    else:
+        user, _, tail = rest.partition("/")
         try:
-            return config.lookup(name)
-        except Exception as exc:  # noqa: BLE001 - e.g. a Match exec paramiko cannot run
-            raise ConfigError(f"ssh_config lookup of {name!r} failed: {exc}",
-                              source=chosen) from None
-
-    return lookup, chosen
-
-
-def _empty_lookup(name: str) -> Mapping[str, Any]:
-    return {}
+            base = pwd.getpwnam(user).pw_dir
+        except KeyError:
+            raise ValueError(f"no such user {user!r} in {path!r}") from None
+        tail = tail.lstrip("/")
+    return base.rstrip("/") + "/" + tail
 
 
-def apply_ssh_config(spec: ClusterSpec, lookup: SSHConfigLookup, source: str,
-                     local_user: str) -> ClusterSpec:
+def is_address(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return False
+    return True
+
+
+def port_number(text: str) -> int:
+    """ssh's a2port: 1..65535 or a TCP service name (``ssh`` -> 22); ValueError otherwise."""
+    if text.isdigit():
+        value = int(text)
+        if 1 <= value <= 65535:
+            return value
+        raise ValueError(f"Bad port {text!r} (1..65535)")
+    try:
+        return socket.getservbyname(text, "tcp")
+    except OSError:
+        raise ValueError(f"Bad port {text!r}: not a number nor a TCP service name") from None
+
+
+# ---------------------------------------------------------------- the local side
+
+
+@dataclass(frozen=True)
+class LocalFacts:
+    """What tokens and Match need from this machine."""
+
+    user: str
+    home: str
+    uid: int
+    hostname: str
+    env: Mapping[str, str]
+    shell: str = "/bin/sh"
+
+    @classmethod
+    def here(cls, user: Optional[str] = None) -> "LocalFacts":
+        entry = pwd.getpwuid(os.getuid())
+        return cls(user=user or entry.pw_name, home=entry.pw_dir, uid=os.getuid(),
+                   hostname=socket.gethostname(), env=dict(os.environ),
+                   shell=os.environ.get("SHELL") or "/bin/sh")
+
+
+def run_match_exec(command: str, local: LocalFacts) -> bool:
+    """``Match exec``: the command in the user's shell; exit status 0 matches (as ssh)."""
+    try:
+        done = subprocess.run([local.shell, "-c", command], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=MATCH_EXEC_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"Match exec {command!r} ran past {MATCH_EXEC_TIMEOUT_S:g}s") from None
+    except OSError as exc:
+        raise ValueError(f"Match exec {command!r} cannot run: {exc}") from None
+    return done.returncode == 0
+
+
+# ---------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Values given before the files are read (``ssh -o`` / ``-l`` / ``-p`` / ``-J``): they
+    win, as the command line does for ssh."""
+
+    hostname: Optional[str] = None
+    user: Optional[str] = None
+    port: Optional[int] = None
+    proxy_jump: Optional[str] = None
+    proxy_command: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What ``ssh -G`` would say about one host (the keys ddpcheck uses)."""
+
+    host_arg: str
+    hostname: str  # %h expanded, lower-cased unless an address
+    user: str
+    port: int
+    identity_files: tuple[str, ...]  # as written (tokens not expanded), in order
+    proxy_jump: Optional[str]  # None: none
+    proxy_command: Optional[str]  # as written; None: none
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Options:
+    hostname: Optional[str] = None
+    user: Optional[str] = None
+    port: Optional[int] = None
+    identity_files: list[str] = field(default_factory=list)
+    proxy_jump: Optional[str] = None
+    proxy_command: Optional[str] = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pass:
+    host_arg: str
+    local: LocalFacts
+    final: bool
+    want_final: bool = False
+
+
+Reader = Callable[[str], str]
+
+
+def _read_file(path: str) -> str:
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        return handle.read()
+
+
+class SSHConfig:
+    """The ssh_config files ssh reads, each ``(path, is_user_config)``; each file is parsed
+    once. ``resolve`` gives one host's options."""
+
+    def __init__(self, files: list[tuple[str, bool]], reader: Reader = _read_file) -> None:
+        self.files = list(files)
+        self._reader = reader
+        self._parsed: dict[str, list[ConfigLine]] = {}
+
+    @property
+    def source(self) -> str:
+        return ", ".join(path for path, _ in self.files)
+
+    def lines(self, path: str) -> list[ConfigLine]:
+        if path not in self._parsed:
+            try:
+                text = self._reader(path)
+            except OSError as exc:
+                raise ConfigError(f"cannot read ssh_config: {exc.strerror or exc}",
+                                  source=path) from None
+            self._parsed[path] = parse_config_text(text, path)
+        return self._parsed[path]
+
+    def resolve(self, host_arg: str, local: LocalFacts,
+                preset: Preset = Preset()) -> Resolved:
+        options = _Options(hostname=preset.hostname, user=preset.user, port=preset.port)
+        if preset.proxy_command is not None:
+            options.proxy_command = preset.proxy_command
+        if preset.proxy_jump is not None:
+            _set_jump(options, preset.proxy_jump, active=True)
+        state = _Pass(host_arg, local, final=False)
+        self._pass(options, state)
+        if state.want_final:
+            try:
+                options.hostname = _final_hostname(options, host_arg)
+            except ValueError as exc:
+                raise ConfigError(str(exc), source=self.source, key=f"Host {host_arg}") from None
+            self._pass(options, _Pass(host_arg, local, final=True))
+        try:
+            hostname = _final_hostname(options, host_arg)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source=self.source, key=f"Host {host_arg}") from None
+        proxy_command = options.proxy_command
+        if proxy_command is not None and proxy_command.lower() == NO_SSH_CONFIG:
+            proxy_command = None
+        jump = options.proxy_jump
+        if jump is not None and jump.lower() == NO_SSH_CONFIG:
+            jump = None
+        user, port = options.user or local.user, options.port or DEFAULT_PORT
+        if jump is not None:
+            last = parse_proxy_jump(jump)[-1]
+            if (last.host, last.port or DEFAULT_PORT, last.user or user) == (hostname, port, user):
+                raise ConfigError(f"jumphost loop via {last.host} (ProxyJump of {host_arg!r} "
+                                  f"is the host itself)", source=self.source)
+        return Resolved(host_arg=host_arg, hostname=hostname, user=user, port=port,
+                        identity_files=tuple(options.identity_files), proxy_jump=jump,
+                        proxy_command=proxy_command, notes=tuple(options.notes))
+
+    def _pass(self, options: _Options, state: _Pass) -> None:
+        for path, user_config in self.files:
+            active = [True]
+            self._file(path, user_config, options, state, active, never=False, depth=0)
+
+    def _file(self, path: str, user_config: bool, options: _Options, state: _Pass,
+              active: list, never: bool, depth: int) -> None:
+        if depth > MAX_INCLUDE_DEPTH:
+            raise ConfigError(f"Include nests more than {MAX_INCLUDE_DEPTH} deep", source=path)
+        for line in self.lines(path):
+            try:
+                self._line(line, user_config, options, state, active, never, depth)
+            except ValueError as exc:
+                raise ConfigError(str(exc), source=line.source, line=line.number,
+                                  key=line.keyword) from None
+
+    def _line(self, line: ConfigLine, user_config: bool, options: _Options, state: _Pass,
+              active: list, never: bool, depth: int) -> None:
+        key, args = line.keyword, line.args
+        if key == "host":
+            active[0] = (not never) and _host_matches(state.host_arg, args)
+        elif key == "match":
+            result = _match(args, options, state)
+            active[0] = result and not never
+        elif key == "include":
+            self._include(line, user_config, options, state, active, depth)
+        elif key == "hostname":
+            value = _one(args, line)
+            if active[0] and options.hostname is None:
+                options.hostname = value
+        elif key == "user":
+            value = _one(args, line)
+            if active[0] and options.user is None:
+                options.user = value
+        elif key == "port":
+            value = port_number(_one(args, line))
+            if active[0] and options.port is None:
+                options.port = value
+        elif key == "identityfile":
+            value = _one(args, line)
+            if active[0] and value not in options.identity_files:
+                options.identity_files.append(value)
+        elif key == "proxycommand":
+            if active[0] and options.proxy_command is None:
+                options.proxy_command = line.rest.lstrip(_WS + "=")
+        elif key == "proxyjump":
+            _set_jump(options, line.rest.lstrip(_WS + "="), active[0])
+        elif key in _UNFOLLOWED and active[0]:
+            value = args[0] if args else ""
+            note = (f"{line.source} line {line.number}: {_SPELLED[key]} {value} is not "
+                    f"followed by ddpcheck (it connects without it)")
+            if value.lower() not in _UNFOLLOWED[key] and note not in options.notes:
+                options.notes.append(note)
+
+    def _include(self, line: ConfigLine, user_config: bool, options: _Options, state: _Pass,
+                 active: list, depth: int) -> None:
+        for arg in line.args:
+            if arg.startswith("~") and not user_config:
+                raise ValueError(f"bad include path {arg} (~ only in a user's config)")
+            if not os.path.isabs(arg) and not arg.startswith("~"):
+                arg = f"{USER_SSH_DIR if user_config else SYSTEM_SSH_DIR}/{arg}"
+            pattern = os.path.expanduser(arg)
+            was_active = active[0]
+            for path in sorted(glob.glob(pattern)):
+                if os.path.isdir(path):
+                    raise ValueError(f"Include {path} is a directory")
+                self._file(path, user_config, options, state, active, never=not was_active,
+                           depth=depth + 1)
+                active[0] = was_active
+
+
+def _one(args: tuple[str, ...], line: ConfigLine) -> str:
+    if not args or not args[0]:
+        raise ValueError(f"{line.keyword}: missing argument")
+    if len(args) > 1:
+        raise ValueError(f"{line.keyword}: extra arguments at end of line ({' '.join(args[1:])})")
+    return args[0]
+
+
+def _set_jump(options: _Options, text: str, active: bool) -> None:
+    """readconf.c parse_jump: ``none`` only claims the slot; a jump host also turns
+    ProxyCommand off; neither when ProxyCommand or ProxyJump already has a value."""
+    text = text.split("#", 1)[0].strip(_WS)
+    if text.lower() == NO_SSH_CONFIG:
+        if active and options.proxy_jump is None:
+            options.proxy_jump = NO_SSH_CONFIG
+        return
+    parse_proxy_jump(text)  # ValueError names the bad hop
+    if active and options.proxy_command is None and options.proxy_jump is None:
+        options.proxy_jump = text
+        options.proxy_command = NO_SSH_CONFIG
+
+
+def _host_matches(host_arg: str, patterns: tuple[str, ...]) -> bool:
+    matched = False
+    for pattern in patterns:
+        if not pattern:
+            raise ValueError("Host: empty pattern")
+        negated = pattern.startswith("!")
+        if match_pattern(host_arg, pattern[1:] if negated else pattern):
+            if negated:
+                return False
+            matched = True
+    return matched
+
+
+def _match_host(options: _Options, state: _Pass) -> str:
+    if state.final:
+        return options.hostname or state.host_arg
+    if options.hostname is not None:
+        return percent_expand(options.hostname, {"h": state.host_arg}, "HostName")
+    return state.host_arg
+
+
+def _match(args: tuple[str, ...], options: _Options, state: _Pass) -> bool:
+    """readconf.c match_cfg_line for the criteria ddpcheck can evaluate."""
+    host = _match_host(options, state)
+    result = True
+    items = list(args)
+    attributes = 0
+    i = 0
+    if not items:
+        raise ValueError("Match: no criteria")
+    while i < len(items):
+        attrib = items[i]
+        i += 1
+        negate = attrib.startswith("!")
+        name = (attrib[1:] if negate else attrib).lower()
+        if name == "all":
+            if attributes > 1 or i < len(items):
+                raise ValueError(f"Match: '{attrib}' cannot be combined with other criteria")
+            return (not negate) if result else False
+        attributes += 1
+        if name in ("canonical", "final"):
+            if name == "final" and not negate:
+                state.want_final = True
+            if state.final == negate:
+                result = False
+            continue
+        if name.split("=", 1)[0] in _UNSUPPORTED_MATCH:
+            raise ValueError(f"Match {name} is not supported by ddpcheck (it cannot tell "
+                             f"which hosts that block applies to); resolve it in hosts.yaml")
+        inline = _MATCH_INLINE.match(name)
+        if inline is not None:  # "host=pattern" (one word), as ssh also takes
+            arg = (attrib[1:] if negate else attrib)[inline.end():]
+            name = inline.group(1)
+        elif i >= len(items):
+            raise ValueError(f"Match: missing argument for '{attrib}'")
+        else:
+            arg = items[i]
+            i += 1
+        if not arg or arg.startswith("#"):
+            raise ValueError(f"Match: missing criteria for '{attrib}'")
+        if name == "host":
+            hit = match_hostname(host, arg)
+        elif name == "originalhost":
+            hit = match_hostname(state.host_arg, arg)
+        elif name == "user":
+            hit = match_pattern_list(options.user or state.local.user, arg) == 1
+        elif name == "localuser":
+            hit = match_pattern_list(state.local.user, arg) == 1
+        elif name == "exec":
+            command = percent_expand(arg, _exec_tokens(host, options, state), "Match exec")
+            if not result:
+                continue  # ssh skips the command once an earlier criterion failed
+            hit = run_match_exec(command, state.local)
+        else:
+            raise ValueError(f"Match: unsupported attribute {name!r}")
+        if hit == negate:
+            result = False
+    return result
+
+
+def _exec_tokens(host: str, options: _Options, state: _Pass) -> dict[str, str]:
+    local = state.local
+    port = str(options.port or DEFAULT_PORT)
+    user = options.user or local.user
+    return {"C": _connection_hash(local.hostname, host, port, user, ""),
+            "L": local.hostname.split(".")[0], "d": local.home, "h": host,
+            "i": str(local.uid), "k": state.host_arg, "l": local.hostname,
+            "n": state.host_arg, "p": port, "r": user, "u": local.user}
+
+
+def _final_hostname(options: _Options, host_arg: str) -> str:
+    host = host_arg
+    if options.hostname is not None:
+        host = percent_expand(options.hostname, {"h": host_arg}, "HostName")
+    return host if is_address(host) else host.lower()
+
+
+def _connection_hash(local: str, host: str, port: str, user: str, jump: str) -> str:
+    return hashlib.sha1((local + host + port + user + jump).encode()).hexdigest()
+
+
+def client_tokens(resolved: Resolved, local: LocalFacts) -> dict[str, str]:
+    """ssh's DEFAULT_CLIENT_PERCENT_EXPAND_ARGS for one resolved host."""
+    port = str(resolved.port)
+    jump = ""
+    if resolved.proxy_jump:
+        jump = parse_proxy_jump(resolved.proxy_jump)[-1].host
+    return {"C": _connection_hash(local.hostname, resolved.hostname, port, resolved.user, jump),
+            "L": local.hostname.split(".")[0], "i": str(local.uid), "k": resolved.host_arg,
+            "l": local.hostname, "n": resolved.host_arg, "p": port, "d": local.home,
+            "h": resolved.hostname, "u": local.user, "j": jump, "r": resolved.user}
+
+
+def identity_paths(resolved: Resolved, local: LocalFacts) -> list[str]:
+    """The IdentityFile paths as ssh opens them: ``~`` first, then ``${VAR}`` and tokens."""
+    tokens = client_tokens(resolved, local)
+    paths = []
+    for raw in resolved.identity_files:
+        path = tilde_expand(raw, local.home)
+        path = percent_expand(dollar_expand(path, local.env, "IdentityFile"), tokens,
+                              "IdentityFile")
+        paths.append(path)
+    return paths
+
+
+def proxy_command_line(resolved: Resolved) -> Optional[str]:
+    """The ProxyCommand as ssh runs it (tokens of sshconnect.c expanded), or None."""
+    if resolved.proxy_command is None:
+        return None
+    return percent_expand(resolved.proxy_command,
+                          {"h": resolved.hostname, "k": resolved.host_arg,
+                           "n": resolved.host_arg, "p": str(resolved.port),
+                           "r": resolved.user}, "ProxyCommand")
+
+
+# ---------------------------------------------------------------- ddpcheck's side
+
+
+def read_ssh_config(path: Optional[str]) -> tuple[SSHConfig, str]:
+    """(config, the files read). ``None``: ~/.ssh/config and /etc/ssh/ssh_config, those that
+    exist (as ssh); ``"none"``: nothing; a file named explicitly must exist (as ``ssh -F``).
+    A line ssh would refuse is a ``ConfigError`` naming file and line (when a host is
+    resolved)."""
+    if path == NO_SSH_CONFIG:
+        return SSHConfig([]), ""
+    if path is not None:
+        chosen = os.path.expanduser(path)
+        if not os.path.isfile(chosen):
+            raise ConfigError("no such ssh_config file", source=chosen)
+        config = SSHConfig([(chosen, True)])
+    else:
+        files = [(os.path.expanduser(USER_SSH_CONFIG), True), (SYSTEM_SSH_CONFIG, False)]
+        config = SSHConfig([(f, user) for f, user in files if os.path.isfile(f)])
+    for file, _ in config.files:
+        config.lines(file)  # parse errors now, not at the first host
+    return config, config.source
+
+
+def apply_ssh_config(spec: ClusterSpec, config: SSHConfig, source: str,
+                     local_user: str, local: Optional[LocalFacts] = None,
+                     warn: Optional[Callable[[str], None]] = None) -> ClusterSpec:
     """Every host with what ssh_config says about it filled in (see the module docstring);
-    ``local_user`` is the last resort for User. Local specs (no SSH) are returned unchanged."""
+    ``local_user`` is the last resort for User. Local specs (no SSH) are returned unchanged.
+    Each keyword ddpcheck does not follow is passed to ``warn`` once (default: stderr)."""
     if spec.local:
         return spec
-    hosts = tuple(resolve_host(host, lookup, source, local_user) for host in spec.hosts)
+    local = replace(local or LocalFacts.here(local_user), user=local_user)
+    notes: dict[str, list[str]] = {}
+    hosts = tuple(resolve_host(host, config, local, notes=notes) for host in spec.hosts)
+    for note, names in notes.items():
+        message = f"ddpcheck: warning: {note} ({_short_names(names)})"
+        if warn is None:
+            print(message, file=sys.stderr)
+        else:
+            warn(message)
     return replace(spec, hosts=hosts)
 
 
-def resolve_host(host: HostSpec, lookup: SSHConfigLookup, source: str, local_user: str,
-                 depth: int = 0) -> HostSpec:
-    found = lookup(host.name)
+def _short_names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def resolve_host(host: HostSpec, config: SSHConfig, local: LocalFacts,
+                 depth: int = 0, jump_preset: Optional[str] = None,
+                 notes: Optional[dict[str, list[str]]] = None) -> HostSpec:
+    """One host as ssh would reach it. ``jump_preset``: the ``-J`` ssh gives this host when it
+    is a later hop of a chain (its own ProxyJump / ProxyCommand do not apply then)."""
     given = host.given
-    where = f"Host {host.name}"
-    address = host.address if "address" in given else str(found.get("hostname") or host.address)
-    user = host.user if "user" in given else (found.get("user") or host.user or local_user)
-    port = host.port
-    if "port" not in given and found.get("port") is not None:
-        port = _config_port(found["port"], source, where)
-    identity_file = host.identity_file
-    if "identity_file" not in given and found.get("identityfile"):
-        identity_file = _first_identity(found["identityfile"])
-    proxy_jump = host.proxy_jump if "proxy_jump" in given else found.get("proxyjump")
-    resolved = replace(host, address=address, user=str(user), port=port,
-                       identity_file=identity_file, proxy_jump=proxy_jump, jumps=())
-    if not proxy_jump:
-        return resolved
+    preset = Preset(hostname=host.address if "address" in given else None,
+                    user=host.user if "user" in given else None,
+                    port=host.port if "port" in given else None,
+                    proxy_jump=host.proxy_jump if "proxy_jump" in given else jump_preset)
     try:
-        hops = parse_proxy_jump(str(proxy_jump))
+        found = config.resolve(host.name, local, preset)
+    except ValueError as exc:  # a bad preset ProxyJump
+        raise ConfigError(str(exc), key=f"{host.name}: proxy_jump") from None
+    where = f"Host {host.name}"
+    for note in found.notes:
+        if notes is not None:
+            notes.setdefault(note, []).append(host.name)
+    try:
+        identity_file = host.identity_file
+        if "identity_file" not in given:
+            identity_file = _first_existing(identity_paths(found, local))
+        proxy_command = proxy_command_line(found)
     except ValueError as exc:
-        raise ConfigError(str(exc), source=source if "proxy_jump" not in given else "",
-                          key=f"{where}: ProxyJump") from None
-    return replace(resolved, jumps=_jump_chain(host.name, hops, lookup, source, local_user,
-                                               depth))
+        raise ConfigError(str(exc), source=config.source, key=where) from None
+    resolved = replace(host, address=found.hostname, user=found.user, port=found.port,
+                       identity_file=identity_file, proxy_jump=found.proxy_jump,
+                       proxy_command=proxy_command, jumps=())
+    if not found.proxy_jump or jump_preset is not None:
+        return resolved
+    hops = parse_proxy_jump(found.proxy_jump)
+    return replace(resolved, jumps=_jump_chain(host.name, hops, config, local, depth, notes))
 
 
-def _jump_chain(target: str, hops: tuple[JumpHop, ...], lookup: SSHConfigLookup, source: str,
-                local_user: str, depth: int) -> tuple[HostSpec, ...]:
+def _jump_chain(target: str, hops: tuple[JumpHop, ...], config: SSHConfig, local: LocalFacts,
+                depth: int, notes: Optional[dict[str, list[str]]]) -> tuple[HostSpec, ...]:
     """The hosts to connect through, in order. As OpenSSH does ``-J a,b``: ``a`` with its own
-    ssh_config (its own ProxyJump too), then ``b`` reached through ``a``."""
+    ssh_config (its own ProxyJump too), then ``b`` reached through ``a`` (``ssh -J a b``: b's
+    own ProxyJump does not apply)."""
     if depth >= MAX_JUMP_DEPTH:
         raise ConfigError(f"ProxyJump of {target!r} goes {MAX_JUMP_DEPTH} hops deep: a loop?",
-                          source=source)
+                          source=config.source)
     chain: list[HostSpec] = []
     for index, hop in enumerate(hops):
-        if hop.host == target:
-            raise ConfigError(f"host {target!r} names itself as its ProxyJump", source=source)
         given = frozenset(({"user"} if hop.user else set()) | ({"port"} if hop.port else set()))
         spec = HostSpec(name=hop.host, address=hop.host, user=hop.user,
-                        port=hop.port or 22, given=given)
-        resolved = resolve_host(spec, lookup, source, local_user, depth + 1)
+                        port=hop.port or DEFAULT_PORT, given=given)
         if index == 0:
+            resolved = resolve_host(spec, config, local, depth + 1, notes=notes)
             chain.extend(resolved.jumps)
+        else:
+            before = ",".join(_hop_text(h) for h in hops[:index])
+            resolved = resolve_host(spec, config, local, depth + 1, jump_preset=before,
+                                    notes=notes)
         chain.append(replace(resolved, jumps=(), proxy_jump=None))
     return tuple(chain)
 
 
-def _config_port(value: Any, source: str, where: str) -> int:
-    text = str(value).strip()
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ConfigError(f"Port must be 1..65535, got {text!r}", source=source,
-                          key=f"{where}: Port")
-    return int(text)
+def _hop_text(hop: JumpHop) -> str:
+    host = f"[{hop.host}]" if ":" in hop.host else hop.host
+    return (f"{hop.user}@" if hop.user else "") + host + (f":{hop.port}" if hop.port else "")
 
 
-def _first_identity(files: Any) -> str:
-    """OpenSSH tries every IdentityFile; we take the first that exists (else the first)."""
-    paths = [os.path.expanduser(str(f)) for f in (files if isinstance(files, list) else [files])]
+def _first_existing(paths: list[str]) -> Optional[str]:
+    """ssh tries every IdentityFile and skips those that do not exist; ddpcheck loads the
+    first that exists (None: ssh-agent and the default keys)."""
     for path in paths:
         if os.path.exists(path):
             return path
-    return paths[0]
+    return None

@@ -43,11 +43,15 @@ class HangOptions:
     stacks: bool = True
     job_filter: str = ""  # only jobs whose key (run id@master:port) contains this
     verbose: bool = False
+    ras: bool = True  # ask NCCL RAS on the first host (one query sees the whole job)
 
 
-def scan_argv(host: HostSpec, options: HangOptions, deadline_s: float) -> list[str]:
+def scan_argv(host: HostSpec, options: HangOptions, deadline_s: float,
+              ras: bool = False) -> list[str]:
     argv = [host.python, "-m", "ddpcheck.remote.hangscan", "--window", f"{options.window_s:g}",
             "--deadline", f"{deadline_s:g}"]
+    if ras:
+        argv.append("--ras")
     for folder in options.heartbeat_dirs:
         argv += ["--heartbeat-dir", folder]
     if not options.stacks:
@@ -57,8 +61,9 @@ def scan_argv(host: HostSpec, options: HangOptions, deadline_s: float) -> list[s
     return argv
 
 
-def scan_command(host: HostSpec, options: HangOptions, deadline_s: float) -> str:
-    return remote_command(host, scan_argv(host, options, deadline_s))
+def scan_command(host: HostSpec, options: HangOptions, deadline_s: float,
+                 ras: bool = False) -> str:
+    return remote_command(host, scan_argv(host, options, deadline_s, ras))
 
 
 class HangScan:
@@ -79,9 +84,12 @@ class HangScan:
 
     def host_step(self, run: Engine) -> HostStep:
         # the step gets 10 s more than the scan's own deadline, which --timeout caps (less 3 s)
+        first = run.spec.hosts[0].name  # NCCL RAS is asked there only
+
         def command(host: HostSpec, seconds: float) -> str:
             return scan_command(host, self.options, max(min(self.stage0_timeout_s,
-                                                            seconds - 1), 1))
+                                                            seconds - 1), 1),
+                                ras=self.options.ras and host.name == first)
 
         return HostStep(Stage.SCAN, self.stage0_timeout_s + 10, command,
                         lambda host, result, window: self.record(run, host, result),
@@ -134,7 +142,8 @@ def hang_report(spec: ClusterSpec, hosts: list[HostRecord], scans: dict[str, Hos
         source=spec.source, master=jobs_master(analysis.jobs), stacks=analysis.stacks,
         extra={"jobs": [job_json(job) for job in analysis.jobs], "window_s": options.window_s,
                "tools": {r.host: {"py_spy": (r.scan or {}).get("py_spy")}
-                         for r in results if r.scan is not None}})
+                         for r in results if r.scan is not None},
+               **({"ras": dict(analysis.ras)} if analysis.ras else {})})
 
 
 def run_hang(spec: ClusterSpec, options: HangOptions, progress: Optional[Progress] = None,

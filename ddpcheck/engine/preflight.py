@@ -33,6 +33,7 @@ class PreflightOptions:
     rendezvous_check: bool = True  # connect to master:port from every host before torchrun
     stage0_timeout_s: float = STAGE0_DEADLINE_S  # connect is ssh.connect_timeout
     launch_grace_s: float = LAUNCH_GRACE_S
+    dcgm: Optional[int] = None  # --dcgm N: dcgmi diag -r N in stage 0 (its deadline added)
 
 
 class Probe:
@@ -48,6 +49,7 @@ class Probe:
         self.rendezvous_check = options.rendezvous_check
         self.stage0_timeout_s = options.stage0_timeout_s
         self.launch_grace_s = options.launch_grace_s
+        self.dcgm = options.dcgm
 
     def host_step(self, run: Engine) -> HostStep:
         raise NotImplementedError("stage 0 is the first step")

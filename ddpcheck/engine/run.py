@@ -100,8 +100,10 @@ class Engine:
 
 def stage0_step(run: Engine) -> HostStep:
     master = run.spec.master_host.address
+    dcgm = getattr(run.workload, "dcgm", None)  # preflight --dcgm N
     return HostStep(Stage.STAGE0, run.workload.stage0_timeout_s,
-                    lambda host, seconds: stage0_command(host, seconds, master=master),
+                    lambda host, seconds: stage0_command(host, seconds, master=master,
+                                                         dcgm=dcgm),
                     lambda host, result, window: record_stage0(run, host, result, window))
 
 

@@ -1,7 +1,7 @@
 """Check names (what a finding is about) and the one table of exit codes.
 
 Runs on the launcher (and is importable anywhere: standard library only). The names are the
-interface contract's (docs/interface.md) plus ddpcheck's own (``srun``, ``stacks``); a
+interface contract's (docs/interface.md) plus ddpcheck's own (``srun``, ``stacks``, ``infiniband``); a
 ``Check`` is a ``str``, so JSON, tables and comparisons with plain names stay as they were.
 """
 
@@ -25,6 +25,7 @@ class Check(str, enum.Enum):
     GPU_COUNT = "gpu_count"
     DUPLICATE_DEVICE = "duplicate_device"
     GPU_HEALTH = "gpu_health"
+    INFINIBAND = "infiniband"  # IB/RoCE ports and NCCL_IB_HCA (stage 0, node)
     RESOURCES = "resources"
     ENV = "env"
     ENV_DRIFT = "env_drift"

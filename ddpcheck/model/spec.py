@@ -54,6 +54,8 @@ class HostSpec:
     # The jump hosts to go through, in order, resolved from proxy_jump and ssh_config by
     # ``sshconfig.apply_ssh_config`` (empty: connect directly).
     jumps: tuple["HostSpec", ...] = ()
+    # ssh_config ProxyCommand, tokens expanded (None: connect directly or through ``jumps``).
+    proxy_command: Optional[str] = None
     given: frozenset[str] = frozenset()  # which of SSH_FIELDS the hosts file set
 
 

@@ -97,17 +97,22 @@ def redact_secrets(command: str) -> str:
     return " ".join(shown) if hidden else command
 
 
-def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None) -> list[str]:
+def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None,
+                dcgm: Optional[int] = None) -> list[str]:
     argv = [host.python, "-m", "ddpcheck.remote.agent", "facts", "--deadline", _num(deadline_s)]
     if master:
         argv += ["--master", master]
+    if dcgm:
+        argv += ["--dcgm", str(dcgm)]
     return argv
 
 
-def stage0_command(host: HostSpec, deadline_s: float, master: Optional[str] = None) -> str:
+def stage0_command(host: HostSpec, deadline_s: float, master: Optional[str] = None,
+                   dcgm: Optional[int] = None) -> str:
     """Stage 0: host facts (hostname, python, torch import, GPUs, resources, interfaces, the
-    route to ``master``) before any rank starts, with the env the ranks will get."""
-    return remote_command(host, stage0_argv(host, deadline_s, master))
+    route to ``master``; DCGM diagnostics with ``dcgm``) before any rank starts, with the env
+    the ranks will get."""
+    return remote_command(host, stage0_argv(host, deadline_s, master, dcgm))
 
 
 def resolve_backend(requested: Backend, gpus_by_host: Mapping[str, int]) -> Backend:

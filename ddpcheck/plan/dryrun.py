@@ -43,6 +43,8 @@ def via(spec: ClusterSpec, host: HostSpec) -> str:
     where = "local" if spec.local else f"ssh {ssh_target(host)}"
     if host.jumps:
         where += " through " + " > ".join(ssh_target(jump) for jump in host.jumps)
+    if host.proxy_command and not spec.local:
+        where += f" through ProxyCommand {host.proxy_command!r}"
     return where
 
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from .. import wire
 from . import hostfacts
 
-from . import nvml
+from . import dcgm, ibports, kernlog, nvml
 
 NODE_RANK_TOKEN = "@NODE_RANK@"
 NPROC_TOKEN = "@NPROC@"
@@ -164,8 +164,13 @@ def workdir_write_test(path: str = ".") -> Optional[str]:
 
 
 def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: bool = True,
-                  workdir: str = ".") -> dict[str, Any]:
+                  workdir: str = ".", xid_since: Optional[float] = None,
+                  ib_root: str = ibports.SYSFS_ROOT,
+                  dcgm_level: Optional[int] = None) -> dict[str, Any]:
+    """Stage 0's facts. ``dcgm_level`` runs ``dcgmi diag`` meanwhile, under its own deadline
+    (``dcgm.DEADLINE_S``), which the caller's deadline must leave room for."""
     started = time.monotonic()
+    diag = dcgm.start(dcgm_level) if dcgm_level else None
     child = start_torch_facts() if with_torch else None
     hostname = socket.gethostname()
     facts: dict[str, Any] = {
@@ -184,11 +189,18 @@ def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: b
     if "error" in host:
         facts["host_facts_error"] = host.pop("error")
     facts.update(host)
+    facts["kernel_log"] = with_deadline(lambda: kernlog.read_xids(xid_since), share,
+                                        "kernel log")
+    facts["infiniband"] = with_deadline(lambda: ibports.read_ports(ib_root), min(3.0, share),
+                                        "InfiniBand sysfs")
     write_error = workdir_write_test(workdir)
     if write_error:
         facts["workdir_write_error"] = write_error
     if child is not None:
         facts.update(finish_torch_facts(child, deadline_s - (time.monotonic() - started)))
+    if diag is not None and dcgm_level:
+        left = deadline_s - (time.monotonic() - started) - 1.0
+        facts["dcgm"] = dcgm.finish(diag, dcgm_level, max(left, 1.0))
     facts["duration_s"] = round(time.monotonic() - started, 3)
     facts["time_end"] = time.time()
     return facts
@@ -509,6 +521,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     facts.add_argument("--deadline", type=float, default=60.0)
     facts.add_argument("--master", default=None, help="rendezvous host: report the route to it")
     facts.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
+    facts.add_argument("--dcgm", type=int, choices=(1, 2), default=None,
+                       help="also run dcgmi diag -r N (the deadline must leave room)")
+    facts.add_argument("--xid-since", type=float, default=None,
+                       help="Xid/SXid events since this epoch time (default: since boot)")
     listener = sub.add_parser("listen", help="accept rendezvous check connections on PORT")
     listener.add_argument("--port", type=int, required=True)
     listener.add_argument("--deadline", type=float, default=10.0)
@@ -543,7 +559,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         emit("node", {"host": node[1], "node_rank": node[0]})
 
     if args.action == "facts":
-        emit("facts", collect_facts(args.deadline, args.master))
+        emit("facts", collect_facts(args.deadline, args.master, dcgm_level=args.dcgm,
+                                    xid_since=args.xid_since))
         return 0
     if args.action == "listen":
         emit("listen", listen(args.port, args.deadline, args.expect))

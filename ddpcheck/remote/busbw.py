@@ -4,7 +4,13 @@ Pure and standard-library only, so ``ddpcheck.remote.sweep`` (which runs on ever
 can import it. The conventions are those of nccl-tests, whose tables users already read:
 
 * ``size`` (the ``bytes`` of a row) is the per-rank buffer for all_reduce and broadcast, and the
-  whole array (every rank's part together) for all_gather, reduce_scatter and all_to_all;
+  whole array (every rank's part together) for all_gather, reduce_scatter and all_to_all, each
+  rank's part trimmed down to a multiple of 16 bytes (nccl-tests since late 2024: with a
+  world size that is not a power of two the bytes are less than asked for);
+* the table's ``count`` is nccl-tests' too: the elements each rank contributes for the split
+  ops (the JSON's ``count`` stays the whole array);
+* sizes are written as nccl-tests takes them: ``8``, ``64K``, ``1.5M``, ``0.5G`` (powers of
+  1024, decimals allowed, the bytes rounded down);
 * algbw = size / time;
 * busbw = algbw x factor, with factor 2(n-1)/n for all_reduce, (n-1)/n for all_gather,
   reduce_scatter and all_to_all, and 1 for broadcast. busbw is what each rank's link carried per
@@ -35,7 +41,10 @@ ALL_COLLECTIVES: tuple[Collective, ...] = tuple(Collective)
 # Ops whose size is the whole array, split in equal parts between the ranks.
 _SPLIT_OPS = frozenset({Collective.ALL_GATHER, Collective.REDUCE_SCATTER, Collective.ALL_TO_ALL})
 
-_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?|[0-9]+\.)\s*([KMGT]?)(i?B)?\s*$",
+                      re.IGNORECASE)
+# nccl-tests trims each rank's part of a split op to a multiple of this many bytes.
+ALIGN_BYTES = 16
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -52,11 +61,15 @@ def busbw_factor(op: Collective, world_size: int) -> float:
 
 
 def parse_size(text: str) -> int:
-    """Bytes from nccl-tests style text: ``8``, ``64K``, ``32M``, ``1G`` (powers of 1024)."""
+    """Bytes from nccl-tests style text: ``8``, ``64K``, ``1.5M``, ``0.5G`` (powers of 1024;
+    a fraction of a byte is dropped, as nccl-tests' parsesize does)."""
     match = _SIZE_RE.match(text)
     if not match:
-        raise ValueError(f"not a size: {text!r} (examples: 8, 64K, 32M, 1G)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+        raise ValueError(f"not a size: {text!r} (examples: 8, 64K, 1.5M, 1G)")
+    number, unit = match.group(1), _UNITS[match.group(2).upper()]
+    if re.fullmatch(r"[0-9]+", number):
+        return int(number) * unit
+    return int(float(number) * unit)
 
 
 def parse_ops(text: str) -> tuple[Collective, ...]:
@@ -100,12 +113,14 @@ def message_sizes(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
 
 
 def element_count(op: Collective, size_bytes: int, world_size: int) -> int:
-    """Elements of the op's array for a requested size: for the split ops a multiple of the
-    world size (rounded down, like nccl-tests), so every rank gets an equal part; 0 when the size
-    is too small for that."""
+    """Elements of the op's array for a requested size, as nccl-tests' GetCollByteCount: for
+    the split ops each rank's part is ``size / world`` elements rounded down to a multiple of
+    16 bytes, and the array is world parts; 0 when the size is too small for that."""
     count = size_bytes // ELEMENT_SIZE
     if op in _SPLIT_OPS:
-        count -= count % world_size
+        per_rank = count // world_size
+        per_rank -= per_rank % (ALIGN_BYTES // ELEMENT_SIZE)
+        count = per_rank * world_size
     return count
 
 
@@ -122,6 +137,11 @@ class CollectiveRow:
     @property
     def nbytes(self) -> int:
         return self.count * ELEMENT_SIZE
+
+    @property
+    def table_count(self) -> int:
+        """nccl-tests' ``count`` column: each rank's elements for the split ops."""
+        return self.count // self.world_size if self.op in _SPLIT_OPS else self.count
 
     @property
     def algbw_gbs(self) -> float:

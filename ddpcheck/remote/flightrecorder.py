@@ -1,4 +1,5 @@
-"""PyTorch Flight Recorder dumps -> the collective sequence ids of one rank (pure, stdlib only).
+"""PyTorch Flight Recorder dumps -> the collective sequence ids of one rank, for its default
+process group and for every other group in the dump (pure, stdlib only).
 
 Used by the host scan of ``ddpcheck hang``. A dump is what ``ProcessGroupNCCL``'s watchdog writes
 on a timeout to ``$TORCH_FR_DUMP_TEMP_FILE<rank>`` (older name ``$TORCH_NCCL_DEBUG_INFO_TEMP_FILE``,
@@ -43,13 +44,35 @@ class FlightRecord:
     last_op_state: Optional[str]  # scheduled | started | completed
     last_op_pending: bool = False  # the last collective had not completed when dumped
     error: Optional[str] = None
+    groups: tuple["GroupRecord", ...] = ()  # every process group in the dump, default first
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "entries": self.entries,
                 "last_enqueued": self.last_enqueued, "last_started": self.last_started,
                 "last_completed": self.last_completed, "last_op": self.last_op,
                 "last_op_seq": self.last_op_seq, "last_op_state": self.last_op_state,
-                "last_op_pending": self.last_op_pending, "error": self.error}
+                "last_op_pending": self.last_op_pending, "error": self.error,
+                "groups": [group.to_json() for group in self.groups]}
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """One process group as one rank's dump sees it (sequence ids count per group)."""
+
+    pg_id: str
+    desc: str  # default_pg, or what new_group was given ("undefined" when nothing)
+    ranks: tuple[int, ...]  # global ranks, from pg_config when the dump has them (NCCL)
+    last_enqueued: Optional[int]
+    last_completed: Optional[int]
+    last_op: Optional[str]
+    last_op_seq: Optional[int]
+    pending: bool  # the group's last collective had not completed when dumped
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pg_id": self.pg_id, "desc": self.desc, "ranks": list(self.ranks),
+                "last_enqueued": self.last_enqueued, "last_completed": self.last_completed,
+                "last_op": self.last_op, "last_op_seq": self.last_op_seq,
+                "pending": self.pending}
 
 
 def dump_prefix(env: Mapping[str, str]) -> str:
@@ -100,7 +123,71 @@ def summarize_dump(dump: Mapping[str, Any]) -> FlightRecord:
         last_op=op_name(last.get("profiling_name")) if last else None,
         last_op_seq=_int(last.get("collective_seq_id")) if last else None,
         last_op_state=str(last.get("state")) if last and last.get("state") else None,
-        last_op_pending=bool(last) and _pending(last, completed))
+        last_op_pending=bool(last) and _pending(last, completed),
+        groups=summarize_groups(dump, entries))
+
+
+def summarize_groups(dump: Mapping[str, Any], entries: list[dict]) -> tuple[GroupRecord, ...]:
+    """Every process group the dump knows (pg_status keys and the entries' pg ids)."""
+    status = dump.get("pg_status") if isinstance(dump.get("pg_status"), dict) else {}
+    ids: dict[str, None] = {}
+    for key in status:
+        if _int(key) is not None or (isinstance(key, str) and key.isdigit()):
+            ids[str(key)] = None
+    for entry in entries:
+        if _int(entry.get("pg_id")) is not None:
+            ids[str(entry["pg_id"])] = None
+    config = dump.get("pg_config") if isinstance(dump.get("pg_config"), dict) else {}
+    groups = []
+    for pg_id in sorted(ids, key=int):
+        own = [e for e in entries if str(e.get("pg_id")) == pg_id]
+        pg_status = status.get(pg_id) if isinstance(status.get(pg_id), dict) else \
+            status.get(int(pg_id)) if isinstance(status.get(int(pg_id)), dict) else {}
+        enqueued = _status_seq(pg_status, "last_enqueued_collective")
+        if enqueued is None:
+            enqueued = max((s for s in (_int(e.get("collective_seq_id")) for e in own)
+                            if s is not None), default=None)
+        completed = _status_seq(pg_status, "last_completed_collective")
+        if completed is None:
+            completed = max((_int(e.get("collective_seq_id")) or 0 for e in own
+                             if e.get("state") == "completed"), default=None)
+        last = max(own, key=lambda e: _int(e.get("collective_seq_id")) or -1, default=None)
+        name, desc = _group_name(last, pg_id)
+        if last is not None and _int(last.get("collective_seq_id")) != enqueued:
+            pending = enqueued is not None and (completed is None or enqueued > completed)
+            op = None
+        else:
+            pending = bool(last) and _pending(last, completed)
+            op = op_name(last.get("profiling_name")) if last else None
+        groups.append(GroupRecord(
+            pg_id=pg_id, desc=desc, ranks=_config_ranks(config.get(name)),
+            last_enqueued=enqueued, last_completed=completed, last_op=op,
+            last_op_seq=enqueued, pending=pending))
+    return tuple(groups)
+
+
+def _group_name(entry: Optional[Mapping[str, Any]], pg_id: str) -> tuple[str, str]:
+    """(name, desc) from an entry's ``process_group`` ``(name, desc)``."""
+    group = entry.get("process_group") if entry else None
+    if isinstance(group, (list, tuple)) and len(group) == 2:
+        return str(group[0]), str(group[1])
+    return pg_id, "default_pg" if pg_id == "0" else ""
+
+
+def _config_ranks(config: Any) -> tuple[int, ...]:
+    """pg_config's ``ranks``: a list, or its text ``"[0, 1, 2]"`` (empty for gloo)."""
+    ranks = config.get("ranks") if isinstance(config, dict) else None
+    if isinstance(ranks, str):
+        ranks = [part.strip() for part in ranks.strip("[] ").split(",") if part.strip()]
+    if not isinstance(ranks, (list, tuple)):
+        return ()
+    out = []
+    for rank in ranks:
+        try:
+            out.append(int(rank))
+        except (TypeError, ValueError):
+            return ()
+    return tuple(out)
 
 
 def op_name(profiling_name: Any) -> Optional[str]:

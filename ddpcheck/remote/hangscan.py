@@ -9,6 +9,9 @@ heartbeat, the PyTorch Flight Recorder dump when the job wrote one) and prints o
 line, ``@@DDPCHECK hangscan {...}``, that the launcher collects. Heartbeats written on this host
 by ranks whose process is gone are reported too: that is how a dead rank is named with its host.
 
+With ``--ras`` (``ddpcheck hang`` asks it of one host) the scan also asks NCCL's RAS service
+(NCCL >= 2.24, ``remote.ncclras``) for its view of the job, while the ranks are sampled.
+
 Only processes in this scan's network namespace are inspected (on one machine, other namespaces
 are other hosts or containers); the count of skipped workers is reported. Standard library and
 psutil only: no torch, so it works while the job holds every GPU.
@@ -25,9 +28,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Mapping, Optional
 
+from . import ncclras
 from .. import wire
 from .flightrecorder import MAX_DUMP_BYTES, dump_prefix, parse_dump
 from ..injob.monitor import HEARTBEAT_PREFIX, SHM_DIR, heartbeat_path, heartbeat_root, job_key
@@ -37,7 +42,8 @@ MAX_HEARTBEAT_BYTES = 1 << 16
 MAX_FRAMES = 80
 MAX_THREADS = 32
 KEPT_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE",
-            "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")
+            "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT",
+            "NCCL_RAS_ADDR", "NCCL_RAS_ENABLE")
 
 
 def emit(kind: str, payload: Mapping[str, Any]) -> None:
@@ -218,7 +224,7 @@ def orphan_heartbeats(roots: list[str], hostname: str, live: set[tuple[str, int]
 
 class HostScan:
     def __init__(self, window_s: float, heartbeat_dirs: list[str], stacks: bool,
-                 deadline_s: float, job_filter: str = "") -> None:
+                 deadline_s: float, job_filter: str = "", ras: bool = False) -> None:
         import psutil  # a dependency of ddpcheck; imported here so --help works without it
 
         self.psutil = psutil
@@ -229,6 +235,7 @@ class HostScan:
         self.deadline = self.started + deadline_s
         self.py_spy = find_py_spy() if stacks else None
         self.stacks = stacks
+        self.ras = ras
         self.own_netns = _netns(os.getpid())
         self.hostname = socket.gethostname()
 
@@ -315,8 +322,23 @@ class HostScan:
         except self.psutil.Error:
             return False
 
+    def query_ras(self, workers: list[dict[str, Any]], into: dict[str, Any]) -> None:
+        """NCCL RAS's view of the job, asked through the RAS port of this host (meanwhile)."""
+        env = workers[0].get("env", {}) if workers else {}
+        if env.get("NCCL_RAS_ENABLE") == "0":
+            into["error"] = "NCCL_RAS_ENABLE=0 in the job's environment: RAS is off"
+            return
+        host, port = ncclras.address(env)
+        budget = max(3.0, min(30.0, self.deadline - time.monotonic() - 3.0))
+        into.update(ncclras.query(host, port, budget))
+
     def run(self) -> dict[str, Any]:
         workers, other_netns, denied = self.find_workers()
+        ras: dict[str, Any] = {}
+        asking = None
+        if self.ras and workers:
+            asking = threading.Thread(target=self.query_ras, args=(workers, ras), daemon=True)
+            asking.start()
         first_at = time.monotonic()
         first = self.observe(workers)
         rest = self.window_s - (time.monotonic() - first_at)
@@ -331,7 +353,12 @@ class HostScan:
         gone = [beat for beat in orphan_heartbeats(heartbeat_roots(self.heartbeat_dirs),
                                                    self.hostname, live, self.alive)
                 if self.job_filter in str(beat.get("job"))]
-        return {"hostname": self.hostname, "boot_id": _boot_id(), "scan_pid": os.getpid(),
+        extra: dict[str, Any] = {}
+        if asking is not None:
+            asking.join(max(0.5, self.deadline - time.monotonic() - 1.0))
+            extra["ras"] = dict(ras) if ras else {"error": "NCCL RAS did not answer in time"}
+        return {**extra, "hostname": self.hostname, "boot_id": _boot_id(),
+                "scan_pid": os.getpid(),
                 "time": time.time(), "window_s": self.window_s,
                 "py_spy": self.py_spy, "stacks_requested": self.stacks,
                 "python": sys.executable, "workers": workers, "gone": gone,
@@ -376,10 +403,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--job", default="", help="only jobs whose key contains this")
     parser.add_argument("--deadline", type=float, default=60.0,
                         help="give up and report what was seen after this many seconds")
+    parser.add_argument("--ras", action="store_true",
+                        help="also ask NCCL RAS (NCCL >= 2.24) for its view of the job")
     args = parser.parse_args(argv)
     try:
         scan = HostScan(max(args.window, 0.0), args.heartbeat_dir, not args.no_stacks,
-                        args.deadline, args.job)
+                        args.deadline, args.job, ras=args.ras)
     except ImportError as exc:
         emit("hangscan", {"hostname": socket.gethostname(), "error": f"psutil missing: {exc}"})
         return 1

@@ -14,6 +14,7 @@ Every function takes the NVML module as ``lib`` so the unit tests can pass a sma
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Optional
 
 NA = "n/a"
@@ -43,6 +44,21 @@ TEMPERATURE_THRESHOLD_SLOWDOWN = 1
 FEATURE_ENABLED = 1
 DEFAULT_NVLINK_MAX_LINKS = 18
 
+# nvmlNvLinkErrorCounter_t: the data-link error counters of one NVLink.
+NVLINK_ERROR_COUNTERS: dict[str, int] = {"replay": 0, "recovery": 1, "crc_flit": 2,
+                                         "crc_data": 3, "ecc_data": 4}
+# nvmlDeviceGetFieldValues: what the driver says to do with the GPU (drivers >= 570).
+FI_DEV_GET_GPU_RECOVERY_ACTION = 230
+RECOVERY_ACTIONS: dict[int, str] = {0: "none", 1: "gpu_reset", 2: "node_reboot",
+                                    3: "drain_p2p", 4: "drain_and_reset",
+                                    5: "recover_imex_domain", 6: "bus_reset",
+                                    7: "system_reboot"}
+NVML_SUCCESS = 0
+# Clock event reasons are sampled this many times over this window, not read once: a reason
+# seen in one sample is a moment, one seen in most is the GPU's state.
+CLOCK_SAMPLES = 5
+CLOCK_WINDOW_S = 1.0
+
 # Clock event ("throttle") reason bits, nvml.h nvmlClocksEventReason*.
 CLOCK_EVENT_REASONS: dict[int, str] = {
     0x1: "gpu_idle",
@@ -67,7 +83,7 @@ class GpuLost(Exception):
     """NVML said the GPU has fallen off the bus: stop reading it."""
 
 
-def read_gpus(lib: Any = None) -> dict[str, Any]:
+def read_gpus(lib: Any = None, clock_window_s: Optional[float] = None) -> dict[str, Any]:
     """GPU facts of this host: ``{"available", "gpus": [...], "driver", "cuda_driver",
     "topology", "error"/"reason"}``. Never raises."""
     if lib is None:
@@ -91,7 +107,8 @@ def read_gpus(lib: Any = None) -> dict[str, Any]:
         return {"available": False, "gpus": [], "device_nodes": nvidia_device_nodes(),
                 "error": f"nvmlInit failed: {type(exc).__name__}: {exc}"}
     try:
-        return _read_initialized(lib)
+        return _read_initialized(lib, CLOCK_WINDOW_S if clock_window_s is None
+                                 else clock_window_s)
     finally:
         try:
             lib.nvmlShutdown()
@@ -130,7 +147,7 @@ class _Reader:
             return absent
 
 
-def _read_initialized(lib: Any) -> dict[str, Any]:
+def _read_initialized(lib: Any, clock_window_s: float = CLOCK_WINDOW_S) -> dict[str, Any]:
     system = _Reader(lib)
     facts: dict[str, Any] = {"available": True, "gpus": []}
     facts["driver"] = _text(system("driver", "nvmlSystemGetDriverVersion"))
@@ -138,6 +155,7 @@ def _read_initialized(lib: Any) -> dict[str, Any]:
     facts["cuda_driver"] = f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else NA
     count = system("count", "nvmlDeviceGetCount", absent=0)
     handles: list[Any] = []
+    sampled: list[dict[str, Any]] = []  # the GPUs of ``handles``, in order
     for index in range(count if isinstance(count, int) else 0):
         reader = _Reader(lib)
         gpu: dict[str, Any] = {"index": index}
@@ -146,6 +164,7 @@ def _read_initialized(lib: Any) -> dict[str, Any]:
             if handle is not None:
                 _read_gpu(reader, handle, gpu)
                 handles.append(handle)
+                sampled.append(gpu)
         except GpuLost as exc:
             gpu["lost"] = str(exc)
         if reader.errors:
@@ -153,6 +172,8 @@ def _read_initialized(lib: Any) -> dict[str, Any]:
         facts["gpus"].append(gpu)
     if len(handles) == len(facts["gpus"]) and len(handles) > 1:
         facts["topology"] = _topology(system, handles, facts["gpus"])
+    if handles and clock_window_s > 0:
+        _sample_clock_events(lib, handles, sampled, clock_window_s)
     if system.errors:
         facts["errors"] = dict(system.errors)
     return facts
@@ -218,6 +239,59 @@ def _read_gpu(read: _Reader, handle: Any, gpu: dict[str, Any]) -> None:
         "max_width": read("pcie_max_width", "nvmlDeviceGetMaxPcieLinkWidth", handle),
     }
     gpu["nvlink"] = _nvlinks(read, handle)
+    histogram = read("row_remapper_histogram", "nvmlDeviceGetRowRemapperHistogram", handle,
+                     absent=None)
+    if histogram is not None:
+        gpu["row_remap_banks"] = {key: int(getattr(histogram, key, 0))
+                                  for key in ("max", "high", "partial", "low", "none")}
+    gpu["recovery_action"] = _recovery_action(read, handle)
+
+
+def _recovery_action(read: _Reader, handle: Any) -> Any:
+    """The driver's recovery action for the GPU (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, drivers
+    >= 570), or n/a on older drivers."""
+    values = read("recovery_action", "nvmlDeviceGetFieldValues", handle,
+                  [FI_DEV_GET_GPU_RECOVERY_ACTION], absent=None)
+    try:
+        value = values[0]
+    except (TypeError, IndexError):
+        return NA
+    if getattr(value, "nvmlReturn", NVML_SUCCESS) != NVML_SUCCESS:
+        return NA
+    raw = getattr(getattr(value, "value", None), "uiVal", None)
+    if not isinstance(raw, int):
+        return NA
+    return RECOVERY_ACTIONS.get(raw, str(raw))
+
+
+def _sample_clock_events(lib: Any, handles: list[Any], gpus: list[dict[str, Any]],
+                         window_s: float, samples: int = CLOCK_SAMPLES) -> None:
+    """Reads every GPU's clock event reasons ``samples`` times over ``window_s``: each GPU
+    (``gpus[i]`` is the GPU of ``handles[i]``) gets
+    ``clock_event_samples`` {"samples", "window_s", "counts": {reason: samples seen}}."""
+    function = (getattr(lib, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                or getattr(lib, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+    if function is None:
+        return
+    counts: list[dict[str, int]] = [{} for _ in handles]
+    taken = [0] * len(handles)
+    started = time.monotonic()
+    for sample in range(samples):
+        for i, handle in enumerate(handles):
+            try:
+                mask = int(function(handle))
+            except Exception:  # noqa: BLE001 - a sample that cannot be read is not counted
+                continue
+            taken[i] += 1
+            for name in clock_event_names(mask):
+                counts[i][name] = counts[i].get(name, 0) + 1
+        if sample < samples - 1:
+            time.sleep(window_s / max(samples - 1, 1))
+    elapsed = round(time.monotonic() - started, 3)
+    for i, gpu in enumerate(gpus):
+        if taken[i]:
+            gpu["clock_event_samples"] = {"samples": taken[i], "window_s": elapsed,
+                                          "counts": counts[i]}
 
 
 def _nvlinks(read: _Reader, handle: Any) -> Any:
@@ -245,7 +319,20 @@ def _nvlinks(read: _Reader, handle: Any) -> Any:
             down.append(link)
     if not up and not down:
         return NA
-    return {"up": up, "down": down, "remote_bus_ids": remote}
+    errors: dict[str, dict[str, int]] = {}
+    for link in up:
+        counters = {}
+        for name, counter in NVLINK_ERROR_COUNTERS.items():
+            value = read(f"nvlink{link}_{name}", "nvmlDeviceGetNvLinkErrorCounter", handle, link,
+                         counter, absent=None)
+            if isinstance(value, int):
+                counters[name] = value
+        if counters:
+            errors[str(link)] = counters
+    facts: dict[str, Any] = {"up": up, "down": down, "remote_bus_ids": remote}
+    if errors:
+        facts["errors"] = errors
+    return facts
 
 
 def _topology(read: _Reader, handles: list[Any], gpus: list[dict[str, Any]]) -> list[list[str]]:

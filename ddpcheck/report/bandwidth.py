@@ -118,7 +118,7 @@ def op_table(op: Collective, rows: Sequence[CollectiveRow]) -> list[str]:
              _table_line(_TABLE_HEAD), _table_line(_TABLE_UNITS)]
     for row in sorted(rows, key=lambda r: r.nbytes):
         root = "0" if op is Collective.BROADCAST else "-1"
-        lines.append(_table_line((" ", str(row.nbytes), str(row.count), ELEMENT_TYPE,
+        lines.append(_table_line((" ", str(row.nbytes), str(row.table_count), ELEMENT_TYPE,
                                   _REDOP.get(op, "none"), root, f"{row.time_s * 1e6:.1f}",
                                   gbs(row.algbw_gbs), gbs(row.busbw_gbs), str(row.wrong))))
     lines.append("#")

@@ -46,7 +46,23 @@ def where_cell(frames: tuple[Frame, ...]) -> str:
     return frames[0].short() + (f" < {own.short()}" if own and own != frames[0] else "")
 
 
-def render_hang(report: Report, full: bool = False) -> str:
+def ras_lines(ras: Any, verbose: bool) -> list[str]:
+    """One line on what NCCL RAS said; its text (and why it could not be asked) with -v."""
+    if not isinstance(ras, dict) or not ras:
+        return []
+    if ras.get("error") and not ras.get("output"):  # a job without NCCL, or NCCL < 2.24
+        return [f"# NCCL RAS (asked on {ras.get('host')}): {ras['error']}", "#"] if verbose else []
+    view = ras.get("view") or {}
+    comms = view.get("communicators") or []
+    state = ", ".join(f"{c['comms']} comm(s) of {c['ranks_per_comm']} rank(s) {c['status']} "
+                      f"{c['errors']}" for c in comms) or "no communicator data"
+    lines = [f"# NCCL RAS (asked on {ras.get('host')}, NCCL {view.get('nccl') or '?'}): {state}"]
+    if verbose and ras.get("output"):
+        lines += [f"#   {line}" for line in str(ras["output"]).rstrip().splitlines()]
+    return lines + ["#"]
+
+
+def render_hang(report: Report, verbose: bool = False, full: bool = False) -> str:
     """The scan's table, a row per rank; past FULL_TABLE_MAX_RANKS ranks (unless ``full``) the
     waiting crowd is grouped around the named ranks (``grouping.hang_rows``)."""
     reachable = sum(1 for h in report.hosts if h.reachable)
@@ -73,6 +89,7 @@ def render_hang(report: Report, full: bool = False) -> str:
         lines += _stacks(job, jobs, report)
     if not jobs:
         lines.append("#")
+    lines += ras_lines(report.extra.get("ras"), verbose)
     lines += findings_lines(report.findings, hosts=None if full or len(report.hosts)
                             <= FULL_TABLE_MAX_RANKS else report.hosts)
     lines.append(footer_line(report))

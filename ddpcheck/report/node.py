@@ -5,6 +5,7 @@ Pure, on the launcher (here: the node itself).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping, Sequence
 
 from tabulate import tabulate
@@ -17,8 +18,10 @@ def render_node(report: Report, verbose: bool = False) -> str:
     host = report.hosts[0] if report.hosts else None
     facts: Mapping[str, Any] = host.facts if host else {}
     lines = header_lines(host.name if host else "?", facts)
+    lines += kernel_log_lines(facts)
     if verbose:
         lines += interface_lines(facts)
+        lines += infiniband_lines(facts)
     lines.append("#")
     nvml = facts.get("nvml") if isinstance(facts.get("nvml"), Mapping) else {}
     if nvml.get("gpus"):
@@ -60,6 +63,39 @@ def header_lines(name: str, facts: Mapping[str, Any]) -> list[str]:
         f"{size(workdir.get('free'))} free, ulimit -n {_limit(limits.get('nofile'))} "
         f"-l {_limit(limits.get('memlock'), scale=True)}")
     return lines
+
+
+def kernel_log_lines(facts: Mapping[str, Any]) -> list[str]:
+    log = facts.get("kernel_log")
+    if not isinstance(log, Mapping):
+        return []
+    if log.get("error"):
+        return ["# kernel log: NOT read (see the gpu_health warning)"]
+    since, loaded = log.get("since"), log.get("driver_loaded")
+    if isinstance(loaded, (int, float)) and not (isinstance(since, (int, float))
+                                                   and since > loaded):
+        since, what = loaded, "the nvidia driver's load at "
+    else:
+        what = ""
+    when = what + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+                   if isinstance(since, (int, float)) else "boot")
+    events = [e for e in log.get("events") or [] if isinstance(e, Mapping)]
+    total = sum(int(e.get("count") or 1) for e in events)
+    return [f"# kernel log ({log.get('source')}) since {when}: {total} Xid/SXid event(s)"
+            + (f" of {len(events)} kind(s)" if events else "")]
+
+
+def infiniband_lines(facts: Mapping[str, Any]) -> list[str]:
+    ib = facts.get("infiniband")
+    devices = ib.get("devices") if isinstance(ib, Mapping) else None
+    if not isinstance(devices, Mapping) or not devices:
+        return ["# infiniband: no HCA"]
+    parts = []
+    for hca, info in sorted(devices.items()):
+        for port, state in sorted((info.get("ports") or {}).items()):
+            parts.append(f"{hca}/{port} {state.get('state')} {state.get('link_layer') or ''} "
+                         f"{state.get('rate') or '?'}".replace("  ", " "))
+    return ["# infiniband: " + "; ".join(parts)]
 
 
 def interface_lines(facts: Mapping[str, Any]) -> list[str]:

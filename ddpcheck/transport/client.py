@@ -75,6 +75,16 @@ def open_client(host: HostSpec, ssh: SSHSpec, sock=None, via: str = ""):
         identity = _load_identity(host)
     except HostError as exc:
         raise fail(exc.message) from None
+    if sock is None and host.proxy_command:
+        sock = _proxy_command(host.proxy_command)  # its own deadline: banner_timeout below
+        if isinstance(sock, str):
+            raise fail(sock)
+        where += f" (ProxyCommand {host.proxy_command!r})"
+        close_client = fail
+
+        def fail(message: str) -> HostError:  # noqa: F811 - also stop the proxy process
+            sock.close()
+            return close_client(message)
     try:
         client.connect(host.address, port=host.port, username=ssh_user(host),
                        pkey=identity, timeout=timeout,
@@ -112,6 +122,19 @@ def open_client(host: HostSpec, ssh: SSHSpec, sock=None, via: str = ""):
         raise fail(f"the host key of {host.address} ({key.fingerprint}) is marked @revoked in "
                    f"{revoked_in}; refusing to connect")
     return client
+
+
+def _proxy_command(command: str):  # -> paramiko.ProxyCommand, or why it cannot start
+    """ssh_config's ProxyCommand, run as ssh runs it: ``$SHELL -c "exec COMMAND"``."""
+    import shlex
+
+    import paramiko
+
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    try:
+        return paramiko.ProxyCommand(shlex.join([shell, "-c", "exec " + command]))
+    except (paramiko.ProxyCommandFailure, OSError) as exc:
+        return f"ProxyCommand {command!r} cannot start: {exc}"
 
 
 def _quiet_paramiko() -> None:

@@ -1,0 +1,45 @@
+"""DCGM diagnostics (``remote.dcgm``) -> ``gpu_health`` findings, one per failed test and GPU.
+
+Pure; used by stage 0 (``preflight --dcgm N``) and ``ddpcheck node --dcgm N``. A test that
+failed is an error naming the test, the GPU and DCGM's own words; a warning stays a warning;
+passed, skipped and not-run tests say nothing. No dcgmi on the host is said once, as a warning,
+since the user asked for the diagnostics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..model.records import Finding, Severity
+
+
+def dcgm_findings(host: str, facts: Mapping[str, Any]) -> list[Finding]:
+    diag = facts.get("dcgm")
+    if not isinstance(diag, Mapping):
+        return []
+    level = diag.get("level")
+
+    def finding(severity: Severity, message: str) -> Finding:
+        return Finding(severity, "gpu_health", f"{host}: DCGM diag -r {level}: {message}",
+                       host=host)
+
+    if not diag.get("available", True):
+        return [finding(Severity.WARNING, f"not run: {diag.get('reason')}")]
+    if diag.get("error"):
+        return [finding(Severity.WARNING, f"no result: {diag['error']}")]
+    findings = []
+    if diag.get("runtime_error"):
+        findings.append(finding(Severity.ERROR, f"runtime error: {diag['runtime_error']}"))
+    for test in diag.get("tests") or []:
+        if not isinstance(test, Mapping):
+            continue
+        status = str(test.get("status", "")).lower()
+        if status not in ("fail", "warn"):
+            continue
+        gpu = test.get("gpu")
+        where = f" on GPU {gpu}" if gpu is not None else ""
+        words = "; ".join(test.get("messages") or []) or "no detail given"
+        findings.append(finding(Severity.ERROR if status == "fail" else Severity.WARNING,
+                                f"test {test.get('name')!r} {'FAILED' if status == 'fail' else 'warned'}"
+                                f"{where}: {words}"))
+    return findings
