@@ -1,7 +1,8 @@
 """Fan-out at 64 hosts: every host reached, checked and reported, on a real namespace cluster.
 
-The hosts are made cheap, honestly: each host's ``python:`` is the system interpreter, which has
-no torch (ddpcheck's host side is stdlib-only and found through ``PYTHONPATH``). So every host
+The hosts are made cheap, honestly: each host's ``python:`` is an interpreter without torch (a
+bare venv made for the test; ddpcheck's host side is stdlib-only and found through
+``PYTHONPATH``). So every host
 really accepts an SSH connection (its own sshd), runs the real stage-0 agent, reports its facts,
 and fails the ``torch_import`` check within a second instead of importing torch for seconds on
 the machine's shared cores. What is measured is the launcher: all 64 hosts must come back with
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -25,16 +25,14 @@ pytestmark = pytest.mark.cluster
 
 HOSTS = 64
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def cheap_python() -> str:
-    """An interpreter without torch, else skip (the test would measure torch, not fan-out)."""
-    if not shutil.which(SYSTEM_PYTHON):
-        pytest.skip(f"{SYSTEM_PYTHON} not found")
-    if subprocess.run([SYSTEM_PYTHON, "-c", "import torch"], capture_output=True).returncode == 0:
-        pytest.skip(f"{SYSTEM_PYTHON} has torch: hosts would not be cheap")
-    return SYSTEM_PYTHON
+@pytest.fixture(scope="module")
+def cheap_python(tmp_path_factory) -> str:
+    """A bare venv of this interpreter: the standard library only, no torch."""
+    where = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    python = str(where / "bin" / "python")
+    assert subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0
+    return python
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +48,18 @@ def big_cluster(tmp_path_factory):
         cluster.stop()
 
 
-def cheap_hosts_yaml(cluster, path: pathlib.Path) -> pathlib.Path:
+def cheap_hosts_yaml(cluster, path: pathlib.Path, python: str) -> pathlib.Path:
     """No GLOO_SOCKET_IFNAME: the interface check of the stdlib-only facts (no psutil in the
     system interpreter) is not what this test is about."""
     return cluster_hosts_yaml(
         cluster, path, slots=1, port=29640,
         extra={"defaults": {"user": "root", "identity_file": str(cluster.identity_file),
-                            "python": cheap_python(), "env": {"PYTHONPATH": str(REPO)}}})
+                            "python": python, "env": {"PYTHONPATH": str(REPO)}}})
 
 
-def test_every_one_of_64_hosts_is_reached_checked_and_reported(big_cluster, tmp_path):
-    hosts_yaml = cheap_hosts_yaml(big_cluster, tmp_path / "hosts.yaml")
+def test_every_one_of_64_hosts_is_reached_checked_and_reported(big_cluster, cheap_python,
+                                                                tmp_path):
+    hosts_yaml = cheap_hosts_yaml(big_cluster, tmp_path / "hosts.yaml", cheap_python)
     report_path = tmp_path / "report.json"
     done = subprocess.run([sys.executable, "-m", "ddpcheck", "preflight", str(hosts_yaml),
                            "--json", str(report_path), "--timeout", "120"],
