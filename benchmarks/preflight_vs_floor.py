@@ -1,10 +1,10 @@
-"""Preflight wall time on the namespace cluster for 1, 2 and 4 hosts, beside the floor.
+"""Preflight wall time on the namespace cluster for 1, 2 and 3 hosts, beside the floor.
 
 The floor is torchrun started over ssh on the same hosts with the same ranks, each rank only
 importing torch and joining one barrier: what any launcher must pay. Both are timed in the same
 run, interleaved, so the ratio preflight/floor holds on a noisy machine. Needs root.
 
-    .venv/bin/python benchmarks/preflight_vs_floor.py [--reps 3] [--slots 2]
+    .venv/bin/python benchmarks/preflight_vs_floor.py [--reps 3] [--slots 2] [--counts 1,2,3]
 """
 
 from __future__ import annotations
@@ -55,14 +55,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--counts", default="1,2,3")
     args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = NamespaceCluster(4, pathlib.Path(tmp))
+        cluster = NamespaceCluster(max(counts), pathlib.Path(tmp))
         cluster.start()
         try:
             rows = []
             port = 29800
-            for count in (1, 2, 4):
+            for count in counts:
                 hosts = cluster.hosts[:count]
                 pre, floor = [], []
                 for rep in range(args.reps):

@@ -31,10 +31,12 @@ ALLOWED: dict[str, set[str]] = {
     "collect": set(),
     # analyze uses collect's parsers to read outcomes, and the remote rules shared with the
     # in-job API (drift) and the busbw formulas (one definition for rank and launcher)
-    "analyze": {"collect", "remote"},
+    "analyze": {"collect", "remote",
+                "config"},  # host lists in findings, in the grammar users write (config.hostlist)
     # report renders analyze's results (bandwidth summaries, hang frames, size formatting):
-    # a sibling edge downward in the data flow (analyze -> report, never back)
-    "report": {"analyze", "remote"},
+    # a sibling edge downward in the data flow (analyze -> report, never back); and host lists
+    # in the grammar users write them (config.hostlist), a layer below
+    "report": {"analyze", "remote", "config"},
     "config": set(),
     "model": set(),
     # remote/ runs on hosts and ranks, injob/ inside the user's job: stdlib, torch, model,

@@ -63,7 +63,7 @@ def test_plot_without_matplotlib_says_how_to_install_and_runs_nothing(tmp_path):
 
 
 def test_pairwise_dry_run_prints_every_pair_once_in_rounds(five_hosts):
-    done = ddpcheck("bandwidth", str(five_hosts), "--pairwise", "-e", "4M", "--dry-run")
+    done = ddpcheck("bandwidth", str(five_hosts), "--pairwise", "all", "-e", "4M", "--dry-run")
     assert done.returncode == 0, done.stderr
     rounds = re.findall(r"^# round (\d+): (.*)$", done.stdout, re.M)
     assert [int(n) for n, _ in rounds] == [1, 2, 3, 4, 5]  # odd: 5 rounds, one bye each
@@ -80,6 +80,14 @@ def test_pairwise_dry_run_prints_every_pair_once_in_rounds(five_hosts):
     assert "-m ddpcheck.remote.sweep" in done.stdout and "-b 4194304 -e 4194304 -f 1" in done.stdout
     assert "--nnodes 2" in done.stdout and "--nproc-per-node 1" in done.stdout
     assert done.stderr == ""
+
+
+def test_adaptive_pairwise_dry_run_shows_round_one_of_at_most_three(five_hosts):
+    done = ddpcheck("bandwidth", str(five_hosts), "--pairwise", "-e", "4M", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    rounds = re.findall(r"^# round (\d+): (.*)$", done.stdout, re.M)
+    assert len(rounds) == 1 and "node1-node2" in rounds[0][1] and "node3-node4" in rounds[0][1]
+    assert "at most 3 in all" in done.stdout
 
 
 def test_sweep_dry_run_runs_the_sweep_on_every_rank(five_hosts):
@@ -129,7 +137,7 @@ def test_w_is_warmup_as_in_nccl_tests_and_nodelist_gives_hosts():
     assert done.returncode == 2
     assert "-w is the warm-up iteration count here" in done.stderr and "--nodelist" in done.stderr
     done = ddpcheck("bandwidth", "--nodelist", "node[1-3]", "--ssh-config", "none",
-                    "--pairwise", "-w", "2", "--dry-run")
+                    "--pairwise", "all", "-w", "2", "--dry-run")
     assert done.returncode == 0, done.stderr
     assert len(re.findall(r"^# round \d+:", done.stdout, re.M)) == 3
     assert "-n 20 -w 2" in done.stdout

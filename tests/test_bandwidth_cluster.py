@@ -74,8 +74,8 @@ def test_pairwise_names_the_host_at_a_quarter_rate_and_no_other(ns_cluster, shap
         shape(host, RATE_MBIT / 4 if host is slow else RATE_MBIT)
     hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", slots=1, port=29630)
     report_path, plot_path = tmp_path / "report.json", tmp_path / "pairs.png"
-    done = ddpcheck("bandwidth", str(hosts_yaml), "--pairwise", "-e", "4M", "-n", "3", "-w",
-                    "1", "--json", str(report_path), "--plot", str(plot_path))
+    done = ddpcheck("bandwidth", str(hosts_yaml), "--pairwise", "all", "-e", "4M", "-n", "3",
+                    "-w", "1", "--json", str(report_path), "--plot", str(plot_path))
     assert done.returncode == 1, done.stdout + done.stderr
     report = json.loads(report_path.read_text())
     slow_link = [f for f in report["findings"]
@@ -110,7 +110,7 @@ def test_pairwise_pairs_the_others_when_a_host_is_cut_off(ns_cluster, tmp_path):
     report_path = tmp_path / "report.json"
     ns_cluster.set_link(cut, False)
     try:
-        done = ddpcheck("bandwidth", str(hosts_yaml), "--pairwise", "-e", "1M", "-n", "2",
+        done = ddpcheck("bandwidth", str(hosts_yaml), "--pairwise", "all", "-e", "1M", "-n", "2",
                         "-w", "0", "--json", str(report_path))
     finally:
         ns_cluster.set_link(cut, True)

@@ -48,11 +48,13 @@ class SweepSettings:
     min_busbw_gbs: Optional[float] = None
     pairwise: bool = False
     slow_fraction: float = DEFAULT_SLOW_FRACTION
+    pairing: str = "all"  # with --pairwise: "adaptive" (the CLI's default) or "all" (every pair)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ops": [op.value for op in self.ops], "sizes": list(self.sizes),
                 "iters": self.iters, "warmup": self.warmup, "type": ELEMENT_TYPE,
                 "min_busbw_gbs": self.min_busbw_gbs, "pairwise": self.pairwise,
+                **({"pairing": self.pairing} if self.pairwise else {}),
                 "slow_fraction": self.slow_fraction}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from ..collect.hostoutput import HostOutput, parse_output, rank_record
+from ..config.hostlist import compress_hostlist
 from ..model.checks import Check
 from ..model.outcomes import CommandResult, Failure
 from ..model.records import Finding, RankRecord, Severity
@@ -17,7 +18,7 @@ from ..model.spec import HostSpec
 from ..remote.busbw import Collective
 from . import health
 from .bandwidth import PairResult, rows_of
-from .verdict import failure_findings
+from .verdict import NOT_REACHED, failure_findings
 
 
 def summary_of(lines: Sequence[str]) -> str:
@@ -26,6 +27,13 @@ def summary_of(lines: Sequence[str]) -> str:
         if ("Error" in line or "error" in line) and "error_file:" not in line:
             return line.strip()[:300]
     return lines[-1].strip()[:300] if lines else "no output"
+
+
+def not_reached_failure(timeout_s: float, what: str) -> Failure:
+    """A host the run had no time left for: not a failure of the host (exit 3, never the root
+    cause); ``what``: how far it got."""
+    return Failure(Check.TIMEOUT, f"{NOT_REACHED}: {what} when --timeout ({timeout_s:g}s) ran "
+                                  f"out; raise --timeout or ssh.fanout for this many hosts")
 
 
 def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],
@@ -131,15 +139,25 @@ def srun_silent_failure(result: CommandResult, detail: str) -> Failure:
     return Failure(Check.SRUN, f"no output from this node ({why}): {detail}")
 
 
+def hosts_text(names: Sequence[str], few: int = 8) -> str:
+    """A few hosts by name (``h2, h3``), more as a compressed host list (``node[001-040]``)."""
+    if len(names) <= few:
+        return ", ".join(names)
+    try:
+        return compress_hostlist(names)
+    except ValueError:
+        return ", ".join(names[:few]) + f" and {len(names) - few} more"
+
+
 def not_launched_finding(names: Sequence[str]) -> Finding:
-    joined = ", ".join(names)
+    joined = hosts_text(names)
     return Finding(Severity.INFO, Check.RENDEZVOUS,
                    f"torchrun was not started: {joined} failed before launch, and a world with a "
                    f"missing node can only hang")
 
 
 def left_out_finding(names: Sequence[str], healthy: int) -> Finding:
-    joined = ", ".join(names)
+    joined = hosts_text(names)
     return Finding(Severity.INFO, Check.SLOW_LINK,
                    f"pairs with {joined} were not measured ({joined} failed before launch); the "
                    f"other {healthy} hosts were paired")

@@ -33,14 +33,15 @@ STAGE_CHECKS: Mapping[str, str] = {
 
 def host_findings(hosts: Sequence[HostRecord],
                   pinned: frozenset[str] = frozenset()) -> list[Finding]:
-    """A host that could not be reached or checked: each one is its own root cause."""
+    """A host that could not be reached or checked: each one is its own root cause, except a
+    host the run's --timeout ran out before (``not_reached``): that says nothing about it."""
     findings = []
     for host in hosts:
         if host.error is None:
             continue
         findings.append(Finding(Severity.ERROR, host.error_check or "ssh",
                                 f"{host.name}: {host.stage}: {host.error}",
-                                host=host.name, root_cause=True))
+                                host=host.name, root_cause=not not_reached(host.error)))
     findings += hostname_findings([h for h in hosts if h.hostname], pinned)
     return findings
 
@@ -213,12 +214,22 @@ def order_findings(findings: Iterable[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: 0 if f.root_cause else rank_of[f.severity])
 
 
+# The start of a host error that only says the run's --timeout ran out before the host was
+# checked (analyze.outcomes.not_reached_failure): such a host is reported, never a root cause.
+NOT_REACHED = "not reached in time"
+
+
+def not_reached(message: Optional[str]) -> bool:
+    return bool(message) and (message.startswith(NOT_REACHED) or f": {NOT_REACHED}:" in message)
+
+
 def mark_single_root_cause(findings: list[Finding]) -> list[Finding]:
-    """With no explicit root cause, the first error is it (e.g. a lone world_size finding)."""
+    """With no explicit root cause, the first error is it (e.g. a lone world_size finding);
+    a host the --timeout ran out before is never it."""
     if any(f.root_cause for f in findings):
         return findings
     for index, finding in enumerate(findings):
-        if finding.severity is Severity.ERROR:
+        if finding.severity is Severity.ERROR and not not_reached(finding.message):
             return findings[:index] + [replace(finding, root_cause=True)] + findings[index + 1:]
     return findings
 
@@ -227,11 +238,15 @@ def mark_single_root_cause(findings: list[Finding]) -> list[Finding]:
 PRE_LAUNCH_STAGES = frozenset({Stage.CONNECT, Stage.STAGE0})
 
 
-def not_checked(finding: Finding, hosts: Sequence[HostRecord]) -> bool:
-    """The finding says a host could not be reached or checked, not that a check failed."""
+def not_checked(finding: Finding, hosts: Sequence[HostRecord],
+                stages: Optional[Mapping[str, Stage]] = None) -> bool:
+    """The finding says a host could not be reached or checked, not that a check failed.
+    ``stages``: host -> stage, built once by the caller (else looked up here)."""
     if finding.check in REACHABILITY_CHECKS:
         return True
-    stage = next((h.stage for h in hosts if h.name == finding.host), None)
+    if stages is None:
+        stages = {h.name: h.stage for h in hosts}
+    stage = stages.get(finding.host) if finding.host is not None else None
     return finding.check == "timeout" and finding.rank is None and stage in PRE_LAUNCH_STAGES
 
 
@@ -241,7 +256,8 @@ def verdict(findings: Sequence[Finding], hosts: Sequence[HostRecord],
     if interrupted:
         return Verdict.INTERRUPTED
     errors = [f for f in findings if f.severity is Severity.ERROR]
-    if any(not not_checked(f, hosts) for f in errors):
+    stages = {h.name: h.stage for h in hosts}
+    if any(not not_checked(f, hosts, stages) for f in errors):
         return Verdict.FAIL
     if errors or any(not h.reachable for h in hosts):
         return Verdict.UNREACHABLE

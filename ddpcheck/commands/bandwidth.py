@@ -14,7 +14,7 @@ from ..analyze.bandwidth import DEFAULT_SLOW_FRACTION
 from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec
 from ..plan.bandwidth import PAIRWISE_BASE_S, PAIRWISE_ROUND_S, SWEEP_TIMEOUT_S
-from ..plan.pairing import circle_rounds
+from ..plan.pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds
 from ..remote.argtypes import (at_least, collectives, fraction, message_size, non_negative,
                                positive)
 from ..remote.busbw import ALL_COLLECTIVES, Collective, element_count, message_sizes, parse_size
@@ -26,9 +26,13 @@ from .common import (EXIT_USAGE, add_common_options, add_inventory_options, add_
 
 
 
-def default_timeout(spec: ClusterSpec, pairwise: bool) -> float:
+def default_timeout(spec: ClusterSpec, pairwise) -> float:
+    """``pairwise``: falsy (the sweep), "all" (every pair: n-1 rounds) or "adaptive" (at most
+    MAX_ADAPTIVE_ROUNDS rounds, whatever the number of hosts)."""
     if not pairwise:
         return SWEEP_TIMEOUT_S
+    if pairwise != "all":
+        return PAIRWISE_BASE_S + PAIRWISE_ROUND_S * MAX_ADAPTIVE_ROUNDS
     return PAIRWISE_BASE_S + PAIRWISE_ROUND_S * len(circle_rounds([h.name for h in spec.hosts]))
 
 
@@ -39,7 +43,8 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
 
     settings = options.settings
     pairwise = (settings.ops[0], options.max_bytes) if settings.pairwise else None
-    return render(bandwidth_steps(spec, options.launch, options_program(options), pairwise))
+    return render(bandwidth_steps(spec, options.launch, options_program(options), pairwise,
+                                  adaptive=settings.pairing != "all"))
 
 
 WARMUP_HINT = ("-w is the warm-up iteration count here, as in nccl-tests; give a host list "
@@ -52,8 +57,8 @@ def register(sub) -> None:
                           "or link",
         description="Measure collectives across every rank of HOSTS (or this machine), "
                     "nccl-tests style: algbw and busbw per size, each result checked. "
-                    "With --pairwise, measure every pair of hosts (circle method: the pairs of "
-                    "a round run at once) and name a slow host or link.")
+                    "With --pairwise, measure pairs of hosts (adaptive: at most 3 rounds; "
+                    "--pairwise all: every pair, circle method) and name a slow host or link.")
     add_common_options(parser, SWEEP_TIMEOUT_S)
     add_inventory_options(parser, hostlist_flags=("--nodelist",))  # -w: warm-up, as nccl-tests
     add_output_options(parser)
@@ -81,8 +86,12 @@ def register(sub) -> None:
     parser.add_argument("--min-busbw", type=non_negative, default=None, metavar="GB/s",
                         help="fail (exit 1) when the average busbw (with --pairwise: any "
                              "pair's) is below this")
-    parser.add_argument("--pairwise", action="store_true",
-                        help="measure every pair of hosts and name a slow host or link")
+    parser.add_argument("--pairwise", nargs="?", const="adaptive", default=None,
+                        choices=("adaptive", "all"),
+                        help="name a slow host or link from pairs of hosts: adaptive (the "
+                             "default) pairs every host once, then re-pairs the hosts of slow "
+                             "pairs with good ones (at most 3 rounds, whatever the number of "
+                             "hosts); 'all' measures every pair (n-1 rounds)")
     parser.add_argument("--slow-fraction", type=fraction, default=DEFAULT_SLOW_FRACTION,
                         metavar="X", help="with --pairwise, a pair below X times the typical "
                                           "busbw is slow (default 0.5)")
@@ -124,7 +133,8 @@ def bandwidth_options(args: argparse.Namespace, spec: Optional[ClusterSpec]):
     return BandwidthOptions(
         settings=SweepSettings(ops=tuple(ops), sizes=tuple(sizes), iters=args.iters,
                                warmup=args.warmup, min_busbw_gbs=args.min_busbw,
-                               pairwise=args.pairwise, slow_fraction=args.slow_fraction),
+                               pairwise=bool(args.pairwise), slow_fraction=args.slow_fraction,
+                               pairing=args.pairwise or "adaptive"),
         min_bytes=args.minbytes, max_bytes=args.maxbytes, factor=args.stepfactor,
         timeout_s=timeout, verbose=args.verbose,
         launch=LaunchOptions(deadline_s=timeout,

@@ -80,6 +80,9 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                             "or rank")
     group.add_argument("-q", "--quiet", action="store_true",
                        help="print only the verdict line (no progress, no table)")
+    group.add_argument("--full", action="store_true",
+                       help="a row per rank in the table (past 32 ranks it is grouped: a line "
+                            "per outcome, the hosts that differ on their own)")
     group.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                        help="colours: auto = only when stdout is a terminal and NO_COLOR is "
                             "unset")
@@ -246,6 +249,8 @@ def _style(render: Callable[..., str], args: argparse.Namespace, color: bool) ->
         style["tablefmt"] = args.format
     if "color" in parameters:
         style["color"] = color
+    if "full" in parameters:
+        style["full"] = bool(getattr(args, "full", False))
     return style
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..remote.argtypes import positive
-from .common import add_common_options, run_reported
+from .common import add_common_options, add_output_options, run_reported
 
 
 def register(sub) -> None:
@@ -30,15 +30,21 @@ def register(sub) -> None:
     hang.add_argument("--no-stacks", action="store_true", help="do not run py-spy")
     hang.add_argument("--no-ras", action="store_true",
                       help="do not ask NCCL RAS (NCCL >= 2.24) on the first host")
+    add_output_options(hang)  # -q, --full, --csv, --junit, --format, --color
     hang.set_defaults(run=hang_command)
 
 
 def hang_command(args: argparse.Namespace) -> int:
+    import sys
+
     from ..engine.hang import HangOptions, run_hang
+    from ..engine.progress import Progress
     from ..report.hang import render_hang
 
     options = HangOptions(timeout_s=args.timeout, window_s=args.window,
                           heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
                           job_filter=args.job, verbose=args.verbose, ras=not args.no_ras)
-    return run_reported(args, lambda spec: run_hang(spec, options),
-                        lambda report: render_hang(report, verbose=args.verbose))
+    progress = Progress(None if args.quiet else sys.stderr)
+    return run_reported(args, lambda spec: run_hang(spec, options, progress),
+                        lambda report, full=False: render_hang(report, verbose=args.verbose,
+                                                               full=full))

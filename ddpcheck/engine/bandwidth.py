@@ -2,8 +2,10 @@
 
 Runs on the launcher. The sweep is preflight's world (stage 0, rendezvous check, one torchrun
 per host) with ``ddpcheck.remote.sweep`` on every rank instead of the probe, plus the sweep's
-rows, findings and the nccl-tests footer. ``--pairwise`` runs stage 0 everywhere, then the
-circle-method rounds (``plan.bandwidth``), the largest size only. A host that failed stage 0 is
+rows, findings and the nccl-tests footer. ``--pairwise`` runs stage 0 everywhere, then rounds of
+pair jobs at the largest size only: adaptive (``plan.pairing.next_round``: round 1 pairs every
+host once, later rounds only the hosts of slow pairs, at most 3) or, with ``--pairwise all``,
+the circle-method rounds (``plan.bandwidth``). A host that failed stage 0 is
 left out and the others are still paired: an unreachable host never stops the rest.
 """
 
@@ -14,15 +16,16 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from ..analyze import verdict as analyze
-from ..analyze.bandwidth import (PairResult, SweepSettings, pair_findings, pair_name, pairs_json,
-                                 pairs_summary, rows_of, sweep_findings, sweep_summary)
-from ..analyze.outcomes import left_out_finding, pair_result, rows_source
+from ..analyze.bandwidth import (PairResult, SweepSettings, analyze_pairs, pair_findings,
+                                 pair_name, pairs_json, pairs_summary, rows_of, sweep_findings,
+                                 sweep_summary)
+from ..analyze.outcomes import hosts_text, left_out_finding, pair_result, rows_source
 from ..model.checks import EXIT_CODES
 from ..model.records import Finding, HostRecord, Stage
 from ..model.spec import ClusterSpec
 from ..plan.bandwidth import PAIR_SLOTS, SWEEP_TIMEOUT_S, PairLaunch, plan_round, sweep_program
 from ..plan.commands import LaunchOptions, RankProgram
-from ..plan.pairing import circle_rounds
+from ..plan.pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, next_round
 from ..report.table import Report
 from .launchers import HostJob, SSHLauncher
 from .preflight import PreflightOptions, Probe, base_report
@@ -113,30 +116,51 @@ class PairRounds(Probe):
             return False
         names = [h.name for h in failed]
         run.state.add_findings([left_out_finding(names, healthy)])
-        run.progress.say(f"leaving out {', '.join(names)}: failed before launch")
+        run.progress.say(f"leaving out {hosts_text(names)}: failed before launch")
         return True
 
     def launch(self, run: Engine) -> None:
         healthy = run.state.healthy()
         self.paired = [h.name for h in healthy]
-        self.rounds = circle_rounds(self.paired)
+        adaptive = self.bandwidth.settings.pairing != "all"
+        self.rounds = [] if adaptive else circle_rounds(self.paired)
         for host in healthy:
             run.state.update(host.name, slots=PAIR_SLOTS, stage=Stage.LAUNCH)
         run.state.setup(healthy, self.options.launch, slots=PAIR_SLOTS)  # the backend
         program = options_program(self.bandwidth)
         run_id = uuid.uuid4().hex[:8]
-        for number, pairs in enumerate(self.rounds, 1):
+        for number, pairs in enumerate(self.adaptive_rounds(run) if adaptive else self.rounds,
+                                       1):
             if run.state.cancel.is_set() or run.state.left() - ROUND_STOP_S < ROUND_STOP_S:
                 self.skip_rounds(number, "not run: the --timeout was reached")
                 break
             setup = run.state.setup(healthy, self.options.launch, slots=PAIR_SLOTS)
             planned = plan_round(run.spec, pairs, setup.backend, setup.options, program,
                                  run_id=f"{run_id}-{number}")
-            run.progress.say(f"round {number}/{len(self.rounds)}: " + ", ".join(
-                pair_name(p.hosts) for p in planned))
+            total = (f" (of at most {MAX_ADAPTIVE_ROUNDS})" if adaptive
+                     else f"/{len(self.rounds)}")
+            run.progress.say(f"round {number}{total}: " + (", ".join(
+                pair_name(p.hosts) for p in planned) if len(planned) <= 8 else
+                f"{len(planned)} pairs at once"))
             self.run_round(run, number, planned, setup.options.deadline_s)
         for host in healthy:
             run.state.update(host.name, stage=Stage.DONE)
+
+    def adaptive_rounds(self, run: Engine):
+        """Round 1, then rounds 2 and 3 only for what the pairs so far leave open
+        (``plan.pairing.next_round``); a pair is slow below the report's threshold, and a pair
+        that failed counts as slow. Each round is recorded in ``self.rounds`` as it starts."""
+        done = 0
+        while not run.state.cancel.is_set():
+            slow = analyze_pairs(self.paired, self.results,
+                                 self.bandwidth.settings.slow_fraction).slow
+            measured = [(p.hosts, p.hosts in slow or p.busbw_gbs is None) for p in self.results]
+            pairs = next_round(self.paired, measured, done)
+            if not pairs:
+                return
+            done += 1
+            self.rounds.append(pairs)
+            yield pairs
 
     def skip_rounds(self, first: int, why: str) -> None:
         for number, pairs in enumerate(self.rounds[first - 1:], first):
@@ -159,6 +183,8 @@ class PairRounds(Probe):
             result = pair_result(pair.hosts, number, outputs, duration,
                                  self.bandwidth.settings.ops[0])
             self.results.append(result)
+            if len(planned) > 8 and not run.verbose and result.busbw_gbs is not None:
+                continue  # many pairs: only the failed ones get a line (all of them with -v)
             run.progress.say(f"{pair_name(pair.hosts)}: " + (
                 f"busbw {result.busbw_gbs:.4g} GB/s" if result.busbw_gbs is not None
                 else f"failed: {result.error}") + f" (round {number}) in {result.duration_s:.1f}s")

@@ -93,7 +93,7 @@ class HangScan:
 
         return HostStep(Stage.SCAN, self.stage0_timeout_s + 10, command,
                         lambda host, result, window: self.record(run, host, result),
-                        starting="scanning")
+                        starting="scanning", last=True)  # one step: each session ends with it
 
     def record(self, run: Engine, host: HostSpec, result: CommandResult) -> None:
         scan, stray = parse_scan_output(result.output)

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Protocol, Sequence
 
+from ..analyze.outcomes import not_reached_failure
 from ..model.checks import Check
 from ..model.errors import HostError
 from ..model.outcomes import CommandResult, Failure
@@ -27,7 +28,7 @@ from ..transport.jump import JumpPool
 from ..transport.local import LocalSession
 from ..transport.ssh import Session, SSHSession
 from .progress import Progress
-from .state import REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup, RunState
+from .state import MIN_CONNECT_S, REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup, RunState
 
 
 class Run(Protocol):
@@ -50,6 +51,7 @@ class HostStep:
     command: Callable[[HostSpec, float], str]
     record: Callable[[HostSpec, CommandResult, Optional[tuple[float, float]]], None]
     starting: str = "checking"  # the progress word for this machine (no connect)
+    last: bool = False  # nothing runs on the host after this step: close its session at once
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Launcher(Protocol):
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
                done: HostDone) -> None: ...
     def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]: ...
+    def release(self, names: Sequence[str]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -96,6 +99,12 @@ class SSHLauncher:
         state = run.state
         if state.cancel.is_set():
             return
+        if state.left() < MIN_CONNECT_S and not run.spec.local:
+            # the --timeout ran out before this host's turn: no connection is started
+            state.fail(host.name, not_reached_failure(state.timeout_s, "not connected"),
+                       stage=Stage.CONNECT)
+            run.progress.host(host.name, "not reached: --timeout ran out before its turn")
+            return
         via = f" through {' > '.join(j.name for j in host.jumps)}" if host.jumps else ""
         run.progress.host(host.name, f"connecting{via}" if not run.spec.local else step.starting)
         ssh = replace(run.spec.ssh, connect_timeout=state.connect_timeout())
@@ -115,6 +124,15 @@ class SSHLauncher:
             run.progress.host(host.name, f"command: {command}")
         sent = time.time()  # the launcher's clock around the call bounds the host's clock
         result = session.run(command, deadline, state.cancel)
+        if step.last:
+            self.release([host.name])  # its connection, fd and transport thread go now
+        if result.timed_out and state.left() < MIN_CONNECT_S and not state.cancel.is_set():
+            # the run's --timeout, not the step's own deadline, cut it short: not checked
+            state.fail(host.name, not_reached_failure(state.timeout_s,
+                                                      f"its {step.stage.value} was running"))
+            run.progress.host(host.name, f"not reached in time: its {step.stage.value} was "
+                                         f"still running at --timeout")
+            return
         step.record(host, result, None if run.spec.local else (sent, time.time()))
 
     def rendezvous(self, run: Run) -> RendezvousResults:
@@ -184,6 +202,14 @@ class SSHLauncher:
 
         outcomes = fan_out(list(range(len(jobs))), run_one, len(jobs), run.state.cancel)
         return {o.item: o.result for o in outcomes if o.result is not None}
+
+    def release(self, names: Sequence[str]) -> None:
+        """Close the sessions of hosts nothing more will run on (failed before launch, or
+        done): at 1,000 hosts each one held is a socket and a paramiko thread."""
+        with self.lock:
+            sessions = [self.sessions.pop(name) for name in names if name in self.sessions]
+        for session in sessions:
+            session.close()
 
     def close(self) -> None:
         with self.lock:

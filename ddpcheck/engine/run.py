@@ -18,14 +18,15 @@ from dataclasses import replace
 from typing import Optional, Protocol
 
 from ..analyze import health
-from ..analyze.outcomes import (blocking_failure, launch_failure, not_launched_finding,
-                                rendezvous_failure, stage0_failure)
+from ..analyze.outcomes import (blocking_failure, hosts_text, launch_failure,
+                                not_launched_finding, rendezvous_failure, stage0_failure)
 from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
 from ..model.outcomes import CommandResult
 from ..model.records import HostRecord, Severity, Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.commands import global_ranks, resolve_backend, stage0_command
 from ..report.table import Report
+from ..transport.limits import ensure_open_files
 from .launchers import HostStep, Launcher
 from .progress import Progress
 from .state import RunState
@@ -52,6 +53,7 @@ class Engine:
         self.workload = workload
         self.launcher = launcher
         self.progress = progress or Progress()
+        self.progress.expect(len(spec.hosts), workload.verbose)
         self.verbose = workload.verbose
         self.launch_grace_s = workload.launch_grace_s
         self.spec = launcher.prepare(spec, self)
@@ -60,6 +62,10 @@ class Engine:
     def run(self) -> Report:
         interrupted = False
         state = self.state
+        if not self.spec.local:
+            note = ensure_open_files(len(self.spec.hosts), self.spec.ssh.fanout)
+            if note:
+                self.progress.say(note)
         try:
             if not self.workload.stage0:
                 self.launcher.reach(self, self.workload.host_step(self))
@@ -71,10 +77,11 @@ class Engine:
                         and not state.failed() and not state.cancel.is_set()):
                     check_rendezvous(self)
                 failed = state.failed()
+                self.launcher.release([h.name for h in failed])  # no more work there
                 if failed and not self.workload.launch_without(self, failed):
                     names = [h.name for h in failed]
                     state.add_findings([not_launched_finding(names)])
-                    self.progress.say(f"not launching: {', '.join(names)} failed before launch")
+                    self.progress.say(f"not launching: {hosts_text(names)} failed before launch")
                 elif state.cancel.is_set():
                     interrupted = True
                 else:
@@ -85,6 +92,7 @@ class Engine:
         finally:
             state.cancel.set()
             self.launcher.close()
+            self.progress.finish()
         return self.workload.report(self, interrupted)
 
 

@@ -97,6 +97,9 @@ class SrunLauncher:
         raise ConfigError("--launcher slurm runs one world per step, not per-host jobs",
                           source="command line")
 
+    def release(self, names) -> None:
+        """Nothing is held per node (srun steps end with their command)."""
+
     def close(self) -> None:
         self.session.close()
 

@@ -45,6 +45,7 @@ class RunState:
     def __init__(self, spec: ClusterSpec, timeout_s: float) -> None:
         self.spec = spec
         self.started = time.monotonic()
+        self.timeout_s = timeout_s
         self.deadline = self.started + timeout_s
         self.cancel = threading.Event()
         self.lock = threading.Lock()

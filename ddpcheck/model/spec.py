@@ -29,7 +29,7 @@ DEFAULT_WORKDIR = "/tmp/ddpcheck-{uid}"  # per user: {uid} is the numeric id on 
 DEFAULT_SSH_PORT = 22
 DEFAULT_RENDEZVOUS_PORT = 29500
 DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_FANOUT = 32
+DEFAULT_FANOUT = 64  # hosts connected at once: 1,000 hosts in ~16 waves
 DEFAULT_JUMP_HANDSHAKES = 8
 # HostSpec fields the user can set for ssh; ``HostSpec.given`` says which of them hosts.yaml (or
 # the --config defaults) set, so that ~/.ssh/config fills in only the others.

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from ..model.spec import Backend, ClusterSpec, HostSpec
 from ..remote.busbw import Collective
 from .commands import HostLaunch, LaunchOptions, RankProgram, plan_launch
-from .pairing import circle_rounds
+from .pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds
 
 SWEEP_TIMEOUT_S = 600.0  # default --timeout of the all-host sweep
 PAIRWISE_BASE_S = 120.0  # default --timeout of --pairwise: this plus PAIRWISE_ROUND_S a round
@@ -69,7 +69,11 @@ def plan_round(spec: ClusterSpec, pairs: Sequence[tuple[str, str]], backend: Bac
     return planned
 
 
-def default_timeout(spec: ClusterSpec, pairwise: bool) -> float:
+def default_timeout(spec: ClusterSpec, pairwise) -> float:
+    """``pairwise``: falsy (the sweep), "all" (every pair: n-1 rounds) or "adaptive" (at most
+    MAX_ADAPTIVE_ROUNDS rounds, whatever the number of hosts)."""
     if not pairwise:
         return SWEEP_TIMEOUT_S
+    if pairwise != "all":
+        return PAIRWISE_BASE_S + PAIRWISE_ROUND_S * MAX_ADAPTIVE_ROUNDS
     return PAIRWISE_BASE_S + PAIRWISE_ROUND_S * len(circle_rounds([h.name for h in spec.hosts]))

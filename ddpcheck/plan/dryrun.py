@@ -16,7 +16,7 @@ from ..remote.busbw import Collective, format_size
 from .bandwidth import plan_round, sweep_program
 from .commands import (LaunchOptions, RankProgram, plan_launch, plan_rendezvous_check,
                        redact_secrets, resolve_backend, resolve_slots, stage0_command)
-from .pairing import circle_rounds
+from .pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, first_round
 from .slurm import plan_srun_launch, plan_srun_stage0
 
 STAGE0_SHOWN_S = 58.0  # stage 0's deadline as the run passes it (60 s less 2)
@@ -88,8 +88,10 @@ def srun_steps(spec: ClusterSpec, launch: LaunchOptions) -> list[Step]:
 
 
 def bandwidth_steps(spec: ClusterSpec, launch: LaunchOptions, program: RankProgram,
-                    pairwise: Optional[tuple[Collective, int]]) -> list[Step]:
-    """The sweep's, or with ``pairwise`` (op, size) the rounds of pair jobs'."""
+                    pairwise: Optional[tuple[Collective, int]],
+                    adaptive: bool = False) -> list[Step]:
+    """The sweep's, or with ``pairwise`` (op, size) the rounds of pair jobs' (``adaptive``:
+    round 1 only, as the later rounds depend on what it measures)."""
     backend, slots = unprobed(spec)
     steps = [Step(f"ddpcheck bandwidth --dry-run: {len(spec.hosts)} host(s) from {spec.source}, "
                   f"backend {backend.value} (auto picks nccl when every host has GPUs)")]
@@ -99,9 +101,14 @@ def bandwidth_steps(spec: ClusterSpec, launch: LaunchOptions, program: RankProgr
         return steps + [Step(f"{h.host}: node rank {h.node_rank}, {h.slots} rank(s)", h.command)
                         for h in plan_launch(spec, slots, backend, launch, rank_program=program)]
     op, size = pairwise
-    rounds = circle_rounds([h.name for h in spec.hosts])
+    names = [h.name for h in spec.hosts]
+    rounds = [first_round(names)] if adaptive else circle_rounds(names)
     steps.append(Step(f"{len(rounds)} round(s), the pairs of a round at the same time, one rank "
                       f"per host, {op.value} at {format_size(size)}B"))
+    if adaptive:
+        steps.append(Step(f"adaptive: rounds 2 and 3 (at most {MAX_ADAPTIVE_ROUNDS} in all) "
+                          f"pair the hosts of slow pairs with hosts known to be good, once "
+                          f"round 1 ran"))
     for number, pairs in enumerate(rounds, 1):
         planned = plan_round(spec, pairs, backend, launch, program)
         steps.append(Step(f"round {number}: " + ", ".join(

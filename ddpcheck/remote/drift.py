@@ -172,15 +172,39 @@ def _params(model: Mapping[str, Any]) -> list[list[Any]]:
 
 
 # -- words -----------------------------------------------------------------------------------
+# Past this many hosts a place is said as the first few hosts and a count of the rest (a
+# reference value held by 8,000 ranks would otherwise fill a screen).
+WHERE_MAX_HOSTS = 8
+
+
 def where(ranks: Iterable[int], host_of: Mapping[int, str]) -> str:
-    """'h2 (ranks 2, 3)' / 'rank 1 (h1)': hosts first, the way a user looks for them."""
+    """'h2 (ranks 2, 3)' / 'rank 1 (h1)': hosts first, the way a user looks for them; many
+    hosts: 'h1 (ranks 0, 1), h2 (ranks 2, 3), ... and 1019 more hosts (8152 ranks)'."""
     by_host: dict[str, list[int]] = defaultdict(list)
     for rank in sorted(ranks):
         by_host[host_of.get(rank, "?")].append(rank)
     parts = []
+    shown = 0
     for host, own in by_host.items():
+        if len(by_host) > WHERE_MAX_HOSTS and len(parts) == 3:
+            rest = sum(len(r) for r in by_host.values()) - shown
+            parts.append(f"... and {len(by_host) - 3} more hosts ({rest} ranks)")
+            break
         label = "rank" if len(own) == 1 else "ranks"
-        parts.append(f"{host} ({label} {', '.join(map(str, own))})")
+        parts.append(f"{host} ({label} {_runs(own)})")
+        shown += len(own)
+    return ", ".join(parts)
+
+
+def _runs(ranks: Sequence[int]) -> str:
+    """'0, 1' / '8-15' (a run of three or more consecutive ranks as a range)."""
+    parts: list[str] = []
+    start = 0
+    for index in range(1, len(ranks) + 1):
+        if index == len(ranks) or ranks[index] != ranks[index - 1] + 1:
+            run = ranks[start:index]
+            parts += [f"{run[0]}-{run[-1]}"] if len(run) >= 3 else [str(r) for r in run]
+            start = index
     return ", ".join(parts)
 
 

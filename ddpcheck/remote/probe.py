@@ -10,8 +10,9 @@ a rank stuck past its deadline leaves a ``timeout`` record instead of hanging.
 Consistency (``fingerprint``): after ``--seed`` and the user's ``--setup`` function, the rank
 takes its fingerprint (versions, numeric settings, NCCL_*/TORCH_*/... environment, RNG state
 hashes, a tiny model's parameters) and gathers everyone's in one collective; when every layout
-and dtype agrees, it trains that model for ``--ddp-steps`` steps under DDP on identical data,
-recording a checksum of every parameter after each step. ``drift`` compares them afterwards.
+and dtype agrees, it trains that model for ``--ddp-steps`` steps the way DDP does (rank 0's
+parameters broadcast, gradients averaged by all_reduce) on identical data, recording a checksum
+of every parameter after each step. ``drift`` compares them afterwards.
 
 Compute (``computecheck``): after the latency stage every rank measures its device's matmul
 throughput and memory bandwidth for ``--compute-seconds`` (1 s), all ranks at once; ``analyze``
@@ -47,6 +48,7 @@ from .fingerprint import (call_setup, gather_json, load_setup, model_fingerprint
                           seed_everything)
 
 CORRECTNESS_ELEMENTS = 1 << 18  # 1 MiB of float32
+LEARNING_RATE = 0.1  # the tiny run's plain SGD
 DATA_SEED = 1234  # the tiny DDP run's inputs: the same on every rank, whatever the user seeds
 
 
@@ -241,23 +243,52 @@ def tiny_model() -> torch.nn.Module:
 
 def train_tiny_ddp(model: torch.nn.Module, device: torch.device,
                    steps: int) -> list[dict[str, Any]]:
-    """``steps`` SGD steps under DDP on identical data; a fingerprint after each."""
-    from torch.nn.parallel import DistributedDataParallel
+    """``steps`` SGD steps the way DDP trains, on identical data; a fingerprint after each.
 
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                  else None)
-    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    DDP's algorithm without torch's ``DistributedDataParallel`` class: rank 0's parameters are
+    broadcast first (what DDP's constructor does), and after each backward the gradients are
+    averaged across ranks with one all_reduce of a flat bucket (what DDP's reducer does). The
+    class itself is not built because its constructor imports ``torch._dynamo`` (about 800
+    modules, sympy included): seconds of CPU on every rank, the largest part of preflight's
+    consistency stage, for nothing this check looks at. ``torch.optim.SGD`` imports it too, so
+    the SGD step is written out (``p -= lr * grad``, as SGD without momentum computes it)."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for param in model.parameters():
+            param.copy_(flat[offset:offset + param.numel()].view_as(param))
+            offset += param.numel()
     generator = torch.Generator().manual_seed(DATA_SEED)
     dtype = next(model.parameters()).dtype
     inputs = torch.randn(16, 32, generator=generator, dtype=dtype).to(device)
     targets = torch.randn(16, 8, generator=generator, dtype=dtype).to(device)
+    world = dist.get_world_size()
     after = []
     for step in range(1, steps + 1):
-        optimizer.zero_grad()
-        torch.nn.functional.mse_loss(ddp(inputs), targets).backward()
-        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        average_gradients(model, world)
+        with torch.no_grad():  # plain SGD, lr 0.1: what torch.optim.SGD's step computes
+            for param in model.parameters():
+                if param.grad is not None:
+                    param.add_(param.grad, alpha=-LEARNING_RATE)
         after.append(model_fingerprint(model, step=step))
     return after
+
+
+def average_gradients(model: torch.nn.Module, world: int) -> None:
+    """DDP's gradient averaging: every gradient divided by the world size and summed across
+    ranks, in one flat bucket (one all_reduce per step)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    bucket = torch.cat([g.reshape(-1) for g in grads]).div_(world)
+    dist.all_reduce(bucket)
+    offset = 0
+    for grad in grads:
+        grad.copy_(bucket[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
 
 
 def median_us(op: Callable[[], Any], iterations: int, device: torch.device) -> float:

@@ -17,6 +17,7 @@ from ..analyze.bandwidth import (DEFAULT_SLOW_FRACTION, MIN_HOSTS_TO_COMPARE,  #
 from ..remote.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
                     row_from_dict)
 from ..model.errors import DdpcheckError
+from .grouping import FULL_TABLE_MAX_RANKS, group_hosts, hostlist_text
 from .table import Report, findings_lines, footer_line, header_lines
 
 PLOT_INSTALL_HINT = "pip install 'ddpcheck[plot]'"
@@ -36,7 +37,9 @@ def render_bandwidth(report: Report) -> str:
     lines = header_lines(report)
     lines.insert(-1, parameters_line(summary))
     if summary.get("pairwise"):
-        lines += pair_matrix_lines(summary, report.pairs)
+        matrix = summary.get("pairing", "all") == "all" and len(
+            summary.get("hosts_order") or []) <= MATRIX_MAX_HOSTS
+        lines += (pair_matrix_lines if matrix else pair_list_lines)(summary, report.pairs)
         lines += pairs_footer(summary)
     else:
         lines += rank_lines(report)
@@ -48,7 +51,8 @@ def render_bandwidth(report: Report) -> str:
             lines += ["# no rows measured", "#"]
         lines += sweep_footer(summary)
     lines.append("#")
-    lines += findings_lines(report.findings)
+    lines += findings_lines(report.findings, hosts=report.hosts if len(report.hosts)
+                            > FULL_TABLE_MAX_RANKS else None)
     lines.append(footer_line(report))
     return "\n".join(lines) + "\n"
 
@@ -77,7 +81,12 @@ def rank_lines(report: Report) -> list[str]:
     lines: list[str] = []
     if not report.ranks:
         return lines
-    for rank in report.ranks:
+    shown = report.ranks
+    if len(report.ranks) > FULL_TABLE_MAX_RANKS:  # at scale: the groups, then ranks not ok
+        grouping = group_hosts(report.hosts, report.ranks, report.findings)
+        lines += [f"#  {hostlist_text(g.hosts)}: {g.outcome}" for g in grouping.groups]
+        shown = [r for r in report.ranks if r.status.value != "ok"]
+    for rank in shown:
         device = rank.device
         if rank.gpu_bus_id:
             device += f" [{rank.gpu_bus_id}]"
@@ -152,6 +161,39 @@ def pair_matrix_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, A
     for a in hosts:
         lines.append(a.ljust(width) + "".join(
             ("-" if a == b else cell.get((a, b), "n/a")).rjust(width) for b in hosts))
+    lines.append("#")
+    return lines
+
+
+MATRIX_MAX_HOSTS = 16  # past this (or with adaptive pairing) the pairs are listed, not a matrix
+PAIRS_LISTED = 8  # fine pairs of round 1 past this are summed up in one line
+
+
+def pair_list_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The pairs as a list: slow and failed pairs and every re-pairing (rounds 2+) on lines of
+    their own, the fine pairs of round 1 in one line when there are many."""
+    typical = summary.get("typical_busbw_gbs")
+    lines = [f"# Pairwise busbw (GB/s), {','.join(summary.get('ops', []))}, one rank per host, "
+             f"{summary.get('rounds', 0)} round(s) of concurrent pairs "
+             f"({summary.get('pairing', 'adaptive')})"
+             + (f"; * = slow, below {summary.get('slow_fraction'):g} x typical "
+                f"{gbs(typical)} GB/s" if typical is not None else "")]
+    plain = [p for p in pairs if p.get("round") == 1 and not p.get("slow")
+             and p.get("busbw_gbs") is not None]
+    folded = plain if len(pairs) > PAIRS_LISTED else []
+    folded_ids = {id(p) for p in folded}
+    shown = [p for p in pairs if id(p) not in folded_ids]
+    shown.sort(key=lambda p: (p.get("round", 0), not p.get("slow"), p.get("busbw_gbs") or 0))
+    width = max([len(pair_name(p["hosts"])) for p in shown] + [8]) + 2
+    lines.append("pair".ljust(width) + "round".rjust(7) + "busbw".rjust(12))
+    for pair in shown:
+        text = "fail" if pair.get("busbw_gbs") is None else gbs(pair["busbw_gbs"])
+        lines.append(pair_name(pair["hosts"]).ljust(width) + str(pair.get("round")).rjust(7)
+                     + (text + ("*" if pair.get("slow") else "")).rjust(12))
+    if folded:
+        values = [p["busbw_gbs"] for p in folded]
+        lines.append(f"# and {len(folded)} more pair(s) of round 1, none slow: busbw "
+                     f"{gbs(min(values))}-{gbs(max(values))} GB/s")
     lines.append("#")
     return lines
 

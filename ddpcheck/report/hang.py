@@ -5,11 +5,12 @@ Pure, on the launcher.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from tabulate import tabulate
 
 from ..analyze.hang import Frame, JobVerdict, collective_of, user_frame
+from .grouping import FULL_TABLE_MAX_RANKS, HANG_HEADERS, hang_rows
 from .table import Report, findings_lines, footer_line
 
 
@@ -63,13 +64,21 @@ def ras_lines(ras: Any, verbose: bool) -> list[str]:
     return lines + ["#"]
 
 
-def render_hang(report: Report, verbose: bool = False) -> str:
+def render_hang(report: Report, verbose: bool = False, full: bool = False) -> str:
+    """The scan's table, a row per rank; past FULL_TABLE_MAX_RANKS ranks (unless ``full``) the
+    waiting crowd is grouped around the named ranks (``grouping.hang_rows``)."""
     reachable = sum(1 for h in report.hosts if h.reachable)
     lines = [f"# ddpcheck hang: {len(report.hosts)} host(s) from {report.source}, "
              f"{reachable} reachable; window {report.extra.get('window_s', '?')}s"]
     jobs = report.extra.get("jobs") or []
     for job in jobs:
         lines.append(f"# job {job['job']}: world_size {job['world_size']}")
+        if not full and len(job["ranks"]) > FULL_TABLE_MAX_RANKS:
+            lines.append(tabulate(hang_rows(job["ranks"]), headers=HANG_HEADERS,
+                                  tablefmt="simple", disable_numparse=True))
+            lines.append("#")
+            lines += _stacks(job, jobs, report)
+            continue
         rows = []
         for rank in job["ranks"]:
             rows.append([rank["host"], rank["rank"], _cell(rank["pid"]), rank["state"],
@@ -81,18 +90,25 @@ def render_hang(report: Report, verbose: bool = False) -> str:
                                              "where (innermost < job code)"],
                               tablefmt="simple", disable_numparse=True))
         lines.append("#")
-        for culprit in job["culprits"]:
-            key = str(culprit) if len(jobs) == 1 else f"{job['job']}:{culprit}"
-            if key in report.stacks:
-                lines.append(f"# Stack of rank {culprit}:")
-                lines += [f"#   {line}" for line in report.stacks[key].splitlines()]
-                lines.append("#")
+        lines += _stacks(job, jobs, report)
     if not jobs:
         lines.append("#")
     lines += ras_lines(report.extra.get("ras"), verbose)
-    lines += findings_lines(report.findings)
+    lines += findings_lines(report.findings, hosts=None if full or len(report.hosts)
+                            <= FULL_TABLE_MAX_RANKS else report.hosts)
     lines.append(footer_line(report))
     return "\n".join(lines) + "\n"
+
+
+def _stacks(job: Mapping[str, Any], jobs: Sequence[Any], report: Report) -> list[str]:
+    lines = []
+    for culprit in job["culprits"]:
+        key = str(culprit) if len(jobs) == 1 else f"{job['job']}:{culprit}"
+        if key in report.stacks:
+            lines.append(f"# Stack of rank {culprit}:")
+            lines += [f"#   {line}" for line in report.stacks[key].splitlines()]
+            lines.append("#")
+    return lines
 
 
 def _cell(value: Any) -> str:

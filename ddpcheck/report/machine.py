@@ -13,10 +13,11 @@ import csv
 import io
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 from ..analyze.verdict import summary_line
 from ..model.records import Finding, HostRecord, RankRecord, Severity
+from .grouping import ranks_by_host
 from .table import Report
 
 CSV_COLUMNS = ("host", "address", "reachable", "hostname", "slots", "gpus", "rank",
@@ -34,8 +35,9 @@ def render_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    by_host = ranks_by_host(report.ranks)
     for host in report.hosts:
-        own = _ranks_of(host, report.ranks)
+        own = by_host.get(host.name, [])
         base = [host.name, host.address, _bool(host.reachable), host.hostname or "",
                 _cell(host.slots), _cell(host.gpus)]
         if not own:
@@ -65,18 +67,39 @@ class _Case:
         return self.host.name if self.rank is None else f"{self.host.name} rank {self.rank.rank}"
 
 
+@dataclass(frozen=True)
+class _Index:
+    """The report looked up by host and by (check, host), built once: linear, not a scan of
+    every rank and finding per testcase."""
+
+    ranks: dict
+    findings: dict  # (check, host or None) -> findings
+    rank_checks: frozenset
+    names: frozenset
+
+    @classmethod
+    def of(cls, report: Report) -> "_Index":
+        findings: dict = {}
+        for finding in report.findings:
+            findings.setdefault((finding.check, finding.host), []).append(finding)
+        return cls(ranks_by_host(report.ranks), findings,
+                   frozenset(_rank_scoped_checks(report)),
+                   frozenset(h.name for h in report.hosts))
+
+
 def render_junit(report: Report) -> str:
     """JUnit XML (the common Jenkins/GitLab/pytest dialect, valid against Jenkins'
     junit-10.xsd): ``<testsuites>`` with a ``<testsuite name="ddpcheck.CHECK">`` per check."""
-    rank_checks = _rank_scoped_checks(report)
+    index = _Index.of(report)
+    rank_checks = index.rank_checks
     root = ET.Element("testsuites", name=f"ddpcheck {report.command}",
                       time=f"{report.duration_s:.3f}")
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for check in _checks(report):
         suite = ET.SubElement(root, "testsuite", name=f"ddpcheck.{check}")
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-        for case in _cases(report, check, check in rank_checks):
-            outcome = _testcase(suite, report, check, case)
+        for case in _cases(report, check, check in rank_checks, index):
+            outcome = _testcase(suite, report, check, case, index)
             counts["tests"] += 1
             if outcome:
                 counts[outcome] += 1
@@ -110,19 +133,18 @@ def _rank_scoped_checks(report: Report) -> set[str]:
     return scoped
 
 
-def _cases(report: Report, check: str, per_rank: bool) -> list[_Case]:
+def _cases(report: Report, check: str, per_rank: bool, index: _Index) -> list[_Case]:
     cases: list[_Case] = []
     for host in report.hosts:
-        own = _ranks_of(host, report.ranks) if per_rank else []
+        own = index.ranks.get(host.name, []) if per_rank else []
         cases += [_Case(host, rank) for rank in own] or [_Case(host)]
-    names = {h.name for h in report.hosts}
-    if any(f.check == check and (f.host is None or f.host not in names)
-           for f in report.findings):
+    if any(c == check and (h is None or h not in index.names) for c, h in index.findings):
         cases.append(_Case(None))
     return cases
 
 
-def _testcase(suite: ET.Element, report: Report, check: str, case: _Case) -> Optional[str]:
+def _testcase(suite: ET.Element, report: Report, check: str, case: _Case,
+              index: _Index) -> Optional[str]:
     """Adds the testcase; returns "failures", "errors", "skipped" or None (passed)."""
     element = ET.SubElement(suite, "testcase", name=case.name,
                             classname=f"ddpcheck.{report.command}.{check}", time="0")
@@ -132,7 +154,7 @@ def _testcase(suite: ET.Element, report: Report, check: str, case: _Case) -> Opt
                               message=summary_line(host.error) or "host not reached")
         error.text = host.error or "host not reached"
         return "errors"
-    findings = _findings_for(report.findings, check, case)
+    findings = _findings_for(index, check, case)
     errors = [f for f in findings if f.severity is Severity.ERROR]
     notes = [f for f in findings if f.severity is not Severity.ERROR]
     if notes:
@@ -144,31 +166,26 @@ def _testcase(suite: ET.Element, report: Report, check: str, case: _Case) -> Opt
         failure.text = "\n".join(("ROOT CAUSE: " if f.root_cause else "") + f.message
                                  for f in errors)
         return "failures"
-    if host is not None and case.rank is None and _not_run(report, check, host):
-        ET.SubElement(element, "skipped", message=_not_run(report, check, host))
+    if host is not None and case.rank is None and _not_run(index, check, host):
+        ET.SubElement(element, "skipped", message=_not_run(index, check, host))
         return "skipped"
     return None
 
 
-def _findings_for(findings: Sequence[Finding], check: str, case: _Case) -> list[Finding]:
+def _findings_for(index: _Index, check: str, case: _Case) -> list[Finding]:
     if case.host is None:
-        return [f for f in findings if f.check == check and f.host is None]
-    return [f for f in findings if f.check == check and f.host == case.host.name
-            and (case.rank is None or f.rank is None or f.rank == case.rank.rank)]
+        return list(index.findings.get((check, None), ()))
+    return [f for f in index.findings.get((check, case.host.name), ())
+            if case.rank is None or f.rank is None or f.rank == case.rank.rank]
 
 
-def _not_run(report: Report, check: str, host: HostRecord) -> str:
+def _not_run(index: _Index, check: str, host: HostRecord) -> str:
     """Why a rank-level check has no result on this host ("" when it has one)."""
-    if check not in _rank_scoped_checks(report) or _ranks_of(host, report.ranks):
+    if check not in index.rank_checks or index.ranks.get(host.name):
         return ""
     if host.stage in ("connect", "stage0"):
         return "not run: torchrun was not started"
     return "not run: no rank of this host reported back"
-
-
-def _ranks_of(host: HostRecord, ranks: Sequence[RankRecord]) -> list[RankRecord]:
-    return sorted((r for r in ranks if r.host == host.name),
-                  key=lambda r: (r.rank is None, r.rank or 0))
 
 
 def _bool(value: bool) -> str:

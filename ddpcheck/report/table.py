@@ -1,7 +1,10 @@
 """Report: the run's records -> the cluster-wide table (stdout) and the JSON report.
 
 Pure. The table reads like nccl-tests: a ``#`` header with parameters and versions, a row per
-rank grouped by host, the findings with the root cause first, and a verdict footer.
+rank grouped by host, the findings with the root cause first, and a verdict footer. Past
+``FULL_TABLE_MAX_RANKS`` ranks (unless ``full``) the table is grouped (see ``grouping``): a line
+per outcome with a compressed host list, the hosts that differ with their rows per rank, and
+alike findings merged into one with a host list. Linear in hosts + ranks + findings.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any, Mapping, Optional, Sequence
 from tabulate import tabulate
 
 from ..model.records import Finding, HostRecord, RankRecord, Verdict
+from .grouping import (FULL_TABLE_MAX_RANKS, Grouping, group_hosts, hostlist_text, hosts_text,
+                       merge_findings, ranks_by_host)
 
 SCHEMA = "ddpcheck/report/v1"
 DEFAULT_TABLE_FORMAT = "simple"
@@ -100,19 +105,66 @@ def to_json(report: Report) -> str:
 
 
 def render_table(report: Report, tablefmt: str = DEFAULT_TABLE_FORMAT,
-                 color: bool = False) -> str:
-    """The report for people: header, a row per rank (``tablefmt``: any tabulate format),
-    findings and the verdict; ``color`` adds ANSI colours (only for a terminal)."""
+                 color: bool = False, full: bool = False) -> str:
+    """The report for people: header, the ranks, findings and the verdict (``tablefmt``: any
+    tabulate format; ``color`` adds ANSI colours, only for a terminal). A row per rank with
+    ``full`` or up to ``FULL_TABLE_MAX_RANKS`` ranks, else grouped by outcome."""
+    grouped = not full and (len(report.ranks) > FULL_TABLE_MAX_RANKS
+                            or len(report.hosts) > FULL_TABLE_MAX_RANKS)
     lines = header_lines(report)
-    lines.append(rank_table(report.hosts, report.ranks, tablefmt, color))
+    if grouped:
+        lines += grouped_lines(report, tablefmt, color)
+    else:
+        lines.append(rank_table(report.hosts, report.ranks, tablefmt, color))
     lines.append("#")
     if report.extra.get("drift"):
         lines.append("# What differs across ranks (the first value of each key is the reference):")
         lines.append(drift_table(report.extra["drift"], tablefmt))
         lines.append("#")
-    lines += findings_lines(report.findings, color)
+    lines += findings_lines(report.findings, color, report.hosts if grouped else None)
     lines.append(footer_line(report, color))
     return "\n".join(lines) + "\n"
+
+
+def grouped_lines(report: Report, tablefmt: str = DEFAULT_TABLE_FORMAT,
+                  color: bool = False) -> list[str]:
+    """A line per outcome (hosts compressed), then the hosts that differ, a row per rank."""
+    grouping = group_hosts(report.hosts, report.ranks, report.findings)
+    lines = [f"# {len(report.hosts)} hosts, {len(report.ranks)} ranks: a line per outcome "
+             f"(--full for a row per rank)"]
+    lines.append(group_table(grouping, tablefmt, color))
+    listed = [name for group in grouping.groups if group.listed for name in group.hosts]
+    if listed:
+        lines.append("#")
+        lines.append("# Hosts that differ, a row per rank (root cause first):")
+        for name in listed:
+            if name in grouping.notes:
+                lines.append(f"#  {name}: {grouping.notes[name]}")
+        by_name = {h.name: h for h in report.hosts}
+        wanted = set(listed)
+        ranks = [r for r in report.ranks if r.host in wanted]
+        lines.append(rank_table([by_name[n] for n in listed], ranks, tablefmt, color))
+    return lines
+
+
+def group_table(grouping: Grouping, tablefmt: str = DEFAULT_TABLE_FORMAT,
+                color: bool = False) -> str:
+    rows = []
+    for group in grouping.groups:
+        state = "ok" if group.severity == 3 else ("warning" if group.severity == 2 else "fail")
+        rows.append([hostlist_text(group.hosts), str(len(group.hosts)), str(group.ranks),
+                     paint(("ROOT CAUSE: " if group.root_cause else "") + group.outcome,
+                           state, color),
+                     _span_text(group.barrier_us), _span_text(group.allreduce_us)])
+    return tabulate(rows, headers=["hosts", "#hosts", "#ranks", "outcome", "barrier_us",
+                                   "allreduce_us"], tablefmt=tablefmt, disable_numparse=True)
+
+
+def _span_text(span: Optional[tuple[float, float]]) -> str:
+    if span is None:
+        return "-"
+    low, high = span
+    return f"{low:.0f}" if round(low) == round(high) else f"{low:.0f}-{high:.0f}"
 
 
 def header_lines(report: Report) -> list[str]:
@@ -137,9 +189,9 @@ def rank_table(hosts: Sequence[HostRecord], ranks: Sequence[RankRecord],
                tablefmt: str = DEFAULT_TABLE_FORMAT, color: bool = False) -> str:
     """A row per rank, grouped by host in hosts.yaml order; a host without ranks gets one row."""
     rows: list[list[Any]] = []
+    by_host = ranks_by_host(ranks)
     for host in hosts:
-        own = sorted((r for r in ranks if r.host == host.name),
-                     key=lambda r: (r.rank is None, r.rank or 0))
+        own = by_host.get(host.name, ())
         if not own:
             status = "unreachable" if not host.reachable else ("failed" if host.error else "-")
             rows.append([host.name, "-", "-", host.hostname or "-", "-", "-",
@@ -183,7 +235,7 @@ def add_compute_columns(rows: list[list[Any]], headers: list[str], hosts: Sequen
 def drift_table(rows: Sequence[Mapping[str, Any]],
                 tablefmt: str = DEFAULT_TABLE_FORMAT) -> str:
     table = [[row.get("check"), row.get("key"), _clip(str(row.get("value")), 40),
-              ", ".join(row.get("hosts", [])), _ranks_text(row.get("ranks", [])),
+              hosts_text(row.get("hosts", [])), _ranks_text(row.get("ranks", [])),
               "" if row.get("reference") else "<- differs"] for row in rows]
     return tabulate(table, headers=["check", "key", "value", "hosts", "ranks", ""],
                     tablefmt=tablefmt, disable_numparse=True)
@@ -197,14 +249,21 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def findings_lines(findings: Sequence[Finding], color: bool = False) -> list[str]:
+def findings_lines(findings: Sequence[Finding], color: bool = False,
+                   hosts: Optional[Sequence[HostRecord]] = None) -> list[str]:
+    """A line per finding, root cause first; with ``hosts``, alike findings on many hosts are
+    merged into one line with a host list (``grouping.merge_findings``)."""
     if not findings:
         return ["# Findings: none"]
     lines = ["# Findings (root cause first):"]
-    for finding in findings:
+    if hosts is None:
+        shown = [(finding, finding.message) for finding in findings]
+    else:
+        shown = [(m.first, m.message) for m in merge_findings(findings, hosts)]
+    for finding, message in shown:
         mark = "ROOT CAUSE " if finding.root_cause else ""
         severity = paint(f"[{finding.severity.value}]", finding.severity.value, color)
-        lines.append(f"#  {mark}{severity} {finding.check}: {finding.message}")
+        lines.append(f"#  {mark}{severity} {finding.check}: {message}")
     return lines
 
 

@@ -13,6 +13,7 @@ import threading
 from ..model.errors import HostError
 from ..model.safety import open_append
 from ..model.spec import HostKeyPolicy, HostSpec, SSHSpec, ssh_target, ssh_user  # noqa: F401
+from . import knownhosts
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -34,6 +35,8 @@ def _accept_new_policy(known_hosts_path: str):  # -> paramiko.MissingHostKeyPoli
                     fcntl.flock(handle, fcntl.LOCK_EX)
                     handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
                     fcntl.flock(handle, fcntl.LOCK_UN)
+                knownhosts.remember(known_hosts_path, hostname, key.get_name(),
+                                    key.get_base64())
             client.get_host_keys().add(hostname, key.get_name(), key)
 
     return AcceptNewPolicy()
@@ -54,13 +57,15 @@ def open_client(host: HostSpec, ssh: SSHSpec, sock=None, via: str = ""):
         client.close()
         return HostError(host.name, "ssh", via + message)
 
+    # Parsed once per run and shared (paramiko's own loader re-reads the file per client);
+    # this client gets only its host's keys.
+    tables = []
     for path in (SYSTEM_KNOWN_HOSTS, known_hosts):
-        if os.path.exists(path):
-            try:
-                # load_system_host_keys: paramiko never rewrites these files itself.
-                client.load_system_host_keys(path)
-            except (OSError, paramiko.SSHException) as exc:
-                raise fail(f"cannot read known_hosts {path}: {exc}") from None
+        try:
+            tables.append(knownhosts.load(path))
+        except (OSError, knownhosts.KnownHostsError) as exc:
+            raise fail(f"cannot read known_hosts {path}: {exc}") from None
+    knownhosts.fill(client.get_host_keys(), tables, _known_hosts_name(host))
     if ssh.host_key_policy is HostKeyPolicy.ACCEPT_NEW:
         client.set_missing_host_key_policy(_accept_new_policy(known_hosts))
     else:
@@ -112,6 +117,11 @@ def open_client(host: HostSpec, ssh: SSHSpec, sock=None, via: str = ""):
         raise fail(f"connect to {where} timed out after {timeout:g}s") from None
     except (OSError, EOFError) as exc:
         raise fail(f"cannot connect to {where}: {_socket_reason(exc)}") from None
+    key = client.get_transport().get_remote_server_key()
+    revoked_in = knownhosts.is_revoked(tables, key.get_name(), key.get_base64())
+    if revoked_in:
+        raise fail(f"the host key of {host.address} ({key.fingerprint}) is marked @revoked in "
+                   f"{revoked_in}; refusing to connect")
     return client
 
 
