@@ -16,9 +16,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cluster: needs the network-namespace cluster (root, ip, sshd)")
 
 
-@pytest.fixture(scope="session")
-def ns_cluster(tmp_path_factory):
-    """A started 4-host NamespaceCluster (h1..h4), stopped at the end of the session.
+def started_cluster(hosts: int, tmp_path_factory, name: str):
+    """Yield a started NamespaceCluster of ``hosts`` hosts (h1..hN), stopped afterwards: the
+    body of every cluster fixture.
 
     Skipped where namespaces are unavailable, except under CI=true, where that is a failure."""
     ok, reason = cluster_available()
@@ -26,9 +26,15 @@ def ns_cluster(tmp_path_factory):
         if os.environ.get("CI") == "true":
             pytest.fail(f"namespace cluster unavailable under CI: {reason}")
         pytest.skip(f"namespace cluster unavailable: {reason}")
-    cluster = NamespaceCluster(4, tmp_path_factory.mktemp("ns_cluster"))
+    cluster = NamespaceCluster(hosts, tmp_path_factory.mktemp(name))
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ns_cluster(tmp_path_factory):
+    """A started 4-host NamespaceCluster (h1..h4), stopped at the end of the session."""
+    yield from started_cluster(4, tmp_path_factory, "ns_cluster")

@@ -18,13 +18,15 @@ import sys
 
 import pytest
 
+from conftest import started_cluster
 from hostsfile import cluster_hosts_yaml
-from nscluster import NamespaceCluster, cluster_available
 
 pytestmark = pytest.mark.cluster
 
 HOSTS = 64
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(scope="module")
 def cheap_python(tmp_path_factory) -> str:
     """A bare venv of this interpreter: the standard library only, no torch."""
@@ -37,15 +39,7 @@ def cheap_python(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def big_cluster(tmp_path_factory):
-    ok, reason = cluster_available()
-    if not ok:
-        pytest.skip(f"namespace cluster unavailable: {reason}")
-    cluster = NamespaceCluster(HOSTS, tmp_path_factory.mktemp("fanout"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from started_cluster(HOSTS, tmp_path_factory, "fanout")
 
 
 def cheap_hosts_yaml(cluster, path: pathlib.Path, python: str) -> pathlib.Path:

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
+from conftest import started_cluster
 from hostsfile import cluster_hosts_yaml
-from nscluster import NamespaceCluster, cluster_available
 from test_preflight_cluster import no_torchrun_left
 
 pytestmark = pytest.mark.cluster
@@ -26,15 +26,7 @@ SLOW_MBIT = RATE_MBIT / 4
 
 @pytest.fixture(scope="module")
 def cluster8(tmp_path_factory):
-    ok, reason = cluster_available()
-    if not ok:
-        pytest.skip(f"namespace cluster unavailable: {reason}")
-    cluster = NamespaceCluster(HOSTS, tmp_path_factory.mktemp("pairwise"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from started_cluster(HOSTS, tmp_path_factory, "pairwise")
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from typing import Optional
 from ..analyze.bandwidth import DEFAULT_SLOW_FRACTION
 from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec
-from ..plan.bandwidth import PAIRWISE_BASE_S, PAIRWISE_ROUND_S, SWEEP_TIMEOUT_S
-from ..plan.pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds
+from ..plan.bandwidth import PAIRWISE_BASE_S, PAIRWISE_ROUND_S, SWEEP_TIMEOUT_S, default_timeout
 from ..remote.argtypes import (at_least, collectives, fraction, message_size, non_negative,
                                positive)
 from ..remote.busbw import ALL_COLLECTIVES, Collective, element_count, message_sizes, parse_size
@@ -22,18 +21,6 @@ from ..report.bandwidth import PLOT_INSTALL_HINT
 from ..report.table import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options, add_output_options,
                      add_prom_option, load_spec_from_args, run_reported)
-
-
-
-
-def default_timeout(spec: ClusterSpec, pairwise) -> float:
-    """``pairwise``: falsy (the sweep), "all" (every pair: n-1 rounds) or "adaptive" (at most
-    MAX_ADAPTIVE_ROUNDS rounds, whatever the number of hosts)."""
-    if not pairwise:
-        return SWEEP_TIMEOUT_S
-    if pairwise != "all":
-        return PAIRWISE_BASE_S + PAIRWISE_ROUND_S * MAX_ADAPTIVE_ROUNDS
-    return PAIRWISE_BASE_S + PAIRWISE_ROUND_S * len(circle_rounds([h.name for h in spec.hosts]))
 
 
 def dry_run_text(spec: ClusterSpec, options) -> str:
