@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from ddpcheck.remote import hostfacts
 
@@ -14,6 +17,8 @@ from ddpcheck.remote import hostfacts
 WITHOUT_PSUTIL = """
 import json, sys
 sys.modules["psutil"] = None
+import pytest
+
 from ddpcheck.remote import hostfacts
 print(json.dumps(hostfacts.collect("127.0.0.1", ".")))
 """
@@ -68,3 +73,57 @@ def test_route_to_unresolvable_master():
     route = hostfacts.route_to("no-such-host.invalid", {}, resolve_timeout_s=5.0)
     assert route == {"master": "no-such-host.invalid",
                      "error": "no-such-host.invalid does not resolve"}
+
+
+INTERFACES = """
+import json, sys
+if sys.argv[1] == "stdlib":
+    sys.modules["psutil"] = None
+    psutil = None
+else:
+    import psutil
+import pytest
+
+from ddpcheck.remote import hostfacts
+print(json.dumps(hostfacts.interface_facts(psutil)))
+"""
+
+
+@pytest.mark.cluster
+def test_up_and_carrier_agree_with_ip_link_with_and_without_psutil():
+    """In a namespace of its own: lo up, a veth up with its peer down (UP, NO-CARRIER), the
+    peer down, and a veth pair both up. ``ip -o link`` is the oracle: UP in its flags is ``up``, LOWER_UP
+    (the carrier) is ``running``, for the psutil path and the standard-library one alike."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2")
+    namespace = f"ddpchf{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        def ip(*argv: str) -> str:
+            return subprocess.run(["ip", "-n", namespace, *argv], check=True,
+                                  capture_output=True, text=True).stdout
+
+        ip("link", "set", "lo", "up")
+        ip("link", "add", "va", "type", "veth", "peer", "name", "vb")
+        ip("link", "set", "va", "up")
+        ip("link", "add", "vc", "type", "veth", "peer", "name", "vd")
+        ip("link", "set", "vc", "up")
+        ip("link", "set", "vd", "up")
+        oracle = {}
+        for line in ip("-o", "link").splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            flags = line.split("<")[1].split(">")[0].split(",")
+            oracle[name] = {"up": "UP" in flags, "running": "LOWER_UP" in flags}
+        assert oracle["va"] == {"up": True, "running": False}  # the fault under test
+        assert oracle["vb"] == {"up": False, "running": False}
+        assert oracle["vc"] == {"up": True, "running": True}
+        for way in ("psutil", "stdlib"):
+            done = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c",
+                                   INTERFACES, way], capture_output=True, text=True,
+                                  check=True, env={**os.environ,
+                                                   "PYTHONPATH": os.pathsep.join(sys.path)})
+            seen = {name: {"up": facts["up"], "running": facts["running"]}
+                    for name, facts in json.loads(done.stdout).items()}
+            assert seen == oracle, way
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)

@@ -70,8 +70,8 @@ def test_hostile_env_value_is_one_quoted_token():
 def test_stage0_argv_tail():
     host = make_spec().hosts[0]
     tokens = shlex.split(stage0_command(host, 12.5))
-    assert tokens[-6:] == ["/opt/py/bin/python3", "-m", "ddpcheck.remote.agent", "facts",
-                           "--deadline", "12.5"]
+    assert tokens[-8:] == ["/opt/py/bin/python3", "-m", "ddpcheck.remote.agent", "facts",
+                           "--deadline", "12.5", "--torch", "inspect"]
     assert "exec" in tokens and tokens[tokens.index("exec") + 1] == "env"
 
 

@@ -244,3 +244,29 @@ def test_launch_deadline_fires_and_a_lost_launch_is_an_ssh_finding(servers, tmp_
     assert not hosts["flaky"].reachable and hosts["flaky"].stage == "done"
     assert hosts["lonely"].reachable and hosts["lonely"].launch_stopped == "deadline"
     assert report.exit_code == 1  # the timeout during launch is a failed check
+
+
+def test_a_torch_that_is_installed_but_will_not_import_is_named_at_launch(servers, tmp_path):
+    """Stage 0 reads torch without importing it (its version.py is whole here, as on a host
+    whose CUDA libraries are missing), so the import failure is seen by torchrun's own import
+    on that host: named there, as ``torch_import``, the root cause, and no rank started."""
+    import torch
+
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "version.py").write_text(
+        (Path(torch.__file__).parent / "version.py").read_text())
+    (site / "torch" / "__init__.py").write_text(
+        "raise ImportError('libcudart.so.12: cannot open shared object file')\n")
+    broken = servers()
+    spec = spec_of(("broken", broken), tmp_path=tmp_path,
+                   env={"PYTHONPATH": str(site)})
+    report = run_preflight(spec, PreflightOptions(timeout_s=120), quiet())
+    host = report.hosts[0]
+    assert host.versions["torch"] == torch.__version__  # stage 0 passed, torch unimported
+    assert any("agent facts" in c and "--torch inspect" in c for c in broken.observed.commands)
+    [finding] = [f for f in report.findings if f.root_cause]
+    assert finding.check == "torch_import" and finding.host == "broken"
+    assert finding.message.startswith("broken: done: launch: import torch failed: "
+                                      "ImportError: libcudart.so.12"), finding.message
+    assert report.ranks == () and report.exit_code == 1

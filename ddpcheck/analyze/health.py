@@ -105,7 +105,13 @@ def torch_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) 
     if facts.get("torch_error"):
         return [_finding(Severity.ERROR, "torch_import", host,
                          f"import torch failed: {facts['torch_error']}")]
-    seconds = _number(facts.get("import_s"))
+    return slow_import_findings(host, facts)
+
+
+def slow_import_findings(host: str, imported: Mapping[str, Any]) -> list[Finding]:
+    """A slow ``import torch`` (``import_s``): timed in stage 0, or by torchrun on the host
+    (``remote.torchrun``) when stage 0 only inspected torch."""
+    seconds = _number(imported.get("import_s"))
     if seconds is not None and seconds > TORCH_IMPORT_WARN_S:
         return [_finding(Severity.WARNING, "torch_import", host,
                          f"import torch took {seconds:.1f}s (every rank pays it: a slow or "

@@ -113,6 +113,9 @@ def launch_failure(result: CommandResult, parsed: HostOutput,
     agent = parsed.agent or {}
     if agent.get("error"):  # the run directory could not be made: the workdir is unusable
         return Failure(Check.RESOURCES, f"launch: {agent['error']}")
+    imported = parsed.torch_import or {}
+    if imported.get("error") and not ranks:  # torchrun could not import torch: no rank started
+        return Failure(Check.TORCH_IMPORT, f"launch: import torch failed: {imported['error']}")
     if result.lost and not ranks:
         return Failure(Check.SSH, "launch: the connection was lost before any rank reported")
     if not ranks:

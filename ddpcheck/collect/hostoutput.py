@@ -25,6 +25,7 @@ class HostOutput:
     garbled: int = 0  # marked lines whose JSON could not be read
     listen: Optional[dict[str, Any]] = None  # the rendezvous check's listener, on the master
     reach: Optional[dict[str, Any]] = None  # this host's connection to the master's port
+    torch_import: Optional[dict[str, Any]] = None  # torchrun's import of torch (remote.torchrun)
 
 
 def parse_output(text: str) -> HostOutput:
@@ -55,14 +56,14 @@ def parse_output(text: str) -> HostOutput:
             agent = value
         elif kind == "rank":
             ranks.append(value)
-        elif kind in ("listen", "reach"):
+        elif kind in ("listen", "reach", "torch_import"):
             checks[kind] = value
         elif kind == "listening":
             pass  # the listener is up; its outcome comes as "listen"
         else:
             garbled += 1
     return HostOutput(facts, tuple(ranks), agent, tuple(stray), garbled,
-                      checks.get("listen"), checks.get("reach"))
+                      checks.get("listen"), checks.get("reach"), checks.get("torch_import"))
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,10 @@ def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
     if failure is not None:
         run.progress.host(host.name, f"failed stage 0: {failure.message}")
         return
-    torch = (f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
-             if facts.get("torch") else "torch import failed")
+    torch = ("torch import failed" if not facts.get("torch") else
+             f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
+             if facts.get("import_s") is not None else
+             f"torch {facts.get('torch')} (imported by torchrun)")
     run.progress.host(host.name, (
         f"checked: hostname {facts.get('hostname')}, python {facts.get('python')}, "
         f"{torch}, {gpus} GPU(s) in {result.duration_s:.1f}s"))
@@ -186,6 +188,8 @@ def record_launch(run: Engine, name: str, result: CommandResult) -> bool:
         {r.rank for r in ranks}, agent, torchrun_failures(parsed.stray))]
     failure = launch_failure(result, parsed, ranks)
     state.add_ranks(ranks)
+    if parsed.torch_import:  # torchrun's import: the import check of a stage 0 that inspected
+        state.add_findings(health.slow_import_findings(name, parsed.torch_import))
     kept = agent.get("run_dir") if agent.get("kept") else None
     state.fail(name, failure, stage=Stage.DONE, launch_exit=agent.get("exit_code"),
                launch_stopped=agent.get("stopped") or ("deadline" if result.timed_out else None),

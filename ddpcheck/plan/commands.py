@@ -103,7 +103,8 @@ def redact_secrets(command: str) -> str:
 
 def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None,
                 dcgm: Optional[int] = None) -> list[str]:
-    argv = [host.python, "-m", "ddpcheck.remote.agent", "facts", "--deadline", _num(deadline_s)]
+    argv = [host.python, "-m", "ddpcheck.remote.agent", "facts", "--deadline", _num(deadline_s),
+            "--torch", "inspect"]  # the ranks' torchrun imports it (remote.torchrun)
     if master:
         argv += ["--master", master]
     if dcgm:
@@ -113,7 +114,7 @@ def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None,
 
 def stage0_command(host: HostSpec, deadline_s: float, master: Optional[str] = None,
                    dcgm: Optional[int] = None) -> str:
-    """Stage 0: host facts (hostname, python, torch import, GPUs, resources, interfaces, the
+    """Stage 0: host facts (hostname, python, torch inspected, GPUs, resources, interfaces, the
     route to ``master``; DCGM diagnostics with ``dcgm``) before any rank starts, with the env
     the ranks will get."""
     return remote_command(host, stage0_argv(host, deadline_s, master, dcgm))

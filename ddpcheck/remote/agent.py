@@ -1,12 +1,16 @@
 """The host agent: what the launcher runs on each host (``python -m ddpcheck.remote.agent``).
 
-``facts``: stage 0, this host's facts as one marked line: hostname, python, the torch import (in
-a child, with a deadline, timed), GPUs through NVML (``nvml``), CPU, memory, disks, ulimits,
-interfaces and the route to the master (``hostfacts``), and its clock for the skew check.
+``facts``: stage 0, this host's facts as one marked line: hostname, python, torch (``--torch
+import``: the import in a child, with a deadline, timed; ``--torch inspect``, preflight's: its
+version and the GPUs it will see read without importing it, ``torchinfo``), GPUs through NVML
+(``nvml``), CPU, memory, disks, ulimits, interfaces and the route to the master
+(``hostfacts``), and its clock for the skew check.
 ``listen`` / ``reach``: the rendezvous check before torchrun: the master host listens on the
 rendezvous port while every host connects to it, so a firewall or a wrong address is named in
 seconds instead of after torchrun's join timeout.
-``launch``: runs torchrun with the probe under a dead-man deadline, passes its output through,
+``launch``: runs torchrun (through ``remote.torchrun``, which reports its torch import: the
+import check of a stage 0 that inspected) with the probe under a dead-man deadline, passes its
+output through,
 and kills torchrun and every rank on deadline, SIGHUP (the ssh connection closed), SIGTERM or
 SIGINT. Under srun (``--launcher slurm``) one command runs on every node: ``--slurm-hosts``
 lists the nodes in node-rank order, the agent finds its own (SLURMD_NODENAME, else
@@ -35,7 +39,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from .. import wire
 from . import hostfacts
 
-from . import dcgm, ibports, kernlog, nvml
+from . import dcgm, ibports, kernlog, nvml, torchinfo
 from ..model import safety
 
 NODE_RANK_TOKEN = "@NODE_RANK@"
@@ -197,17 +201,23 @@ def enter_workdir(env: Mapping[str, str]) -> tuple[str, Optional[str]]:
                          f"{exc.strerror or exc}")
 
 
+TORCH_IMPORT = "import"  # import torch in a child, timed (``ddpcheck node``)
+TORCH_INSPECT = "inspect"  # read it without importing (``torchinfo``); import only if that cannot tell
+
+
 def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: bool = True,
                   workdir: str = ".", xid_since: Optional[float] = None,
                   ib_root: str = ibports.SYSFS_ROOT,
                   dcgm_level: Optional[int] = None,
-                  workdir_error: Optional[str] = None) -> dict[str, Any]:
+                  workdir_error: Optional[str] = None,
+                  torch_mode: str = TORCH_IMPORT) -> dict[str, Any]:
     """Stage 0's facts. ``dcgm_level`` runs ``dcgmi diag`` meanwhile, under its own deadline
     (``dcgm.DEADLINE_S``), which the caller's deadline must leave room for. ``workdir_error``:
-    the workdir was refused (``enter_workdir``): said, and nothing is written there."""
+    the workdir was refused (``enter_workdir``): said, and nothing is written there.
+    ``torch_mode``: ``TORCH_IMPORT`` or ``TORCH_INSPECT`` (preflight: the ranks import it)."""
     started = time.monotonic()
     diag = dcgm.start(dcgm_level) if dcgm_level else None
-    child = start_torch_facts() if with_torch else None
+    child = start_torch_facts() if with_torch and torch_mode == TORCH_IMPORT else None
     hostname = socket.gethostname()
     facts: dict[str, Any] = {
         "hostname": hostname,
@@ -220,6 +230,12 @@ def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: b
     }
     share = max(min(10.0, deadline_s / 3), 1.0)
     facts["nvml"] = with_deadline(nvml.read_gpus, share, "NVML")
+    if with_torch and child is None:
+        inspected = torchinfo.inspect(os.environ, facts["nvml"])
+        if inspected is None:
+            child = start_torch_facts()  # only the import can tell
+        else:
+            facts.update(inspected)
     host = with_deadline(lambda: hostfacts.collect(master, workdir, min(3.0, share)), share,
                          "host facts")
     if "error" in host:
@@ -284,11 +300,13 @@ def listen(port: int, deadline_s: float, expect: int) -> dict[str, Any]:
 
 def reach(address: str, port: int, name: str, timeout_s: float) -> dict[str, Any]:
     """Connect to ``address:port`` until it answers or ``timeout_s`` passes (the listener may
-    start a moment after us: a refused connection is retried)."""
+    start a moment after us: a refused connection is retried, 20 ms after the first try, the
+    wait doubling up to 0.2 s so a thousand hosts do not flood the master)."""
     started = time.monotonic()
     ends = started + timeout_s
     last = "no attempt"
     attempts = 0
+    pause = 0.02
     while time.monotonic() < ends:
         attempts += 1
         try:
@@ -307,7 +325,8 @@ def reach(address: str, port: int, name: str, timeout_s: float) -> dict[str, Any
             last = "connection refused (nothing listening, or a firewall rejecting)"
         except OSError as exc:
             last = exc.strerror or str(exc)
-        time.sleep(0.2)
+        time.sleep(min(pause, max(ends - time.monotonic(), 0.0)))
+        pause = min(pause * 2, 0.2)
     return {"ok": False, "address": address, "port": port, "attempts": attempts,
             "elapsed_s": round(time.monotonic() - started, 3), "error": last}
 
@@ -530,7 +549,7 @@ class Launch:
         left = self.deadline_s - (time.monotonic() - started)
         env["DDPCHECK_RANK_DEADLINE"] = f"{time.time() + left - RANK_REPORT_MARGIN_S:.3f}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", *self.torchrun_args],
+            [sys.executable, "-m", "ddpcheck.remote.torchrun", *self.torchrun_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=self.run_dir, env=env,
             preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
@@ -586,6 +605,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     facts.add_argument("--slurm-hosts", default=None, help="under srun: the nodes, in order")
     facts.add_argument("--dcgm", type=int, choices=(1, 2), default=None,
                        help="also run dcgmi diag -r N (the deadline must leave room)")
+    facts.add_argument("--torch", choices=(TORCH_IMPORT, TORCH_INSPECT), default=TORCH_IMPORT,
+                       help="import torch (timed), or inspect it without importing (the ranks "
+                            "import it)")
     facts.add_argument("--xid-since", type=float, default=None,
                        help="Xid/SXid events since this epoch time (default: since boot)")
     listener = sub.add_parser("listen", help="accept rendezvous check connections on PORT")
@@ -625,7 +647,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         workdir, workdir_error = enter_workdir(os.environ)
         emit("facts", collect_facts(args.deadline, args.master, workdir=workdir,
                                     dcgm_level=args.dcgm, xid_since=args.xid_since,
-                                    workdir_error=workdir_error))
+                                    workdir_error=workdir_error, torch_mode=args.torch))
         return 0
     if args.action == "listen":
         emit("listen", listen(args.port, args.deadline, args.expect))

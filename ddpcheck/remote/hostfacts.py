@@ -23,6 +23,7 @@ ENV_PREFIXES = ("NCCL_", "TORCH_", "GLOO_", "TP_", "CUDA_", "OMP_", "MASTER_", "
                 "NVIDIA_", "UCX_", "FI_", "MKL_", "TORCHELASTIC_")
 UNLIMITED = -1  # how an unlimited rlimit is written in the facts
 _SIOCGIFADDR = 0x8915
+_SIOCGIFFLAGS = 0x8913
 _IFF_UP = 0x1
 _IFF_RUNNING = 0x40
 
@@ -160,10 +161,25 @@ def interface_facts(psutil: Any = None) -> dict[str, dict[str, Any]]:
 
 
 def _sys_flags(name: str) -> Optional[int]:
+    """The interface's flags as ``ip link`` shows them (SIOCGIFFLAGS: the kernel adds
+    IFF_RUNNING there from the carrier; sysfs's ``flags`` file never has it), else from sysfs
+    with RUNNING taken from ``carrier``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS,
+                                 struct.pack("16sH14x", name.encode()[:15], 0))
+            return struct.unpack_from("H", answer, 16)[0]
+        except OSError:
+            pass
     try:
-        return int(_read(f"/sys/class/net/{name}/flags").strip(), 16)
+        flags = int(_read(f"/sys/class/net/{name}/flags").strip(), 16)
     except (OSError, ValueError):
         return None
+    try:
+        carrier = _read(f"/sys/class/net/{name}/carrier").strip() == "1"
+    except OSError:  # reading carrier of a down interface fails (EINVAL)
+        carrier = False
+    return flags | _IFF_RUNNING if carrier else flags & ~_IFF_RUNNING
 
 
 def _stdlib_addresses(name: str) -> list[str]:
