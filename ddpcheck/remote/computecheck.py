@@ -1,8 +1,7 @@
 """The preflight compute check, run by every rank of the probe (stdlib + torch only).
 
-Half a second per rank (``DEFAULT_SECONDS``: five periods of a 100 ms CPU quota), all ranks at
-once (after a barrier, so neighbours contend as they will in the job): matrix-multiply
-throughput and memory bandwidth of the rank's device.
+About a second per rank, all ranks at once (after a barrier, so neighbours contend as they will
+in the job): matrix-multiply throughput and memory bandwidth of the rank's device.
 
 * GPU: ``torch.matmul`` of square matrices in bf16 and fp16 (where the GPU supports them) and
   fp32 with TF32 allowed (Ampere and newer) -> TFLOP/s; a device-to-device copy of a large
@@ -25,7 +24,6 @@ from typing import Any, Callable, Optional
 
 import torch
 
-DEFAULT_SECONDS = 0.5
 CPU_MATMUL_N = 256
 CPU_COPY_BYTES = 8 << 20
 GPU_MATMUL_N = 8192
@@ -57,7 +55,7 @@ def run_for(op: Callable[[], Any], seconds: float) -> tuple[int, float]:
             return count, elapsed
 
 
-def measure_cpu(seconds: float = DEFAULT_SECONDS) -> dict[str, float]:
+def measure_cpu(seconds: float = 1.0) -> dict[str, float]:
     """{"fp32 GFLOP/s": ..., "memory GB/s": ...} over ``seconds`` split between the two."""
     n = CPU_MATMUL_N
     a = torch.randn(n, n)
@@ -107,7 +105,7 @@ def time_cuda(op: Callable[[], Any], device: torch.device, seconds: float,
     return statistics.median(per_op)
 
 
-def measure_cuda(device: torch.device, seconds: float = DEFAULT_SECONDS) -> dict[str, float]:
+def measure_cuda(device: torch.device, seconds: float = 1.0) -> dict[str, float]:
     """TFLOP/s per precision and copy GB/s on ``device``, each timed with CUDA events."""
     results: dict[str, float] = {}
     dtypes = cuda_dtypes(device)
@@ -135,7 +133,7 @@ def measure_cuda(device: torch.device, seconds: float = DEFAULT_SECONDS) -> dict
 
 
 def compute_check(device: torch.device, host: str, rank: Optional[int],
-                  seconds: float = DEFAULT_SECONDS) -> dict[str, Any]:
+                  seconds: float = 1.0) -> dict[str, Any]:
     """This rank's compute record: device model, where it is (for messages) and metrics."""
     begin = time.perf_counter()
     if device.type == "cuda":

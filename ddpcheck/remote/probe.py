@@ -15,7 +15,7 @@ parameters broadcast, gradients averaged by all_reduce) on identical data, recor
 of every parameter after each step. ``drift`` compares them afterwards.
 
 Compute (``computecheck``): after the latency stage every rank measures its device's matmul
-throughput and memory bandwidth for ``--compute-seconds`` (0.5 s), all ranks at once; ``analyze``
+throughput and memory bandwidth for ``--compute-seconds`` (1 s), all ranks at once; ``analyze``
 names ranks far below the median of their peers of the same device model (``straggler``).
 
 Only the standard library and torch are imported here, so a host needs just torch and ddpcheck.
@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from .. import wire
 from .agent import set_parent_death_signal
-from .computecheck import DEFAULT_SECONDS as COMPUTE_SECONDS, compute_check
+from .computecheck import compute_check
 from .fingerprint import (call_setup, gather_json, load_setup, model_fingerprint,
                           numeric_settings, relevant_env, rng_hashes, runtime_versions,
                           seed_everything)
@@ -346,9 +346,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                              "too); it gets the seed when it takes an argument")
     parser.add_argument("--ddp-steps", type=int, default=3,
                         help="steps of the tiny DDP run (default 3)")
-    parser.add_argument("--compute-seconds", type=float, default=COMPUTE_SECONDS,
+    parser.add_argument("--compute-seconds", type=float, default=1.0,
                         help="the compute check's time on each rank: matmul throughput and "
-                             "memory bandwidth (default 0.5; 0 skips it)")
+                             "memory bandwidth (default 1; 0 skips it)")
     parser.add_argument("--no-consistency", dest="consistency", action="store_false",
                         help="skip fingerprints and the tiny DDP run")
     args = parser.parse_args(argv)
