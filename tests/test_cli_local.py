@@ -56,3 +56,16 @@ def test_local_dry_run_prints_torchrun_command():
     assert "torch.distributed.run" not in done.stdout  # the agent starts torchrun itself
     assert "ddpcheck.remote.agent launch" in done.stdout and "--nproc-per-node 2" in done.stdout
     assert "--master-addr 127.0.0.1" in done.stdout
+
+
+def test_skip_compute_leaves_the_compute_check_out_and_says_nothing_of_it(tmp_path):
+    report_path = tmp_path / "report.json"
+    done = ddpcheck("preflight", "--skip", "compute,consistency", "--json", str(report_path),
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    assert [r["status"] for r in report["ranks"]] == ["ok", "ok"]
+    assert all(not r.get("compute") for r in report["ranks"]), report["ranks"]
+    assert "GFLOP/s" not in done.stdout
+    wrong = ddpcheck("preflight", "--skip", "gpus")
+    assert wrong.returncode == 2 and "consistency, rendezvous, compute" in wrong.stderr

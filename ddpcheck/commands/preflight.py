@@ -50,7 +50,8 @@ def register(sub) -> None:
                           "120 s / 600 s")
     pre.add_argument("--skip", type=_skip_list, default=frozenset(), metavar="CHECK[,CHECK]",
                      help="leave out: consistency (fingerprints and the tiny DDP run), "
-                          "rendezvous (the port check before torchrun)")
+                          "rendezvous (the port check before torchrun), compute (matmul "
+                          "throughput and memory bandwidth, 1 s per rank)")
     pre.add_argument("--iterations", type=at_least(1), default=20, metavar="N",
                      help="repeats of barrier and small all_reduce for the latency medians "
                           "(default 20)")
@@ -63,7 +64,7 @@ def register(sub) -> None:
     pre.set_defaults(run=preflight_command)
 
 
-SKIPPABLE = ("consistency", "rendezvous")
+SKIPPABLE = ("consistency", "rendezvous", "compute")
 
 
 def _skip_list(text: str) -> frozenset[str]:
@@ -104,7 +105,8 @@ def preflight_options(args: argparse.Namespace):
                              iterations=args.iterations, keep=args.keep,
                              seed=args.seed, setup=setup_target(args.setup),
                              ddp_steps=args.ddp_steps,
-                             consistency="consistency" not in args.skip))
+                             consistency="consistency" not in args.skip,
+                             compute="compute" not in args.skip))
 
 
 def dry_run_text(spec: ClusterSpec, options) -> str:

@@ -35,6 +35,7 @@ class LaunchOptions:
     setup: Optional[str] = None  # --setup MODULE:FUNCTION run on every rank first
     ddp_steps: int = 3  # steps of the tiny DDP run
     consistency: bool = True  # fingerprints and the tiny DDP run
+    compute: bool = True  # the compute check (matmul throughput, memory bandwidth)
     keep: bool = False  # --keep: leave each host's run directory in place
 
 
@@ -154,6 +155,7 @@ def probe_program(host_name: str, world_size: int, backend: Backend,
         "--collective-timeout", str(options.collective_timeout_s),
         "--deadline", _num(options.deadline_s),
         "--iterations", str(options.iterations),
+        *([] if options.compute else ["--compute-seconds", "0"]),
         *consistency_args(options),
     ]
 
