@@ -1,5 +1,7 @@
 """Preflight wall time on the namespace cluster for 1, 2 and 3 hosts, beside the floor.
 
+Also ``preflight --skip compute``: the compute check is a fixed second per rank by design.
+
 The floor is torchrun started over ssh on the same hosts with the same ranks, each rank only
 importing torch and joining one barrier: what any launcher must pay. Both are timed in the same
 run, interleaved, so the ratio preflight/floor holds on a noisy machine. Needs root.
@@ -24,10 +26,10 @@ from hostsfile import cluster_hosts_yaml  # noqa: E402
 from nscluster import NamespaceCluster  # noqa: E402
 
 
-def time_preflight(hosts_yaml: pathlib.Path) -> float:
+def time_preflight(hosts_yaml: pathlib.Path, *extra: str) -> float:
     began = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "ddpcheck", "preflight", str(hosts_yaml)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "ddpcheck", "preflight", str(hosts_yaml),
+                           *extra], capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - began
     if done.returncode != 0:
         raise SystemExit(f"preflight failed:\n{done.stdout}\n{done.stderr}")
@@ -66,7 +68,7 @@ def main() -> None:
             port = 29800
             for count in counts:
                 hosts = cluster.hosts[:count]
-                pre, floor = [], []
+                pre, lean, floor = [], [], []
                 for rep in range(args.reps):
                     port += 1
                     yaml_path = cluster_hosts_yaml(cluster, pathlib.Path(tmp) / f"h{count}.yaml",
@@ -74,16 +76,22 @@ def main() -> None:
                     pre.append(time_preflight(yaml_path))
                     port += 1
                     floor.append(time_floor(cluster, hosts, args.slots, port))
-                p, f = statistics.median(pre), statistics.median(floor)
-                rows.append((count, count * args.slots, p, f, p / f))
-                print(f"{count} host(s): preflight {p:.1f}s  floor {f:.1f}s  ratio {p / f:.2f}",
-                      file=sys.stderr)
+                    port += 1
+                    yaml_path = cluster_hosts_yaml(cluster, pathlib.Path(tmp) / f"h{count}.yaml",
+                                                   hosts, slots=args.slots, port=port)
+                    lean.append(time_preflight(yaml_path, "--skip", "compute"))
+                p, q, f = (statistics.median(pre), statistics.median(lean),
+                           statistics.median(floor))
+                rows.append((count, count * args.slots, p / f, q / f))
+                print(f"{count} host(s): preflight {p:.1f}s  --skip compute {q:.1f}s  "
+                      f"floor {f:.1f}s", file=sys.stderr)
         finally:
             cluster.stop()
-    print(f"| hosts | ranks | preflight/floor (median of {args.reps}) |")
-    print("|---|---|---|")
-    for count, ranks, p, f, ratio in rows:
-        print(f"| {count} | {ranks} | {ratio:.2f} |")
+    print(f"| hosts | ranks | preflight/floor | preflight --skip compute/floor |"
+          f"  (medians of {args.reps})")
+    print("|---|---|---|---|")
+    for count, ranks, full, lean in rows:
+        print(f"| {count} | {ranks} | {full:.2f} | {lean:.2f} |")
 
 
 if __name__ == "__main__":
