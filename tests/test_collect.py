@@ -138,3 +138,27 @@ def test_rank_record_statuses_and_nested():
 @pytest.mark.parametrize("value", ["--5", "²"])
 def test_rank_record_int_like_strings_do_not_crash(value):
     assert rank_record({"rank": value}, "h").rank is None
+
+
+def test_torchruns_import_record_is_read_and_a_failed_import_is_the_launch_failure():
+    """``remote.torchrun`` reports torchrun's own import of torch before any rank starts."""
+    from ddpcheck.analyze.health import slow_import_findings
+    from ddpcheck.analyze.outcomes import launch_failure
+    from ddpcheck.model.outcomes import CommandResult
+    from ddpcheck.wire import encode
+
+    failed = (encode("torch_import", {"error": "ImportError: libcudart.so.12: cannot open",
+                                      "import_s": 0.2}) + "\r\n" +
+              encode("agent", {"exit_code": 1, "stopped": None}) + "\n")
+    parsed = parse_output(failed)
+    assert parsed.torch_import["error"].startswith("ImportError") and parsed.garbled == 0
+    failure = launch_failure(CommandResult(1, failed), parsed, [])
+    assert failure.check == "torch_import"
+    assert failure.message == "launch: import torch failed: ImportError: libcudart.so.12: " \
+                              "cannot open"
+    slow = parse_output(encode("torch_import", {"torch": "2.13.0", "import_s": 45.0}))
+    assert launch_failure(CommandResult(0, ""), slow, []).check != "torch_import"
+    [warning] = slow_import_findings("h7", slow.torch_import)
+    assert warning.check == "torch_import" and warning.severity.value == "warning"
+    assert "import torch took 45.0s" in warning.message
+    assert slow_import_findings("h7", {"torch": "2.13.0", "import_s": 2.0}) == []
