@@ -16,6 +16,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+import ddpcheck.transport.channels as channels
 import ddpcheck.transport.ssh as transport
 from ddpcheck.model.errors import HostError
 from ddpcheck.model.spec import HostKeyPolicy, HostSpec, SSHSpec
@@ -258,7 +259,7 @@ def test_pty_request_never_answered_gives_up_at_the_deadline(start_server, keys,
 
 def test_output_that_never_stops_after_the_exit_status_is_cut_at_the_fetch_deadline(
         start_server, keys, tmp_path, monkeypatch):
-    monkeypatch.setattr(transport, "FETCH_DEADLINE_S", 1.0)
+    monkeypatch.setattr(channels, "FETCH_DEADLINE_S", 1.0)
     server = start_server(exit_then_keep_sending)
     session = connect(server, keys, tmp_path)
     try:
