@@ -13,7 +13,11 @@ per connection counted apart, it stays either way), CPU seconds of the process d
 (``time.process_time``: the transport threads' crypto is the same in both), wall time. Every host
 must answer ``done`` in both. Ratios per count, medians of ``--reps`` alternated runs. Root:
 
-    .venv/bin/python benchmarks/launcher_threads.py [--counts 16,32,64,128] [--fanout 16]
+    .venv/bin/python benchmarks/launcher_threads.py [--counts 16,32,64] [--fanout 16]
+
+At 128 hosts on a 2-core machine the hosts' own start-up is the limit: 128 login shells at once
+(whose start-up files, on the machine measured, take a lock in turn) did not all reach ``done``
+within the 60 s deadline; the counts measured before are still reported.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def measured(work) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", default="16,32,64,128")
+    parser.add_argument("--counts", default="16,32,64")
     parser.add_argument("--fanout", type=int, default=16)
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
@@ -115,10 +119,14 @@ def main() -> None:
                     return [results[i].output if i in results else "" for i in range(count)]
 
                 before, after = [], []
-                for rep in range(args.reps):  # alternated: neither always runs first
-                    pair = (per_host, one_waiter) if rep % 2 == 0 else (one_waiter, per_host)
-                    for work in pair:
-                        (before if work is per_host else after).append(measured(work))
+                try:
+                    for rep in range(args.reps):  # alternated: neither always runs first
+                        pair = (per_host, one_waiter) if rep % 2 == 0 else (one_waiter, per_host)
+                        for work in pair:
+                            (before if work is per_host else after).append(measured(work))
+                except SystemExit as exc:  # the counts measured so far are still reported
+                    print(f"{count} hosts: stopped: {exc}", file=sys.stderr)
+                    break
                 rows.append((count, before, after))
                 print(f"{count}: per-host {before} one-waiter {after}", file=sys.stderr)
         finally:
