@@ -135,16 +135,19 @@ def main() -> None:
     print(f"load average at the start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores); "
           f"fan-out {args.fanout}; medians of {args.reps} alternated runs; command "
           f"'{COMMAND}'")
-    print("| hosts | peak threads per-host | peak threads one-waiter | of which not paramiko's "
-          "(per-host / one-waiter) | CPU one-waiter/per-host | wall one-waiter/per-host |")
-    print("|---|---|---|---|---|---|")
+    print("| hosts | peak threads, not paramiko's: thread per host | the same: one waiter | "
+          "all threads (connections open): per host / one waiter | CPU ms/host: per host / "
+          "one waiter | CPU one waiter / per host | wall one waiter / per host |")
+    print("|---|---|---|---|---|---|---|")
     for count, before, after in rows:
-        med = {k: (statistics.median(r[k] for r in before), statistics.median(r[k] for r in after))
+        med = {k: (statistics.median(r[k] for r in before),
+                   statistics.median(r[k] for r in after))
                for k in ("threads", "ours", "cpu_s", "wall_s")}
-        print(f"| {count} | {med['threads'][0]:.0f} | {med['threads'][1]:.0f} | "
-              f"{med['ours'][0]:.0f} / {med['ours'][1]:.0f} | "
-              f"{med['cpu_s'][1] / med['cpu_s'][0]:.2f} | {med['wall_s'][1] / med['wall_s'][0]:.2f} |")
-
+        cpu, wall = med["cpu_s"], med["wall_s"]
+        print(f"| {count} | {med['ours'][0]:.0f} | {med['ours'][1]:.0f} | "
+              f"{med['threads'][0]:.0f} / {med['threads'][1]:.0f} | "
+              f"{1000 * cpu[0] / count:.1f} / {1000 * cpu[1] / count:.1f} | "
+              f"{cpu[1] / cpu[0]:.2f} | {wall[1] / wall[0]:.2f} |")
 
 if __name__ == "__main__":
     main()

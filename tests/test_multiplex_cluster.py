@@ -169,8 +169,8 @@ def test_each_command_is_reported_as_it_ends_and_a_stop_is_sent_once(launcher):
     commands[names[0]] = "sleep 0.3; echo early"
     for name in names[1:4]:
         commands[name] = "read line; echo got-$line; read again; echo twice-$again"
-    jobs = [Job(launcher.sessions[name], commands[name], began + (8 if name in names[1:4] else 20),
-                stop) for name in names]
+    jobs = [Job(launcher.sessions[name], commands[name],
+                began + (8 if name in names[1:4] else 20), stop) for name in names]
     ended_at: dict[str, float] = {}
 
     def ended(index: int, result) -> None:

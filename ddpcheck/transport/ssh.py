@@ -1,6 +1,6 @@
 """Transport, SSH sessions: the only place that does I/O with hosts (with ``local``, ``client``,
-``jump``, ``channels``, ``multiplex`` and ``fanout`` beside it; this module keeps their names
-importable from here).
+``jump``, ``channels``, ``multiplex`` and ``fanout`` beside it; the names of ``local``,
+``client`` and ``fanout`` stay importable from here). Runs on the launcher.
 
 ``LocalSession`` runs a command with ``/bin/sh -c`` on this machine (the embedded default);
 ``SSHSession`` runs it over paramiko with a pty, so closing the channel hangs up the remote
