@@ -16,6 +16,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+import ddpcheck.transport.channels as channels
 import ddpcheck.transport.ssh as transport
 from ddpcheck.model.errors import HostError
 from ddpcheck.model.spec import HostKeyPolicy, HostSpec, SSHSpec
@@ -258,7 +259,7 @@ def test_pty_request_never_answered_gives_up_at_the_deadline(start_server, keys,
 
 def test_output_that_never_stops_after_the_exit_status_is_cut_at_the_fetch_deadline(
         start_server, keys, tmp_path, monkeypatch):
-    monkeypatch.setattr(transport, "FETCH_DEADLINE_S", 1.0)
+    monkeypatch.setattr(channels, "FETCH_DEADLINE_S", 1.0)
     server = start_server(exit_then_keep_sending)
     session = connect(server, keys, tmp_path)
     try:
@@ -277,3 +278,60 @@ def test_runaway_output_is_bounded_in_memory():
     text = buffer.text()
     assert text.startswith("0000\n") and text.endswith("0099\n")
     assert "bytes of output dropped" in text and len(text) < 1200
+
+
+# -- many at once, one thread waiting -----------------------------------------------------------
+
+
+def test_every_fault_at_once_in_one_wait_ends_each_command_as_alone(start_server, keys, tmp_path,
+                                                                   monkeypatch):
+    """``run_many``: the commands of seven servers, started two at a time and then waited on by
+    the calling thread alone; each ends as it would alone, and is reported as soon as it ends."""
+    from ddpcheck.transport.multiplex import Job, run_many
+
+    monkeypatch.setattr(channels, "FETCH_DEADLINE_S", 1.0)
+    size = 4 * paramiko.common.DEFAULT_WINDOW_SIZE
+    servers = {
+        "exit127": start_server(exit_with(127, b"sh: 1: /opt/nope/bin/python: not found\r\n")),
+        "hang": start_server(hang),
+        "drop": start_server(drop_mid_stream(b"@@DDPCHECK partial\r\n")),
+        "flood": start_server(flood(size, then_exit=3)),
+        "chatty": start_server(exit_then_keep_sending),
+        "no_pty": start_server(hang, pty_never_answered=True),
+        "refused": start_server(exit_with(0)),
+    }
+    sessions = {name: connect(server, keys, tmp_path) for name, server in servers.items()}
+    sessions["refused"].client.get_transport().close()  # lost before it starts
+    names = list(servers)
+    began = time.monotonic()
+    short = {"hang", "no_pty"}
+    jobs = [Job(sessions[name], "some command", began + (1.5 if name in short else 20))
+            for name in names]
+    reported: dict[str, float] = {}
+    try:
+        outcomes = run_many(jobs, 2, threading.Event(),
+                            lambda index, result: reported.__setitem__(
+                                names[index], time.monotonic() - began))
+    finally:
+        for session in sessions.values():
+            session.close()
+    took = time.monotonic() - began
+    results = {name: outcome.result for name, outcome in zip(names, outcomes)}
+    assert all(outcome.error is None for outcome in outcomes), outcomes
+    assert results["exit127"].exit_code == 127
+    assert "/opt/nope/bin/python: not found" in results["exit127"].output
+    assert results["hang"].timed_out and results["hang"].exit_code is None
+    assert wait_for(lambda: servers["hang"].observed.hangups == ["some command"])
+    assert results["drop"].lost and "@@DDPCHECK partial" in results["drop"].output
+    assert results["flood"].exit_code == 3
+    assert results["flood"].output.encode() == numbered_lines(size)
+    chatty = results["chatty"]
+    assert chatty.exit_code == 0 and chatty.output.startswith("before exit")
+    assert not chatty.timed_out
+    assert results["no_pty"].timed_out and servers["no_pty"].observed.commands == []
+    assert results["refused"].lost and results["refused"].exit_code is None
+    assert set(reported) == set(names)
+    # each one as soon as it ended: the quick ones long before the deadline of the hung ones
+    assert reported["exit127"] < 1.0 and reported["refused"] < 1.0, reported
+    assert 1.4 <= reported["hang"] < 2.5, reported
+    assert took < 5.0, took  # at once, not one after the other

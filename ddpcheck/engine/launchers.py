@@ -26,6 +26,7 @@ from ..plan.commands import RankProgram, plan_launch, plan_rendezvous_check, red
 from ..transport.fanout import fan_out
 from ..transport.jump import JumpPool
 from ..transport.local import LocalSession
+from ..transport.multiplex import Job, run_many
 from ..transport.ssh import Session, SSHSession
 from .progress import Progress
 from .state import MIN_CONNECT_S, REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup, RunState
@@ -140,9 +141,10 @@ class SSHLauncher:
         jobs = [("listen", check.master, check.listen_command)] + [
             ("reach", name, command) for name, command in check.reach_commands.items()]
         deadline = run.state.until(REACH_WINDOW_S + 15.0)
-        outcomes = fan_out(jobs, lambda job: self.sessions[job[1]].run(
-            job[2], deadline, run.state.cancel), len(jobs), run.state.cancel)
-        return [(o.item[0], o.item[1], o.result) for o in outcomes if o.result is not None]
+        outcomes = run_many([Job(self.sessions.get(name), command, deadline)
+                             for _, name, command in jobs], run.spec.ssh.fanout, run.state.cancel)
+        return [(kind, name, o.result) for (kind, name, _), o in zip(jobs, outcomes)
+                if o.result is not None]
 
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
                done: HostDone) -> None:
@@ -170,38 +172,38 @@ class SSHLauncher:
             run.progress.say(f"{name} ended with failures: hosts still running get {window:g}s "
                              f"to end, then are asked to stop")
 
-        def run_one(host_plan) -> None:
+        deadline = run.state.until(setup.options.deadline_s + run.launch_grace_s)
+        for host_plan in plans:
             run.progress.host(host_plan.host, f"launched torchrun: node rank "
                                               f"{host_plan.node_rank}, {host_plan.slots} rank(s)")
             if run.verbose:
                 run.progress.host(host_plan.host, f"command: {redact_secrets(host_plan.command)}")
-            deadline = run.state.until(setup.options.deadline_s + run.launch_grace_s)
-            result = self.sessions[host_plan.host].run(host_plan.command, deadline,
-                                                       run.state.cancel, stop=stop)
-            if done(host_plan.host, result) and len(plans) > 1:
-                world_broken(host_plan.host)
+
+        def ended(index: int, result: CommandResult) -> None:
+            # as soon as that host's launch ends, not when all end
+            if done(plans[index].host, result) and len(plans) > 1:
+                world_broken(plans[index].host)
 
         try:
-            outcomes = fan_out(plans, run_one, len(plans), run.state.cancel)
+            outcomes = run_many([Job(self.sessions.get(p.host), p.command, deadline, stop)
+                                 for p in plans], run.spec.ssh.fanout, run.state.cancel, ended)
         finally:
             for timer in stoppers:
                 timer.cancel()
-        for outcome in outcomes:
+        for host_plan, outcome in zip(plans, outcomes):
             if outcome.error is not None:
-                run.state.fail(outcome.item.host,
+                run.state.fail(host_plan.host,
                                Failure(Check.RENDEZVOUS, f"launch: {outcome.error}"))
 
     def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
         """Each job on its host at once; {index: result}, no entry for a job that raised."""
-        def run_one(index: int) -> CommandResult:
-            job = jobs[index]
-            if run.verbose:
+        if run.verbose:
+            for job in jobs:
                 run.progress.host(job.host, f"command: {job.command}")
-            return self.sessions[job.host].run(job.command, run.state.until(job.deadline_s),
-                                               run.state.cancel)
-
-        outcomes = fan_out(list(range(len(jobs))), run_one, len(jobs), run.state.cancel)
-        return {o.item: o.result for o in outcomes if o.result is not None}
+        outcomes = run_many([Job(self.sessions.get(job.host), job.command,
+                                 run.state.until(job.deadline_s)) for job in jobs],
+                            run.spec.ssh.fanout, run.state.cancel)
+        return {i: o.result for i, o in enumerate(outcomes) if o.result is not None}
 
     def release(self, names: Sequence[str]) -> None:
         """Close the sessions of hosts nothing more will run on (failed before launch, or

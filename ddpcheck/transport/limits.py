@@ -2,6 +2,8 @@
 
 Each SSH connection holds a socket for as long as its host's remote work runs (a preflight
 keeps one per host until the ranks end: closing it hangs up the host's agent, by design), and
+its running command a pipe (two descriptors: paramiko's ``Channel.fileno``, which one thread
+waits on for every host with epoll, so descriptors past 1,024 are fine), and
 each connection in its handshake briefly holds a few more (the identity and known_hosts files,
 the agent socket). ``open_files_needed`` is that budget; ``ensure_open_files`` raises the soft
 ``ulimit -n`` up to the hard one when the budget asks for it, and otherwise stops the run before
@@ -16,7 +18,7 @@ from typing import Callable, Optional
 
 from ..model.errors import DdpcheckError
 
-PER_HOST = 1  # the connection's socket, held while the host's work runs
+PER_HOST = 3  # the connection's socket, and the pipe its running channel is waited on by
 PER_HANDSHAKE = 4  # socket, key file, known_hosts, agent socket while a connection is made
 RESERVE = 64  # the launcher's own files: stdio, report files, Python's imports, pipes
 
@@ -39,7 +41,7 @@ def ensure_open_files(hosts: int, fanout: int,
                                            else max(needed, min(hard, needed * 2)), hard))
         return f"raised the open-file limit (ulimit -n) from {soft} to what {hosts} hosts need"
     raise DdpcheckError(
-        f"{hosts} hosts need about {needed} open files (one connection per host while its work "
-        f"runs, plus {fanout} handshakes at once), but ulimit -n allows {soft} (hard limit "
+        f"{hosts} hosts need about {needed} open files (a connection and a pipe per host while its "
+        f"work runs, plus {fanout} handshakes at once), but ulimit -n allows {soft} (hard limit "
         f"{hard}): raise the hard limit (limits.conf nofile, or systemd LimitNOFILE) and run "
         f"'ulimit -n {needed}', or check fewer hosts at once")

@@ -17,7 +17,6 @@ from ..model.outcomes import CommandResult
 
 KILL_GRACE_S = 8.0  # the agent's own cleanup takes up to ~5 s
 POLL_S = 0.05
-FETCH_DEADLINE_S = 5.0  # reading the output left after the exit status
 STOP_LINE = b"stop\n"  # written to a command's stdin when ``stop`` is set (the agent reads it)
 
 

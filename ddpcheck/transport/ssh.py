@@ -1,21 +1,21 @@
 """Transport, SSH sessions: the only place that does I/O with hosts (with ``local``, ``client``,
-``jump`` and ``fanout`` beside it; this module keeps their names importable from here).
+``jump``, ``channels``, ``multiplex`` and ``fanout`` beside it; the names of ``local``,
+``client`` and ``fanout`` stay importable from here). Runs on the launcher.
 
 ``LocalSession`` runs a command with ``/bin/sh -c`` on this machine (the embedded default);
 ``SSHSession`` runs it over paramiko with a pty, so closing the channel hangs up the remote
-command (the agent then kills torchrun and every rank). ``fan_out`` is the one concurrency point:
-every host gets a result or an exception, and no failure stops the others.
+command (the agent then kills torchrun and every rank). ``SSHSession.start`` starts it and
+``channels`` waits on it (``run``: one command in the calling thread; ``multiplex.run_many``:
+many hosts' commands waited on by one thread). ``fan_out`` runs bounded per-host work (connect
+and stage 0): every host gets a result or an exception, and no failure stops the others.
 
-Every wait has a deadline: paramiko's ``recv_exit_status()`` ignores timeouts, so output and exit
-status are polled until the deadline or until ``cancel`` is set (Ctrl-C, ``--timeout``); its
-pty and exec requests wait for the server's reply without one, so a watchdog closes the channel
-when the deadline passes first; reading what is left after the exit status (the fetch) has its
-own short deadline, so a server that keeps sending cannot hold a run open.
+Every wait has a deadline: paramiko's pty and exec requests wait for the server's reply without
+one, so a watchdog closes the channel when the deadline passes (or ``cancel`` is set) first;
+then the channel's own waits are in ``channels``.
 """
 
 from __future__ import annotations
 
-import select
 import threading
 import time
 from typing import Optional, Union
@@ -23,12 +23,13 @@ from typing import Optional, Union
 from ..model.errors import HostError
 from ..model.outcomes import CommandResult
 from ..model.spec import HostSpec, SSHSpec
+from .channels import FETCH_DEADLINE_S, Running, wait_one  # noqa: F401
 from .client import (SYSTEM_KNOWN_HOSTS, USER_KNOWN_HOSTS, open_client,  # noqa: F401
                      ssh_target, ssh_user)
 from .fanout import Outcome, fan_out  # noqa: F401 - importable from here
 from .jump import JumpPool
-from .local import (FETCH_DEADLINE_S, KILL_GRACE_S, POLL_S, STOP_LINE,  # noqa: F401
-                    LocalSession, OutputBuffer, _wait_until)
+from .local import (KILL_GRACE_S, POLL_S, STOP_LINE, LocalSession,  # noqa: F401
+                    OutputBuffer)
 
 class SSHSession:
     """One authenticated paramiko connection to a host; commands run on a pty."""
@@ -60,8 +61,11 @@ class SSHSession:
             session._own_jumps = pool
         return session
 
-    def run(self, command: str, deadline: float, cancel: threading.Event,
-            stop: Optional[threading.Event] = None) -> CommandResult:
+    def start(self, command: str, deadline: float, cancel: threading.Event,
+              stop: Optional[threading.Event] = None) -> Union[Running, CommandResult]:
+        """Open a channel and start ``command`` on a pty: the ``Running`` command to wait on
+        (``channels.Poller``), or already its result when it did not start (lost, or given up
+        at the deadline or on cancel). Raises HostError when the server refuses it."""
         started = time.monotonic()
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
@@ -76,53 +80,27 @@ class SSHSession:
             raise HostError(self.name, "run", f"cannot open a session: {exc}") from None
         with self._lock:
             self._channels.append(channel)
-        chunks = OutputBuffer()
-        stopped: Optional[str] = None
-        code: Optional[int] = None
+        running = Running(channel, deadline, cancel, stop, started, self._forget)
         try:
-            stopped = _start_on_pty(channel, command, deadline, cancel, self.name)
-            asked = False
-            while stopped is None:
-                if stop is not None and stop.is_set() and not asked:
-                    asked = True
-                    try:
-                        channel.sendall(STOP_LINE)
-                    except (OSError, EOFError, paramiko.SSHException):
-                        pass
-                if cancel.is_set():
-                    stopped = "cancel"
-                elif time.monotonic() >= deadline:
-                    stopped = "deadline"
-                elif channel.recv_ready():
-                    chunks.append(channel.recv(65536))
-                elif channel.status_event.is_set() and channel.exit_status != -1:
-                    # the exit status came (a close sets the event too, leaving -1)
-                    stopped = _fetch_rest(channel, chunks, min(deadline, time.monotonic()
-                                                               + FETCH_DEADLINE_S), cancel)
-                    if stopped is None:
-                        code = channel.exit_status
-                    break
-                elif channel.closed or not transport.is_active():
-                    while channel.recv_ready():
-                        chunks.append(channel.recv(65536))
-                    # a dead connection closes its channels just before it marks itself
-                    # inactive: give it a moment before deciding which of the two happened
-                    _wait_until(lambda: not transport.is_active(),
-                                time.monotonic() + 0.5, cancel)
-                    if not transport.is_active():
-                        stopped = "lost"  # the connection dropped mid-command
-                    else:
-                        code = -1  # closed without an exit status (e.g. killed by a signal)
-                    break
-                else:
-                    select.select([channel], [], [], POLL_S)
-        finally:
-            channel.close()
-            with self._lock:
+            why = _start_on_pty(channel, command, deadline, cancel, self.name)
+        except BaseException:
+            running.close()
+            raise
+        if why is None:
+            return running
+        running.close()
+        return running.result(why)
+
+    def run(self, command: str, deadline: float, cancel: threading.Event,
+            stop: Optional[threading.Event] = None) -> CommandResult:
+        """One command, waited on by this thread (many at once: ``multiplex.run_many``)."""
+        running = self.start(command, deadline, cancel, stop)
+        return running if isinstance(running, CommandResult) else wait_one(running)
+
+    def _forget(self, channel) -> None:
+        with self._lock:
+            if channel in self._channels:
                 self._channels.remove(channel)
-        return CommandResult(code, chunks.text(),
-                             timed_out=stopped == "deadline", cancelled=stopped == "cancel",
-                             duration_s=time.monotonic() - started, lost=stopped == "lost")
 
     def close(self) -> None:
         with self._lock:
@@ -173,24 +151,6 @@ def _start_on_pty(channel, command: str, deadline: float, cancel: threading.Even
     answered.set()
     guard.join()
     return gave_up[0] if gave_up else None
-
-
-def _fetch_rest(channel, chunks: "OutputBuffer", deadline: float,
-                cancel: threading.Event) -> Optional[str]:
-    """The output still buffered or in flight once the exit status came, until EOF; a server
-    that keeps sending is cut off at ``deadline``."""
-    while not (channel.eof_received and not channel.recv_ready()):
-        if cancel.is_set():
-            return "cancel"
-        if time.monotonic() >= deadline:
-            return None  # the exit status is in; what did not come in time is dropped
-        if channel.recv_ready():
-            chunks.append(channel.recv(65536))
-        elif channel.closed:
-            break
-        else:
-            select.select([channel], [], [], POLL_S)
-    return None
 
 
 Session = Union[LocalSession, SSHSession]
