@@ -224,3 +224,23 @@ def test_heartbeat_carries_the_step_history_for_ddpcheck_hang(tmp_path):
     assert [row[0] for row in rows] == [1, 2, 3, 4]  # the first step has no "since"
     for _, _, busy, wait in rows:
         assert wait > 0.015 and busy >= 0  # it slept between steps
+
+
+def test_the_compute_checks_second_window_is_asked_for_by_a_suspect_and_keeps_the_better():
+    from ddpcheck.remote.computecheck import better_window, suspects
+
+    def record(rank: int, gflops: float, memory: float = 10.0) -> dict:
+        return {"rank": rank, "host": f"h{rank}", "device_model": "cpu", "where": f"rank {rank}",
+                "metrics": {"fp32 GFLOP/s": gflops, "memory GB/s": memory}}
+
+    healthy = [record(r, 100.0 + r) for r in range(4)]
+    assert not suspects(healthy)
+    assert suspects(healthy[:3] + [record(3, 60.0)])  # 0.6x the median
+    assert suspects(healthy[:3] + [record(3, 101.0, memory=5.0)])  # any metric
+    assert not suspects([record(0, 100.0), record(1, 10.0)])  # too few peers to judge
+    # a moment's preemption in the first window: the second, better, one is kept
+    first = {**record(3, 60.0, memory=9.0), "seconds": 0.5, "windows": 1}
+    second = {**record(3, 98.0, memory=8.0), "seconds": 0.5}
+    kept = better_window(first, second)
+    assert kept["metrics"] == {"fp32 GFLOP/s": 98.0, "memory GB/s": 9.0}
+    assert kept["windows"] == 2 and kept["seconds"] == 1.0

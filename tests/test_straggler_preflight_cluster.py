@@ -116,6 +116,8 @@ def test_throttled_host_is_named_and_no_other(ns_cluster, tmp_path):
     for rank in range(6):
         metrics = by_rank[rank]["compute"]["metrics"]
         assert set(metrics) == {"fp32 GFLOP/s", "memory GB/s"}
+        # the first window showed the throttled ranks, so every rank measured a second one
+        assert by_rank[rank]["compute"]["windows"] == 2
     assert "fp32 GFLOP/s" in done.stdout and "memory GB/s" in done.stdout  # table columns
     assert "straggler" in done.stdout
 

@@ -11,10 +11,9 @@ from typing import Sequence
 
 from ..model.checks import Check
 from ..model.records import Finding, RankRecord, Severity
+from ..remote.straggler import COMPUTE_MIN_PEERS as MIN_PEERS
+from ..remote.straggler import COMPUTE_SLOW_FRACTION as SLOW_FRACTION
 from ..remote.straggler import slow_devices
-
-SLOW_FRACTION = 0.7  # below 0.7x the median of its peers: a straggler
-MIN_PEERS = 3  # a median of fewer ranks means little
 
 
 def compute_findings(ranks: Sequence[RankRecord], fraction: float = SLOW_FRACTION,

@@ -1,7 +1,11 @@
 """The preflight compute check, run by every rank of the probe (stdlib + torch only).
 
-About a second per rank, all ranks at once (after a barrier, so neighbours contend as they will
-in the job): matrix-multiply throughput and memory bandwidth of the rank's device.
+Matrix-multiply throughput and memory bandwidth of the rank's device, all ranks at once (after a
+barrier, so neighbours contend as they will in the job), in up to two windows of half the
+budget (``--compute-seconds``, 1 s): when the first shows no rank below its peers (the rule
+``analyze`` applies, ``remote.straggler.slow_devices``), that is the answer; when it shows one,
+every rank measures a second window and keeps its better one, so a rank preempted for a moment
+is not named, while a slow device (slow in both) still is (``measure_confirmed``).
 
 * GPU: ``torch.matmul`` of square matrices in bf16 and fp16 (where the GPU supports them) and
   fp32 with TF32 allowed (Ampere and newer) -> TFLOP/s; a device-to-device copy of a large
@@ -152,3 +156,34 @@ def compute_check(device: torch.device, host: str, rank: Optional[int],
         metrics = measure_cpu(seconds)
     return {"device_model": model, "where": where, "metrics": metrics,
             "seconds": round(time.perf_counter() - begin, 3), "pid": os.getpid()}
+
+
+def better_window(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The second window's record with each metric the better (higher) of the two windows."""
+    metrics = dict(first.get("metrics") or {})
+    for name, value in (second.get("metrics") or {}).items():
+        metrics[name] = max(value, metrics.get(name, value))
+    return {**second, "metrics": metrics,
+            "seconds": round(first.get("seconds", 0) + second.get("seconds", 0), 3),
+            "windows": 2}
+
+
+def suspects(records: list[dict[str, Any]]) -> bool:
+    """Whether any rank's first window falls below its peers (the same rule as ``analyze``)."""
+    from .straggler import slow_devices
+
+    return bool(slow_devices(records))
+
+
+def measure_confirmed(device: torch.device, host: str, rank: Optional[int], seconds: float,
+                      gather: Callable[[Any], list[Any]],
+                      barrier: Callable[[], None]) -> dict[str, Any]:
+    """The compute check of every rank (a collective: every rank calls it): a window of half
+    ``seconds``; a second one, kept where better, only when the first shows a suspect
+    (``gather`` shares the records, ``barrier`` lines the ranks up again)."""
+    first = {**compute_check(device, host, rank, seconds / 2), "windows": 1}
+    peers = gather({"rank": rank, "host": host, **first})
+    if not suspects(peers):
+        return first
+    barrier()
+    return better_window(first, compute_check(device, host, rank, seconds / 2))

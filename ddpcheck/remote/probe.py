@@ -15,8 +15,9 @@ parameters broadcast, gradients averaged by all_reduce) on identical data, recor
 of every parameter after each step. ``drift`` compares them afterwards.
 
 Compute (``computecheck``): after the latency stage every rank measures its device's matmul
-throughput and memory bandwidth for ``--compute-seconds`` (1 s), all ranks at once; ``analyze``
-names ranks far below the median of their peers of the same device model (``straggler``).
+throughput and memory bandwidth, all ranks at once, in half of ``--compute-seconds`` (1 s), and
+in a second half only when the first shows a rank below its peers; ``analyze`` names ranks far
+below the median of their peers of the same device model (``straggler``).
 
 Only the standard library and torch are imported here, so a host needs just torch and ddpcheck.
 """
@@ -42,7 +43,7 @@ import torch.distributed as dist
 
 from .. import wire
 from .agent import set_parent_death_signal
-from .computecheck import compute_check
+from .computecheck import measure_confirmed
 from .fingerprint import (call_setup, gather_json, load_setup, model_fingerprint,
                           numeric_settings, relevant_env, rng_hashes, runtime_versions,
                           seed_everything)
@@ -153,8 +154,9 @@ class RankProbe:
         if self.args.compute_seconds > 0:
             self.stage("compute")
             dist.barrier()  # all ranks at once: neighbours contend as they will in the job
-            self.record["compute"] = compute_check(device, self.record["host"],
-                                                   self.record["rank"], self.args.compute_seconds)
+            self.record["compute"] = measure_confirmed(
+                device, self.record["host"], self.record["rank"], self.args.compute_seconds,
+                gather_json, dist.barrier)
         if self.args.consistency:
             self.stage("fingerprint")
             self.check_consistency(device, rng)

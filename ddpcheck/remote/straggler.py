@@ -196,8 +196,12 @@ class SlowDevice:
                 f"({_fmt(self.value)} vs {_fmt(self.median)})")
 
 
-def slow_devices(results: Sequence[Mapping[str, Any]], fraction: float = 0.7,
-                 min_peers: int = 3) -> list[SlowDevice]:
+COMPUTE_SLOW_FRACTION = 0.7  # below 0.7x the median of its peers (same device model): slow
+COMPUTE_MIN_PEERS = 3  # a median of fewer ranks means little
+
+
+def slow_devices(results: Sequence[Mapping[str, Any]], fraction: float = COMPUTE_SLOW_FRACTION,
+                 min_peers: int = COMPUTE_MIN_PEERS) -> list[SlowDevice]:
     """Ranks whose compute-check values fall below ``fraction`` of the median of the ranks with
     the same device model. ``results``: dicts with ``rank``, ``host``, ``device_model``,
     ``where`` and ``metrics`` ({metric name: value, higher is better}). A group smaller than
