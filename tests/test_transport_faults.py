@@ -335,3 +335,24 @@ def test_every_fault_at_once_in_one_wait_ends_each_command_as_alone(start_server
     assert reported["exit127"] < 1.0 and reported["refused"] < 1.0, reported
     assert 1.4 <= reported["hang"] < 2.5, reported
     assert took < 5.0, took  # at once, not one after the other
+
+
+def test_an_idle_connection_wakes_once_a_second_and_still_answers_and_closes_at_once(
+        start_server, keys, tmp_path):
+    """paramiko's transport thread wakes at its socket's timeout (0.1 s by default) to look
+    for a close; after the handshake ddpcheck makes that IDLE_WAKE_S. Output still comes at
+    once (data wakes the thread), and a closed connection's thread is gone within it."""
+    from ddpcheck.transport.client import IDLE_WAKE_S
+
+    server = start_server(exit_with(0, b"ok\r\n"))
+    session = connect(server, keys, tmp_path)
+    transport = session.client.get_transport()
+    try:
+        assert transport.sock.gettimeout() == IDLE_WAKE_S > 0.1
+        time.sleep(IDLE_WAKE_S * 1.5)  # idle, then a command: answered without waiting a tick
+        result, took = run(session, 10)
+        assert result.exit_code == 0 and "ok" in result.output
+        assert took < IDLE_WAKE_S, took
+    finally:
+        session.close()
+    assert wait_for(lambda: not transport.is_alive(), IDLE_WAKE_S + 1.0)
