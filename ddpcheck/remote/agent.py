@@ -10,9 +10,8 @@ rendezvous port while every host connects to it, so a firewall or a wrong addres
 seconds instead of after torchrun's join timeout.
 ``launch``: runs torchrun (through ``remote.torchrun``, which reports its torch import: the
 import check of a stage 0 that inspected) with the probe under a dead-man deadline, passes its
-output through,
-and kills torchrun and every rank on deadline, SIGHUP (the ssh connection closed), SIGTERM or
-SIGINT. Under srun (``--launcher slurm``) one command runs on every node: ``--slurm-hosts``
+output through, and kills torchrun and every rank on deadline, SIGHUP (the ssh connection
+closed), SIGTERM or SIGINT. Under srun (``--launcher slurm``) one command runs on every node: ``--slurm-hosts``
 lists the nodes in node-rank order, the agent finds its own (SLURMD_NODENAME, else
 SLURM_NODEID), says which it is in a ``node`` line and fills in the @NODE_RANK@, @NPROC@ and
 @HOST@ placeholders of the torchrun arguments. Imports only the standard library (torch is
@@ -202,7 +201,7 @@ def enter_workdir(env: Mapping[str, str]) -> tuple[str, Optional[str]]:
 
 
 TORCH_IMPORT = "import"  # import torch in a child, timed (``ddpcheck node``)
-TORCH_INSPECT = "inspect"  # read it without importing (``torchinfo``); import only if that cannot tell
+TORCH_INSPECT = "inspect"  # read it (``torchinfo``); import it only where reading cannot tell
 
 
 def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: bool = True,
