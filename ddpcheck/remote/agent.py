@@ -11,9 +11,9 @@ seconds instead of after torchrun's join timeout.
 ``launch``: runs torchrun (through ``remote.torchrun``, which reports its torch import: the
 import check of a stage 0 that inspected) with the probe under a dead-man deadline, passes its
 output through, and kills torchrun and every rank on deadline, SIGHUP (the ssh connection
-closed), SIGTERM or SIGINT. Under srun (``--launcher slurm``) one command runs on every node: ``--slurm-hosts``
-lists the nodes in node-rank order, the agent finds its own (SLURMD_NODENAME, else
-SLURM_NODEID), says which it is in a ``node`` line and fills in the @NODE_RANK@, @NPROC@ and
+closed), SIGTERM or SIGINT. Under srun (``--launcher slurm``) one command runs on every node:
+``--slurm-hosts`` lists the nodes in node-rank order, the agent finds its own (SLURMD_NODENAME,
+else SLURM_NODEID), says which it is in a ``node`` line and fills in the @NODE_RANK@, @NPROC@ and
 @HOST@ placeholders of the torchrun arguments. Imports only the standard library (torch is
 imported in a child, with a deadline), so it works on a host whose torch is broken and says so.
 """

@@ -6,9 +6,9 @@ search, nothing executed), its ``version.py`` as text (``__version__``, the CUDA
 built for), and the GPUs the ranks will see, from NVML and ``CUDA_VISIBLE_DEVICES`` read the way
 torch reads them (``torch.cuda._parse_visible_devices``, ``_transform_uuid_to_ordinals`` and
 ``_device_count_nvml``, ported). When that cannot answer (a ROCm build, MIG UUIDs, GPU device
-nodes NVML cannot list, no readable ``version.py``) ``inspect`` returns None and stage 0 imports torch as
-before. Whether torch actually imports is then seen where it costs nothing extra: torchrun's own
-import (``remote.torchrun``).
+nodes NVML cannot list, no readable ``version.py``) ``inspect`` returns None and stage 0 imports
+torch as before. Whether torch actually imports is then seen where it costs nothing extra:
+torchrun's own import (``remote.torchrun``). ``version.py`` is parsed, never executed.
 """
 
 from __future__ import annotations
