@@ -12,6 +12,8 @@ import sys
 from typing import Any, Mapping, Optional, TextIO
 
 MARK = "@@DDPCHECK"
+# The agent's ``stopped`` reason when the launcher's stop line came (another host failed).
+STOPPED_BY_LAUNCHER = "asked to stop by the launcher"
 
 
 def encode(kind: str, payload: Mapping[str, Any]) -> str:

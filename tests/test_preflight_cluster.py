@@ -141,3 +141,39 @@ def test_ctrl_c_mid_run_exits_130_writes_report_and_leaves_nothing(ns_cluster, t
     while any(w.exists() and any(w.iterdir()) for w in workdirs):
         assert time.monotonic() < deadline, [list(w.iterdir()) for w in workdirs]
         time.sleep(0.2)
+
+
+def test_a_host_whose_torchrun_never_starts_stops_the_others_at_once(ns_cluster, tmp_path):
+    """h2's torch is installed whole but will not import: stage 0 (which reads torch without
+    importing it) passes, h2's torchrun dies at its import, and h1 and h3, waiting in the
+    rendezvous for a node that will never come, are asked to stop at once: not after the
+    collective timeout (30 s) nor torchrun's join timeout (60 s here)."""
+    import torch
+
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "version.py").write_text(
+        (Path(torch.__file__).parent / "version.py").read_text())
+    (site / "torch" / "__init__.py").write_text(
+        "raise ImportError('libtorch_cpu.so: undefined symbol: x')\n")
+    hosts_yaml = cluster_hosts_yaml(
+        ns_cluster, tmp_path / "hosts.yaml", ns_cluster.hosts[:3], port=29631,
+        host_overrides={"h2": {"env": {"GLOO_SOCKET_IFNAME": "eth0",
+                                       "PYTHONPATH": str(site)}}})
+    report_path = tmp_path / "report.json"
+    began = time.monotonic()
+    done = ddpcheck("preflight", str(hosts_yaml), "--json", str(report_path),
+                    "--rendezvous-timeout", "60")
+    took = time.monotonic() - began
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert took < 25, (took, done.stderr)
+    report = json.loads(report_path.read_text())
+    [root] = [f for f in report["findings"] if f["root_cause"]]
+    assert root["check"] == "torch_import" and root["host"] == "h2", report["findings"]
+    assert "launch: import torch failed: ImportError: libtorch_cpu.so" in root["message"]
+    assert "asked to stop now" in done.stderr
+    stopped = {f["host"]: f for f in report["findings"] if f["host"] in ("h1", "h3")}
+    for name in ("h1", "h3"):  # stopped by the launcher: a consequence, not a root cause
+        assert "asked to stop by the launcher" in stopped[name]["message"], stopped
+        assert not stopped[name]["root_cause"]
+    no_torchrun_left(ns_cluster)

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 from ..collect.hostoutput import HostOutput, parse_output, rank_record
 from ..config.hostlist import compress_hostlist
 from ..model.checks import Check
-from ..model.outcomes import CommandResult, Failure
+from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Finding, RankRecord, Severity
 from ..model.spec import HostSpec
 from ..remote.busbw import Collective
@@ -123,6 +123,18 @@ def launch_failure(result: CommandResult, parsed: HostOutput,
         return Failure(check, f"launch: no rank reported back ({no_rank_reason(result, agent)}): "
                               f"{summary_of(parsed.stray)}")
     return None
+
+
+def launch_end(failure: Optional[Failure], ranks: Sequence[RankRecord]) -> LaunchEnd:
+    """What one host's launch means for the others: a host whose torchrun never started (torch
+    would not import, no run directory) never joins the rendezvous, so the others can stop at
+    once instead of waiting out torchrun's join timeout."""
+    if failure is not None and not ranks and failure.check in (Check.TORCH_IMPORT,
+                                                               Check.RESOURCES):
+        return LaunchEnd.NEVER_JOINED
+    if failure is not None or any(r.status.value != "ok" for r in ranks):
+        return LaunchEnd.FAILED
+    return LaunchEnd.OK
 
 
 def scan_failure(host: HostSpec, result: CommandResult, stray: Sequence[str]) -> Failure:

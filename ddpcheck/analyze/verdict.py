@@ -16,6 +16,7 @@ from ..remote.drift import RankPrint
 from .compute import compute_findings
 from .health import is_loopback
 from ..model.checks import EXIT_CODES  # noqa: F401 - analyze.EXIT_CODES, as before
+from ..wire import STOPPED_BY_LAUNCHER
 from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
                       Severity, Stage, Verdict)
 
@@ -35,13 +36,17 @@ def host_findings(hosts: Sequence[HostRecord],
                   pinned: frozenset[str] = frozenset()) -> list[Finding]:
     """A host that could not be reached or checked: each one is its own root cause, except a
     host the run's --timeout ran out before (``not_reached``): that says nothing about it."""
+    stopped = {h.name for h in hosts if h.launch_stopped == STOPPED_BY_LAUNCHER}
+    failed_alone = any(h.error is not None and h.name not in stopped for h in hosts)
     findings = []
     for host in hosts:
         if host.error is None:
             continue
+        # a host the launcher stopped because another failed is that failure's consequence
+        collateral = host.name in stopped and failed_alone
         findings.append(Finding(Severity.ERROR, host.error_check or "ssh",
-                                f"{host.name}: {host.stage}: {host.error}",
-                                host=host.name, root_cause=not not_reached(host.error)))
+                                f"{host.name}: {host.stage}: {host.error}", host=host.name,
+                                root_cause=not not_reached(host.error) and not collateral))
     findings += hostname_findings([h for h in hosts if h.hostname], pinned)
     return findings
 

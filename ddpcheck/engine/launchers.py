@@ -19,7 +19,7 @@ from typing import Callable, Optional, Protocol, Sequence
 from ..analyze.outcomes import not_reached_failure
 from ..model.checks import Check
 from ..model.errors import HostError
-from ..model.outcomes import CommandResult, Failure
+from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.commands import RankProgram, plan_launch, plan_rendezvous_check, redact_secrets
@@ -65,7 +65,7 @@ class HostJob:
 
 
 RendezvousResults = list[tuple[str, str, CommandResult]]  # (listen | reach, host, result)
-HostDone = Callable[[str, CommandResult], bool]  # True when something failed on that host
+HostDone = Callable[[str, CommandResult], LaunchEnd]  # what a host's end means for the rest
 
 
 class Launcher(Protocol):
@@ -151,7 +151,8 @@ class SSHLauncher:
         """One torchrun per host. Once a host's launch ends with failures the world cannot
         finish: the others get the collective timeout (their ranks fail by themselves within
         it) and a grace, then their agents are asked to stop, and report which ranks were
-        still running."""
+        still running. A host whose torchrun never started never joins: they are asked at
+        once."""
         extra = {"rank_program": program} if program is not None else {}
         plans = plan_launch(run.spec, setup.slots, setup.backend, setup.options,
                             run_id=uuid.uuid4().hex[:12], **extra)
@@ -161,7 +162,13 @@ class SSHLauncher:
         stoppers: list[threading.Timer] = []
         window = setup.options.collective_timeout_s + WORLD_BROKEN_GRACE_S
 
-        def world_broken(name: str) -> None:
+        def world_broken(name: str, end: LaunchEnd) -> None:
+            if end is LaunchEnd.NEVER_JOINED:
+                if not stop.is_set():
+                    stop.set()
+                    run.progress.say(f"{name}'s torchrun never started, so the world cannot "
+                                     f"form: hosts still running are asked to stop now")
+                return
             with self.lock:
                 if stoppers:
                     return
@@ -181,8 +188,9 @@ class SSHLauncher:
 
         def ended(index: int, result: CommandResult) -> None:
             # as soon as that host's launch ends, not when all end
-            if done(plans[index].host, result) and len(plans) > 1:
-                world_broken(plans[index].host)
+            end = done(plans[index].host, result)
+            if end is not LaunchEnd.OK and len(plans) > 1:
+                world_broken(plans[index].host, end)
 
         try:
             outcomes = run_many([Job(self.sessions.get(p.host), p.command, deadline, stop)

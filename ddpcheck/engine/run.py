@@ -18,10 +18,10 @@ from dataclasses import replace
 from typing import Optional, Protocol
 
 from ..analyze import health
-from ..analyze.outcomes import (blocking_failure, hosts_text, launch_failure,
+from ..analyze.outcomes import (blocking_failure, hosts_text, launch_end, launch_failure,
                                 not_launched_finding, rendezvous_failure, stage0_failure)
 from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
-from ..model.outcomes import CommandResult
+from ..model.outcomes import CommandResult, LaunchEnd
 from ..model.records import HostRecord, Severity, Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.commands import global_ranks, resolve_backend, stage0_command
@@ -176,8 +176,8 @@ def check_rendezvous(run: Engine) -> None:
                                     f"{parse_output(result.output).reach.get('elapsed_s')}s")
 
 
-def record_launch(run: Engine, name: str, result: CommandResult) -> bool:
-    """Record what one host's launch gave; True when something failed there."""
+def record_launch(run: Engine, name: str, result: CommandResult) -> LaunchEnd:
+    """Record what one host's launch gave, and what that means for the others."""
     state = run.state
     parsed = parse_output(result.output)
     ranks = [rank_record(raw, name) for raw in parsed.ranks]
@@ -203,4 +203,4 @@ def record_launch(run: Engine, name: str, result: CommandResult) -> bool:
     if kept:
         progress += f"; kept {kept}"
     run.progress.host(name, f"{progress} in {result.duration_s:.1f}s")
-    return bool(failure or failed)
+    return launch_end(failure, ranks)

@@ -7,6 +7,7 @@ turns them into a ``Failure`` (or none) and findings; the engine records them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Optional
 
 
@@ -30,3 +31,11 @@ class Failure:
 
     check: str  # a model.checks.Check
     message: str
+
+
+class LaunchEnd(Enum):
+    """How one host's launch ended, for the others still running."""
+
+    OK = "ok"
+    FAILED = "failed"  # something failed there: the world cannot finish
+    NEVER_JOINED = "never_joined"  # torchrun never started there: the world cannot even form

@@ -402,7 +402,7 @@ def listen_for_stop(request_stop: Callable[[str], None]) -> None:
         try:
             for line in iter(stdin.buffer.readline, b""):
                 if line.strip() == b"stop":
-                    request_stop("asked to stop by the launcher")
+                    request_stop(wire.STOPPED_BY_LAUNCHER)
                     return
         except (OSError, ValueError):
             return
