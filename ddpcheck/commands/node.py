@@ -106,11 +106,12 @@ def node_command(args: argparse.Namespace) -> int:
 def run_node(options: NodeOptions,
              drain: Optional[Callable[[str, str], Mapping[str, Any]]] = None) -> Report:
     """Facts -> findings -> report; drains the node when asked and a check failed."""
-    from ..remote.agent import collect_facts
+    from ..remote.agent import TORCH_IMPORT, collect_facts
 
     started = time.monotonic()
     facts = collect_facts(max(node_deadline_s(options) - 1.0, 1.0), options.master,
-                          with_torch=options.with_torch, workdir=options.workdir,
+                          torch_mode=TORCH_IMPORT if options.with_torch else None,
+                          workdir=options.workdir,
                           xid_since=options.xid_since, ib_root=options.ib_root,
                           dcgm_level=options.dcgm)
     name = str(facts.get("hostname") or socket.gethostname())

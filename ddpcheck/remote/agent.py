@@ -204,19 +204,20 @@ TORCH_IMPORT = "import"  # import torch in a child, timed (``ddpcheck node``)
 TORCH_INSPECT = "inspect"  # read it (``torchinfo``); import it only where reading cannot tell
 
 
-def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: bool = True,
+def collect_facts(deadline_s: float, master: Optional[str] = None,
+                  torch_mode: Optional[str] = TORCH_IMPORT,
                   workdir: str = ".", xid_since: Optional[float] = None,
                   ib_root: str = ibports.SYSFS_ROOT,
                   dcgm_level: Optional[int] = None,
-                  workdir_error: Optional[str] = None,
-                  torch_mode: str = TORCH_IMPORT) -> dict[str, Any]:
-    """Stage 0's facts. ``dcgm_level`` runs ``dcgmi diag`` meanwhile, under its own deadline
-    (``dcgm.DEADLINE_S``), which the caller's deadline must leave room for. ``workdir_error``:
-    the workdir was refused (``enter_workdir``): said, and nothing is written there.
-    ``torch_mode``: ``TORCH_IMPORT`` or ``TORCH_INSPECT`` (preflight: the ranks import it)."""
+                  workdir_error: Optional[str] = None) -> dict[str, Any]:
+    """Stage 0's facts. ``torch_mode``: ``TORCH_IMPORT``, ``TORCH_INSPECT`` (preflight: the
+    ranks import it) or None (no torch facts). ``dcgm_level`` runs ``dcgmi diag`` meanwhile,
+    under its own deadline (``dcgm.DEADLINE_S``), which the caller's deadline must leave room
+    for. ``workdir_error``: the workdir was refused (``enter_workdir``): said, and nothing is
+    written there."""
     started = time.monotonic()
     diag = dcgm.start(dcgm_level) if dcgm_level else None
-    child = start_torch_facts() if with_torch and torch_mode == TORCH_IMPORT else None
+    child = start_torch_facts() if torch_mode == TORCH_IMPORT else None
     hostname = socket.gethostname()
     facts: dict[str, Any] = {
         "hostname": hostname,
@@ -229,7 +230,7 @@ def collect_facts(deadline_s: float, master: Optional[str] = None, with_torch: b
     }
     share = max(min(10.0, deadline_s / 3), 1.0)
     facts["nvml"] = with_deadline(nvml.read_gpus, share, "NVML")
-    if with_torch and child is None:
+    if torch_mode == TORCH_INSPECT:
         inspected = torchinfo.inspect(os.environ, facts["nvml"])
         if inspected is None:
             child = start_torch_facts()  # only the import can tell

@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .straggler import slow_devices
+
 CPU_MATMUL_N = 256
 CPU_COPY_BYTES = 8 << 20
 GPU_MATMUL_N = 8192
@@ -170,8 +172,6 @@ def better_window(first: dict[str, Any], second: dict[str, Any]) -> dict[str, An
 
 def suspects(records: list[dict[str, Any]]) -> bool:
     """Whether any rank's first window falls below its peers (the same rule as ``analyze``)."""
-    from .straggler import slow_devices
-
     return bool(slow_devices(records))
 
 
