@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hostsfile import cluster_hosts_yaml
+from plantedtorch import broken_torch
 
 pytestmark = pytest.mark.cluster
 
@@ -148,14 +149,7 @@ def test_a_host_whose_torchrun_never_starts_stops_the_others_at_once(ns_cluster,
     importing it) passes, h2's torchrun dies at its import, and h1 and h3, waiting in the
     rendezvous for a node that will never come, are asked to stop at once: not after the
     collective timeout (30 s) nor torchrun's join timeout (60 s here)."""
-    import torch
-
-    site = tmp_path / "site"
-    (site / "torch").mkdir(parents=True)
-    (site / "torch" / "version.py").write_text(
-        (Path(torch.__file__).parent / "version.py").read_text())
-    (site / "torch" / "__init__.py").write_text(
-        "raise ImportError('libtorch_cpu.so: undefined symbol: x')\n")
+    site = broken_torch(tmp_path / "site", "libtorch_cpu.so: undefined symbol: x")
     hosts_yaml = cluster_hosts_yaml(
         ns_cluster, tmp_path / "hosts.yaml", ns_cluster.hosts[:3], port=29631,
         host_overrides={"h2": {"env": {"GLOO_SOCKET_IFNAME": "eth0",

@@ -21,6 +21,7 @@ from ddpcheck.plan.commands import LaunchOptions
 from ddpcheck.engine.preflight import PreflightOptions, Progress, run_preflight
 from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec, SSHSpec
 
+from plantedtorch import broken_torch
 from sshserver import (FakeSSHServer, by_command, drop_mid_stream, free_port, hang, new_key,
                        run_locally)
 
@@ -252,12 +253,7 @@ def test_a_torch_that_is_installed_but_will_not_import_is_named_at_launch(server
     on that host: named there, as ``torch_import``, the root cause, and no rank started."""
     import torch
 
-    site = tmp_path / "site"
-    (site / "torch").mkdir(parents=True)
-    (site / "torch" / "version.py").write_text(
-        (Path(torch.__file__).parent / "version.py").read_text())
-    (site / "torch" / "__init__.py").write_text(
-        "raise ImportError('libcudart.so.12: cannot open shared object file')\n")
+    site = broken_torch(tmp_path / "site", "libcudart.so.12: cannot open shared object file")
     broken = servers()
     spec = spec_of(("broken", broken), tmp_path=tmp_path,
                    env={"PYTHONPATH": str(site)})

@@ -20,6 +20,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ddpcheck.remote import torchinfo
+from plantedtorch import planted_torch
 
 HEX = "0123456789abcdef"
 
@@ -99,15 +100,6 @@ def test_inspect_reports_what_the_import_would_without_importing(tmp_path):
     facts = answer["facts"]
     assert facts["torch"] == torch.__version__ and facts["cuda"] == torch.version.cuda
     assert facts["gpus"] == torch.cuda.device_count()
-
-
-def planted_torch(root: Path, version_py: str | None, init: str) -> Path:
-    package = root / "torch"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(init)
-    if version_py is not None:
-        (package / "version.py").write_text(version_py)
-    return root
 
 
 def run_inspect(path: Path, nvml: dict, env: dict | None = None) -> dict | None:
