@@ -3,7 +3,8 @@
 The probe lives in ``ddpcheck.remote.probe``; this module only keeps the documented entry point.
 """
 
+from .remote.fastexit import run_then_exit
 from .remote.probe import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_then_exit(main)

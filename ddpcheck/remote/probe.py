@@ -44,6 +44,7 @@ import torch.distributed as dist
 from .. import wire
 from .agent import set_parent_death_signal
 from .computecheck import measure_confirmed
+from .fastexit import run_then_exit
 from .fingerprint import (call_setup, gather_json, load_setup, model_fingerprint,
                           numeric_settings, relevant_env, rng_hashes, runtime_versions,
                           seed_everything)
@@ -385,4 +386,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_then_exit(main)

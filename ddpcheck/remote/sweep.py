@@ -29,6 +29,7 @@ import torch.distributed as dist
 from .argtypes import collectives, message_size
 from .busbw import (ALL_COLLECTIVES, Collective, CollectiveRow, element_count, message_sizes,
                     parse_size)
+from .fastexit import run_then_exit
 from .probe import RankProbe, run_rank, select_device
 
 PATTERN_PERIOD = 13  # element i carries (i % 13) * 64 on top of its rank's value
@@ -224,4 +225,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_then_exit(main)

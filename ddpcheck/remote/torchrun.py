@@ -14,6 +14,7 @@ import time
 from typing import Optional
 
 from .. import wire
+from .fastexit import run_then_exit
 
 IMPORT_FAILED_EXIT = 1
 
@@ -43,4 +44,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_then_exit(main)
