@@ -131,6 +131,33 @@ def test_cut_link_stopped_sshd_and_changed_key_each_named_while_the_rest_stand(n
     print(f"connect faults answered in {took:.1f}s")
 
 
+def test_a_master_without_sshd_is_named_and_the_others_stop_trying_to_reach_it(ns_cluster,
+                                                                              tmp_path):
+    """The rendezvous check is made by stage 0: every host tries the master's port for up to
+    5 s. When the master's stage 0 cannot run, the launcher's stop line ends those tries at
+    once: the others are checked in their usual time, and only the master is a finding."""
+    master, *others = ns_cluster.hosts[:3]
+    hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", [master, *others],
+                                    port=29621)
+    report_path = tmp_path / "report.json"
+    ns_cluster.stop_sshd(master)
+    try:
+        code, out, err, took = run_preflight(hosts_yaml, report_path, "-v")
+    finally:
+        ns_cluster.start_sshd(master)
+    report = json.loads(report_path.read_text())
+    assert code == 3 and report["verdict"] == "unreachable", out + err
+    errors = errors_by_host(report)
+    assert set(errors) == {master.name} and errors[master.name]["check"] == "ssh"
+    assert not [f for f in report["findings"] if f["check"] == "rendezvous"
+                and f["severity"] == "error"]
+    for host in others:
+        (line,) = [x for x in err.splitlines() if f"{host.name}: checked:" in x]
+        seconds = float(line.rsplit(" in ", 1)[1].rstrip("s"))
+        assert seconds < 4.0, line  # not the 5 s of tries a master that never listens costs
+    assert report["ranks"] == [] and "launched torchrun" not in err
+
+
 # -- a workdir that cannot be used ------------------------------------------------------------
 
 

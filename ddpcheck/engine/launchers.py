@@ -1,8 +1,9 @@
 """Launchers: how the engine reaches hosts and starts work there. Runs on the launcher.
 
 A ``Launcher`` does the I/O of four things for the one run loop (``engine.run``): reach every
-host and run one step there (stage 0, or a hang scan), the rendezvous check, one world's launch
-(a torchrun per host), and plain per-host jobs (the pair rounds). What the outputs mean is
+host and run one step there (stage 0, or a hang scan), the rendezvous check (over SSH made by
+stage 0 itself, the master's stage 0 listening; under srun a step of its own), one world's
+launch (a torchrun per host), and plain per-host jobs (the pair rounds). What the outputs mean is
 decided in ``analyze`` and recorded by the engine. ``SSHLauncher`` (SSH, or this machine
 without HOSTS) is here; ``SrunLauncher`` is in ``engine.srun``. A third launcher is a new class
 with these methods, not a new copy of the loop.
@@ -22,14 +23,14 @@ from ..model.errors import HostError
 from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Stage
 from ..model.spec import ClusterSpec, HostSpec
-from ..plan.commands import RankProgram, plan_launch, plan_rendezvous_check, redact_secrets
+from ..plan.commands import HostLaunch, RankProgram, plan_launch, redact_secrets
 from ..transport.fanout import fan_out
 from ..transport.jump import JumpPool
 from ..transport.local import LocalSession
 from ..transport.multiplex import Job, run_many
 from ..transport.ssh import Session, SSHSession
 from .progress import Progress
-from .state import MIN_CONNECT_S, REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup, RunState
+from .state import MIN_CONNECT_S, WORLD_BROKEN_GRACE_S, LaunchSetup, RunState
 
 
 class Run(Protocol):
@@ -53,6 +54,10 @@ class HostStep:
     record: Callable[[HostSpec, CommandResult, Optional[tuple[float, float]]], None]
     starting: str = "checking"  # the progress word for this machine (no connect)
     last: bool = False  # nothing runs on the host after this step: close its session at once
+    # The host whose command waits for the others' (the rendezvous listener beside stage 0):
+    # it is sent the stop line once every other host's step has ended, and they are sent it
+    # once its own has.
+    listener: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,11 @@ HostDone = Callable[[str, CommandResult], LaunchEnd]  # what a host's end means 
 
 
 class Launcher(Protocol):
+    rendezvous_in_stage0: bool  # stage 0 makes the rendezvous check; else ``rendezvous()``
+
     def prepare(self, spec: ClusterSpec, run: Run) -> ClusterSpec: ...
     def reach(self, run: Run, step: HostStep) -> None: ...
-    def rendezvous(self, run: Run) -> RendezvousResults: ...
+    def rendezvous(self, run: Run) -> RendezvousResults: ...  # if not rendezvous_in_stage0
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
                done: HostDone) -> None: ...
     def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]: ...
@@ -79,9 +86,53 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
+class ListenerStops:
+    """The stop lines of a step with a listener (``HostStep.listener``): the listener's once
+    every other host's step has ended (alone, it is its own only peer: none), the others'
+    once the listener's step has. Without a listener, none."""
+
+    def __init__(self, hosts: int, listener: Optional[str]) -> None:
+        self.listener = listener
+        self.others_left = hosts - 1
+        self.alone = hosts == 1
+        self.others_done = threading.Event()
+        self.listener_done = threading.Event()
+        self.lock = threading.Lock()
+
+    def stop_for(self, name: str) -> Optional[threading.Event]:
+        if self.listener is None:
+            return None
+        if name != self.listener:
+            return self.listener_done
+        return None if self.alone else self.others_done
+
+    def ended(self, name: str) -> None:
+        if self.listener is None:
+            return
+        if name == self.listener:
+            self.listener_done.set()
+            return
+        with self.lock:
+            self.others_left -= 1
+            if self.others_left == 0:
+                self.others_done.set()
+
+
+def announce_launch(run: Run, plans: Sequence[HostLaunch]) -> None:
+    """Each host's launch: its stage, and the progress line (with -v its command)."""
+    for host_plan in plans:
+        run.state.update(host_plan.host, slots=host_plan.slots, stage=Stage.LAUNCH)
+        run.progress.host(host_plan.host, f"launched torchrun: node rank "
+                                          f"{host_plan.node_rank}, {host_plan.slots} rank(s)")
+        if run.verbose:
+            run.progress.host(host_plan.host, f"command: {redact_secrets(host_plan.command)}")
+
+
 class SSHLauncher:
     """Every host over SSH (one shared ProxyJump pool, connect capped by --timeout), or this
     machine alone when the spec is local."""
+
+    rendezvous_in_stage0 = True
 
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
@@ -93,10 +144,20 @@ class SSHLauncher:
         return spec
 
     def reach(self, run: Run, step: HostStep) -> None:
-        fan_out(list(run.spec.hosts), lambda host: self.reach_one(run, host, step),
-                run.spec.ssh.fanout, run.state.cancel)
+        stops = ListenerStops(len(run.spec.hosts), step.listener)
+        # the listener first: the others' tries start with their own steps
+        hosts = sorted(run.spec.hosts, key=lambda host: host.name != step.listener)
 
-    def reach_one(self, run: Run, host: HostSpec, step: HostStep) -> None:
+        def one(host: HostSpec) -> None:
+            try:
+                self.reach_one(run, host, step, stops.stop_for(host.name))
+            finally:
+                stops.ended(host.name)
+
+        fan_out(hosts, one, run.spec.ssh.fanout, run.state.cancel)
+
+    def reach_one(self, run: Run, host: HostSpec, step: HostStep,
+                  stop: Optional[threading.Event] = None) -> None:
         state = run.state
         if state.cancel.is_set():
             return
@@ -124,7 +185,7 @@ class SSHLauncher:
         if run.verbose and step.stage is not Stage.STAGE0:
             run.progress.host(host.name, f"command: {command}")
         sent = time.time()  # the launcher's clock around the call bounds the host's clock
-        result = session.run(command, deadline, state.cancel)
+        result = session.run(command, deadline, state.cancel, stop)
         if step.last:
             self.release([host.name])  # its connection, fd and transport thread go now
         if result.timed_out and state.left() < MIN_CONNECT_S and not state.cancel.is_set():
@@ -136,16 +197,6 @@ class SSHLauncher:
             return
         step.record(host, result, None if run.spec.local else (sent, time.time()))
 
-    def rendezvous(self, run: Run) -> RendezvousResults:
-        check = plan_rendezvous_check(run.spec, REACH_WINDOW_S)
-        jobs = [("listen", check.master, check.listen_command)] + [
-            ("reach", name, command) for name, command in check.reach_commands.items()]
-        deadline = run.state.until(REACH_WINDOW_S + 15.0)
-        outcomes = run_many([Job(self.sessions.get(name), command, deadline)
-                             for _, name, command in jobs], run.spec.ssh.fanout, run.state.cancel)
-        return [(kind, name, o.result) for (kind, name, _), o in zip(jobs, outcomes)
-                if o.result is not None]
-
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
                done: HostDone) -> None:
         """One torchrun per host. Once a host's launch ends with failures the world cannot
@@ -156,8 +207,7 @@ class SSHLauncher:
         extra = {"rank_program": program} if program is not None else {}
         plans = plan_launch(run.spec, setup.slots, setup.backend, setup.options,
                             run_id=uuid.uuid4().hex[:12], **extra)
-        for host_plan in plans:
-            run.state.update(host_plan.host, slots=host_plan.slots, stage=Stage.LAUNCH)
+        announce_launch(run, plans)
         stop = threading.Event()
         stoppers: list[threading.Timer] = []
         window = setup.options.collective_timeout_s + WORLD_BROKEN_GRACE_S
@@ -180,11 +230,6 @@ class SSHLauncher:
                              f"to end, then are asked to stop")
 
         deadline = run.state.until(setup.options.deadline_s + run.launch_grace_s)
-        for host_plan in plans:
-            run.progress.host(host_plan.host, f"launched torchrun: node rank "
-                                              f"{host_plan.node_rank}, {host_plan.slots} rank(s)")
-            if run.verbose:
-                run.progress.host(host_plan.host, f"command: {redact_secrets(host_plan.command)}")
 
         def ended(index: int, result: CommandResult) -> None:
             # as soon as that host's launch ends, not when all end

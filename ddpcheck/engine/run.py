@@ -24,12 +24,13 @@ from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failu
 from ..model.outcomes import CommandResult, LaunchEnd
 from ..model.records import HostRecord, Severity, Stage
 from ..model.spec import ClusterSpec, HostSpec
-from ..plan.commands import global_ranks, resolve_backend, stage0_command
+from ..plan.commands import (RendezvousBesideStage0, global_ranks, rendezvous_beside_stage0,
+                             resolve_backend, stage0_command)
 from ..report.table import Report
 from ..transport.limits import ensure_open_files
-from .launchers import HostStep, Launcher
+from .launchers import HostStep, Launcher, RendezvousResults
 from .progress import Progress
-from .state import RunState
+from .state import REACH_WINDOW_S, RunState
 
 
 class Workload(Protocol):
@@ -58,6 +59,7 @@ class Engine:
         self.launch_grace_s = workload.launch_grace_s
         self.spec = launcher.prepare(spec, self)
         self.state = RunState(self.spec, workload.timeout_s)
+        self.stage0_results: dict[str, CommandResult] = {}  # the rendezvous check's, if beside
 
     def run(self) -> Report:
         interrupted = False
@@ -71,11 +73,17 @@ class Engine:
                 self.launcher.reach(self, self.workload.host_step(self))
                 interrupted = state.cancel.is_set()
             else:
-                self.launcher.reach(self, stage0_step(self))
+                checked = self.workload.rendezvous_check and not self.spec.local
+                beside = (rendezvous_beside_stage0(self.spec, REACH_WINDOW_S)
+                          if checked and self.launcher.rendezvous_in_stage0 else None)
+                self.launcher.reach(self, stage0_step(self, beside))
                 judge_stage0(self)
-                if (self.workload.rendezvous_check and not self.spec.local
-                        and not state.failed() and not state.cancel.is_set()):
-                    check_rendezvous(self)
+                if checked and not state.failed() and not state.cancel.is_set():
+                    if beside is not None:
+                        announce_rendezvous(self)
+                        record_rendezvous(self, rendezvous_beside_results(self))
+                    else:
+                        check_rendezvous(self)
                 failed = state.failed()
                 self.launcher.release([h.name for h in failed])  # no more work there
                 if failed and not self.workload.launch_without(self, failed):
@@ -98,17 +106,21 @@ class Engine:
 
 # -- the stages every workload with stage 0 shares: run by the launcher, judged in analyze ------
 
-def stage0_step(run: Engine) -> HostStep:
+def stage0_step(run: Engine, rendezvous: Optional[RendezvousBesideStage0] = None) -> HostStep:
+    """Stage 0 on every host; with ``rendezvous``, the rendezvous check made beside it (the
+    master's command then waits for the others': ``HostStep.listener``)."""
     master = run.spec.master_host.address
     dcgm = getattr(run.workload, "dcgm", None)  # preflight --dcgm N
     return HostStep(Stage.STAGE0, run.workload.stage0_timeout_s,
                     lambda host, seconds: stage0_command(host, seconds, master=master,
-                                                         dcgm=dcgm),
-                    lambda host, result, window: record_stage0(run, host, result, window))
+                                                         dcgm=dcgm, rendezvous=rendezvous),
+                    lambda host, result, window: record_stage0(run, host, result, window),
+                    listener=rendezvous.master if rendezvous is not None else None)
 
 
 def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
                   clock_window: Optional[tuple[float, float]] = None) -> None:
+    run.stage0_results[host.name] = result
     parsed = parse_output(result.output)
     facts = parsed.facts or {}
     if facts and clock_window:
@@ -159,13 +171,36 @@ def judge_stage0(run: Engine) -> None:
     run.state.add_findings(health.cluster_gpu_findings(gpus))
 
 
-def check_rendezvous(run: Engine) -> None:
-    """Every host connects to master:port while the master listens there; a host that cannot
-    is named now, in seconds, instead of after torchrun's join timeout."""
+def rendezvous_target(run: Engine) -> str:
     master = run.spec.master_host
-    target = f"{master.name} {master.address}:{run.spec.rendezvous_port}"
-    run.progress.say(f"rendezvous check: every host connects to {target}")
-    for kind, name, result in run.launcher.rendezvous(run):
+    return f"{master.name} {master.address}:{run.spec.rendezvous_port}"
+
+
+def announce_rendezvous(run: Engine) -> None:
+    run.progress.say(f"rendezvous check: every host connects to {rendezvous_target(run)}")
+
+
+def check_rendezvous(run: Engine) -> None:
+    """Every host connects to master:port while the master listens there (a round of its own,
+    where the launcher cannot make it beside stage 0); a host that cannot is named now, in
+    seconds, instead of after torchrun's join timeout."""
+    announce_rendezvous(run)
+    record_rendezvous(run, run.launcher.rendezvous(run))
+
+
+def rendezvous_beside_results(run: Engine) -> RendezvousResults:
+    """The rendezvous check's outcomes from the stage-0 outputs that carry them."""
+    master = run.spec.master_host.name
+    results = run.stage0_results
+    return ([("listen", master, results[master])] if master in results else []) + [
+        ("reach", host.name, results[host.name]) for host in run.spec.hosts
+        if host.name in results]
+
+
+def record_rendezvous(run: Engine, results: RendezvousResults) -> None:
+    """A host that could not reach the master (or a master that could not listen) fails."""
+    target = rendezvous_target(run)
+    for kind, name, result in results:
         failure = rendezvous_failure(kind, result, target)
         if failure is not None:
             run.state.fail(name, failure, stage=Stage.RENDEZVOUS)

@@ -36,6 +36,9 @@ EMPTY = CommandResult(None, "", False, False, 0.0)
 
 
 class SrunLauncher:
+    # one srun step runs stage 0 on every node: the rendezvous check is two steps of its own
+    rendezvous_in_stage0 = False
+
     def __init__(self) -> None:
         self.session = LocalSession()
 

@@ -102,23 +102,49 @@ def redact_secrets(command: str) -> str:
     return " ".join(shown) if hidden else command
 
 
+@dataclass(frozen=True)
+class RendezvousBesideStage0:
+    """The rendezvous check made by stage 0 itself (``agent facts --port``): the master
+    listens on the rendezvous port while every host, the master too, connects to the address
+    torchrun will be given. One command a host instead of two rounds of them."""
+
+    master: str  # the host that listens
+    address: str  # the master's address, as torchrun gets it
+    port: int
+    hosts: int  # how many reach it
+    window_s: float  # how long a host keeps trying
+
+
+def rendezvous_beside_stage0(spec: ClusterSpec, window_s: float) -> RendezvousBesideStage0:
+    return RendezvousBesideStage0(spec.master_host.name, master_address(spec),
+                                  spec.rendezvous_port, len(spec.hosts), window_s)
+
+
 def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None,
-                dcgm: Optional[int] = None) -> list[str]:
+                dcgm: Optional[int] = None,
+                rendezvous: Optional[RendezvousBesideStage0] = None) -> list[str]:
     argv = [host.python, "-m", "ddpcheck.remote.agent", "facts", "--deadline", _num(deadline_s),
             "--torch", "inspect"]  # the ranks' torchrun imports it (remote.torchrun)
     if master:
         argv += ["--master", master]
     if dcgm:
         argv += ["--dcgm", str(dcgm)]
+    if rendezvous is not None:
+        argv += ["--port", str(rendezvous.port)]
+        if host.name == rendezvous.master:
+            argv += ["--listen", str(rendezvous.hosts)]
+        argv += ["--reach", rendezvous.address, "--name", host.name,
+                 "--reach-timeout", _num(rendezvous.window_s)]
     return argv
 
 
 def stage0_command(host: HostSpec, deadline_s: float, master: Optional[str] = None,
-                   dcgm: Optional[int] = None) -> str:
+                   dcgm: Optional[int] = None,
+                   rendezvous: Optional[RendezvousBesideStage0] = None) -> str:
     """Stage 0: host facts (hostname, python, torch inspected, GPUs, resources, interfaces, the
-    route to ``master``; DCGM diagnostics with ``dcgm``) before any rank starts, with the env
-    the ranks will get."""
-    return remote_command(host, stage0_argv(host, deadline_s, master, dcgm))
+    route to ``master``; DCGM diagnostics with ``dcgm``; the rendezvous check with
+    ``rendezvous``) before any rank starts, with the env the ranks will get."""
+    return remote_command(host, stage0_argv(host, deadline_s, master, dcgm, rendezvous))
 
 
 def resolve_backend(requested: Backend, gpus_by_host: Mapping[str, int]) -> Backend:

@@ -14,8 +14,9 @@ from typing import Optional, Sequence
 from ..model.spec import Backend, ClusterSpec, HostSpec, ssh_target
 from ..remote.busbw import Collective, format_size
 from .bandwidth import plan_round, sweep_program
-from .commands import (LaunchOptions, RankProgram, plan_launch, plan_rendezvous_check,
-                       redact_secrets, resolve_backend, resolve_slots, stage0_command)
+from .commands import (LaunchOptions, RankProgram, RendezvousBesideStage0, plan_launch,
+                       redact_secrets, rendezvous_beside_stage0, resolve_backend, resolve_slots,
+                       stage0_command)
 from .pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, first_round
 from .slurm import plan_srun_launch, plan_srun_stage0
 
@@ -26,7 +27,6 @@ STAGE0_SHOWN_S = 58.0  # stage 0's deadline as the run passes it (60 s less 2)
 class Step:
     note: str = ""
     command: str = ""
-    suffix: str = ""  # after the command, e.g. "  # at the same time as:"
 
 
 def render(steps: Sequence[Step]) -> str:
@@ -35,7 +35,7 @@ def render(steps: Sequence[Step]) -> str:
         if step.note:
             lines.append(f"# {step.note}")
         if step.command:
-            lines.append(redact_secrets(step.command) + step.suffix)
+            lines.append(redact_secrets(step.command))
     return "\n".join(lines) + "\n"
 
 
@@ -54,8 +54,10 @@ def unprobed(spec: ClusterSpec) -> tuple[Backend, dict[str, int]]:
     return backend, {h.name: resolve_slots(h, 0, spec.local) for h in spec.hosts}
 
 
-def stage0_step(spec: ClusterSpec, host: HostSpec) -> str:
-    return stage0_command(host, STAGE0_SHOWN_S, master=spec.master_host.address)
+def stage0_step(spec: ClusterSpec, host: HostSpec,
+                rendezvous: Optional[RendezvousBesideStage0] = None) -> str:
+    return stage0_command(host, STAGE0_SHOWN_S, master=spec.master_host.address,
+                          rendezvous=rendezvous)
 
 
 def preflight_steps(spec: ClusterSpec, launch: LaunchOptions, rendezvous_check: bool,
@@ -64,17 +66,15 @@ def preflight_steps(spec: ClusterSpec, launch: LaunchOptions, rendezvous_check: 
     steps = [Step(f"ddpcheck preflight --dry-run: {len(spec.hosts)} host(s) from {spec.source}"),
              Step(f"backend {backend.value} (auto picks nccl when every host has GPUs); hosts "
                   f"without slots: one rank per GPU, shown here as without GPUs")]
-    check = (plan_rendezvous_check(spec, window_s)
+    check = (rendezvous_beside_stage0(spec, window_s)
              if rendezvous_check and not spec.local else None)
+    if check is not None:
+        steps.append(Step(f"stage 0 makes the rendezvous check: {check.master} listens on port "
+                          f"{check.port} while every host connects to {check.address}"))
     for host, host_launch in zip(spec.hosts, plan_launch(spec, slots, backend, launch)):
         steps += [Step(f"{host.name} (node rank {host_launch.node_rank}, {host_launch.slots} "
-                       f"rank(s)) via {via(spec, host)}", stage0_step(spec, host))]
-        if check is not None:
-            if host.name == check.master:
-                steps.append(Step(command=check.listen_command,
-                                  suffix="  # at the same time as:"))
-            steps.append(Step(command=check.reach_commands[host.name]))
-        steps.append(Step(command=host_launch.command))
+                       f"rank(s)) via {via(spec, host)}", stage0_step(spec, host, check)),
+                  Step(command=host_launch.command)]
     return steps
 
 

@@ -4,10 +4,11 @@
 import``: the import in a child, with a deadline, timed; ``--torch inspect``, preflight's: its
 version and the GPUs it will see read without importing it, ``torchinfo``), GPUs through NVML
 (``nvml``), CPU, memory, disks, ulimits, interfaces and the route to the master
-(``hostfacts``), and its clock for the skew check.
-``listen`` / ``reach``: the rendezvous check before torchrun: the master host listens on the
-rendezvous port while every host connects to it, so a firewall or a wrong address is named in
-seconds instead of after torchrun's join timeout.
+(``hostfacts``), and its clock for the skew check. With ``--port``, the rendezvous check beside
+them (``RendezvousBesideFacts``): the master (``--listen``) listens on the rendezvous port while
+every host (``--reach``) connects to it, so a firewall or a wrong address is named in seconds
+instead of after torchrun's join timeout, with no command of its own.
+``listen`` / ``reach``: the same check as commands of their own (srun runs each as a step).
 ``launch``: runs torchrun (through ``remote.torchrun``, which reports its torch import: the
 import check of a stage 0 that inspected) with the probe under a dead-man deadline, passes its
 output through, and kills torchrun and every rank on deadline, SIGHUP (the ssh connection
@@ -156,6 +157,8 @@ def with_deadline(read, timeout_s: float, what: str) -> dict[str, Any]:
 
 
 RANK_REPORT_MARGIN_S = 2.0  # ranks report a timeout this long before the agent's deadline
+RENDEZVOUS_MARGIN_S = 2.0  # a listener beside the facts ends this long before their deadline
+STOP_POLL_S = 0.1  # how often a listener waiting for peers looks at the launcher's stop line
 WRITE_TEST_BYTES = 1 << 20  # what stage 0 writes (and removes) to prove the workdir usable
 
 
@@ -260,11 +263,9 @@ def collect_facts(deadline_s: float, master: Optional[str] = None,
     return facts
 
 
-def listen(port: int, deadline_s: float, expect: int) -> dict[str, Any]:
-    """Accept connections on ``port`` until ``expect`` peers said their name or the deadline.
-
-    The peer closes first (it waits for our "ok"), so TIME_WAIT stays on its side and the port
-    is free for torchrun's store right after."""
+def open_listener(port: int, expect: int) -> tuple[Optional[socket.socket], dict[str, Any]]:
+    """The rendezvous check's listening socket on ``port`` (None, and the outcome saying why,
+    when it cannot be had)."""
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -272,17 +273,30 @@ def listen(port: int, deadline_s: float, expect: int) -> dict[str, Any]:
         server.listen(max(expect, 1) + 8)
     except OSError as exc:
         server.close()
-        return {"ok": False, "port": port, "error": f"cannot listen on port {port}: "
-                                                    f"{exc.strerror or exc}"}
-    emit("listening", {"port": port})
+        return None, {"ok": False, "port": port, "error": f"cannot listen on port {port}: "
+                                                          f"{exc.strerror or exc}"}
+    return server, {"ok": True, "port": port}
+
+
+def accept_peers(server: socket.socket, port: int, deadline_s: float, expect: int,
+                 stopped: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """Accept connections until ``expect`` peers said their name, the deadline, or
+    ``stopped()``; closes ``server``.
+
+    The peer closes first (it waits for our "ok"), so TIME_WAIT stays on its side and the port
+    is free for torchrun's store right after."""
     peers: list[dict[str, str]] = []
     ends = time.monotonic() + deadline_s
     try:
         while len(peers) < expect and time.monotonic() < ends:
-            server.settimeout(max(ends - time.monotonic(), 0.01))
+            if stopped():
+                break
+            server.settimeout(max(min(ends - time.monotonic(), STOP_POLL_S), 0.01))
             try:
                 conn, address = server.accept()
-            except (socket.timeout, OSError):
+            except socket.timeout:
+                continue
+            except OSError:
                 break
             with conn:
                 conn.settimeout(max(ends - time.monotonic(), 0.5))
@@ -298,16 +312,30 @@ def listen(port: int, deadline_s: float, expect: int) -> dict[str, Any]:
     return {"ok": True, "port": port, "peers": peers}
 
 
-def reach(address: str, port: int, name: str, timeout_s: float) -> dict[str, Any]:
-    """Connect to ``address:port`` until it answers or ``timeout_s`` passes (the listener may
-    start a moment after us: a refused connection is retried, 20 ms after the first try, the
-    wait doubling up to 0.2 s so a thousand hosts do not flood the master)."""
+def listen(port: int, deadline_s: float, expect: int) -> dict[str, Any]:
+    """Listen on ``port`` and accept peers (``accept_peers``); says "listening" once it can."""
+    server, outcome = open_listener(port, expect)
+    if server is None:
+        return outcome
+    emit("listening", {"port": port})
+    return accept_peers(server, port, deadline_s, expect)
+
+
+def reach(address: str, port: int, name: str, timeout_s: float,
+          stop: Optional[threading.Event] = None) -> dict[str, Any]:
+    """Connect to ``address:port`` until it answers, ``timeout_s`` passes or ``stop`` is set
+    (the listener may start a moment after us: a refused connection is retried, 20 ms after
+    the first try, the wait doubling up to 0.2 s so a thousand hosts do not flood the
+    master)."""
     started = time.monotonic()
     ends = started + timeout_s
     last = "no attempt"
     attempts = 0
     pause = 0.02
     while time.monotonic() < ends:
+        if stop is not None and stop.is_set():
+            last = "stopped by the launcher: the master's stage 0 ended without listening"
+            break
         attempts += 1
         try:
             with socket.create_connection((address, port),
@@ -325,10 +353,53 @@ def reach(address: str, port: int, name: str, timeout_s: float) -> dict[str, Any
             last = "connection refused (nothing listening, or a firewall rejecting)"
         except OSError as exc:
             last = exc.strerror or str(exc)
-        time.sleep(min(pause, max(ends - time.monotonic(), 0.0)))
+        (stop or threading.Event()).wait(min(pause, max(ends - time.monotonic(), 0.0)))
         pause = min(pause * 2, 0.2)
     return {"ok": False, "address": address, "port": port, "attempts": attempts,
             "elapsed_s": round(time.monotonic() - started, 3), "error": last}
+
+
+class RendezvousBesideFacts:
+    """The rendezvous check made while stage 0 collects its facts (``facts --port``), which
+    saves every host a second command: on the master a listener (``--listen``: bound before
+    anything else, then accepting peers in a thread), and on every host a connection to the
+    master's address (``--reach``), also in a thread. The launcher's stop line ends the
+    master's wait once every other host's stage 0 has ended (some may never come), and a
+    host's reach once the master's stage 0 ended without listening. The master's own reach
+    (to itself) is not cut short by it: its listener stops only once that reach is done."""
+
+    def __init__(self, port: int, reach_address: Optional[str], name: str, reach_timeout_s: float,
+                 listen_expect: Optional[int], listen_deadline_s: float) -> None:
+        self.stop = threading.Event()
+        self.outcomes: dict[str, dict[str, Any]] = {}
+        listen_for_stop(lambda _reason: self.stop.set())
+        threads = []
+        if listen_expect is not None:
+            server, outcome = open_listener(port, listen_expect)
+            if server is None:
+                self.outcomes["listen"] = outcome
+            else:
+                threads.append(threading.Thread(target=self._keep, daemon=True, args=(
+                    "listen", accept_peers, server, port, listen_deadline_s, listen_expect,
+                    lambda: self.stop.is_set() and (reach_address is None
+                                                    or "reach" in self.outcomes))))
+        if reach_address is not None:
+            threads.append(threading.Thread(target=self._keep, daemon=True, args=(
+                "reach", reach, reach_address, port, name, reach_timeout_s,
+                None if listen_expect is not None else self.stop)))
+        for thread in threads:
+            thread.start()
+        self.threads = threads
+
+    def _keep(self, kind: str, check: Callable[..., dict[str, Any]], *args: Any) -> None:
+        self.outcomes[kind] = check(*args)
+
+    def finish(self) -> list[tuple[str, dict[str, Any]]]:
+        """Wait for both; their outcomes as records (reach, then listen)."""
+        for thread in self.threads:
+            thread.join()
+        return [(kind, self.outcomes[kind]) for kind in ("reach", "listen")
+                if kind in self.outcomes]
 
 
 def descendants(root: int) -> list[int]:
@@ -610,6 +681,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                             "import it)")
     facts.add_argument("--xid-since", type=float, default=None,
                        help="Xid/SXid events since this epoch time (default: since boot)")
+    facts.add_argument("--port", type=int, default=None,
+                       help="the rendezvous check, beside the facts: the rendezvous port")
+    facts.add_argument("--listen", type=int, default=None, metavar="EXPECT",
+                       help="listen on --port (the master) until EXPECT hosts reached it, the "
+                            "deadline or the launcher's stop line")
+    facts.add_argument("--reach", default=None, metavar="ADDRESS",
+                       help="connect to ADDRESS:--port (the address torchrun will be given)")
+    facts.add_argument("--name", default=None, help="the name --reach gives (default: hostname)")
+    facts.add_argument("--reach-timeout", type=float, default=5.0)
     listener = sub.add_parser("listen", help="accept rendezvous check connections on PORT")
     listener.add_argument("--port", type=int, required=True)
     listener.add_argument("--deadline", type=float, default=10.0)
@@ -644,10 +724,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         emit("node", {"host": node[1], "node_rank": node[0]})
 
     if args.action == "facts":
+        check = None
+        if args.port is not None and (args.listen is not None or args.reach):
+            check = RendezvousBesideFacts(
+                args.port, args.reach, args.name or socket.gethostname(), args.reach_timeout,
+                args.listen, max(args.deadline - RENDEZVOUS_MARGIN_S, 1.0))
         workdir, workdir_error = enter_workdir(os.environ)
-        emit("facts", collect_facts(args.deadline, args.master, workdir=workdir,
-                                    dcgm_level=args.dcgm, xid_since=args.xid_since,
-                                    workdir_error=workdir_error, torch_mode=args.torch))
+        facts = collect_facts(args.deadline, args.master, workdir=workdir, dcgm_level=args.dcgm,
+                              xid_since=args.xid_since, workdir_error=workdir_error,
+                              torch_mode=args.torch)
+        checked: list[tuple[str, dict[str, Any]]] = []
+        if check is not None:
+            collected = time.monotonic()
+            checked = check.finish()
+            # the clock rule bounds time_end by when the launcher got the answer: read it now
+            facts["duration_s"] = round(facts["duration_s"] + time.monotonic() - collected, 3)
+            facts["time_end"] = time.time()
+        emit("facts", facts)
+        for kind, outcome in checked:
+            emit(kind, outcome)
         return 0
     if args.action == "listen":
         emit("listen", listen(args.port, args.deadline, args.expect))
