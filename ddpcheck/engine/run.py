@@ -59,7 +59,9 @@ class Engine:
         self.launch_grace_s = workload.launch_grace_s
         self.spec = launcher.prepare(spec, self)
         self.state = RunState(self.spec, workload.timeout_s)
-        self.stage0_results: dict[str, CommandResult] = {}  # the rendezvous check's, if beside
+        # stage 0's outputs, kept while they carry the rendezvous check (``rendezvous_beside``)
+        self.stage0_results: dict[str, CommandResult] = {}
+        self.rendezvous_beside: Optional[RendezvousBesideStage0] = None
 
     def run(self) -> Report:
         interrupted = False
@@ -74,16 +76,17 @@ class Engine:
                 interrupted = state.cancel.is_set()
             else:
                 checked = self.workload.rendezvous_check and not self.spec.local
-                beside = (rendezvous_beside_stage0(self.spec, REACH_WINDOW_S)
-                          if checked and self.launcher.rendezvous_in_stage0 else None)
-                self.launcher.reach(self, stage0_step(self, beside))
+                if checked and self.launcher.rendezvous_in_stage0:
+                    self.rendezvous_beside = rendezvous_beside_stage0(self.spec, REACH_WINDOW_S)
+                self.launcher.reach(self, stage0_step(self, self.rendezvous_beside))
                 judge_stage0(self)
                 if checked and not state.failed() and not state.cancel.is_set():
-                    if beside is not None:
+                    if self.rendezvous_beside is not None:
                         announce_rendezvous(self)
                         record_rendezvous(self, rendezvous_beside_results(self))
                     else:
                         check_rendezvous(self)
+                self.stage0_results.clear()
                 failed = state.failed()
                 self.launcher.release([h.name for h in failed])  # no more work there
                 if failed and not self.workload.launch_without(self, failed):
@@ -120,7 +123,8 @@ def stage0_step(run: Engine, rendezvous: Optional[RendezvousBesideStage0] = None
 
 def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
                   clock_window: Optional[tuple[float, float]] = None) -> None:
-    run.stage0_results[host.name] = result
+    if run.rendezvous_beside is not None:
+        run.stage0_results[host.name] = result
     parsed = parse_output(result.output)
     facts = parsed.facts or {}
     if facts and clock_window:
