@@ -3,9 +3,11 @@
 One namespace cluster of max(--counts) hosts (real sshd each). Hosts are made cheap, honestly:
 their ``python:`` is the system interpreter without torch, so stage 0 runs the real agent, reports
 its facts and stops at the torch import within a second; the 2 shared cores then measure the
-launcher, not torch. For each host count, ``ddpcheck preflight`` (a process: load hosts.yaml,
-connect, stage 0 everywhere, analysis, report) and ``pdsh -R ssh -f FANOUT`` (OpenSSH with the
-cluster's config and key) running the identical stage-0 command line on the same hosts, each
+launcher, not torch. For each host count, ``ddpcheck preflight --skip rendezvous`` (a process:
+load hosts.yaml, connect, stage 0 everywhere, analysis, report; without the rendezvous check,
+which stage 0 makes and which gives the master and each host a command of its own) and
+``pdsh -R ssh -f FANOUT`` (OpenSSH with the cluster's config and key) running the identical
+stage-0 command line on the same hosts, each
 as a child of this script, interleaved. Per run: CPU seconds of the process and all its
 children (``wait4``: pdsh counts its ssh processes), peak RSS of the launcher, peak threads and
 open files of the launcher (sampled from /proc every 50 ms), wall time. Every host must answer
@@ -116,7 +118,7 @@ def main() -> None:
                 assert len(commands) == 1, commands
                 report = pathlib.Path(tmp) / f"r{count}.json"
                 ours, _ = measured([sys.executable, "-m", "ddpcheck", "preflight", str(path),
-                                    "--json", str(report), "-q"])
+                                    "--skip", "rendezvous", "--json", str(report), "-q"])
                 data = json.loads(report.read_text())
                 missing = [h["name"] for h in data["hosts"] if not h["hostname"]]
                 if len(data["hosts"]) != count or missing:

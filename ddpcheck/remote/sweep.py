@@ -18,7 +18,6 @@ Only the standard library, torch and ddpcheck's stdlib-only modules are imported
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from datetime import timedelta
 from typing import Callable, Optional
