@@ -159,12 +159,9 @@ def test_hostfile_and_w_give_the_same_report_as_hosts_yaml(ns_cluster, tmp_path)
     assert len(csv_rows) == 5 and all(",ok," in row for row in csv_rows[1:])
 
 
-def test_proxyjump_through_the_first_host_when_direct_routes_are_blocked(ns_cluster,
-                                                                        tmp_path):
-    jump, *behind = ns_cluster.hosts[:3]
-    ssh_config = write_ssh_config(ns_cluster, tmp_path / "ssh_config", jump_through=jump)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(shared_sections(ns_cluster, tmp_path, 29641, ssh_config)))
+def preflight_with_direct_routes_blocked(config, tmp_path, jump, behind):
+    """``preflight -w h[1-3]`` while this machine cannot reach the hosts ``behind`` the jump
+    host directly; every rank must report ok. Returns the finished command."""
     with blocked_from_here([h.address for h in behind]):
         assert not reachable_directly(behind[0].address)  # the fault is real
         assert reachable_directly(jump.address)
@@ -175,6 +172,16 @@ def test_proxyjump_through_the_first_host_when_direct_routes_are_blocked(ns_clus
     report = json.loads(report_path.read_text())
     assert [r["hostname"] for r in report["ranks"]] == ["h1", "h2", "h3"]
     assert all(r["status"] == "ok" for r in report["ranks"])
+    return done
+
+
+def test_proxyjump_through_the_first_host_when_direct_routes_are_blocked(ns_cluster,
+                                                                        tmp_path):
+    jump, *behind = ns_cluster.hosts[:3]
+    ssh_config = write_ssh_config(ns_cluster, tmp_path / "ssh_config", jump_through=jump)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(shared_sections(ns_cluster, tmp_path, 29641, ssh_config)))
+    done = preflight_with_direct_routes_blocked(config, tmp_path, jump, behind)
     for host in behind:
         assert f"{host.name}: connecting through {jump.name}" in done.stderr
     assert f"{jump.name}: connecting\n" in done.stderr.replace("\r", "")
@@ -207,15 +214,7 @@ def test_proxycommand_through_real_ssh_when_direct_routes_are_blocked(ns_cluster
     assert dry.returncode == 0, dry.stderr
     assert (f"through ProxyCommand 'ssh -F {ns_cluster.ssh_config} -W "
             f"{behind[0].address}:22 {jump.name}  # via {jump.name}'") in dry.stdout
-    with blocked_from_here([h.address for h in behind]):
-        assert not reachable_directly(behind[0].address)  # the fault is real
-        report_path = tmp_path / "report.json"
-        done = ddpcheck("preflight", "-w", "h[1-3]", "--config", str(config),
-                        "--json", str(report_path))
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(report_path.read_text())
-    assert [r["hostname"] for r in report["ranks"]] == ["h1", "h2", "h3"]
-    assert all(r["status"] == "ok" for r in report["ranks"])
+    preflight_with_direct_routes_blocked(config, tmp_path, jump, behind)
 
 
 def test_jump_pool_shares_one_connection_and_caps_handshakes(ns_cluster, tmp_path):
