@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -40,22 +39,13 @@ sys.path.insert(0, str(REPO))
 import paramiko  # noqa: E402
 
 from ddpcheck.engine.launchers import HostJob, SSHLauncher  # noqa: E402
-from ddpcheck.engine.state import RunState  # noqa: E402
 from ddpcheck.model.spec import ClusterSpec, HostSpec, SSHSpec  # noqa: E402
-from ddpcheck.report.progress import Progress  # noqa: E402
 from ddpcheck.transport.ssh import SSHSession, fan_out  # noqa: E402
+from launcherrun import launcher_run  # noqa: E402
 from nscluster import NamespaceCluster  # noqa: E402
 
 COMMAND = "sleep 3; echo done"
 
-
-@dataclass
-class Run:
-    spec: ClusterSpec
-    state: RunState
-    progress: Progress
-    verbose: bool = False
-    launch_grace_s: float = 5.0
 
 
 def measured(work) -> dict:
@@ -104,7 +94,7 @@ def main() -> None:
             connected = fan_out(list(spec.hosts), lambda h: SSHSession.connect(h, spec.ssh),
                                 args.fanout, threading.Event())
             launcher.sessions = {o.item.name: o.result for o in connected}
-            run = Run(spec, RunState(spec, 3600.0), Progress(None))
+            run = launcher_run(spec, 3600.0)
             for count in counts:
                 names = [h.name for h in spec.hosts[:count]]
 

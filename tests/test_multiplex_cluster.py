@@ -16,16 +16,14 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 
 import paramiko
 import pytest
 
 from conftest import started_cluster
+from launcherrun import launcher_run
 from ddpcheck.engine.launchers import HostJob, SSHLauncher
-from ddpcheck.engine.state import RunState
 from ddpcheck.model.spec import ClusterSpec, HostSpec, SSHSpec
-from ddpcheck.report.progress import Progress
 from ddpcheck.transport.multiplex import Job, run_many
 from ddpcheck.transport.ssh import SSHSession, fan_out
 
@@ -33,17 +31,6 @@ pytestmark = pytest.mark.cluster
 
 HOSTS = 64
 FANOUT = 8
-
-
-@dataclass
-class Run:
-    """What the launcher sees of a run (``engine.launchers.Run``)."""
-
-    spec: ClusterSpec
-    state: RunState
-    progress: Progress
-    verbose: bool = False
-    launch_grace_s: float = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +87,7 @@ def commands_on(cluster, host) -> list[tuple[int, bytes]]:
 
 def test_64_hosts_run_at_once_with_threads_bounded_by_the_pool(cluster, launcher):
     launcher, spec = launcher
-    run = Run(spec, RunState(spec, 120.0), Progress(None))
+    run = launcher_run(spec, 120.0)
     names = [h.name for h in spec.hosts]
     killed_host, late_host = names[5], names[9]
     jobs = [HostJob(name, "sleep 3; echo done-$(hostname)", 20.0) for name in names]
