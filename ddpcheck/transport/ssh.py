@@ -23,7 +23,7 @@ from typing import Optional, Union
 from ..model.errors import HostError
 from ..model.outcomes import CommandResult
 from ..model.spec import HostSpec, SSHSpec
-from .channels import FETCH_DEADLINE_S, Running, wait_one  # noqa: F401
+from .channels import Running, wait_one
 from .client import (SYSTEM_KNOWN_HOSTS, USER_KNOWN_HOSTS, open_client,  # noqa: F401
                      ssh_target, ssh_user)
 from .fanout import Outcome, fan_out  # noqa: F401 - importable from here
