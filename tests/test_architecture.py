@@ -16,41 +16,51 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ddpcheck"
 
-# cli -> commands -> engine -> {plan, transport, collect, analyze, report} -> config -> model.
-# A package may import itself, the packages listed for it, and nothing else of ddpcheck.
-# ``wire`` (the @@DDPCHECK line protocol) and ``model`` may be imported from anywhere below cli.
+# The layers, top to bottom; a package may import itself, the packages listed for it, and the
+# bottom layer, nothing else of ddpcheck:
+#
+#   cli -> commands -> engine -> {plan, transport, collect, analyze, report} -> config
+#   bottom layer, standard library only, which every package may import: core (the formulas
+#   and formats every layer shares), model (data, check names), wire (the @@DDPCHECK lines).
+#
+# remote (the programs on hosts and ranks) and injob (inside the user's job) stand on the bottom
+# layer beside the launcher's packages. The launcher names the programs it runs by module path
+# in its command lines (strings, not imports); the few imports of them it still makes are listed
+# below, each with its reason.
 ALLOWED: dict[str, set[str]] = {
     "cli": {"commands", "__version__"},  # cli only dispatches
     # commands: options + which workload and launcher; they build inputs of the layers below
     # (LaunchOptions, SweepSettings) and render with report, so they reach under the engine.
+    # ``ddpcheck node`` is stage 0 on this machine: it runs remote.agent.collect_facts in-process.
     "commands": {"engine", "plan", "config", "analyze", "report", "remote"},
-    "engine": {"plan", "transport", "collect", "analyze", "report", "config"},
-    "plan": {"config",
-             "remote"},  # plan.slurm fills the agent's tokens; sweep sizes come from busbw
-    "transport": set(),  # I/O with hosts only: it needs nothing but the model
+    "engine": {"plan", "transport", "collect", "analyze", "report"},
+    "plan": {"config"},
+    "transport": set(),  # I/O with hosts only: it needs nothing but the bottom layer
     "collect": set(),
-    # analyze uses collect's parsers to read outcomes, and the remote rules shared with the
-    # in-job API (drift) and the busbw formulas (one definition for rank and launcher)
-    "analyze": {"collect", "remote",
-                "config"},  # host lists in findings, in the grammar users write (config.hostlist)
-    # report renders analyze's results (bandwidth summaries, hang frames, size formatting):
-    # a sibling edge downward in the data flow (analyze -> report, never back); and host lists
-    # in the grammar users write them (config.hostlist), a layer below
-    "report": {"analyze", "remote", "config"},
+    # analyze uses collect's parsers to read outcomes, host lists in the grammar users write
+    # (config.hostlist), and the straggler rule the in-job Monitor shares (remote.straggler)
+    "analyze": {"collect", "config", "remote"},
+    # report renders analyze's results (bandwidth summaries, hang frames): a sibling edge
+    # downward in the data flow (analyze -> report, never back); and host lists in the grammar
+    # users write them (config.hostlist), a layer below
+    "report": {"analyze", "config"},
     "config": set(),
-    "model": set(),
-    # remote/ runs on hosts and ranks, injob/ inside the user's job: stdlib, torch, model,
-    # wire, and each other (injob uses remote.fingerprint and remote.drift; the host scan
-    # reads the Monitor's heartbeat format from injob.monitor)
+    # remote runs on hosts and ranks, injob inside the user's job: stdlib, torch, the bottom
+    # layer, and each other: injob uses remote.fingerprint and remote.straggler, and the host
+    # scan reads the Monitor's heartbeat format from injob.monitor
     "remote": {"injob"},
     "injob": {"remote"},
+    "core": set(),
+    "model": set(),
     "wire": set(),
     "probe": {"remote"},  # ddpcheck.probe: the public entry point, = remote.probe
     "__main__": {"cli"},
     "__init__": {"injob"},  # lazy: ddpcheck.Monitor, ddpcheck.check_consistency
 }
-EVERYWHERE = {"model", "wire"}
-NOT_MODEL = {"remote", "injob", "wire", "model"}  # model imports only itself
+BOTTOM = {"core", "model", "wire"}
+# Within the bottom layer: model and wire import nothing of ddpcheck; core imports model only
+# (drift's differences carry a Severity and become Findings).
+BOTTOM_ALLOWED: dict[str, set[str]] = {"core": {"model"}, "model": set(), "wire": set()}
 
 
 def package_of(path: Path) -> str:
@@ -101,12 +111,46 @@ def test_every_package_is_listed() -> None:
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_imports_point_down(path: Path) -> None:
     own = package_of(path)
-    allowed = ALLOWED[own] | {own} | (EVERYWHERE if own not in ("model", "wire") else set())
-    if own == "model":
-        allowed = {"model"}
+    allowed = ALLOWED[own] | {own} | BOTTOM_ALLOWED.get(own, BOTTOM)
     wrong = [f"line {line}: {name}" for name, line in imported(path)
              if top(name) not in allowed and name != "ddpcheck"]
     assert not wrong, f"{path.relative_to(PACKAGE)} ({own}) may not import: {wrong}"
+
+
+def package_edges() -> set[tuple[str, str]]:
+    """(importer, imported) for every import between two packages of ddpcheck."""
+    return {(package_of(p), top(name)) for p in MODULES for name, _ in imported(p)
+            if name != "ddpcheck" and top(name) != package_of(p)}
+
+
+# remote and injob import each other (see their entries above): the one two-way pair.
+TWO_WAY = {frozenset({"remote", "injob"})}
+
+
+def test_no_two_packages_import_each_other() -> None:
+    edges = package_edges()
+    both = {frozenset(edge) for edge in edges if edge[::-1] in edges}
+    assert both <= TWO_WAY, f"packages that import each other: {sorted(map(sorted, both))}"
+
+
+def test_every_allowed_edge_is_used() -> None:
+    """The table says what is, not what once was: an edge nothing uses is dropped from it.
+    (``__init__`` loads injob by name, through importlib: no import statement to see.)"""
+    edges = package_edges()
+    unused = [f"{own} -> {other}" for own, others in ALLOWED.items() if own != "__init__"
+              for other in others if (own, other) not in edges]
+    assert not unused, f"allowed but never imported: {unused}"
+
+
+def absolute_imports(path: Path) -> list[str]:
+    """The top-level name of every absolute import in ``path`` (``torch`` for ``torch.cuda``)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.append(node.module or "")
+    return [name.split(".")[0] for name in names]
 
 
 # Beside the standard library, what runs on hosts and ranks may use: torch and numpy (a rank's
@@ -122,17 +166,23 @@ def test_remote_and_injob_import_only_stdlib_torch_and_their_own() -> None:
     """What runs on hosts, ranks and in the user's job: no third-party package but torch."""
     stdlib = set(sys.stdlib_module_names)
     for path in MODULES:
-        if package_of(path) not in ("remote", "injob", "wire", "model"):
+        if package_of(path) not in ("remote", "injob"):
             continue
         extra = THIRD_PARTY_ALLOWED.get(str(path.relative_to(PACKAGE)), set())
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level
-                     else [])
-            for name in names:
-                root = (name or "").split(".")[0]
-                assert root in stdlib | extra | REMOTE_THIRD_PARTY | {"ddpcheck", "__future__"}, \
-                    f"{path.relative_to(PACKAGE)} imports {name}"
+        for root in absolute_imports(path):
+            assert root in stdlib | extra | REMOTE_THIRD_PARTY | {"ddpcheck", "__future__"}, \
+                f"{path.relative_to(PACKAGE)} imports {root}"
+
+
+def test_the_bottom_layer_imports_only_the_standard_library() -> None:
+    """core, model and wire are imported by every layer, on hosts and in jobs too: no torch,
+    no third-party package at all."""
+    stdlib = set(sys.stdlib_module_names)
+    for path in MODULES:
+        if package_of(path) not in BOTTOM:
+            continue
+        for root in absolute_imports(path):
+            assert root in stdlib | {"__future__"}, f"{path.relative_to(PACKAGE)} imports {root}"
 
 
 def test_no_cycles_between_modules() -> None:

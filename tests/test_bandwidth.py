@@ -15,7 +15,7 @@ from ddpcheck.report.bandwidth import (PairResult, SweepSettings, analyze_pairs,
                                 sweep_findings, sweep_summary)
 from ddpcheck.analyze.outcomes import pair_result
 from ddpcheck.plan.bandwidth import plan_round, sweep_program
-from ddpcheck.remote.busbw import ALL_COLLECTIVES, Collective, CollectiveRow
+from ddpcheck.core.busbw import ALL_COLLECTIVES, Collective, CollectiveRow
 from ddpcheck.plan.pairing import circle_rounds
 from ddpcheck.plan.commands import LaunchOptions
 from ddpcheck.model.records import HostRecord, RankRecord, Verdict

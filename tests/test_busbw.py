@@ -1,4 +1,4 @@
-"""Unit tests for ddpcheck.remote.busbw (nccl-tests factors, sizes, rows) and ddpcheck.plan.pairing."""
+"""Unit tests for ddpcheck.core.busbw (nccl-tests factors, sizes, rows) and ddpcheck.plan.pairing."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from ddpcheck.remote.busbw import (Collective, CollectiveRow, busbw_factor, element_count, format_size,
-                            message_sizes, parse_size, row_from_dict)
+from ddpcheck.core.busbw import (Collective, CollectiveRow, busbw_factor, element_count, format_size,
+                                 message_sizes, parse_size, row_from_dict)
 from ddpcheck.plan.pairing import circle_rounds
 
 
@@ -128,7 +128,7 @@ def test_circle_rounds_small_and_bad_input():
 
 
 def test_parse_ops():
-    from ddpcheck.remote.busbw import ALL_COLLECTIVES, parse_ops
+    from ddpcheck.core.busbw import ALL_COLLECTIVES, parse_ops
 
     assert parse_ops("all") == ALL_COLLECTIVES
     assert parse_ops("broadcast, all_reduce,broadcast") == (Collective.BROADCAST,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ddpcheck.remote.drift import (RankPrint, all_differences, ddp_differences, env_differences,
-                            finding, group_ranks, model_differences, rng_differences,
-                            value_rows, version_differences, where)
+from ddpcheck.core.drift import (RankPrint, all_differences, ddp_differences, env_differences,
+                                 finding, group_ranks, model_differences, rng_differences,
+                                 value_rows, version_differences, where)
 from ddpcheck.model.records import Severity
 
 HOSTS = {0: "h1", 1: "h1", 2: "h2", 3: "h2", 4: "h3", 5: "h3"}

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpcheck.remote.busbw import Collective, CollectiveRow, element_count, parse_size
+from ddpcheck.core.busbw import Collective, CollectiveRow, element_count, parse_size
 
 RULES_C = os.path.join(os.path.dirname(__file__), "fixtures", "nccl_tests_rules.c")
 

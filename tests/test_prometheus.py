@@ -78,7 +78,7 @@ def test_label_values_are_escaped() -> None:
 def test_bandwidth_rows_pairs_and_average_are_gauges() -> None:
     from dataclasses import replace
 
-    from ddpcheck.remote.busbw import Collective, CollectiveRow
+    from ddpcheck.core.busbw import Collective, CollectiveRow
 
     rows = tuple(CollectiveRow(op, 1 << 18, 3, 1e-3, 0).to_dict()
                  for op in (Collective.ALL_REDUCE, Collective.ALL_GATHER))

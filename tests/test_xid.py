@@ -18,6 +18,7 @@ import time
 import pytest
 
 from ddpcheck.analyze import xid
+from ddpcheck.core import argtypes
 from ddpcheck.model.records import Severity
 from ddpcheck.remote import kernlog
 
@@ -77,11 +78,11 @@ def test_kmsg_records_and_since():
                                                                       " 79, x")
     assert kernlog.parse_kmsg_record("no header at all") is None
     now = 1_700_000_000.0
-    assert kernlog.parse_since("boot") is None
-    assert kernlog.parse_since("10m", now) == now - 600
-    assert kernlog.parse_since("1700000000") == now
+    assert argtypes.parse_since("boot") is None
+    assert argtypes.parse_since("10m", now) == now - 600
+    assert argtypes.parse_since("1700000000") == now
     with pytest.raises(ValueError, match="not a time"):
-        kernlog.parse_since("yesterday")
+        argtypes.parse_since("yesterday")
 
 
 def test_findings_name_gpu_meaning_action_and_severity():

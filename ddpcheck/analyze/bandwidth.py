@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from ..remote.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
-                    row_from_dict)
+from ..core.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
+                          row_from_dict)
 from ..model.records import Finding, Severity
 
 DEFAULT_SLOW_FRACTION = 0.5

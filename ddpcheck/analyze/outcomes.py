@@ -15,7 +15,7 @@ from ..model.checks import Check
 from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Finding, RankRecord, Severity
 from ..model.spec import HostSpec
-from ..remote.busbw import Collective
+from ..core.busbw import Collective
 from . import health
 from .bandwidth import PairResult, rows_of
 from .verdict import NOT_REACHED, failure_findings

@@ -11,8 +11,8 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Iterable, Mapping, Optional, Sequence
 
-from ..remote import drift
-from ..remote.drift import RankPrint
+from ..core import drift
+from ..core.drift import RankPrint
 from .compute import compute_findings
 from .health import is_loopback
 from ..model.checks import EXIT_CODES  # noqa: F401 - analyze.EXIT_CODES, as before

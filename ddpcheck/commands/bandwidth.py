@@ -14,9 +14,9 @@ from ..analyze.bandwidth import DEFAULT_SLOW_FRACTION
 from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec
 from ..plan.bandwidth import PAIRWISE_BASE_S, PAIRWISE_ROUND_S, SWEEP_TIMEOUT_S, default_timeout
-from ..remote.argtypes import (at_least, collectives, fraction, message_size, non_negative,
-                               positive)
-from ..remote.busbw import ALL_COLLECTIVES, Collective, element_count, message_sizes, parse_size
+from ..core.argtypes import (at_least, collectives, fraction, message_size, non_negative,
+                             positive)
+from ..core.busbw import ALL_COLLECTIVES, Collective, element_count, message_sizes, parse_size
 from ..report.bandwidth import PLOT_INSTALL_HINT
 from ..report.table import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options, add_output_options,

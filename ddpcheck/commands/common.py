@@ -25,7 +25,7 @@ from ..model.checks import EXIT_INTERRUPTED, EXIT_USAGE
 from ..model.errors import ConfigError, DdpcheckError
 from ..model.records import Verdict
 from ..model.spec import ClusterSpec
-from ..remote.argtypes import positive
+from ..core.argtypes import positive
 from ..report.table import DEFAULT_TABLE_FORMAT, Report, footer_line, render_table, to_json
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "add_common_options", "add_inventory_options",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..remote.argtypes import positive
+from ..core.argtypes import positive
 from .common import add_common_options, add_output_options, run_reported
 
 

@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from ..analyze import verdict as analyze
 
 from ..analyze import health
-from ..remote.argtypes import at_least, positive
+from ..core.agentargs import DCGM_DEADLINE_S, TORCH_IMPORT
+from ..core.argtypes import at_least, parse_since, positive
 from ..model.records import Finding, HostRecord, Severity, Stage
 from ..report.table import Report
 
@@ -106,7 +107,7 @@ def node_command(args: argparse.Namespace) -> int:
 def run_node(options: NodeOptions,
              drain: Optional[Callable[[str, str], Mapping[str, Any]]] = None) -> Report:
     """Facts -> findings -> report; drains the node when asked and a check failed."""
-    from ..remote.agent import TORCH_IMPORT, collect_facts
+    from ..remote.agent import collect_facts
 
     started = time.monotonic()
     facts = collect_facts(max(node_deadline_s(options) - 1.0, 1.0), options.master,
@@ -145,14 +146,10 @@ def run_node(options: NodeOptions,
 
 def node_deadline_s(options: NodeOptions) -> float:
     """--timeout, plus DCGM's own deadline when --dcgm runs the diagnostics."""
-    from ..remote.dcgm import DEADLINE_S
-
-    return options.timeout_s + (DEADLINE_S[options.dcgm] if options.dcgm else 0.0)
+    return options.timeout_s + (DCGM_DEADLINE_S[options.dcgm] if options.dcgm else 0.0)
 
 
 def _since(text: str) -> Optional[float]:
-    from ..remote.kernlog import parse_since
-
     try:
         return parse_since(text)
     except ValueError as exc:

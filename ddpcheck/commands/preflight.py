@@ -10,9 +10,10 @@ import argparse
 import os
 import sys
 
+from ..core.agentargs import DCGM_DEADLINE_S
+from ..core.argtypes import at_least, positive
 from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec
-from ..remote.argtypes import at_least, positive
 from ..report.table import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options,
                      add_output_options, add_prom_option, load_spec_from_args,
@@ -91,10 +92,9 @@ def preflight_options(args: argparse.Namespace):
     from ..engine.preflight import PreflightOptions
     from ..engine.state import STAGE0_DEADLINE_S
     from ..plan.commands import LaunchOptions
-    from ..remote.dcgm import DEADLINE_S
 
     dcgm = getattr(args, "dcgm", None)
-    dcgm_s = DEADLINE_S[dcgm] if dcgm else 0.0
+    dcgm_s = DCGM_DEADLINE_S[dcgm] if dcgm else 0.0
     return PreflightOptions(
         timeout_s=args.timeout + dcgm_s, verbose=args.verbose, dcgm=dcgm,
         stage0_timeout_s=STAGE0_DEADLINE_S + dcgm_s,

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from ..remote.drift import RankPrint, finding, model_differences, rng_differences, value_rows
+from ..core.drift import RankPrint, finding, model_differences, rng_differences, value_rows
 from ..remote.fingerprint import gather_json, model_fingerprint, rng_hashes
 from ..model.records import Finding, Severity
 

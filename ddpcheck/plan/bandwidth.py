@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from ..model.spec import Backend, ClusterSpec, HostSpec
-from ..remote.busbw import Collective
+from ..core.busbw import Collective
 from .commands import HostLaunch, LaunchOptions, RankProgram, plan_launch
 from .pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds
 

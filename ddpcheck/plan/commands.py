@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
+from ..core.agentargs import TORCH_INSPECT, WORKDIR_VARIABLE
 from ..model.spec import Backend, ClusterSpec, HostSpec
 
 # Records come back over stdout as marked lines (ddpcheck.wire).
@@ -18,7 +19,6 @@ from ..model.spec import Backend, ClusterSpec, HostSpec
 # Environment every remote step gets: unbuffered output so records arrive as they happen, and
 # the current directory off sys.path (Python 3.11+; older ones start in /, see remote_command).
 BASE_ENV: Mapping[str, str] = {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}
-WORKDIR_VARIABLE = "DDPCHECK_WORKDIR"  # the agent makes it (0700), checks it and enters it
 
 LOCAL_CPU_RANKS = 2  # the embedded default without a GPU: 2 ranks on gloo
 
@@ -124,7 +124,7 @@ def stage0_argv(host: HostSpec, deadline_s: float, master: Optional[str] = None,
                 dcgm: Optional[int] = None,
                 rendezvous: Optional[RendezvousBesideStage0] = None) -> list[str]:
     argv = [host.python, "-m", "ddpcheck.remote.agent", "facts", "--deadline", _num(deadline_s),
-            "--torch", "inspect"]  # the ranks' torchrun imports it (remote.torchrun)
+            "--torch", TORCH_INSPECT]  # the ranks' torchrun imports it (remote.torchrun)
     if master:
         argv += ["--master", master]
     if dcgm:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..model.spec import Backend, ClusterSpec, HostSpec, ssh_target
-from ..remote.busbw import Collective, format_size
+from ..core.busbw import Collective, format_size
 from .bandwidth import plan_round, sweep_program
 from .commands import (LaunchOptions, RankProgram, RendezvousBesideStage0, plan_launch,
                        redact_secrets, rendezvous_beside_stage0, resolve_backend, resolve_slots,

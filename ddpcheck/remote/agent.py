@@ -40,13 +40,11 @@ from .. import wire
 from . import hostfacts
 
 from . import dcgm, ibports, kernlog, nvml, torchinfo
+from ..core.agentargs import (HOST_TOKEN, NODE_RANK_TOKEN, NPROC_TOKEN, STOP_LINE, TORCH_IMPORT,
+                              TORCH_INSPECT, WORKDIR_VARIABLE)
 from ..model import safety
 
-NODE_RANK_TOKEN = "@NODE_RANK@"
-NPROC_TOKEN = "@NPROC@"
-HOST_TOKEN = "@HOST@"
 _PR_SET_PDEATHSIG = 1
-WORKDIR_VARIABLE = "DDPCHECK_WORKDIR"  # set by the launcher: where this host's files go
 FLIGHT_RECORDER_VARIABLES = ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE")
 
 # Runs in a child interpreter so a hanging or crashing torch import cannot take the agent along.
@@ -203,10 +201,6 @@ def enter_workdir(env: Mapping[str, str]) -> tuple[str, Optional[str]]:
                          f"{exc.strerror or exc}")
 
 
-TORCH_IMPORT = "import"  # import torch in a child, timed (``ddpcheck node``)
-TORCH_INSPECT = "inspect"  # read it (``torchinfo``); import it only where reading cannot tell
-
-
 def collect_facts(deadline_s: float, master: Optional[str] = None,
                   torch_mode: Optional[str] = TORCH_IMPORT,
                   workdir: str = ".", xid_since: Optional[float] = None,
@@ -215,7 +209,7 @@ def collect_facts(deadline_s: float, master: Optional[str] = None,
                   workdir_error: Optional[str] = None) -> dict[str, Any]:
     """Stage 0's facts. ``torch_mode``: ``TORCH_IMPORT``, ``TORCH_INSPECT`` (preflight: the
     ranks import it) or None (no torch facts). ``dcgm_level`` runs ``dcgmi diag`` meanwhile,
-    under its own deadline (``dcgm.DEADLINE_S``), which the caller's deadline must leave room
+    under its own deadline (``DCGM_DEADLINE_S``), which the caller's deadline must leave room
     for. ``workdir_error``: the workdir was refused (``enter_workdir``): said, and nothing is
     written there."""
     started = time.monotonic()
@@ -473,7 +467,7 @@ def listen_for_stop(request_stop: Callable[[str], None]) -> None:
     def read() -> None:
         try:
             for line in iter(stdin.buffer.readline, b""):
-                if line.strip() == b"stop":
+                if line.strip() == STOP_LINE.strip():
                     request_stop(wire.STOPPED_BY_LAUNCHER)
                     return
         except (OSError, ValueError):

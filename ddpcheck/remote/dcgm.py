@@ -23,9 +23,8 @@ import signal
 import subprocess
 from typing import Any, Optional
 
-# How long each level may take before it is killed (dcgmi's own estimates: level 1 seconds,
-# level 2 about two minutes, level 3 up to half an hour; ddpcheck offers 1 and 2).
-DEADLINE_S = {1: 120.0, 2: 600.0}
+from ..core.agentargs import DCGM_DEADLINE_S
+
 MAX_MESSAGE = 400
 
 
@@ -67,7 +66,7 @@ def finish(child: Any, level: int, deadline_s: float) -> dict[str, Any]:
 
 
 def run(level: int, deadline_s: Optional[float] = None) -> dict[str, Any]:
-    return finish(start(level), level, deadline_s or DEADLINE_S.get(level, 600.0))
+    return finish(start(level), level, deadline_s or DCGM_DEADLINE_S.get(level, 600.0))
 
 
 def parse_diag(text: str) -> Optional[dict[str, Any]]:

@@ -238,29 +238,3 @@ def _read_text(path: str) -> Optional[str]:
             return handle.read().strip()
     except OSError:
         return None
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str, now: Optional[float] = None) -> Optional[float]:
-    """``--since``: "boot" (None: everything since boot), epoch seconds, a local time
-    "YYYY-MM-DD[ T]HH:MM[:SS]", or an age "90s", "10m", "2h", "1d". ValueError otherwise."""
-    value = text.strip()
-    if value.lower() == "boot":
-        return None
-    now = time.time() if now is None else now
-    if value[-1:].lower() in _UNITS and value[:-1].replace(".", "", 1).isdigit():
-        return now - float(value[:-1]) * _UNITS[value[-1].lower()]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    for layout in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M",
-                   "%Y-%m-%d %H:%M", "%Y-%m-%d"):
-        try:
-            return time.mktime(time.strptime(value, layout))
-        except ValueError:
-            continue
-    raise ValueError(f"{text!r} is not a time: use boot, epoch seconds, 'YYYY-MM-DD HH:MM[:SS]' "
-                     f"or an age like 10m, 2h, 1d")

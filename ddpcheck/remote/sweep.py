@@ -25,9 +25,9 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from .argtypes import collectives, message_size
-from .busbw import (ALL_COLLECTIVES, Collective, CollectiveRow, element_count, message_sizes,
-                    parse_size)
+from ..core.argtypes import collectives, message_size
+from ..core.busbw import (ALL_COLLECTIVES, Collective, CollectiveRow, element_count, message_sizes,
+                          parse_size)
 from .fastexit import run_then_exit
 from .probe import RankProbe, run_rank, select_device
 

@@ -14,8 +14,8 @@ from ..analyze.bandwidth import (DEFAULT_SLOW_FRACTION, MIN_HOSTS_TO_COMPARE,  #
                                  average_busbw, check_result, gbs, pair_findings, pair_name,
                                  pairs_json, pairs_summary, rows_of, sweep_findings,
                                  sweep_summary)
-from ..remote.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
-                    row_from_dict)
+from ..core.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
+                          row_from_dict)
 from ..model.errors import DdpcheckError
 from .grouping import FULL_TABLE_MAX_RANKS, group_hosts, hostlist_text
 from .table import Report, findings_lines, footer_line, header_lines

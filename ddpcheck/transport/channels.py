@@ -18,8 +18,9 @@ import threading
 import time
 from typing import Callable, Hashable, Optional, Union
 
+from ..core.agentargs import STOP_LINE
 from ..model.outcomes import CommandResult
-from .local import POLL_S, STOP_LINE, OutputBuffer
+from .local import POLL_S, OutputBuffer
 
 FETCH_DEADLINE_S = 5.0  # reading the output left after the exit status
 LOST_GRACE_S = 0.5  # a closed channel: is its connection going down too?

@@ -13,11 +13,11 @@ import threading
 import time
 from typing import Callable, Optional
 
+from ..core.agentargs import STOP_LINE
 from ..model.outcomes import CommandResult
 
 KILL_GRACE_S = 8.0  # the agent's own cleanup takes up to ~5 s
 POLL_S = 0.05
-STOP_LINE = b"stop\n"  # written to a command's stdin when ``stop`` is set (the agent reads it)
 
 
 class LocalSession:

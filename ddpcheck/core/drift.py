@@ -1,9 +1,10 @@
 """Drift: per-rank fingerprints -> what differs across ranks, as findings and a value table.
 
-Pure. Used by preflight's analysis (fingerprints from the probe's records) and by the in-job
-``check_consistency`` (fingerprints from one gather). For every compared key the ranks are
-grouped by value; the group holding the most ranks (on a tie, rank 0's) is taken as the
-reference and every other group is named, host and ranks, as the odd one out.
+Core: pure, standard library and the model's records only. Used by preflight's analysis
+(fingerprints from the probe's records) and by the in-job ``check_consistency`` (fingerprints
+from one gather). For every compared key the ranks are grouped by value; the group holding the
+most ranks (on a tie, rank 0's) is taken as the reference and every other group is named, host
+and ranks, as the odd one out.
 """
 
 from __future__ import annotations

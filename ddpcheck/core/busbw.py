@@ -1,7 +1,8 @@
 """Bus bandwidth arithmetic shared by the per-rank sweep and the launcher: sizes, counts, factors.
 
-Pure and standard-library only, so ``ddpcheck.remote.sweep`` (which runs on every rank with just torch)
-can import it. The conventions are those of nccl-tests, whose tables users already read:
+Core: pure and standard-library only, so ``ddpcheck.remote.sweep`` (which runs on every rank
+with just torch) can import it. The conventions are those of nccl-tests, whose tables users
+already read:
 
 * ``size`` (the ``bytes`` of a row) is the per-rank buffer for all_reduce and broadcast, and the
   whole array (every rank's part together) for all_gather, reduce_scatter and all_to_all, each
