@@ -20,6 +20,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..model.errors import ConfigError
 from .hostlist import expand_hostlist
+from .sshconfig import NO_SSH_CONFIG  # ssh.config: none -> do not read any ssh_config
 from ..model.spec import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_FANOUT, DEFAULT_JUMP_HANDSHAKES,
                    DEFAULT_PYTHON, DEFAULT_RENDEZVOUS_PORT, DEFAULT_SSH_PORT, DEFAULT_WORKDIR,
                    SSH_FIELDS, Backend, ClusterSpec, HostKeyPolicy, HostSpec, SSHSpec)
@@ -34,7 +35,6 @@ SSH_KEYS = ("known_hosts", "host_key_policy", "connect_timeout", "fanout", "conf
             "jump_handshakes")
 # --config FILE (defaults for --hostfile, --slurm, -w): everything but the hosts.
 CONFIG_KEYS = ("defaults", "ssh", "rendezvous", "backend")
-NO_SSH_CONFIG = "none"  # ssh.config: none -> do not read any ssh_config
 RENDEZVOUS_KEYS = ("master", "port")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
