@@ -35,8 +35,9 @@ DDPCHECK_STAGE0 = """
 import sys
 from ddpcheck.config.hostsyaml import load_hosts_file
 from ddpcheck.engine.launchers import SSHLauncher
-from ddpcheck.engine.preflight import PreflightOptions, Probe, Progress
+from ddpcheck.engine.preflight import PreflightOptions, Probe
 from ddpcheck.engine.run import Engine, judge_stage0, stage0_step
+from ddpcheck.report.progress import Progress
 import io
 spec = load_hosts_file(sys.argv[1])
 launcher = SSHLauncher()

@@ -17,7 +17,7 @@ from sshserver import FakeSSHServer, hang, new_key
 from ddpcheck.analyze import verdict as analyze
 from ddpcheck.config.hostsyaml import load_hosts_file
 from ddpcheck.engine.preflight import PreflightOptions, run_preflight
-from ddpcheck.engine.progress import Progress
+from ddpcheck.report.progress import Progress
 from ddpcheck.model.records import HostRecord, Stage
 from ddpcheck.report.table import render_table
 

@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from ddpcheck.plan.commands import LaunchOptions
-from ddpcheck.engine.preflight import PreflightOptions, Progress, run_preflight
+from ddpcheck.engine.preflight import PreflightOptions, run_preflight
 from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec, SSHSpec
+from ddpcheck.report.progress import Progress
 
 from plantedtorch import broken_torch
 from sshserver import (FakeSSHServer, by_command, drop_mid_stream, free_port, hang, new_key,

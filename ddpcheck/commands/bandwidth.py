@@ -131,7 +131,7 @@ def bandwidth_options(args: argparse.Namespace, spec: Optional[ClusterSpec]):
 
 def bandwidth_command(args: argparse.Namespace) -> int:
     from ..engine.bandwidth import run_bandwidth
-    from ..engine.progress import Progress
+    from ..report.progress import Progress
     from ..report.bandwidth import (PlotUnavailable, plot_report, render_bandwidth,
                                     require_matplotlib)
 

@@ -38,7 +38,7 @@ def hang_command(args: argparse.Namespace) -> int:
     import sys
 
     from ..engine.hang import HangOptions, run_hang
-    from ..engine.progress import Progress
+    from ..report.progress import Progress
     from ..report.hang import render_hang
 
     options = HangOptions(timeout_s=args.timeout, window_s=args.window,

@@ -119,7 +119,8 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
 
 
 def preflight_command(args: argparse.Namespace) -> int:
-    from ..engine.preflight import Progress, run_preflight
+    from ..engine.preflight import run_preflight
+    from ..report.progress import Progress
 
     options = preflight_options(args)
     slurm = args.launcher == "slurm"

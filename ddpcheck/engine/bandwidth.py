@@ -29,7 +29,7 @@ from ..plan.pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, next_round
 from ..report.table import Report
 from .launchers import HostJob, SSHLauncher
 from .preflight import PreflightOptions, Probe, base_report
-from .progress import Progress
+from ..report.progress import Progress
 from .run import Engine
 
 ROUND_STOP_S = 5.0  # a round is not started with less than this (and its agents' deadline) left

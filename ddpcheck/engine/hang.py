@@ -29,7 +29,7 @@ from ..plan.commands import remote_command
 from ..report.hang import job_json, jobs_master
 from ..report.table import Report
 from .launchers import HostStep, Launcher, SSHLauncher
-from .progress import Progress
+from ..report.progress import Progress
 from .run import Engine
 
 SCAN_OVERHEAD_S = 20.0  # finding processes, two rounds of py-spy, interpreter start

@@ -29,7 +29,7 @@ from ..transport.jump import JumpPool
 from ..transport.local import LocalSession
 from ..transport.multiplex import Job, run_many
 from ..transport.ssh import Session, SSHSession
-from .progress import Progress
+from ..report.progress import Progress
 from .state import MIN_CONNECT_S, WORLD_BROKEN_GRACE_S, LaunchSetup, RunState
 
 

@@ -18,7 +18,7 @@ from ..model.spec import ClusterSpec
 from ..plan.commands import LaunchOptions
 from ..report.table import Report
 from .launchers import HostStep, Launcher, SSHLauncher
-from .progress import Progress
+from ..report.progress import Progress
 from .run import Engine, record_launch
 from .state import LAUNCH_GRACE_S, STAGE0_DEADLINE_S
 

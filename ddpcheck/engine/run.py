@@ -29,7 +29,7 @@ from ..plan.commands import (RendezvousBesideStage0, global_ranks, rendezvous_be
 from ..report.table import Report
 from ..transport.limits import ensure_open_files
 from .launchers import HostStep, Launcher, RendezvousResults
-from .progress import Progress
+from ..report.progress import Progress
 from .state import REACH_WINDOW_S, RunState
 
 

@@ -28,7 +28,7 @@ from ..plan.slurm import (node_addresses_command, outputs_by_host, parse_node_ad
 from ..transport.fanout import fan_out
 from ..transport.local import LocalSession
 from .launchers import HostDone, HostJob, HostStep, RendezvousResults, Run
-from .progress import Progress
+from ..report.progress import Progress
 from .state import REACH_WINDOW_S, LaunchSetup
 
 SRUN_STARTUP_S = 30.0  # srun may wait for the step's resources, then start every node
