@@ -33,7 +33,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from nscluster import NamespaceCluster  # noqa: E402
 
 from ddpcheck.model.spec import HostSpec, SSHSpec  # noqa: E402
-from ddpcheck.transport.ssh import JumpPool, SSHSession, fan_out  # noqa: E402
+from ddpcheck.transport.fanout import fan_out  # noqa: E402
+from ddpcheck.transport.jump import JumpPool  # noqa: E402
+from ddpcheck.transport.ssh import SSHSession  # noqa: E402
 
 
 def sshd_cpu_s(cluster: NamespaceCluster, host) -> float:

@@ -40,7 +40,8 @@ import paramiko  # noqa: E402
 
 from ddpcheck.engine.launchers import HostJob, SSHLauncher  # noqa: E402
 from ddpcheck.model.spec import ClusterSpec, HostSpec, SSHSpec  # noqa: E402
-from ddpcheck.transport.ssh import SSHSession, fan_out  # noqa: E402
+from ddpcheck.transport.fanout import fan_out  # noqa: E402
+from ddpcheck.transport.ssh import SSHSession  # noqa: E402
 from launcherrun import launcher_run  # noqa: E402
 from nscluster import NamespaceCluster  # noqa: E402
 

@@ -14,9 +14,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .commands import bandwidth, hang, node, preflight
-from .commands.common import (EXIT_INTERRUPTED, EXIT_USAGE,  # noqa: F401 - importable here
-                              load_spec_from_args, run_reported, use_color)
-from .commands.preflight import dry_run_text  # noqa: F401 - importable here
+from .commands.common import EXIT_USAGE
 
 COMMANDS = (preflight, node, hang, bandwidth)  # each module's register(sub) adds its parser
 

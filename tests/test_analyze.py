@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ddpcheck.analyze.verdict import (EXIT_CODES, duplicate_device_findings, failure_findings,
-                              host_findings, mark_single_root_cause, missing_rank_findings,
-                              order_findings, rank_findings, verdict)
+from ddpcheck.analyze.verdict import (duplicate_device_findings, failure_findings, host_findings,
+                                     mark_single_root_cause, missing_rank_findings, order_findings,
+                                     rank_findings, verdict)
+from ddpcheck.model.checks import EXIT_CODES
 from ddpcheck.model.records import (Finding, HostRecord, RankRecord, RankStatus, Severity,
                               Verdict)
 

@@ -10,9 +10,10 @@ import pytest
 
 from goldenfile import check_golden
 
-from ddpcheck.report.bandwidth import (PairResult, SweepSettings, analyze_pairs, average_busbw, gbs,
-                                pair_findings, pairs_json, pairs_summary, render_bandwidth,
-                                sweep_findings, sweep_summary)
+from ddpcheck.analyze.bandwidth import (PairResult, SweepSettings, analyze_pairs, average_busbw,
+                                        gbs, pair_findings, pairs_json, pairs_summary,
+                                        sweep_findings, sweep_summary)
+from ddpcheck.report.bandwidth import render_bandwidth
 from ddpcheck.analyze.outcomes import pair_result
 from ddpcheck.plan.bandwidth import plan_round, sweep_program
 from ddpcheck.core.busbw import ALL_COLLECTIVES, Collective, CollectiveRow
@@ -21,7 +22,7 @@ from ddpcheck.plan.commands import LaunchOptions
 from ddpcheck.model.records import HostRecord, RankRecord, Verdict
 from ddpcheck.report.table import Report
 from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec
-from ddpcheck.transport.ssh import CommandResult
+from ddpcheck.model.outcomes import CommandResult
 
 HOSTS = [f"h{i}" for i in range(1, 7)]
 RATE = 1.0

@@ -9,7 +9,7 @@ from dataclasses import fields
 
 import pytest
 
-from ddpcheck.cli import load_spec_from_args
+from ddpcheck.commands.common import load_spec_from_args
 from ddpcheck.config.hostsyaml import (ConfigDefaults, load_config_defaults, parse_config_defaults,
                              parse_hosts_yaml)
 from ddpcheck.model.errors import ConfigError

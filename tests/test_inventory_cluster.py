@@ -21,7 +21,9 @@ from ddpcheck.collect.hostoutput import parse_output
 from ddpcheck.config.hostsyaml import parse_hosts_yaml
 from ddpcheck.model.errors import HostError
 from ddpcheck.config.sshconfig import apply_ssh_config, read_ssh_config
-from ddpcheck.transport.ssh import JumpPool, SSHSession, fan_out
+from ddpcheck.transport.fanout import fan_out
+from ddpcheck.transport.jump import JumpPool
+from ddpcheck.transport.ssh import SSHSession
 
 pytestmark = pytest.mark.cluster
 

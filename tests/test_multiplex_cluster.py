@@ -25,7 +25,8 @@ from launcherrun import launcher_run
 from ddpcheck.engine.launchers import HostJob, SSHLauncher
 from ddpcheck.model.spec import ClusterSpec, HostSpec, SSHSpec
 from ddpcheck.transport.multiplex import Job, run_many
-from ddpcheck.transport.ssh import SSHSession, fan_out
+from ddpcheck.transport.fanout import fan_out
+from ddpcheck.transport.ssh import SSHSession
 
 pytestmark = pytest.mark.cluster
 

@@ -17,7 +17,7 @@ import pytest
 from goldenfile import check_golden
 from test_report import failed_report, healthy_report
 
-from ddpcheck.cli import use_color
+from ddpcheck.commands.common import use_color
 from ddpcheck.report.machine import CSV_COLUMNS, render_csv, render_junit
 from ddpcheck.report.table import footer_line, render_table
 

@@ -260,7 +260,7 @@ def test_launch_runs_in_its_own_run_dir_kept_only_with_keep():
 
 
 def test_printed_commands_hide_secret_looking_values_and_nothing_else():
-    from ddpcheck.cli import dry_run_text
+    from ddpcheck.commands.preflight import dry_run_text
     from ddpcheck.plan.commands import redact_secrets
     from ddpcheck.engine.preflight import PreflightOptions
 

@@ -16,6 +16,7 @@ from goldenfile import check_golden
 from ddpcheck.analyze import verdict as analyze
 from ddpcheck.config.hostlist import expand_hostlist
 from ddpcheck.analyze.outcomes import not_launched_finding
+from ddpcheck.model.checks import EXIT_CODES
 from ddpcheck.model.records import HostRecord, RankRecord, RankStatus
 from ddpcheck.report.grouping import group_hosts, hostlist_text, int_ranges, merge_findings
 from ddpcheck.report.machine import render_csv, render_junit
@@ -86,7 +87,7 @@ def cluster(bad_gpu=None, slow=None, drift=(), unreachable=(), hosts=HOSTS,
     drifted, rows = analyze.drift_report(ranks, seeded=False)
     findings = analyze.mark_single_root_cause(analyze.order_findings(findings + drifted))
     verdict = analyze.verdict(findings, host_records)
-    return Report(command="preflight", verdict=verdict, exit_code=analyze.EXIT_CODES[verdict],
+    return Report(command="preflight", verdict=verdict, exit_code=EXIT_CODES[verdict],
                   duration_s=21.4, backend="nccl", world_size=hosts * SLOTS,
                   expected_world_size=hosts * SLOTS, hosts=tuple(host_records),
                   ranks=tuple(ranks), findings=tuple(findings), source="hosts.yaml",

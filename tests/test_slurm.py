@@ -14,10 +14,11 @@ from goldenfile import check_golden
 
 from ddpcheck.remote.agent import fill_node_tokens, slurm_node
 from ddpcheck.plan.commands import LaunchOptions
-from ddpcheck.plan.slurm import (SRUN_CHUNK_BYTES, SlurmError, outputs_by_host, parse_gpu_count,
-                            parse_nodelist, parse_tasks_per_node, plan_srun_launch,
-                            plan_srun_rendezvous_check, plan_srun_stage0, slurm_allocation,
-                            split_srun_output, uniform_host_problem)
+from ddpcheck.config.slurmenv import (SlurmError, parse_gpu_count, parse_nodelist,
+                                      parse_tasks_per_node, slurm_allocation)
+from ddpcheck.plan.slurm import (SRUN_CHUNK_BYTES, outputs_by_host, plan_srun_launch,
+                                 plan_srun_rendezvous_check, plan_srun_stage0, split_srun_output,
+                                 uniform_host_problem)
 from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec
 
 # SLURM_JOB_NODELIST values as sbatch/salloc set them on real clusters.

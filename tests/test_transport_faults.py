@@ -17,9 +17,9 @@ import paramiko
 import pytest
 
 import ddpcheck.transport.channels as channels
-import ddpcheck.transport.ssh as transport
 from ddpcheck.model.errors import HostError
 from ddpcheck.model.spec import HostKeyPolicy, HostSpec, SSHSpec
+from ddpcheck.transport.local import OutputBuffer
 from ddpcheck.transport.ssh import SSHSession
 
 from sshserver import (FakeSSHServer, drop_mid_stream, exit_then_keep_sending, exit_with, flood,
@@ -272,7 +272,7 @@ def test_output_that_never_stops_after_the_exit_status_is_cut_at_the_fetch_deadl
 
 
 def test_runaway_output_is_bounded_in_memory():
-    buffer = transport.OutputBuffer(limit=1000)
+    buffer = OutputBuffer(limit=1000)
     for index in range(100):
         buffer.append(b"%04d\n" % index * 10)
     text = buffer.text()

@@ -15,7 +15,6 @@ from ..core import drift
 from ..core.drift import RankPrint
 from .compute import compute_findings
 from .health import is_loopback
-from ..model.checks import EXIT_CODES  # noqa: F401 - analyze.EXIT_CODES, as before
 from ..wire import STOPPED_BY_LAUNCHER
 from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
                       Severity, Stage, Verdict)

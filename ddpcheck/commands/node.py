@@ -26,6 +26,7 @@ from ..analyze import verdict as analyze
 from ..analyze import health
 from ..core.agentargs import DCGM_DEADLINE_S, TORCH_IMPORT
 from ..core.argtypes import at_least, parse_since, positive
+from ..model.checks import EXIT_CODES
 from ..model.records import Finding, HostRecord, Severity, Stage
 from ..report.table import Report
 
@@ -126,7 +127,7 @@ def run_node(options: NodeOptions,
                       gpus=gpus, stage=Stage.STAGE0, facts=facts,
                       versions={"python": facts.get("python"), "torch": facts.get("torch")})
     verdict = analyze.verdict(findings, [host])
-    report = Report(command="node", verdict=verdict, exit_code=analyze.EXIT_CODES[verdict],
+    report = Report(command="node", verdict=verdict, exit_code=EXIT_CODES[verdict],
                     duration_s=time.monotonic() - started, backend=None, world_size=None,
                     expected_world_size=None, hosts=(host,), ranks=(), findings=tuple(findings),
                     source="this machine", extra={"stage0": {name: facts}})

@@ -21,11 +21,8 @@ import shlex
 from dataclasses import dataclass, replace
 from typing import Mapping, Optional, Sequence
 
-from ..config.hostlist import compress_hostlist, expand_hostlist
+from ..config.hostlist import compress_hostlist
 from ..core.agentargs import HOST_TOKEN, NODE_RANK_TOKEN, NPROC_TOKEN
-from ..config.slurmenv import (NODELIST_VARIABLES, SlurmAllocation, SlurmError,  # noqa: F401
-                               parse_gpu_count, parse_nodelist, parse_tasks_per_node,
-                               slurm_allocation)
 from ..wire import MARK
 from .commands import (LaunchOptions, launch_argv, master_address, plan_rendezvous_check,
                    remote_command, stage0_argv)

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-from ..analyze.bandwidth import (DEFAULT_SLOW_FRACTION, MIN_HOSTS_TO_COMPARE,  # noqa: F401
-                                 PairAnalysis, PairResult, SweepSettings, analyze_pairs,
-                                 average_busbw, check_result, gbs, pair_findings, pair_name,
-                                 pairs_json, pairs_summary, rows_of, sweep_findings,
-                                 sweep_summary)
+from ..analyze.bandwidth import gbs, pair_name, rows_of
 from ..core.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
                           row_from_dict)
 from ..model.errors import DdpcheckError

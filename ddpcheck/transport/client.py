@@ -12,7 +12,7 @@ import threading
 
 from ..model.errors import HostError
 from ..model.safety import open_append
-from ..model.spec import HostKeyPolicy, HostSpec, SSHSpec, ssh_target, ssh_user  # noqa: F401
+from ..model.spec import HostKeyPolicy, HostSpec, SSHSpec, ssh_user
 from . import knownhosts
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"

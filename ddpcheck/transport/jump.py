@@ -8,8 +8,8 @@ import threading
 from typing import Optional, Sequence
 
 from ..model.errors import HostError
-from ..model.spec import HostSpec, SSHSpec
-from .client import open_client, ssh_user
+from ..model.spec import HostSpec, SSHSpec, ssh_user
+from .client import open_client
 
 class _Jump:
     """One jump host's shared connection, and the cap on handshakes through it."""

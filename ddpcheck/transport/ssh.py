@@ -24,12 +24,9 @@ from ..model.errors import HostError
 from ..model.outcomes import CommandResult
 from ..model.spec import HostSpec, SSHSpec
 from .channels import Running, wait_one
-from .client import (SYSTEM_KNOWN_HOSTS, USER_KNOWN_HOSTS, open_client,  # noqa: F401
-                     ssh_target, ssh_user)
-from .fanout import Outcome, fan_out  # noqa: F401 - importable from here
+from .client import open_client
 from .jump import JumpPool
-from .local import (KILL_GRACE_S, POLL_S, STOP_LINE, LocalSession,  # noqa: F401
-                    OutputBuffer)
+from .local import POLL_S, LocalSession
 
 class SSHSession:
     """One authenticated paramiko connection to a host; commands run on a pty."""
