@@ -88,7 +88,7 @@ def main() -> None:
         raise SystemExit("pdsh is not installed (apt-get install pdsh)")
     from ddpcheck.config.hostsyaml import load_hosts_file
     from ddpcheck.engine.preflight import STAGE0_DEADLINE_S
-    from ddpcheck.plan.commands import stage0_command
+    from ddpcheck.plan.cmdlines import stage0_command
 
     load = os.getloadavg()
     rows = []

@@ -98,7 +98,7 @@ def main() -> None:
     if not shutil.which("pdsh"):
         raise SystemExit("pdsh is not installed (apt-get install pdsh)")
     from ddpcheck.config.hostsyaml import load_hosts_file
-    from ddpcheck.plan.commands import stage0_command
+    from ddpcheck.plan.cmdlines import stage0_command
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,7 @@ from ddpcheck.analyze.outcomes import pair_result
 from ddpcheck.plan.bandwidth import plan_round, sweep_program
 from ddpcheck.core.busbw import ALL_COLLECTIVES, Collective, CollectiveRow
 from ddpcheck.plan.pairing import circle_rounds
-from ddpcheck.plan.commands import LaunchOptions
+from ddpcheck.plan.cmdlines import LaunchOptions
 from ddpcheck.model.records import HostRecord, RankRecord, Verdict
 from ddpcheck.report.table import Report
 from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec

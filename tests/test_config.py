@@ -475,7 +475,7 @@ import shlex  # noqa: E402
 
 import yaml  # noqa: E402
 
-from ddpcheck.plan.commands import EXEC_AS_GIVEN, plan_launch, stage0_argv, stage0_command  # noqa: E402
+from ddpcheck.plan.cmdlines import EXEC_AS_GIVEN, plan_launch, stage0_argv, stage0_command  # noqa: E402
 
 _ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 _HOSTILE = st.sampled_from(["$(touch pwned)", "`id`", "a;b", "x' y", "-rf", "a=b", "\n",

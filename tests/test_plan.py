@@ -1,4 +1,4 @@
-"""Unit tests for ddpcheck.plan.commands: golden commands, quoting, backend/slot resolution."""
+"""Unit tests for ddpcheck.plan.cmdlines: golden commands, quoting, backend/slot resolution."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from goldenfile import check_golden
 
-from ddpcheck.plan.commands import (LaunchOptions, plan_launch, remote_command, resolve_backend,
+from ddpcheck.plan.cmdlines import (LaunchOptions, plan_launch, remote_command, resolve_backend,
                            resolve_slots, stage0_command)
 from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec
 
@@ -166,7 +166,7 @@ def test_resolve_slots():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ddpcheck.plan.commands import EXEC_AS_GIVEN, global_ranks, stage0_argv  # noqa: E402
+from ddpcheck.plan.cmdlines import EXEC_AS_GIVEN, global_ranks, stage0_argv  # noqa: E402
 
 # Any text a YAML file or a command line can carry to us (no NUL, no lone surrogate): quotes,
 # $(...), backticks, ;, &&, newlines, globs, leading dashes, "=" included.
@@ -261,7 +261,7 @@ def test_launch_runs_in_its_own_run_dir_kept_only_with_keep():
 
 def test_printed_commands_hide_secret_looking_values_and_nothing_else():
     from ddpcheck.commands.preflight import dry_run_text
-    from ddpcheck.plan.commands import redact_secrets
+    from ddpcheck.plan.cmdlines import redact_secrets
     from ddpcheck.engine.preflight import PreflightOptions
 
     plain = make_spec().hosts[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddpcheck.plan.commands import LaunchOptions
+from ddpcheck.plan.cmdlines import LaunchOptions
 from ddpcheck.engine.preflight import PreflightOptions, run_preflight
 from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec, SSHSpec
 from ddpcheck.report.progress import Progress

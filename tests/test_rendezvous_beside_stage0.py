@@ -12,7 +12,7 @@ import sys
 from ddpcheck.collect.hostoutput import parse_output
 from ddpcheck.engine.launchers import ListenerStops
 from ddpcheck.model.spec import ClusterSpec, HostSpec
-from ddpcheck.plan.commands import rendezvous_beside_stage0, stage0_argv
+from ddpcheck.plan.cmdlines import rendezvous_beside_stage0, stage0_argv
 
 from sshserver import free_port
 

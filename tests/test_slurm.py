@@ -13,7 +13,7 @@ import pytest
 from goldenfile import check_golden
 
 from ddpcheck.remote.agent import fill_node_tokens, slurm_node
-from ddpcheck.plan.commands import LaunchOptions
+from ddpcheck.plan.cmdlines import LaunchOptions
 from ddpcheck.config.slurmenv import (SlurmError, parse_gpu_count, parse_nodelist,
                                       parse_tasks_per_node, slurm_allocation)
 from ddpcheck.plan.slurm import (SRUN_CHUNK_BYTES, outputs_by_host, plan_srun_launch,

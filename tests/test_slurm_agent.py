@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from ddpcheck.collect.hostoutput import parse_output
-from ddpcheck.plan.commands import LaunchOptions
+from ddpcheck.plan.cmdlines import LaunchOptions
 from ddpcheck.plan.slurm import outputs_by_host, plan_srun_launch, split_srun_output
 from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec
 

@@ -98,7 +98,7 @@ def bandwidth_options(args: argparse.Namespace, spec: Optional[ClusterSpec]):
     """Options from the command line; ConfigError for a combination that cannot run."""
     from ..analyze.bandwidth import SweepSettings
     from ..engine.bandwidth import BandwidthOptions
-    from ..plan.commands import LaunchOptions
+    from ..plan.cmdlines import LaunchOptions
 
     ops = args.ops or ((Collective.ALL_REDUCE,) if args.pairwise else ALL_COLLECTIVES)
     if args.pairwise and len(ops) != 1:

@@ -91,7 +91,7 @@ def setup_target(target):
 def preflight_options(args: argparse.Namespace):
     from ..engine.preflight import PreflightOptions
     from ..engine.state import STAGE0_DEADLINE_S
-    from ..plan.commands import LaunchOptions
+    from ..plan.cmdlines import LaunchOptions
 
     dcgm = getattr(args, "dcgm", None)
     dcgm_s = DCGM_DEADLINE_S[dcgm] if dcgm else 0.0

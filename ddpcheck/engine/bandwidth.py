@@ -24,7 +24,7 @@ from ..model.checks import EXIT_CODES
 from ..model.records import Finding, HostRecord, Stage
 from ..model.spec import ClusterSpec
 from ..plan.bandwidth import PAIR_SLOTS, SWEEP_TIMEOUT_S, PairLaunch, plan_round, sweep_program
-from ..plan.commands import LaunchOptions, RankProgram
+from ..plan.cmdlines import LaunchOptions, RankProgram
 from ..plan.pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, next_round
 from ..report.table import Report
 from .launchers import HostJob, SSHLauncher

@@ -25,7 +25,7 @@ from ..model.checks import EXIT_CODES
 from ..model.outcomes import CommandResult
 from ..model.records import HostRecord, Stage
 from ..model.spec import ClusterSpec, HostSpec
-from ..plan.commands import remote_command
+from ..plan.cmdlines import remote_command
 from ..report.hang import job_json, jobs_master
 from ..report.table import Report
 from .launchers import HostStep, Launcher, SSHLauncher

@@ -23,7 +23,7 @@ from ..model.errors import HostError
 from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Stage
 from ..model.spec import ClusterSpec, HostSpec
-from ..plan.commands import HostLaunch, RankProgram, plan_launch, redact_secrets
+from ..plan.cmdlines import HostLaunch, RankProgram, plan_launch, redact_secrets
 from ..transport.fanout import fan_out
 from ..transport.jump import JumpPool
 from ..transport.local import LocalSession

@@ -15,7 +15,7 @@ from ..analyze import verdict as analyze
 from ..model.checks import EXIT_CODES
 from ..model.records import HostRecord
 from ..model.spec import ClusterSpec
-from ..plan.commands import LaunchOptions
+from ..plan.cmdlines import LaunchOptions
 from ..report.table import Report
 from .launchers import HostStep, Launcher, SSHLauncher
 from ..report.progress import Progress
@@ -58,7 +58,7 @@ class Probe:
         return False  # one world over all hosts: with a missing node it could only hang
 
     def rank_program(self):
-        return None  # the probe (plan.commands.probe_program)
+        return None  # the probe (plan.cmdlines.probe_program)
 
     def launch(self, run: Engine) -> None:
         setup = run.state.setup(run.spec.hosts, self.options.launch)

@@ -24,7 +24,7 @@ from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failu
 from ..model.outcomes import CommandResult, LaunchEnd
 from ..model.records import HostRecord, Severity, Stage
 from ..model.spec import ClusterSpec, HostSpec
-from ..plan.commands import (RendezvousBesideStage0, global_ranks, rendezvous_beside_stage0,
+from ..plan.cmdlines import (RendezvousBesideStage0, global_ranks, rendezvous_beside_stage0,
                              resolve_backend, stage0_command)
 from ..report.table import Report
 from ..transport.limits import ensure_open_files

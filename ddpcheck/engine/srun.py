@@ -21,7 +21,7 @@ from ..model.errors import ConfigError
 from ..model.outcomes import CommandResult
 from ..model.records import Stage
 from ..model.spec import ClusterSpec
-from ..plan.commands import RankProgram
+from ..plan.cmdlines import RankProgram
 from ..plan.slurm import (node_addresses_command, outputs_by_host, parse_node_addresses,
                           plan_srun_launch, plan_srun_rendezvous_check, plan_srun_stage0,
                           split_srun_output, with_node_addresses)

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from ..model.outcomes import Failure
 from ..model.records import Finding, HostRecord, RankRecord
 from ..model.spec import Backend, ClusterSpec, HostSpec
-from ..plan.commands import LaunchOptions, resolve_backend, resolve_slots
+from ..plan.cmdlines import LaunchOptions, resolve_backend, resolve_slots
 
 STAGE0_DEADLINE_S = 60.0
 LAUNCH_GRACE_S = 10.0  # after the agent's deadline, for it to stop torchrun and clean up

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from ..model.spec import Backend, ClusterSpec, HostSpec
 from ..core.busbw import Collective
-from .commands import HostLaunch, LaunchOptions, RankProgram, plan_launch
+from .cmdlines import HostLaunch, LaunchOptions, RankProgram, plan_launch
 from .pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds
 
 SWEEP_TIMEOUT_S = 600.0  # default --timeout of the all-host sweep

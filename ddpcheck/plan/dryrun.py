@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from ..model.spec import Backend, ClusterSpec, HostSpec, ssh_target
 from ..core.busbw import Collective, format_size
 from .bandwidth import plan_round, sweep_program
-from .commands import (LaunchOptions, RankProgram, RendezvousBesideStage0, plan_launch,
+from .cmdlines import (LaunchOptions, RankProgram, RendezvousBesideStage0, plan_launch,
                        redact_secrets, rendezvous_beside_stage0, resolve_backend, resolve_slots,
                        stage0_command)
 from .pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, first_round

@@ -24,7 +24,7 @@ from typing import Mapping, Optional, Sequence
 from ..config.hostlist import compress_hostlist
 from ..core.agentargs import HOST_TOKEN, NODE_RANK_TOKEN, NPROC_TOKEN
 from ..wire import MARK
-from .commands import (LaunchOptions, launch_argv, master_address, plan_rendezvous_check,
+from .cmdlines import (LaunchOptions, launch_argv, master_address, plan_rendezvous_check,
                    remote_command, stage0_argv)
 from ..model.spec import Backend, ClusterSpec
 
