@@ -131,6 +131,8 @@ def test_no_two_packages_import_each_other() -> None:
     edges = package_edges()
     both = {frozenset(edge) for edge in edges if edge[::-1] in edges}
     assert both <= TWO_WAY, f"packages that import each other: {sorted(map(sorted, both))}"
+    stale = TWO_WAY - both
+    assert not stale, f"no longer two-way, drop from TWO_WAY: {sorted(map(sorted, stale))}"
 
 
 def test_every_allowed_edge_is_used() -> None:
