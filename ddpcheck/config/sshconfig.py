@@ -6,15 +6,23 @@ host the ssh_config is read the way OpenSSH's readconf.c reads it, for the host'
 ``ssh NAME`` would: ``Host`` (``*``/``?`` wildcards, ``!`` negation, brackets literal) and
 ``Match`` (``all``, ``host``, ``originalhost``, ``user``, ``localuser``, ``exec``,
 ``canonical``, ``final``; host matching case-insensitive), ``Include`` (globs; relative paths
-under ~/.ssh for the user's config, /etc/ssh for the system's), quoting, ``=``, trailing
-``# comments``, and the first value wins. Used: ``HostName`` (``%h``; lower-cased as ssh does),
-``User``, ``Port`` (a number or a service name), ``IdentityFile`` (``~``, ``${VAR}`` and the
-tokens ``%C %d %h %i %j %k %L %l %n %p %r %u %%``; files that do not exist are skipped, as ssh
-does), ``ProxyJump`` (resolved here into the chain of jump hosts, each with its own config) and
-``ProxyCommand`` (tokens ``%h %k %n %p %r %%``; run by ``transport``). Keywords that change
-where ssh connects and that ddpcheck does not follow (``CanonicalizeHostname``,
-``BindAddress``, ``BindInterface``, ``AddressFamily``) are warned about; a
-``Match`` criterion ddpcheck cannot evaluate is a ``ConfigError`` naming the file and line.
+under ~/.ssh for the user's config, /etc/ssh for the system's; a directory reads nothing; a file
+another user owns or others may write is refused), quoting, ``=``, trailing ``# comments``, and
+the first value wins. Then, as ssh.c does, the name becomes final: ``HostName`` (``%h``)
+expanded, lower-cased unless an address, an address in its numeric form, and with
+``CanonicalizeHostname yes`` (``always``: through a proxy too) the first ``CanonicalDomains``
+suffix that resolves (names with more than ``CanonicalizeMaxDots`` dots are left alone; none
+resolves: the name as is, or an error with ``CanonicalizeFallbackLocal no``), a CNAME followed
+where ``CanonicalizePermittedCNAMEs`` allows. With ``Match final`` or canonicalisation the files
+are read a second time, ``Host`` matching the final name, values set in the first pass kept.
+Used: ``HostName``, ``User``, ``Port`` (a number or a service name), ``IdentityFile`` (``~``,
+``${VAR}`` and the tokens ``%C %d %h %i %j %k %L %l %n %p %r %u %%``; files that do not exist
+are skipped, as ssh does), ``ProxyJump`` (``[user@]host[:port]``, the user ending at the last
+``@``; resolved here into the chain of jump hosts, each with its own config),
+``ProxyCommand`` (tokens ``%h %k %n %p %r %%``; run by ``transport``) and ``HostKeyAlias``
+(``%k``). Keywords that change where ssh connects and that ddpcheck does not follow
+(``BindAddress``, ``BindInterface``, ``AddressFamily``) are warned about; a ``Match``
+criterion ddpcheck cannot evaluate is a ``ConfigError`` naming the file and line.
 
 Precedence, per key: a value hosts.yaml (or the ``--config`` defaults) sets explicitly (as
 ``ssh -o``) > ssh_config > the built-in default (the name, the local user, 22, ssh-agent and
@@ -22,7 +30,8 @@ default keys, no proxy). Without ``--ssh-config`` the user's ~/.ssh/config and t
 /etc/ssh/ssh_config are read, as ssh does; ``-F FILE`` semantics otherwise.
 
 Parsing, matching and token expansion are pure; I/O is reading the files (once each),
-``Match exec`` (run in the user's shell, as ssh does) and looking which IdentityFile exists.
+``Match exec`` (run in the user's shell, as ssh does), name lookups for canonicalisation (the
+system resolver, as ssh; ``SSHConfig(lookup=...)``) and looking which IdentityFile exists.
 """
 
 from __future__ import annotations
@@ -462,7 +471,7 @@ class SSHConfig:
         self._pass(options, state)
         try:
             hostname = _expanded_hostname(options, host_arg)
-            hostname = self._canonical(hostname, options)
+            hostname = _canonical(hostname, options, self._lookup)
         except ValueError as exc:
             raise ConfigError(str(exc), source=self.source, key=f"Host {host_arg}") from None
         # ssh.c: canonicalisation (yes or always) reads the files again, as "Match final"
@@ -487,24 +496,6 @@ class SSHConfig:
                         identity_files=tuple(options.identity_files), proxy_jump=jump,
                         proxy_command=proxy_command, notes=tuple(options.notes),
                         host_key_alias=alias)
-
-    def _canonical(self, host: str, options: _Options) -> str:
-        """ssh.c between the passes: an address in its numeric form; with
-        CanonicalizeHostname, the name with the first CanonicalDomains suffix that resolves
-        (resolve_canonicalize); then CanonicalizePermittedCNAMEs. ValueError where ssh exits
-        ("Could not resolve host")."""
-        mode = options.canonicalize or "no"
-        direct = _direct(options)
-        host, found = _canonicalize(host, options, mode, direct, self._lookup)
-        if not found and _has_permitted_cnames(options) and (direct or mode == "always"):
-            cname = self._lookup(host)
-            if cname is None:
-                if direct:
-                    raise ValueError(f"Could not resolve hostname {host} "
-                                     f"(CanonicalizePermittedCNAMEs resolves it)")
-            else:
-                host = _follow_cname(host, _valid_cname(cname), options, mode, direct)
-        return host
 
     def _pass(self, options: _Options, state: _Pass) -> None:
         for path, user_config in self.files:
@@ -725,6 +716,25 @@ def _numeric_address(name: str) -> Optional[str]:
         return socket.getnameinfo(found[0][4], socket.NI_NUMERICHOST)[0]
     except (socket.gaierror, UnicodeError, ValueError, OSError):
         return None
+
+
+def _canonical(host: str, options: _Options, lookup: NameLookup) -> str:
+    """ssh.c between the passes: an address in its numeric form; with
+    CanonicalizeHostname, the name with the first CanonicalDomains suffix that resolves
+    (resolve_canonicalize); then CanonicalizePermittedCNAMEs. ValueError where ssh exits
+    ("Could not resolve host")."""
+    mode = options.canonicalize or "no"
+    direct = _direct(options)
+    host, found = _canonicalize(host, options, mode, direct, lookup)
+    if not found and _has_permitted_cnames(options) and (direct or mode == "always"):
+        cname = lookup(host)
+        if cname is None:
+            if direct:
+                raise ValueError(f"Could not resolve hostname {host} "
+                                 f"(CanonicalizePermittedCNAMEs resolves it)")
+        else:
+            host = _follow_cname(host, _valid_cname(cname), options, mode, direct)
+    return host
 
 
 def _direct(options: _Options) -> bool:
