@@ -80,7 +80,8 @@ def _match_criteria(draw) -> str:
         elif attr == "exec":
             parts.append(draw(st.sampled_from(['exec true', 'exec false',
                                                'exec "test %h = node1"',
-                                               'exec "test %n = Node1"'])))
+                                               'exec "test %n = Node1"',
+                                               'exec "test %k = node1"'])))
         elif attr == "user":
             parts.append("user " + draw(st.sampled_from(["alice", "root", "!alice,*", "b*"])))
         elif attr == "host=":

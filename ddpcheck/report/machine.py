@@ -55,7 +55,8 @@ def carryable(text: str, limit: int = MAX_FIELD_CHARS) -> str:
     """``text`` as XML 1.0, CSV readers and UTF-8 can carry it (see the module docstring),
     at most ``limit`` characters; never raises. Text that needs nothing comes back unchanged,
     and so does what this returned (it is idempotent)."""
-    text = _NOT_XML_CHAR.sub(_visible, _TERMINAL_ESCAPE.sub("", text))
+    if not (text.isascii() and text.isprintable()):  # the common case needs no scan
+        text = _NOT_XML_CHAR.sub(_visible, _TERMINAL_ESCAPE.sub("", text))
     if len(text) > limit:
         keep = max(0, limit - _CUT_NOTE_CHARS)
         text = text[:keep] + f" [... {len(text) - keep} more characters]"
