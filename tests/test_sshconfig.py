@@ -169,11 +169,11 @@ def test_read_ssh_config(tmp_path, monkeypatch) -> None:
 
 def test_proxy_command_tokens_and_unfollowed_keywords_are_said() -> None:
     config = ("Host n*\n  ProxyCommand ssh -W %h:%p gw # via gw\n  HostName %h.ib\n"
-              "  CanonicalizeHostname yes\n")
+              "  BindAddress 10.0.0.9\n")
     said: list[str] = []
     [node] = applied("hosts: [n1, n2]\n", config, warn=said.append).hosts[:1]
     assert node.proxy_command == "ssh -W n1.ib:22 gw # via gw" and node.jumps == ()
-    assert len(said) == 1 and "CanonicalizeHostname yes is not followed" in said[0]
+    assert len(said) == 1 and "BindAddress 10.0.0.9 is not followed" in said[0]
     assert "(n1, n2)" in said[0]
     with pytest.raises(ConfigError, match="Match localnetwork is not supported"):
         applied("hosts: [n1]\n", "Match localnetwork 10.0.0.0/8\n  User x\n")

@@ -6,15 +6,23 @@ host the ssh_config is read the way OpenSSH's readconf.c reads it, for the host'
 ``ssh NAME`` would: ``Host`` (``*``/``?`` wildcards, ``!`` negation, brackets literal) and
 ``Match`` (``all``, ``host``, ``originalhost``, ``user``, ``localuser``, ``exec``,
 ``canonical``, ``final``; host matching case-insensitive), ``Include`` (globs; relative paths
-under ~/.ssh for the user's config, /etc/ssh for the system's), quoting, ``=``, trailing
-``# comments``, and the first value wins. Used: ``HostName`` (``%h``; lower-cased as ssh does),
-``User``, ``Port`` (a number or a service name), ``IdentityFile`` (``~``, ``${VAR}`` and the
-tokens ``%C %d %h %i %j %k %L %l %n %p %r %u %%``; files that do not exist are skipped, as ssh
-does), ``ProxyJump`` (resolved here into the chain of jump hosts, each with its own config) and
-``ProxyCommand`` (tokens ``%h %k %n %p %r %%``; run by ``transport``). Keywords that change
-where ssh connects and that ddpcheck does not follow (``CanonicalizeHostname``,
-``BindAddress``, ``BindInterface``, ``AddressFamily``) are warned about; a
-``Match`` criterion ddpcheck cannot evaluate is a ``ConfigError`` naming the file and line.
+under ~/.ssh for the user's config, /etc/ssh for the system's; a directory reads nothing; a file
+another user owns or others may write is refused), quoting, ``=``, trailing ``# comments``, and
+the first value wins. Then, as ssh.c does, the name becomes final: ``HostName`` (``%h``)
+expanded, lower-cased unless an address, an address in its numeric form, and with
+``CanonicalizeHostname yes`` (``always``: through a proxy too) the first ``CanonicalDomains``
+suffix that resolves (names with more than ``CanonicalizeMaxDots`` dots are left alone; none
+resolves: the name as is, or an error with ``CanonicalizeFallbackLocal no``), a CNAME followed
+where ``CanonicalizePermittedCNAMEs`` allows. With ``Match final`` or canonicalisation the files
+are read a second time, ``Host`` matching the final name, values set in the first pass kept.
+Used: ``HostName``, ``User``, ``Port`` (a number or a service name), ``IdentityFile`` (``~``,
+``${VAR}`` and the tokens ``%C %d %h %i %j %k %L %l %n %p %r %u %%``; files that do not exist
+are skipped, as ssh does), ``ProxyJump`` (``[user@]host[:port]``, the user ending at the last
+``@``; resolved here into the chain of jump hosts, each with its own config),
+``ProxyCommand`` (tokens ``%h %k %n %p %r %%``; run by ``transport``) and ``HostKeyAlias``
+(``%k``). Keywords that change where ssh connects and that ddpcheck does not follow
+(``BindAddress``, ``BindInterface``, ``AddressFamily``) are warned about; a ``Match``
+criterion ddpcheck cannot evaluate is a ``ConfigError`` naming the file and line.
 
 Precedence, per key: a value hosts.yaml (or the ``--config`` defaults) sets explicitly (as
 ``ssh -o``) > ssh_config > the built-in default (the name, the local user, 22, ssh-agent and
@@ -22,7 +30,8 @@ default keys, no proxy). Without ``--ssh-config`` the user's ~/.ssh/config and t
 /etc/ssh/ssh_config are read, as ssh does; ``-F FILE`` semantics otherwise.
 
 Parsing, matching and token expansion are pure; I/O is reading the files (once each),
-``Match exec`` (run in the user's shell, as ssh does) and looking which IdentityFile exists.
+``Match exec`` (run in the user's shell, as ssh does), name lookups for canonicalisation (the
+system resolver, as ssh; ``SSHConfig(lookup=...)``) and looking which IdentityFile exists.
 """
 
 from __future__ import annotations
@@ -52,13 +61,14 @@ MATCH_EXEC_TIMEOUT_S = 30.0
 DEFAULT_PORT = 22
 
 _WS = " \t\r\n"
-_HOP = re.compile(r"^(?:(?P<user>[^@\s/]+)@)?(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^@:\s/\[\]]+)"
-                  r"(?::(?P<port>[0-9]+))?$")
+# A hop's host[:port], after its user: a bracketed address or a name without "@", ":", "/",
+# blanks or brackets.
+_HOP_HOST = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^@:\s/\[\]]+)(?::(?P<port>[0-9]+))?$")
 # Keywords that change where ssh connects, which ddpcheck does not follow: (keyword, values
 # that are harmless).
-_UNFOLLOWED = {"canonicalizehostname": ("no",), "bindaddress": (), "bindinterface": (),
+_UNFOLLOWED = {"bindaddress": (), "bindinterface": (),
                "addressfamily": ("any",)}
-_SPELLED = {"canonicalizehostname": "CanonicalizeHostname", "bindaddress": "BindAddress",
+_SPELLED = {"bindaddress": "BindAddress",
             "bindinterface": "BindInterface", "addressfamily": "AddressFamily"}
 _MATCH_INLINE = re.compile(r"^(host|originalhost|user|localuser|localnetwork|version|tagged|"
                            r"command|exec)=")
@@ -85,21 +95,34 @@ def parse_proxy_jump(text: str) -> tuple[JumpHop, ...]:
         raise ValueError("ProxyJump is empty")
     hops = []
     for raw in text.split(","):
-        hop = raw.strip()
-        if hop.startswith("ssh://"):
-            hop = hop[len("ssh://"):].rstrip("/")
-        match = _HOP.match(hop)
-        if not hop or match is None or match.group("host").startswith("-"):
-            raise ValueError(f"ProxyJump hop {raw.strip()!r} is not [user@]host[:port]")
-        port = match.group("port")
-        if port is not None and not 1 <= int(port) <= 65535:
-            raise ValueError(f"ProxyJump hop {raw.strip()!r}: port {port} is not 1..65535")
-        host = match.group("host")
-        if host.startswith("["):
-            host = host[1:-1]
-        hops.append(JumpHop(host=host, user=match.group("user"),
-                            port=int(port) if port is not None else None))
+        hops.append(_parse_hop(raw.strip()))
     return tuple(hops)
+
+
+def _parse_hop(hop: str) -> JumpHop:
+    """misc.c parse_user_host_port: the user is all before the *last* ``@`` (a user may hold
+    one: ``alice@corp.example@bastion``); in an ``ssh://`` URI (parse_uri) all before the
+    first, without ``;parameters``."""
+    bad = f"ProxyJump hop {hop!r} is not [user@]host[:port]"
+    if hop.startswith("ssh://"):
+        user, at, rest = hop[len("ssh://"):].rstrip("/").partition("@")
+        user = user.split(";", 1)[0]
+        if not at:
+            user, rest = "", user
+    else:
+        user, at, rest = hop.rpartition("@")
+    if (at and not user) or re.search(r"\s", user):
+        raise ValueError(bad)
+    match = _HOP_HOST.match(rest)
+    if not rest or match is None or match.group("host").startswith("-"):
+        raise ValueError(bad)
+    port = match.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"ProxyJump hop {hop!r}: port {port} is not 1..65535")
+    host = match.group("host")
+    if host.startswith("["):
+        host = host[1:-1]
+    return JumpHop(host=host, user=user or None, port=int(port) if port is not None else None)
 
 
 # ---------------------------------------------------------------- lines, as readconf.c splits
@@ -363,6 +386,7 @@ class Resolved:
     proxy_jump: Optional[str]  # None: none
     proxy_command: Optional[str]  # as written; None: none
     notes: tuple[str, ...] = ()
+    host_key_alias: Optional[str] = None  # lower-cased, as ssh uses it
 
 
 @dataclass
@@ -373,18 +397,37 @@ class _Options:
     identity_files: list[str] = field(default_factory=list)
     proxy_jump: Optional[str] = None
     proxy_command: Optional[str] = None
+    host_key_alias: Optional[str] = None
+    canonicalize: Optional[str] = None  # "no", "yes", "always"
+    canonical_domains: Optional[tuple[str, ...]] = None
+    max_dots: Optional[int] = None
+    fallback_local: Optional[bool] = None
+    permitted_cnames: Optional[tuple[tuple[str, str], ...]] = None  # (sources, targets)
     notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Pass:
-    host_arg: str
+    host_arg: str  # the name as typed: Match originalhost, %n
+    host: str  # what Host lines match: the name as typed, then (final pass) the final name
     local: LocalFacts
     final: bool
     want_final: bool = False
 
 
 Reader = Callable[[str], str]
+# A name -> its canonical name ("" when the resolver gives none), None when it does not
+# resolve: getaddrinfo with AI_CANONNAME, as ssh.c resolve_host.
+NameLookup = Callable[[str], Optional[str]]
+
+
+def lookup_name(name: str) -> Optional[str]:
+    try:
+        found = socket.getaddrinfo(name, DEFAULT_PORT, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_CANONNAME)
+    except (socket.gaierror, UnicodeError, ValueError, OSError):
+        return None
+    return found[0][3] if found else None
 
 
 def _read_file(path: str) -> str:
@@ -396,9 +439,11 @@ class SSHConfig:
     """The ssh_config files ssh reads, each ``(path, is_user_config)``; each file is parsed
     once. ``resolve`` gives one host's options."""
 
-    def __init__(self, files: list[tuple[str, bool]], reader: Reader = _read_file) -> None:
+    def __init__(self, files: list[tuple[str, bool]], reader: Reader = _read_file,
+                 lookup: NameLookup = lookup_name) -> None:
         self.files = list(files)
         self._reader = reader
+        self._lookup = lookup
         self._parsed: dict[str, list[ConfigLine]] = {}
 
     @property
@@ -422,18 +467,18 @@ class SSHConfig:
             options.proxy_command = preset.proxy_command
         if preset.proxy_jump is not None:
             _set_jump(options, preset.proxy_jump, active=True)
-        state = _Pass(host_arg, local, final=False)
+        state = _Pass(host_arg, host_arg, local, final=False)
         self._pass(options, state)
-        if state.want_final:
-            try:
-                options.hostname = _final_hostname(options, host_arg)
-            except ValueError as exc:
-                raise ConfigError(str(exc), source=self.source, key=f"Host {host_arg}") from None
-            self._pass(options, _Pass(host_arg, local, final=True))
         try:
-            hostname = _final_hostname(options, host_arg)
+            hostname = _expanded_hostname(options, host_arg)
+            hostname = _canonical(hostname, options, self._lookup)
         except ValueError as exc:
             raise ConfigError(str(exc), source=self.source, key=f"Host {host_arg}") from None
+        # ssh.c: canonicalisation (yes or always) reads the files again, as "Match final"
+        # does; Host lines then match the final name, values already set stay.
+        if state.want_final or (options.canonicalize or "no") != "no":
+            options.hostname = hostname
+            self._pass(options, _Pass(host_arg, hostname, local, final=True))
         proxy_command = options.proxy_command
         if proxy_command is not None and proxy_command.lower() == NO_SSH_CONFIG:
             proxy_command = None
@@ -446,9 +491,11 @@ class SSHConfig:
             if (last.host, last.port or DEFAULT_PORT, last.user or user) == (hostname, port, user):
                 raise ConfigError(f"jumphost loop via {last.host} (ProxyJump of {host_arg!r} "
                                   f"is the host itself)", source=self.source)
+        alias = options.host_key_alias.lower() if options.host_key_alias is not None else None
         return Resolved(host_arg=host_arg, hostname=hostname, user=user, port=port,
                         identity_files=tuple(options.identity_files), proxy_jump=jump,
-                        proxy_command=proxy_command, notes=tuple(options.notes))
+                        proxy_command=proxy_command, notes=tuple(options.notes),
+                        host_key_alias=alias)
 
     def _pass(self, options: _Options, state: _Pass) -> None:
         for path, user_config in self.files:
@@ -470,7 +517,7 @@ class SSHConfig:
               active: list, never: bool, depth: int) -> None:
         key, args = line.keyword, line.args
         if key == "host":
-            active[0] = (not never) and _host_matches(state.host_arg, args)
+            active[0] = (not never) and _host_matches(state.host, args)
         elif key == "match":
             result = _match(args, options, state)
             active[0] = result and not never
@@ -497,6 +544,12 @@ class SSHConfig:
                 options.proxy_command = line.rest.lstrip(_WS + "=")
         elif key == "proxyjump":
             _set_jump(options, line.rest.lstrip(_WS + "="), active[0])
+        elif key == "hostkeyalias":
+            value = _one(args, line)
+            if active[0] and options.host_key_alias is None:
+                options.host_key_alias = value
+        elif key in _CANONICAL_KEYS:
+            _canonical_option(options, key, args, line, active[0])
         elif key in _UNFOLLOWED and active[0]:
             value = args[0] if args else ""
             note = (f"{line.source} line {line.number}: {_SPELLED[key]} {value} is not "
@@ -514,8 +567,9 @@ class SSHConfig:
             pattern = os.path.expanduser(arg)
             was_active = active[0]
             for path in sorted(glob.glob(pattern)):
+                _check_include(path)
                 if os.path.isdir(path):
-                    raise ValueError(f"Include {path} is a directory")
+                    continue  # ssh opens it and reads no line from it: nothing, no error
                 self._file(path, user_config, options, state, active, never=not was_active,
                            depth=depth + 1)
                 active[0] = was_active
@@ -629,15 +683,192 @@ def _exec_tokens(host: str, options: _Options, state: _Pass) -> dict[str, str]:
     user = options.user or local.user
     return {"C": _connection_hash(local.hostname, host, port, user, ""),
             "L": local.hostname.split(".")[0], "d": local.home, "h": host,
-            "i": str(local.uid), "k": state.host_arg, "l": local.hostname,
+            "i": str(local.uid), "k": options.host_key_alias or host, "l": local.hostname,
             "n": state.host_arg, "p": port, "r": user, "u": local.user}
 
 
-def _final_hostname(options: _Options, host_arg: str) -> str:
+def _expanded_hostname(options: _Options, host_arg: str) -> str:
+    """ssh.c after the first pass: HostName with %h expanded, lower-cased unless an
+    address."""
     host = host_arg
     if options.hostname is not None:
         host = percent_expand(options.hostname, {"h": host_arg}, "HostName")
-    return host if is_address(host) else host.lower()
+    return host if _is_addr(host) else host.lower()
+
+
+def _is_addr_fast(name: str) -> bool:
+    """ssh.c is_addr_fast: a name with "%" or ":", or only digits and dots."""
+    return "%" in name or ":" in name or name.strip("0123456789.") == ""
+
+
+def _is_addr(name: str) -> bool:
+    return _is_addr_fast(name) or is_address(name)
+
+
+def _numeric_address(name: str) -> Optional[str]:
+    """ssh.c resolve_addr: a numeric address in getnameinfo's form (``10.1`` ->
+    ``10.0.0.1``), None when ``name`` is not exactly one."""
+    try:
+        found = socket.getaddrinfo(name, DEFAULT_PORT, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+        if len(found) != 1:
+            return None
+        return socket.getnameinfo(found[0][4], socket.NI_NUMERICHOST)[0]
+    except (socket.gaierror, UnicodeError, ValueError, OSError):
+        return None
+
+
+def _canonical(host: str, options: _Options, lookup: NameLookup) -> str:
+    """ssh.c between the passes: an address in its numeric form; with
+    CanonicalizeHostname, the name with the first CanonicalDomains suffix that resolves
+    (resolve_canonicalize); then CanonicalizePermittedCNAMEs. ValueError where ssh exits
+    ("Could not resolve host")."""
+    mode = options.canonicalize or "no"
+    direct = _direct(options)
+    host, found = _canonicalize(host, options, mode, direct, lookup)
+    if not found and _has_permitted_cnames(options) and (direct or mode == "always"):
+        cname = lookup(host)
+        if cname is None:
+            if direct:
+                raise ValueError(f"Could not resolve hostname {host} "
+                                 f"(CanonicalizePermittedCNAMEs resolves it)")
+        else:
+            host = _follow_cname(host, _valid_cname(cname), options, mode, direct)
+    return host
+
+
+def _direct(options: _Options) -> bool:
+    """ssh.c: no ProxyCommand and no ProxyJump (even ``ProxyJump none`` counts as one)."""
+    command = options.proxy_command
+    return (command is None or command.lower() == NO_SSH_CONFIG) and options.proxy_jump is None
+
+
+def _canonicalize(host: str, options: _Options, mode: str, direct: bool,
+                  lookup: NameLookup) -> tuple[str, bool]:
+    """ssh.c resolve_canonicalize: (the name, whether it resolved). ValueError where ssh
+    exits (not found and CanonicalizeFallbackLocal no)."""
+    address = _numeric_address(host) if (mode != "no" or _is_addr(host)) else None
+    if address is not None:
+        return (host if host.lower() == address.lower() else address), True
+    if _is_addr_fast(host) or mode == "no" or (not direct and mode != "always"):
+        return host, False
+    if host.endswith("."):
+        candidates = [host]
+    elif host.count(".") > (options.max_dots if options.max_dots is not None else 1):
+        return host, False
+    else:
+        candidates = []
+        for domain in options.canonical_domains or ():
+            if domain == NO_SSH_CONFIG:
+                break
+            candidates.append(f"{host}.{domain}.")
+    for candidate in candidates:
+        cname = lookup(candidate)
+        if cname is not None:
+            return _follow_cname(candidate[:-1], _valid_cname(cname), options, mode,
+                                 direct), True
+    if options.fallback_local is False:
+        raise ValueError(f'Could not resolve host "{host}" (CanonicalizeFallbackLocal no)')
+    return host, False
+
+
+def _valid_cname(name: str) -> str:
+    """ssh.c resolve_host keeps a canonical name only when valid_domain takes it ("" not)."""
+    return name.removesuffix(".") if _valid_domain(name) else ""
+
+
+def _valid_domain(name: str) -> bool:
+    """misc.c valid_domain: a letter or digit, then letters, digits, ".", "-", "_", never
+    two dots in a row (a trailing dot is allowed, and dropped by the callers)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)) and ".." not in name
+
+
+def _has_permitted_cnames(options: _Options) -> bool:
+    """readconf.c config_has_permitted_cnames: a lone ``none`` is none."""
+    rules = options.permitted_cnames or ()
+    return bool(rules) and not (len(rules) == 1 and rules[0][0].lower() == NO_SSH_CONFIG
+                                and rules[0][1] == "")
+
+
+def _follow_cname(name: str, cname: str, options: _Options, mode: str, direct: bool) -> str:
+    """ssh.c check_follow_cname: the canonical name replaces ``name`` when a
+    CanonicalizePermittedCNAMEs rule allows it."""
+    if not cname or not _has_permitted_cnames(options) or name == cname:
+        return name
+    if mode == "no" or (not direct and mode != "always"):
+        return name
+    for sources, targets in options.permitted_cnames or ():
+        if match_pattern_list(name, sources, lower=True) == 1 \
+                and match_pattern_list(cname, targets, lower=True) == 1:
+            return cname
+    return name
+
+
+_CANONICAL_KEYS = ("canonicalizehostname", "canonicaldomains", "canonicalizemaxdots",
+                   "canonicalizefallbacklocal", "canonicalizepermittedcnames")
+_MULTISTATE = {"true": "yes", "yes": "yes", "false": "no", "no": "no", "always": "always"}
+_FLAG = {"true": True, "yes": True, "false": False, "no": False}
+
+
+def _canonical_option(options: _Options, key: str, args: tuple[str, ...], line: ConfigLine,
+                      active: bool) -> None:
+    """readconf.c for the Canonicalize* keywords: checked whether or not the block applies,
+    set when it applies and nothing set it before (lists: the whole line, once)."""
+    if key in ("canonicaldomains", "canonicalizepermittedcnames"):
+        if not args:
+            raise ValueError(f"{line.keyword}: missing argument")
+        if any(arg.lower() == NO_SSH_CONFIG for arg in args) and \
+                (len(args) > 1 or args[0].lower() != NO_SSH_CONFIG):
+            raise ValueError(f'keyword {line.keyword} "none" argument must appear alone.')
+        if key == "canonicaldomains":
+            for arg in args:
+                if not _valid_domain(arg):
+                    raise ValueError(f'domain name "{arg}" is not valid')
+            domains = tuple(arg.removesuffix(".").lower() for arg in args)
+            if active and options.canonical_domains is None:
+                options.canonical_domains = domains
+            return
+        rules = []
+        for arg in args:
+            if arg.lower() == NO_SSH_CONFIG:
+                rules.append((arg, ""))
+            elif arg == "*":
+                rules.append(("*", "*"))
+            else:
+                sources, colon, targets = arg.lower().partition(":")
+                if not colon or not targets:
+                    raise ValueError(f'Invalid permitted CNAME "{arg}"')
+                rules.append((sources, targets))
+        if active and options.permitted_cnames is None:
+            options.permitted_cnames = tuple(rules)
+        return
+    value = _one(args, line)
+    if key == "canonicalizehostname":
+        if value.lower() not in _MULTISTATE:
+            raise ValueError(f'unsupported option "{value}".')
+        if active and options.canonicalize is None:
+            options.canonicalize = _MULTISTATE[value.lower()]
+    elif key == "canonicalizefallbacklocal":
+        if value.lower() not in _FLAG:
+            raise ValueError(f'unsupported option "{value}".')
+        if active and options.fallback_local is None:
+            options.fallback_local = _FLAG[value.lower()]
+    else:
+        if not value.isdigit():
+            raise ValueError(f"integer value {value!r} is invalid")
+        if active and options.max_dots is None:
+            options.max_dots = int(value)
+
+
+def _check_include(path: str) -> None:
+    """readconf.c: an included file (or directory) owned by another user, or writable by
+    group or others, is refused ("Bad owner or permissions")."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    if (info.st_uid not in (0, os.getuid())) or info.st_mode & 0o022:
+        raise ValueError(f"Bad owner or permissions on {path}")
 
 
 def _connection_hash(local: str, host: str, port: str, user: str, jump: str) -> str:
@@ -651,7 +882,8 @@ def client_tokens(resolved: Resolved, local: LocalFacts) -> dict[str, str]:
     if resolved.proxy_jump:
         jump = parse_proxy_jump(resolved.proxy_jump)[-1].host
     return {"C": _connection_hash(local.hostname, resolved.hostname, port, resolved.user, jump),
-            "L": local.hostname.split(".")[0], "i": str(local.uid), "k": resolved.host_arg,
+            "L": local.hostname.split(".")[0], "i": str(local.uid),
+            "k": resolved.host_key_alias or resolved.host_arg,
             "l": local.hostname, "n": resolved.host_arg, "p": port, "d": local.home,
             "h": resolved.hostname, "u": local.user, "j": jump, "r": resolved.user}
 
@@ -673,7 +905,8 @@ def proxy_command_line(resolved: Resolved) -> Optional[str]:
     if resolved.proxy_command is None:
         return None
     return percent_expand(resolved.proxy_command,
-                          {"h": resolved.hostname, "k": resolved.host_arg,
+                          {"h": resolved.hostname,
+                           "k": resolved.host_key_alias or resolved.host_arg,
                            "n": resolved.host_arg, "p": str(resolved.port),
                            "r": resolved.user}, "ProxyCommand")
 

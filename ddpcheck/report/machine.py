@@ -5,15 +5,22 @@ report -> ``render_csv`` (a row per rank; a host without ranks gets one row) and
 ``<failure>``, a host that could not be reached is an ``<error>``, a check that could not run
 is ``<skipped>``), for CI systems and spreadsheets. The table and JSON renderers are in
 ``report``.
+
+Messages carry whatever a host printed; ``carryable`` makes any text fit these files (and the
+Prometheus textfile): terminal escape sequences dropped, characters XML 1.0 cannot hold
+(C0 controls but tab, LF and CR; U+FFFE, U+FFFF; lone surrogates, which are bytes that were
+not UTF-8) written as visible ``\\xNN`` / ``\\uNNNN``, and very long text cut, so a renderer
+never raises and its output always encodes as UTF-8.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from ..analyze.verdict import summary_line
 from ..model.records import Finding, HostRecord, RankRecord, Severity
@@ -29,6 +36,38 @@ CSV_COLUMNS = ("host", "address", "reachable", "hostname", "slots", "gpus", "ran
 PREFLIGHT_HOST_CHECKS = ("ssh", "python", "torch_import", "hostname")
 PREFLIGHT_RANK_CHECKS = ("rendezvous", "world_size", "all_reduce", "barrier")
 CLUSTER_CASE = "cluster"  # the testcase of findings about no host in particular
+# Longest text one field carries: below Python's csv.field_size_limit (131072) and far below
+# libxml2's 10 MB text limit, so readers need no "huge" option.
+MAX_FIELD_CHARS = 65536
+_CUT_NOTE_CHARS = 40  # room for " [... N more characters]"
+
+# XML 1.0 section 2.2 Char: what a document can hold at all, not even as a character
+# reference. The rest are C0 controls (NUL, ESC, form feed...), U+FFFE, U+FFFF and lone
+# surrogates (undecodable bytes kept by surrogateescape, which UTF-8 cannot encode either).
+_NOT_XML_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Terminal escape sequences (colours, cursor moves, window titles): CSI, OSC ended by BEL or
+# ST, and two-character escapes. They mean nothing in a file; a lone ESC is made visible.
+_TERMINAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\n]*(?:\x07|\x1b\\)"
+                              r"|[ -/]*[0-~])")
+
+
+def carryable(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """``text`` as XML 1.0, CSV readers and UTF-8 can carry it (see the module docstring),
+    at most ``limit`` characters; never raises. Text that needs nothing comes back unchanged,
+    and so does what this returned (it is idempotent)."""
+    if not (text.isascii() and text.isprintable()):  # the common case needs no scan
+        text = _NOT_XML_CHAR.sub(_visible, _TERMINAL_ESCAPE.sub("", text))
+    if len(text) > limit:
+        keep = max(0, limit - _CUT_NOTE_CHARS)
+        text = text[:keep] + f" [... {len(text) - keep} more characters]"
+    return text
+
+
+def _visible(match: "re.Match[str]") -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def render_csv(report: Report) -> str:
@@ -43,16 +82,23 @@ def render_csv(report: Report) -> str:
         if not own:
             status = "unreachable" if not host.reachable else ("failed" if host.error
                                                                else "not_run")
-            writer.writerow(base + ["", "", "", "", status, host.stage, "", "", "",
-                                    summary_line(host.error)])
+            _write_row(writer, base + ["", "", "", "", status, host.stage, "", "", "",
+                                       _first_line(host.error)])
             continue
         for rank in own:
-            writer.writerow(base + [
+            _write_row(writer, base + [
                 _cell(rank.rank), _cell(rank.local_rank), _cell(rank.pid), rank.device,
                 rank.status.value, rank.stage, _cell(rank.barrier_us),
                 _cell(rank.allreduce_small_us), _cell(rank.all_reduce_wrong),
-                summary_line(rank.error)])
+                _first_line(rank.error)])
     return out.getvalue()
+
+
+def _write_row(writer: Any, cells: list[str]) -> None:
+    # csv quotes a cell with "\n" (the line terminator) but not one with a bare "\r", which
+    # readers take as a line end: line ends become "\n".
+    writer.writerow([carryable(str(cell)).replace("\r\n", "\n").replace("\r", "\n")
+                     for cell in cells])
 
 
 @dataclass(frozen=True)
@@ -110,8 +156,19 @@ def render_junit(report: Report) -> str:
     for key, value in totals.items():
         if key != "skipped":  # junit-10 (Jenkins) has no skipped on <testsuites>
             root.set(key, str(value))
+    _carry_tree(root)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _carry_tree(root: ET.Element) -> None:
+    """Every attribute and text made ``carryable``: one place, so no field (host name, check,
+    message, a host's output) can make the document malformed."""
+    for element in root.iter():
+        for key, value in element.attrib.items():
+            element.set(key, carryable(value))
+        if element.text:
+            element.text = carryable(element.text)
 
 
 def _checks(report: Report) -> list[str]:
@@ -151,7 +208,7 @@ def _testcase(suite: ET.Element, report: Report, check: str, case: _Case,
     host = case.host
     if host is not None and not host.reachable:
         error = ET.SubElement(element, "error", type=host.error_check or "ssh",
-                              message=summary_line(host.error) or "host not reached")
+                              message=_first_line(host.error) or "host not reached")
         error.text = host.error or "host not reached"
         return "errors"
     findings = _findings_for(index, check, case)
@@ -162,7 +219,7 @@ def _testcase(suite: ET.Element, report: Report, check: str, case: _Case,
             f"[{f.severity.value}] {f.message}" for f in notes)
     if errors:
         failure = ET.SubElement(element, "failure", type=check,
-                                message=summary_line(errors[0].message))
+                                message=_first_line(errors[0].message))
         failure.text = "\n".join(("ROOT CAUSE: " if f.root_cause else "") + f.message
                                  for f in errors)
         return "failures"
@@ -186,6 +243,12 @@ def _not_run(index: _Index, check: str, host: HostRecord) -> str:
     if host.stage in ("connect", "stage0"):
         return "not run: torchrun was not started"
     return "not run: no rank of this host reported back"
+
+
+def _first_line(text: Optional[str]) -> str:
+    """``summary_line``, also for text that is only blank lines (a host that printed just
+    whitespace)."""
+    return summary_line(text) if text and text.strip() else ""
 
 
 def _bool(value: bool) -> str:

@@ -13,6 +13,10 @@ commands in one textfile directory never collide:
 * ``ddpcheck_busbw_gbytes_per_second{command,op,bytes}`` per sweep row,
   ``ddpcheck_busbw_avg_gbytes_per_second{command}``, and for ``--pairwise``
   ``ddpcheck_pair_busbw_gbytes_per_second{command,host_a,host_b}``.
+
+Label values are ``label_value`` (``machine.carryable``: valid UTF-8, no control characters,
+cut when very long), then escaped as the format requires; two values that come out alike are one series
+(for ``check_ok`` the failed one), as a scraper refuses a series twice.
 """
 
 from __future__ import annotations
@@ -21,14 +25,23 @@ import math
 from typing import Iterable, Optional
 
 from ..model.records import Severity, Verdict
-from .machine import CLUSTER_CASE, _checks
+from .machine import CLUSTER_CASE, _checks, carryable
 from .table import Report
 
 PREFIX = "ddpcheck"
 
 
+def label_value(text: str) -> str:
+    """What a label can hold of ``text``: ``carryable``, and line ends as "\\n": the format
+    has no escape for a carriage return, and a reader that opens the file with universal
+    newlines (Python's default) would end the line there."""
+    return carryable(text).replace("\r\n", "\n").replace("\r", "\n")
+
+
 def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    r"""A label value as the text format writes it: ``label_value``, then ``\``, ``\n`` and
+    ``"`` escaped (the only escapes the format has)."""
+    return label_value(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _sample(name: str, labels: dict[str, str], value: float) -> str:
@@ -43,28 +56,38 @@ def _sample(name: str, labels: dict[str, str], value: float) -> str:
 
 
 def _family(name: str, help_text: str, samples: Iterable[str]) -> list[str]:
-    samples = list(samples)
+    """The family's lines; a series that comes twice (labels alike as label values) is
+    written once, the first time."""
+    series: dict[str, str] = {}
+    for sample in samples:
+        series.setdefault(sample.rsplit(" ", 1)[0], sample)
+    samples = list(series.values())
     if not samples:
         return []
     return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples]
 
 
 def check_states(report: Report) -> list[tuple[str, str, int]]:
-    """(check, host, 1 ok / 0 failed) for every check with a result on a host."""
+    """(check, host, 1 ok / 0 failed) for every check with a result on a host; names that
+    are alike as label values are one entry, failed when any of them failed."""
     states: dict[tuple[str, str], int] = {}
     hosts = {h.name: h for h in report.hosts}
+
+    def record(check: str, host: str, ok: int) -> None:
+        key = (label_value(check), label_value(host))
+        states[key] = min(ok, states.get(key, ok))
+
     for check in _checks(report):
         for host in report.hosts:
             if not host.reachable:
                 if check == (host.error_check or "ssh"):
-                    states[(check, host.name)] = 0
+                    record(check, host.name, 0)
                 continue
-            states[(check, host.name)] = 1
+            record(check, host.name, 1)
     for finding in report.findings:
         if finding.severity is not Severity.ERROR:
             continue
-        host = finding.host if finding.host in hosts else CLUSTER_CASE
-        states[(finding.check, host)] = 0
+        record(finding.check, finding.host if finding.host in hosts else CLUSTER_CASE, 0)
     return [(check, host, ok) for (check, host), ok in states.items()]
 
 
