@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import ras
+from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from ..remote.straggler import busy_stragglers, history_from_rows, identify_stragglers
 from .verdict import order_findings
@@ -720,7 +721,7 @@ def host_findings(results: Sequence[HostScanResult], any_job: bool,
                  and not r.scan.get("py_spy") and r.scan.get("workers")]
     for result in no_py_spy:
         assert result.scan is not None
-        findings.append(Finding(Severity.WARNING, "stacks", (
+        findings.append(Finding(Severity.WARNING, Check.STACKS, (
             f"{result.host}: py-spy is not installed, so no Python stacks of its ranks: install "
             f"it with pip install 'ddpcheck[stacks]' (or pip install py-spy) into "
             f"{result.scan.get('python') or 'the python of hosts.yaml'}"), host=result.host))
@@ -732,7 +733,7 @@ def host_findings(results: Sequence[HostScanResult], any_job: bool,
             scope = scan.get("ptrace_scope")
             why = (f" (kernel.yama.ptrace_scope is {scope} on this host)"
                    if isinstance(scope, int) and scope > 0 and scan.get("uid") != 0 else "")
-            findings.append(Finding(Severity.WARNING, "stacks", (
+            findings.append(Finding(Severity.WARNING, Check.STACKS, (
                 f"{result.host}: py-spy could not read some ranks: {failed[0]}{why}"),
                 host=result.host))
         if scan.get("other_users"):
