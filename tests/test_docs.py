@@ -118,3 +118,98 @@ def test_interface_check_list_is_covered() -> None:
 
 def test_readme_links_the_troubleshooting_guide() -> None:
     assert "(docs/troubleshooting.md)" in (REPO / "README.md").read_text()
+
+
+# -- the README a newcomer reads, and the pages it leads to ---------------------------------
+
+README = REPO / "README.md"
+CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+COMMANDS = ("preflight", "bandwidth", "hang", "node")
+
+
+def test_readme_fits_and_its_first_screen_has_what_a_newcomer_needs() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) < 200
+    first = "\n".join(lines[:75])
+    for needed in (CPU_TORCH, "pip install ddpcheck", "pip install -e .", "ddpcheck preflight  ",
+                   "ddpcheck preflight hosts.yaml", "```yaml\n", "# Verdict: OK (exit 0)",
+                   "(docs/troubleshooting.md)"):
+        assert needed in first, needed
+    codes = re.findall(r"^\| (\d+) \|", first, re.M)
+    assert codes == ["0", "1", "2", "3", "130"]
+
+
+def test_readme_says_the_install_once_and_never_a_bare_torch() -> None:
+    """A bare or pinned torch from the default index is the CUDA build (GBs of nvidia-*)."""
+    text = README.read_text()
+    assert text.count(CPU_TORCH) == 1
+    commands = [line.strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+                for line in block.splitlines() if not line.strip().startswith("#")]
+    installs = [c for c in commands if "pip install" in c and "torch" in c]
+    assert installs == [CPU_TORCH]
+
+
+def test_readme_hosts_yaml_is_a_whole_hosts_file(tmp_path) -> None:
+    from ddpcheck.config.hostsyaml import load_hosts_file
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    assert len(block.strip().splitlines()) == 3
+    (tmp_path / "hosts.yaml").write_text(block)
+    spec = load_hosts_file(tmp_path / "hosts.yaml")
+    assert [h.name for h in spec.hosts] == ["node01", "node02", "node03", "node04"]
+    assert {h.python for h in spec.hosts} == {"/opt/venv/bin/python"}
+
+
+def test_readme_links_a_page_per_command_and_the_user_pages() -> None:
+    text = README.read_text()
+    pages = [f"docs/{c}.md" for c in COMMANDS] + [
+        "docs/hosts.md", "docs/outputs.md", "docs/slurm.md", "docs/kubernetes.md",
+        "docs/in-job.md", "docs/troubleshooting.md", "docs/architecture.md"]
+    for page in pages:
+        assert f"]({page})" in text, page
+        assert (REPO / page).is_file(), page
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves() -> None:
+    broken = []
+    for page in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            where = (page.parent / path).resolve() if path else page
+            if not where.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and where.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", where.read_text(),
+                                                           flags=re.S), re.M)
+                if anchor not in {slug(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    command = ".venv/bin/python -m pytest"
+    assert f"`{command}`" in README.read_text()
+    assert command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_hosts_example_teaches_the_per_user_workdir() -> None:
+    from ddpcheck.config.hostsyaml import load_hosts_file
+
+    spec = load_hosts_file(REPO / "configs" / "hosts.example.yaml")
+    assert all("{uid}" in h.workdir for h in spec.hosts)
+    text = (REPO / "configs" / "hosts.example.yaml").read_text()
+    assert not re.search(r"^\s*workdir: /tmp/ddpcheck\s", text, re.M)
+
+
+def test_py_spy_is_a_dependency_of_the_default_install() -> None:
+    tomllib = __import__("pytest").importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(re.match(r"py-spy\b", d) for d in project["dependencies"])
