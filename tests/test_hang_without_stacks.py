@@ -131,7 +131,7 @@ def test_a_blocked_rank_scanned_without_py_spy_is_cannot_tell(tmp_path, python_w
     root = report["findings"][0]
     assert root["root_cause"] and root["check"] == "stacks" and root["severity"] == "error"
     assert "cannot tell whether it is hung" in root["message"]
-    assert "py-spy is not installed" in root["message"]
+    assert "ranks 0-1 on localhost: py-spy is not installed" in root["message"]
     assert not any("no sign of a hang" in f["message"] for f in report["findings"])
     assert report["tools"]["localhost"]["py_spy"] is None
     assert "cannot tell" in done.stdout and "(exit 3)" in done.stdout

@@ -726,7 +726,8 @@ def unseen_findings(job: JobVerdict, blind: Mapping[str, str]) -> list[Finding]:
     for host, ranks in by_host.items():
         why = blind.get(host) or next((v.stack_error for v in unseen
                                        if v.host == host and v.stack_error), "no stack")
-        reasons.append(f"rank {compress_ranks(ranks)} on {host}: {why}")
+        noun = "rank" if len(ranks) == 1 else "ranks"
+        reasons.append(f"{noun} {compress_ranks(ranks)} on {host}: {why}")
     hosts = sorted(by_host)
     cannot = Finding(Severity.ERROR, Check.STACKS, (
         f"job {job.job}: cannot tell whether it is hung: no Python stack of "
