@@ -55,7 +55,7 @@ def test_example_file_parses() -> None:
     assert node01.address == "node01" and node01.user == "alice" and node01.port == 22
     assert node01.identity_file == os.path.expanduser("~/.ssh/id_ed25519")
     assert node01.python == "/opt/venv/bin/python"
-    assert node01.workdir == "/tmp/ddpcheck"
+    assert node01.workdir == "/tmp/ddpcheck-{uid}"  # the per-user default
     assert node01.slots is None
     assert node01.env == {"NCCL_SOCKET_IFNAME": "ens5", "GLOO_SOCKET_IFNAME": "ens5"}
     assert node05.address == "10.0.0.5" and node05.slots == 4

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ..core.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
                           row_from_dict)
+from ..model.checks import Check
 from ..model.records import Finding, Severity
 
 DEFAULT_SLOW_FRACTION = 0.5
@@ -99,7 +100,7 @@ def sweep_findings(rows: Sequence[CollectiveRow], settings: SweepSettings) -> li
     for row in rows:
         if row.wrong:
             findings.append(Finding(
-                Severity.ERROR, "bandwidth",
+                Severity.ERROR, Check.BANDWIDTH,
                 f"{row.op.value} at {format_size(row.nbytes)}B over {row.world_size} ranks: "
                 f"{row.wrong} wrong element(s) in the result (summed over ranks)"))
     average = average_busbw(rows)
@@ -107,7 +108,7 @@ def sweep_findings(rows: Sequence[CollectiveRow], settings: SweepSettings) -> li
             average, settings.min_busbw_gbs) == "FAILED":
         peak = max(rows, key=lambda r: r.busbw_gbs)
         findings.append(Finding(
-            Severity.ERROR, "bandwidth",
+            Severity.ERROR, Check.BANDWIDTH,
             f"average busbw {gbs(average)} GB/s over {len(rows)} row(s) is below --min-busbw "
             f"{gbs(settings.min_busbw_gbs)} GB/s (best: {peak.op.value} "
             f"{gbs(peak.busbw_gbs)} GB/s at {format_size(peak.nbytes)}B)"))
@@ -191,7 +192,7 @@ def pair_findings(hosts: Sequence[str], pairs: Sequence[PairResult], settings: S
                                     f"pair {pair_name(pair.hosts)}: {pair.error}"))
         elif pair.row is not None and pair.row.wrong:
             findings.append(Finding(
-                Severity.ERROR, "bandwidth",
+                Severity.ERROR, Check.BANDWIDTH,
                 f"pair {pair_name(pair.hosts)}: {pair.row.op.value} gave {pair.row.wrong} "
                 f"wrong element(s)"))
     ref = analysis.reference_gbs
@@ -202,7 +203,7 @@ def pair_findings(hosts: Sequence[str], pairs: Sequence[PairResult], settings: S
         low, high = gbs(min(values)), gbs(max(values))
         spread = low if low == high else f"{low}-{high}"
         findings.append(Finding(
-            Severity.ERROR, "slow_link",
+            Severity.ERROR, Check.SLOW_LINK,
             f"{host}: every pair with {host} is slow (busbw {spread} GB/s"
             + (f", {failed} failed" if failed else "")
             + f"; typical {gbs(ref)} GB/s): {host} is the suspect (its NIC, cable, switch "
@@ -210,7 +211,7 @@ def pair_findings(hosts: Sequence[str], pairs: Sequence[PairResult], settings: S
     for link in analysis.suspect_links:
         pair = next(p for p in pairs if p.hosts == link)
         findings.append(Finding(
-            Severity.ERROR, "slow_link",
+            Severity.ERROR, Check.SLOW_LINK,
             f"link {pair_name(link)}: busbw {gbs(pair.busbw_gbs)} GB/s, below "
             f"{settings.slow_fraction:g} x the typical {gbs(ref)} GB/s, while {link[0]} and "
             f"{link[1]} are fast with other hosts: the path between them is the suspect"))
@@ -222,7 +223,7 @@ def pair_findings(hosts: Sequence[str], pairs: Sequence[PairResult], settings: S
         if below:
             worst = ", ".join(f"{pair_name(p.hosts)} {gbs(p.busbw_gbs)}" for p in below[:5])
             findings.append(Finding(
-                Severity.ERROR, "bandwidth",
+                Severity.ERROR, Check.BANDWIDTH,
                 f"{len(below)} of {len(measured)} pair(s) below --min-busbw {gbs(minimum)} "
                 f"GB/s: {worst}{' ...' if len(below) > 5 else ''}"))
     if measured:
@@ -233,7 +234,7 @@ def pair_findings(hosts: Sequence[str], pairs: Sequence[PairResult], settings: S
                    f"; with fewer than {MIN_HOSTS_TO_COMPARE} hosts there is nothing to compare "
                    f"a pair with (use --min-busbw)")
         findings.append(Finding(
-            Severity.INFO, "slow_link",
+            Severity.INFO, Check.SLOW_LINK,
             f"{len(measured)} of {len(pairs)} pair(s) measured in {rounds} round(s): busbw "
             f"median {gbs(median)} GB/s, lowest {gbs(low.busbw_gbs)} ({pair_name(low.hosts)}), "
             f"highest {gbs(high.busbw_gbs)} ({pair_name(high.hosts)}){compare}"))

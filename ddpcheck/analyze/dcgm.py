@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..model.checks import Check
 from ..model.records import Finding, Severity
 
 
@@ -20,7 +21,7 @@ def dcgm_findings(host: str, facts: Mapping[str, Any]) -> list[Finding]:
     level = diag.get("level")
 
     def finding(severity: Severity, message: str) -> Finding:
-        return Finding(severity, "gpu_health", f"{host}: DCGM diag -r {level}: {message}",
+        return Finding(severity, Check.GPU_HEALTH, f"{host}: DCGM diag -r {level}: {message}",
                        host=host)
 
     if not diag.get("available", True):

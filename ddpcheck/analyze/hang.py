@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import ras
+from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from ..remote.straggler import busy_stragglers, history_from_rows, identify_stragglers
 from .verdict import order_findings
@@ -672,10 +673,13 @@ def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> Ha
     unscanned = [r.host for r in results if r.host not in scanned]
     jobs = tuple(analyze_job(job, views, scanned, unscanned)
                  for job, views in sorted(jobs_views.items()))
+    ras_view, ras_found = ras_of(results)
+    if not any(f.severity is Severity.ERROR for f in ras_found):  # else NCCL RAS decided
+        blind = stackless_reasons(results)
+        jobs = tuple(replace(job, findings=tuple(unseen_findings(job, blind))) for job in jobs)
     findings: list[Finding] = []
     for job in sorted(jobs, key=lambda j: not j.hung):
         findings += job.findings
-    ras_view, ras_found = ras_of(results)
     findings += ras_found
     findings += host_findings(results, bool(jobs_views), job_filter)
     stacks: dict[str, str] = {}
@@ -685,6 +689,54 @@ def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> Ha
                 key = str(verdict.view.rank) if len(jobs) == 1 else f"{job.job}:{verdict.view.rank}"
                 stacks[key] = verdict.view.last.text
     return HangAnalysis(jobs, tuple(findings), stacks, ras_view)
+
+
+# -- what no stack could show -------------------------------------------------------------------
+
+def stackless_reasons(results: Sequence[HostScanResult]) -> dict[str, str]:
+    """Why a scanned host took no stacks at all: host -> reason (hosts that took them: absent)."""
+    reasons = {}
+    for result in results:
+        scan = result.scan or {}
+        if result.scan is None or not scan.get("workers"):
+            continue
+        if not scan.get("stacks_requested"):
+            reasons[result.host] = "stacks were not taken (--no-stacks)"
+        elif not scan.get("py_spy"):
+            reasons[result.host] = "py-spy is not installed"
+    return reasons
+
+
+def unseen_findings(job: JobVerdict, blind: Mapping[str, str]) -> list[Finding]:
+    """A job in which nothing was named, yet some live rank was not seen (no stack, no moving
+    heartbeat, no Flight Recorder entry placing it), is "cannot tell", never "no sign of a
+    hang": a tool that finds hangs must not call a job healthy when it could not look. The
+    finding is a ``stacks`` error, which the verdict counts as "could not check" (exit 3)."""
+    findings = list(job.findings)
+    if any(f.severity is Severity.ERROR for f in findings):
+        return findings  # stacks, heartbeats or dumps named the culprit: decided
+    unseen = [v.view for v in job.ranks if v.role is Role.UNKNOWN and v.view.last is None
+              and v.view.status not in ("gone", "zombie", "missing")]
+    if not unseen:
+        return findings
+    by_host: dict[str, list[int]] = defaultdict(list)
+    for view in unseen:
+        by_host[view.host].append(view.rank)
+    reasons = []
+    for host, ranks in by_host.items():
+        why = blind.get(host) or next((v.stack_error for v in unseen
+                                       if v.host == host and v.stack_error), "no stack")
+        noun = "rank" if len(ranks) == 1 else "ranks"
+        reasons.append(f"{noun} {compress_ranks(ranks)} on {host}: {why}")
+    hosts = sorted(by_host)
+    cannot = Finding(Severity.ERROR, Check.STACKS, (
+        f"job {job.job}: cannot tell whether it is hung: no Python stack of "
+        f"{'; '.join(reasons)}, and no ddpcheck.Monitor heartbeat or Flight Recorder dump "
+        f"decides it (install py-spy into the hosts' Python, run as root or as the job's user "
+        f"with ptrace allowed, or add ddpcheck.Monitor to the job)"),
+        host=hosts[0] if len(hosts) == 1 else None,
+        rank=unseen[0].rank if len(unseen) == 1 else None, root_cause=True)
+    return [cannot] + [f for f in findings if "no sign of a hang" not in f.message]
 
 
 def ras_of(results: Sequence[HostScanResult]) -> tuple[dict[str, Any], list[Finding]]:
@@ -720,7 +772,7 @@ def host_findings(results: Sequence[HostScanResult], any_job: bool,
                  and not r.scan.get("py_spy") and r.scan.get("workers")]
     for result in no_py_spy:
         assert result.scan is not None
-        findings.append(Finding(Severity.WARNING, "stacks", (
+        findings.append(Finding(Severity.WARNING, Check.STACKS, (
             f"{result.host}: py-spy is not installed, so no Python stacks of its ranks: install "
             f"it with pip install 'ddpcheck[stacks]' (or pip install py-spy) into "
             f"{result.scan.get('python') or 'the python of hosts.yaml'}"), host=result.host))
@@ -732,7 +784,7 @@ def host_findings(results: Sequence[HostScanResult], any_job: bool,
             scope = scan.get("ptrace_scope")
             why = (f" (kernel.yama.ptrace_scope is {scope} on this host)"
                    if isinstance(scope, int) and scope > 0 and scan.get("uid") != 0 else "")
-            findings.append(Finding(Severity.WARNING, "stacks", (
+            findings.append(Finding(Severity.WARNING, Check.STACKS, (
                 f"{result.host}: py-spy could not read some ranks: {failed[0]}{why}"),
                 host=result.host))
         if scan.get("other_users"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from ..model.checks import Check
 from ..model.records import Finding, Severity
 from . import dcgm, infiniband, xid
 
@@ -95,7 +96,7 @@ def python_findings(host: str, facts: Mapping[str, Any], context: Stage0Context)
     version = str(facts.get("python") or "")
     parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if len(parts) == 2 and parts < MIN_PYTHON:
-        return [_finding(Severity.ERROR, "python", host,
+        return [_finding(Severity.ERROR, Check.PYTHON, host,
                          f"python {version} at {facts.get('executable')} is older than "
                          f"{'.'.join(map(str, MIN_PYTHON))}")]
     return []
@@ -103,7 +104,7 @@ def python_findings(host: str, facts: Mapping[str, Any], context: Stage0Context)
 
 def torch_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) -> list[Finding]:
     if facts.get("torch_error"):
-        return [_finding(Severity.ERROR, "torch_import", host,
+        return [_finding(Severity.ERROR, Check.TORCH_IMPORT, host,
                          f"import torch failed: {facts['torch_error']}")]
     return slow_import_findings(host, facts)
 
@@ -113,7 +114,7 @@ def slow_import_findings(host: str, imported: Mapping[str, Any]) -> list[Finding
     (``remote.torchrun``) when stage 0 only inspected torch."""
     seconds = _number(imported.get("import_s"))
     if seconds is not None and seconds > TORCH_IMPORT_WARN_S:
-        return [_finding(Severity.WARNING, "torch_import", host,
+        return [_finding(Severity.WARNING, Check.TORCH_IMPORT, host,
                          f"import torch took {seconds:.1f}s (every rank pays it: a slow or "
                          f"overloaded filesystem?)")]
     return []
@@ -126,11 +127,11 @@ def hostname_findings(host: str, facts: Mapping[str, Any],
         return []
     addresses = [str(a) for a in facts.get("addresses") or []]
     if not addresses:
-        return [_finding(Severity.WARNING, "hostname", host,
+        return [_finding(Severity.WARNING, Check.HOSTNAME, host,
                          f"its hostname {hostname!r} does not resolve on the host itself "
                          f"(/etc/hosts or DNS); c10d and gloo look it up")]
     if context.check_hostname_loopback and all(is_loopback(a) for a in addresses):
-        return [_finding(Severity.WARNING, "hostname", host,
+        return [_finding(Severity.WARNING, Check.HOSTNAME, host,
                          f"its hostname {hostname!r} resolves only to loopback "
                          f"({', '.join(addresses)}); gloo/NCCL ranks that bind by hostname "
                          f"will use lo and other hosts cannot reach them")]
@@ -151,7 +152,7 @@ def env_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) ->
                 continue
             for severity, problem in socket_ifname_problems(variable, str(env[variable]),
                                                             interfaces, context.multi_host):
-                findings.append(_finding(severity, "env", host,
+                findings.append(_finding(severity, Check.ENV, host,
                                          f"{variable}={env[variable]}: {problem}"))
     for old, new in DEPRECATED_ENV.items():
         if old not in env:
@@ -161,7 +162,7 @@ def env_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) ->
                        f"uses {new}; remove {old}")
         else:
             message = f"{old} is deprecated: use {new} (torch still reads it, with a warning)"
-        findings.append(_finding(Severity.WARNING, "env", host, message))
+        findings.append(_finding(Severity.WARNING, Check.ENV, host, message))
     return findings
 
 
@@ -259,7 +260,7 @@ def route_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) 
     if not isinstance(route, Mapping):
         return []
     if route.get("error"):
-        return [_finding(Severity.ERROR, "rendezvous", host,
+        return [_finding(Severity.ERROR, Check.RENDEZVOUS, host,
                          f"cannot reach the master {route.get('master')}: {route['error']}")]
     env = facts.get("env") if isinstance(facts.get("env"), Mapping) else {}
     gloo = [n for n in str(env.get("GLOO_SOCKET_IFNAME", "")).split(",") if n]
@@ -267,7 +268,7 @@ def route_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) 
     interfaces = facts.get("interfaces") if isinstance(facts.get("interfaces"), Mapping) else {}
     if (gloo and through and through not in gloo and all(n in interfaces for n in gloo)
             and not is_loopback(str(route.get("source")))):
-        return [_finding(Severity.WARNING, "env", host,
+        return [_finding(Severity.WARNING, Check.ENV, host,
                          f"GLOO_SOCKET_IFNAME={','.join(gloo)} but the route to the master "
                          f"{route.get('address')} leaves through {through}")]
     return []
@@ -280,7 +281,7 @@ def resource_findings(host: str, facts: Mapping[str, Any],
     findings: list[Finding] = []
 
     def add(severity: Severity, message: str) -> None:
-        findings.append(_finding(severity, "resources", host, message))
+        findings.append(_finding(severity, Check.RESOURCES, host, message))
 
     shm = facts.get("shm")
     if "shm" in facts and shm is None:
@@ -340,7 +341,7 @@ def gpu_health_findings(host: str, facts: Mapping[str, Any],
     findings: list[Finding] = []
 
     def add(severity: Severity, message: str) -> None:
-        findings.append(_finding(severity, "gpu_health", host, message))
+        findings.append(_finding(severity, Check.GPU_HEALTH, host, message))
 
     if nvml.get("error"):
         add(Severity.ERROR, f"NVML cannot read the GPUs: {nvml['error']}")
@@ -472,7 +473,7 @@ def gpu_count_findings(host: str, facts: Mapping[str, Any],
     if context.expected_gpus is not None and seen != context.expected_gpus:
         source = ("NVML" if nvml_gpus is not None else "torch" if torch_gpus is not None
                   else "no NVML, no torch")
-        findings.append(_finding(Severity.ERROR, "gpu_count", host,
+        findings.append(_finding(Severity.ERROR, Check.GPU_COUNT, host,
                                  f"{seen:.0f} GPU(s) found ({source}), {context.expected_gpus} "
                                  f"expected"))
     env = facts.get("env") if isinstance(facts.get("env"), Mapping) else {}
@@ -480,11 +481,11 @@ def gpu_count_findings(host: str, facts: Mapping[str, Any],
     if nvml_gpus and torch_gpus == 0 and not hidden:
         why = facts.get("cuda_error") or (f"torch {facts.get('torch')} is built without CUDA"
                                           if not facts.get("cuda") else "CUDA is not usable")
-        findings.append(_finding(Severity.WARNING, "gpu_count", host,
+        findings.append(_finding(Severity.WARNING, Check.GPU_COUNT, host,
                                  f"NVML sees {nvml_gpus} GPU(s) but torch sees none: {why}"))
     if (context.backend == "nccl" and context.slots is not None and torch_gpus is not None
             and context.slots > torch_gpus):
-        findings.append(_finding(Severity.ERROR, "gpu_count", host,
+        findings.append(_finding(Severity.ERROR, Check.GPU_COUNT, host,
                                  f"{context.slots} rank(s) planned with nccl but torch sees "
                                  f"{torch_gpus:.0f} GPU(s)"))
     return findings
@@ -497,7 +498,7 @@ def cluster_gpu_findings(gpus_by_host: Mapping[str, int]) -> list[Finding]:
         return []
     most = max(counts.values())
     fewer = sorted(h for h, n in counts.items() if n < most)
-    return [Finding(Severity.WARNING, "gpu_count",
+    return [Finding(Severity.WARNING, Check.GPU_COUNT,
                     f"{', '.join(f'{h} has {counts[h]}' for h in fewer)} GPU(s) where other "
                     f"hosts have {most}", host=fewer[0] if len(fewer) == 1 else None)]
 
@@ -533,7 +534,7 @@ def clock_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) 
     if abs(skew) <= CLOCK_SKEW_WARN_S:
         return []
     direction = "ahead of" if skew > 0 else "behind"
-    return [_finding(Severity.WARNING, "clock_skew", host,
+    return [_finding(Severity.WARNING, Check.CLOCK_SKEW, host,
                      f"its clock is at least {abs(skew):.1f}s {direction} the launcher's "
                      f"(logs and timestamps disagree across hosts; run NTP/chrony)")]
 

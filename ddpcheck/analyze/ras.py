@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Mapping, Optional
 
+from ..model.checks import Check
 from ..model.records import Finding, Severity
 
 _PROCESS = re.compile(r"Process (?P<pid>\d+) on node (?P<node>\S+) managing GPUs? (?P<gpu>.+)$")
@@ -145,7 +146,7 @@ def findings(view: Mapping[str, Any], rank_of: Optional[RankNamer] = None) -> li
         for process in view.get(key) or []:
             rank = name(str(process.get("node")), int(process.get("pid") or 0))
             seen.add((process.get("node"), process.get("pid")))
-            out.append(Finding(Severity.ERROR, "hang",
+            out.append(Finding(Severity.ERROR, Check.HANG,
                                f"NCCL RAS: process {process.get('pid')} on node "
                                f"{process.get('node')} (GPU {process.get('gpu')}"
                                f"{_rank_text(rank)}) {what}", rank=rank))
@@ -154,14 +155,14 @@ def findings(view: Mapping[str, Any], rank_of: Optional[RankNamer] = None) -> li
             continue
         where = (f" (process {missing['pid']} on node {missing['node']})"
                  if missing.get("pid") else "")
-        out.append(Finding(Severity.ERROR, "hang",
+        out.append(Finding(Severity.ERROR, Check.HANG,
                            f"NCCL RAS: communicator {missing['id']} ({missing['hash']}) is "
                            f"missing rank {missing['rank']}{where}: it gave RAS no data",
                            rank=_global(missing, name)))
     for error in view.get("errors") or []:
         rank = error.get("rank")
         who = f"rank {rank}" if rank is not None else "some ranks"
-        out.append(Finding(Severity.ERROR, "hang",
+        out.append(Finding(Severity.ERROR, Check.HANG,
                            f"NCCL RAS: communicator {error['id']} ({error['hash']}): {who} "
                            f"reported {error.get('error')}", rank=_global(error, name)))
     for mismatch in view.get("mismatches") or []:
@@ -176,7 +177,7 @@ def findings(view: Mapping[str, Any], rank_of: Optional[RankNamer] = None) -> li
             who = (f"rank(s) {', '.join(map(str, ranks))}" if ranks
                    else f"{group['count']} rank(s)")
             rank = _global(group["ranks"][0], name) if len(ranks) == 1 else None
-            out.append(Finding(Severity.WARNING, "hang",
+            out.append(Finding(Severity.WARNING, Check.HANG,
                                f"NCCL RAS: communicator {mismatch['id']} ({mismatch['hash']}): "
                                f"{who} launched {mismatch['collective']} operations only up to "
                                f"{group['operation']}, others up to {top}: the collective "

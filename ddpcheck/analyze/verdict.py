@@ -15,19 +15,21 @@ from ..core import drift
 from ..core.drift import RankPrint
 from .compute import compute_findings
 from .health import is_loopback
+from ..model.checks import Check
 from ..wire import STOPPED_BY_LAUNCHER
 from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
                       Severity, Stage, Verdict)
 
 # Which check a rank failure belongs to, by the probe stage it was in.
-STAGE_CHECKS: Mapping[str, str] = {
-    "start": "torch_import", "device": "gpu_count", "init": "rendezvous",
-    "all_reduce": "all_reduce", "barrier": "barrier", "latency": "all_reduce",
-    "compute": "straggler",
-    "finish": "barrier", "setup": "seed", "fingerprint": "env_drift", "ddp": "params",
+STAGE_CHECKS: Mapping[str, Check] = {
+    "start": Check.TORCH_IMPORT, "device": Check.GPU_COUNT, "init": Check.RENDEZVOUS,
+    "all_reduce": Check.ALL_REDUCE, "barrier": Check.BARRIER, "latency": Check.ALL_REDUCE,
+    "compute": Check.STRAGGLER,
+    "finish": Check.BARRIER, "setup": Check.SEED, "fingerprint": Check.ENV_DRIFT,
+    "ddp": Check.PARAMS,
     # bandwidth sweep (ddpcheck.remote.sweep): the stage is the op being measured
-    "all_gather": "bandwidth", "reduce_scatter": "bandwidth", "broadcast": "bandwidth",
-    "all_to_all": "bandwidth",
+    "all_gather": Check.BANDWIDTH, "reduce_scatter": Check.BANDWIDTH,
+    "broadcast": Check.BANDWIDTH, "all_to_all": Check.BANDWIDTH,
 }
 
 
@@ -43,7 +45,7 @@ def host_findings(hosts: Sequence[HostRecord],
             continue
         # a host the launcher stopped because another failed is that failure's consequence
         collateral = host.name in stopped and failed_alone
-        findings.append(Finding(Severity.ERROR, host.error_check or "ssh",
+        findings.append(Finding(Severity.ERROR, host.error_check or Check.SSH,
                                 f"{host.name}: {host.stage}: {host.error}", host=host.name,
                                 root_cause=not not_reached(host.error) and not collateral))
     findings += hostname_findings([h for h in hosts if h.hostname], pinned)
@@ -65,7 +67,7 @@ def hostname_findings(hosts: Sequence[HostRecord],
             if addresses and is_loopback(addresses[0]):
                 harmless = host.name in pinned
                 findings.append(Finding(
-                    Severity.WARNING if harmless else Severity.ERROR, "hostname",
+                    Severity.WARNING if harmless else Severity.ERROR, Check.HOSTNAME,
                     f"{host.name}: its hostname {host.hostname!r} resolves first to loopback "
                     f"({', '.join(addresses)}); " + (
                         "its *_SOCKET_IFNAME keeps ranks off lo, but other tools may bind lo"
@@ -77,7 +79,7 @@ def hostname_findings(hosts: Sequence[HostRecord],
         by_hostname[str(host.hostname)].append(host.name)
     for hostname, names in by_hostname.items():
         if len(names) > 1:
-            findings.append(Finding(Severity.WARNING, "hostname",
+            findings.append(Finding(Severity.WARNING, Check.HOSTNAME,
                                     f"hosts {', '.join(names)} all report hostname {hostname!r}"))
     return findings
 
@@ -92,7 +94,7 @@ def rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
     for rank in ranks:
         if rank.world_size is not None and rank.world_size != expected_world:
             findings.append(Finding(
-                Severity.ERROR, "world_size",
+                Severity.ERROR, Check.WORLD_SIZE,
                 f"rank {rank.rank} on {rank.host} sees world_size {rank.world_size}, expected "
                 f"{expected_world} (the sum of slots over all hosts)",
                 host=rank.host, rank=rank.rank))
@@ -100,14 +102,14 @@ def rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
         for host, slots in slots_by_host.items():
             gpus = gpus_by_host.get(host, 0)
             if slots > gpus:
-                findings.append(Finding(Severity.ERROR, "gpu_count",
+                findings.append(Finding(Severity.ERROR, Check.GPU_COUNT,
                                         f"{host} runs {slots} ranks but has {gpus} GPU(s)",
                                         host=host))
     findings += duplicate_device_findings(ranks)
     for rank in ranks:
         if rank.all_reduce_wrong:
             findings.append(Finding(
-                Severity.ERROR, "all_reduce",
+                Severity.ERROR, Check.ALL_REDUCE,
                 f"rank {rank.rank} on {rank.host}: all_reduce gave {rank.all_reduce_wrong} "
                 f"wrong element(s) (expected the sum of rank+1 over the world)",
                 host=rank.host, rank=rank.rank))
@@ -149,11 +151,11 @@ def failure_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
         note = "" if rank is first else " (possibly collateral: failed after the root cause)"
         reason = summary_line(rank.error) or rank.status.value
         if rank.reported:
-            check = "timeout" if rank.status is RankStatus.TIMEOUT else STAGE_CHECKS.get(
-                rank.stage, "probe")
+            check = Check.TIMEOUT if rank.status is RankStatus.TIMEOUT else STAGE_CHECKS.get(
+                rank.stage or "", Check.PROBE)
             message = f"rank {rank.rank} on {rank.host} failed in {rank.stage or 'start'}: "
         else:
-            check = "timeout" if rank.status is RankStatus.TIMEOUT else "crash"
+            check = Check.TIMEOUT if rank.status is RankStatus.TIMEOUT else Check.CRASH
             message = f"rank {rank.rank} on {rank.host} (local rank {rank.local_rank}): "
         findings.append(Finding(Severity.ERROR, check, message + reason + note,
                                 host=rank.host, rank=rank.rank, root_cause=rank is first))
@@ -177,7 +179,7 @@ def missing_rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[st
             missing = [r for r in planned if r not in returned[host]]
             names = ", ".join(str(r) for r in missing[:8]) + (" ..." if len(missing) > 8 else "")
             findings.append(Finding(
-                Severity.ERROR, "world_size",
+                Severity.ERROR, Check.WORLD_SIZE,
                 f"{host}: {len(returned[host])} of {slots} planned rank(s) reported back; "
                 f"nothing came from rank(s) {names}",
                 host=host))
@@ -194,7 +196,7 @@ def duplicate_device_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
         if len(sharing) > 1:
             names = ", ".join(f"rank {r.rank} ({r.host} {r.device})" for r in sharing)
             bus = sharing[0].gpu_bus_id or "?"
-            findings.append(Finding(Severity.ERROR, "duplicate_device",
+            findings.append(Finding(Severity.ERROR, Check.DUPLICATE_DEVICE,
                                     f"{names} share one GPU: {uuid} at bus id {bus}",
                                     host=sharing[0].host, rank=sharing[0].rank))
     return findings
@@ -207,7 +209,7 @@ def latency_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
     slowest = max(timed, key=lambda r: r.barrier_us or 0.0)
     values = sorted(r.barrier_us or 0.0 for r in timed)
     median = values[len(values) // 2]
-    return [Finding(Severity.INFO, "barrier",
+    return [Finding(Severity.INFO, Check.BARRIER,
                     f"barrier median {median:.0f} us over {len(timed)} ranks; slowest rank "
                     f"{slowest.rank} on {slowest.host}: {slowest.barrier_us:.0f} us")]
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from ..model.checks import Check
 from ..model.records import Finding, Severity
 
 
@@ -94,7 +95,7 @@ def xid_findings(host: str, facts: Mapping[str, Any]) -> list[Finding]:
     if not isinstance(log, Mapping):
         return []
     if log.get("error"):
-        return [Finding(Severity.WARNING, "gpu_health", f"{host}: {log['error']}", host=host)]
+        return [Finding(Severity.WARNING, Check.GPU_HEALTH, f"{host}: {log['error']}", host=host)]
     gpus = _gpus_by_bus(facts)
     findings: list[Finding] = []
     for event in log.get("events") or []:
@@ -110,12 +111,12 @@ def xid_findings(host: str, facts: Mapping[str, Any]) -> list[Finding]:
         if event.get("process"):
             process += f" ({event['process']})"
         findings.append(Finding(
-            info.severity, "gpu_health",
+            info.severity, Check.GPU_HEALTH,
             f"{host}: {kind} {number} on {where} ({times}{process}): {info.meaning}; "
             f"{info.action}. Kernel log: {str(event.get('message', '')).strip()[:160]}",
             host=host))
     if log.get("dropped"):
-        findings.append(Finding(Severity.WARNING, "gpu_health",
+        findings.append(Finding(Severity.WARNING, Check.GPU_HEALTH,
                                 f"{host}: {log['dropped']} more Xid event(s) of other kinds "
                                 f"were not listed", host=host))
     return findings

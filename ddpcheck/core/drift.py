@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from ..model.checks import Check
 from ..model.records import Finding, Severity
 
 VERSION_KEYS = ("python", "torch", "cuda", "cudnn", "nccl", "driver")
@@ -36,7 +37,7 @@ class RankPrint:
 class Difference:
     """One key whose value is not the same on every rank; ``groups`` has the reference first."""
 
-    check: str
+    check: Check
     key: str
     severity: Severity
     groups: tuple[tuple[str, tuple[int, ...]], ...]
@@ -61,7 +62,7 @@ def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def compare(prints: Sequence[RankPrint], check: str, key: str, value_of,
+def compare(prints: Sequence[RankPrint], check: Check, key: str, value_of,
             severity: Severity = Severity.ERROR, what: str = "",
             detail: str = "") -> Optional[Difference]:
     values = {p.rank: value_of(p.data) for p in prints}
@@ -80,7 +81,7 @@ def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 def version_differences(prints: Sequence[RankPrint]) -> list[Difference]:
     found = []
     for key in VERSION_KEYS:
-        diff = compare(prints, "versions", key, lambda d, k=key: _section(d, "versions").get(k),
+        diff = compare(prints, Check.VERSIONS, key, lambda d, k=key: _section(d, "versions").get(k),
                        what=f"{key} version")
         if diff:
             found.append(diff)
@@ -91,8 +92,8 @@ def setting_differences(prints: Sequence[RankPrint]) -> list[Difference]:
     keys = sorted({k for p in prints for k in _section(p.data, "settings")})
     found = []
     for key in keys:
-        check, severity = (("dtype", Severity.ERROR) if key == "default_dtype"
-                           else ("env_drift", Severity.WARNING))
+        check, severity = ((Check.DTYPE, Severity.ERROR) if key == "default_dtype"
+                           else (Check.ENV_DRIFT, Severity.WARNING))
         diff = compare(prints, check, key, lambda d, k=key: _section(d, "settings").get(k),
                        severity, what=key.replace("_", " "))
         if diff:
@@ -105,7 +106,7 @@ def env_differences(prints: Sequence[RankPrint]) -> list[Difference]:
     found = []
     for name in names:
         severity = Severity.WARNING if name in ENV_WARNING_ONLY else Severity.ERROR
-        diff = compare(prints, "env_drift", name,
+        diff = compare(prints, Check.ENV_DRIFT, name,
                        lambda d, n=name: _section(d, "env").get(n), severity)
         if diff:
             found.append(diff)
@@ -119,7 +120,7 @@ def rng_differences(prints: Sequence[RankPrint],
     found = []
     for generator in ("python", "numpy", "torch", "cuda"):
         severity = Severity.WARNING if generator in soft else Severity.ERROR
-        diff = compare(prints, "seed", generator,
+        diff = compare(prints, Check.SEED, generator,
                        lambda d, g=generator: _section(d, "rng").get(g), severity,
                        what=f"{generator} RNG state",
                        detail="ranks were seeded differently (e.g. seed + rank), or one rank "
@@ -136,20 +137,20 @@ def model_differences(prints: Sequence[RankPrint], section: str = "model",
     checksum of the first parameter that differs (the first is where to look)."""
     found = []
     for key, what in (("step", "training step"), ("optimizer_step", "optimizer step")):
-        diff = compare(prints, "step", key, lambda d, k=key: _section(d, section).get(k),
+        diff = compare(prints, Check.STEP, key, lambda d, k=key: _section(d, section).get(k),
                        what=what, detail="a rank skipped or repeated a step")
         if diff:
             found.append(diff)
     tables = {p.rank: _params(_section(p.data, section)) for p in prints}
-    layout = compare(prints, "params", "parameters",
+    layout = compare(prints, Check.PARAMS, "parameters",
                      lambda d: [[r[0], r[2]] for r in _params(_section(d, section))],
                      what="parameter names and shapes")
     if layout:
         return found + [layout]
     count = min((len(t) for t in tables.values()), default=0)
     for column, check, severity, detail in (
-            (1, "dtype", Severity.ERROR, "mixed dtypes across replicas"),
-            (3, "params", checksum_severity, checksum_detail)):
+            (1, Check.DTYPE, Severity.ERROR, "mixed dtypes across replicas"),
+            (3, Check.PARAMS, checksum_severity, checksum_detail)):
         for index in range(count):
             name = tables[prints[0].rank][index][0]
             diff = compare(prints, check, name,

@@ -20,7 +20,7 @@ from ..analyze.bandwidth import (PairResult, SweepSettings, analyze_pairs, pair_
                                  pair_name, pairs_json, pairs_summary, rows_of, sweep_findings,
                                  sweep_summary)
 from ..analyze.outcomes import hosts_text, left_out_finding, pair_result, rows_source
-from ..model.checks import EXIT_CODES
+from ..model.checks import EXIT_CODES, Check
 from ..model.records import Finding, HostRecord, Stage
 from ..model.spec import ClusterSpec
 from ..plan.bandwidth import PAIR_SLOTS, SWEEP_TIMEOUT_S, PairLaunch, plan_round, sweep_program
@@ -164,7 +164,7 @@ class PairRounds(Probe):
 
     def skip_rounds(self, first: int, why: str) -> None:
         for number, pairs in enumerate(self.rounds[first - 1:], first):
-            self.results += [PairResult(pair, number, error=why, check="timeout")
+            self.results += [PairResult(pair, number, error=why, check=Check.TIMEOUT)
                              for pair in pairs]
 
     def run_round(self, run: Engine, number: int, planned: list[PairLaunch],

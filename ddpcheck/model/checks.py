@@ -1,8 +1,9 @@
 """Check names (what a finding is about) and the one table of exit codes.
 
-Runs on the launcher (and is importable anywhere: standard library only). The names are the
-interface contract's (docs/interface.md) plus ddpcheck's own (``srun``, ``stacks``, ``infiniband``); a
-``Check`` is a ``str``, so JSON, tables and comparisons with plain names stay as they were.
+Runs on the launcher (and is importable anywhere: standard library only). Every check name a
+finding carries is a member: tests/test_docs.py holds each member to its entry in
+docs/troubleshooting.md and its line in docs/interface.md. A ``Check`` is a ``str``, so JSON,
+tables and comparisons with plain names stay as they were.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ class Check(str, enum.Enum):
     HOSTNAME = "hostname"
     RENDEZVOUS = "rendezvous"
     TIMEOUT = "timeout"
+    CRASH = "crash"  # a rank died without a record of its own (signal, exit)
+    PROBE = "probe"  # a rank failed in a stage of the probe that has no check of its own
     WORLD_SIZE = "world_size"
     GPU_COUNT = "gpu_count"
     DUPLICATE_DEVICE = "duplicate_device"
     GPU_HEALTH = "gpu_health"
     INFINIBAND = "infiniband"  # IB/RoCE ports and NCCL_IB_HCA (stage 0, node)
     RESOURCES = "resources"
+    CLOCK_SKEW = "clock_skew"  # a host's clock against the launcher's (stage 0)
     ENV = "env"
     ENV_DRIFT = "env_drift"
     VERSIONS = "versions"

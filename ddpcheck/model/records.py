@@ -43,8 +43,9 @@ class Stage(str, enum.Enum):
     __format__ = str.__format__
 
 
-# Checks that mean "could not reach or check the host", not "a check failed" (exit 3, not 1).
-REACHABILITY_CHECKS = frozenset({"ssh", "srun"})
+# Checks that mean "could not reach or check the host", not "a check failed" (exit 3, not 1);
+# ``stacks`` as an error: ddpcheck hang could not look at a job's ranks, so it cannot tell.
+REACHABILITY_CHECKS = frozenset({"ssh", "srun", "stacks"})
 
 
 @dataclass(frozen=True)
