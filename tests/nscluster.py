@@ -13,9 +13,12 @@ block of 10.213.0.0/16 that holds them (host i at the block's address + i, the b
 last address but one: ``10.213.7.254`` for ``10.213.4.0/22``).  A Linux bridge takes at most
 1,023 ports, so past that (or past ``bridge_ports``, which a test lowers to cover this) the
 hosts are spread over several bridges, one L2 network: every further bridge is joined to the
-first by a veth pair (a trunk), and the bridge address sits on the first.  At that size the
-kernel's neighbour table (``net.ipv4.neigh.default.gc_thresh3``, 1,024 entries by default,
-shared by every namespace) is raised for the cluster's life and set back by ``stop()``.
+first by a veth pair (a trunk), and the bridge address sits on the first.  At that size two
+kernel limits shared by every namespace are raised for the cluster's life and set back by
+``stop()``: the neighbour table (``net.ipv4.neigh.default.gc_thresh3``, 1,024 entries) and the
+per-CPU receive backlog (``net.core.netdev_max_backlog``, 1,000 packets, which a broadcast on a
+bridge of more ports overflows: ``_raise_kernel_limits``).  Hosts of a cluster past 253 get no
+IPv6 link-local address (``addrgenmode none``), which keeps their links quiet.
 
 Standard library only; the work is done by ``ip``, ``tc``, ``iptables``, ``unshare``,
 ``nsenter``, ``ssh-keygen`` and ``/usr/sbin/sshd``.  Needs root.
@@ -80,7 +83,7 @@ IPT_COMMENT_PREFIX = "ddpc-cluster-"
 MAX_BRIDGE_PORTS = 1023
 MAX_HOSTS = 4093  # a /20: 4,096 addresses less the network, broadcast and bridge addresses
 BUILD_WORKERS = 8  # hosts built at once: the work is waiting on ip, unshare and ssh-keygen
-NEIGH_SYSCTL = pathlib.Path("/proc/sys/net/ipv4/neigh/default")
+SYSCTL = pathlib.Path("/proc/sys/net")
 
 _NETNS_RE = re.compile(r"^ddpc(\d+)x(\d+)h\d+$")
 _PROBE_NETNS_RE = re.compile(r"^ddpc(\d+)xprobe$")
@@ -457,7 +460,7 @@ class NamespaceCluster:
         self._sshd: dict[str, subprocess.Popen] = {}
         self._ipt_rules: list[list[str]] = []
         self._created_ns: list[str] = []
-        self._neigh_restore: dict[str, tuple[str, str]] = {}  # sysctl -> (ours, before)
+        self._sysctl_restore: dict[str, tuple[str, str]] = {}  # sysctl -> (ours, before)
         self._started = False
         self._lock = threading.RLock()
         self._sshd_bin = _find_sshd() or "/usr/sbin/sshd"
@@ -577,7 +580,7 @@ class NamespaceCluster:
             _run(["ip", "link", "add", near, "type", "veth", "peer", "name", far])
             _run(["ip", "link", "set", near, "master", self.bridge, "up"])
             _run(["ip", "link", "set", far, "master", self.bridges[k], "up"])
-        self._raise_neighbour_limits()
+        self._raise_kernel_limits()
 
         self.hosts = []
         for i, name in enumerate(names, start=1):
@@ -596,7 +599,7 @@ class NamespaceCluster:
             self._write_sshd_config(h)
             self._launch_sshd(h)
         # every sshd starts on the same cores: 15 s, and more for a large cluster
-        deadline = time.monotonic() + max(15.0, 0.1 * self.n_hosts)
+        deadline = time.monotonic() + max(15.0, 0.2 * self.n_hosts)
         for h in self.hosts:
             self._wait_sshd(h, deadline)
 
@@ -609,6 +612,12 @@ class NamespaceCluster:
         self._created_ns.append(ns)
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", h.iface, "netns", ns])
+        if self.n_hosts > 253:
+            # no IPv6 link-local address, so no duplicate-address, router and listener
+            # multicast as every link comes up: on one L2 network each such frame is copied to
+            # every port, a million copies at 1,000 hosts
+            _run(["ip", "-n", ns, "link", "set", h.iface, "addrgenmode", "none"])
+            _run(["ip", "link", "set", veth, "addrgenmode", "none"])
         _run(["ip", "-n", ns, "addr", "add", f"{h.address}/{self.prefix}", "dev", h.iface])
         _run(["ip", "-n", ns, "link", "set", h.iface, "up"])
         _run(["ip", "link", "set", veth, "master", self.bridge_of(i - 1)])
@@ -642,19 +651,28 @@ class NamespaceCluster:
                 return net
         raise ClusterError(f"no free /{self.prefix} subnet left in {SUBNET_PREFIX}.0.0/16")
 
-    def _raise_neighbour_limits(self) -> None:
-        """One neighbour entry per host in the root namespace and one or more in each host's
-        share the kernel's table (1,024 entries by default, for every namespace): past that,
-        new connections fail with "neighbour table overflow". Raised for a large cluster only,
-        set back by stop() (unless someone changed it since)."""
-        need = {"gc_thresh2": 4 * self.n_hosts, "gc_thresh3": 8 * self.n_hosts}
+    def _raise_kernel_limits(self) -> None:
+        """Two kernel limits, shared by every namespace, that a large cluster passes; raised
+        for its life only where too low (never for a small one), set back by stop() unless
+        someone changed them since.
+
+        * The neighbour table (``ipv4/neigh/default/gc_thresh3``, 1,024 entries): one entry per
+          host in the root namespace and one or more in each host's; past it new connections
+          fail ("neighbour table overflow").
+        * The per-CPU receive backlog (``core/netdev_max_backlog``, 1,000 packets): a broadcast
+          (an ARP request) is queued to every port of the bridge at once, newest port first, so
+          on a bridge of more ports than that the hosts added first never see it and never
+          answer: the root namespace's ARP for h1 stays INCOMPLETE."""
+        need = {"ipv4/neigh/default/gc_thresh2": 4 * self.n_hosts,
+                "ipv4/neigh/default/gc_thresh3": 8 * self.n_hosts,
+                "core/netdev_max_backlog": 4 * self.n_hosts}
         for name, value in need.items():
-            path = NEIGH_SYSCTL / name
+            path = SYSCTL / name
             with contextlib.suppress(OSError, ValueError):
                 before = path.read_text().strip()
                 if int(before) < value:
                     path.write_text(str(value))
-                    self._neigh_restore[name] = (str(value), before)
+                    self._sysctl_restore[name] = (str(value), before)
 
     def _hosts_file_text(self) -> str:
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
@@ -784,13 +802,16 @@ Subsystem sftp internal-sftp
     def _wait_sshd(self, h: NsHost, deadline: float) -> None:
         proc = self._sshd[h.name]
         last = ""
+        # while 1,000 sshd start on two cores an answer takes seconds: a try given up early
+        # leaves a session behind for sshd to serve, and another one follows
+        patience = 0.5 if self.n_hosts <= 253 else 5.0
         while True:
             if proc.poll() is not None:
                 raise ClusterError(f"sshd of {h.name} ({h.netns}) exited with {proc.returncode}: "
                                    f"{self._log_tail(h)}")
             try:
-                with socket.create_connection((h.address, 22), timeout=0.5) as s:
-                    s.settimeout(1.0)
+                with socket.create_connection((h.address, 22), timeout=patience) as s:
+                    s.settimeout(2 * patience)
                     banner = s.recv(64)
                     if banner.startswith(b"SSH-"):
                         return
@@ -798,8 +819,10 @@ Subsystem sftp internal-sftp
             except OSError as e:
                 last = str(e)
             if time.monotonic() > deadline:
+                neighbour = _run(["ip", "neigh", "show", h.address], check=False).stdout.strip()
                 raise ClusterError(f"sshd of {h.name} at {h.address}:22 not accepting connections "
-                                   f"({last}); log: {self._log_tail(h)}")
+                                   f"({last}; neighbour entry: {neighbour or 'none'}); log: "
+                                   f"{self._log_tail(h)}")
             time.sleep(0.02)
 
     def _log_tail(self, h: NsHost, n: int = 1500) -> str:
@@ -850,11 +873,11 @@ Subsystem sftp internal-sftp
             for rule in self._ipt_rules:
                 _run(["iptables", "-w", "5", "-D"] + rule, check=False)
             self._ipt_rules.clear()
-            for name, (ours, before) in self._neigh_restore.items():
+            for name, (ours, before) in self._sysctl_restore.items():
                 with contextlib.suppress(OSError):
-                    if (NEIGH_SYSCTL / name).read_text().strip() == ours:
-                        (NEIGH_SYSCTL / name).write_text(before)
-            self._neigh_restore.clear()
+                    if (SYSCTL / name).read_text().strip() == ours:
+                        (SYSCTL / name).write_text(before)
+            self._sysctl_restore.clear()
             self._created_ns.clear()
             self._started = False
             _live_clusters.discard(self)

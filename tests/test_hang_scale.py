@@ -137,6 +137,15 @@ def test_the_no_worker_line_names_only_hosts_scanned_and_stays_short():
     assert len(lines[1000]) <= len(lines[100]) + 8 and len(lines[1000]) < 300, lines
 
 
+def test_a_scan_that_ran_out_of_its_own_deadline_names_its_stage_once():
+    spec = ClusterSpec(hosts=(HostSpec("h1", address(0)),), source="hosts.yaml")
+    record = HostRecord("h1", address(0), reachable=True, stage=Stage.SCAN,
+                        error="scan: no answer within the deadline", error_check="timeout")
+    report = hang_report(spec, [record], {}, HangOptions(), interrupted=False, duration_s=40.0)
+    assert report.findings[0].message == "h1: scan: no answer within the deadline"
+    assert report.exit_code == 3  # not checked, as a stage-0 deadline is
+
+
 def test_a_few_hosts_are_still_named_one_by_one():
     report, text = hang_run(4, scan_failed=frozenset({2}))
     assert "no running torchrun worker found on h1, h2, h4 (a worker has" in text

@@ -777,9 +777,11 @@ def _int(value: Any) -> Optional[int]:
 # -- the hang report's findings and rank records ------------------------------------------
 
 def host_error_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
-    """A host that could not be scanned, as an error finding (its stage and error)."""
-    return [Finding(Severity.ERROR, h.error_check or "ssh", f"{h.name}: {h.stage}: {h.error}",
-                    host=h.name) for h in hosts if h.error]
+    """A host that could not be scanned, as an error finding (its stage and error; the stage
+    once: a scan's own failure already starts with it)."""
+    return [Finding(Severity.ERROR, h.error_check or "ssh", f"{h.name}: " + (
+        h.error if h.error.startswith(f"{h.stage}: ") else f"{h.stage}: {h.error}"),
+        host=h.name) for h in hosts if h.error]
 
 
 def hang_findings(analysis: HangAnalysis, host_errors: list[Finding]) -> list[Finding]:
