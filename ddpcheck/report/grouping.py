@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 # hostlist_text, hosts_text: what this module's lines name hosts with (the table and bandwidth
 # reports import them from here)
-from ..config.hostlist import HOSTLIST_WIDTH, hostlist_text, hosts_text  # noqa: F401
+from ..config.hostlist import hostlist_text, hosts_text  # noqa: F401
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 
 # A group of at most this many hosts that differs from the rest has its members listed.
