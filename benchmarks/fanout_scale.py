@@ -1,6 +1,7 @@
-"""The launcher's own cost per host at 16 to 128 hosts, beside pdsh running the same command.
+"""The launcher's own cost per host at 16 to 1,000+ hosts, beside pdsh running the same command.
 
-One namespace cluster of max(--counts) hosts (real sshd each). Hosts are made cheap, honestly:
+One namespace cluster of max(--counts) hosts (real sshd each; past 253 hosts a larger subnet,
+past 1,023 a second bridge: ``tests/nscluster.py``). Hosts are made cheap, honestly:
 their ``python:`` is the system interpreter without torch, so stage 0 runs the real agent, reports
 its facts and stops at the torch import within a second; the 2 shared cores then measure the
 launcher, not torch. For each host count, ``ddpcheck preflight --skip rendezvous`` (a process:
@@ -12,9 +13,19 @@ as a child of this script, interleaved. Per run: CPU seconds of the process and 
 children (``wait4``: pdsh counts its ssh processes), peak RSS of the launcher, peak threads and
 open files of the launcher (sampled from /proc every 50 ms), wall time. Every host must answer
 in both. A least-squares line CPU = a + b x hosts is fitted to each tool and projected to 1,000
-and 4,096 hosts. Needs root and pdsh:
+and 4,096 hosts (with two counts or more).
+
+With ``--hang``, ``ddpcheck hang`` runs too at each count, beside preflight on the same hosts:
+every host's scan (``python -m ddpcheck.remote.hangscan``, this interpreter, which has psutil;
+no job runs, so each host answers that it has no torchrun worker), the launcher's CPU per host,
+how many hosts were scanned or not reached, and the report's length in lines and characters
+(the longest line too). ``--no-pdsh`` leaves pdsh out (at 1,000 hosts it costs minutes of CPU
+on the shared cores). The cluster is torn down at the end, on an error, Ctrl-C or SIGTERM.
+Needs root (and pdsh unless --no-pdsh):
 
     .venv/bin/python benchmarks/fanout_scale.py [--counts 16,32,64,128] [--fanout 32]
+    .venv/bin/python benchmarks/fanout_scale.py --counts 1030 --hang --no-pdsh --timeout 600 \\
+        --hang-timeout 400 --hang-timeout 60
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,9 +66,10 @@ def sample(pid: int, peaks: dict, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
-def measured(argv: list[str], env: dict | None = None) -> tuple[dict, str]:
+def measured(argv: list[str], env: dict | None = None,
+             stderr: int = subprocess.STDOUT) -> tuple[dict, str]:
     began = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, env=env)
     peaks: dict = {}
     stop = threading.Event()
     sampler = threading.Thread(target=sample, args=(proc.pid, peaks, stop), daemon=True)
@@ -78,14 +91,49 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
+def hang_run(cluster, hosts: list, tmp: pathlib.Path, fanout: int, timeout_s: float) -> dict:
+    """``ddpcheck hang`` over ``hosts``: the launcher's cost, what came back, the report's size."""
+    path = tmp / f"hang{len(hosts)}.yaml"
+    cluster_hosts_yaml(
+        cluster, path, hosts, slots=1,
+        host_overrides={h.name: {"workdir": str(tmp / "work")} for h in hosts},
+        extra={"ssh": {"known_hosts": str(cluster.known_hosts), "connect_timeout": 10,
+                       "fanout": fanout},
+               "defaults": {"user": "root", "identity_file": str(cluster.identity_file),
+                            "python": sys.executable, "env": {"PYTHONPATH": str(REPO)}}})
+    report = tmp / f"hang{len(hosts)}.json"
+    # the report on stdout is measured; the progress lines (stderr) are made, not kept
+    usage, text = measured([sys.executable, "-m", "ddpcheck", "hang", str(path),
+                            "--json", str(report), "--no-stacks", "--no-ras",
+                            "--timeout", f"{timeout_s:g}"], stderr=subprocess.DEVNULL)
+    data = json.loads(report.read_text())
+    by_host = {f["host"]: f["message"] for f in data["findings"] if f.get("host")}
+    lines = text.splitlines()
+    usage.update(scanned=sum(1 for h in data["hosts"] if h["stage"] == "done"),
+                 not_reached=sum(1 for m in by_host.values() if "not reached in time" in m),
+                 lines=len(lines), chars=len(text), widest=max(map(len, lines), default=0),
+                 text=text)
+    return usage
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="16,32,64,128")
     parser.add_argument("--fanout", type=int, default=32)
+    parser.add_argument("--hang", action="store_true", help="run ddpcheck hang at each count too")
+    parser.add_argument("--hang-timeout", type=float, action="append", metavar="SECONDS",
+                        help="ddpcheck hang's --timeout (default 60, its own); may repeat: a "
+                             "run for each")
+    parser.add_argument("--no-pdsh", action="store_true", help="leave pdsh out")
+    parser.add_argument("--timeout", type=float, default=180.0,
+                        help="preflight's --timeout (default 180, its own)")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
-    if not shutil.which("pdsh"):
-        raise SystemExit("pdsh is not installed (apt-get install pdsh)")
+    timeouts = args.hang_timeout or [60.0]
+    if not args.no_pdsh and not shutil.which("pdsh"):
+        raise SystemExit("pdsh is not installed (apt-get install pdsh), or pass --no-pdsh")
+    # SIGTERM (timeout(1), a CI runner) unwinds like Ctrl-C, so the cluster is torn down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from ddpcheck.config.hostsyaml import load_hosts_file
     from ddpcheck.engine.preflight import STAGE0_DEADLINE_S
     from ddpcheck.plan.cmdlines import stage0_command
@@ -118,36 +166,69 @@ def main() -> None:
                 assert len(commands) == 1, commands
                 report = pathlib.Path(tmp) / f"r{count}.json"
                 ours, _ = measured([sys.executable, "-m", "ddpcheck", "preflight", str(path),
-                                    "--skip", "rendezvous", "--json", str(report), "-q"])
+                                    "--skip", "rendezvous", "--json", str(report), "-q",
+                                    "--timeout", f"{args.timeout:g}"])
                 data = json.loads(report.read_text())
                 missing = [h["name"] for h in data["hosts"] if not h["hostname"]]
-                if len(data["hosts"]) != count or missing:
+                if len(data["hosts"]) != count or (missing and not args.hang):
                     raise SystemExit(f"ddpcheck lost hosts at {count}: {missing}")
-                env = {**os.environ, "PDSH_RCMD_TYPE": "ssh",
-                       "PDSH_SSH_ARGS_APPEND": f"-F {cluster.ssh_config}"}
-                theirs, out = measured(["pdsh", "-R", "ssh", "-f", str(args.fanout), "-w",
-                                        ",".join(h.name for h in hosts), commands.pop()], env)
-                answered = {line.split(":", 1)[0] for line in out.splitlines()
-                            if "@@DDPCHECK facts " in line}
-                if answered != {h.name for h in hosts}:
-                    raise SystemExit(f"pdsh lost hosts at {count}: "
-                                     f"{sorted({h.name for h in hosts} - answered)}")
-                rows.append((count, ours, theirs))
-                print(f"{count} hosts: ddpcheck {ours}  pdsh {theirs}", file=sys.stderr)
+                ours["lost"] = len(missing)  # with --hang, counted rather than fatal
+                theirs = None
+                if not args.no_pdsh:
+                    env = {**os.environ, "PDSH_RCMD_TYPE": "ssh",
+                           "PDSH_SSH_ARGS_APPEND": f"-F {cluster.ssh_config}"}
+                    theirs, out = measured(["pdsh", "-R", "ssh", "-f", str(args.fanout), "-w",
+                                            ",".join(h.name for h in hosts), commands.pop()],
+                                           env)
+                    answered = {line.split(":", 1)[0] for line in out.splitlines()
+                                if "@@DDPCHECK facts " in line}
+                    if answered != {h.name for h in hosts}:
+                        raise SystemExit(f"pdsh lost hosts at {count}: "
+                                         f"{sorted({h.name for h in hosts} - answered)}")
+                hangs = [hang_run(cluster, hosts, pathlib.Path(tmp), args.fanout, seconds)
+                          for seconds in timeouts] if args.hang else []
+                rows.append((count, ours, theirs, hangs))
+                shown = [{k: v for k, v in hang.items() if k != "text"} for hang in hangs]
+                print(f"{count} hosts: ddpcheck {ours}  pdsh {theirs}  hang {shown}",
+                      file=sys.stderr)
         finally:
+            began = time.monotonic()
             cluster.stop()
+            print(f"cluster torn down in {time.monotonic() - began:.0f}s", file=sys.stderr)
     print(f"load average at the start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
           f"(2 cores); fan-out {args.fanout}")
-    print("| hosts | CPU ms/host ddpcheck | CPU ms/host pdsh (+ssh) | ddpcheck/pdsh CPU | "
-          "wall ddpcheck/pdsh | RSS MB ddpcheck | threads ddpcheck | fds ddpcheck |")
-    print("|---|---|---|---|---|---|---|---|")
-    for count, ours, theirs in rows:
-        print(f"| {count} | {1000 * ours['cpu_s'] / count:.0f} | "
-              f"{1000 * theirs['cpu_s'] / count:.0f} | {ours['cpu_s'] / theirs['cpu_s']:.2f} | "
-              f"{ours['wall_s'] / theirs['wall_s']:.2f} | {ours['rss_mb']:.0f} | "
-              f"{ours['threads']} | {ours['fds']} |")
-    xs = [float(c) for c, _, _ in rows]
-    for name, index in (("ddpcheck", 1), ("pdsh", 2)):
+    if not args.no_pdsh:
+        print("| hosts | CPU ms/host ddpcheck | CPU ms/host pdsh (+ssh) | ddpcheck/pdsh CPU | "
+              "wall ddpcheck/pdsh | RSS MB ddpcheck | threads ddpcheck | fds ddpcheck |")
+        print("|---|---|---|---|---|---|---|---|")
+        for count, ours, theirs, _ in rows:
+            print(f"| {count} | {1000 * ours['cpu_s'] / count:.0f} | "
+                  f"{1000 * theirs['cpu_s'] / count:.0f} | "
+                  f"{ours['cpu_s'] / theirs['cpu_s']:.2f} | "
+                  f"{ours['wall_s'] / theirs['wall_s']:.2f} | {ours['rss_mb']:.0f} | "
+                  f"{ours['threads']} | {ours['fds']} |")
+    if args.hang:
+        print("| hosts | hang --timeout | CPU ms/host preflight | CPU ms/host hang | "
+              "hang/preflight CPU | wall hang/preflight | hosts scanned | not reached | exit | "
+              "report lines | report chars | longest line | RSS MB hang | threads hang |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for count, ours, _, hangs in rows:
+            for seconds, hang in zip(timeouts, hangs):
+                print(f"| {count} | {seconds:g} s | {1000 * ours['cpu_s'] / count:.0f} | "
+                      f"{1000 * hang['cpu_s'] / count:.0f} | "
+                      f"{hang['cpu_s'] / ours['cpu_s']:.2f} | "
+                      f"{hang['wall_s'] / ours['wall_s']:.2f} | {hang['scanned']} | "
+                      f"{hang['not_reached']} | {hang['rc']} | {hang['lines']} | "
+                      f"{hang['chars']} | {hang['widest']} | {hang['rss_mb']:.0f} | "
+                      f"{hang['threads']} |")
+        print(f"preflight lost {rows[-1][1]['lost']} host(s) at {rows[-1][0]}")
+        for seconds, hang in zip(timeouts, rows[-1][3]):
+            print(f"hang's report at {rows[-1][0]} hosts, --timeout {seconds:g}:")
+            print("\n".join(f"    {line}" for line in hang["text"].splitlines()))
+    if len(rows) < 2:
+        return
+    xs = [float(c) for c, _, _, _ in rows]
+    for name, index in (("ddpcheck", 1),) + ((("pdsh", 2),) if not args.no_pdsh else ()):
         a, b = fit(xs, [r[index]["cpu_s"] for r in rows])
         wall_a, wall_b = fit(xs, [r[index]["wall_s"] for r in rows])
         print(f"{name}: CPU = {a:.2f} s + {1000 * b:.0f} ms x hosts -> 1,000 hosts "

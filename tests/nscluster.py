@@ -8,6 +8,18 @@ process started through ssh sees the host's network and ``hostname``.  The bridg
 directly, and the hosts reach each other over the bridge.  Hosts have no default route: they can
 reach only each other and the root namespace's bridge address.
 
+Up to 253 hosts share one /24 (host i at ``10.213.<octet>.i``); more get the smallest larger
+block of 10.213.0.0/16 that holds them (host i at the block's address + i, the bridge at its
+last address but one: ``10.213.7.254`` for ``10.213.4.0/22``).  A Linux bridge takes at most
+1,023 ports, so past that (or past ``bridge_ports``, which a test lowers to cover this) the
+hosts are spread over several bridges, one L2 network: every further bridge is joined to the
+first by a veth pair (a trunk), and the bridge address sits on the first.  At that size two
+kernel limits shared by every namespace are raised for the cluster's life and set back by
+``stop()``: the neighbour table (``net.ipv4.neigh.default.gc_thresh3``, 1,024 entries) and the
+per-CPU receive backlog (``net.core.netdev_max_backlog``, 1,000 packets, which a broadcast on a
+bridge of more ports overflows: ``_raise_kernel_limits``).  Hosts of a cluster past 253 get no
+IPv6 link-local address (``addrgenmode none``), which keeps their links quiet.
+
 Standard library only; the work is done by ``ip``, ``tc``, ``iptables``, ``unshare``,
 ``nsenter``, ``ssh-keygen`` and ``/usr/sbin/sshd``.  Needs root.
 
@@ -15,7 +27,9 @@ Naming (unique per instance, so two runs or a stale run never collide; ``<tag>``
 ``<pid>x<k>`` with ``k`` a per-process instance counter):
 
 * netns ``ddpc<tag>h<i>``, UTS namespace file ``/run/ddpc-uts/ddpc<tag>h<i>``;
-* bridge ``dcb<tag>``, bridge-side veth of host i ``dcv<tag>h<i>`` (both <= 15 chars);
+* bridge ``dcb<tag>`` (further bridges ``dcb<tag>b<k>``, joined by the veth pair
+  ``dct<tag>p<k>`` / ``dct<tag>q<k>``), bridge-side veth of host i ``dcv<tag>h<i>`` (all <= 15
+  chars);
 * ``/etc/netns/ddpc<tag>h<i>/hosts``: ``ip netns exec`` bind-mounts it over ``/etc/hosts`` for
   the host's sshd and everything under it (and for ``run_in``), so every host resolves every
   host's name (h1..hN) to its bridge address.  The real ``/etc/hosts`` is never touched.
@@ -33,6 +47,7 @@ interpreters by absolute path (``sys.executable``), as the tests do.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -64,10 +79,15 @@ SUBNET_PREFIX = "10.213"
 IFNAMSIZ = 15
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd")
 IPT_COMMENT_PREFIX = "ddpc-cluster-"
+# BR_MAX_PORTS is 1,024 in the kernel and port number 0 is never used
+MAX_BRIDGE_PORTS = 1023
+MAX_HOSTS = 4093  # a /20: 4,096 addresses less the network, broadcast and bridge addresses
+BUILD_WORKERS = 8  # hosts built at once: the work is waiting on ip, unshare and ssh-keygen
+SYSCTL = pathlib.Path("/proc/sys/net")
 
 _NETNS_RE = re.compile(r"^ddpc(\d+)x(\d+)h\d+$")
 _PROBE_NETNS_RE = re.compile(r"^ddpc(\d+)xprobe$")
-_IFACE_RE = re.compile(r"^dc[bv](\d+)x\d+(h\d+)?$")
+_IFACE_RE = re.compile(r"^dc[bvt](\d+)x\d+([hbpq]\d+)?$")
 _IPT_RE = re.compile(r"ddpc-cluster-(\d+)x\d+")
 
 _instance_counter = itertools.count()
@@ -181,12 +201,30 @@ def _kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
 
 
+def _pids_in_namespaces(namespaces: list[str]) -> list[int]:
+    """Pids of the processes in any of the given netns, from one pass over /proc (``ip netns
+    pids`` makes that pass once per namespace, too slow at 1,000 hosts)."""
+    inodes = set()
+    for ns in namespaces:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/run/netns/{ns}")
+            inodes.add((st.st_dev, st.st_ino))
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/{entry}/ns/net")
+                if (st.st_dev, st.st_ino) in inodes:
+                    pids.append(int(entry))
+    return pids
+
+
 def _kill_netns_processes(namespaces: list[str], deadline_s: float = 10.0) -> list[int]:
     """SIGKILL everything in the given netns until none is left; returns survivors (if any)."""
     end = time.monotonic() + deadline_s
     left: list[int] = []
     while True:
-        left = [p for ns in namespaces for p in _netns_pids(ns) if p != os.getpid()]
+        left = [p for p in _pids_in_namespaces(namespaces) if p != os.getpid()]
         if not left or time.monotonic() > end:
             return left
         _kill_pids(left)
@@ -248,6 +286,43 @@ def _br_netfilter_active() -> bool:
         return pathlib.Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text().strip() == "1"
     except OSError:
         return False
+
+
+def network_prefix(n_hosts: int) -> int:
+    """The prefix length of the cluster's network: a /24 up to 253 hosts, else the smallest
+    block that holds the hosts, the network and broadcast addresses and the bridge's."""
+    prefix = 24
+    while (1 << (32 - prefix)) - 3 < n_hosts:
+        prefix -= 1
+    return prefix
+
+
+def candidate_networks(prefix: int) -> list[ipaddress.IPv4Network]:
+    """Every block of that size in 10.213.1.0-10.213.250.255 (the range a /24 was always
+    picked from), in order."""
+    span = max(1, 1 << (24 - prefix))  # /24 blocks per network
+    first = span if span > 1 else 1
+    return [ipaddress.ip_network(f"{SUBNET_PREFIX}.{o}.0/{prefix}")
+            for o in range(first, 251 - span + 1, span)]
+
+
+def bridge_layout(n_hosts: int, ports: int = MAX_BRIDGE_PORTS) -> list[int]:
+    """Hosts per bridge, for bridges of at most ``ports`` ports: the first bridge also holds a
+    trunk port to each further bridge, each further one a trunk port back."""
+    if ports < 3 and n_hosts > ports:
+        raise ValueError(f"bridges of {ports} port(s) cannot be joined into {n_hosts} hosts")
+    bridges = 1
+    while bridges * ports - 2 * (bridges - 1) < n_hosts:
+        bridges += 1
+    if bridges - 1 >= ports:
+        raise ValueError(f"{n_hosts} hosts need {bridges} bridges: more trunks than the first "
+                         f"bridge's {ports} ports")
+    layout, left = [], n_hosts
+    for index in range(bridges):
+        take = min(left, ports - (bridges - 1 if index == 0 else 1 if bridges > 1 else 0))
+        layout.append(take)
+        left -= take
+    return layout
 
 
 def cleanup_stale() -> list[str]:
@@ -349,20 +424,28 @@ class NamespaceCluster:
     ``subnet``.
     """
 
-    def __init__(self, n_hosts: int, basedir: pathlib.Path, subnet_octet: int | None = None):
-        if not 1 <= n_hosts <= 253:
-            raise ValueError(f"n_hosts must be in 1..253, got {n_hosts}")
+    def __init__(self, n_hosts: int, basedir: pathlib.Path, subnet_octet: int | None = None,
+                 bridge_ports: int = MAX_BRIDGE_PORTS):
+        if not 1 <= n_hosts <= MAX_HOSTS:
+            raise ValueError(f"n_hosts must be in 1..{MAX_HOSTS}, got {n_hosts}")
         if subnet_octet is not None and not 0 <= subnet_octet <= 255:
             raise ValueError(f"subnet_octet must be in 0..255, got {subnet_octet}")
+        if not 1 <= bridge_ports <= MAX_BRIDGE_PORTS:
+            raise ValueError(f"bridge_ports must be in 1..{MAX_BRIDGE_PORTS}, got {bridge_ports}")
         self.n_hosts = n_hosts
+        self.prefix = network_prefix(n_hosts)
+        self.layout = bridge_layout(n_hosts, bridge_ports)  # hosts per bridge
         self.basedir = pathlib.Path(basedir).absolute()
         self._requested_octet = subnet_octet
         self.pid = os.getpid()
         self.tag = f"{self.pid}x{next(_instance_counter)}"
         self.ns_prefix = f"{NETNS_PREFIX}{self.tag}h"  # every netns of this instance starts so
-        self.bridge = f"{BRIDGE_PREFIX}{self.tag}"
+        self.bridge = f"{BRIDGE_PREFIX}{self.tag}"  # the first bridge: it has the address
+        self.bridges = [self.bridge] + [f"{BRIDGE_PREFIX}{self.tag}b{k}"
+                                        for k in range(1, len(self.layout))]
         for i in range(1, n_hosts + 1):
-            for name in (self.bridge, self._veth_name(i)):
+            for name in (self.bridges[-1], self._veth_name(i), self._trunk_names(
+                    len(self.layout) - 1)[0]):
                 if len(name) > IFNAMSIZ:
                     raise ClusterError(f"interface name {name!r} longer than {IFNAMSIZ} chars "
                                        f"(too many hosts or instances for pid {self.pid})")
@@ -377,6 +460,7 @@ class NamespaceCluster:
         self._sshd: dict[str, subprocess.Popen] = {}
         self._ipt_rules: list[list[str]] = []
         self._created_ns: list[str] = []
+        self._sysctl_restore: dict[str, tuple[str, str]] = {}  # sysctl -> (ours, before)
         self._started = False
         self._lock = threading.RLock()
         self._sshd_bin = _find_sshd() or "/usr/sbin/sshd"
@@ -389,6 +473,19 @@ class NamespaceCluster:
 
     def _veth_name(self, i: int) -> str:
         return f"{VETH_PREFIX}{self.tag}h{i}"
+
+    def _trunk_names(self, k: int) -> tuple[str, str]:
+        """The veth pair joining bridge k to the first: its end there, its end on bridge k."""
+        return f"dct{self.tag}p{k}", f"dct{self.tag}q{k}"
+
+    def bridge_of(self, host: HostRef) -> str:
+        """The bridge the host's veth is a port of."""
+        index = self._index(host)
+        for bridge, count in zip(self.bridges, self.layout):
+            if index < count:
+                return bridge
+            index -= count
+        raise IndexError(host)
 
     def _uts_file(self, ns: str) -> pathlib.Path:
         return UTS_DIR / ns
@@ -468,21 +565,32 @@ class NamespaceCluster:
         os.chmod(self.authorized_keys, 0o600)
 
         with _global_lock():
-            self.octet = self._pick_octet()
-            self.subnet = f"{SUBNET_PREFIX}.{self.octet}.0/24"
-            self.gateway = f"{SUBNET_PREFIX}.{self.octet}.254"
-            _run(["ip", "link", "add", self.bridge, "type", "bridge", "forward_delay", "0", "stp_state", "0"])
-            _run(["ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge])
-            _run(["ip", "link", "set", self.bridge, "up"])
+            network = self._pick_network()
+            self.octet = int(str(network.network_address).split(".")[2])
+            self.subnet = str(network)
+            self.gateway = str(network.broadcast_address - 1)
+            for bridge in self.bridges:
+                _run(["ip", "link", "add", bridge, "type", "bridge", "forward_delay", "0",
+                      "stp_state", "0"])
+            _run(["ip", "addr", "add", f"{self.gateway}/{self.prefix}", "dev", self.bridge])
+            for bridge in self.bridges:
+                _run(["ip", "link", "set", bridge, "up"])
+        for k in range(1, len(self.bridges)):
+            near, far = self._trunk_names(k)
+            _run(["ip", "link", "add", near, "type", "veth", "peer", "name", far])
+            _run(["ip", "link", "set", near, "master", self.bridge, "up"])
+            _run(["ip", "link", "set", far, "master", self.bridges[k], "up"])
+        self._raise_kernel_limits()
 
         self.hosts = []
         for i, name in enumerate(names, start=1):
             key = self._read_pub(self._hostdir(name) / "ssh_host_ed25519_key.pub")
-            self.hosts.append(NsHost(name=name, address=f"{SUBNET_PREFIX}.{self.octet}.{i}",
+            self.hosts.append(NsHost(name=name, address=str(network.network_address + i),
                                      netns=self._netns_name(i), iface="eth0", host_key_pub=key))
         hosts_file = self._hosts_file_text()
-        for i, h in enumerate(self.hosts, start=1):
-            self._build_host(i, h, hosts_file)
+        with concurrent.futures.ThreadPoolExecutor(BUILD_WORKERS) as pool:
+            list(pool.map(lambda ih: self._build_host(ih[0], ih[1], hosts_file),
+                          enumerate(self.hosts, start=1)))
         self._maybe_open_forwarding()
         self.write_known_hosts()
         self._write_ssh_config()
@@ -490,7 +598,8 @@ class NamespaceCluster:
         for h in self.hosts:
             self._write_sshd_config(h)
             self._launch_sshd(h)
-        deadline = time.monotonic() + 15.0
+        # every sshd starts on the same cores: 15 s, and more for a large cluster
+        deadline = time.monotonic() + max(15.0, 0.2 * self.n_hosts)
         for h in self.hosts:
             self._wait_sshd(h, deadline)
 
@@ -503,33 +612,67 @@ class NamespaceCluster:
         self._created_ns.append(ns)
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", h.iface, "netns", ns])
-        _run(["ip", "-n", ns, "addr", "add", f"{h.address}/24", "dev", h.iface])
+        if self.n_hosts > 253:
+            # no IPv6 link-local address, so no duplicate-address, router and listener
+            # multicast as every link comes up: on one L2 network each such frame is copied to
+            # every port, a million copies at 1,000 hosts
+            _run(["ip", "-n", ns, "link", "set", h.iface, "addrgenmode", "none"])
+            _run(["ip", "link", "set", veth, "addrgenmode", "none"])
+        _run(["ip", "-n", ns, "addr", "add", f"{h.address}/{self.prefix}", "dev", h.iface])
         _run(["ip", "-n", ns, "link", "set", h.iface, "up"])
-        _run(["ip", "link", "set", veth, "master", self.bridge])
+        _run(["ip", "link", "set", veth, "master", self.bridge_of(i - 1)])
         _run(["ip", "link", "set", veth, "up"])
         uts = self._uts_file(ns)
         uts.touch()
         # a persistent UTS namespace (bind-mounted at `uts`) carrying the hostname
         _run(["unshare", f"--uts={uts}", "hostname", h.name])
 
-    def _pick_octet(self) -> int:
+    def _pick_network(self) -> ipaddress.IPv4Network:
         used = _used_ipv4_networks()
 
-        def free(o: int) -> bool:
-            net = ipaddress.ip_network(f"{SUBNET_PREFIX}.{o}.0/24")
+        def free(net: ipaddress.IPv4Network) -> bool:
             return not any(net.overlaps(u) for u in used if u.prefixlen > 0)
 
         if self._requested_octet is not None:
-            if not free(self._requested_octet):
-                raise ClusterError(f"subnet {SUBNET_PREFIX}.{self._requested_octet}.0/24 is already in use "
-                                   "on this machine (pass another subnet_octet)")
-            return self._requested_octet
-        start = (self.pid * 7 + int(self.tag.split("x")[1]) * 31) % 250 + 1
-        for k in range(250):
-            o = (start - 1 + k) % 250 + 1
-            if free(o):
-                return o
-        raise ClusterError(f"no free {SUBNET_PREFIX}.X.0/24 subnet left")
+            try:
+                net = ipaddress.ip_network(f"{SUBNET_PREFIX}.{self._requested_octet}.0/{self.prefix}")
+            except ValueError:
+                raise ClusterError(f"subnet_octet {self._requested_octet} does not start a "
+                                   f"/{self.prefix} (needed for {self.n_hosts} hosts)") from None
+            if not free(net):
+                raise ClusterError(f"subnet {net} is already in use on this machine (pass another "
+                                   "subnet_octet)")
+            return net
+        candidates = candidate_networks(self.prefix)
+        start = (self.pid * 7 + int(self.tag.split("x")[1]) * 31) % len(candidates)
+        for k in range(len(candidates)):
+            net = candidates[(start + k) % len(candidates)]
+            if free(net):
+                return net
+        raise ClusterError(f"no free /{self.prefix} subnet left in {SUBNET_PREFIX}.0.0/16")
+
+    def _raise_kernel_limits(self) -> None:
+        """Two kernel limits, shared by every namespace, that a large cluster passes; raised
+        for its life only where too low (never for a small one), set back by stop() unless
+        someone changed them since.
+
+        * The neighbour table (``ipv4/neigh/default/gc_thresh3``, 1,024 entries): one entry per
+          host in the root namespace and one or more in each host's; past it new connections
+          fail ("neighbour table overflow").
+        * The per-CPU receive backlog (``core/netdev_max_backlog``, 1,000 packets): a broadcast
+          (an ARP request) is queued to every port of the bridge at once, newest port first, so
+          on a bridge of more ports than that the hosts added first never see it and never
+          answer: the root namespace's ARP for h1 stays INCOMPLETE."""
+        need = {"ipv4/neigh/default/gc_thresh2": 4 * self.n_hosts,
+                "ipv4/neigh/default/gc_thresh3": 8 * self.n_hosts,
+                "core/netdev_max_backlog": 4 * self.n_hosts}
+        for name, value in need.items():
+            path = SYSCTL / name
+            with contextlib.suppress(OSError, ValueError):
+                before = path.read_text().strip()
+                if int(before) < value:
+                    path.write_text(str(value))
+                    self._sysctl_restore[name] = (str(value), before)
 
     def _hosts_file_text(self) -> str:
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
@@ -547,12 +690,17 @@ class NamespaceCluster:
         self._add_forward_accept()
 
     def _add_forward_accept(self) -> None:
-        rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT",
-                "-m", "comment", "--comment", f"{IPT_COMMENT_PREFIX}{self.tag}"]
-        _run(["iptables", "-w", "5", "-I"] + rule)
-        self._ipt_rules.append(rule)
+        for bridge in self.bridges:  # a frame between bridges goes through both
+            rule = ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT",
+                    "-m", "comment", "--comment", f"{IPT_COMMENT_PREFIX}{self.tag}"]
+            _run(["iptables", "-w", "5", "-I"] + rule)
+            self._ipt_rules.append(rule)
 
     def _keygen_many(self, paths: list[pathlib.Path], comments: list[str]) -> None:
+        for begin in range(0, len(paths), 64):  # a batch at a time: 1,000 at once is a fork storm
+            self._keygen_batch(paths[begin:begin + 64], comments[begin:begin + 64])
+
+    def _keygen_batch(self, paths: list[pathlib.Path], comments: list[str]) -> None:
         procs = []
         for p, c in zip(paths, comments):
             for f in (p, p.with_name(p.name + ".pub")):
@@ -654,13 +802,16 @@ Subsystem sftp internal-sftp
     def _wait_sshd(self, h: NsHost, deadline: float) -> None:
         proc = self._sshd[h.name]
         last = ""
+        # while 1,000 sshd start on two cores an answer takes seconds: a try given up early
+        # leaves a session behind for sshd to serve, and another one follows
+        patience = 0.5 if self.n_hosts <= 253 else 5.0
         while True:
             if proc.poll() is not None:
                 raise ClusterError(f"sshd of {h.name} ({h.netns}) exited with {proc.returncode}: "
                                    f"{self._log_tail(h)}")
             try:
-                with socket.create_connection((h.address, 22), timeout=0.5) as s:
-                    s.settimeout(1.0)
+                with socket.create_connection((h.address, 22), timeout=patience) as s:
+                    s.settimeout(2 * patience)
                     banner = s.recv(64)
                     if banner.startswith(b"SSH-"):
                         return
@@ -668,8 +819,10 @@ Subsystem sftp internal-sftp
             except OSError as e:
                 last = str(e)
             if time.monotonic() > deadline:
+                neighbour = _run(["ip", "neigh", "show", h.address], check=False).stdout.strip()
                 raise ClusterError(f"sshd of {h.name} at {h.address}:22 not accepting connections "
-                                   f"({last}); log: {self._log_tail(h)}")
+                                   f"({last}; neighbour entry: {neighbour or 'none'}); log: "
+                                   f"{self._log_tail(h)}")
             time.sleep(0.02)
 
     def _log_tail(self, h: NsHost, n: int = 1500) -> str:
@@ -709,19 +862,28 @@ Subsystem sftp internal-sftp
                 veth = self._veth_name(i)
                 if _link_exists(veth):
                     _run(["ip", "link", "del", veth], check=False)
-            if _link_exists(self.bridge):
-                _run(["ip", "link", "del", self.bridge], check=False)
+            for k in range(1, len(self.bridges)):
+                if _link_exists(self._trunk_names(k)[0]):
+                    _run(["ip", "link", "del", self._trunk_names(k)[0]], check=False)
+            for bridge in self.bridges:
+                if _link_exists(bridge):
+                    _run(["ip", "link", "del", bridge], check=False)
             with contextlib.suppress(OSError):
                 ETC_NETNS.rmdir()  # only when empty
             for rule in self._ipt_rules:
                 _run(["iptables", "-w", "5", "-D"] + rule, check=False)
             self._ipt_rules.clear()
+            for name, (ours, before) in self._sysctl_restore.items():
+                with contextlib.suppress(OSError):
+                    if (SYSCTL / name).read_text().strip() == ours:
+                        (SYSCTL / name).write_text(before)
+            self._sysctl_restore.clear()
             self._created_ns.clear()
             self._started = False
             _live_clusters.discard(self)
             left = [n for n in _netns_list() if n.startswith(self.ns_prefix)]
-            left += [n for n in [self.bridge] + [self._veth_name(i) for i in range(1, self.n_hosts + 1)]
-                     if _link_exists(n)]
+            left += [n for n in self.bridges + [self._trunk_names(k)[0] for k in range(1, len(self.bridges))]
+                     + [self._veth_name(i) for i in range(1, self.n_hosts + 1)] if _link_exists(n)]
             if left or survivors:
                 raise ClusterError(f"stop() of cluster {self.tag} left behind: {left} processes {survivors}")
 

@@ -13,9 +13,12 @@ import pytest
 paramiko = pytest.importorskip("paramiko")
 
 try:
-    from nscluster import NamespaceCluster, cleanup_stale, cluster_available
+    from nscluster import (MAX_BRIDGE_PORTS, NamespaceCluster, bridge_layout, candidate_networks,
+                           cleanup_stale, cluster_available, network_prefix)
 except ImportError:  # tests/ imported as a package
-    from tests.nscluster import NamespaceCluster, cleanup_stale, cluster_available
+    from tests.nscluster import (MAX_BRIDGE_PORTS, NamespaceCluster, bridge_layout,
+                                 candidate_networks, cleanup_stale, cluster_available,
+                                 network_prefix)
 
 pytestmark = pytest.mark.cluster
 
@@ -306,3 +309,61 @@ def test_stale_leftovers_are_cleaned():
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", br], capture_output=True)
+
+
+def test_address_plan_past_one_slash_24():
+    assert [network_prefix(n) for n in (1, 253, 254, 509, 510, 1000, 1021, 1023, 4093)] == \
+        [24, 24, 23, 23, 22, 22, 22, 21, 20]
+    assert [str(n) for n in candidate_networks(22)[:2]] == ["10.213.4.0/22", "10.213.8.0/22"]
+    assert len(candidate_networks(24)) == 250  # 10.213.1-250.0/24, as before
+    for prefix in (20, 21, 22, 23):
+        nets = candidate_networks(prefix)
+        assert all(1 <= int(str(n.network_address).split(".")[2]) and
+                   int(str(n.broadcast_address).split(".")[2]) <= 250 for n in nets)
+        assert not any(a.overlaps(b) for a, b in zip(nets, nets[1:]))
+
+
+def test_bridge_layout_keeps_every_bridge_within_its_ports():
+    assert bridge_layout(1023) == [1023]  # a bridge's 1,023 ports, no trunk needed
+    assert bridge_layout(1024) == [1022, 2]  # one port of each for the trunk between them
+    assert bridge_layout(4, ports=3) == [2, 2]
+    for hosts, ports in ((3000, MAX_BRIDGE_PORTS), (30, 7), (5, 4)):
+        layout = bridge_layout(hosts, ports)
+        trunks = len(layout) - 1
+        assert sum(layout) == hosts
+        assert layout[0] + trunks <= ports and all(n + 1 <= ports for n in layout[1:])
+    with pytest.raises(ValueError):
+        bridge_layout(3, ports=2)
+
+
+def test_hosts_on_two_bridges_are_one_network(tmp_path):
+    """Bridges of 3 ports (as a 1,023-port bridge is past 1,023 hosts): 4 hosts on two bridges,
+    reached from the root namespace and from each other across the trunk; stop removes both."""
+    _require_cluster()
+    c = NamespaceCluster(4, tmp_path / "c4", bridge_ports=3)
+    c.start()
+    try:
+        assert c.layout == [2, 2] and len(c.bridges) == 2
+        assert [c.bridge_of(h) for h in c.hosts] == [c.bridges[0]] * 2 + [c.bridges[1]] * 2
+        for bridge, members in zip(c.bridges, ([c.hosts[0], c.hosts[1]],
+                                               [c.hosts[2], c.hosts[3]])):
+            ports = os.listdir(f"/sys/class/net/{bridge}/brif")
+            assert len(ports) == 3 and {c.veth(h) for h in members} <= set(ports)
+        for h in c.hosts:  # from the root namespace, through the first bridge's address
+            client = _connect(c, h)
+            try:
+                assert _exec(client, "hostname")[1].strip() == h.name
+            finally:
+                client.close()
+        a, b = c.hosts[0], c.hosts[3]  # across the trunk, by name
+        code = (f"import socket; s = socket.create_connection(('{b.name}', 22), timeout=5); "
+                "print(s.getpeername()[0], s.recv(4).decode())")
+        cp = c.run_in(a, [sys.executable, "-c", code], capture_output=True, text=True,
+                      timeout=30)
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.split() == [b.address, "SSH-"]
+    finally:
+        c.stop()
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                           check=True).stdout
+    assert not any(name in links for name in c.bridges + [c._trunk_names(1)[0]])

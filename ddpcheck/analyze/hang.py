@@ -24,10 +24,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import ras
+from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from ..remote.straggler import busy_stragglers, history_from_rows, identify_stragglers
-from .verdict import order_findings
+from .verdict import mark_single_root_cause, order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
 COLLECTIVES = frozenset({
@@ -565,7 +566,7 @@ def missing_reason(rank: int, world: int, views: Sequence[RankView],
     with_ranks = {v.host for v in views}
     empty = [h for h in scanned_hosts if h not in with_ranks]
     if unscanned_hosts:
-        text += f"; {', '.join(unscanned_hosts)} could not be scanned"
+        text += f"; {hosts_text(unscanned_hosts)} could not be scanned"
     elif len(empty) == 1:
         text += f"; probably on {empty[0]}, the only host scanned without a rank of this job"
     return text
@@ -800,12 +801,14 @@ def host_findings(results: Sequence[HostScanResult], any_job: bool,
         if result.scan is not None and scan.get("error"):
             findings.append(Finding(Severity.ERROR, "hang", f"{result.host}: scan failed: "
                                                             f"{scan['error']}", host=result.host))
-    if not any_job and any(r.scan is not None for r in results):
-        hosts = ", ".join(r.host for r in results if r.scan is not None)
+    # only the hosts whose scan answered: one that failed or was cut off has its own finding
+    scanned = [r.host for r in results if r.scan is not None and not r.scan.get("error")]
+    if not any_job and scanned:
         matching = f" of a job matching {job_filter!r}" if job_filter else ""
+        count = f"the {len(scanned)} hosts scanned, " if len(scanned) > 8 else ""
         findings.append(Finding(Severity.WARNING, "hang", (
-            f"no running torchrun worker{matching} found on {hosts} (a worker has RANK, "
-            f"WORLD_SIZE and LOCAL_RANK in its environment)")))
+            f"no running torchrun worker{matching} found on {count}{hosts_text(scanned)} (a "
+            f"worker has RANK, WORLD_SIZE and LOCAL_RANK in its environment)")))
     return findings
 
 
@@ -826,20 +829,23 @@ def _int(value: Any) -> Optional[int]:
 # -- the hang report's findings and rank records ------------------------------------------
 
 def host_error_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
-    """A host that could not be scanned, as an error finding (its stage and error)."""
-    return [Finding(Severity.ERROR, h.error_check or "ssh", f"{h.name}: {h.stage}: {h.error}",
-                    host=h.name) for h in hosts if h.error]
+    """A host that could not be scanned, as an error finding (its stage and error; the stage
+    once: a scan's own failure already starts with it)."""
+    return [Finding(Severity.ERROR, h.error_check or "ssh", f"{h.name}: " + (
+        h.error if h.error.startswith(f"{h.stage}: ") else f"{h.stage}: {h.error}"),
+        host=h.name) for h in hosts if h.error]
 
 
 def hang_findings(analysis: HangAnalysis, host_errors: list[Finding]) -> list[Finding]:
     """Job findings first (their root cause leads), then unreachable hosts, then the rest.
-    A host that could not be scanned is a root cause only when no job names one."""
+    With no job naming one, the first error is the root cause (a host that could not be
+    scanned first), as in preflight; a host the --timeout ran out before (not reached in time)
+    never is: that says nothing about it."""
     job_findings = list(analysis.findings)
-    has_root = any(f.root_cause for f in job_findings)
-    hosts = [replace(f, root_cause=not has_root and i == 0) for i, f in enumerate(host_errors)]
-    ordered = order_findings([f for f in job_findings if f.root_cause] + hosts
-                                     + [f for f in job_findings if not f.root_cause])
-    return ordered
+    hosts = [replace(f, root_cause=False) for f in host_errors]
+    return order_findings(mark_single_root_cause(
+        [f for f in job_findings if f.root_cause] + hosts
+        + [f for f in job_findings if not f.root_cause]))
 
 
 def rank_records(jobs: tuple[JobVerdict, ...]) -> list[RankRecord]:

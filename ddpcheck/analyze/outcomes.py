@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from ..collect.hostoutput import HostOutput, parse_output, rank_record
-from ..config.hostlist import compress_hostlist
+from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Finding, RankRecord, Severity
@@ -152,16 +152,6 @@ def srun_silent_failure(result: CommandResult, detail: str) -> Failure:
            "srun did not finish before the deadline" if result.timed_out else
            f"srun exited {result.exit_code}")
     return Failure(Check.SRUN, f"no output from this node ({why}): {detail}")
-
-
-def hosts_text(names: Sequence[str], few: int = 8) -> str:
-    """A few hosts by name (``h2, h3``), more as a compressed host list (``node[001-040]``)."""
-    if len(names) <= few:
-        return ", ".join(names)
-    try:
-        return compress_hostlist(names)
-    except ValueError:
-        return ", ".join(names[:few]) + f" and {len(names) - few} more"
 
 
 def not_launched_finding(names: Sequence[str]) -> Finding:

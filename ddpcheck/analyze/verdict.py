@@ -240,8 +240,9 @@ def mark_single_root_cause(findings: list[Finding]) -> list[Finding]:
     return findings
 
 
-# A deadline before a host's ranks ran means it could not be checked (exit 3), as ssh does.
-PRE_LAUNCH_STAGES = frozenset({Stage.CONNECT, Stage.STAGE0})
+# A deadline before a host's ranks ran means it could not be checked (exit 3), as ssh does;
+# so does one in ddpcheck hang's scan, which is that command's stage 0.
+PRE_LAUNCH_STAGES = frozenset({Stage.CONNECT, Stage.STAGE0, Stage.SCAN})
 
 
 def not_checked(finding: Finding, hosts: Sequence[HostRecord],

@@ -1,19 +1,24 @@
 """Hostlist expressions, pdsh/SLURM style: ``node[01-04,07],login1`` <-> a list of host names.
 
 ``config`` expands the host entries of hosts.yaml with ``expand_hostlist``; ``compress_hostlist``
-is its best-effort inverse, for short display in progress lines and the report.
+is its best-effort inverse, for short display in progress lines and the report, where
+``hostlist_text`` keeps it to a width whatever the number of hosts (a finding at 1,000 hosts
+names them in one bounded line).
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from typing import Iterable, Union
+from typing import Iterable, Sequence, Union
 
 # One expression may not expand to more hosts than this (a typo like node[1-1000000] fails fast).
 MAX_HOSTS = 100_000
 # Digits in one range bound; keeps int() cheap and catches garbage early.
 MAX_DIGITS = 18
+
+# A host list shown in a line is cut after this many characters, with a count of the rest.
+HOSTLIST_WIDTH = 96
 
 # Characters allowed in the literal parts of a name: DNS names, IPv4/IPv6 literals, ssh aliases.
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._:%-]")
@@ -87,6 +92,31 @@ def compress_hostlist(names: Iterable[str]) -> str:
             prefix, suffix = entry
             parts.append(_format_group(prefix, groups[entry], suffix))
     return ",".join(parts)
+
+
+def hostlist_text(names: Sequence[str], width: int = HOSTLIST_WIDTH) -> str:
+    """``node[001-096,098-512]``; past ``width`` characters cut at a name and the rest counted:
+    ``node[001,003,...] ... (+312 hosts)``. Names a host list cannot hold are joined by commas."""
+    try:
+        text = compress_hostlist(names)
+    except ValueError:
+        text = ",".join(names)
+    if len(text) <= width:
+        return text
+    cut = text.rfind(",", 0, width)
+    shown = text[:cut] if cut > 0 else text[:width]
+    if shown.count("[") > shown.count("]"):
+        shown += "]"
+    try:
+        hidden = len(names) - len(expand_hostlist(shown))
+    except ValueError:
+        hidden = 0
+    return f"{shown} ... (+{hidden} hosts)" if hidden > 0 else f"{shown} ..."
+
+
+def hosts_text(names: Sequence[str], few: int = 8) -> str:
+    """A few hosts by name (``h2, h3``), more as a host list (``hostlist_text``)."""
+    return ", ".join(names) if len(names) <= few else hostlist_text(names)
 
 
 def _split_top_level(expr: str) -> list[str]:

@@ -18,15 +18,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
-from ..config.hostlist import compress_hostlist
+# hostlist_text, hosts_text: what this module's lines name hosts with (the table and bandwidth
+# reports import them from here)
+from ..config.hostlist import hostlist_text, hosts_text  # noqa: F401
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 
 # A group of at most this many hosts that differs from the rest has its members listed.
 SMALL_GROUP = 4
 # Up to this many ranks the table stays one row per rank (a small cluster reads best that way).
 FULL_TABLE_MAX_RANKS = 32
-# A host list shown in a line is cut after this many characters, with a count of the rest.
-HOSTLIST_WIDTH = 96
 # A host is slow when its median barrier (or small all_reduce) is this many times the
 # cluster's median and beyond the cluster's far-out fence (Q3 + 3 IQR, Tukey).
 SLOW_FACTOR = 2.0
@@ -64,32 +64,6 @@ class MergedFinding:
 class Grouping:
     groups: tuple[HostGroup, ...]
     notes: Mapping[str, str] = field(default_factory=dict)  # host -> why it stands out
-
-
-def hostlist_text(names: Sequence[str], width: int = HOSTLIST_WIDTH) -> str:
-    """``node[001-096,098-512]``; past ``width`` characters cut at a name and the rest counted:
-    ``node[001,003,...] ... (+312 hosts)``. Names a host list cannot hold are joined by commas."""
-    try:
-        text = compress_hostlist(names)
-    except ValueError:
-        text = ",".join(names)
-    if len(text) <= width:
-        return text
-    cut = text.rfind(",", 0, width)
-    shown = text[:cut] if cut > 0 else text[:width]
-    if shown.count("[") > shown.count("]"):
-        shown += "]"
-    try:
-        from ..config.hostlist import expand_hostlist
-        hidden = len(names) - len(expand_hostlist(shown))
-    except ValueError:
-        hidden = 0
-    return f"{shown} ... (+{hidden} hosts)" if hidden > 0 else f"{shown} ..."
-
-
-def hosts_text(names: Sequence[str], few: int = 8) -> str:
-    """A few hosts by name (``h2, h3``), more as a host list (``hostlist_text``)."""
-    return ", ".join(names) if len(names) <= few else hostlist_text(names)
 
 
 def int_ranges(numbers: Iterable[int]) -> str:
