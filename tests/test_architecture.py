@@ -39,17 +39,20 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"analyze", "remote", "config"},
     "config": set(),
     "model": set(),
+    "core": set(),  # pure formulas and formats: the standard library only
     # remote/ runs on hosts and ranks, injob/ inside the user's job: stdlib, torch, model,
-    # wire, and each other (injob uses remote.fingerprint and remote.drift; the host scan
-    # reads the Monitor's heartbeat format from injob.monitor)
-    "remote": {"injob"},
+    # wire and core (the straggler rule and the heartbeat format live in core, so the host scan
+    # and the Monitor no longer import each other). injob.consistency still runs
+    # remote.fingerprint and remote.drift on each rank: one way, from the job to the rank-side
+    # code, never back.
+    "remote": set(),
     "injob": {"remote"},
     "wire": set(),
     "probe": {"remote"},  # ddpcheck.probe: the public entry point, = remote.probe
     "__main__": {"cli"},
     "__init__": {"injob"},  # lazy: ddpcheck.Monitor, ddpcheck.check_consistency
 }
-EVERYWHERE = {"model", "wire"}
+EVERYWHERE = {"model", "wire", "core"}
 NOT_MODEL = {"remote", "injob", "wire", "model"}  # model imports only itself
 
 
@@ -102,8 +105,8 @@ def test_every_package_is_listed() -> None:
 def test_imports_point_down(path: Path) -> None:
     own = package_of(path)
     allowed = ALLOWED[own] | {own} | (EVERYWHERE if own not in ("model", "wire") else set())
-    if own == "model":
-        allowed = {"model"}
+    if own in ("model", "core"):
+        allowed = {own}
     wrong = [f"line {line}: {name}" for name, line in imported(path)
              if top(name) not in allowed and name != "ddpcheck"]
     assert not wrong, f"{path.relative_to(PACKAGE)} ({own}) may not import: {wrong}"
@@ -132,6 +135,20 @@ def test_remote_and_injob_import_only_stdlib_torch_and_their_own() -> None:
             for name in names:
                 root = (name or "").split(".")[0]
                 assert root in stdlib | extra | REMOTE_THIRD_PARTY | {"ddpcheck", "__future__"}, \
+                    f"{path.relative_to(PACKAGE)} imports {name}"
+
+
+def test_core_imports_only_the_standard_library() -> None:
+    stdlib = set(sys.stdlib_module_names)
+    for path in MODULES:
+        if package_of(path) != "core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            for name in names:
+                assert (name or "").split(".")[0] in stdlib | {"__future__"}, \
                     f"{path.relative_to(PACKAGE)} imports {name}"
 
 

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from ddpcheck.remote.straggler import (StepSample, Thresholds, history_from_rows,
+from ddpcheck.core.straggler import (StepSample, Thresholds, history_from_rows,
                                        identify_stragglers, median_without, slow_devices)
 
 

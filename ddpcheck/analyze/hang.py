@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import ras
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
-from ..remote.straggler import busy_stragglers, history_from_rows, identify_stragglers
+from ..core.straggler import busy_stragglers, history_from_rows, identify_stragglers
 from .verdict import order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.

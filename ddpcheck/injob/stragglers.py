@@ -27,13 +27,13 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Optional
 
-from ..remote.straggler import Thresholds, history_from_rows, identify_stragglers
+from ..core import heartbeat
+from ..core.straggler import Thresholds, history_from_rows, identify_stragglers
 
 HISTORY = 32  # steps each rank keeps and publishes: the window plus slack for publish jitter
 VERDICT_KEY = "stragglers/verdict"
@@ -227,19 +227,8 @@ class StragglerWatch:
 
     def _read_files(self) -> dict[int, dict[str, Any]]:
         folder = os.path.dirname(self.monitor.path)
-        entries: dict[int, dict[str, Any]] = {}
-        for name in os.listdir(folder):
-            match = re.fullmatch(r"rank-(\d+)\.json", name)
-            if not match:
-                continue
-            try:
-                with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                    beat = json.load(handle)
-            except (OSError, ValueError):
-                continue
-            entries[int(match.group(1))] = {"host": beat.get("host"),
-                                            "rows": beat.get("history") or []}
-        return entries
+        return {rank: {"host": beat.get("host"), "rows": heartbeat.history(beat)}
+                for rank, beat in heartbeat.read_job_folder(folder).items()}
 
     def _judge(self, entries: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         history = history_from_rows({rank: e.get("rows") for rank, e in entries.items()})
@@ -257,6 +246,7 @@ class StragglerWatch:
         monitor = self.monitor
         current = {int(entry["rank"]): entry for entry in verdict}
         monitor.stragglers = list(current.values())
+        monitor.straggler_verdict = monitor.stragglers  # the next heartbeat carries it
         for rank in list(self.named):
             if rank not in current:
                 del self.named[rank]  # recovered: log again if it comes back

@@ -41,12 +41,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 from . import ncclras
 from .. import wire
+from ..core import heartbeat
 from .flightrecorder import MAX_DUMP_BYTES, dump_prefix, parse_dump
-from ..injob.monitor import HEARTBEAT_PREFIX, SHM_DIR, heartbeat_path, heartbeat_root, job_key
 from ..model import safety
 
 PY_SPY_VARIABLE = "DDPCHECK_PY_SPY"
-MAX_HEARTBEAT_BYTES = 1 << 16
 MAX_FRAMES = 80
 MAX_THREADS = 32
 KEPT_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE",
@@ -70,7 +69,7 @@ def worker_identity(env: Mapping[str, str]) -> Optional[dict[str, Any]]:
         return None
     if not 0 <= rank < world:
         return None
-    return {"job": job_key(env), "rank": rank, "local_rank": local, "world_size": world,
+    return {"job": heartbeat.job_key(env), "rank": rank, "local_rank": local, "world_size": world,
             "group_rank": _int_or_none(env.get("GROUP_RANK")),
             "local_world_size": _int_or_none(env.get("LOCAL_WORLD_SIZE"))}
 
@@ -167,16 +166,10 @@ def _py_spy_error(text: str) -> str:
 # -- heartbeats and Flight Recorder dumps -----------------------------------------------------
 
 def read_json_file(path: str, owners: Sequence[int],
-                   limit: int = MAX_HEARTBEAT_BYTES) -> Optional[dict[str, Any]]:
+                   limit: int = heartbeat.MAX_BYTES) -> Optional[dict[str, Any]]:
     """The JSON object in ``path`` when it is a regular file owned by one of ``owners``."""
     data = safety.read_owned_file(path, owners, limit)
-    if data is None:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    return None if data is None else heartbeat.decode(data)
 
 
 def read_flight_record(path: str, not_before: float,
@@ -201,10 +194,10 @@ def heartbeat_roots(extra: list[str], uid: Optional[int] = None) -> list[str]:
     folder in /dev/shm and the temp dir of the user ``uid`` (every user's for root)."""
     uid = os.geteuid() if uid is None else uid
     roots = list(extra)
-    if os.environ.get("DDPCHECK_HEARTBEAT_DIR"):
-        roots.append(os.environ["DDPCHECK_HEARTBEAT_DIR"])
-    pattern = HEARTBEAT_PREFIX + ("*" if uid == 0 else str(uid))
-    for base in (SHM_DIR, "/tmp", os.environ.get("TMPDIR") or "/tmp"):
+    if os.environ.get(heartbeat.DIR_VARIABLE):
+        roots.append(os.environ[heartbeat.DIR_VARIABLE])
+    pattern = heartbeat.PREFIX + ("*" if uid == 0 else str(uid))
+    for base in (heartbeat.SHM_DIR, "/tmp", os.environ.get("TMPDIR") or "/tmp"):
         roots += sorted(glob.glob(os.path.join(base, pattern)))
     seen: list[str] = []
     for root in roots:
@@ -305,7 +298,7 @@ class HostScan:
                 "create_time": info["create_time"], "cmdline": cmdline,
                 "uid": uids.real if uids else None,
                 "env": {k: env[k] for k in KEPT_ENV if k in env},
-                "heartbeat_path": heartbeat_path(heartbeat_root(env, uids.real if uids else None),
+                "heartbeat_path": heartbeat.path(heartbeat.root(env, uids.real if uids else None),
                                                  identity["job"], identity["rank"]),
                 "fr_path": os.path.join(cwd, dump_prefix(env) + str(identity["rank"])),
             })

@@ -1,0 +1,1 @@
+"""Pure, standard-library-only formulas and formats every layer shares."""
