@@ -124,9 +124,10 @@ def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
         clock.refresh()
         clock.sample(2, time.time())
     assert clock.runq_rate > 0.5  # throttled 80 % of the time: runnable, not running
-    (_, _, busy1, wait1), (_, _, busy2, wait2) = clock.recent()
-    assert wait1 > 0.25 and busy1 < 0.05
+    (_, _, busy1, wait1, starved1), (_, _, busy2, wait2, starved2) = clock.recent()
+    assert wait1 > 0.25 and busy1 < 0.05 and starved1 < 0.05
     assert busy2 > 0.45 and wait2 < 0.05
+    assert starved2 > 0.25  # the throttled part of the busy time
 
 
 # -- ddpcheck hang's analysis of a progressing job ------------------------------------------------
@@ -222,7 +223,7 @@ def test_heartbeat_carries_the_step_history_for_ddpcheck_hang(tmp_path):
                 break
             time.sleep(0.05)
     assert [row[0] for row in rows] == [1, 2, 3, 4]  # the first step has no "since"
-    for _, _, busy, wait in rows:
+    for _, _, busy, wait, _ in rows:
         assert wait > 0.015 and busy >= 0  # it slept between steps
 
 

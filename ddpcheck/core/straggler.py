@@ -9,14 +9,20 @@ duration cannot blame anyone. What differs is how each rank spent the step: its 
 and its *wait* time (blocked: in a collective waiting for the others, or in I/O). The last rank
 to arrive at the collective waits least; its arrival lag behind the median rank is the median
 wait of its peers minus its own (no cross-host clock needed). A rank is named when, in at least
-``min_steps`` of the last ``window`` steps, it arrived late by a margin *and* its busy time was
-a multiple of its peers' median. Noise on a healthy run moves the last place from rank to
-rank; a straggler holds it.
+``min_steps`` of the last ``window`` steps, it arrived late by a margin: arrival lag is the
+evidence. How it spent the step is the explanation, not a gate: on a CPU longer than its peers
+(*compute*), or runnable but not running (*starved*: its run-queue time, a CPU quota). Noise on
+a healthy run moves the last place from rank to rank; a straggler holds it.
+
+From outside (``ddpcheck hang`` on a job without a Monitor) the same question is asked of how
+each rank's main thread spent the window (``WindowAccount``, ``window_stragglers``): the share
+not spent waiting for the others, and what it was spent on.
 """
 
 from __future__ import annotations
 
 import bisect
+import enum
 import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -24,26 +30,30 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 @dataclass(frozen=True)
 class StepSample:
-    """One rank's account of one step: ``busy_s`` working, ``wait_s`` blocked (the rest of
-    the wall time since its previous step), ``time`` the wall clock at the step boundary."""
+    """One rank's account of one step: ``busy_s`` working (on a CPU or runnable), ``wait_s``
+    blocked (the rest of the wall time since its previous step), ``time`` the wall clock at the
+    step boundary, ``starved_s`` the part of ``busy_s`` it was runnable but not running."""
     step: int
     busy_s: float
     wait_s: float
     time: float = 0.0
+    starved_s: float = 0.0
 
     @property
     def wall_s(self) -> float:
         return self.busy_s + self.wait_s
 
     def as_list(self) -> list[Any]:
-        """The compact form heartbeats and the store carry: [step, time, busy, wait]."""
-        return [self.step, round(self.time, 6), round(self.busy_s, 6), round(self.wait_s, 6)]
+        """The compact form heartbeats and the store carry: [step, time, busy, wait, starved]."""
+        return [self.step, round(self.time, 6), round(self.busy_s, 6), round(self.wait_s, 6),
+                round(self.starved_s, 6)]
 
     @staticmethod
     def from_list(row: Sequence[Any]) -> Optional["StepSample"]:
         try:
             step, when, busy, wait = row[:4]
-            return StepSample(int(step), float(busy), float(wait), float(when))
+            starved = float(row[4]) if len(row) > 4 else 0.0
+            return StepSample(int(step), float(busy), float(wait), float(when), starved)
         except (TypeError, ValueError):
             return None
 
@@ -62,17 +72,16 @@ class Thresholds:
     window: int = 10
     min_steps: int = 9
     min_lag_s: float = 0.002
-    min_lag_fraction: float = 0.10
-    min_compute_ratio: float = 1.2
+    min_lag_fraction: float = 0.20  # the margin a 1.2x compute gate used to give
+    min_compute_ratio: float = 0.0  # 0: busy time explains a late arrival, it does not gate
     confirmations: int = 3  # Monitor: consecutive exchanges (a second apart) that must agree
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.window:
             raise ValueError(f"need 1 <= min_steps <= window, got {self.min_steps}, "
                              f"{self.window}")
-        if self.min_compute_ratio < 1.0 or self.min_lag_s < 0 or self.min_lag_fraction < 0:
-            raise ValueError("min_compute_ratio must be >= 1, min_lag_s and min_lag_fraction "
-                             ">= 0")
+        if self.min_compute_ratio < 0 or self.min_lag_s < 0 or self.min_lag_fraction < 0:
+            raise ValueError("min_compute_ratio, min_lag_s and min_lag_fraction must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -84,16 +93,39 @@ class Straggler:
     flagged: int  # steps it was late in ...
     window: int  # ... of this many
     last_step: int
+    starved: float = 0.0  # median share of its step runnable but not running, flagged steps
+    peers_starved: float = 0.0  # its peers' median of the same
+
+    @property
+    def reason(self) -> Optional["Reason"]:
+        """Starved when its run-queue share grew more than its busy time did; compute when it
+        was busier than its peers; None when neither explains the lag (asleep or stopped
+        outside the collectives: ``ddpcheck hang`` tells those apart from outside)."""
+        if self.starved - self.peers_starved >= 0.2:
+            return Reason.STARVED
+        if self.compute_ratio >= 1.2:
+            return Reason.COMPUTE
+        return None
+
+    def explanation(self) -> str:
+        if self.reason is Reason.STARVED:
+            return (f"starved of CPU {self.starved * 100:.0f}% of its step (runnable but not "
+                    f"running: a CPU quota, preemption or an oversubscribed host), its peers "
+                    f"{self.peers_starved * 100:.0f}%")
+        if self.reason is Reason.COMPUTE:
+            return f"{self.compute_ratio:.2f}x the median compute time"
+        return (f"{self.compute_ratio:.2f}x the median busy time: not busier than its peers, "
+                f"so held outside the collectives")
 
     def message(self) -> str:
         where = f" on {self.host}" if self.host else ""
         return (f"rank {self.rank}{where} arrives {self.lag_s * 1e3:.0f} ms after the median, "
-                f"{self.compute_ratio:.2f}x the median compute time, {self.flagged} of the last "
-                f"{self.window} steps")
+                f"{self.explanation()}, {self.flagged} of the last {self.window} steps")
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "host": self.host, "lag_ms": round(self.lag_s * 1e3, 1),
-                "compute_ratio": round(self.compute_ratio, 3), "flagged": self.flagged,
+                "compute_ratio": round(self.compute_ratio, 3),
+                "reason": self.reason.value if self.reason else None, "flagged": self.flagged,
                 "window": self.window, "last_step": self.last_step, "message": self.message()}
 
 
@@ -114,22 +146,29 @@ def median_without(ordered: Sequence[float], value: float) -> float:
 
 
 def late_ranks(samples: Mapping[int, StepSample], thresholds: Thresholds) -> dict[int, tuple[
-        float, float]]:
-    """One step: {rank: (lag_s, compute_ratio)} of the ranks late by the margins."""
+        float, float, float, float]]:
+    """One step: {rank: (lag_s, compute_ratio, starved share, peers' starved share)} of the
+    ranks late by the margins."""
     if len(samples) < 2:
         return {}
     waits = sorted(s.wait_s for s in samples.values())
     busies = sorted(s.busy_s for s in samples.values())
     step_s = statistics.median(s.wall_s for s in samples.values())
     margin = max(thresholds.min_lag_s, thresholds.min_lag_fraction * step_s)
+    starved = {rank: s.starved_s / s.wall_s if s.wall_s > 0 else 0.0
+               for rank, s in samples.items()}
+    starved_sorted = sorted(starved.values())
     late = {}
     for rank, sample in samples.items():
         lag = median_without(waits, sample.wait_s) - sample.wait_s
+        if lag < margin:
+            continue
         peers_busy = median_without(busies, sample.busy_s)
         ratio = sample.busy_s / peers_busy if peers_busy > 0 else (
             float("inf") if sample.busy_s > 0 else 1.0)
-        if lag >= margin and ratio >= thresholds.min_compute_ratio:
-            late[rank] = (lag, ratio)
+        if ratio >= thresholds.min_compute_ratio:
+            late[rank] = (lag, ratio, starved[rank],
+                          median_without(starved_sorted, starved[rank]))
     return late
 
 
@@ -148,17 +187,16 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
     steps = steps[-thresholds.window:]
     if len(steps) < thresholds.min_steps:
         return []
-    late: dict[int, list[tuple[float, float]]] = {}
+    late: dict[int, list[tuple[float, float, float, float]]] = {}
     for step in steps:
         for rank, seen in late_ranks(by_step[step], thresholds).items():
             late.setdefault(rank, []).append(seen)
     named = []
     for rank, seen in sorted(late.items()):
         if len(seen) >= thresholds.min_steps:
-            named.append(Straggler(rank, hosts.get(rank),
-                                   statistics.median(lag for lag, _ in seen),
-                                   statistics.median(ratio for _, ratio in seen),
-                                   len(seen), len(steps), steps[-1]))
+            lag, ratio, starved, peers = (statistics.median(part) for part in zip(*seen))
+            named.append(Straggler(rank, hosts.get(rank), lag, ratio, len(seen), len(steps),
+                                   steps[-1], starved, peers))
     return named
 
 
@@ -267,4 +305,152 @@ def busy_stragglers(busy: Mapping[int, float], hosts: Optional[Mapping[int, Opti
         peers = median_without(ordered, value)
         if value >= min_busy and value >= min_ratio * peers:
             found.append(BusyStraggler(rank, hosts.get(rank), value, peers))
+    return found
+
+
+# -- from outside the job: how each main thread spent the window ---------------------------------
+
+class Reason(str, enum.Enum):
+    """Why a straggler arrives late."""
+    COMPUTE = "compute"  # on a CPU longer than its peers
+    STARVED = "starved"  # runnable but not running: a CPU quota, preemption, oversubscription
+    BLOCKED = "blocked"  # asleep outside any collective: I/O, data loading, a sleep, page faults
+    STOPPED = "stopped"  # state T: SIGSTOP, a debugger, a sampling profiler
+
+
+# A main thread asleep on a futex waits for another thread: gloo's collectives (and locks, the
+# GIL): the time a rank spends waiting for its peers. Any other sleep is its own business.
+WAITING_CHANNELS = ("futex",)
+# What a wait channel says, for the message: (prefix of the kernel function, what it is).
+CHANNEL_MEANINGS = (("hrtimer_nanosleep", "a sleep"), ("do_nanosleep", "a sleep"),
+                    ("io_schedule", "I/O"), ("folio_wait", "I/O"), ("wait_on_page", "I/O"),
+                    ("blk", "I/O"), ("nfs", "NFS I/O"), ("rpc_wait", "NFS I/O"),
+                    ("pipe_read", "reading a pipe"), ("anon_pipe_read", "reading a pipe"),
+                    ("do_sys_poll", "polling (a data loader, a socket)"),
+                    ("do_select", "polling (a data loader, a socket)"),
+                    ("do_epoll_wait", "polling (a data loader, a socket)"),
+                    ("sk_wait_data", "reading a socket"), ("wait_woken", "reading a socket"),
+                    ("handle_mm_fault", "page faults"), ("do_page_fault", "page faults"))
+
+
+@dataclass(frozen=True)
+class WindowAccount:
+    """One rank's main thread over ``ddpcheck hang``'s window: its schedstat deltas (seconds on
+    a CPU, seconds runnable but not running) and its state read every few milliseconds
+    (``states``: {"R": n, "T": n, "S:futex_do_wait": n, ...})."""
+    window_s: float
+    oncpu_s: float
+    runq_s: float
+    states: tuple[tuple[str, int], ...]
+
+    @property
+    def polls(self) -> int:
+        return sum(n for _, n in self.states)
+
+    def share(self, kind: str) -> float:
+        """The share of polls spent ``kind``: "waiting" (for another thread: the peers),
+        "stopped", "blocked" (any other sleep), "running"."""
+        return sum(n for state, n in self.states if state_kind(state) == kind) / max(1,
+                                                                                   self.polls)
+
+    @property
+    def holding(self) -> float:
+        """The share of the window not spent waiting for others: what the others wait for."""
+        return 1.0 - self.share("waiting")
+
+    def parts(self) -> dict[Reason, float]:
+        """The window's shares by reason; running split by schedstat into compute and starved."""
+        running = self.share("running")
+        busy = self.oncpu_s + self.runq_s
+        starved = running * self.runq_s / busy if busy > 0 else 0.0
+        return {Reason.COMPUTE: running - starved, Reason.STARVED: starved,
+                Reason.BLOCKED: self.share("blocked"), Reason.STOPPED: self.share("stopped")}
+
+    def channel(self) -> Optional[str]:
+        """The wait channel it was blocked in most, outside the collectives."""
+        blocked = [(n, state.split(":", 1)[1]) for state, n in self.states
+                   if state_kind(state) == "blocked" and ":" in state]
+        return max(blocked)[1] if blocked else None
+
+    @property
+    def cycled(self) -> bool:
+        """Seen running and not running, twice each: a thread going round a loop, not one stuck
+        in one place."""
+        running = sum(n for state, n in self.states if state_kind(state) == "running")
+        return running >= 2 and self.polls - running >= 2
+
+
+def state_kind(state: str) -> str:
+    letter, _, channel = state.partition(":")
+    if letter in ("T", "t"):
+        return "stopped"
+    if letter == "R":
+        return "running"
+    if letter in ("S", "D") and channel and not channel.startswith(WAITING_CHANNELS):
+        return "blocked"
+    return "waiting"  # a futex (a collective), or a sleep whose channel is unknown
+
+
+def channel_meaning(channel: Optional[str]) -> str:
+    for prefix, meaning in CHANNEL_MEANINGS:
+        if channel and channel.startswith(prefix):
+            return f"in {channel}: {meaning}"
+    return f"in {channel}" if channel else "asleep"
+
+
+@dataclass(frozen=True)
+class WindowStraggler:
+    """A rank the others waited for over the window, and why."""
+    rank: int
+    host: Optional[str]
+    reason: Reason
+    share: float  # of the window, spent for that reason
+    holding: float  # of the window, not waiting for the others
+    peers: float  # the peers' median of holding
+    channel: Optional[str] = None  # blocked: the wait channel
+
+    def explanation(self) -> str:
+        pct = f"{self.share * 100:.0f}% of the window"
+        if self.reason is Reason.STOPPED:
+            return f"stopped {pct} (state T: SIGSTOP, a debugger or a sampling profiler)"
+        if self.reason is Reason.STARVED:
+            return (f"starved of CPU {pct} (runnable but not running: a CPU quota, preemption "
+                    f"or an oversubscribed host)")
+        if self.reason is Reason.BLOCKED:
+            return (f"blocked outside the collectives {pct} ({channel_meaning(self.channel)})")
+        return f"computing {pct} (on a CPU longer than its peers)"
+
+    def message(self) -> str:
+        where = f" on {self.host}" if self.host else ""
+        return (f"rank {self.rank}{where} {self.explanation()}: it held the others up "
+                f"{self.holding * 100:.0f}% of the window, its peers {self.peers * 100:.0f}% "
+                f"(median)")
+
+
+def window_stragglers(accounts: Mapping[int, WindowAccount],
+                      hosts: Optional[Mapping[int, Optional[str]]] = None,
+                      min_holding: float = 0.6, min_ratio: float = 1.5,
+                      min_polls: int = 20) -> list[WindowStraggler]:
+    """The ranks that spent at least ``min_holding`` of the window not waiting for the others
+    and ``min_ratio`` x their peers' median (at least three ranks, each polled ``min_polls``
+    times), with the reason that grew most over the peers' (their medians, part by part)."""
+    usable = {rank: a for rank, a in accounts.items() if a.polls >= min_polls}
+    if len(usable) < 3 or len(usable) != len(accounts):
+        return []
+    hosts = hosts or {}
+    holding = sorted(a.holding for a in usable.values())
+    parts = {rank: a.parts() for rank, a in usable.items()}
+    found = []
+    for rank, account in sorted(usable.items()):
+        peers = median_without(holding, account.holding)
+        if account.holding < min_holding or account.holding < min_ratio * peers:
+            continue
+        excess = {}
+        for reason in Reason:
+            ordered = sorted(p[reason] for p in parts.values())
+            excess[reason] = parts[rank][reason] - median_without(ordered, parts[rank][reason])
+        reason = max(Reason, key=lambda r: excess[r])
+        found.append(WindowStraggler(rank, hosts.get(rank), reason, parts[rank][reason],
+                                     account.holding, peers,
+                                     account.channel() if reason is Reason.BLOCKED else None))
     return found

@@ -43,8 +43,8 @@ logger = logging.getLogger("ddpcheck.injob.monitor")
 
 
 class StepClock:
-    """The training thread's busy time per step, and the rows [step, time, busy, wait] of its
-    last steps.
+    """The training thread's busy time per step, and the rows [step, time, busy, wait,
+    starved] of its last steps.
 
     Per step (``sample``, on the training thread) only clocks that keep the GIL are read: the
     thread's CPU time (``time.thread_time``) and the wall clock. Any system call that releases
@@ -92,13 +92,16 @@ class StepClock:
         if last is None:
             return
         wall = mark - last[0]
+        starved = 0.0
         if collective is not None:  # NCCL: the thread spins; the GPU's collective time is wait
             wait = min(max(spent, 0.0), wall)
             busy_s = wall - wait
         else:
-            busy_s = min(max(cpu - last[1], 0.0) + self.runq_rate * wall, wall)
+            starved = min(self.runq_rate * wall, wall)
+            busy_s = min(max(cpu - last[1], 0.0) + starved, wall)
             wait = wall - busy_s
-        self.rows.append([step, round(now, 6), round(busy_s, 6), round(wait, 6)])
+        self.rows.append([step, round(now, 6), round(busy_s, 6), round(wait, 6),
+                          round(starved, 6)])
 
     def attach(self, collective_s: Callable[[], float]) -> None:
         self._last_collective = collective_s()

@@ -46,6 +46,7 @@ from .flightrecorder import MAX_DUMP_BYTES, dump_prefix, parse_dump
 from ..model import safety
 
 PY_SPY_VARIABLE = "DDPCHECK_PY_SPY"
+POLL_S = 0.02  # between the two samples, each main thread's state is read this often
 MAX_FRAMES = 80
 MAX_THREADS = 32
 KEPT_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE",
@@ -313,7 +314,8 @@ class HostScan:
                 times = proc.cpu_times()
                 return {"status": proc.status(), "cpu_s": round(times.user + times.system, 3),
                         "threads": proc.num_threads(), "at": time.time(),
-                        "busy_s": main_thread_busy_s(worker["pid"])}
+                        "busy_s": main_thread_busy_s(worker["pid"]),
+                        "sched": main_thread_schedstat(worker["pid"])}
         except (self.psutil.NoSuchProcess, self.psutil.ZombieProcess):
             return {"status": "gone"}
         except self.psutil.AccessDenied:
@@ -359,11 +361,14 @@ class HostScan:
         first_at = time.monotonic()
         first = self.observe(workers)
         rest = self.window_s - (time.monotonic() - first_at)
+        states: list[dict[str, int]] = [{} for _ in workers]
         if workers and rest > 0:
-            time.sleep(min(rest, max(0.0, self.deadline - time.monotonic() - 5.0)))
+            poll_states(workers, states, min(rest, max(0.0, self.deadline - time.monotonic()
+                                                       - 5.0)))
         second = self.observe(workers)
-        for worker, a, b in zip(workers, first, second):
+        for worker, a, b, seen in zip(workers, first, second, states):
             worker["samples"] = [a, b]
+            worker["states"] = seen
             worker["flight_record"] = read_flight_record(worker["fr_path"],
                                                          worker["create_time"], _owners(worker))
         live = {(w["job"], w["rank"]) for w in workers}
@@ -396,6 +401,54 @@ def process_alive(psutil: Any, pid: int, started: Any) -> bool:
         return True
     except psutil.Error:
         return False
+
+
+def poll_states(workers: Sequence[Mapping[str, Any]], into: list[dict[str, int]],
+                duration_s: float, every_s: float = POLL_S) -> None:
+    """For ``duration_s``, every ``every_s``: each worker's main thread state, counted into
+    ``into`` by ``main_thread_state`` ("R", "T", "S:futex_do_wait", ...): how the window was
+    spent, which two samples cannot tell (a rank stopped 40 % of the time, or asleep)."""
+    until = time.monotonic() + duration_s
+    while True:
+        for worker, counts in zip(workers, into):
+            state = main_thread_state(worker["pid"])
+            if state is not None:
+                counts[state] = counts.get(state, 0) + 1
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(every_s, left))
+
+
+def main_thread_state(pid: int) -> Optional[str]:
+    """The main thread's state letter from /proc/PID/task/PID/stat, with its wait channel
+    when it sleeps ("S:hrtimer_nanosleep", "D:io_schedule"); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    if state in ("S", "D"):
+        try:
+            with open(f"/proc/{pid}/task/{pid}/wchan", encoding="ascii",
+                      errors="replace") as handle:
+                wchan = handle.read().strip()
+        except OSError:
+            wchan = ""
+        if wchan and wchan != "0":
+            return f"{state}:{wchan[:60]}"
+    return state
+
+
+def main_thread_schedstat(pid: int) -> Optional[list[float]]:
+    """[seconds on a CPU, seconds runnable but waiting (run queue, CPU quota)] of the main
+    thread, from /proc/PID/task/PID/schedstat; None where unavailable."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as handle:
+            oncpu, runq = handle.read().split()[:2]
+        return [round(int(oncpu) / 1e9, 4), round(int(runq) / 1e9, 4)]
+    except (OSError, ValueError):
+        return None
 
 
 def main_thread_busy_s(pid: int) -> Optional[float]:
