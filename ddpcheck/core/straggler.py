@@ -429,11 +429,13 @@ class WindowStraggler:
 
 def window_stragglers(accounts: Mapping[int, WindowAccount],
                       hosts: Optional[Mapping[int, Optional[str]]] = None,
-                      min_holding: float = 0.6, min_ratio: float = 1.5,
+                      min_excess: float = 0.3, min_ratio: float = 1.5,
                       min_polls: int = 20) -> list[WindowStraggler]:
-    """The ranks that spent at least ``min_holding`` of the window not waiting for the others
-    and ``min_ratio`` x their peers' median (at least three ranks, each polled ``min_polls``
-    times), with the reason that grew most over the peers' (their medians, part by part)."""
+    """The ranks that spent at least ``min_excess`` of the window more than their peers'
+    median not waiting for the others, and ``min_ratio`` x that median (at least three ranks,
+    each polled ``min_polls`` times), with the reason that grew most over the peers' (their
+    medians, part by part). A rank throttled by a quota on its whole process still waits on a
+    futex part of the time (its own throttled I/O threads): hence a margin, not a floor."""
     usable = {rank: a for rank, a in accounts.items() if a.polls >= min_polls}
     if len(usable) < 3 or len(usable) != len(accounts):
         return []
@@ -443,7 +445,7 @@ def window_stragglers(accounts: Mapping[int, WindowAccount],
     found = []
     for rank, account in sorted(usable.items()):
         peers = median_without(holding, account.holding)
-        if account.holding < min_holding or account.holding < min_ratio * peers:
+        if account.holding < peers + min_excess or account.holding < min_ratio * peers:
             continue
         excess = {}
         for reason in Reason:

@@ -1,0 +1,150 @@
+"""Stragglers whatever holds them, on the real namespace cluster: a 3-host x 2-rank DDP job
+(gloo, torchrun) with one rank (4, on h3) slowed for real, one fault after the other on the same
+job: a cgroup CPU quota, a sleep of 80 ms a step outside any collective (while a flag file
+exists), and a SIGSTOP/SIGCONT duty cycle (stopped 40 % of the time). ``ddpcheck hang`` from
+outside names exactly that rank with the right reason, never calls the progressing job hung,
+and, reading a Monitor's heartbeats, says what the Monitor says; a healthy stretch names no one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+import cpuquota
+from hostsfile import cluster_hosts_yaml
+from torchrunjob import TorchrunJob, start_job
+from test_straggler_cluster import STRAGGLERJOB, last_step
+
+pytestmark = pytest.mark.cluster
+
+VICTIM = 4  # rank 4: h3's first rank
+
+
+@pytest.fixture(autouse=True)
+def needs_quota():
+    ok, why = cpuquota.available()
+    if not ok:
+        pytest.skip(why)
+
+
+@contextlib.contextmanager
+def stop_cycle(pid: int, stopped_s: float = 0.06, running_s: float = 0.09) -> Iterator[None]:
+    """SIGSTOP/SIGCONT ``pid`` over and over, as a debugger or a sampling profiler does; the
+    process is continued whatever happens."""
+    done = threading.Event()
+
+    def cycle() -> None:
+        while not done.is_set():
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(stopped_s)
+            os.kill(pid, signal.SIGCONT)
+            done.wait(running_s)
+
+    thread = threading.Thread(target=cycle, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        os.kill(pid, signal.SIGCONT)
+
+
+def hang(cluster, tmp_path, name: str) -> tuple[subprocess.CompletedProcess, dict]:
+    hosts_yaml = cluster_hosts_yaml(cluster, tmp_path / "hosts.yaml", cluster.hosts[:3])
+    report_path = tmp_path / f"hang-{name}.json"
+    done = subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml), "--json",
+                           str(report_path), "--window", "3", "--no-stacks"],
+                          capture_output=True, text=True, timeout=180)
+    return done, json.loads(report_path.read_text())
+
+
+def stragglers(report: dict) -> list[dict]:
+    return [f for f in report["findings"] if f["check"] == "straggler"]
+
+
+def wait_steps(tmp_path, rank: int, steps: int, job: TorchrunJob) -> None:
+    onset = last_step(tmp_path, rank)
+    deadline = time.monotonic() + 90
+    while last_step(tmp_path, rank) < onset + steps:
+        assert time.monotonic() < deadline, job.logs()
+        time.sleep(0.3)
+
+
+def monitor_lines(job: TorchrunJob) -> list[str]:
+    return [line for host in job.hosts for line in job.log_of(host).splitlines()
+            if "straggler:" in line]
+
+
+@pytest.mark.parametrize("monitor", [False, True], ids=["without-ddpcheck", "with-monitor"])
+def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
+        ns_cluster, tmp_path, monitor):
+    hosts = ns_cluster.hosts[:3]
+    job = start_job(ns_cluster, hosts, 2, 29691 + monitor, tmp_path,
+                    ["--mark-every", "1", "--flag-sleep", "0.08"]
+                    + (["--use-monitor"] if monitor else []),
+                    env={"DDPCHECK_HEARTBEAT_DIR": str(tmp_path / "beats")},
+                    script=STRAGGLERJOB)
+    try:
+        pids = job.wait_ready()
+        time.sleep(3.0)
+        done, healthy = hang(ns_cluster, tmp_path, "healthy")
+        assert stragglers(healthy) == [], done.stdout + done.stderr
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        faults = {
+            "starved": lambda: cpuquota.cpu_quota([pids[VICTIM]], 0.03),
+            "blocked": lambda: flag_file(tmp_path / "ready" / f"sleep-{VICTIM}"),
+            "stopped": lambda: stop_cycle(pids[VICTIM]),
+        }
+        for reason, fault in faults.items():
+            with fault():
+                wait_steps(tmp_path, VICTIM, 12, job)
+                if monitor and reason == "starved":  # the Monitor names it in the job first
+                    deadline = time.monotonic() + 60
+                    while not any(f"rank {VICTIM} on h3" in line for line in monitor_lines(job)):
+                        assert time.monotonic() < deadline, job.logs()
+                        time.sleep(0.3)
+                done, report = hang(ns_cluster, tmp_path, reason)
+            found = stragglers(report)
+            text = done.stdout + done.stderr
+            assert [(f["rank"], f["host"]) for f in found] == [(VICTIM, "h3")], (reason, text)
+            assert done.returncode == 0, (reason, text)  # a progressing job is never hung
+            assert not [f for f in report["findings"] if f["severity"] == "error"], text
+            message = found[0]["message"]
+            if monitor and reason == "starved":  # the Monitor's own words, as it logged them
+                assert "after the median, starved of CPU" in message, text
+                assert any(message.split(": ", 1)[1] in line for line in monitor_lines(job))
+            elif not monitor or reason != "starved":
+                expected = {"starved": "starved of CPU", "stopped": "stopped",
+                            "blocked": "blocked outside the collectives"}[reason]
+                if not monitor:
+                    assert f"rank {VICTIM} on h3 {expected}" in message, (reason, text)
+            if not monitor and reason == "blocked":
+                assert "hrtimer_nanosleep: a sleep" in message, text
+            if not monitor and reason == "stopped":
+                pct = int(re.search(r"stopped (\d+)% of the window", message).group(1))
+                assert 20 <= pct <= 60, message
+            time.sleep(2.0)  # the job recovers before the next fault
+    finally:
+        job.stop()
+
+
+@contextlib.contextmanager
+def flag_file(path) -> Iterator[None]:
+    path.write_text("")
+    try:
+        yield
+    finally:
+        path.unlink()
