@@ -124,10 +124,85 @@ def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
         clock.refresh()
         clock.sample(2, time.time())
     assert clock.runq_rate > 0.5  # throttled 80 % of the time: runnable, not running
-    (_, _, busy1, wait1, starved1), (_, _, busy2, wait2, starved2) = clock.recent()
+    (_, _, busy1, wait1, starved1), (_, _, busy2, wait2, starved2) = (
+        row[:5] for row in clock.recent())
     assert wait1 > 0.25 and busy1 < 0.05 and starved1 < 0.05
     assert busy2 > 0.45 and wait2 < 0.05
     assert starved2 > 0.25  # the throttled part of the busy time
+
+
+def test_sampler_tells_a_sleep_outside_the_collectives_from_waiting_for_another_thread():
+    import threading
+    import time
+
+    from ddpcheck.injob.stragglers import ThreadSampler
+
+    phase, tid = {"sleep": True}, []
+    done, woken = threading.Event(), threading.Event()
+
+    def training() -> None:  # sleeps like a slow data loader, then waits like a collective
+        tid.append(threading.get_native_id())
+        while phase["sleep"]:
+            time.sleep(0.05)
+        woken.wait()
+
+    thread = threading.Thread(target=training)
+    thread.start()
+    while not tid:
+        time.sleep(0.01)
+    sampler = ThreadSampler(done)
+    sampler.start(tid[0])
+    try:
+        time.sleep(1.0)
+        blocked, stopped = sampler.step_shares()
+        channel = sampler.channel()
+        assert blocked > 0.8 and stopped < 0.2, (blocked, stopped)
+        assert channel is not None and "sleep" in channel  # hrtimer_nanosleep, do_nanosleep
+        phase["sleep"] = False
+        time.sleep(0.2)
+        sampler.step_shares(), sampler.channel()
+        time.sleep(1.0)
+        blocked, stopped = sampler.step_shares()
+        assert blocked < 0.1 and sampler.channel() is None, blocked  # a futex: waiting
+    finally:
+        done.set()
+        woken.set()
+        thread.join()
+
+
+def test_sampler_counts_the_time_its_process_was_stopped(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import threading, time, sys\n"
+            "from ddpcheck.injob.stragglers import ThreadSampler\n"
+            "stop = threading.Event(); s = ThreadSampler(stop)\n"
+            "s.start(threading.get_native_id()); time.sleep(0.3); s.step_shares()\n"
+            "print('ready', flush=True); began = time.monotonic(); sys.stdin.readline()\n"
+            "blocked, stopped = s.step_shares()\n"
+            "print(blocked, stopped / (time.monotonic() - began), flush=True)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        until = time.monotonic() + 2.0
+        while time.monotonic() < until:  # stopped 60 ms of every 150 ms: 40 %
+            os.kill(child.pid, signal.SIGSTOP)
+            time.sleep(0.06)
+            os.kill(child.pid, signal.SIGCONT)
+            time.sleep(0.09)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        blocked, stopped = (float(x) for x in child.stdout.readline().split())
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        child.kill()
+        child.wait()
+    assert 0.25 <= stopped <= 0.55, stopped
+    assert blocked > 0.5  # meanwhile its main thread read a pipe (stdin): blocked, not waiting
 
 
 # -- ddpcheck hang's analysis of a progressing job ------------------------------------------------
@@ -206,6 +281,23 @@ def test_the_monitor_names_a_rank_only_after_consecutive_verdicts_agree(tmp_path
                                 "arrives ..."]  # logged once per episode
 
 
+def test_a_named_rank_stays_named_while_late_in_half_the_window():
+    from types import SimpleNamespace
+
+    from ddpcheck.injob.stragglers import StragglerWatch
+
+    monitor = SimpleNamespace(world_size=4, beat_s=1.0, rank=0, hostname="h1", warnings=[],
+                              stragglers=[])
+    watch = StragglerWatch(monitor, Thresholds(), store=None)
+    entry = {"rank": 3, "message": "rank 3 on h2 arrives ..."}
+    assert watch._confirmed([], [entry]) == []  # half the window is not enough to be named
+    for _ in range(3):
+        named = watch._confirmed([entry], [entry])
+    assert named == [entry]
+    assert watch._confirmed([], [entry]) == [entry]  # late in 8 of 10 steps: still named
+    assert watch._confirmed([], []) == []  # late in fewer than half: released
+
+
 def test_heartbeat_carries_the_step_history_for_ddpcheck_hang(tmp_path):
     import json
     import time
@@ -223,7 +315,7 @@ def test_heartbeat_carries_the_step_history_for_ddpcheck_hang(tmp_path):
                 break
             time.sleep(0.05)
     assert [row[0] for row in rows] == [1, 2, 3, 4]  # the first step has no "since"
-    for _, _, busy, wait, _ in rows:
+    for _, _, busy, wait, *_ in rows:
         assert wait > 0.015 and busy >= 0  # it slept between steps
 
 

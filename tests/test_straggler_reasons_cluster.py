@@ -29,6 +29,32 @@ from test_straggler_cluster import STRAGGLERJOB, last_step
 pytestmark = pytest.mark.cluster
 
 VICTIM = 4  # rank 4: h3's first rank
+OUTSIDE = {"starved": "starved of CPU", "blocked": "blocked outside the collectives",
+           "stopped": "stopped"}
+INSIDE = {"starved": "starved of CPU", "blocked": "blocked outside the collectives",
+          "stopped": "stopped"}
+
+
+def named_inside(job: TorchrunJob, reason: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not any(f"rank {VICTIM} on h3 arrives" in line and INSIDE[reason] in line
+                  for line in monitor_lines(job)):
+        assert time.monotonic() < deadline, (reason, monitor_lines(job), job.logs()[-3000:])
+        time.sleep(0.3)
+
+
+def recovered(tmp_path, timeout_s: float = 60) -> None:
+    """Until the Monitor's verdict (in rank 0's heartbeat) names no one again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        (path,) = (tmp_path / "beats").glob("*/rank-0.json")
+        try:
+            if json.loads(path.read_text()).get("stragglers") == []:
+                return
+        except ValueError:
+            pass  # being replaced
+        assert time.monotonic() < deadline, "the Monitor still names a straggler"
+        time.sleep(0.3)
 
 
 @pytest.fixture(autouse=True)
@@ -111,11 +137,8 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
         for reason, fault in faults.items():
             with fault():
                 wait_steps(tmp_path, VICTIM, 12, job)
-                if monitor and reason == "starved":  # the Monitor names it in the job first
-                    deadline = time.monotonic() + 60
-                    while not any(f"rank {VICTIM} on h3" in line for line in monitor_lines(job)):
-                        assert time.monotonic() < deadline, job.logs()
-                        time.sleep(0.3)
+                if monitor:  # the Monitor names it in the job first, then hang is asked
+                    named_inside(job, reason)
                 done, report = hang(ns_cluster, tmp_path, reason)
             found = stragglers(report)
             text = done.stdout + done.stderr
@@ -123,20 +146,20 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
             assert done.returncode == 0, (reason, text)  # a progressing job is never hung
             assert not [f for f in report["findings"] if f["severity"] == "error"], text
             message = found[0]["message"]
-            if monitor and reason == "starved":  # the Monitor's own words, as it logged them
-                assert "after the median, starved of CPU" in message, text
+            if monitor:  # the Monitor's own words, as it logged them
+                assert f"after the median, {INSIDE[reason]}" in message, (reason, text)
                 assert any(message.split(": ", 1)[1] in line for line in monitor_lines(job))
-            elif not monitor or reason != "starved":
-                expected = {"starved": "starved of CPU", "stopped": "stopped",
-                            "blocked": "blocked outside the collectives"}[reason]
-                if not monitor:
-                    assert f"rank {VICTIM} on h3 {expected}" in message, (reason, text)
-            if not monitor and reason == "blocked":
+            else:
+                assert f"rank {VICTIM} on h3 {OUTSIDE[reason]}" in message, (reason, text)
+            if reason == "blocked":
                 assert "hrtimer_nanosleep: a sleep" in message, text
-            if not monitor and reason == "stopped":
-                pct = int(re.search(r"stopped (\d+)% of the window", message).group(1))
+            if reason == "stopped":
+                pct = int(re.search(r"stopped (\d+)% of the", message).group(1))
                 assert 20 <= pct <= 60, message
-            time.sleep(2.0)  # the job recovers before the next fault
+            if monitor:
+                recovered(tmp_path)
+            else:
+                time.sleep(2.0)  # the job recovers before the next fault
     finally:
         job.stop()
 

@@ -38,22 +38,33 @@ class StepSample:
     wait_s: float
     time: float = 0.0
     starved_s: float = 0.0
+    blocked_s: float = 0.0  # asleep outside the collectives (not part of wait_s)
+    stopped_s: float = 0.0  # the process stopped (not part of wait_s)
 
     @property
     def wall_s(self) -> float:
-        return self.busy_s + self.wait_s
+        return self.busy_s + self.wait_s + self.blocked_s + self.stopped_s
+
+    def shares(self) -> dict["Reason", float]:
+        """Its step's shares by reason: what it spent not waiting for the others."""
+        wall = self.wall_s or 1e-9
+        return {Reason.COMPUTE: (self.busy_s - self.starved_s) / wall,
+                Reason.STARVED: self.starved_s / wall, Reason.BLOCKED: self.blocked_s / wall,
+                Reason.STOPPED: self.stopped_s / wall}
 
     def as_list(self) -> list[Any]:
-        """The compact form heartbeats and the store carry: [step, time, busy, wait, starved]."""
+        """The compact form heartbeats and the store carry: [step, time, busy, wait, starved,
+        blocked, stopped]."""
         return [self.step, round(self.time, 6), round(self.busy_s, 6), round(self.wait_s, 6),
-                round(self.starved_s, 6)]
+                round(self.starved_s, 6), round(self.blocked_s, 6), round(self.stopped_s, 6)]
 
     @staticmethod
     def from_list(row: Sequence[Any]) -> Optional["StepSample"]:
+        """A row of 4 to 7 numbers (older Monitors wrote the first four)."""
         try:
             step, when, busy, wait = row[:4]
-            starved = float(row[4]) if len(row) > 4 else 0.0
-            return StepSample(int(step), float(busy), float(wait), float(when), starved)
+            more = [float(value) for value in row[4:7]] + [0.0] * (7 - max(4, len(row[:7])))
+            return StepSample(int(step), float(busy), float(wait), float(when), *more)
         except (TypeError, ValueError):
             return None
 
@@ -93,29 +104,38 @@ class Straggler:
     flagged: int  # steps it was late in ...
     window: int  # ... of this many
     last_step: int
-    starved: float = 0.0  # median share of its step runnable but not running, flagged steps
-    peers_starved: float = 0.0  # its peers' median of the same
+    # its median shares of the step by reason over the flagged steps, and its peers' medians
+    shares: tuple[tuple["Reason", float], ...] = ()
+    peers: tuple[tuple["Reason", float], ...] = ()
+    channel: Optional[str] = None  # where it was blocked most (the Monitor's sampler)
 
     @property
     def reason(self) -> Optional["Reason"]:
-        """Starved when its run-queue share grew more than its busy time did; compute when it
-        was busier than its peers; None when neither explains the lag (asleep or stopped
-        outside the collectives: ``ddpcheck hang`` tells those apart from outside)."""
-        if self.starved - self.peers_starved >= 0.2:
-            return Reason.STARVED
-        if self.compute_ratio >= 1.2:
-            return Reason.COMPUTE
-        return None
+        """The share that grew most over its peers' (at least 10 % of the step); None when
+        none did (a lag no clock of this rank explains)."""
+        own, peers = dict(self.shares), dict(self.peers)
+        excess = {reason: own.get(reason, 0.0) - peers.get(reason, 0.0) for reason in own}
+        best = max(excess, key=lambda r: excess[r], default=None)
+        return best if best is not None and excess[best] >= 0.10 else None
 
     def explanation(self) -> str:
-        if self.reason is Reason.STARVED:
-            return (f"starved of CPU {self.starved * 100:.0f}% of its step (runnable but not "
-                    f"running: a CPU quota, preemption or an oversubscribed host), its peers "
-                    f"{self.peers_starved * 100:.0f}%")
-        if self.reason is Reason.COMPUTE:
+        own, peers = dict(self.shares), dict(self.peers)
+        reason = self.reason
+
+        def pct(value: float) -> str:
+            return f"{value * 100:.0f}%"
+
+        if reason is None or reason is Reason.COMPUTE:
             return f"{self.compute_ratio:.2f}x the median compute time"
-        return (f"{self.compute_ratio:.2f}x the median busy time: not busier than its peers, "
-                f"so held outside the collectives")
+        versus = f"its peers {pct(peers.get(reason, 0.0))}"
+        if reason is Reason.STARVED:
+            return (f"starved of CPU {pct(own[reason])} of its step (runnable but not running: "
+                    f"a CPU quota, preemption or an oversubscribed host), {versus}")
+        if reason is Reason.BLOCKED:
+            return (f"blocked outside the collectives {pct(own[reason])} of its step "
+                    f"({channel_meaning(self.channel)}), {versus}")
+        return (f"stopped {pct(own[reason])} of its step (state T: SIGSTOP, a debugger or a "
+                f"sampling profiler), {versus}")
 
     def message(self) -> str:
         where = f" on {self.host}" if self.host else ""
@@ -125,7 +145,7 @@ class Straggler:
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "host": self.host, "lag_ms": round(self.lag_s * 1e3, 1),
                 "compute_ratio": round(self.compute_ratio, 3),
-                "reason": self.reason.value if self.reason else None, "flagged": self.flagged,
+                "reason": self.reason.value if self.reason else None, "channel": self.channel, "flagged": self.flagged,
                 "window": self.window, "last_step": self.last_step, "message": self.message()}
 
 
@@ -146,8 +166,8 @@ def median_without(ordered: Sequence[float], value: float) -> float:
 
 
 def late_ranks(samples: Mapping[int, StepSample], thresholds: Thresholds) -> dict[int, tuple[
-        float, float, float, float]]:
-    """One step: {rank: (lag_s, compute_ratio, starved share, peers' starved share)} of the
+        float, float, dict["Reason", float], dict["Reason", float]]]:
+    """One step: {rank: (lag_s, compute_ratio, its shares, its peers' median shares)} of the
     ranks late by the margins."""
     if len(samples) < 2:
         return {}
@@ -155,9 +175,8 @@ def late_ranks(samples: Mapping[int, StepSample], thresholds: Thresholds) -> dic
     busies = sorted(s.busy_s for s in samples.values())
     step_s = statistics.median(s.wall_s for s in samples.values())
     margin = max(thresholds.min_lag_s, thresholds.min_lag_fraction * step_s)
-    starved = {rank: s.starved_s / s.wall_s if s.wall_s > 0 else 0.0
-               for rank, s in samples.items()}
-    starved_sorted = sorted(starved.values())
+    shares = {rank: s.shares() for rank, s in samples.items()}
+    by_reason = {reason: sorted(part[reason] for part in shares.values()) for reason in Reason}
     late = {}
     for rank, sample in samples.items():
         lag = median_without(waits, sample.wait_s) - sample.wait_s
@@ -167,17 +186,22 @@ def late_ranks(samples: Mapping[int, StepSample], thresholds: Thresholds) -> dic
         ratio = sample.busy_s / peers_busy if peers_busy > 0 else (
             float("inf") if sample.busy_s > 0 else 1.0)
         if ratio >= thresholds.min_compute_ratio:
-            late[rank] = (lag, ratio, starved[rank],
-                          median_without(starved_sorted, starved[rank]))
+            peers = {reason: median_without(by_reason[reason], shares[rank][reason])
+                     for reason in Reason}
+            late[rank] = (lag, ratio, shares[rank], peers)
     return late
 
 
 def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
                         hosts: Optional[Mapping[int, Optional[str]]] = None,
-                        thresholds: Thresholds = Thresholds()) -> list[Straggler]:
+                        thresholds: Thresholds = Thresholds(),
+                        channels: Optional[Mapping[int, Optional[str]]] = None
+                        ) -> list[Straggler]:
     """The ranks late in at least ``min_steps`` of the last ``window`` steps that every rank in
-    ``history`` reported (a rank that stopped reporting is ``ddpcheck hang``'s business)."""
+    ``history`` reported (a rank that stopped reporting is ``ddpcheck hang``'s business).
+    ``channels``: where each rank was blocked most recently, for the message."""
     hosts = hosts or {}
+    channels = channels or {}
     by_step: dict[int, dict[int, StepSample]] = {}
     for rank, samples in history.items():
         for sample in samples:
@@ -187,16 +211,19 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
     steps = steps[-thresholds.window:]
     if len(steps) < thresholds.min_steps:
         return []
-    late: dict[int, list[tuple[float, float, float, float]]] = {}
+    late: dict[int, list[tuple[float, float, dict[Reason, float], dict[Reason, float]]]] = {}
     for step in steps:
         for rank, seen in late_ranks(by_step[step], thresholds).items():
             late.setdefault(rank, []).append(seen)
     named = []
     for rank, seen in sorted(late.items()):
         if len(seen) >= thresholds.min_steps:
-            lag, ratio, starved, peers = (statistics.median(part) for part in zip(*seen))
-            named.append(Straggler(rank, hosts.get(rank), lag, ratio, len(seen), len(steps),
-                                   steps[-1], starved, peers))
+            shares = tuple((r, statistics.median(s[2][r] for s in seen)) for r in Reason)
+            peers = tuple((r, statistics.median(s[3][r] for s in seen)) for r in Reason)
+            named.append(Straggler(rank, hosts.get(rank),
+                                   statistics.median(s[0] for s in seen),
+                                   statistics.median(s[1] for s in seen), len(seen),
+                                   len(steps), steps[-1], shares, peers, channels.get(rank)))
     return named
 
 
