@@ -26,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
     """The mean time of ``monitor.step()`` (its occasional heartbeat writes included) and of
-    the training step, and the CPU time of the Monitor's thread against the training thread's,
-    over the whole run."""
+    the training step, and the CPU time of the Monitor's threads (its background thread and
+    the straggler sampler) against the training thread's, over the whole run."""
     import json
     import statistics
     import threading
@@ -36,11 +36,14 @@ def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
         with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as handle:
             return int(handle.read().split()[0]) / 1e9
 
+    sampler = getattr(monitor.clock, "sampler", None)  # the Monitor's second thread
+    sampler_cpu = oncpu(sampler.thread.native_id) if sampler and sampler.thread.native_id \
+        and sampler.thread.is_alive() else 0.0
     result = {"steps": len(steps_s), "step_s": statistics.fmean(steps_s),
               "monitor_step_s": statistics.fmean(costs),
               "monitor_step_median_s": statistics.median(costs),
               "step_median_s": statistics.median(steps_s),
-              "monitor_thread_cpu_s": oncpu(monitor._thread.native_id),
+              "monitor_thread_cpu_s": oncpu(monitor._thread.native_id) + sampler_cpu,
               "training_thread_cpu_s": oncpu(threading.get_native_id()),
               "warnings": monitor.warnings}
     with open(f"{prefix}{rank}.json", "w", encoding="utf-8") as handle:

@@ -8,21 +8,17 @@ and, reading a Monitor's heartbeats, says what the Monitor says; a healthy stret
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
-from typing import Iterator
 
 import pytest
 
 import cpuquota
 from hostsfile import cluster_hosts_yaml
+from stragglerfaults import flag_file, stop_cycle
 from torchrunjob import TorchrunJob, start_job
 from test_straggler_cluster import STRAGGLERJOB, last_step
 
@@ -64,34 +60,11 @@ def needs_quota():
         pytest.skip(why)
 
 
-@contextlib.contextmanager
-def stop_cycle(pid: int, stopped_s: float = 0.06, running_s: float = 0.09) -> Iterator[None]:
-    """SIGSTOP/SIGCONT ``pid`` over and over, as a debugger or a sampling profiler does; the
-    process is continued whatever happens."""
-    done = threading.Event()
-
-    def cycle() -> None:
-        while not done.is_set():
-            os.kill(pid, signal.SIGSTOP)
-            time.sleep(stopped_s)
-            os.kill(pid, signal.SIGCONT)
-            done.wait(running_s)
-
-    thread = threading.Thread(target=cycle, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        os.kill(pid, signal.SIGCONT)
-
-
 def hang(cluster, tmp_path, name: str) -> tuple[subprocess.CompletedProcess, dict]:
     hosts_yaml = cluster_hosts_yaml(cluster, tmp_path / "hosts.yaml", cluster.hosts[:3])
     report_path = tmp_path / f"hang-{name}.json"
     done = subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml), "--json",
-                           str(report_path), "--window", "3", "--no-stacks"],
+                           str(report_path), "--window", "3", "--no-stacks", "--timeout", "150"],
                           capture_output=True, text=True, timeout=180)
     return done, json.loads(report_path.read_text())
 
@@ -118,7 +91,7 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
         ns_cluster, tmp_path, monitor):
     hosts = ns_cluster.hosts[:3]
     job = start_job(ns_cluster, hosts, 2, 29691 + monitor, tmp_path,
-                    ["--mark-every", "1", "--flag-sleep", "0.08"]
+                    ["--mark-every", "1", "--flag-sleep", "0.08", "--width", "256"]
                     + (["--use-monitor"] if monitor else []),
                     env={"DDPCHECK_HEARTBEAT_DIR": str(tmp_path / "beats")},
                     script=STRAGGLERJOB)
@@ -163,11 +136,3 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
     finally:
         job.stop()
 
-
-@contextlib.contextmanager
-def flag_file(path) -> Iterator[None]:
-    path.write_text("")
-    try:
-        yield
-    finally:
-        path.unlink()

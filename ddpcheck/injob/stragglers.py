@@ -4,7 +4,11 @@ Per step (``StepClock.sample``, on the training thread, about a microsecond, GIL
 time since the previous step boundary, split into *busy* (this thread on a CPU or wanting one:
 running, in the run queue, throttled by a cgroup quota: its CPU time plus its recent run-queue
 rate from ``/proc/self/task/TID/schedstat``, which the background thread reads each beat) and
-*wait* (blocked: in a collective, waiting for the others).
+*wait* (the rest: in a collective, waiting for the others).
+A second thread (``ThreadSampler``, every 20 ms) reads the training thread's state and wait
+channel: asleep outside a futex it is *blocked* outside the collectives (a data loader, I/O, a
+sleep), and time the whole process lost (a gap in the sampler's own clock) it was *stopped*;
+``sample`` takes both per step, so *wait* is the time in the collectives only.
 On a GPU job with NCCL the training thread spins rather than blocks, so there *wait* is the
 time the GPU spent in NCCL collectives (the process group's completion hook: a straggler's
 collectives start last and are the shortest), and busy the rest.
@@ -13,7 +17,8 @@ The exchange (``StragglerWatch.tick``, on the Monitor's background thread, never
 training path): every ``period_s``, at the same wall-clock instants on every rank (so their
 recent windows overlap even when steps take milliseconds), each rank puts its last steps into
 torchrun's TCPStore; the leader (rank 0) reads them all in one ``multi_get``, runs
-``identify_stragglers``, keeps the ranks named by ``confirmations`` (3) verdicts in a row and
+``identify_stragglers``, keeps the ranks named by ``confirmations`` (3) verdicts in a row (and
+those already named while late in half the window) and
 puts them back; every rank reads the verdict and logs each
 newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler: rank 5 on h3 arrives
 38 ms after the median, ...``). Without a store (a job not started by torchrun) the ranks of

@@ -4,8 +4,10 @@
 It finds the torchrun workers running here (processes whose environment has RANK, WORLD_SIZE and
 LOCAL_RANK, and TORCHELASTIC_RUN_ID or MASTER_ADDR; a data-loader child inherits that environment,
 so only the topmost process of each rank counts), samples each twice, ``--window`` seconds apart
-(process state, CPU time, the main thread's busy time from schedstat, Python stack with py-spy
-when installed, the ``ddpcheck.Monitor`` heartbeat, the PyTorch Flight Recorder dump when the job wrote one) and prints one marked JSON
+(process state, CPU time, the main thread's schedstat, Python stack with py-spy when installed,
+the ``ddpcheck.Monitor`` heartbeat, the PyTorch Flight Recorder dump when the job wrote one),
+reads each main thread's state and wait channel every 20 ms in between (how the window was
+spent: waiting in a collective, running, asleep elsewhere, stopped) and prints one marked JSON
 line, ``@@DDPCHECK hangscan {...}``, that the launcher collects. Heartbeats written on this host
 by ranks whose process is gone are reported too: that is how a dead rank is named with its host.
 
