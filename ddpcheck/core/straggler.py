@@ -145,8 +145,8 @@ class Straggler:
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "host": self.host, "lag_ms": round(self.lag_s * 1e3, 1),
                 "compute_ratio": round(self.compute_ratio, 3),
-                "reason": self.reason.value if self.reason else None, "channel": self.channel, "flagged": self.flagged,
-                "window": self.window, "last_step": self.last_step, "message": self.message()}
+                "reason": self.reason.value if self.reason else None, "channel": self.channel,
+                "flagged": self.flagged, "window": self.window, "last_step": self.last_step, "message": self.message()}
 
 
 def median_without(ordered: Sequence[float], value: float) -> float:
