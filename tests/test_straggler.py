@@ -441,6 +441,8 @@ def test_hang_repeats_the_monitors_verdict_from_its_heartbeats():
 
 
 def test_a_rank_stopped_at_one_sample_of_a_progressing_job_is_not_hung():
+    import copy
+
     from ddpcheck.analyze.hang import Role, analyze_scans
     from test_hanganalysis import beat, scan, worker
 
@@ -458,6 +460,15 @@ def test_a_rank_stopped_at_one_sample_of_a_progressing_job_is_not_hung():
     (job,) = analysis.jobs
     assert not job.hung and {v.role for v in job.ranks} == {Role.PROGRESSING}
     (finding,) = [f for f in analysis.findings if f.check == "straggler"]
+    assert finding.rank == 3 and "rank 3 on h2 stopped 40% of the window" in finding.message
+    # with a Monitor that names no one (its own process stopped), the scan's view is added
+    monitored = copy.deepcopy(workers)
+    for w in monitored:
+        for sample, step in zip(w["samples"], (10, 20)):
+            sample["heartbeat"] = beat(step, stragglers=[])
+    (finding,) = [f for f in analyze_scans([scan("h1", monitored[:2]),
+                                            scan("h2", monitored[2:])]).findings
+                  if f.check == "straggler"]
     assert finding.rank == 3 and "rank 3 on h2 stopped 40% of the window" in finding.message
     # stopped at both samples and all the time between, no progress: stopped (the hang)
     for w in workers:

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.cluster
 VICTIM = 4  # rank 4: h3's first rank
 OUTSIDE = {"starved": "starved of CPU", "blocked": "blocked outside the collectives",
            "stopped": "stopped"}
-INSIDE = {"starved": "starved of CPU", "blocked": "blocked outside the collectives",
-          "stopped": "stopped"}
+# a stopped process stops its Monitor too: with a Monitor, hang adds what its scan saw
+INSIDE = {"starved": "starved of CPU", "blocked": "blocked outside the collectives"}
 
 
 def named_inside(job: TorchrunJob, reason: str, timeout_s: float = 60) -> None:
@@ -110,7 +110,7 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
         for reason, fault in faults.items():
             with fault():
                 wait_steps(tmp_path, VICTIM, 12, job)
-                if monitor:  # the Monitor names it in the job first, then hang is asked
+                if monitor and reason != "stopped":  # the Monitor names it first, then hang
                     named_inside(job, reason)
                 done, report = hang(ns_cluster, tmp_path, reason)
             found = stragglers(report)
@@ -119,9 +119,11 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
             assert done.returncode == 0, (reason, text)  # a progressing job is never hung
             assert not [f for f in report["findings"] if f["severity"] == "error"], text
             message = found[0]["message"]
-            if monitor:  # the Monitor's own words, as it logged them
+            if monitor and reason != "stopped":  # the Monitor's own words, as it logged them
                 assert f"after the median, {INSIDE[reason]}" in message, (reason, text)
                 assert any(message.split(": ", 1)[1] in line for line in monitor_lines(job))
+            elif monitor:  # stopped: the scan's words, or the Monitor's when it saw it too
+                assert f"rank {VICTIM} on h3 " in message and "stopped" in message, text
             else:
                 assert f"rank {VICTIM} on h3 {OUTSIDE[reason]}" in message, (reason, text)
             if reason == "blocked":

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from . import ras
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from ..core import heartbeat
-from ..core.straggler import (WindowAccount, busy_stragglers, history_from_rows,
+from ..core.straggler import (Reason, WindowAccount, busy_stragglers, history_from_rows,
                               identify_stragglers, window_stragglers)
 from .verdict import order_findings
 
@@ -415,16 +415,26 @@ def window_rates(first: Mapping[str, Any], last: Mapping[str, Any], beat_a: Mapp
 
 def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
     """A progressing job's slow ranks: the Monitor's own verdict when its heartbeats carry one
-    (the in-job finding, word for word); else from the Monitor's step history when every rank
+    (the in-job finding, word for word; plus a rank the scan saw stopped part of the window,
+    which the Monitor of a stopped process cannot time reliably); else from the Monitor's step history when every rank
     has one (named at both samples); else from how each main thread spent the window (its
     states and schedstat); else from its busy time alone."""
     hosts = {v.rank: v.host for v in live}
+    window = ([] if not live or any(v.window is None for v in live) else window_stragglers(
+        {v.rank: v.window for v in live if v.window is not None}, hosts))
     verdicts = [v.verdict for v in live if v.verdict is not None]
     if verdicts:
         newest = max(live, key=lambda v: (v.verdict is not None, v.step or -1))
+        said = [entry for entry in newest.verdict or () if entry.get("message")]
+        # a process stopped now and then stops its Monitor too, which sees only a gap in its
+        # clock: a rank the scan saw stopped is added when the Monitor does not name it
+        named = {_int(entry.get("rank")) for entry in said}
         return [Finding(Severity.WARNING, "straggler", f"job {job}: {entry.get('message')}",
                         host=entry.get("host"), rank=_int(entry.get("rank")))
-                for entry in newest.verdict or () if entry.get("message")]
+                for entry in said] + [
+            Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}", host=s.host,
+                    rank=s.rank)
+            for s in window if s.reason is Reason.STOPPED and s.rank not in named]
     if live and all(v.history for v in live):
         named = identify_stragglers(history_from_rows({v.rank: v.history for v in live}), hosts)
         if all(v.history_first for v in live):
@@ -434,9 +444,8 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
         return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}",
                         host=s.host, rank=s.rank) for s in named]
     if live and all(v.window is not None for v in live):
-        accounts = {v.rank: v.window for v in live if v.window is not None}
         return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}",
-                        host=s.host, rank=s.rank) for s in window_stragglers(accounts, hosts)]
+                        host=s.host, rank=s.rank) for s in window]
     busy = {v.rank: v.busy for v in live if v.busy is not None}
     if len(busy) != len(live):
         return []

@@ -24,11 +24,12 @@ by torchrun) it compares the heartbeat files of this host.
 
 Stragglers (on by default, ``stragglers=False`` turns it off): ``step()`` also splits the time
 since the previous step into this rank's busy time and its time waiting for the others, keeps
-the last steps in the heartbeat (``history``: [step, time, busy_s, wait_s] rows, which
-``ddpcheck hang`` reads from outside), and the background thread exchanges them through the
-TCPStore (see ``ddpcheck.injob.stragglers``): a rank consistently last to arrive is logged on
-every rank as a ``straggler`` warning and listed in ``monitor.stragglers``. ``straggler_thresholds``
-(a ``ddpcheck.core.straggler.Thresholds``) sets the margins.
+the last steps in the heartbeat (``history``, the format is ``ddpcheck.core.heartbeat``'s), and
+the background thread exchanges them through the TCPStore (see ``ddpcheck.injob.stragglers``):
+a rank consistently last to arrive is logged on every rank as a ``straggler`` warning, with its
+reason, listed in ``monitor.stragglers`` and carried in the heartbeat (``stragglers``), so that
+``ddpcheck hang`` says the same. ``straggler_thresholds`` (a
+``ddpcheck.core.straggler.Thresholds``) sets the margins.
 
 Torch-light: only the standard library is imported here; torch is touched only when the job has
 already imported it (``import ddpcheck`` stays cheap, and the probe stays stdlib + torch).
