@@ -70,7 +70,7 @@ def monitor_cost(rounds: int = 15, steps: int = 1000) -> dict[str, float]:
     import torch
 
     import ddpcheck
-    from ddpcheck.injob.monitor import SHM_DIR
+    from ddpcheck.core.heartbeat import SHM_DIR
 
     torch.set_num_threads(1)
     model = torch.nn.Linear(16, 16)

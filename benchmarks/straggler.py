@@ -14,14 +14,25 @@ cluster, cgroup CPU quota).
    every rank has logged it, then lifts the quota.
 4. Compute check: one ``ddpcheck preflight`` (3 hosts x 2 ranks): the compute stage's wall time
    (the slowest rank's) over the whole preflight's.
+5. Inside and outside (``--reasons``, or alone with ``--reasons-only``): a 3-host x 2-rank job
+   (``--width 256``, one rank of each host on one core's share), twice: with the Monitor
+   (inside) and without ddpcheck (``ddpcheck hang --window 3`` run back to back from outside).
+   Over ``--healthy-steps`` healthy steps: the Monitor's straggler lines, and the straggler
+   findings of the hang runs meanwhile (false alarms). Then rank 4 (h3) is slowed by each fault
+   in turn (a 3 % CPU quota; an 80 ms sleep a step outside the collectives; SIGSTOP 60 ms of
+   every 150 ms), ``--reps`` times each: seconds and rank 4's steps from the onset to the first
+   Monitor line naming it with the right reason, and seconds to the end of the first hang run
+   that names it so. ``--load N`` adds N spinning processes as the neighbours' load.
 
     .venv/bin/python benchmarks/straggler.py [--healthy-steps 1500] [--reps 3]
+    .venv/bin/python benchmarks/straggler.py --reasons-only --healthy-steps 3000 --reps 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import re
 import statistics
@@ -102,6 +113,120 @@ def onset_to_naming(cluster, workdir: pathlib.Path, reps: int) -> list[int]:
     return steps
 
 
+REASON_WORDS = {"starved": "starved of CPU", "blocked": "blocked outside the collectives",
+                "stopped": "stopped"}
+VICTIM = 4  # rank 4, on h3
+
+
+def slow(reason: str, pid: int, ready: pathlib.Path):
+    import cpuquota
+    from stragglerfaults import flag_file, stop_cycle
+
+    if reason == "starved":
+        return cpuquota.cpu_quota([pid], 0.03)
+    if reason == "blocked":
+        return flag_file(ready / f"sleep-{VICTIM}")
+    return stop_cycle(pid)
+
+
+def last_step(ready: pathlib.Path, rank: int) -> int:
+    lines = (ready / f"steps-{rank}").read_text().split("\n")
+    return max(int(line.split()[0]) for line in lines if line.strip())
+
+
+def hang_names(cluster, workdir: pathlib.Path, name: str) -> list[str]:
+    """One ``ddpcheck hang`` from outside: its straggler findings."""
+    from hostsfile import cluster_hosts_yaml
+
+    hosts_yaml = cluster_hosts_yaml(cluster, workdir / "hosts.yaml", cluster.hosts[:3])
+    report = workdir / f"hang-{name}.json"
+    subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml), "--json",
+                    str(report), "--window", "3", "--no-stacks", "--timeout", "150"],
+                   capture_output=True, text=True, timeout=200)
+    try:
+        findings = json.loads(report.read_text())["findings"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [f["message"] for f in findings if f["check"] == "straggler"]
+
+
+def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps: int,
+                   reps: int, port: int) -> dict:
+    """Part 5, one variant: false alarms over the healthy steps, then time to name each
+    fault (inside: the Monitor's first line; outside: the first hang run naming it)."""
+    from torchrunjob import start_job
+
+    workdir.mkdir()
+    ready = workdir / "ready"
+    job = start_job(cluster, cluster.hosts[:3], 2, port, workdir,
+                    ["--mark-every", "1", "--flag-sleep", "0.08", "--width", "256"]
+                    + (["--use-monitor"] if monitor else []),
+                    env={"DDPCHECK_HEARTBEAT_DIR": str(workdir / "beats")}, script=JOB)
+    result: dict = {"variant": "Monitor (inside)" if monitor else "ddpcheck hang (outside)"}
+    try:
+        pids = job.wait_ready(180)
+        began, start = time.monotonic(), last_step(ready, 0)
+        hang_runs, hang_alarms = 0, 0
+        while last_step(ready, 0) < start + healthy_steps:
+            if monitor:
+                time.sleep(2.0)
+            else:
+                hang_runs += 1
+                hang_alarms += len(hang_names(cluster, workdir, f"healthy-{hang_runs}"))
+        result["healthy"] = {"steps": last_step(ready, 0) - start, "ranks": 6,
+                             "seconds": round(time.monotonic() - began),
+                             "false_alarms": (len(straggler_lines(job)) if monitor
+                                              else hang_alarms),
+                             "hang_runs": hang_runs}
+        print(json.dumps(result), flush=True)
+        for reason in ("starved", "blocked", "stopped"):
+            words = f"rank {VICTIM} on h3 {'arrives' if monitor else ''}"
+            for rep in range(reps):
+                logged = len(straggler_lines(job))
+                with slow(reason, pids[VICTIM], ready):
+                    onset, onset_step = time.monotonic(), last_step(ready, VICTIM)
+                    seconds = steps = None
+                    runs = 0
+                    while time.monotonic() - onset < 90:
+                        if monitor:
+                            new = straggler_lines(job)[logged:]
+                            if any(words in line and REASON_WORDS[reason] in line
+                                   for line in new):
+                                seconds = time.monotonic() - onset
+                                steps = last_step(ready, VICTIM) - onset_step
+                                break
+                            time.sleep(0.1)
+                        else:
+                            runs += 1
+                            named = hang_names(cluster, workdir, f"{reason}-{rep}-{runs}")
+                            if any(f"rank {VICTIM} on h3 {REASON_WORDS[reason]}" in m
+                                   for m in named):
+                                seconds = time.monotonic() - onset
+                                steps = last_step(ready, VICTIM) - onset_step
+                                break
+                result.setdefault(reason, []).append(
+                    {"seconds": None if seconds is None else round(seconds, 1),
+                     "steps": steps})
+                print(json.dumps({reason: result[reason][-1], "monitor": monitor}), flush=True)
+                time.sleep(15)  # recovers: the Monitor forgets it before the next one
+    finally:
+        job.stop()
+    return result
+
+
+def reasons_table(results: list[dict]) -> None:
+    print("\n| measure | " + " | ".join(r["variant"] for r in results) + " |")
+    print("|---|" + "---|" * len(results))
+    print("| straggler reports over the healthy steps (steps x ranks; hang runs) | " + " | ".join(
+        f"{r['healthy']['false_alarms']} ({r['healthy']['steps']} x 6"
+        + (f"; {r['healthy']['hang_runs']} runs" if r['healthy']['hang_runs'] else "") + ")"
+        for r in results) + " |")
+    for reason in ("starved", "blocked", "stopped"):
+        print(f"| {reason}: seconds (steps of rank 4) from onset to naming | " + " | ".join(
+            ", ".join(f"{t['seconds']} ({t['steps']})" if t["seconds"] is not None
+                      else "not named" for t in r.get(reason, [])) for r in results) + " |")
+
+
 def compute_share(cluster, workdir: pathlib.Path) -> dict:
     from hostsfile import cluster_hosts_yaml
 
@@ -119,16 +244,40 @@ def compute_share(cluster, workdir: pathlib.Path) -> dict:
 
 
 def main() -> None:
-    from nscluster import NamespaceCluster
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--healthy-steps", type=int, default=1500)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--cost-only", action="store_true", help="only part 1 and 2")
+    parser.add_argument("--reasons", action="store_true", help="also part 5")
+    parser.add_argument("--reasons-only", action="store_true", help="only part 5")
+    parser.add_argument("--load", type=int, default=0,
+                        help="spinning processes started as the neighbours' load")
     args = parser.parse_args()
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.load)]
+    try:
+        run(args)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def run(args: argparse.Namespace) -> None:
+    from nscluster import NamespaceCluster
+
     with tempfile.TemporaryDirectory(prefix="ddpcheck-bench-") as tmp:
         work = pathlib.Path(tmp)
         with NamespaceCluster(3, work / "cluster") as cluster:
+            if args.reasons or args.reasons_only:
+                load = os.getloadavg()[0]
+                results = [inside_outside(cluster, work / f"reasons-{variant}", variant,
+                                          args.healthy_steps, args.reps, 29745 + variant)
+                           for variant in (True, False)]
+                print(f"load average before: {load:.1f}, after: {os.getloadavg()[0]:.1f}")
+                reasons_table(results)
+                if args.reasons_only:
+                    return
             healthy = healthy_run(cluster, work / "healthy", args.healthy_steps, 29741)
             print(json.dumps(healthy), flush=True)
             baseline = healthy_run(cluster, work / "baseline", min(500, args.healthy_steps),

@@ -3,11 +3,13 @@ torchrun: an MLP, SGD, a fixed batch; every step does the same work on every ran
 slower only when something outside makes it so (a cgroup CPU quota, SIGSTOP/SIGCONT).
 
     torchrun ... tests/stragglerjob.py --ready-dir DIR [--use-monitor] [--width N]
-        [--steps N] [--sleep S]
+        [--steps N] [--sleep S] [--flag-sleep S]
 
 Without ``--use-monitor`` it never imports ddpcheck. After ``--ready-step`` steps each rank
 writes ``<ready-dir>/rank-<rank>`` with its pid; every rank appends ``<step> <time>`` to
 ``<ready-dir>/steps-<rank>`` every ``--mark-every`` steps so a test can tell step rates apart.
+With ``--flag-sleep S`` a rank sleeps S seconds a step, outside any collective, while the file
+``<ready-dir>/sleep-<rank>`` exists (a slow data loader, as a test turns it on and off).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
     """The mean time of ``monitor.step()`` (its occasional heartbeat writes included) and of
-    the training step, and the CPU time of the Monitor's thread against the training thread's,
-    over the whole run."""
+    the training step, and the CPU time of the Monitor's threads (its background thread and
+    the straggler sampler) against the training thread's, over the whole run."""
     import json
     import statistics
     import threading
@@ -34,11 +36,14 @@ def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
         with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as handle:
             return int(handle.read().split()[0]) / 1e9
 
+    sampler = getattr(monitor.clock, "sampler", None)  # the Monitor's second thread
+    sampler_cpu = oncpu(sampler.thread.native_id) if sampler and sampler.thread.native_id \
+        and sampler.thread.is_alive() else 0.0
     result = {"steps": len(steps_s), "step_s": statistics.fmean(steps_s),
               "monitor_step_s": statistics.fmean(costs),
               "monitor_step_median_s": statistics.median(costs),
               "step_median_s": statistics.median(steps_s),
-              "monitor_thread_cpu_s": oncpu(monitor._thread.native_id),
+              "monitor_thread_cpu_s": oncpu(monitor._thread.native_id) + sampler_cpu,
               "training_thread_cpu_s": oncpu(threading.get_native_id()),
               "warnings": monitor.warnings}
     with open(f"{prefix}{rank}.json", "w", encoding="utf-8") as handle:
@@ -54,6 +59,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--flag-sleep", type=float, default=0.0)
     parser.add_argument("--mark-every", type=int, default=10)
     parser.add_argument("--no-stragglers", action="store_true",
                         help="Monitor(stragglers=False): the heartbeat alone")
@@ -81,6 +87,7 @@ def main() -> None:
     costs: list[float] = []  # seconds in monitor.step(), per step
     steps_s: list[float] = []  # seconds of the training step before it
     marks = open(os.path.join(args.ready_dir, f"steps-{rank}"), "a", buffering=1)
+    sleep_flag = os.path.join(args.ready_dir, f"sleep-{rank}")
     for step in range(args.steps):
         began = time.perf_counter()
         optimizer.zero_grad()
@@ -99,6 +106,8 @@ def main() -> None:
                 handle.write(str(os.getpid()))
         if args.sleep:
             time.sleep(args.sleep)
+        if args.flag_sleep and os.path.exists(sleep_flag):
+            time.sleep(args.flag_sleep)
     if monitor is not None and args.measure:
         write_costs(args.measure, rank, monitor, costs, steps_s)
     if monitor is not None:

@@ -38,17 +38,18 @@ ALLOWED: dict[str, set[str]] = {
     "transport": set(),  # I/O with hosts only: it needs nothing but the bottom layer
     "collect": set(),
     # analyze uses collect's parsers to read outcomes, host lists in the grammar users write
-    # (config.hostlist), and the straggler rule the in-job Monitor shares (remote.straggler)
-    "analyze": {"collect", "config", "remote"},
+    # (config.hostlist)
+    "analyze": {"collect", "config"},
     # report renders analyze's results (bandwidth summaries, hang frames): a sibling edge
     # downward in the data flow (analyze -> report, never back); and host lists in the grammar
     # users write them (config.hostlist), a layer below
     "report": {"analyze", "config"},
     "config": set(),
-    # remote runs on hosts and ranks, injob inside the user's job: stdlib, torch, the bottom
-    # layer, and each other: injob uses remote.fingerprint and remote.straggler, and the host
-    # scan reads the Monitor's heartbeat format from injob.monitor
-    "remote": {"injob"},
+    # remote runs on hosts and ranks, injob inside the user's job: stdlib, torch and the bottom
+    # layer (the straggler rule and the heartbeat format are in core, so the host scan and the
+    # Monitor do not import each other); injob.consistency takes the same RNG and parameter
+    # fingerprints as the probe (remote.fingerprint): one way, from the job to rank-side code.
+    "remote": set(),
     "injob": {"remote"},
     "core": set(),
     "model": set(),
@@ -123,8 +124,8 @@ def package_edges() -> set[tuple[str, str]]:
             if name != "ddpcheck" and top(name) != package_of(p)}
 
 
-# remote and injob import each other (see their entries above): the one two-way pair.
-TWO_WAY = {frozenset({"remote", "injob"})}
+# Pairs of packages allowed to import each other: none.
+TWO_WAY: set[frozenset[str]] = set()
 
 
 def test_no_two_packages_import_each_other() -> None:

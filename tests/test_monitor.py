@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from ddpcheck.injob.monitor import Monitor, heartbeat_path, job_key, stall_message
+from ddpcheck.core.heartbeat import job_key, path as heartbeat_path
+from ddpcheck.injob.monitor import Monitor, stall_message
 
 
 def env_of(rank: int, world: int = 2, run_id: str = "mon-test") -> dict[str, str]:
@@ -67,7 +68,7 @@ def test_every_step_written_when_asked(tmp_path):
 
 def test_default_folder_is_private_and_one_planted_by_another_user_is_refused(tmp_path,
                                                                                monkeypatch):
-    monkeypatch.setattr("ddpcheck.injob.monitor.SHM_DIR", str(tmp_path))
+    monkeypatch.setattr("ddpcheck.core.heartbeat.SHM_DIR", str(tmp_path))
     with Monitor(env=env_of(0)) as monitor:
         root = tmp_path / f"ddpcheck-heartbeat-{os.getuid()}"
         assert monitor.path.startswith(str(root))

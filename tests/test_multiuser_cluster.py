@@ -235,7 +235,8 @@ def test_a_heartbeat_folder_planted_by_another_user_is_refused(other_user, tmp_p
     victim = tmp_path / "victim"
     victim.mkdir(mode=0o700)
     folder = shm / f"ddpcheck-heartbeat-{os.getuid()}"
-    code = ("import ddpcheck.injob.monitor as m, sys; m.SHM_DIR = sys.argv[1]\n"
+    code = ("import ddpcheck.core.heartbeat as h, ddpcheck.injob.monitor as m, sys\n"
+            "h.SHM_DIR = sys.argv[1]\n"
             "try:\n    m.Monitor(env={'RANK': '0', 'WORLD_SIZE': '1'}).close()\n"
             "except PermissionError as exc:\n    print('refused:', exc); sys.exit(3)\n")
     try:

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from ddpcheck.remote.straggler import (StepSample, Thresholds, history_from_rows,
+from ddpcheck.core.straggler import (StepSample, Thresholds, history_from_rows,
                                        identify_stragglers, median_without, slow_devices)
 
 
@@ -124,9 +124,85 @@ def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
         clock.refresh()
         clock.sample(2, time.time())
     assert clock.runq_rate > 0.5  # throttled 80 % of the time: runnable, not running
-    (_, _, busy1, wait1), (_, _, busy2, wait2) = clock.recent()
-    assert wait1 > 0.25 and busy1 < 0.05
+    (_, _, busy1, wait1, starved1), (_, _, busy2, wait2, starved2) = (
+        row[:5] for row in clock.recent())
+    assert wait1 > 0.25 and busy1 < 0.05 and starved1 < 0.05
     assert busy2 > 0.45 and wait2 < 0.05
+    assert starved2 > 0.25  # the throttled part of the busy time
+
+
+def test_sampler_tells_a_sleep_outside_the_collectives_from_waiting_for_another_thread():
+    import threading
+    import time
+
+    from ddpcheck.injob.stragglers import ThreadSampler
+
+    phase, tid = {"sleep": True}, []
+    done, woken = threading.Event(), threading.Event()
+
+    def training() -> None:  # sleeps like a slow data loader, then waits like a collective
+        tid.append(threading.get_native_id())
+        while phase["sleep"]:
+            time.sleep(0.05)
+        woken.wait()
+
+    thread = threading.Thread(target=training)
+    thread.start()
+    while not tid:
+        time.sleep(0.01)
+    sampler = ThreadSampler(done)
+    sampler.start(tid[0])
+    try:
+        time.sleep(1.0)
+        blocked, stopped = sampler.step_shares()
+        channel = sampler.channel()
+        assert blocked > 0.8 and stopped < 0.2, (blocked, stopped)
+        assert channel is not None and "sleep" in channel  # hrtimer_nanosleep, do_nanosleep
+        phase["sleep"] = False
+        time.sleep(0.2)
+        sampler.step_shares(), sampler.channel()
+        time.sleep(1.0)
+        blocked, stopped = sampler.step_shares()
+        assert blocked < 0.1 and sampler.channel() is None, blocked  # a futex: waiting
+    finally:
+        done.set()
+        woken.set()
+        thread.join()
+
+
+def test_sampler_counts_the_time_its_process_was_stopped(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import threading, time, sys\n"
+            "from ddpcheck.injob.stragglers import ThreadSampler\n"
+            "stop = threading.Event(); s = ThreadSampler(stop)\n"
+            "s.start(threading.get_native_id()); time.sleep(0.3); s.step_shares()\n"
+            "print('ready', flush=True); began = time.monotonic(); sys.stdin.readline()\n"
+            "blocked, stopped = s.step_shares()\n"
+            "print(blocked, stopped / (time.monotonic() - began), flush=True)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        until = time.monotonic() + 2.0
+        while time.monotonic() < until:  # stopped 60 ms of every 150 ms: 40 %
+            os.kill(child.pid, signal.SIGSTOP)
+            time.sleep(0.06)
+            os.kill(child.pid, signal.SIGCONT)
+            time.sleep(0.09)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        blocked, stopped = (float(x) for x in child.stdout.readline().split())
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        child.kill()
+        child.wait()
+    assert 0.25 <= stopped <= 0.55, stopped
+    assert blocked > 0.5  # meanwhile its main thread read a pipe (stdin): blocked, not waiting
 
 
 # -- ddpcheck hang's analysis of a progressing job ------------------------------------------------
@@ -205,6 +281,23 @@ def test_the_monitor_names_a_rank_only_after_consecutive_verdicts_agree(tmp_path
                                 "arrives ..."]  # logged once per episode
 
 
+def test_a_named_rank_stays_named_while_late_in_half_the_window():
+    from types import SimpleNamespace
+
+    from ddpcheck.injob.stragglers import StragglerWatch
+
+    monitor = SimpleNamespace(world_size=4, beat_s=1.0, rank=0, hostname="h1", warnings=[],
+                              stragglers=[])
+    watch = StragglerWatch(monitor, Thresholds(), store=None)
+    entry = {"rank": 3, "message": "rank 3 on h2 arrives ..."}
+    assert watch._confirmed([], [entry]) == []  # half the window is not enough to be named
+    for _ in range(3):
+        named = watch._confirmed([entry], [entry])
+    assert named == [entry]
+    assert watch._confirmed([], [entry]) == [entry]  # late in 8 of 10 steps: still named
+    assert watch._confirmed([], []) == []  # late in fewer than half: released
+
+
 def test_heartbeat_carries_the_step_history_for_ddpcheck_hang(tmp_path):
     import json
     import time
@@ -222,7 +315,7 @@ def test_heartbeat_carries_the_step_history_for_ddpcheck_hang(tmp_path):
                 break
             time.sleep(0.05)
     assert [row[0] for row in rows] == [1, 2, 3, 4]  # the first step has no "since"
-    for _, _, busy, wait in rows:
+    for _, _, busy, wait, *_ in rows:
         assert wait > 0.015 and busy >= 0  # it slept between steps
 
 
@@ -244,3 +337,144 @@ def test_the_compute_checks_second_window_is_asked_for_by_a_suspect_and_keeps_th
     kept = better_window(first, second)
     assert kept["metrics"] == {"fp32 GFLOP/s": 98.0, "memory GB/s": 9.0}
     assert kept["windows"] == 2 and kept["seconds"] == 1.0
+
+
+# -- the reasons, inside and outside ------------------------------------------------------------
+
+def _account(waiting: int, running: int = 0, stopped: int = 0, blocked: int = 0,
+             runq: float = 0.0, channel: str = "hrtimer_nanosleep"):
+    from ddpcheck.core.straggler import WindowAccount
+
+    states = {"S:futex_do_wait": waiting, "R": running, "T": stopped,
+              f"S:{channel}": blocked}
+    polls = waiting + running + stopped + blocked
+    busy = 3.0 * running / polls
+    return WindowAccount(3.0, busy - runq, runq, tuple((k, n) for k, n in states.items() if n))
+
+
+@pytest.mark.parametrize("reason,slow", [
+    ("starved", dict(waiting=60, running=90, runq=1.6)),
+    ("blocked", dict(waiting=40, running=40, blocked=70)),
+    ("stopped", dict(waiting=10, running=80, stopped=60)),
+    ("compute", dict(waiting=10, running=140)),
+])
+def test_outside_the_rank_the_others_wait_for_is_named_with_its_reason(reason, slow):
+    from ddpcheck.core.straggler import Reason, window_stragglers
+
+    healthy = [_account(waiting=100 + 5 * r, running=50 - 5 * r) for r in range(5)]
+    accounts = {r: a for r, a in enumerate(healthy[:4])} | {4: _account(**slow), 5: healthy[4]}
+    (found,) = window_stragglers(accounts, {r: f"h{r // 2 + 1}" for r in range(6)})
+    assert (found.rank, found.host, found.reason) == (4, "h3", Reason(reason))
+    assert found.message().startswith(f"rank 4 on h3 {found.explanation()}: it held the others")
+    if reason == "blocked":
+        assert "(in hrtimer_nanosleep: a sleep)" in found.message()
+    if reason == "stopped":
+        assert "stopped 40% of the window" in found.message()
+    assert window_stragglers(dict(enumerate(healthy))) == []  # a healthy job: nobody
+
+
+def test_outside_needs_three_ranks_and_enough_polls():
+    from ddpcheck.core.straggler import window_stragglers
+
+    slow = _account(waiting=0, running=150)
+    assert window_stragglers({0: _account(100, 50), 1: slow}) == []
+    assert window_stragglers({0: _account(10, 5), 1: _account(10, 5), 2: _account(0, 15)}) == []
+
+
+def test_inside_the_reason_is_the_share_of_the_step_that_grew_most():
+    from ddpcheck.core.straggler import Reason
+
+    def run(**slow) -> dict[int, list[StepSample]]:
+        history = {}
+        for rank in range(4):
+            rows = []
+            for step in range(12):
+                if rank == 3:
+                    rows.append(StepSample(step, 0.05 + slow.get("starved", 0), 0.0,
+                                           starved_s=slow.get("starved", 0),
+                                           blocked_s=slow.get("blocked", 0),
+                                           stopped_s=slow.get("stopped", 0)))
+                else:
+                    extra = sum(slow.values())
+                    rows.append(StepSample(step, 0.05, extra))
+            history[rank] = rows
+        return history
+
+    for reason, words in (("starved", "starved of CPU 62% of its step"),
+                          ("blocked", "blocked outside the collectives 62% of its step"),
+                          ("stopped", "stopped 62% of its step")):
+        (found,) = identify_stragglers(run(**{reason: 0.08}), {3: "h2"},
+                                       channels={3: "hrtimer_nanosleep"})
+        assert found.reason is Reason(reason), found
+        assert found.message().startswith(f"rank 3 on h2 arrives 80 ms after the median, {words}")
+        assert found.as_dict()["reason"] == reason
+    history = synchronous_run(4, 20, {2: 0.09})
+    (found,) = identify_stragglers(history)
+    assert found.reason is Reason.COMPUTE and "x the median compute time" in found.message()
+
+
+def test_rows_of_older_monitors_still_read():
+    old = StepSample.from_list([5, 1.5, 0.1, 0.2])
+    assert (old.step, old.busy_s, old.wait_s, old.starved_s, old.blocked_s) == (5, 0.1, 0.2, 0,
+                                                                                  0)
+    row = StepSample(5, 0.1, 0.2, 1.5, 0.05, 0.03, 0.01).as_list()
+    assert StepSample.from_list(row) == StepSample(5, 0.1, 0.2, 1.5, 0.05, 0.03, 0.01)
+
+
+def test_hang_repeats_the_monitors_verdict_from_its_heartbeats():
+    from ddpcheck.analyze.hang import analyze_scans
+    from test_hanganalysis import beat, scan, worker
+
+    said = {"rank": 3, "host": "h2", "reason": "blocked",
+            "message": "rank 3 on h2 arrives 90 ms after the median, blocked outside the "
+                       "collectives 40% of its step (in hrtimer_nanosleep: a sleep), its peers "
+                       "0%, 9 of the last 10 steps"}
+    workers = [worker(r, beats=(beat(10), beat(20, stragglers=[said]))) for r in range(4)]
+    analysis = analyze_scans([scan("h1", workers[:2]), scan("h2", workers[2:])])
+    assert not analysis.jobs[0].hung
+    (finding,) = [f for f in analysis.findings if f.check == "straggler"]
+    assert (finding.rank, finding.host) == (3, "h2")
+    assert finding.message.endswith(said["message"])
+    quiet = [worker(r, beats=(beat(10), beat(20, stragglers=[]))) for r in range(4)]
+    analysis = analyze_scans([scan("h1", quiet[:2]), scan("h2", quiet[2:])])
+    assert [f for f in analysis.findings if f.check == "straggler"] == []  # it names no one
+
+
+def test_a_rank_stopped_at_one_sample_of_a_progressing_job_is_not_hung():
+    import copy
+
+    from ddpcheck.analyze.hang import Role, analyze_scans
+    from test_hanganalysis import beat, scan, worker
+
+    def states(**counts):
+        return {"S:futex_do_wait": 60, "R": 40, **counts}
+
+    workers = []
+    for rank in range(4):
+        w = worker(rank, status="stopped" if rank == 3 else "sleeping", stack=None)
+        w["states"] = {"R": 60, "T": 60, "S:futex_do_wait": 30} if rank == 3 else states()
+        for sample, sched in zip(w["samples"], ([1.0, 0.1], [2.8, 0.2])):
+            sample["sched"] = sched
+        workers.append(w)
+    analysis = analyze_scans([scan("h1", workers[:2]), scan("h2", workers[2:])])
+    (job,) = analysis.jobs
+    assert not job.hung and {v.role for v in job.ranks} == {Role.PROGRESSING}
+    (finding,) = [f for f in analysis.findings if f.check == "straggler"]
+    assert finding.rank == 3 and "rank 3 on h2 stopped 40% of the window" in finding.message
+    # with a Monitor that names no one (its own process stopped), the scan's view is added
+    monitored = copy.deepcopy(workers)
+    for w in monitored:
+        for sample, step in zip(w["samples"], (10, 20)):
+            sample["heartbeat"] = beat(step, stragglers=[])
+    (finding,) = [f for f in analyze_scans([scan("h1", monitored[:2]),
+                                            scan("h2", monitored[2:])]).findings
+                  if f.check == "straggler"]
+    assert finding.rank == 3 and "rank 3 on h2 stopped 40% of the window" in finding.message
+    # stopped at both samples and all the time between, no progress: stopped (the hang)
+    for w in workers:
+        w["states"] = {"S:futex_do_wait": 150}
+    workers[3]["states"] = {"T": 150}
+    workers[3]["samples"][0]["status"] = "stopped"
+    analysis = analyze_scans([scan("h1", workers[:2]), scan("h2", workers[2:])])
+    assert analysis.jobs[0].hung
+    assert {v.view.rank: v.role for v in analysis.jobs[0].ranks}[3] is Role.STOPPED

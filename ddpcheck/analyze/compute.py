@@ -1,7 +1,7 @@
 """Analyze the preflight compute check (pure): ranks far below their peers are stragglers.
 
 Each rank's record carries ``compute`` (device model, where it is, metrics: higher is better);
-``remote.straggler.slow_devices`` compares each with the median of the ranks with the same
+``core.straggler.slow_devices`` compares each with the median of the ranks with the same
 device model, the same comparison the in-job Monitor and ``ddpcheck hang`` make of step times.
 """
 
@@ -11,9 +11,9 @@ from typing import Sequence
 
 from ..model.checks import Check
 from ..model.records import Finding, RankRecord, Severity
-from ..remote.straggler import COMPUTE_MIN_PEERS as MIN_PEERS
-from ..remote.straggler import COMPUTE_SLOW_FRACTION as SLOW_FRACTION
-from ..remote.straggler import slow_devices
+from ..core.straggler import COMPUTE_MIN_PEERS as MIN_PEERS
+from ..core.straggler import COMPUTE_SLOW_FRACTION as SLOW_FRACTION
+from ..core.straggler import slow_devices
 
 
 def compute_findings(ranks: Sequence[RankRecord], fraction: float = SLOW_FRACTION,

@@ -4,7 +4,8 @@ Input: each host's ``hangscan`` record (workers sampled twice, heartbeats of gon
 job (torchrun run id + master address) every rank gets a role, root cause first:
 
 * ``dead``: no process (a heartbeat says where it ran and its last step), or a zombie;
-* ``stopped``: state T (SIGSTOP, a debugger, job control);
+* ``stopped``: state T at both samples and all the time between, with no progress (SIGSTOP, a
+  debugger, job control); a rank stopped part of the time is a straggler, not a hang;
 * ``blocked``: outside any collective, in the same frame at both samples, while others wait in one;
 * ``mismatch``: in another collective than the others (a rank took a different code path);
 * ``behind``: a lower collective sequence number or step than the others (heartbeat or Flight
@@ -27,7 +28,9 @@ from . import ras
 from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
-from ..remote.straggler import busy_stragglers, history_from_rows, identify_stragglers
+from ..core import heartbeat
+from ..core.straggler import (Reason, WindowAccount, busy_stragglers, history_from_rows,
+                              identify_stragglers, window_stragglers)
 from .verdict import mark_single_root_cause, order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
@@ -115,6 +118,9 @@ class RankView:
     step_rate: Optional[float] = None  # steps/s over the window (Monitor heartbeat)
     history: tuple[Any, ...] = ()  # the Monitor's last steps: [step, time, busy_s, wait_s]
     history_first: tuple[Any, ...] = ()  # the same, at the first sample
+    status_first: str = "unknown"  # psutil status at the 1st sample
+    window: Optional[WindowAccount] = None  # how its main thread spent the window
+    verdict: Optional[tuple[Mapping[str, Any], ...]] = None  # the Monitor's, 2nd heartbeat
 
 
 @dataclass(frozen=True)
@@ -358,11 +364,40 @@ def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -
         started=worker.get("create_time") if isinstance(worker.get("create_time"),
                                                         (int, float)) else None,
         cmdline=str(worker.get("cmdline") or ""), busy=busy, step_rate=rate,
-        history=_rows(beat_b), history_first=_rows(beat_a))
+        history=tuple(heartbeat.history(beat_b)), history_first=tuple(heartbeat.history(beat_a)),
+        status_first=str(first.get("status") or "unknown"),
+        window=window_account(first, last, worker.get("states")),
+        verdict=_verdict(beat_b))
 
 
-def _rows(beat: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(beat["history"]) if isinstance(beat.get("history"), list) else ()
+def _verdict(beat: Mapping[str, Any]) -> Optional[tuple[Mapping[str, Any], ...]]:
+    named = heartbeat.verdict(beat)
+    return None if named is None else tuple(named)
+
+
+def window_account(first: Mapping[str, Any], last: Mapping[str, Any],
+                   states: Any) -> Optional[WindowAccount]:
+    """How the main thread spent the window: schedstat deltas and the polled states."""
+    a, b = first.get("sched"), last.get("sched")
+    span = (last.get("at") or 0) - (first.get("at") or 0)
+    if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b) == 2
+            and isinstance(states, dict) and span > 0.2):
+        return None
+    counts = tuple(sorted((str(k), int(n)) for k, n in states.items()
+                          if isinstance(n, int) and not isinstance(n, bool) and n > 0))
+    return WindowAccount(span, max(0.0, float(b[0]) - float(a[0])),
+                         max(0.0, float(b[1]) - float(a[1])), counts)
+
+
+def stopped_throughout(view: RankView) -> bool:
+    """State T at both samples, never seen otherwise in between, and no progress: stopped. A
+    rank stopped and resumed (a debugger, a sampling profiler) is at most a straggler."""
+    stopped = ("stopped", "tracing-stop")
+    if view.status not in stopped or view.progressed:
+        return False
+    if view.status_first not in ("unknown",) + stopped:
+        return False
+    return view.window is None or view.window.share("stopped") == 1.0
 
 
 def window_rates(first: Mapping[str, Any], last: Mapping[str, Any], beat_a: Mapping[str, Any],
@@ -381,10 +416,27 @@ def window_rates(first: Mapping[str, Any], last: Mapping[str, Any], beat_a: Mapp
 
 
 def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
-    """A progressing job's slow ranks: from the Monitor's step history when every rank has
-    one (the in-job finding, word for word; named at both samples), else from the main
-    threads' busy time."""
+    """A progressing job's slow ranks: the Monitor's own verdict when its heartbeats carry one
+    (the in-job finding, word for word; plus a rank the scan saw stopped part of the window,
+    which the Monitor of a stopped process cannot time reliably); else from the Monitor's step history when every rank
+    has one (named at both samples); else from how each main thread spent the window (its
+    states and schedstat); else from its busy time alone."""
     hosts = {v.rank: v.host for v in live}
+    window = ([] if not live or any(v.window is None for v in live) else window_stragglers(
+        {v.rank: v.window for v in live if v.window is not None}, hosts))
+    verdicts = [v.verdict for v in live if v.verdict is not None]
+    if verdicts:
+        newest = max(live, key=lambda v: (v.verdict is not None, v.step or -1))
+        said = [entry for entry in newest.verdict or () if entry.get("message")]
+        # a process stopped now and then stops its Monitor too, which sees only a gap in its
+        # clock: a rank the scan saw stopped is added when the Monitor does not name it
+        named = {_int(entry.get("rank")) for entry in said}
+        return [Finding(Severity.WARNING, "straggler", f"job {job}: {entry.get('message')}",
+                        host=entry.get("host"), rank=_int(entry.get("rank")))
+                for entry in said] + [
+            Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}", host=s.host,
+                    rank=s.rank)
+            for s in window if s.reason is Reason.STOPPED and s.rank not in named]
     if live and all(v.history for v in live):
         named = identify_stragglers(history_from_rows({v.rank: v.history for v in live}), hosts)
         if all(v.history_first for v in live):
@@ -393,6 +445,9 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
             named = [s for s in named if s.rank in before]
         return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}",
                         host=s.host, rank=s.rank) for s in named]
+    if live and all(v.window is not None for v in live):
+        return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}",
+                        host=s.host, rank=s.rank) for s in window]
     busy = {v.rank: v.busy for v in live if v.busy is not None}
     if len(busy) != len(live):
         return []
@@ -463,7 +518,12 @@ def analyze_job(job: str, views: Sequence[RankView],
     # Who is in which collective, where, how far.
     top_seq = max((v.seq for v in live if v.seq is not None), default=None)
     top_step = max((v.step for v in live if v.step is not None), default=None)
-    running = [v for v in live if v.status not in ("stopped", "tracing-stop")]
+    running = [v for v in live if not stopped_throughout(v)]
+    if running and all(v.window is not None and v.window.cycled for v in running):
+        # every main thread went round its loop during the window (the ranks of a hung job
+        # wait in one place): the job progresses, heartbeat or not
+        running = [replace(v, progressed=True) for v in running]
+        by_rank.update({v.rank: v for v in running})
     in_collective = {v.rank: op for v in running if (op := current_collective(v)) is not None}
     ops = defaultdict(list)
     for rank, op in in_collective.items():
@@ -519,7 +579,7 @@ def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
     if view.status == "zombie":
         return RankVerdict(view, Role.DEAD, f"rank {view.rank} on {view.host} (pid {view.pid}) "
                                             f"has exited (zombie){at}")
-    if view.status in ("stopped", "tracing-stop"):
+    if stopped_throughout(view):
         where = f", {describe_location(view.last.frames)}" if view.last else ""
         return RankVerdict(view, Role.STOPPED, (
             f"rank {view.rank} on {view.host} (pid {view.pid}) is stopped (state T: SIGSTOP, a "

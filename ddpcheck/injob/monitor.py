@@ -24,11 +24,12 @@ by torchrun) it compares the heartbeat files of this host.
 
 Stragglers (on by default, ``stragglers=False`` turns it off): ``step()`` also splits the time
 since the previous step into this rank's busy time and its time waiting for the others, keeps
-the last steps in the heartbeat (``history``: [step, time, busy_s, wait_s] rows, which
-``ddpcheck hang`` reads from outside), and the background thread exchanges them through the
-TCPStore (see ``ddpcheck.injob.stragglers``): a rank consistently last to arrive is logged on
-every rank as a ``straggler`` warning and listed in ``monitor.stragglers``. ``straggler_thresholds``
-(a ``ddpcheck.remote.straggler.Thresholds``) sets the margins.
+the last steps in the heartbeat (``history``, the format is ``ddpcheck.core.heartbeat``'s), and
+the background thread exchanges them through the TCPStore (see ``ddpcheck.injob.stragglers``):
+a rank consistently last to arrive is logged on every rank as a ``straggler`` warning, with its
+reason, listed in ``monitor.stragglers`` and carried in the heartbeat (``stragglers``), so that
+``ddpcheck hang`` says the same. ``straggler_thresholds`` (a
+``ddpcheck.core.straggler.Thresholds``) sets the margins.
 
 Torch-light: only the standard library is imported here; torch is touched only when the job has
 already imported it (``import ddpcheck`` stays cheap, and the probe stays stdlib + torch).
@@ -39,55 +40,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
+from ..core import heartbeat
+from ..core.straggler import Thresholds
 from ..model import safety
-from ..remote.straggler import Thresholds
 from .stragglers import StepClock, StragglerWatch
 
-HEARTBEAT_DIR_VARIABLE = "DDPCHECK_HEARTBEAT_DIR"
-HEARTBEAT_PREFIX = "ddpcheck-heartbeat-"
-SHM_DIR = "/dev/shm"
 STORE_PREFIX = "ddpcheck/monitor/"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 logger = logging.getLogger("ddpcheck.injob.monitor")
-
-
-# -- where heartbeats live (shared with the host scan) ----------------------------------------
-
-def job_key(env: Mapping[str, str]) -> str:
-    """One key per torchrun job: its run id and master address (torchrun's default run id is
-    "none", so the master address is what tells two jobs apart)."""
-    return (f"{env.get('TORCHELASTIC_RUN_ID') or '-'}@{env.get('MASTER_ADDR') or '?'}:"
-            f"{env.get('MASTER_PORT') or '?'}")
-
-
-def job_dirname(key: str) -> str:
-    return _UNSAFE.sub("_", key).strip("._") or "job"
-
-
-def default_heartbeat_root(uid: Optional[int] = None) -> str:
-    """/dev/shm (tmpfs: a rename there costs microseconds; on ext4 it may flush data and cost a
-    millisecond) when it exists, else the temp dir; one folder per user."""
-    uid = os.getuid() if uid is None else uid
-    base = SHM_DIR if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK) else \
-        tempfile.gettempdir()
-    return os.path.join(base, f"{HEARTBEAT_PREFIX}{uid}")
-
-
-def heartbeat_root(env: Mapping[str, str], uid: Optional[int] = None) -> str:
-    return env.get(HEARTBEAT_DIR_VARIABLE) or default_heartbeat_root(uid)
-
-
-def heartbeat_path(root: str, key: str, rank: int) -> str:
-    return os.path.join(root, job_dirname(key), f"rank-{rank}.json")
 
 
 def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
@@ -139,13 +105,13 @@ class Monitor:
             self.rank = self.rank if self.rank is not None else group_rank
             self.world_size = self.world_size if self.world_size is not None else group_size
         self.local_rank = _env_int(env, "LOCAL_RANK")
-        self.job = job_key(env)
+        self.job = heartbeat.job_key(env)
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
-        self.root = directory or heartbeat_root(env)
-        self.path = heartbeat_path(self.root, self.job, self.rank)
+        self.root = directory or heartbeat.root(env)
+        self.path = heartbeat.path(self.root, self.job, self.rank)
         make_heartbeat_dirs(self.root, os.path.dirname(self.path),
-                            default=self.root == default_heartbeat_root())
+                            default=self.root == heartbeat.default_root())
         self.watchdog_s = watchdog_s
         self.write_every_s = max(0.0, write_every_s)
         self._written_at = 0.0  # time.monotonic() of the last write
@@ -162,6 +128,8 @@ class Monitor:
         self.straggler_thresholds = straggler_thresholds or Thresholds()
         self.stragglers: list[dict[str, Any]] = []  # the stragglers named now (as dicts)
         self._history_json = "[]"
+        self.straggler_verdict: Optional[list[dict[str, Any]]] = None  # once judged: for hang
+        self._stragglers_json: Optional[str] = None
         self._stop = threading.Event()
         self._write(time.time())
         self._thread = threading.Thread(target=self._run, name="ddpcheck-monitor", daemon=True)
@@ -195,18 +163,17 @@ class Monitor:
                refresh_history: bool = False) -> None:
         """The heartbeat; the step history is serialized by the background thread
         (``refresh_history``) and spliced in as text, so ``step()`` never pays for it."""
-        record = {"v": 1, "job": self.job, "rank": self.rank, "local_rank": self.local_rank,
-                  "world_size": self.world_size, "host": self.hostname, "pid": self.pid,
-                  "started": self.started, "step": self.last_step,
-                  "time": self.last_step_time, "seq": self.last_step_seq,
-                  "seq_now": seq_now if seq_now is not None else self.last_step_seq,
-                  "beat": beat}
-        text = json.dumps(record, separators=(",", ":"))
-        if self.clock is not None:
-            if refresh_history:
-                self._history_json = json.dumps(self.clock.recent(), separators=(",", ":"))
-            text = f'{text[:-1]},"history":{self._history_json}}}'
-        data = text.encode()
+        record = {"v": heartbeat.VERSION, "job": self.job, "rank": self.rank,
+                  "local_rank": self.local_rank, "world_size": self.world_size,
+                  "host": self.hostname, "pid": self.pid, "started": self.started,
+                  "step": self.last_step, "time": self.last_step_time, "seq": self.last_step_seq,
+                  "seq_now": seq_now if seq_now is not None else self.last_step_seq, "beat": beat}
+        if self.clock is not None and refresh_history:
+            self._history_json = json.dumps(self.clock.recent(), separators=(",", ":"))
+            if self.straggler_verdict is not None:
+                self._stragglers_json = json.dumps(self.straggler_verdict, separators=(",", ":"))
+        data = heartbeat.encode(record, self._history_json if self.clock is not None else None,
+                                self._stragglers_json)
         self._written_at = time.monotonic()
         with self._lock:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -254,12 +221,10 @@ class Monitor:
                     logger.debug("ddpcheck monitor stragglers: %s", exc)
 
     def _straggler_watch(self) -> Optional[StragglerWatch]:
-        """The straggler exchange, over a TCPStore client of its own (None: this host's
-        heartbeat files)."""
+        """The straggler exchange, over a TCPStore client of its own (else heartbeat files)."""
         if self.clock is None:
             return None
-        store = _connect_store(self.env, self.job)
-        return StragglerWatch(self, self.straggler_thresholds, store)
+        return StragglerWatch(self, self.straggler_thresholds, _connect_store(self.env, self.job))
 
 
 class _Watchdog:
@@ -324,19 +289,10 @@ class _Watchdog:
                 elif store.check([key]):
                     entries[rank] = json.loads(store.get(key))
             return entries
-        folder = os.path.dirname(monitor.path)
-        for name in os.listdir(folder):
-            match = re.fullmatch(r"rank-(\d+)\.json", name)
-            if match:
-                try:
-                    with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                        beat = json.load(handle)
-                except (OSError, ValueError):
-                    continue
-                entries[int(match.group(1))] = {"step": beat.get("step"),
-                                                "seq": beat.get("seq_now"),
-                                                "beat": beat.get("beat"), "host": beat.get("host"),
-                                                "pid": beat.get("pid")}
+        for rank, beat in heartbeat.read_job_folder(os.path.dirname(monitor.path)).items():
+            entries[rank] = {"step": beat.get("step"), "seq": beat.get("seq_now"),
+                             "beat": beat.get("beat"), "host": beat.get("host"),
+                             "pid": beat.get("pid")}
         return entries
 
     def _stall_message(self, stalled_s: float) -> str:

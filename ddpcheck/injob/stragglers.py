@@ -4,7 +4,11 @@ Per step (``StepClock.sample``, on the training thread, about a microsecond, GIL
 time since the previous step boundary, split into *busy* (this thread on a CPU or wanting one:
 running, in the run queue, throttled by a cgroup quota: its CPU time plus its recent run-queue
 rate from ``/proc/self/task/TID/schedstat``, which the background thread reads each beat) and
-*wait* (blocked: in a collective, waiting for the others).
+*wait* (the rest: in a collective, waiting for the others).
+A second thread (``ThreadSampler``, every 20 ms) reads the training thread's state and wait
+channel: asleep outside a futex it is *blocked* outside the collectives (a data loader, I/O, a
+sleep), and time the whole process lost (a gap in the sampler's own clock) it was *stopped*;
+``sample`` takes both per step, so *wait* is the time in the collectives only.
 On a GPU job with NCCL the training thread spins rather than blocks, so there *wait* is the
 time the GPU spent in NCCL collectives (the process group's completion hook: a straggler's
 collectives start last and are the shortest), and busy the rest.
@@ -13,7 +17,8 @@ The exchange (``StragglerWatch.tick``, on the Monitor's background thread, never
 training path): every ``period_s``, at the same wall-clock instants on every rank (so their
 recent windows overlap even when steps take milliseconds), each rank puts its last steps into
 torchrun's TCPStore; the leader (rank 0) reads them all in one ``multi_get``, runs
-``identify_stragglers``, keeps the ranks named by ``confirmations`` (3) verdicts in a row and
+``identify_stragglers``, keeps the ranks named by ``confirmations`` (3) verdicts in a row (and
+those already named while late in half the window) and
 puts them back; every rank reads the verdict and logs each
 newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler: rank 5 on h3 arrives
 38 ms after the median, ...``). Without a store (a job not started by torchrun) the ranks of
@@ -27,24 +32,116 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Optional
+from dataclasses import replace
+from typing import Any, Callable, Optional, Sequence
 
-from ..remote.straggler import Thresholds, history_from_rows, identify_stragglers
+from ..core import heartbeat
+from ..core.straggler import Thresholds, history_from_rows, identify_stragglers, state_kind
 
 HISTORY = 32  # steps each rank keeps and publishes: the window plus slack for publish jitter
+SAMPLE_S = 0.02  # how often the sampler reads the training thread's state
 VERDICT_KEY = "stragglers/verdict"
 ROWS_KEY = "stragglers/rank/"
 
 logger = logging.getLogger("ddpcheck.injob.monitor")
 
 
+class ThreadSampler:
+    """Where the training thread waits, read every ``every_s`` by a thread of its own: its
+    state and wait channel (``/proc/self/task/TID/stat`` and ``wchan``, kept open and re-read:
+    about 6 us a read). Asleep on a futex it waits for the others (gloo's collectives); asleep
+    anywhere else it is *blocked outside the collectives* (a data loader, I/O, a sleep). A
+    stopped process stops this thread too: the time it lost, beyond what its own run queue
+    explains, is time the process was *stopped* (SIGSTOP, a debugger, a sampling profiler).
+    The training thread takes the counts of each step at its boundary (``step_shares``)."""
+
+    def __init__(self, stop: threading.Event, every_s: float = SAMPLE_S) -> None:
+        self.stop = stop
+        self.every_s = every_s
+        self.tid: Optional[int] = None
+        self._lock = threading.Lock()  # guards the channel counts only
+        self.polls = 0  # since the last step boundary
+        self.blocked = 0
+        self.stopped_s = 0.0
+        self._channels: dict[str, int] = {}
+        self.thread = threading.Thread(target=self._run, name="ddpcheck-sampler", daemon=True)
+
+    def start(self, tid: int) -> None:
+        self.tid = tid
+        self.thread.start()
+
+    def step_shares(self) -> tuple[float, float]:
+        """On the training thread at a step boundary: (share of the polls since the previous
+        boundary it was blocked outside the collectives, seconds the process was stopped
+        meanwhile). Plain attribute reads and writes, no system call: a count lost to a race
+        with the sampler costs one poll of accuracy."""
+        polls, blocked, stopped = self.polls, self.blocked, self.stopped_s
+        self.polls = self.blocked = 0
+        self.stopped_s = 0.0
+        return (blocked / polls if polls else 0.0), stopped
+
+    def channel(self) -> Optional[str]:
+        """The wait channel it was blocked in most since the last call."""
+        with self._lock:
+            channels, self._channels = self._channels, {}
+        return max(channels, key=channels.__getitem__) if channels else None
+
+    def _run(self) -> None:
+        try:
+            fds = [os.open(f"/proc/self/task/{self.tid}/{name}", os.O_RDONLY)
+                   for name in ("stat", "wchan")]
+            own = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat",
+                          os.O_RDONLY)
+        except OSError:
+            return  # no procfs: blocked and stopped time go unseen
+        try:
+            last, last_runq = time.monotonic(), _runq_s(own)
+            while not self.stop.wait(self.every_s):
+                now, runq = time.monotonic(), _runq_s(own)
+                lost = now - last - self.every_s - (runq - last_runq)
+                last, last_runq = now, runq
+                state = _thread_state(fds)
+                if state is None:
+                    return  # the training thread is gone
+                if lost > self.every_s:  # frozen meanwhile, not merely queued
+                    self.stopped_s += lost
+                self.polls += 1
+                if state_kind(state) == "blocked":
+                    self.blocked += 1
+                    channel = state.split(":", 1)[1]
+                    with self._lock:
+                        self._channels[channel] = self._channels.get(channel, 0) + 1
+        finally:
+            for fd in fds + [own]:
+                os.close(fd)
+
+
+def _runq_s(fd: int) -> float:
+    try:
+        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _thread_state(fds: list[int]) -> Optional[str]:
+    """"R", "S:futex_do_wait", ... of a thread from its open stat and wchan files."""
+    try:
+        state = os.pread(fds[0], 1024, 0).rsplit(b")", 1)[1].split()[0].decode()
+        if state in ("S", "D"):
+            channel = os.pread(fds[1], 128, 0).decode(errors="replace").strip()
+            if channel and channel != "0":
+                return f"{state}:{channel[:60]}"
+        return state
+    except (OSError, IndexError):
+        return None
+
+
 class StepClock:
-    """The training thread's busy time per step, and the rows [step, time, busy, wait] of its
-    last steps.
+    """The training thread's busy time per step, and the rows [step, time, busy, wait,
+    starved, blocked, stopped] of its last steps.
 
     Per step (``sample``, on the training thread) only clocks that keep the GIL are read: the
     thread's CPU time (``time.thread_time``) and the wall clock. Any system call that releases
@@ -63,12 +160,16 @@ class StepClock:
         self._last: Optional[tuple[float, float]] = None  # (perf_counter, thread_time)
         self.collective_s: Optional[Callable[[], float]] = None  # NCCL: seconds in collectives
         self._last_collective = 0.0
+        self.sampler: Optional[ThreadSampler] = None
+        self.channel: Optional[str] = None  # where it was blocked most, recently
 
     def refresh(self) -> None:
         """Background thread: the training thread's recent run-queue rate (0 where schedstat
         is unavailable: then a CPU quota goes unseen, CPU time still counts)."""
         if self.tid is None:
             return
+        if self.sampler is not None:
+            self.channel = self.sampler.channel() or self.channel
         try:
             with open(f"/proc/self/task/{self.tid}/schedstat", encoding="ascii") as handle:
                 runq = int(handle.read().split()[1]) / 1e9
@@ -92,13 +193,19 @@ class StepClock:
         if last is None:
             return
         wall = mark - last[0]
+        starved = blocked = stopped = 0.0
         if collective is not None:  # NCCL: the thread spins; the GPU's collective time is wait
             wait = min(max(spent, 0.0), wall)
             busy_s = wall - wait
         else:
-            busy_s = min(max(cpu - last[1], 0.0) + self.runq_rate * wall, wall)
-            wait = wall - busy_s
-        self.rows.append([step, round(now, 6), round(busy_s, 6), round(wait, 6)])
+            blocked_share, stopped = self.sampler.step_shares() if self.sampler else (0.0, 0.0)
+            stopped = min(stopped, wall)
+            starved = min(self.runq_rate * wall, wall - stopped)
+            busy_s = min(max(cpu - last[1], 0.0) + starved, wall - stopped)
+            blocked = min(blocked_share * (wall - stopped), wall - stopped - busy_s)
+            wait = wall - stopped - busy_s - blocked  # in the collectives: for the others
+        self.rows.append([step, round(now, 6), round(busy_s, 6), round(wait, 6),
+                          round(starved, 6), round(blocked, 6), round(stopped, 6)])
 
     def attach(self, collective_s: Callable[[], float]) -> None:
         self._last_collective = collective_s()
@@ -182,7 +289,11 @@ class StragglerWatch:
             return
         self.next_at = self._next_instant(now)
         monitor = self.monitor
-        monitor.clock.refresh()
+        clock = monitor.clock
+        clock.refresh()
+        if clock.sampler is None and clock.tid is not None and hasattr(monitor, "_stop"):
+            clock.sampler = ThreadSampler(monitor._stop)
+            clock.sampler.start(clock.tid)
         if not self.hooked and _group_up():  # the group may come up after the Monitor: once
             self.hooked = True
             collective_s = nccl_collective_clock()
@@ -191,10 +302,11 @@ class StragglerWatch:
         rows = monitor.clock.recent()
         if self.store is not None:
             self.store.set(f"{ROWS_KEY}{monitor.rank}", json.dumps(
-                {"host": monitor.hostname, "rows": rows}, separators=(",", ":")))
+                {"host": monitor.hostname, "rows": rows, "channel": clock.channel},
+                separators=(",", ":")))
             if monitor.rank == 0:
                 # the others' rows may be a period old: judging the steps all have covers it
-                verdict = self._confirmed(self._judge(self._read_store()))
+                verdict = self._confirmed(*self._judge(self._read_store()))
                 self.store.set(VERDICT_KEY, json.dumps(verdict, separators=(",", ":")))
             elif self.verdict_seen or self.store.check([VERDICT_KEY]):
                 self.verdict_seen = True  # from then on one round trip (a get would wait)
@@ -202,16 +314,21 @@ class StragglerWatch:
             else:
                 verdict = []
         else:
-            verdict = self._confirmed(self._judge(self._read_files()))
+            verdict = self._confirmed(*self._judge(self._read_files()))
         self._log(verdict)
 
-    def _confirmed(self, verdict: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _confirmed(self, verdict: list[dict[str, Any]],
+                   staying: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
         """The stragglers of ``confirmations`` verdicts in a row: a rank starved for half a
-        second by a neighbour is late in 10 short steps, but not for seconds on end."""
-        ranks = {int(entry["rank"]) for entry in verdict}
-        self.streak = {rank: self.streak.get(rank, 0) + 1 for rank in ranks}
-        return [entry for entry in verdict
-                if self.streak[int(entry["rank"])] >= self.thresholds.confirmations]
+        second by a neighbour is late in 10 short steps, but not for seconds on end. A rank
+        already named stays named while it is late in half the window (``staying``), so that
+        a straggler late in 8 steps of 10 now and then is not named and released by turns."""
+        needed = self.thresholds.confirmations
+        entries = {int(entry["rank"]): entry for entry in staying
+                   if self.streak.get(int(entry["rank"]), 0) >= needed}
+        entries.update({int(entry["rank"]): entry for entry in verdict})
+        self.streak = {rank: self.streak.get(rank, 0) + 1 for rank in entries}
+        return [entry for rank, entry in sorted(entries.items()) if self.streak[rank] >= needed]
 
     def _read_store(self) -> dict[int, dict[str, Any]]:
         world = self.monitor.world_size or 1
@@ -227,31 +344,26 @@ class StragglerWatch:
 
     def _read_files(self) -> dict[int, dict[str, Any]]:
         folder = os.path.dirname(self.monitor.path)
-        entries: dict[int, dict[str, Any]] = {}
-        for name in os.listdir(folder):
-            match = re.fullmatch(r"rank-(\d+)\.json", name)
-            if not match:
-                continue
-            try:
-                with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                    beat = json.load(handle)
-            except (OSError, ValueError):
-                continue
-            entries[int(match.group(1))] = {"host": beat.get("host"),
-                                            "rows": beat.get("history") or []}
-        return entries
+        return {rank: {"host": beat.get("host"), "rows": heartbeat.history(beat)}
+                for rank, beat in heartbeat.read_job_folder(folder).items()}
 
-    def _judge(self, entries: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    def _judge(self, entries: dict[int, dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                                   list[dict[str, Any]]]:
+        """(the stragglers by the thresholds, the ranks late in at least half the window)."""
         history = history_from_rows({rank: e.get("rows") for rank, e in entries.items()})
         # judge the steps every publishing rank has: a rank that stopped is hang's business
         latest = min((max(s.step for s in samples) for samples in history.values()),
                      default=None)
         if latest is None:
-            return []
+            return [], []
         history = {rank: [s for s in samples if s.step <= latest]
                    for rank, samples in history.items()}
         hosts = {rank: e.get("host") for rank, e in entries.items()}
-        return [s.as_dict() for s in identify_stragglers(history, hosts, self.thresholds)]
+        channels = {rank: e.get("channel") for rank, e in entries.items()}
+        half = replace(self.thresholds, min_steps=max(1, self.thresholds.window // 2))
+        return ([s.as_dict() for s in identify_stragglers(history, hosts, self.thresholds,
+                                                          channels)],
+                [s.as_dict() for s in identify_stragglers(history, hosts, half, channels)])
 
     def _log(self, verdict: list[dict[str, Any]]) -> None:
         monitor = self.monitor
@@ -261,10 +373,13 @@ class StragglerWatch:
             if rank not in current:
                 del self.named[rank]  # recovered: log again if it comes back
         for rank, entry in sorted(current.items()):
-            if rank in self.named:
-                continue
+            if rank in self.named and self.named[rank].get("reason") == entry.get("reason"):
+                continue  # logged once per episode (and again when its reason changes)
             self.named[rank] = entry
             message = (f"ddpcheck.Monitor [{monitor.hostname}:rank {monitor.rank}]: straggler: "
                        f"{entry['message']}")
             monitor.warnings.append(message)
             logger.warning(message)
+        # the next heartbeat carries the stragglers as they were logged: ddpcheck hang repeats
+        # the Monitor's words, not a later exchange's numbers
+        monitor.straggler_verdict = [self.named[rank] for rank in sorted(current)]

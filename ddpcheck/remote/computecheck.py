@@ -3,7 +3,7 @@
 Matrix-multiply throughput and memory bandwidth of the rank's device, all ranks at once (after a
 barrier, so neighbours contend as they will in the job), in up to two windows of half the
 budget (``--compute-seconds``, 1 s): when the first shows no rank below its peers (the rule
-``analyze`` applies, ``remote.straggler.slow_devices``), that is the answer; when it shows one,
+``analyze`` applies, ``core.straggler.slow_devices``), that is the answer; when it shows one,
 every rank measures a second window and keeps its better one, so a rank preempted for a moment
 is not named, while a slow device (slow in both) still is (``measure_confirmed``).
 
@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .straggler import slow_devices
+from ..core.straggler import slow_devices
 
 CPU_MATMUL_N = 256
 CPU_COPY_BYTES = 8 << 20

@@ -4,8 +4,10 @@
 It finds the torchrun workers running here (processes whose environment has RANK, WORLD_SIZE and
 LOCAL_RANK, and TORCHELASTIC_RUN_ID or MASTER_ADDR; a data-loader child inherits that environment,
 so only the topmost process of each rank counts), samples each twice, ``--window`` seconds apart
-(process state, CPU time, the main thread's busy time from schedstat, Python stack with py-spy
-when installed, the ``ddpcheck.Monitor`` heartbeat, the PyTorch Flight Recorder dump when the job wrote one) and prints one marked JSON
+(process state, CPU time, the main thread's schedstat, Python stack with py-spy when installed,
+the ``ddpcheck.Monitor`` heartbeat, the PyTorch Flight Recorder dump when the job wrote one),
+reads each main thread's state and wait channel every 20 ms in between (how the window was
+spent: waiting in a collective, running, asleep elsewhere, stopped) and prints one marked JSON
 line, ``@@DDPCHECK hangscan {...}``, that the launcher collects. Heartbeats written on this host
 by ranks whose process is gone are reported too: that is how a dead rank is named with its host.
 
@@ -41,12 +43,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 from . import ncclras
 from .. import wire
+from ..core import heartbeat
 from .flightrecorder import MAX_DUMP_BYTES, dump_prefix, parse_dump
-from ..injob.monitor import HEARTBEAT_PREFIX, SHM_DIR, heartbeat_path, heartbeat_root, job_key
 from ..model import safety
 
 PY_SPY_VARIABLE = "DDPCHECK_PY_SPY"
-MAX_HEARTBEAT_BYTES = 1 << 16
+POLL_S = 0.02  # between the two samples, each main thread's state is read this often
 MAX_FRAMES = 80
 MAX_THREADS = 32
 KEPT_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE",
@@ -70,7 +72,7 @@ def worker_identity(env: Mapping[str, str]) -> Optional[dict[str, Any]]:
         return None
     if not 0 <= rank < world:
         return None
-    return {"job": job_key(env), "rank": rank, "local_rank": local, "world_size": world,
+    return {"job": heartbeat.job_key(env), "rank": rank, "local_rank": local, "world_size": world,
             "group_rank": _int_or_none(env.get("GROUP_RANK")),
             "local_world_size": _int_or_none(env.get("LOCAL_WORLD_SIZE"))}
 
@@ -167,16 +169,10 @@ def _py_spy_error(text: str) -> str:
 # -- heartbeats and Flight Recorder dumps -----------------------------------------------------
 
 def read_json_file(path: str, owners: Sequence[int],
-                   limit: int = MAX_HEARTBEAT_BYTES) -> Optional[dict[str, Any]]:
+                   limit: int = heartbeat.MAX_BYTES) -> Optional[dict[str, Any]]:
     """The JSON object in ``path`` when it is a regular file owned by one of ``owners``."""
     data = safety.read_owned_file(path, owners, limit)
-    if data is None:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    return None if data is None else heartbeat.decode(data)
 
 
 def read_flight_record(path: str, not_before: float,
@@ -201,10 +197,10 @@ def heartbeat_roots(extra: list[str], uid: Optional[int] = None) -> list[str]:
     folder in /dev/shm and the temp dir of the user ``uid`` (every user's for root)."""
     uid = os.geteuid() if uid is None else uid
     roots = list(extra)
-    if os.environ.get("DDPCHECK_HEARTBEAT_DIR"):
-        roots.append(os.environ["DDPCHECK_HEARTBEAT_DIR"])
-    pattern = HEARTBEAT_PREFIX + ("*" if uid == 0 else str(uid))
-    for base in (SHM_DIR, "/tmp", os.environ.get("TMPDIR") or "/tmp"):
+    if os.environ.get(heartbeat.DIR_VARIABLE):
+        roots.append(os.environ[heartbeat.DIR_VARIABLE])
+    pattern = heartbeat.PREFIX + ("*" if uid == 0 else str(uid))
+    for base in (heartbeat.SHM_DIR, "/tmp", os.environ.get("TMPDIR") or "/tmp"):
         roots += sorted(glob.glob(os.path.join(base, pattern)))
     seen: list[str] = []
     for root in roots:
@@ -305,7 +301,7 @@ class HostScan:
                 "create_time": info["create_time"], "cmdline": cmdline,
                 "uid": uids.real if uids else None,
                 "env": {k: env[k] for k in KEPT_ENV if k in env},
-                "heartbeat_path": heartbeat_path(heartbeat_root(env, uids.real if uids else None),
+                "heartbeat_path": heartbeat.path(heartbeat.root(env, uids.real if uids else None),
                                                  identity["job"], identity["rank"]),
                 "fr_path": os.path.join(cwd, dump_prefix(env) + str(identity["rank"])),
             })
@@ -320,7 +316,8 @@ class HostScan:
                 times = proc.cpu_times()
                 return {"status": proc.status(), "cpu_s": round(times.user + times.system, 3),
                         "threads": proc.num_threads(), "at": time.time(),
-                        "busy_s": main_thread_busy_s(worker["pid"])}
+                        "busy_s": main_thread_busy_s(worker["pid"]),
+                        "sched": main_thread_schedstat(worker["pid"])}
         except (self.psutil.NoSuchProcess, self.psutil.ZombieProcess):
             return {"status": "gone"}
         except self.psutil.AccessDenied:
@@ -366,11 +363,14 @@ class HostScan:
         first_at = time.monotonic()
         first = self.observe(workers)
         rest = self.window_s - (time.monotonic() - first_at)
+        states: list[dict[str, int]] = [{} for _ in workers]
         if workers and rest > 0:
-            time.sleep(min(rest, max(0.0, self.deadline - time.monotonic() - 5.0)))
+            poll_states(workers, states, min(rest, max(0.0, self.deadline - time.monotonic()
+                                                       - 5.0)))
         second = self.observe(workers)
-        for worker, a, b in zip(workers, first, second):
+        for worker, a, b, seen in zip(workers, first, second, states):
             worker["samples"] = [a, b]
+            worker["states"] = seen
             worker["flight_record"] = read_flight_record(worker["fr_path"],
                                                          worker["create_time"], _owners(worker))
         live = {(w["job"], w["rank"]) for w in workers}
@@ -403,6 +403,54 @@ def process_alive(psutil: Any, pid: int, started: Any) -> bool:
         return True
     except psutil.Error:
         return False
+
+
+def poll_states(workers: Sequence[Mapping[str, Any]], into: list[dict[str, int]],
+                duration_s: float, every_s: float = POLL_S) -> None:
+    """For ``duration_s``, every ``every_s``: each worker's main thread state, counted into
+    ``into`` by ``main_thread_state`` ("R", "T", "S:futex_do_wait", ...): how the window was
+    spent, which two samples cannot tell (a rank stopped 40 % of the time, or asleep)."""
+    until = time.monotonic() + duration_s
+    while True:
+        for worker, counts in zip(workers, into):
+            state = main_thread_state(worker["pid"])
+            if state is not None:
+                counts[state] = counts.get(state, 0) + 1
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(every_s, left))
+
+
+def main_thread_state(pid: int) -> Optional[str]:
+    """The main thread's state letter from /proc/PID/task/PID/stat, with its wait channel
+    when it sleeps ("S:hrtimer_nanosleep", "D:io_schedule"); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    if state in ("S", "D"):
+        try:
+            with open(f"/proc/{pid}/task/{pid}/wchan", encoding="ascii",
+                      errors="replace") as handle:
+                wchan = handle.read().strip()
+        except OSError:
+            wchan = ""
+        if wchan and wchan != "0":
+            return f"{state}:{wchan[:60]}"
+    return state
+
+
+def main_thread_schedstat(pid: int) -> Optional[list[float]]:
+    """[seconds on a CPU, seconds runnable but waiting (run queue, CPU quota)] of the main
+    thread, from /proc/PID/task/PID/schedstat; None where unavailable."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as handle:
+            oncpu, runq = handle.read().split()[:2]
+        return [round(int(oncpu) / 1e9, 4), round(int(runq) / 1e9, 4)]
+    except (OSError, ValueError):
+        return None
 
 
 def main_thread_busy_s(pid: int) -> Optional[float]:

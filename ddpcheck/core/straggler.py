@@ -1,0 +1,485 @@
+"""Who is the straggler: pure functions over per-rank step samples (runs anywhere).
+
+The in-job ``Monitor`` (on its leader rank), ``ddpcheck hang``'s analysis of Monitor heartbeats
+and the preflight compute check all name slow ranks here, so the three speak one language.
+
+A collective evens out the step durations of all ranks (everyone leaves it together), so
+duration cannot blame anyone. What differs is how each rank spent the step: its *busy* time
+(on a CPU or wanting one: running, waiting in the run queue, or throttled by a cgroup quota)
+and its *wait* time (blocked: in a collective waiting for the others, or in I/O). The last rank
+to arrive at the collective waits least; its arrival lag behind the median rank is the median
+wait of its peers minus its own (no cross-host clock needed). A rank is named when, in at least
+``min_steps`` of the last ``window`` steps, it arrived late by a margin: arrival lag is the
+evidence. How it spent the step is the explanation, not a gate: on a CPU longer than its peers
+(*compute*), or runnable but not running (*starved*: its run-queue time, a CPU quota). Noise on
+a healthy run moves the last place from rank to rank; a straggler holds it.
+
+From outside (``ddpcheck hang`` on a job without a Monitor) the same question is asked of how
+each rank's main thread spent the window (``WindowAccount``, ``window_stragglers``): the share
+not spent waiting for the others, and what it was spent on.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import statistics
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """One rank's account of one step: ``busy_s`` working (on a CPU or runnable), ``wait_s``
+    blocked (the rest of the wall time since its previous step), ``time`` the wall clock at the
+    step boundary, ``starved_s`` the part of ``busy_s`` it was runnable but not running."""
+    step: int
+    busy_s: float
+    wait_s: float
+    time: float = 0.0
+    starved_s: float = 0.0
+    blocked_s: float = 0.0  # asleep outside the collectives (not part of wait_s)
+    stopped_s: float = 0.0  # the process stopped (not part of wait_s)
+
+    @property
+    def wall_s(self) -> float:
+        return self.busy_s + self.wait_s + self.blocked_s + self.stopped_s
+
+    def shares(self) -> dict["Reason", float]:
+        """Its step's shares by reason: what it spent not waiting for the others."""
+        wall = self.wall_s or 1e-9
+        return {Reason.COMPUTE: (self.busy_s - self.starved_s) / wall,
+                Reason.STARVED: self.starved_s / wall, Reason.BLOCKED: self.blocked_s / wall,
+                Reason.STOPPED: self.stopped_s / wall}
+
+    def as_list(self) -> list[Any]:
+        """The compact form heartbeats and the store carry: [step, time, busy, wait, starved,
+        blocked, stopped]."""
+        return [self.step, round(self.time, 6), round(self.busy_s, 6), round(self.wait_s, 6),
+                round(self.starved_s, 6), round(self.blocked_s, 6), round(self.stopped_s, 6)]
+
+    @staticmethod
+    def from_list(row: Sequence[Any]) -> Optional["StepSample"]:
+        """A row of 4 to 7 numbers (older Monitors wrote the first four)."""
+        try:
+            step, when, busy, wait = row[:4]
+            more = [float(value) for value in row[4:7]] + [0.0] * (7 - max(4, len(row[:7])))
+            return StepSample(int(step), float(busy), float(wait), float(when), *more)
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a rank is named. ``window``: the last steps looked at; ``min_steps``: in how many
+    of them it must be late; late means arriving at least ``max(min_lag_s, min_lag_fraction
+    x the median step)`` after its peers' median *and* busy for at least ``min_compute_ratio``
+    x their median busy time. With a healthy rank's compute time jittering by 20 % from step to
+    step, the chance that it is late in 9 of 10 steps is about 1e-6 per window (see
+    tests/test_straggler.py). Short steps make 10 steps a short time, and a neighbour can starve
+    a healthy rank for half a second: the Monitor therefore names a rank only when
+    ``confirmations`` consecutive exchanges (about a second apart) agree, and ``ddpcheck hang``
+    when both of its samples do (benchmarks/straggler.py counts false alarms of a real job)."""
+    window: int = 10
+    min_steps: int = 9
+    min_lag_s: float = 0.002
+    min_lag_fraction: float = 0.20  # the margin a 1.2x compute gate used to give
+    min_compute_ratio: float = 0.0  # 0: busy time explains a late arrival, it does not gate
+    confirmations: int = 3  # Monitor: consecutive exchanges (a second apart) that must agree
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_steps <= self.window:
+            raise ValueError(f"need 1 <= min_steps <= window, got {self.min_steps}, "
+                             f"{self.window}")
+        if self.min_compute_ratio < 0 or self.min_lag_s < 0 or self.min_lag_fraction < 0:
+            raise ValueError("min_compute_ratio, min_lag_s and min_lag_fraction must be >= 0")
+
+
+@dataclass(frozen=True)
+class Straggler:
+    rank: int
+    host: Optional[str]
+    lag_s: float  # median arrival lag behind its peers' median over the flagged steps
+    compute_ratio: float  # median busy time / peers' median busy time over the flagged steps
+    flagged: int  # steps it was late in ...
+    window: int  # ... of this many
+    last_step: int
+    # its median shares of the step by reason over the flagged steps, and its peers' medians
+    shares: tuple[tuple["Reason", float], ...] = ()
+    peers: tuple[tuple["Reason", float], ...] = ()
+    channel: Optional[str] = None  # where it was blocked most (the Monitor's sampler)
+
+    @property
+    def reason(self) -> Optional["Reason"]:
+        """The share that grew most over its peers' (at least 10 % of the step); None when
+        none did (a lag no clock of this rank explains)."""
+        own, peers = dict(self.shares), dict(self.peers)
+        excess = {reason: own.get(reason, 0.0) - peers.get(reason, 0.0) for reason in own}
+        best = max(excess, key=lambda r: excess[r], default=None)
+        return best if best is not None and excess[best] >= 0.10 else None
+
+    def explanation(self) -> str:
+        own, peers = dict(self.shares), dict(self.peers)
+        reason = self.reason
+
+        def pct(value: float) -> str:
+            return f"{value * 100:.0f}%"
+
+        if reason is None or reason is Reason.COMPUTE:
+            return f"{self.compute_ratio:.2f}x the median compute time"
+        versus = f"its peers {pct(peers.get(reason, 0.0))}"
+        if reason is Reason.STARVED:
+            return (f"starved of CPU {pct(own[reason])} of its step (runnable but not running: "
+                    f"a CPU quota, preemption or an oversubscribed host), {versus}")
+        if reason is Reason.BLOCKED:
+            return (f"blocked outside the collectives {pct(own[reason])} of its step "
+                    f"({channel_meaning(self.channel)}), {versus}")
+        return (f"stopped {pct(own[reason])} of its step (state T: SIGSTOP, a debugger or a "
+                f"sampling profiler), {versus}")
+
+    def message(self) -> str:
+        where = f" on {self.host}" if self.host else ""
+        return (f"rank {self.rank}{where} arrives {self.lag_s * 1e3:.0f} ms after the median, "
+                f"{self.explanation()}, {self.flagged} of the last {self.window} steps")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "host": self.host, "lag_ms": round(self.lag_s * 1e3, 1),
+                "compute_ratio": round(self.compute_ratio, 3),
+                "reason": self.reason.value if self.reason else None, "channel": self.channel,
+                "flagged": self.flagged, "window": self.window, "last_step": self.last_step, "message": self.message()}
+
+
+def median_without(ordered: Sequence[float], value: float) -> float:
+    """The median of ``ordered`` (sorted, containing ``value``) with one ``value`` removed: the
+    peers' median of one rank in O(log n), so a leader of 1,000 ranks stays cheap."""
+    n = len(ordered) - 1
+    if n <= 0:
+        return value
+    skip = bisect.bisect_left(ordered, value)
+
+    def at(k: int) -> float:
+        return ordered[k] if k < skip else ordered[k + 1]
+
+    if n % 2:
+        return at(n // 2)
+    return (at(n // 2 - 1) + at(n // 2)) / 2
+
+
+def late_ranks(samples: Mapping[int, StepSample], thresholds: Thresholds) -> dict[int, tuple[
+        float, float, dict["Reason", float], dict["Reason", float]]]:
+    """One step: {rank: (lag_s, compute_ratio, its shares, its peers' median shares)} of the
+    ranks late by the margins."""
+    if len(samples) < 2:
+        return {}
+    waits = sorted(s.wait_s for s in samples.values())
+    busies = sorted(s.busy_s for s in samples.values())
+    step_s = statistics.median(s.wall_s for s in samples.values())
+    margin = max(thresholds.min_lag_s, thresholds.min_lag_fraction * step_s)
+    shares = {rank: s.shares() for rank, s in samples.items()}
+    by_reason = {reason: sorted(part[reason] for part in shares.values()) for reason in Reason}
+    late = {}
+    for rank, sample in samples.items():
+        lag = median_without(waits, sample.wait_s) - sample.wait_s
+        if lag < margin:
+            continue
+        peers_busy = median_without(busies, sample.busy_s)
+        ratio = sample.busy_s / peers_busy if peers_busy > 0 else (
+            float("inf") if sample.busy_s > 0 else 1.0)
+        if ratio >= thresholds.min_compute_ratio:
+            peers = {reason: median_without(by_reason[reason], shares[rank][reason])
+                     for reason in Reason}
+            late[rank] = (lag, ratio, shares[rank], peers)
+    return late
+
+
+def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
+                        hosts: Optional[Mapping[int, Optional[str]]] = None,
+                        thresholds: Thresholds = Thresholds(),
+                        channels: Optional[Mapping[int, Optional[str]]] = None
+                        ) -> list[Straggler]:
+    """The ranks late in at least ``min_steps`` of the last ``window`` steps that every rank in
+    ``history`` reported (a rank that stopped reporting is ``ddpcheck hang``'s business).
+    ``channels``: where each rank was blocked most recently, for the message."""
+    hosts = hosts or {}
+    channels = channels or {}
+    by_step: dict[int, dict[int, StepSample]] = {}
+    for rank, samples in history.items():
+        for sample in samples:
+            by_step.setdefault(sample.step, {})[rank] = sample
+    everyone = len(history)
+    steps = sorted(step for step, ranks in by_step.items() if len(ranks) == everyone >= 2)
+    steps = steps[-thresholds.window:]
+    if len(steps) < thresholds.min_steps:
+        return []
+    late: dict[int, list[tuple[float, float, dict[Reason, float], dict[Reason, float]]]] = {}
+    for step in steps:
+        for rank, seen in late_ranks(by_step[step], thresholds).items():
+            late.setdefault(rank, []).append(seen)
+    named = []
+    for rank, seen in sorted(late.items()):
+        if len(seen) >= thresholds.min_steps:
+            shares = tuple((r, statistics.median(s[2][r] for s in seen)) for r in Reason)
+            peers = tuple((r, statistics.median(s[3][r] for s in seen)) for r in Reason)
+            named.append(Straggler(rank, hosts.get(rank),
+                                   statistics.median(s[0] for s in seen),
+                                   statistics.median(s[1] for s in seen), len(seen),
+                                   len(steps), steps[-1], shares, peers, channels.get(rank)))
+    return named
+
+
+def history_from_rows(rows: Mapping[int, Iterable[Sequence[Any]]]) -> dict[int, list[StepSample]]:
+    """{rank: [StepSample]} from the compact rows heartbeats and the store carry."""
+    out: dict[int, list[StepSample]] = {}
+    for rank, items in rows.items():
+        samples = [s for s in (StepSample.from_list(row) for row in items or []) if s]
+        if samples:
+            out[int(rank)] = samples
+    return out
+
+
+# -- the preflight compute check ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlowDevice:
+    rank: Optional[int]
+    host: Optional[str]
+    device: str  # "cpu" or the GPU's model name
+    where: str  # "GPU 3 on node17 (bus 0000:3b:00.0)" / "rank 4 on h2 (cpu)"
+    metric: str  # "bf16 TFLOP/s", "fp32 GFLOP/s", "memory GB/s"
+    value: float
+    median: float
+    peers: int
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.median if self.median else 0.0
+
+    def message(self) -> str:
+        peers = (f"{self.peers} {self.device}s" if self.where.startswith("GPU") else
+                 f"{self.peers} ranks on {self.device}")
+        return (f"{self.where}: {self.ratio:.2f}x the median {self.metric} of {peers} "
+                f"({_fmt(self.value)} vs {_fmt(self.median)})")
+
+
+COMPUTE_SLOW_FRACTION = 0.7  # below 0.7x the median of its peers (same device model): slow
+COMPUTE_MIN_PEERS = 3  # a median of fewer ranks means little
+
+
+def slow_devices(results: Sequence[Mapping[str, Any]], fraction: float = COMPUTE_SLOW_FRACTION,
+                 min_peers: int = COMPUTE_MIN_PEERS) -> list[SlowDevice]:
+    """Ranks whose compute-check values fall below ``fraction`` of the median of the ranks with
+    the same device model. ``results``: dicts with ``rank``, ``host``, ``device_model``,
+    ``where`` and ``metrics`` ({metric name: value, higher is better}). A group smaller than
+    ``min_peers`` has no meaningful median and is not judged."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for result in results:
+        groups.setdefault(str(result.get("device_model") or "?"), []).append(result)
+    slow = []
+    for model, members in sorted(groups.items()):
+        if len(members) < min_peers:
+            continue
+        names = sorted({name for m in members for name in (m.get("metrics") or {})})
+        for name in names:
+            values = [(m, float(m["metrics"][name])) for m in members
+                      if isinstance((m.get("metrics") or {}).get(name), (int, float))]
+            if len(values) < min_peers:
+                continue
+            median = statistics.median(v for _, v in values)
+            for member, value in values:
+                if median > 0 and value < fraction * median:
+                    slow.append(SlowDevice(member.get("rank"), member.get("host"), model,
+                                           str(member.get("where")), name, value, median,
+                                           len(values)))
+    return slow
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+# -- from outside the job, without the Monitor -------------------------------------------------
+
+@dataclass(frozen=True)
+class BusyStraggler:
+    """A rank busy (on a CPU, queued or throttled) much more of a window than its peers: they
+    wait for it. What ``ddpcheck hang`` can see of a job that has no Monitor."""
+    rank: int
+    host: Optional[str]
+    busy: float  # fraction of the window its main thread was busy
+    peers: float  # its peers' median fraction
+
+    @property
+    def ratio(self) -> float:
+        return self.busy / self.peers if self.peers > 0 else float("inf")
+
+    def message(self) -> str:
+        where = f" on {self.host}" if self.host else ""
+        return (f"rank {self.rank}{where} busy {self.busy * 100:.0f}% of the window (running, "
+                f"queued or throttled), {self.ratio:.2f}x the median of its peers "
+                f"({self.peers * 100:.0f}%): the others wait for it")
+
+
+def busy_stragglers(busy: Mapping[int, float], hosts: Optional[Mapping[int, Optional[str]]] = None,
+                    min_ratio: float = 1.5, min_busy: float = 0.6) -> list[BusyStraggler]:
+    """Ranks whose main thread was busy at least ``min_busy`` of the window and ``min_ratio`` x
+    its peers' median (at least three ranks: with two, who waits for whom is a coin toss)."""
+    if len(busy) < 3:
+        return []
+    hosts = hosts or {}
+    ordered = sorted(busy.values())
+    found = []
+    for rank, value in sorted(busy.items()):
+        peers = median_without(ordered, value)
+        if value >= min_busy and value >= min_ratio * peers:
+            found.append(BusyStraggler(rank, hosts.get(rank), value, peers))
+    return found
+
+
+# -- from outside the job: how each main thread spent the window ---------------------------------
+
+class Reason(str, enum.Enum):
+    """Why a straggler arrives late."""
+    COMPUTE = "compute"  # on a CPU longer than its peers
+    STARVED = "starved"  # runnable but not running: a CPU quota, preemption, oversubscription
+    BLOCKED = "blocked"  # asleep outside any collective: I/O, data loading, a sleep, page faults
+    STOPPED = "stopped"  # state T: SIGSTOP, a debugger, a sampling profiler
+
+
+# A main thread asleep on a futex waits for another thread: gloo's collectives (and locks, the
+# GIL): the time a rank spends waiting for its peers. Any other sleep is its own business.
+WAITING_CHANNELS = ("futex",)
+# What a wait channel says, for the message: (prefix of the kernel function, what it is).
+CHANNEL_MEANINGS = (("hrtimer_nanosleep", "a sleep"), ("do_nanosleep", "a sleep"),
+                    ("io_schedule", "I/O"), ("folio_wait", "I/O"), ("wait_on_page", "I/O"),
+                    ("blk", "I/O"), ("nfs", "NFS I/O"), ("rpc_wait", "NFS I/O"),
+                    ("pipe_read", "reading a pipe"), ("anon_pipe_read", "reading a pipe"),
+                    ("do_sys_poll", "polling (a data loader, a socket)"),
+                    ("do_select", "polling (a data loader, a socket)"),
+                    ("do_epoll_wait", "polling (a data loader, a socket)"),
+                    ("sk_wait_data", "reading a socket"), ("wait_woken", "reading a socket"),
+                    ("handle_mm_fault", "page faults"), ("do_page_fault", "page faults"))
+
+
+@dataclass(frozen=True)
+class WindowAccount:
+    """One rank's main thread over ``ddpcheck hang``'s window: its schedstat deltas (seconds on
+    a CPU, seconds runnable but not running) and its state read every few milliseconds
+    (``states``: {"R": n, "T": n, "S:futex_do_wait": n, ...})."""
+    window_s: float
+    oncpu_s: float
+    runq_s: float
+    states: tuple[tuple[str, int], ...]
+
+    @property
+    def polls(self) -> int:
+        return sum(n for _, n in self.states)
+
+    def share(self, kind: str) -> float:
+        """The share of polls spent ``kind``: "waiting" (for another thread: the peers),
+        "stopped", "blocked" (any other sleep), "running"."""
+        return sum(n for state, n in self.states if state_kind(state) == kind) / max(1,
+                                                                                   self.polls)
+
+    @property
+    def holding(self) -> float:
+        """The share of the window not spent waiting for others: what the others wait for."""
+        return 1.0 - self.share("waiting")
+
+    def parts(self) -> dict[Reason, float]:
+        """The window's shares by reason; running split by schedstat into compute and starved."""
+        running = self.share("running")
+        busy = self.oncpu_s + self.runq_s
+        starved = running * self.runq_s / busy if busy > 0 else 0.0
+        return {Reason.COMPUTE: running - starved, Reason.STARVED: starved,
+                Reason.BLOCKED: self.share("blocked"), Reason.STOPPED: self.share("stopped")}
+
+    def channel(self) -> Optional[str]:
+        """The wait channel it was blocked in most, outside the collectives."""
+        blocked = [(n, state.split(":", 1)[1]) for state, n in self.states
+                   if state_kind(state) == "blocked" and ":" in state]
+        return max(blocked)[1] if blocked else None
+
+    @property
+    def cycled(self) -> bool:
+        """Seen running and not running, twice each: a thread going round a loop, not one stuck
+        in one place."""
+        running = sum(n for state, n in self.states if state_kind(state) == "running")
+        return running >= 2 and self.polls - running >= 2
+
+
+def state_kind(state: str) -> str:
+    letter, _, channel = state.partition(":")
+    if letter in ("T", "t"):
+        return "stopped"
+    if letter == "R":
+        return "running"
+    if letter in ("S", "D") and channel and not channel.startswith(WAITING_CHANNELS):
+        return "blocked"
+    return "waiting"  # a futex (a collective), or a sleep whose channel is unknown
+
+
+def channel_meaning(channel: Optional[str]) -> str:
+    for prefix, meaning in CHANNEL_MEANINGS:
+        if channel and channel.startswith(prefix):
+            return f"in {channel}: {meaning}"
+    return f"in {channel}" if channel else "asleep"
+
+
+@dataclass(frozen=True)
+class WindowStraggler:
+    """A rank the others waited for over the window, and why."""
+    rank: int
+    host: Optional[str]
+    reason: Reason
+    share: float  # of the window, spent for that reason
+    holding: float  # of the window, not waiting for the others
+    peers: float  # the peers' median of holding
+    channel: Optional[str] = None  # blocked: the wait channel
+
+    def explanation(self) -> str:
+        pct = f"{self.share * 100:.0f}% of the window"
+        if self.reason is Reason.STOPPED:
+            return f"stopped {pct} (state T: SIGSTOP, a debugger or a sampling profiler)"
+        if self.reason is Reason.STARVED:
+            return (f"starved of CPU {pct} (runnable but not running: a CPU quota, preemption "
+                    f"or an oversubscribed host)")
+        if self.reason is Reason.BLOCKED:
+            return (f"blocked outside the collectives {pct} ({channel_meaning(self.channel)})")
+        return f"computing {pct} (on a CPU longer than its peers)"
+
+    def message(self) -> str:
+        where = f" on {self.host}" if self.host else ""
+        return (f"rank {self.rank}{where} {self.explanation()}: it held the others up "
+                f"{self.holding * 100:.0f}% of the window, its peers {self.peers * 100:.0f}% "
+                f"(median)")
+
+
+def window_stragglers(accounts: Mapping[int, WindowAccount],
+                      hosts: Optional[Mapping[int, Optional[str]]] = None,
+                      min_excess: float = 0.3, min_ratio: float = 1.5,
+                      min_polls: int = 20) -> list[WindowStraggler]:
+    """The ranks that spent at least ``min_excess`` of the window more than their peers'
+    median not waiting for the others, and ``min_ratio`` x that median (at least three ranks,
+    each polled ``min_polls`` times), with the reason that grew most over the peers' (their
+    medians, part by part). A rank throttled by a quota on its whole process still waits on a
+    futex part of the time (its own throttled I/O threads): hence a margin, not a floor."""
+    usable = {rank: a for rank, a in accounts.items() if a.polls >= min_polls}
+    if len(usable) < 3 or len(usable) != len(accounts):
+        return []
+    hosts = hosts or {}
+    holding = sorted(a.holding for a in usable.values())
+    parts = {rank: a.parts() for rank, a in usable.items()}
+    found = []
+    for rank, account in sorted(usable.items()):
+        peers = median_without(holding, account.holding)
+        if account.holding < peers + min_excess or account.holding < min_ratio * peers:
+            continue
+        excess = {}
+        for reason in Reason:
+            ordered = sorted(p[reason] for p in parts.values())
+            excess[reason] = parts[rank][reason] - median_without(ordered, parts[rank][reason])
+        reason = max(Reason, key=lambda r: excess[r])
+        found.append(WindowStraggler(rank, hosts.get(rank), reason, parts[rank][reason],
+                                     account.holding, peers,
+                                     account.channel() if reason is Reason.BLOCKED else None))
+    return found
