@@ -20,7 +20,7 @@ from ..remote.busbw import ALL_COLLECTIVES, Collective, element_count, message_s
 from ..report.bandwidth import PLOT_INSTALL_HINT
 from ..report.table import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options, add_output_options,
-                     add_prom_option, load_spec_from_args, run_reported)
+                     add_prom_option, check_output_paths, load_spec_from_args, run_reported)
 
 
 def dry_run_text(spec: ClusterSpec, options) -> str:
@@ -135,6 +135,8 @@ def bandwidth_command(args: argparse.Namespace) -> int:
     from ..report.bandwidth import (PlotUnavailable, plot_report, render_bandwidth,
                                     require_matplotlib)
 
+    if not args.dry_run and not check_output_paths(args):
+        return EXIT_USAGE
     if args.plot:
         try:
             require_matplotlib()

@@ -189,6 +189,49 @@ def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report],
     return files
 
 
+def output_path_problem(path: str) -> Optional[str]:
+    """Why a report cannot be written at ``path`` (None: it can), found by doing what the
+    write will do: a new file made, then removed, in its directory. Asking ``os.access`` is
+    not enough: root passes it on /proc and on a read-only mount, where the write fails."""
+    import tempfile
+
+    if os.path.isdir(path):
+        return "is a directory; give a file name"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(directory):
+        return f"directory {os.path.dirname(path) or directory} does not exist"
+    if not os.path.isdir(directory):
+        return f"{os.path.dirname(path)} is not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".ddpcheck-", suffix=".probe"):
+            pass
+    except OSError as exc:
+        return f"cannot write in {os.path.dirname(path) or directory}: {exc.strerror or exc}"
+    return None
+
+
+def output_path_errors(args: argparse.Namespace) -> list[str]:
+    """A line per report file (--json, --csv, --junit, --prom, --plot) that cannot be written,
+    naming the option and the path as the user gave them."""
+    lines = []
+    for option in ("json", "csv", "junit", "prom", "plot"):
+        path = getattr(args, option, None)
+        if path:
+            problem = output_path_problem(path)
+            if problem:
+                lines.append(f"--{option} {path}: {problem}")
+    return lines
+
+
+def check_output_paths(args: argparse.Namespace) -> bool:
+    """Every report path checked before any work (one line on stderr for each that cannot be
+    written); False when one cannot."""
+    errors = output_path_errors(args)
+    for line in errors:
+        print(f"ddpcheck: {line}", file=sys.stderr)
+    return not errors
+
+
 def interrupted_report(command: str, spec: Optional[ClusterSpec], started: float) -> Report:
     from ..model.records import HostRecord
 
@@ -205,8 +248,11 @@ def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Repo
     write the report files (--json, --csv, --junit), partial or ``interrupted`` when the run
     was cut short. stdout gets ``render(report)`` (with ``tablefmt``/``color`` when ``render``
     takes them), or only the verdict line with -q. ``check_spec`` may reject the spec with a
-    ConfigError before anything runs."""
+    ConfigError before anything runs. A report path that cannot be written is exit 2 before
+    anything runs, too (a CI job must not pass without its report)."""
     started = time.monotonic()
+    if not check_output_paths(args):
+        return EXIT_USAGE
     try:
         spec = load_spec_from_args(args)
         if check_spec is not None:
