@@ -50,7 +50,11 @@ def register(sub) -> None:
     add_inventory_options(parser, hostlist_flags=("--nodelist",))  # -w: warm-up, as nccl-tests
     add_output_options(parser)
     add_prom_option(parser)
-    parser.set_defaults(timeout=None)
+    # without --format the tables keep nccl-tests' columns, which users already read
+    parser.set_defaults(timeout=None, format=None)
+    parser._option_string_actions["--format"].help = (
+        "lay the tables out in this tabulate format (e.g. github, psql, tsv, html); by "
+        "default nccl-tests' own columns")
     parser._option_string_actions["--timeout"].help = (
         f"hard deadline for the whole command (default {SWEEP_TIMEOUT_S:g}; with --pairwise "
         f"{PAIRWISE_BASE_S:g} + {PAIRWISE_ROUND_S:g} per round)")

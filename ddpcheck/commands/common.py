@@ -39,7 +39,9 @@ def add_common_options(parser: argparse.ArgumentParser, timeout_s: float) -> Non
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--timeout", type=positive, default=timeout_s, metavar="SECONDS",
                         help=f"hard deadline for the whole command (default {timeout_s:g})")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="say more on stderr: a progress line per host at any size, each "
+                             "host's command, every pair's result")
 
 
 def add_inventory_options(parser: argparse.ArgumentParser,
