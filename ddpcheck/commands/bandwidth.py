@@ -20,7 +20,8 @@ from ..remote.busbw import ALL_COLLECTIVES, Collective, element_count, message_s
 from ..report.bandwidth import PLOT_INSTALL_HINT
 from ..report.table import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options, add_output_options,
-                     add_prom_option, check_output_paths, load_spec_from_args, run_reported)
+                     add_prom_option, check_output_paths, error_text, load_spec_from_args,
+                     run_reported)
 
 
 def dry_run_text(spec: ClusterSpec, options) -> str:
@@ -145,7 +146,7 @@ def bandwidth_command(args: argparse.Namespace) -> int:
         try:
             require_matplotlib()
         except PlotUnavailable as exc:
-            print(f"ddpcheck: {exc}", file=sys.stderr)
+            print(error_text(exc), file=sys.stderr)
             return EXIT_USAGE
     try:
         spec: Optional[ClusterSpec] = load_spec_from_args(args)
@@ -154,7 +155,7 @@ def bandwidth_command(args: argparse.Namespace) -> int:
     try:
         options = bandwidth_options(args, spec)
     except ConfigError as exc:
-        print(f"ddpcheck: {exc}", file=sys.stderr)
+        print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE
     if args.dry_run:
         if spec is None:

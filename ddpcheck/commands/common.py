@@ -29,7 +29,8 @@ from ..remote.argtypes import positive
 from ..report.table import DEFAULT_TABLE_FORMAT, Report, footer_line, render_table, to_json
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "add_common_options", "add_inventory_options",
-           "add_output_options", "load_spec_from_args", "run_reported", "usage_error"]
+           "add_output_options", "error_text", "load_spec_from_args", "run_reported",
+           "usage_error"]
 
 
 def add_common_options(parser: argparse.ArgumentParser, timeout_s: float) -> None:
@@ -260,7 +261,7 @@ def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Repo
         if check_spec is not None:
             check_spec(spec)
     except ConfigError as exc:
-        print(f"ddpcheck: {exc}", file=sys.stderr)
+        print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE
     report: Optional[Report] = None
     try:
@@ -268,7 +269,7 @@ def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Repo
     except KeyboardInterrupt:
         report = interrupted_report(args.command, spec, started)
     except DdpcheckError as exc:
-        print(f"ddpcheck: {exc}", file=sys.stderr)
+        print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE
     finally:
         for path, file_render in report_files(args):
@@ -302,7 +303,13 @@ def _style(render: Callable[..., str], args: argparse.Namespace, color: bool) ->
     return style
 
 
+def error_text(exc: Exception) -> str:
+    """``ddpcheck: `` and the error, on each of its lines (a hosts.yaml with several problems
+    names each on a line of its own)."""
+    return "\n".join(f"ddpcheck: {line}" for line in str(exc).splitlines() or [""])
+
+
 def usage_error(exc: Exception) -> int:
-    """One line on stderr, exit 2."""
-    print(f"ddpcheck: {exc}", file=sys.stderr)
+    """The error on stderr (a line per problem), exit 2."""
+    print(error_text(exc), file=sys.stderr)
     return EXIT_USAGE
