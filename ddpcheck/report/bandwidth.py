@@ -56,8 +56,7 @@ def render_bandwidth(report: Report, tablefmt: Optional[str] = None) -> str:
             lines += ["# no rows measured", "#"]
         lines += sweep_footer(summary)
     lines.append("#")
-    lines += findings_lines(report.findings, hosts=report.hosts if len(report.hosts)
-                            > FULL_TABLE_MAX_RANKS else None)
+    lines += findings_lines(report.findings, hosts=report.hosts)
     lines.append(footer_line(report))
     return "\n".join(lines) + "\n"
 

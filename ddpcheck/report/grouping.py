@@ -259,6 +259,7 @@ def _span(values: Iterable[Optional[float]]) -> Optional[tuple[float, float]]:
 
 _RANK_NUMBER = re.compile(r"\b(local rank|rank) (\d+)\b")
 _HOST_MARK, _ADDRESS_MARK, _RANK_MARK = "\x00H", "\x00A", "\x00R"
+_HOSTNAME_MARK = "\x00N"
 
 
 def merge_findings(findings: Sequence[Finding],
@@ -266,6 +267,7 @@ def merge_findings(findings: Sequence[Finding],
     """Alike findings on many hosts as one, in the order of their first member (root cause
     first stays first). Findings about no host, or alone, are kept as they are."""
     address = {h.name: h.address for h in hosts}
+    hostname = {h.name: h.hostname for h in hosts if h.hostname}
     merged: dict[tuple, list[tuple[Finding, list[int]]]] = {}
     order: list[tuple] = []
     for index, finding in enumerate(findings):
@@ -274,7 +276,7 @@ def merge_findings(findings: Sequence[Finding],
             numbers: list[int] = []
         else:
             template, numbers = _template(finding.message, finding.host,
-                                          address.get(finding.host))
+                                          address.get(finding.host), hostname.get(finding.host))
             key = (finding.severity, finding.check, finding.root_cause, template)
         if key not in merged:
             merged[key] = []
@@ -283,11 +285,15 @@ def merge_findings(findings: Sequence[Finding],
     return [_merged(key, merged[key]) for key in order]
 
 
-def _template(message: str, host: str, address: Optional[str]) -> tuple[str, list[int]]:
-    """The message with its host, address and rank numbers taken out (and those numbers)."""
+def _template(message: str, host: str, address: Optional[str],
+              hostname: Optional[str] = None) -> tuple[str, list[int]]:
+    """The message with its host, address, hostname and rank numbers taken out (and those
+    numbers)."""
     text = re.sub(rf"(?<![\w.-]){re.escape(host)}(?![\w-])", _HOST_MARK, message)
     if address and address != host:
         text = re.sub(rf"(?<![\w.:-]){re.escape(address)}(?![\w:-])", _ADDRESS_MARK, text)
+    if hostname and hostname not in (host, address):
+        text = re.sub(rf"(?<![\w.-]){re.escape(hostname)}(?![\w-])", _HOSTNAME_MARK, text)
     numbers: list[int] = []
 
     def take(match: re.Match) -> str:
@@ -312,7 +318,7 @@ def _merged(key: tuple, members: list[tuple[Finding, list[int]]]) -> MergedFindi
     if len(rank_text) > 40:
         rank_text = f"({len(ranks)} ranks)"
     text = template.replace(_HOST_MARK, host_text, 1).replace(_HOST_MARK, "<host>")
-    text = text.replace(_ADDRESS_MARK, "<address>")
+    text = text.replace(_ADDRESS_MARK, "<address>").replace(_HOSTNAME_MARK, "<hostname>")
     text = re.sub(rf"\brank {_RANK_MARK}", f"ranks {rank_text}" if ranks else "ranks", text, 1)
     text = text.replace(_RANK_MARK, "<n>")
     count = f"{len(members)} findings" if not ranks else f"{len(ranks)} ranks"
