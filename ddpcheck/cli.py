@@ -17,6 +17,7 @@ from .commands import bandwidth, hang, node, preflight
 from .commands.common import (EXIT_INTERRUPTED, EXIT_USAGE,  # noqa: F401 - importable here
                               load_spec_from_args, run_reported, use_color)
 from .commands.preflight import dry_run_text  # noqa: F401 - importable here
+from .model.errors import Terminated
 
 COMMANDS = (preflight, node, hang, bandwidth)  # each module's register(sub) adds its parser
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

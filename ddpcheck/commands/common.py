@@ -235,13 +235,16 @@ def check_output_paths(args: argparse.Namespace) -> bool:
     return not errors
 
 
-def interrupted_report(command: str, spec: Optional[ClusterSpec], started: float) -> Report:
+def interrupted_report(command: str, spec: Optional[ClusterSpec], started: float,
+                       signal: str = "SIGINT") -> Report:
+    """The report of a run interrupted before its engine could say how far it got."""
+    from ..analyze.outcomes import interrupted_finding
     from ..model.records import HostRecord
 
     hosts = tuple(HostRecord(h.name, h.address) for h in spec.hosts) if spec else ()
     return Report(command, Verdict.INTERRUPTED, EXIT_INTERRUPTED,
-                  time.monotonic() - started, None, None, None, hosts, (), (),
-                  source=spec.source if spec else "")
+                  time.monotonic() - started, None, None, None, hosts, (),
+                  (interrupted_finding(signal, "start"),), source=spec.source if spec else "")
 
 
 def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Report],
@@ -266,8 +269,10 @@ def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Repo
     report: Optional[Report] = None
     try:
         report = execute(spec)
-    except KeyboardInterrupt:
-        report = interrupted_report(args.command, spec, started)
+    except KeyboardInterrupt as exc:
+        from ..analyze.outcomes import signal_name
+
+        report = interrupted_report(args.command, spec, started, signal_name(exc))
     except DdpcheckError as exc:
         print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE

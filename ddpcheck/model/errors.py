@@ -43,6 +43,11 @@ class ConfigErrors(ConfigError):
         return "\n".join(ConfigError.__str__(error) for error in self.errors)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``): stopped and reported like Ctrl-C, and
+    named as itself in the report."""
+
+
 class HostError(DdpcheckError):
     """A host could not be reached or checked at some stage (ssh, stage0, launch, fetch)."""
 

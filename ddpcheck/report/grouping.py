@@ -259,7 +259,8 @@ def _span(values: Iterable[Optional[float]]) -> Optional[tuple[float, float]]:
 
 _RANK_NUMBER = re.compile(r"\b(local rank|rank) (\d+)\b")
 _HOST_MARK, _ADDRESS_MARK, _RANK_MARK = "\x00H", "\x00A", "\x00R"
-_HOSTNAME_MARK = "\x00N"
+_HOSTNAME_MARK, _RANK_LIST_MARK = "\x00N", "\x00L"
+_RANK_LIST = re.compile(r"\brank\(s\) (\d+(?:, \d+)*)")  # "nothing came from rank(s) 4, 5"
 
 
 def merge_findings(findings: Sequence[Finding],
@@ -301,7 +302,11 @@ def _template(message: str, host: str, address: Optional[str],
             numbers.append(int(match.group(2)))
         return f"{match.group(1)} {_RANK_MARK}"
 
-    return _RANK_NUMBER.sub(take, text), numbers
+    def take_list(match: re.Match) -> str:
+        numbers.extend(int(n) for n in match.group(1).split(", "))
+        return f"rank(s) {_RANK_LIST_MARK}"
+
+    return _RANK_LIST.sub(take_list, _RANK_NUMBER.sub(take, text)), numbers
 
 
 def _merged(key: tuple, members: list[tuple[Finding, list[int]]]) -> MergedFinding:
@@ -321,6 +326,7 @@ def _merged(key: tuple, members: list[tuple[Finding, list[int]]]) -> MergedFindi
     text = text.replace(_ADDRESS_MARK, "<address>").replace(_HOSTNAME_MARK, "<hostname>")
     text = re.sub(rf"\brank {_RANK_MARK}", f"ranks {rank_text}" if ranks else "ranks", text, 1)
     text = text.replace(_RANK_MARK, "<n>")
+    text = text.replace(_RANK_LIST_MARK, rank_text, 1).replace(_RANK_LIST_MARK, "<n>")
     count = f"{len(members)} findings" if not ranks else f"{len(ranks)} ranks"
     text += f" [{count} on {len(hosts)} hosts]"
     return MergedFinding(first, text, hosts, ranks, len(members))
