@@ -147,3 +147,29 @@ def test_a_log_gets_plain_lines_during_a_long_stage_and_q_gets_nothing(tmp_path)
     assert re.search(r"^ddpcheck \[ *1\d\.\ds\] launch: 0 of 1 host done, 1\d\.\ds$", err,
                      re.MULTILINE), err
     assert quiet_err == "" and quiet_out.startswith("# Verdict: OK")
+
+
+def test_bandwidth_rows_stream_as_measured_and_an_interrupted_sweep_keeps_them(tmp_path):
+    """Sizes up to 512 MB on gloo take minutes: Ctrl-C once three rows came. They came on
+    stderr while the sweep ran, and the report (table and JSON) has every row shown."""
+    report_path = tmp_path / "bw.json"
+    proc = start("bandwidth", "--ops", "all_reduce", "-b", "1K", "-e", "512M", "-n", "3",
+                 "-w", "1", "--json", str(report_path), stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    streamed = []
+    for line in proc.stderr:
+        if re.search(r"\] all_reduce +\d+ +\d+ float", line):
+            streamed.append(int(line.split()[4]))
+            if len(streamed) == 3:
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err + out
+    assert streamed[:3] == [1024, 2048, 4096]
+    report = json.loads(report_path.read_text())
+    sizes = [row["bytes"] for row in report["collectives"]]
+    assert sizes[:3] == [1024, 2048, 4096] and len(sizes) < 20, sizes
+    table = [int(line.split()[0]) for line in out.splitlines() if re.match(r" +\d+ +\d+ float", line)]
+    assert table == sizes
+    assert report["findings"][0]["check"] == "interrupted"

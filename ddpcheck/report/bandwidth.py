@@ -133,6 +133,17 @@ def op_table(op: Collective, rows: Sequence[CollectiveRow],
     return lines
 
 
+def streamed_header() -> list[str]:
+    """The columns of the streamed rows (``streamed_row_line``) and their units."""
+    return [f"{'op':<14}" + _table_line(("", *_TABLE_HEAD[1:])),
+            f"{'':<14}" + _table_line(("", *_TABLE_UNITS[1:]))]
+
+
+def streamed_row_line(row: CollectiveRow) -> str:
+    """A row as it is measured, in the table's columns, for stderr: ``all_reduce  1048576 ...``."""
+    return f"{row.op.value:<14}" + _table_line(("", *row_cells(row.op, row)))
+
+
 def row_cells(op: Collective, row: CollectiveRow) -> list[str]:
     """One measured size as nccl-tests shows it: size, count, type, redop, root, time, algbw,
     busbw, #wrong."""
