@@ -173,3 +173,29 @@ def test_bandwidth_rows_stream_as_measured_and_an_interrupted_sweep_keeps_them(t
     table = [int(line.split()[0]) for line in out.splitlines() if re.match(r" +\d+ +\d+ float", line)]
     assert table == sizes
     assert report["findings"][0]["check"] == "interrupted"
+
+
+@pytest.mark.cluster
+def test_rows_stream_over_ssh_and_ctrl_c_keeps_them(ns_cluster, tmp_path):
+    """The same over sshd on two namespace hosts: each row reaches the launcher through the
+    host's agent and its SSH channel as it is measured."""
+    hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", ns_cluster.hosts[:2],
+                                    slots=1, port=29642)
+    report_path = tmp_path / "bw.json"
+    proc = start("bandwidth", str(hosts_yaml), "--ops", "all_reduce", "-b", "1K", "-e", "512M",
+                 "-n", "3", "-w", "1", "--json", str(report_path), stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    streamed = []
+    for line in proc.stderr:
+        if re.search(r"\] all_reduce +\d+ +\d+ float", line):
+            streamed.append(int(line.split()[4]))
+            if len(streamed) == 2:
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err + out
+    report = json.loads(report_path.read_text())
+    sizes = [row["bytes"] for row in report["collectives"]]
+    assert streamed == [1024, 2048] and sizes[:2] == streamed and len(sizes) < 20, sizes
+    assert report["findings"][0]["check"] == "interrupted"
