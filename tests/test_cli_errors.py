@@ -45,7 +45,8 @@ def test_every_unwritable_path_is_named_and_a_writable_one_left_alone(tmp_path):
 
 
 def test_hang_and_bandwidth_check_their_paths_too(tmp_path):
-    for command in (["hang"], ["bandwidth"], ["bandwidth", "--plot", str(tmp_path / "x" / "p.png")]):
+    plot = str(tmp_path / "x" / "p.png")
+    for command in (["hang"], ["bandwidth"], ["bandwidth", "--plot", plot]):
         target = "--plot" if "--plot" in command else "--json"
         args = command if target == "--plot" else command + ["--json", "/nonexistent/r.json"]
         done = ddpcheck(*args)

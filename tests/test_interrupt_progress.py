@@ -170,7 +170,8 @@ def test_bandwidth_rows_stream_as_measured_and_an_interrupted_sweep_keeps_them(t
     report = json.loads(report_path.read_text())
     sizes = [row["bytes"] for row in report["collectives"]]
     assert sizes[:3] == [1024, 2048, 4096] and len(sizes) < 20, sizes
-    table = [int(line.split()[0]) for line in out.splitlines() if re.match(r" +\d+ +\d+ float", line)]
+    table = [int(line.split()[0]) for line in out.splitlines()
+             if re.match(r" +\d+ +\d+ float", line)]
     assert table == sizes
     assert report["findings"][0]["check"] == "interrupted"
 
@@ -199,3 +200,31 @@ def test_rows_stream_over_ssh_and_ctrl_c_keeps_them(ns_cluster, tmp_path):
     sizes = [row["bytes"] for row in report["collectives"]]
     assert streamed == [1024, 2048] and sizes[:2] == streamed and len(sizes) < 20, sizes
     assert report["findings"][0]["check"] == "interrupted"
+
+
+# -- the pure parts -----------------------------------------------------------------------------
+
+def test_with_interruption_puts_it_first_and_marks_what_did_not_finish():
+    from ddpcheck.analyze.outcomes import CONSEQUENCE_NOTE, with_interruption
+    from ddpcheck.model.records import Finding, Severity
+
+    missing = Finding(Severity.ERROR, "world_size", "h1: 0 of 2 planned rank(s) reported back",
+                      host="h1", root_cause=True)
+    versions = Finding(Severity.WARNING, "versions", "h2: torch 2.1 differs", host="h2")
+    first, *rest = with_interruption([missing, versions], "SIGINT", "launch")
+    assert first.root_cause and first.check == "interrupted"
+    assert first.message.startswith("interrupted by the user (SIGINT) at stage launch")
+    assert [f.root_cause for f in rest] == [False, False]
+    assert rest[0].message.endswith(CONSEQUENCE_NOTE) and rest[1].message == versions.message
+
+
+def test_a_streamed_row_line_reads_back_and_other_lines_do_not():
+    from ddpcheck.analyze.bandwidth import streamed_row
+    from ddpcheck.remote.busbw import Collective, CollectiveRow
+    from ddpcheck.wire import encode
+
+    row = CollectiveRow(Collective.ALL_REDUCE, 256, 2, 0.001, 0)
+    assert streamed_row("[default0]:" + encode("row", row.to_dict())) == row
+    assert streamed_row(encode("rank", {"rank": 0})) is None
+    assert streamed_row("@@DDPCHECK row {not json") is None
+    assert streamed_row("plain output") is None
