@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 from . import __version__
 from .commands import bandwidth, hang, node, preflight
 from .model.checks import EXIT_USAGE
+from .model.errors import Terminated
 
 COMMANDS = (preflight, node, hang, bandwidth)  # each module's register(sub) adds its parser
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,6 +13,7 @@ suspect; a slow pair between two hosts that are fast with others names the link 
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..core.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, 
                           row_from_dict)
 from ..model.checks import Check
 from ..model.records import Finding, Severity
+from ..wire import find as find_record
 
 DEFAULT_SLOW_FRACTION = 0.5
 MIN_HOSTS_TO_COMPARE = 3  # with 2 hosts there is one pair and nothing to compare it with
@@ -60,6 +62,18 @@ class SweepSettings:
 
 
 # -- the all-host sweep ------------------------------------------------------------------------
+
+
+def streamed_row(line: str) -> Optional[CollectiveRow]:
+    """A row rank 0 printed as it measured it (``@@DDPCHECK row {json}``, from
+    ``remote.sweep``); None for any other line, or a garbled one."""
+    record = find_record(line)
+    if record is None or record[0] != "row":
+        return None
+    try:
+        return row_from_dict(json.loads(record[1]))
+    except ValueError:
+        return None
 
 
 def rows_of(collectives: Iterable[Any]) -> list[CollectiveRow]:

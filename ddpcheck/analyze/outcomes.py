@@ -7,11 +7,13 @@ workload: stage 0, the rendezvous check, "no rank reported back (why)", a hang s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
 from ..collect.hostoutput import HostOutput, parse_output, rank_record
 from ..config.hostlist import hosts_text
 from ..model.checks import Check
+from ..model.errors import Terminated
 from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Finding, RankRecord, Severity
 from ..model.spec import HostSpec
@@ -152,6 +154,39 @@ def srun_silent_failure(result: CommandResult, detail: str) -> Failure:
            "srun did not finish before the deadline" if result.timed_out else
            f"srun exited {result.exit_code}")
     return Failure(Check.SRUN, f"no output from this node ({why}): {detail}")
+
+
+def signal_name(interrupt: BaseException) -> str:
+    """The signal a KeyboardInterrupt stands for: SIGTERM (``Terminated``) or SIGINT."""
+    return "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
+
+
+def interrupted_finding(signal: str, stage: str) -> Finding:
+    """The root cause of an interrupted run: who stopped it, and at which stage."""
+    who = ("interrupted by the user (SIGINT)" if signal == "SIGINT" else
+           f"stopped by {signal} (a scheduler's time limit or kill)")
+    return Finding(Severity.ERROR, Check.INTERRUPTED,
+                   f"{who} at stage {stage}; what had not finished is reported as its "
+                   f"consequence", root_cause=True)
+
+
+# Findings that say only that something did not finish: after an interruption, its consequence.
+_UNFINISHED_CHECKS = frozenset({Check.WORLD_SIZE.value, Check.TIMEOUT.value, Check.CRASH.value})
+CONSEQUENCE_NOTE = " (a consequence of the interruption)"
+
+
+def with_interruption(findings: Sequence[Finding], signal: str, stage: str) -> list[Finding]:
+    """The findings of an interrupted run: the interruption first, as the root cause; what did
+    not finish (ranks that never reported, steps cut short) marked as its consequence; no
+    other root cause."""
+    marked = [interrupted_finding(signal, stage)]
+    for finding in findings:
+        unfinished = finding.severity is Severity.ERROR and (
+            finding.check in _UNFINISHED_CHECKS or "interrupted" in finding.message)
+        marked.append(replace(finding, root_cause=False,
+                              message=finding.message + (CONSEQUENCE_NOTE if unfinished
+                                                         else "")))
+    return marked
 
 
 def not_launched_finding(names: Sequence[str]) -> Finding:

@@ -60,6 +60,8 @@ def parse_output(text: str) -> HostOutput:
             checks[kind] = value
         elif kind == "listening":
             pass  # the listener is up; its outcome comes as "listen"
+        elif kind == "row":
+            pass  # a sweep's row as it was measured (streamed); the rank's record has them all
         else:
             garbled += 1
     return HostOutput(facts, tuple(ranks), agent, tuple(stray), garbled,

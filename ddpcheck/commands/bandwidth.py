@@ -20,7 +20,8 @@ from ..core.busbw import ALL_COLLECTIVES, Collective, element_count, message_siz
 from ..report.bandwidth import PLOT_INSTALL_HINT
 from ..report.table import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options, add_output_options,
-                     add_prom_option, load_spec_from_args, run_reported)
+                     add_prom_option, check_output_paths, error_text, load_spec_from_args,
+                     run_reported)
 
 
 def dry_run_text(spec: ClusterSpec, options) -> str:
@@ -50,7 +51,11 @@ def register(sub) -> None:
     add_inventory_options(parser, hostlist_flags=("--nodelist",))  # -w: warm-up, as nccl-tests
     add_output_options(parser)
     add_prom_option(parser)
-    parser.set_defaults(timeout=None)
+    # without --format the tables keep nccl-tests' columns, which users already read
+    parser.set_defaults(timeout=None, format=None)
+    parser._option_string_actions["--format"].help = (
+        "lay the tables out in this tabulate format (e.g. github, psql, tsv, html); by "
+        "default nccl-tests' own columns")
     parser._option_string_actions["--timeout"].help = (
         f"hard deadline for the whole command (default {SWEEP_TIMEOUT_S:g}; with --pairwise "
         f"{PAIRWISE_BASE_S:g} + {PAIRWISE_ROUND_S:g} per round)")
@@ -135,11 +140,13 @@ def bandwidth_command(args: argparse.Namespace) -> int:
     from ..report.bandwidth import (PlotUnavailable, plot_report, render_bandwidth,
                                     require_matplotlib)
 
+    if not args.dry_run and not check_output_paths(args):
+        return EXIT_USAGE
     if args.plot:
         try:
             require_matplotlib()
         except PlotUnavailable as exc:
-            print(f"ddpcheck: {exc}", file=sys.stderr)
+            print(error_text(exc), file=sys.stderr)
             return EXIT_USAGE
     try:
         spec: Optional[ClusterSpec] = load_spec_from_args(args)
@@ -148,7 +155,7 @@ def bandwidth_command(args: argparse.Namespace) -> int:
     try:
         options = bandwidth_options(args, spec)
     except ConfigError as exc:
-        print(f"ddpcheck: {exc}", file=sys.stderr)
+        print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE
     if args.dry_run:
         if spec is None:

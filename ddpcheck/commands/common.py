@@ -29,7 +29,8 @@ from ..core.argtypes import positive
 from ..report.table import DEFAULT_TABLE_FORMAT, Report, footer_line, render_table, to_json
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "add_common_options", "add_inventory_options",
-           "add_output_options", "load_spec_from_args", "run_reported", "usage_error"]
+           "add_output_options", "error_text", "load_spec_from_args", "run_reported",
+           "usage_error"]
 
 
 def add_common_options(parser: argparse.ArgumentParser, timeout_s: float) -> None:
@@ -39,7 +40,9 @@ def add_common_options(parser: argparse.ArgumentParser, timeout_s: float) -> Non
     parser.add_argument("--json", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--timeout", type=positive, default=timeout_s, metavar="SECONDS",
                         help=f"hard deadline for the whole command (default {timeout_s:g})")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="say more on stderr: a progress line per host at any size, each "
+                             "host's command, every pair's result")
 
 
 def add_inventory_options(parser: argparse.ArgumentParser,
@@ -189,13 +192,59 @@ def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report],
     return files
 
 
-def interrupted_report(command: str, spec: Optional[ClusterSpec], started: float) -> Report:
+def output_path_problem(path: str) -> Optional[str]:
+    """Why a report cannot be written at ``path`` (None: it can), found by doing what the
+    write will do: a new file made, then removed, in its directory. Asking ``os.access`` is
+    not enough: root passes it on /proc and on a read-only mount, where the write fails."""
+    import tempfile
+
+    if os.path.isdir(path):
+        return "is a directory; give a file name"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(directory):
+        return f"directory {os.path.dirname(path) or directory} does not exist"
+    if not os.path.isdir(directory):
+        return f"{os.path.dirname(path)} is not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".ddpcheck-", suffix=".probe"):
+            pass
+    except OSError as exc:
+        return f"cannot write in {os.path.dirname(path) or directory}: {exc.strerror or exc}"
+    return None
+
+
+def output_path_errors(args: argparse.Namespace) -> list[str]:
+    """A line per report file (--json, --csv, --junit, --prom, --plot) that cannot be written,
+    naming the option and the path as the user gave them."""
+    lines = []
+    for option in ("json", "csv", "junit", "prom", "plot"):
+        path = getattr(args, option, None)
+        if path:
+            problem = output_path_problem(path)
+            if problem:
+                lines.append(f"--{option} {path}: {problem}")
+    return lines
+
+
+def check_output_paths(args: argparse.Namespace) -> bool:
+    """Every report path checked before any work (one line on stderr for each that cannot be
+    written); False when one cannot."""
+    errors = output_path_errors(args)
+    for line in errors:
+        print(f"ddpcheck: {line}", file=sys.stderr)
+    return not errors
+
+
+def interrupted_report(command: str, spec: Optional[ClusterSpec], started: float,
+                       signal: str = "SIGINT") -> Report:
+    """The report of a run interrupted before its engine could say how far it got."""
+    from ..analyze.outcomes import interrupted_finding
     from ..model.records import HostRecord
 
     hosts = tuple(HostRecord(h.name, h.address) for h in spec.hosts) if spec else ()
     return Report(command, Verdict.INTERRUPTED, EXIT_INTERRUPTED,
-                  time.monotonic() - started, None, None, None, hosts, (), (),
-                  source=spec.source if spec else "")
+                  time.monotonic() - started, None, None, None, hosts, (),
+                  (interrupted_finding(signal, "start"),), source=spec.source if spec else "")
 
 
 def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Report],
@@ -205,22 +254,27 @@ def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Repo
     write the report files (--json, --csv, --junit), partial or ``interrupted`` when the run
     was cut short. stdout gets ``render(report)`` (with ``tablefmt``/``color`` when ``render``
     takes them), or only the verdict line with -q. ``check_spec`` may reject the spec with a
-    ConfigError before anything runs."""
+    ConfigError before anything runs. A report path that cannot be written is exit 2 before
+    anything runs, too (a CI job must not pass without its report)."""
     started = time.monotonic()
+    if not check_output_paths(args):
+        return EXIT_USAGE
     try:
         spec = load_spec_from_args(args)
         if check_spec is not None:
             check_spec(spec)
     except ConfigError as exc:
-        print(f"ddpcheck: {exc}", file=sys.stderr)
+        print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE
     report: Optional[Report] = None
     try:
         report = execute(spec)
-    except KeyboardInterrupt:
-        report = interrupted_report(args.command, spec, started)
+    except KeyboardInterrupt as exc:
+        from ..analyze.outcomes import signal_name
+
+        report = interrupted_report(args.command, spec, started, signal_name(exc))
     except DdpcheckError as exc:
-        print(f"ddpcheck: {exc}", file=sys.stderr)
+        print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE
     finally:
         for path, file_render in report_files(args):
@@ -254,7 +308,13 @@ def _style(render: Callable[..., str], args: argparse.Namespace, color: bool) ->
     return style
 
 
+def error_text(exc: Exception) -> str:
+    """``ddpcheck: `` and the error, on each of its lines (a hosts.yaml with several problems
+    names each on a line of its own)."""
+    return "\n".join(f"ddpcheck: {line}" for line in str(exc).splitlines() or [""])
+
+
 def usage_error(exc: Exception) -> int:
-    """One line on stderr, exit 2."""
-    print(f"ddpcheck: {exc}", file=sys.stderr)
+    """The error on stderr (a line per problem), exit 2."""
+    print(error_text(exc), file=sys.stderr)
     return EXIT_USAGE

@@ -20,6 +20,9 @@ def register(sub) -> None:
                                       "gone, blocked or behind. Exit 1 when one is named, 0 "
                                       "when the job progresses.")
     add_common_options(hang, 60.0)
+    hang._option_string_actions["-v"].help = (
+        "say more: each host's command on stderr, NCCL RAS's own text (or why it could not "
+        "be asked) in the report")
     hang.add_argument("--window", type=positive, default=3.0, metavar="SECONDS",
                       help="seconds between the two samples of every rank (default 3)")
     hang.add_argument("--heartbeat-dir", action="append", default=[], metavar="DIR",
@@ -40,11 +43,12 @@ def hang_command(args: argparse.Namespace) -> int:
     from ..engine.hang import HangOptions, run_hang
     from ..report.progress import Progress
     from ..report.hang import render_hang
+    from ..report.table import DEFAULT_TABLE_FORMAT
 
     options = HangOptions(timeout_s=args.timeout, window_s=args.window,
                           heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
                           job_filter=args.job, verbose=args.verbose, ras=not args.no_ras)
     progress = Progress(None if args.quiet else sys.stderr)
     return run_reported(args, lambda spec: run_hang(spec, options, progress),
-                        lambda report, full=False: render_hang(report, verbose=args.verbose,
-                                                               full=full))
+                        lambda report, full=False, tablefmt=DEFAULT_TABLE_FORMAT: render_hang(
+                            report, verbose=args.verbose, full=full, tablefmt=tablefmt))

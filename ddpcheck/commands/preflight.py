@@ -16,7 +16,7 @@ from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec
 from ..report.table import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options,
-                     add_output_options, add_prom_option, load_spec_from_args,
+                     add_output_options, add_prom_option, error_text, load_spec_from_args,
                      run_reported)
 
 
@@ -135,7 +135,7 @@ def preflight_command(args: argparse.Namespace) -> int:
             if slurm:
                 check_slurm_spec(spec, need_allocation=False)
         except ConfigError as exc:
-            print(f"ddpcheck: {exc}", file=sys.stderr)
+            print(error_text(exc), file=sys.stderr)
             return EXIT_USAGE
         if slurm:
             from ..plan.dryrun import render, srun_steps

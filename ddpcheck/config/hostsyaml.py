@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, NoReturn, Optional, Union
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ..model.errors import ConfigError
+from ..model.errors import ConfigError, ConfigErrors
 from .hostlist import expand_hostlist
 from .sshconfig import NO_SSH_CONFIG  # ssh.config: none -> do not read any ssh_config
 from ..model.spec import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_FANOUT, DEFAULT_JUMP_HANDSHAKES,
@@ -53,6 +53,35 @@ class _Invalid(Exception):
         self.key = key
 
 
+_BAD = object()  # what a bad value reads as: left out, its problem kept
+
+
+class _Problems:
+    """The problems of one file found so far: reading goes on past a bad key or host, so that
+    one run names every problem in the file, not the first only."""
+
+    def __init__(self) -> None:
+        self.found: list[_Invalid] = []
+
+    def attempt(self, read: Callable[[], Any], default: Any = None) -> Any:
+        """``read()``, or ``default`` with its problem kept."""
+        try:
+            return read()
+        except _Invalid as exc:
+            self.found.append(exc)
+            return default
+
+    def raise_for(self, source: str) -> None:
+        """One ``ConfigError`` for one problem; ``ConfigErrors`` (a line each, in line order)
+        for several; nothing when none was found."""
+        errors = [ConfigError(p.message, source=source, line=p.line, key=p.key)
+                  for p in sorted(self.found, key=lambda p: p.line or 0)]
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ConfigErrors(errors)
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -79,12 +108,12 @@ def _read_text(source: str, what: str = "a file") -> str:
 
 
 def parse_hosts_yaml(text: str, source: str) -> ClusterSpec:
-    """hosts.yaml text -> ``ClusterSpec``; any problem is a ``ConfigError`` (file, line, key)."""
-    try:
-        root = _compose(text)
-        return _cluster(root, source)
-    except _Invalid as exc:
-        raise ConfigError(exc.message, source=source, line=exc.line, key=exc.key) from None
+    """hosts.yaml text -> ``ClusterSpec``; a problem is a ``ConfigError`` (file, line, key),
+    several are ``ConfigErrors``: every one the file has, a line each."""
+    problems = _Problems()
+    spec = problems.attempt(lambda: _cluster(_compose(text), source, problems))
+    problems.raise_for(source)
+    return spec
 
 
 @dataclass(frozen=True)
@@ -110,6 +139,7 @@ def load_config_defaults(path: Union[str, "os.PathLike[str]"]) -> ConfigDefaults
 def parse_config_defaults(text: str, source: str) -> ConfigDefaults:
     """``--config`` text -> ``ConfigDefaults``. A ``hosts`` key is an error: with an inventory
     option the hosts come from the inventory, and silently ignoring a list would mislead."""
+    problems = _Problems()
     try:
         root = _compose(text)
         if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
@@ -117,23 +147,28 @@ def parse_config_defaults(text: str, source: str) -> ConfigDefaults:
         if not isinstance(root, MappingNode):
             _fail(root, None, f"the top level must be a mapping with keys "
                               f"{', '.join(CONFIG_KEYS)}; got {_describe(root)}")
-        for key_node, _ in _pairs(root, ""):
+        for key_node, _ in _pairs(root, "", problems=problems):
             if key_node.value == "hosts":
-                _fail(key_node, "hosts", "a --config file gives only defaults, ssh, rendezvous "
-                                         "and backend; the hosts come from --hostfile, --slurm "
-                                         "or -w: remove 'hosts' (or pass this file as HOSTS "
-                                         "instead)")
-        top = _mapping(root, "", CONFIG_KEYS)
-        fields = _host_fields(top["defaults"][1], "defaults", DEFAULT_KEYS) \
+                problems.attempt(lambda: _fail(
+                    key_node, "hosts", "a --config file gives only defaults, ssh, rendezvous "
+                                       "and backend; the hosts come from --hostfile, --slurm "
+                                       "or -w: remove 'hosts' (or pass this file as HOSTS "
+                                       "instead)"))
+        top = _mapping(root, "", CONFIG_KEYS + ("hosts",), problems)
+        top.pop("hosts", None)
+        fields = problems.attempt(lambda: _host_fields(top["defaults"][1], "defaults",
+                                                       DEFAULT_KEYS, problems), {}) \
             if "defaults" in top else {}
-        ssh = _ssh(top["ssh"][1]) if "ssh" in top else SSHSpec()
-        rendezvous = _rendezvous(top["rendezvous"][1]) if "rendezvous" in top \
-            else _Rendezvous()
-        backend = Backend(_choice(top["backend"][1], "backend",
-                                  tuple(b.value for b in Backend))) \
+        ssh = problems.attempt(lambda: _ssh(top["ssh"][1], problems), SSHSpec()) \
+            if "ssh" in top else SSHSpec()
+        rendezvous = problems.attempt(lambda: _rendezvous(top["rendezvous"][1], problems),
+                                      _Rendezvous()) if "rendezvous" in top else _Rendezvous()
+        backend = Backend(problems.attempt(lambda: _choice(
+            top["backend"][1], "backend", tuple(b.value for b in Backend)), "auto")) \
             if "backend" in top else Backend.AUTO
     except _Invalid as exc:
-        raise ConfigError(exc.message, source=source, line=exc.line, key=exc.key) from None
+        problems.found.append(exc)
+    problems.raise_for(source)
     master_line = _line(rendezvous.master_node) if rendezvous.master_node is not None else None
     return ConfigDefaults(host_fields=fields, ssh=ssh, master=rendezvous.master,
                           master_line=master_line, rendezvous_port=rendezvous.port,
@@ -208,11 +243,12 @@ def _suggest(word: str, choices: tuple[str, ...]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _pairs(node: MappingNode, key: str, seen: frozenset[int] = frozenset()
-           ) -> list[tuple[ScalarNode, Node]]:
+def _pairs(node: MappingNode, key: str, seen: frozenset[int] = frozenset(),
+           problems: Optional[_Problems] = None) -> list[tuple[ScalarNode, Node]]:
     """The mapping's (key, value) nodes, YAML merge keys (``<<: *anchor``) resolved.
 
-    Explicit keys win over merged ones; a key written twice is an error (PyYAML allows it)."""
+    Explicit keys win over merged ones; a key written twice is an error (PyYAML allows it;
+    kept in ``problems`` when given, the first one read on)."""
     if id(node) in seen:
         _fail(node, key, "a merge (<<) refers to itself")
     own: list[tuple[ScalarNode, Node]] = []
@@ -226,8 +262,12 @@ def _pairs(node: MappingNode, key: str, seen: frozenset[int] = frozenset()
             _fail(key_node, key, f"keys must be plain strings, got {_describe(key_node)}")
         name = key_node.value
         if name in written:
-            _fail(key_node, _join(key, name),
-                  f"duplicate key (first at line {_line(written[name])})")
+            duplicate = _Invalid(f"duplicate key (first at line {_line(written[name])})",
+                                 _line(key_node), _join(key, name))
+            if problems is None:
+                raise duplicate
+            problems.found.append(duplicate)
+            continue
         written[name] = key_node
         own.append((key_node, value_node))
     for key_node, value_node in merged:
@@ -248,21 +288,23 @@ def _merged_pairs(value: Node, key: str, seen: frozenset[int]) -> list[tuple[Sca
     _fail(value, key, f"a merge (<<) needs a mapping or a list of mappings, got {_describe(value)}")
 
 
-def _mapping(node: Node, key: str, allowed: tuple[str, ...],
+def _mapping(node: Node, key: str, allowed: tuple[str, ...], problems: _Problems,
              null_is_empty: bool = True) -> dict[str, tuple[ScalarNode, Node]]:
-    """A mapping with only ``allowed`` keys -> {key: (key node, value node)}."""
+    """A mapping with only ``allowed`` keys -> {key: (key node, value node)}; an unknown or
+    repeated key is kept in ``problems`` and left out."""
     if null_is_empty and isinstance(node, ScalarNode) and node.tag == _NULL:
         return {}
     if not isinstance(node, MappingNode):
         _fail(node, key, f"must be a mapping, got {_describe(node)}")
     result = {}
-    for key_node, value_node in _pairs(node, key):
+    for key_node, value_node in _pairs(node, key, problems=problems):
         name = key_node.value
         if name not in allowed:
             where = f"in {key}" if key else "at the top level"
-            _fail(key_node, _join(key, name),
-                  f"unknown key {where}{_suggest(name, allowed)} "
-                  f"(known: {', '.join(allowed)})")
+            problems.attempt(lambda: _fail(key_node, _join(key, name),
+                                           f"unknown key {where}{_suggest(name, allowed)} "
+                                           f"(known: {', '.join(allowed)})"))
+            continue
         result[name] = (key_node, value_node)
     return result
 
@@ -419,71 +461,96 @@ class _Rendezvous:
     port: int = DEFAULT_RENDEZVOUS_PORT
 
 
-def _cluster(root: Optional[Node], source: str) -> ClusterSpec:
+def _cluster(root: Optional[Node], source: str, problems: _Problems) -> ClusterSpec:
+    """The whole file; each section, key and host read on past the problems of the others
+    (kept in ``problems``), so that one run names them all."""
     if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
         raise _Invalid("the file is empty; at least 'hosts' is required", 1, "hosts")
     if not isinstance(root, MappingNode):
         _fail(root, None, f"the top level must be a mapping with keys {', '.join(TOP_KEYS)}; "
                           f"got {_describe(root)}")
-    top = _mapping(root, "", TOP_KEYS)
-    defaults = _host_fields(top["defaults"][1], "defaults", DEFAULT_KEYS) \
+    top = _mapping(root, "", TOP_KEYS, problems)
+    defaults = problems.attempt(lambda: _host_fields(top["defaults"][1], "defaults",
+                                                     DEFAULT_KEYS, problems), {}) \
         if "defaults" in top else {}
-    ssh = _ssh(top["ssh"][1]) if "ssh" in top else SSHSpec()
-    rendezvous = _rendezvous(top["rendezvous"][1]) if "rendezvous" in top else _Rendezvous()
-    backend = Backend(_choice(top["backend"][1], "backend", tuple(b.value for b in Backend))) \
+    ssh = problems.attempt(lambda: _ssh(top["ssh"][1], problems), SSHSpec()) \
+        if "ssh" in top else SSHSpec()
+    rendezvous = problems.attempt(lambda: _rendezvous(top["rendezvous"][1], problems),
+                                  _Rendezvous()) if "rendezvous" in top else _Rendezvous()
+    backend = Backend(problems.attempt(lambda: _choice(
+        top["backend"][1], "backend", tuple(b.value for b in Backend)), "auto")) \
         if "backend" in top else Backend.AUTO
     if "hosts" not in top:
         _fail(root, "hosts", "required: the list of hosts to check")
-    hosts = _hosts(top["hosts"][1], defaults)
+    before = len(problems.found)
+    hosts = _hosts(top["hosts"][1], defaults, problems)
     names = tuple(host.name for host in hosts)
-    if rendezvous.master_node is not None and rendezvous.master not in names:
+    # a bad host entry may be the master's: then "not one of the hosts" would mislead
+    hosts_read = len(problems.found) == before
+    if rendezvous.master_node is not None and rendezvous.master not in names and hosts_read:
         _fail(rendezvous.master_node, "rendezvous.master",
               f"{rendezvous.master!r} is not one of the hosts{_suggest(rendezvous.master, names)}")
     return ClusterSpec(hosts=hosts, ssh=ssh, master=rendezvous.master,
                        rendezvous_port=rendezvous.port, backend=backend, source=source)
 
 
-def _host_fields(node: Node, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+def _host_fields(node: Node, key: str, allowed: tuple[str, ...],
+                 problems: _Problems) -> dict[str, Any]:
     """The HostSpec fields a mapping sets (the others stay absent), validated."""
+    return _fields_of(_mapping(node, key, allowed, problems), key, problems)
+
+
+def _fields_of(keys: Mapping[str, tuple[ScalarNode, Node]], key: str,
+               problems: _Problems) -> dict[str, Any]:
+    """The HostSpec fields of a mapping's keys; a bad value is kept in ``problems``, left out."""
     fields = {}
-    for name, (_, value_node) in _mapping(node, key, allowed).items():
+    for name, (_, value_node) in keys.items():
         if name in _HOST_FIELDS:
-            fields[name] = _HOST_FIELDS[name](value_node, _join(key, name))
+            value = problems.attempt(lambda: _HOST_FIELDS[name](value_node, _join(key, name)),
+                                     _BAD)
+            if value is not _BAD:
+                fields[name] = value
     return fields
 
 
-def _ssh(node: Node) -> SSHSpec:
-    keys = _mapping(node, "ssh", SSH_KEYS)
-    known_hosts = _path(keys["known_hosts"][1], "ssh.known_hosts") \
-        if "known_hosts" in keys else None
-    policy = HostKeyPolicy(_choice(keys["host_key_policy"][1], "ssh.host_key_policy",
-                                   tuple(p.value for p in HostKeyPolicy))) \
-        if "host_key_policy" in keys else HostKeyPolicy.REJECT
-    timeout = _positive_number(keys["connect_timeout"][1], "ssh.connect_timeout") \
-        if "connect_timeout" in keys else DEFAULT_CONNECT_TIMEOUT
-    fanout = _integer(keys["fanout"][1], "ssh.fanout", 1) if "fanout" in keys else DEFAULT_FANOUT
-    config_file = None
-    if "config" in keys:
-        config_file = _nonempty(keys["config"][1], "ssh.config").strip()
+def _ssh(node: Node, problems: _Problems) -> SSHSpec:
+    keys = _mapping(node, "ssh", SSH_KEYS, problems)
+
+    def read(name: str, reader: Callable[[Node, str], Any], default: Any) -> Any:
+        return problems.attempt(lambda: reader(keys[name][1], f"ssh.{name}"), default) \
+            if name in keys else default
+
+    known_hosts = read("known_hosts", _path, None)
+    policy = HostKeyPolicy(read("host_key_policy", lambda node, key: _choice(
+        node, key, tuple(p.value for p in HostKeyPolicy)), HostKeyPolicy.REJECT.value))
+    timeout = read("connect_timeout", _positive_number, DEFAULT_CONNECT_TIMEOUT)
+    fanout = read("fanout", lambda node, key: _integer(node, key, 1), DEFAULT_FANOUT)
+    config_file = read("config", lambda node, key: _nonempty(node, key).strip(), None)
+    if config_file is not None:
         config_file = NO_SSH_CONFIG if config_file.lower() == NO_SSH_CONFIG \
             else os.path.expanduser(config_file)
-    jump_handshakes = _integer(keys["jump_handshakes"][1], "ssh.jump_handshakes", 1) \
-        if "jump_handshakes" in keys else DEFAULT_JUMP_HANDSHAKES
+    jump_handshakes = read("jump_handshakes", lambda node, key: _integer(node, key, 1),
+                           DEFAULT_JUMP_HANDSHAKES)
     return SSHSpec(known_hosts=known_hosts, host_key_policy=policy, connect_timeout=timeout,
                    fanout=fanout, config_file=config_file, jump_handshakes=jump_handshakes)
 
 
-def _rendezvous(node: Node) -> _Rendezvous:
-    keys = _mapping(node, "rendezvous", RENDEZVOUS_KEYS)
-    port = _port(keys["port"][1], "rendezvous.port") if "port" in keys \
+def _rendezvous(node: Node, problems: _Problems) -> _Rendezvous:
+    keys = _mapping(node, "rendezvous", RENDEZVOUS_KEYS, problems)
+    port = problems.attempt(lambda: _port(keys["port"][1], "rendezvous.port"),
+                            DEFAULT_RENDEZVOUS_PORT) if "port" in keys \
         else DEFAULT_RENDEZVOUS_PORT
     if "master" not in keys:
         return _Rendezvous(port=port)
     master_node = keys["master"][1]
-    return _Rendezvous(_nonempty(master_node, "rendezvous.master").strip(), master_node, port)
+    master = problems.attempt(lambda: _nonempty(master_node, "rendezvous.master").strip())
+    if master is None:
+        return _Rendezvous(port=port)
+    return _Rendezvous(master, master_node, port)
 
 
-def _hosts(node: Node, defaults: Mapping[str, Any]) -> tuple[HostSpec, ...]:
+def _hosts(node: Node, defaults: Mapping[str, Any],
+           problems: _Problems) -> tuple[HostSpec, ...]:
     if not isinstance(node, SequenceNode) or not node.value:
         got = "an empty list" if isinstance(node, SequenceNode) else _describe(node)
         _fail(node, "hosts", f"must be a non-empty list of hosts, got {got}")
@@ -491,16 +558,18 @@ def _hosts(node: Node, defaults: Mapping[str, Any]) -> tuple[HostSpec, ...]:
     first_line: dict[str, int] = {}
     for index, entry in enumerate(node.value):
         key = f"hosts[{index}]"
-        for host in _host_entry(entry, key, defaults):
+        for host in problems.attempt(lambda: _host_entry(entry, key, defaults, problems), []):
             if host.name in first_line:
-                _fail(entry, key, f"duplicate host {host.name!r} "
-                                  f"(first at line {first_line[host.name]})")
+                problems.attempt(lambda: _fail(entry, key, f"duplicate host {host.name!r} "
+                                               f"(first at line {first_line[host.name]})"))
+                continue
             first_line[host.name] = host.line
             hosts.append(host)
     return tuple(hosts)
 
 
-def _host_entry(entry: Node, key: str, defaults: Mapping[str, Any]) -> list[HostSpec]:
+def _host_entry(entry: Node, key: str, defaults: Mapping[str, Any],
+                problems: _Problems) -> list[HostSpec]:
     """One item of ``hosts``: a hostlist string, or a mapping with ``name`` and host keys."""
     if isinstance(entry, ScalarNode) and entry.tag == _STR:
         return [_host(name, None, dict(defaults), _line(entry))
@@ -508,19 +577,19 @@ def _host_entry(entry: Node, key: str, defaults: Mapping[str, Any]) -> list[Host
     if not isinstance(entry, MappingNode):
         _fail(entry, key, "must be a host name (or hostlist like node[01-04]) or a mapping "
                           f"with 'name', got {_describe(entry)}")
-    keys = _mapping(entry, key, HOST_KEYS)
+    keys = _mapping(entry, key, HOST_KEYS, problems)
+    own = _fields_of(keys, key, problems)  # read before the name, whose problem ends the entry
     if "name" not in keys:
         _fail(entry, f"{key}.name", "required: every host mapping needs a name")
     names = _expand(keys["name"][1], f"{key}.name")
     address = None
     if "address" in keys:
         address_node = keys["address"][1]
-        address = _address(address_node, f"{key}.address")
+        address = problems.attempt(lambda: _address(address_node, f"{key}.address"))
         if len(names) != 1:
             _fail(address_node, f"{key}.address",
                   f"an address needs an entry with exactly one host; this name expands to "
                   f"{len(names)} hosts")
-    own = _host_fields(entry, key, HOST_KEYS)
     fields = _merge_fields(defaults, own)
     return [_host(name, address, fields, _line(entry)) for name in names]
 

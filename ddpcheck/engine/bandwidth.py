@@ -17,8 +17,8 @@ from typing import Any, Optional
 
 from ..analyze import verdict as analyze
 from ..analyze.bandwidth import (PairResult, SweepSettings, analyze_pairs, pair_findings,
-                                 pair_name, pairs_json, pairs_summary, rows_of, sweep_findings,
-                                 sweep_summary)
+                                 pair_name, pairs_json, pairs_summary, rows_of, streamed_row,
+                                 sweep_findings, sweep_summary)
 from ..analyze.outcomes import hosts_text, left_out_finding, pair_result, rows_source
 from ..model.checks import EXIT_CODES, Check
 from ..model.records import Finding, HostRecord, Stage
@@ -26,11 +26,12 @@ from ..model.spec import ClusterSpec
 from ..plan.bandwidth import PAIR_SLOTS, SWEEP_TIMEOUT_S, PairLaunch, plan_round, sweep_program
 from ..plan.cmdlines import LaunchOptions, RankProgram
 from ..plan.pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, next_round
+from ..report.bandwidth import streamed_header, streamed_row_line
 from ..report.table import Report
 from .launchers import HostJob, SSHLauncher
 from .preflight import PreflightOptions, Probe, base_report
 from ..report.progress import Progress
-from .run import Engine
+from .run import Engine, record_launch
 
 ROUND_STOP_S = 5.0  # a round is not started with less than this (and its agents' deadline) left
 
@@ -83,14 +84,35 @@ class Sweep(Probe):
     def __init__(self, options: BandwidthOptions) -> None:
         super().__init__(options.preflight_options())
         self.bandwidth = options
+        self.streamed: list[dict[str, Any]] = []  # rank 0's rows as they were measured
 
     def rank_program(self) -> RankProgram:
         return options_program(self.bandwidth)
 
+    def launch(self, run: Engine) -> None:
+        """The sweep on every rank; each row shown as rank 0 measures it (``streamed``)."""
+        setup = run.state.setup(run.spec.hosts, self.options.launch)
+        run.launcher.launch(run, setup, self.rank_program(),
+                            lambda name, result: record_launch(run, name, result),
+                            on_line=lambda host, line: self.row_line(run, line))
+
+    def row_line(self, run: Engine, line: str) -> None:
+        """A line of a host's output: a row as it was measured is kept and shown."""
+        row = streamed_row(line)
+        if row is None:
+            return  # another line, or garbled: the rank's own record still brings its rows
+        with run.state.lock:
+            first = not self.streamed
+            self.streamed.append(row.to_dict())
+        for line in streamed_header() if first else ():
+            run.progress.say(line)
+        run.progress.say(streamed_row_line(row))
+
     def report(self, run: Engine, interrupted: bool) -> Report:
         base = super().report(run, interrupted)
         settings = self.bandwidth.settings
-        rows = rows_of(rows_source(base.ranks))
+        # cut short before any rank's record came: the rows shown as they were measured
+        rows = rows_of(rows_source(base.ranks) or tuple(self.streamed))
         summary = sweep_summary(rows, settings)
         summary["timer"] = timer_name(run.state.backend)
         return finish_report(base, list(base.findings) + sweep_findings(rows, settings),

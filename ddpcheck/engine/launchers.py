@@ -71,6 +71,7 @@ class HostJob:
 
 RendezvousResults = list[tuple[str, str, CommandResult]]  # (listen | reach, host, result)
 HostDone = Callable[[str, CommandResult], LaunchEnd]  # what a host's end means for the rest
+HostLine = Callable[[str, str], None]  # (host, line): a line of its output as it comes
 
 
 class Launcher(Protocol):
@@ -80,10 +81,17 @@ class Launcher(Protocol):
     def reach(self, run: Run, step: HostStep) -> None: ...
     def rendezvous(self, run: Run) -> RendezvousResults: ...  # if not rendezvous_in_stage0
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
-               done: HostDone) -> None: ...
+               done: HostDone, on_line: Optional[HostLine] = None) -> None: ...
     def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]: ...
     def release(self, names: Sequence[str]) -> None: ...
     def close(self) -> None: ...
+
+
+def _lines_of(host: str, on_line: Optional[HostLine]) -> Optional[Callable[[str], None]]:
+    """One host's output lines to ``on_line(host, line)``."""
+    if on_line is None:
+        return None
+    return lambda line: on_line(host, line)
 
 
 class ListenerStops:
@@ -198,8 +206,9 @@ class SSHLauncher:
         step.record(host, result, None if run.spec.local else (sent, time.time()))
 
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
-               done: HostDone) -> None:
-        """One torchrun per host. Once a host's launch ends with failures the world cannot
+               done: HostDone, on_line: Optional[HostLine] = None) -> None:
+        """One torchrun per host (``on_line(host, line)``: each line of its output as it
+        comes). Once a host's launch ends with failures the world cannot
         finish: the others get the collective timeout (their ranks fail by themselves within
         it) and a grace, then their agents are asked to stop, and report which ranks were
         still running. A host whose torchrun never started never joins: they are asked at
@@ -238,8 +247,9 @@ class SSHLauncher:
                 world_broken(plans[index].host, end)
 
         try:
-            outcomes = run_many([Job(self.sessions.get(p.host), p.command, deadline, stop)
-                                 for p in plans], run.spec.ssh.fanout, run.state.cancel, ended)
+            outcomes = run_many([Job(self.sessions.get(p.host), p.command, deadline, stop,
+                                     _lines_of(p.host, on_line)) for p in plans],
+                                run.spec.ssh.fanout, run.state.cancel, ended)
         finally:
             for timer in stoppers:
                 timer.cancel()

@@ -19,7 +19,8 @@ from typing import Optional, Protocol
 
 from ..analyze import health
 from ..analyze.outcomes import (blocking_failure, hosts_text, launch_end, launch_failure,
-                                not_launched_finding, rendezvous_failure, stage0_failure)
+                                not_launched_finding, rendezvous_failure, signal_name,
+                                stage0_failure, with_interruption)
 from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
 from ..model.outcomes import CommandResult, LaunchEnd
 from ..model.records import HostRecord, Severity, Stage
@@ -62,6 +63,8 @@ class Engine:
         # stage 0's outputs, kept while they carry the rendezvous check (``rendezvous_beside``)
         self.stage0_results: dict[str, CommandResult] = {}
         self.rendezvous_beside: Optional[RendezvousBesideStage0] = None
+        self.stage = Stage.CONNECT  # where the run is (``enter``)
+        self.interrupt: Optional[str] = None  # the signal that stopped the run: SIGINT, SIGTERM
 
     def run(self) -> Report:
         interrupted = False
@@ -72,15 +75,19 @@ class Engine:
                 self.progress.say(note)
         try:
             if not self.workload.stage0:
-                self.launcher.reach(self, self.workload.host_step(self))
+                step = self.workload.host_step(self)
+                self.enter(step.stage)
+                self.launcher.reach(self, step)
                 interrupted = state.cancel.is_set()
             else:
                 checked = self.workload.rendezvous_check and not self.spec.local
                 if checked and self.launcher.rendezvous_in_stage0:
                     self.rendezvous_beside = rendezvous_beside_stage0(self.spec, REACH_WINDOW_S)
+                self.enter(Stage.STAGE0)
                 self.launcher.reach(self, stage0_step(self, self.rendezvous_beside))
                 judge_stage0(self)
                 if checked and not state.failed() and not state.cancel.is_set():
+                    self.enter(Stage.RENDEZVOUS)
                     if self.rendezvous_beside is not None:
                         announce_rendezvous(self)
                         record_rendezvous(self, rendezvous_beside_results(self))
@@ -96,15 +103,27 @@ class Engine:
                 elif state.cancel.is_set():
                     interrupted = True
                 else:
+                    self.enter(Stage.LAUNCH)
                     self.workload.launch(self)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             interrupted = True
-            self.progress.say("interrupted: stopping remote work")
+            self.interrupt = signal_name(exc)
+            self.progress.say(f"interrupted ({self.interrupt}) at stage {self.stage}: stopping "
+                              f"remote work")
         finally:
             state.cancel.set()
             self.launcher.close()
             self.progress.finish()
-        return self.workload.report(self, interrupted)
+        report = self.workload.report(self, interrupted)
+        if self.interrupt is None:
+            return report
+        return replace(report, findings=tuple(with_interruption(report.findings, self.interrupt,
+                                                                self.stage.value)))
+
+    def enter(self, stage: Stage) -> None:
+        """The run's stage: what an interruption names, and what the progress line shows."""
+        self.stage = stage
+        self.progress.stage(stage.value)
 
 
 # -- the stages every workload with stage 0 shares: run by the launcher, judged in analyze ------

@@ -79,7 +79,7 @@ class SrunLauncher:
                    ((n, task_outputs(run.spec, reached, names).get(n, EMPTY)) for n in names)])
 
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
-               done: HostDone) -> None:
+               done: HostDone, on_line=None) -> None:  # the probe only: nothing streams
         if program is not None:
             raise ConfigError("--launcher slurm runs the preflight probe only",
                               source="command line")

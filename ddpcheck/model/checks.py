@@ -45,6 +45,7 @@ class Check(str, enum.Enum):
     STRAGGLER = "straggler"
     HANG = "hang"
     STACKS = "stacks"
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: the root cause of what did not finish
 
     def __str__(self) -> str:
         return self.value

@@ -30,6 +30,24 @@ class ConfigError(DdpcheckError):
         return f"{where}: {self.message}"
 
 
+class ConfigErrors(ConfigError):
+    """Several problems in one file, each a ``ConfigError``: a line each (file:line: key:
+    problem), in the file's order. Its fields are the first problem's."""
+
+    def __init__(self, errors: "list[ConfigError]") -> None:
+        self.errors = tuple(errors)
+        first = self.errors[0]
+        super().__init__(first.message, first.source, first.line, first.key)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(error) for error in self.errors)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``): stopped and reported like Ctrl-C, and
+    named as itself in the report."""
+
+
 class HostError(DdpcheckError):
     """A host could not be reached or checked at some stage (ssh, stage0, launch, fetch)."""
 

@@ -10,7 +10,9 @@ and the wrong elements are summed over ranks, so every rank reports the same row
 
 The rank's record (identity as in ``ddpcheck.remote.probe``, plus the rows as ``collectives``) is one
 marked line, ``@@DDPCHECK rank {json}``. A rank stuck past ``--deadline`` still prints its record
-with the rows it finished, so a sweep cut short reports what it measured.
+with the rows it finished, so a sweep cut short reports what it measured. Rank 0 also prints
+each row as it is measured (``@@DDPCHECK row {json}``), as nccl-tests does: the launcher shows
+it at once, and keeps it when the run is interrupted before any record comes.
 
 Only the standard library, torch and ddpcheck's stdlib-only modules are imported.
 """
@@ -28,6 +30,7 @@ import torch.distributed as dist
 from ..core.argtypes import collectives, message_size
 from ..core.busbw import (ALL_COLLECTIVES, Collective, CollectiveRow, element_count, message_sizes,
                           parse_size)
+from ..wire import emit
 from .fastexit import run_then_exit
 from .probe import RankProbe, run_rank, select_device
 
@@ -141,6 +144,8 @@ class RankSweep(RankProbe):
                 self.record["size"] = count * 4
                 row = measure(op, count, rank, world, device, args.warmup, args.iters)
                 self.record["collectives"].append(row.to_dict())
+                if rank == 0:  # streamed as measured, as nccl-tests prints its rows
+                    emit("row", row.to_dict())
         self.record.pop("size", None)
         self.stage("finish")
         dist.barrier()

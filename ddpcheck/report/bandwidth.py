@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+from tabulate import tabulate
+
 from ..analyze.bandwidth import gbs, pair_name, rows_of
 from ..core.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
                           row_from_dict)
@@ -27,28 +29,30 @@ class PlotUnavailable(DdpcheckError):
 # -- rendering ----------------------------------------------------------------------------------
 
 
-def render_bandwidth(report: Report) -> str:
-    """The nccl-tests style text of a ``bandwidth`` report (sweep or pairwise)."""
+def render_bandwidth(report: Report, tablefmt: Optional[str] = None) -> str:
+    """The nccl-tests style text of a ``bandwidth`` report (sweep or pairwise). ``tablefmt``
+    (any tabulate format, from --format) lays the tables out in that format instead of
+    nccl-tests' fixed columns; the ``#`` lines around them stay."""
     summary: Mapping[str, Any] = report.extra.get("bandwidth", {})
     lines = header_lines(report)
     lines.insert(-1, parameters_line(summary))
     if summary.get("pairwise"):
         matrix = summary.get("pairing", "all") == "all" and len(
             summary.get("hosts_order") or []) <= MATRIX_MAX_HOSTS
-        lines += (pair_matrix_lines if matrix else pair_list_lines)(summary, report.pairs)
+        lines += (pair_matrix_lines if matrix else pair_list_lines)(summary, report.pairs,
+                                                                      tablefmt)
         lines += pairs_footer(summary)
     else:
         lines += rank_lines(report)
         rows = rows_of(report.collectives)
         for op in [Collective(name) for name in summary.get("ops", [])]:
             if rows:
-                lines += op_table(op, [r for r in rows if r.op is op])
+                lines += op_table(op, [r for r in rows if r.op is op], tablefmt)
         if not rows:
             lines += ["# no rows measured", "#"]
         lines += sweep_footer(summary)
     lines.append("#")
-    lines += findings_lines(report.findings, hosts=report.hosts if len(report.hosts)
-                            > FULL_TABLE_MAX_RANKS else None)
+    lines += findings_lines(report.findings, hosts=report.hosts)
     lines.append(footer_line(report))
     return "\n".join(lines) + "\n"
 
@@ -107,18 +111,41 @@ def _table_line(cells: Sequence[str]) -> str:
                    for index, (cell, width) in enumerate(zip(cells, _WIDTHS))).rstrip()
 
 
-def op_table(op: Collective, rows: Sequence[CollectiveRow]) -> list[str]:
+def op_table(op: Collective, rows: Sequence[CollectiveRow],
+             tablefmt: Optional[str] = None) -> list[str]:
     world = rows[0].world_size if rows else None
     lines = [f"# {op.value}" + (f" over {world} ranks" if world else "")
-             + ("" if rows else ": no rows measured"),
-             _table_line(_TABLE_HEAD), _table_line(_TABLE_UNITS)]
-    for row in sorted(rows, key=lambda r: r.nbytes):
-        root = "0" if op is Collective.BROADCAST else "-1"
-        lines.append(_table_line((" ", str(row.nbytes), str(row.table_count), ELEMENT_TYPE,
-                                  _REDOP.get(op, "none"), root, f"{row.time_s * 1e6:.1f}",
-                                  gbs(row.algbw_gbs), gbs(row.busbw_gbs), str(row.wrong))))
+             + ("" if rows else ": no rows measured")]
+    cells = [row_cells(op, row) for row in sorted(rows, key=lambda r: r.nbytes)]
+    if tablefmt:
+        headers = [f"{head} {unit}".strip() for head, unit in zip(_TABLE_HEAD[1:],
+                                                                 _TABLE_UNITS[1:])]
+        lines.append(tabulate(cells, headers=headers, tablefmt=tablefmt,
+                              disable_numparse=True))
+    else:
+        lines += [_table_line(_TABLE_HEAD), _table_line(_TABLE_UNITS)]
+        lines += [_table_line((" ", *row)) for row in cells]
     lines.append("#")
     return lines
+
+
+def streamed_header() -> list[str]:
+    """The columns of the streamed rows (``streamed_row_line``) and their units."""
+    return [f"{'op':<14}" + _table_line(("", *_TABLE_HEAD[1:])),
+            f"{'':<14}" + _table_line(("", *_TABLE_UNITS[1:]))]
+
+
+def streamed_row_line(row: CollectiveRow) -> str:
+    """A row as it is measured, in the table's columns, for stderr: ``all_reduce  1048576 ...``."""
+    return f"{row.op.value:<14}" + _table_line(("", *row_cells(row.op, row)))
+
+
+def row_cells(op: Collective, row: CollectiveRow) -> list[str]:
+    """One measured size as nccl-tests shows it: size, count, type, redop, root, time, algbw,
+    busbw, #wrong."""
+    root = "0" if op is Collective.BROADCAST else "-1"
+    return [str(row.nbytes), str(row.table_count), ELEMENT_TYPE, _REDOP.get(op, "none"), root,
+            f"{row.time_s * 1e6:.1f}", gbs(row.algbw_gbs), gbs(row.busbw_gbs), str(row.wrong)]
 
 
 def sweep_footer(summary: Mapping[str, Any]) -> list[str]:
@@ -136,7 +163,8 @@ def sweep_footer(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def pair_matrix_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+def pair_matrix_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]],
+                      tablefmt: Optional[str] = None) -> list[str]:
     """The host-by-host busbw matrix: ``*`` marks a slow pair, ``fail`` a pair with no result,
     ``n/a`` a pair not measured (a host left out, or the run cut short)."""
     hosts = list(summary.get("hosts_order") or [])
@@ -152,11 +180,15 @@ def pair_matrix_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, A
              f"{summary.get('rounds', 0)} round(s) of concurrent pairs"
              + (f"; * = slow, below {summary.get('slow_fraction'):g} x typical "
                 f"{gbs(typical)} GB/s" if typical is not None else "")]
+    matrix = [[a] + ["-" if a == b else cell.get((a, b), "n/a") for b in hosts] for a in hosts]
+    if tablefmt:
+        lines.append(tabulate(matrix, headers=["host", *hosts], tablefmt=tablefmt,
+                              disable_numparse=True))
+        return lines + ["#"]
     width = max([len(h) for h in hosts] + [8]) + 2
     lines.append("host".ljust(width) + "".join(h.rjust(width) for h in hosts))
-    for a in hosts:
-        lines.append(a.ljust(width) + "".join(
-            ("-" if a == b else cell.get((a, b), "n/a")).rjust(width) for b in hosts))
+    for row in matrix:
+        lines.append(row[0].ljust(width) + "".join(text.rjust(width) for text in row[1:]))
     lines.append("#")
     return lines
 
@@ -165,7 +197,8 @@ MATRIX_MAX_HOSTS = 16  # past this (or with adaptive pairing) the pairs are list
 PAIRS_LISTED = 8  # fine pairs of round 1 past this are summed up in one line
 
 
-def pair_list_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+def pair_list_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]],
+                    tablefmt: Optional[str] = None) -> list[str]:
     """The pairs as a list: slow and failed pairs and every re-pairing (rounds 2+) on lines of
     their own, the fine pairs of round 1 in one line when there are many."""
     typical = summary.get("typical_busbw_gbs")
@@ -180,12 +213,17 @@ def pair_list_lines(summary: Mapping[str, Any], pairs: Sequence[Mapping[str, Any
     folded_ids = {id(p) for p in folded}
     shown = [p for p in pairs if id(p) not in folded_ids]
     shown.sort(key=lambda p: (p.get("round", 0), not p.get("slow"), p.get("busbw_gbs") or 0))
-    width = max([len(pair_name(p["hosts"])) for p in shown] + [8]) + 2
-    lines.append("pair".ljust(width) + "round".rjust(7) + "busbw".rjust(12))
-    for pair in shown:
-        text = "fail" if pair.get("busbw_gbs") is None else gbs(pair["busbw_gbs"])
-        lines.append(pair_name(pair["hosts"]).ljust(width) + str(pair.get("round")).rjust(7)
-                     + (text + ("*" if pair.get("slow") else "")).rjust(12))
+    table = [[pair_name(pair["hosts"]), str(pair.get("round")),
+              ("fail" if pair.get("busbw_gbs") is None else gbs(pair["busbw_gbs"]))
+              + ("*" if pair.get("slow") else "")] for pair in shown]
+    if tablefmt:
+        lines.append(tabulate(table, headers=["pair", "round", "busbw"], tablefmt=tablefmt,
+                              disable_numparse=True))
+    else:
+        width = max([len(row[0]) for row in table] + [8]) + 2
+        lines.append("pair".ljust(width) + "round".rjust(7) + "busbw".rjust(12))
+        lines += [name.ljust(width) + number.rjust(7) + text.rjust(12)
+                  for name, number, text in table]
     if folded:
         values = [p["busbw_gbs"] for p in folded]
         lines.append(f"# and {len(folded)} more pair(s) of round 1, none slow: busbw "

@@ -233,6 +233,8 @@ def _span(values: Iterable[Optional[float]]) -> Optional[tuple[float, float]]:
 
 _RANK_NUMBER = re.compile(r"\b(local rank|rank) (\d+)\b")
 _HOST_MARK, _ADDRESS_MARK, _RANK_MARK = "\x00H", "\x00A", "\x00R"
+_HOSTNAME_MARK, _RANK_LIST_MARK = "\x00N", "\x00L"
+_RANK_LIST = re.compile(r"\brank\(s\) (\d+(?:, \d+)*)")  # "nothing came from rank(s) 4, 5"
 
 
 def merge_findings(findings: Sequence[Finding],
@@ -240,6 +242,7 @@ def merge_findings(findings: Sequence[Finding],
     """Alike findings on many hosts as one, in the order of their first member (root cause
     first stays first). Findings about no host, or alone, are kept as they are."""
     address = {h.name: h.address for h in hosts}
+    hostname = {h.name: h.hostname for h in hosts if h.hostname}
     merged: dict[tuple, list[tuple[Finding, list[int]]]] = {}
     order: list[tuple] = []
     for index, finding in enumerate(findings):
@@ -248,7 +251,7 @@ def merge_findings(findings: Sequence[Finding],
             numbers: list[int] = []
         else:
             template, numbers = _template(finding.message, finding.host,
-                                          address.get(finding.host))
+                                          address.get(finding.host), hostname.get(finding.host))
             key = (finding.severity, finding.check, finding.root_cause, template)
         if key not in merged:
             merged[key] = []
@@ -257,11 +260,15 @@ def merge_findings(findings: Sequence[Finding],
     return [_merged(key, merged[key]) for key in order]
 
 
-def _template(message: str, host: str, address: Optional[str]) -> tuple[str, list[int]]:
-    """The message with its host, address and rank numbers taken out (and those numbers)."""
+def _template(message: str, host: str, address: Optional[str],
+              hostname: Optional[str] = None) -> tuple[str, list[int]]:
+    """The message with its host, address, hostname and rank numbers taken out (and those
+    numbers)."""
     text = re.sub(rf"(?<![\w.-]){re.escape(host)}(?![\w-])", _HOST_MARK, message)
     if address and address != host:
         text = re.sub(rf"(?<![\w.:-]){re.escape(address)}(?![\w:-])", _ADDRESS_MARK, text)
+    if hostname and hostname not in (host, address):
+        text = re.sub(rf"(?<![\w.-]){re.escape(hostname)}(?![\w-])", _HOSTNAME_MARK, text)
     numbers: list[int] = []
 
     def take(match: re.Match) -> str:
@@ -269,7 +276,11 @@ def _template(message: str, host: str, address: Optional[str]) -> tuple[str, lis
             numbers.append(int(match.group(2)))
         return f"{match.group(1)} {_RANK_MARK}"
 
-    return _RANK_NUMBER.sub(take, text), numbers
+    def take_list(match: re.Match) -> str:
+        numbers.extend(int(n) for n in match.group(1).split(", "))
+        return f"rank(s) {_RANK_LIST_MARK}"
+
+    return _RANK_LIST.sub(take_list, _RANK_NUMBER.sub(take, text)), numbers
 
 
 def _merged(key: tuple, members: list[tuple[Finding, list[int]]]) -> MergedFinding:
@@ -286,9 +297,10 @@ def _merged(key: tuple, members: list[tuple[Finding, list[int]]]) -> MergedFindi
     if len(rank_text) > 40:
         rank_text = f"({len(ranks)} ranks)"
     text = template.replace(_HOST_MARK, host_text, 1).replace(_HOST_MARK, "<host>")
-    text = text.replace(_ADDRESS_MARK, "<address>")
+    text = text.replace(_ADDRESS_MARK, "<address>").replace(_HOSTNAME_MARK, "<hostname>")
     text = re.sub(rf"\brank {_RANK_MARK}", f"ranks {rank_text}" if ranks else "ranks", text, 1)
     text = text.replace(_RANK_MARK, "<n>")
+    text = text.replace(_RANK_LIST_MARK, rank_text, 1).replace(_RANK_LIST_MARK, "<n>")
     count = f"{len(members)} findings" if not ranks else f"{len(ranks)} ranks"
     text += f" [{count} on {len(hosts)} hosts]"
     return MergedFinding(first, text, hosts, ranks, len(members))

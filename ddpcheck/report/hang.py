@@ -11,7 +11,7 @@ from tabulate import tabulate
 
 from ..analyze.hang import Frame, JobVerdict, collective_of, user_frame
 from .grouping import FULL_TABLE_MAX_RANKS, HANG_HEADERS, hang_rows
-from .table import Report, findings_lines, footer_line
+from .table import DEFAULT_TABLE_FORMAT, Report, findings_lines, footer_line
 
 
 def jobs_master(jobs: tuple[JobVerdict, ...]) -> Optional[str]:
@@ -64,9 +64,11 @@ def ras_lines(ras: Any, verbose: bool) -> list[str]:
     return lines + ["#"]
 
 
-def render_hang(report: Report, verbose: bool = False, full: bool = False) -> str:
-    """The scan's table, a row per rank; past FULL_TABLE_MAX_RANKS ranks (unless ``full``) the
-    waiting crowd is grouped around the named ranks (``grouping.hang_rows``)."""
+def render_hang(report: Report, verbose: bool = False, full: bool = False,
+                tablefmt: str = DEFAULT_TABLE_FORMAT) -> str:
+    """The scan's table (``tablefmt``: any tabulate format), a row per rank; past
+    FULL_TABLE_MAX_RANKS ranks (unless ``full``) the waiting crowd is grouped around the named
+    ranks (``grouping.hang_rows``)."""
     reachable = sum(1 for h in report.hosts if h.reachable)
     lines = [f"# ddpcheck hang: {len(report.hosts)} host(s) from {report.source}, "
              f"{reachable} reachable; window {report.extra.get('window_s', '?')}s"]
@@ -75,7 +77,7 @@ def render_hang(report: Report, verbose: bool = False, full: bool = False) -> st
         lines.append(f"# job {job['job']}: world_size {job['world_size']}")
         if not full and len(job["ranks"]) > FULL_TABLE_MAX_RANKS:
             lines.append(tabulate(hang_rows(job["ranks"]), headers=HANG_HEADERS,
-                                  tablefmt="simple", disable_numparse=True))
+                                  tablefmt=tablefmt, disable_numparse=True))
             lines.append("#")
             lines += _stacks(job, jobs, report)
             continue
@@ -88,7 +90,7 @@ def render_hang(report: Report, verbose: bool = False, full: bool = False) -> st
         lines.append(tabulate(rows, headers=["host", "rank", "pid", "state", "cpu%", "busy%",
                                              "step", "steps/s", "seq", "role",
                                              "where (innermost < job code)"],
-                              tablefmt="simple", disable_numparse=True))
+                              tablefmt=tablefmt, disable_numparse=True))
         lines.append("#")
         lines += _stacks(job, jobs, report)
     if not jobs:

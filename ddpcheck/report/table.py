@@ -3,8 +3,9 @@
 Pure. The table reads like nccl-tests: a ``#`` header with parameters and versions, a row per
 rank grouped by host, the findings with the root cause first, and a verdict footer. Past
 ``FULL_TABLE_MAX_RANKS`` ranks (unless ``full``) the table is grouped (see ``grouping``): a line
-per outcome with a compressed host list, the hosts that differ with their rows per rank, and
-alike findings merged into one with a host list. Linear in hosts + ranks + findings.
+per outcome with a compressed host list, the hosts that differ with their rows per rank. Alike
+findings on several hosts are one line with a host list at any size (the JSON keeps each).
+Linear in hosts + ranks + findings.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def render_table(report: Report, tablefmt: str = DEFAULT_TABLE_FORMAT,
         lines.append("# What differs across ranks (the first value of each key is the reference):")
         lines.append(drift_table(report.extra["drift"], tablefmt))
         lines.append("#")
-    lines += findings_lines(report.findings, color, report.hosts if grouped else None)
+    lines += findings_lines(report.findings, color, report.hosts)
     lines.append(footer_line(report, color))
     return "\n".join(lines) + "\n"
 
@@ -251,15 +252,13 @@ def _clip(text: str, width: int) -> str:
 
 def findings_lines(findings: Sequence[Finding], color: bool = False,
                    hosts: Optional[Sequence[HostRecord]] = None) -> list[str]:
-    """A line per finding, root cause first; with ``hosts``, alike findings on many hosts are
-    merged into one line with a host list (``grouping.merge_findings``)."""
+    """A line per finding, root cause first; alike findings on several hosts, at any size,
+    merged into one line with a host list (``grouping.merge_findings``; ``hosts`` give the
+    addresses and hostnames a message may name)."""
     if not findings:
         return ["# Findings: none"]
     lines = ["# Findings (root cause first):"]
-    if hosts is None:
-        shown = [(finding, finding.message) for finding in findings]
-    else:
-        shown = [(m.first, m.message) for m in merge_findings(findings, hosts)]
+    shown = [(m.first, m.message) for m in merge_findings(findings, hosts or ())]
     for finding, message in shown:
         mark = "ROOT CAUSE " if finding.root_cause else ""
         severity = paint(f"[{finding.severity.value}]", finding.severity.value, color)

@@ -34,7 +34,8 @@ class Running:
 
     def __init__(self, channel, deadline: float, cancel: threading.Event,
                  stop: Optional[threading.Event], started: float,
-                 forget: Callable[[object], None] = lambda channel: None) -> None:
+                 forget: Callable[[object], None] = lambda channel: None,
+                 on_line: Optional[Callable[[str], None]] = None) -> None:
         self.channel = channel
         self.transport = channel.get_transport()
         self.deadline = deadline
@@ -42,7 +43,7 @@ class Running:
         self.stop = stop
         self.started = started
         self.forget = forget  # the session's registry of open channels
-        self.chunks = OutputBuffer()
+        self.chunks = OutputBuffer(on_line=on_line)
         self.asked = False
         self.phase = RUNNING
         self.until = deadline  # when the current phase gives up

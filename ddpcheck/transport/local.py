@@ -28,7 +28,8 @@ class LocalSession:
         self._lock = threading.Lock()
 
     def run(self, command: str, deadline: float, cancel: threading.Event,
-            stop: Optional[threading.Event] = None) -> CommandResult:
+            stop: Optional[threading.Event] = None,
+            on_line: Optional[Callable[[str], None]] = None) -> CommandResult:
         started = time.monotonic()
         proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT,
@@ -36,7 +37,7 @@ class LocalSession:
                                 start_new_session=True)
         with self._lock:
             self._procs.append(proc)
-        chunks = OutputBuffer()
+        chunks = OutputBuffer(on_line=on_line)
 
         def read() -> None:
             for chunk in iter(lambda: proc.stdout.read1(65536) if proc.stdout else b"", b""):
@@ -116,8 +117,11 @@ class OutputBuffer:
     """A command's output, bounded: past ``limit`` bytes the middle is dropped (the head and
     the tail are kept; records come last), so a runaway command cannot fill our memory."""
 
-    def __init__(self, limit: int = 64 << 20) -> None:
+    def __init__(self, limit: int = 64 << 20,
+                 on_line: Optional[Callable[[str], None]] = None) -> None:
         self.limit = limit
+        self.on_line = on_line  # each complete line as it comes (a sweep's rows, streamed)
+        self.partial = b""
         self.head: list[bytes] = []
         self.head_size = 0
         self.tail: collections.deque[bytes] = collections.deque()
@@ -125,6 +129,8 @@ class OutputBuffer:
         self.dropped = 0
 
     def append(self, chunk: bytes) -> None:
+        if self.on_line is not None:
+            self._lines(chunk)
         if self.head_size < self.limit // 2:
             self.head.append(chunk)
             self.head_size += len(chunk)
@@ -135,6 +141,16 @@ class OutputBuffer:
             gone = self.tail.popleft()
             self.tail_size -= len(gone)
             self.dropped += len(gone)
+
+    def _lines(self, chunk: bytes) -> None:
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        if len(self.partial) > 1 << 20:  # a line that never ends is not one to stream
+            self.partial = b""
+        for line in lines:
+            try:
+                self.on_line(line.decode("utf-8", "replace").rstrip("\r"))
+            except Exception:  # noqa: BLE001 - a listener's bug must not lose the output
+                pass
 
     def text(self) -> str:
         gap = [f"\n[ddpcheck: {self.dropped} bytes of output dropped]\n".encode()] \

@@ -31,6 +31,7 @@ class Job:
     command: str
     deadline: float
     stop: Optional[threading.Event] = None
+    on_line: Optional[Callable[[str], None]] = None  # each output line as it comes
 
 
 Ended = Callable[[int, CommandResult], None]
@@ -52,7 +53,7 @@ def run_many(jobs: Sequence[Job], workers: int, cancel: threading.Event,
             if job.session is None:
                 raise LookupError("the host has no connection")
             begin = job.session.start if isinstance(job.session, SSHSession) else job.session.run
-            events.put((index, begin(job.command, job.deadline, cancel, job.stop)))
+            events.put((index, begin(job.command, job.deadline, cancel, job.stop, job.on_line)))
         except Exception as exc:  # noqa: BLE001 - that host's error, not the others'
             events.put((index, exc))
 

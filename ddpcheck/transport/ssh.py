@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from ..model.errors import HostError
 from ..model.outcomes import CommandResult
@@ -59,7 +59,9 @@ class SSHSession:
         return session
 
     def start(self, command: str, deadline: float, cancel: threading.Event,
-              stop: Optional[threading.Event] = None) -> Union[Running, CommandResult]:
+              stop: Optional[threading.Event] = None,
+              on_line: Optional[Callable[[str], None]] = None
+              ) -> Union[Running, CommandResult]:
         """Open a channel and start ``command`` on a pty: the ``Running`` command to wait on
         (``channels.Poller``), or already its result when it did not start (lost, or given up
         at the deadline or on cancel). Raises HostError when the server refuses it."""
@@ -77,7 +79,7 @@ class SSHSession:
             raise HostError(self.name, "run", f"cannot open a session: {exc}") from None
         with self._lock:
             self._channels.append(channel)
-        running = Running(channel, deadline, cancel, stop, started, self._forget)
+        running = Running(channel, deadline, cancel, stop, started, self._forget, on_line)
         try:
             why = _start_on_pty(channel, command, deadline, cancel, self.name)
         except BaseException:

@@ -1,0 +1,110 @@
+"""Mistakes a user makes on the command line, found before any work: report paths that
+cannot be written, and every error of a hosts.yaml at once. Real ``ddpcheck`` subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def ddpcheck(*args: str, cwd=None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ddpcheck", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+@pytest.mark.parametrize("option, path, words", [
+    ("--json", "/nonexistent/r.json", "directory /nonexistent does not exist"),
+    ("--junit", "/proc/x.xml", "cannot write in /proc"),
+    ("--csv", "/", "is a directory"),
+    ("--prom", "/etc/hostname/m.prom", "/etc/hostname is not a directory"),
+])
+def test_unwritable_report_path_is_exit_2_before_anything_runs(option, path, words):
+    began = time.monotonic()
+    done = ddpcheck("preflight", option, path)
+    took = time.monotonic() - began
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == f"ddpcheck: {option} {path}: {done.stderr.split(': ', 2)[2]}"
+    assert words in done.stderr and done.stderr.count("\n") == 1
+    assert "ddpcheck [" not in done.stderr and done.stdout == ""  # no stage started
+    print(f"{option} {path}: exit 2 in {took:.1f}s")
+
+
+def test_every_unwritable_path_is_named_and_a_writable_one_left_alone(tmp_path):
+    good = tmp_path / "r.json"
+    done = ddpcheck("preflight", "--json", str(good), "--csv", str(tmp_path),
+                    "--junit", str(tmp_path / "no" / "j.xml"))
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines == [f"ddpcheck: --csv {tmp_path}: is a directory; give a file name",
+                     f"ddpcheck: --junit {tmp_path / 'no' / 'j.xml'}: directory "
+                     f"{tmp_path / 'no'} does not exist"]
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone, nothing written
+
+
+def test_hang_and_bandwidth_check_their_paths_too(tmp_path):
+    plot = str(tmp_path / "x" / "p.png")
+    for command in (["hang"], ["bandwidth"], ["bandwidth", "--plot", plot]):
+        target = "--plot" if "--plot" in command else "--json"
+        args = command if target == "--plot" else command + ["--json", "/nonexistent/r.json"]
+        done = ddpcheck(*args)
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr.startswith(f"ddpcheck: {target} "), done.stderr
+
+
+BAD_HOSTS = """\
+defaults:
+  slots: 0
+  colour: blue
+ssh:
+  fanout: many
+rendezvous: {port: 70000}
+backend: mpi
+hosts:
+  - name: a
+    port: -1
+  - name: b
+    python: ""
+  - 42
+  - name: a
+  - name: c
+    usr: bob
+"""
+
+
+def test_every_error_in_hosts_yaml_is_named_at_once(tmp_path):
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(BAD_HOSTS)
+    done = ddpcheck("preflight", str(hosts), "--json", str(tmp_path / "r.json"))
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and not (tmp_path / "r.json").exists()
+    lines = done.stderr.splitlines()
+    where = [line.split(": ")[1] for line in lines]  # ddpcheck: FILE:LINE: KEY: problem
+    assert where == [f"{hosts}:{n}" for n in (2, 3, 5, 6, 7, 10, 12, 13, 14, 16)], lines
+    keys = [line.split(": ")[2] for line in lines]
+    assert keys == ["defaults.slots", "defaults.colour", "ssh.fanout", "rendezvous.port",
+                    "backend", "hosts[0].port", "hosts[1].python", "hosts[2]", "hosts[3]",
+                    "hosts[4].usr"]
+    assert "duplicate host 'a' (first at line 9)" in lines[8]
+    assert "did you mean 'user'?" in lines[9]
+
+
+def test_a_single_error_reads_as_before(tmp_path):
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text("hosts:\n  - name: a\n    slots: 0\n")
+    done = ddpcheck("preflight", str(hosts))
+    assert done.returncode == 2
+    assert done.stderr == (f"ddpcheck: {hosts}:3: hosts[0].slots: must be an integer >= 1, "
+                           f"got 0\n")
+
+
+def test_every_error_in_a_config_file_is_named_at_once(tmp_path):
+    config = tmp_path / "defaults.yaml"
+    config.write_text("defaults:\n  port: x\nssh:\n  connect_timeout: 0\nhosts: [a]\n")
+    done = ddpcheck("preflight", "-w", "a,b", "--config", str(config))
+    assert done.returncode == 2
+    assert [line.split(": ")[1:3] for line in done.stderr.splitlines()] == [
+        [f"{config}:2", "defaults.port"], [f"{config}:4", "ssh.connect_timeout"],
+        [f"{config}:5", "hosts"]]
