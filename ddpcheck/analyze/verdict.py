@@ -15,6 +15,7 @@ from ..remote import drift
 from ..remote.drift import RankPrint
 from .compute import compute_findings
 from .health import is_loopback
+from .numerics import numerics_findings
 from ..model.checks import EXIT_CODES  # noqa: F401 - analyze.EXIT_CODES, as before
 from ..wire import STOPPED_BY_LAUNCHER
 from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
@@ -24,7 +25,7 @@ from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecor
 STAGE_CHECKS: Mapping[str, str] = {
     "start": "torch_import", "device": "gpu_count", "init": "rendezvous",
     "all_reduce": "all_reduce", "barrier": "barrier", "latency": "all_reduce",
-    "compute": "straggler",
+    "compute": "straggler", "numerics": "numerics",
     "finish": "barrier", "setup": "seed", "fingerprint": "env_drift", "ddp": "params",
     # bandwidth sweep (ddpcheck.remote.sweep): the stage is the op being measured
     "all_gather": "bandwidth", "reduce_scatter": "bandwidth", "broadcast": "bandwidth",
@@ -114,6 +115,7 @@ def rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
                 host=rank.host, rank=rank.rank))
     findings += latency_findings(ranks)
     findings += compute_findings(ranks)
+    findings += numerics_findings(ranks)
     return findings
 
 

@@ -41,6 +41,7 @@ class Check(str, enum.Enum):
     STRAGGLER = "straggler"
     HANG = "hang"
     STACKS = "stacks"
+    NUMERICS = "numerics"  # a device whose products or all_reduce come out wrong
 
     def __str__(self) -> str:
         return self.value
