@@ -14,7 +14,7 @@ INTERFACE_CHECKS = (
     "ssh python torch_import hostname rendezvous env env_drift versions gpu_count world_size "
     "duplicate_device gpu_health resources barrier all_reduce dtype seed params step "
     "bandwidth slow_link straggler hang timeout").split()
-OWN_CHECKS = ("srun", "infiniband")
+OWN_CHECKS = ("srun", "infiniband", "numerics")
 
 
 def documented() -> set[str]:
