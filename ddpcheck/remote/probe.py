@@ -134,7 +134,6 @@ class RankProbe:
         self.record["stage"] = name
 
     def run(self) -> None:
-        prepare_environment()  # before the first product starts cuBLAS
         self.stage("device")
         device = select_device(self.record, self.args.backend)
         self.stage("setup")
@@ -380,6 +379,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def run_rank(probe: RankProbe) -> int:
     """A rank's whole life: watchdog, run, and a record on every way out (ok, error, timeout)."""
     set_parent_death_signal(9)  # torchrun gone -> this rank goes too
+    prepare_environment()  # before the first product starts cuBLAS
     threading.Thread(target=probe.watchdog, daemon=True).start()
     try:
         probe.run()
