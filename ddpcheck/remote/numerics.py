@@ -94,7 +94,9 @@ def device_identity(device: torch.device, host: str, rank: Optional[int]) -> dic
                                     getattr(props, "pci_bus_id", 0),
                                     getattr(props, "pci_device_id", 0))
         uuid = str(getattr(props, "uuid", "")) or "?"
-        group = (f"{props.name} sm{props.major}{props.minor} | driver {driver_version()} | "
+        # the SM count too: a MIG slice or a cut-down part picks other cuBLAS kernels
+        group = (f"{props.name} sm{props.major}{props.minor} x{props.multi_processor_count} | "
+                 f"driver {driver_version()} | "
                  f"torch {torch.__version__} | cuda {torch.version.cuda} | "
                  f"cudnn {torch.backends.cudnn.version()}")
         return {"where": f"GPU {device.index} on {host} (uuid {uuid}, bus {bus}, rank {rank})",
