@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 from typing import Optional
 
 import pytest
@@ -69,7 +70,9 @@ def test_wrong_products_name_exactly_that_host_and_rank(ns_cluster, tmp_path, ev
                                                         port):
     plant = wrong_matmul_site(tmp_path / "site", every=every, nan_at=nan_at,
                               local_rank=BAD_LOCAL_RANK)
-    done, report = preflight(ns_cluster, tmp_path, port, plant, "--skip", "consistency")
+    junit, prom = tmp_path / "report.xml", tmp_path / "report.prom"
+    done, report = preflight(ns_cluster, tmp_path, port, plant, "--skip", "consistency",
+                             "--junit", str(junit), "--prom", str(prom))
     assert done.returncode == 1, done.stdout + done.stderr
     assert report["verdict"] == "fail"
     found = numerics_findings(report)
@@ -86,3 +89,10 @@ def test_wrong_products_name_exactly_that_host_and_rank(ns_cluster, tmp_path, ev
                         if r["rank"] == BAD_RANK)["numerics"]["products"][dtype]["reps"]
             assert f"{dtype} products wrong in {reps} of {reps} repetitions" in message
     assert "numerics" in done.stdout  # the table's findings
+    # the machine outputs carry it: a failed testcase for that rank, a 0 sample for that host
+    cases = ElementTree.parse(junit).getroot().iter("testcase")
+    failed = [c.get("name") for c in cases if c.find("failure") is not None
+              and c.get("classname") == "ddpcheck.preflight.numerics"]
+    assert failed == [f"{BAD_HOST} rank {BAD_RANK}"]
+    assert f'ddpcheck_check_ok{{command="preflight",check="numerics",host="{BAD_HOST}"}} 0' in (
+        prom.read_text())
