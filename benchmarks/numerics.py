@@ -9,7 +9,9 @@
 2. In the job: tests/jobs/numerics_job.py under torchrun (3 CPU ranks, gloo, a small MLP step
    with a gradient all_reduce), ``Monitor(numerics_every=100)`` beside ``Monitor()`` without the
    canary, alternated ``--job-reps`` times. Reported: the canaries' time over the training loop's
-   on each rank (the target is 0.2 % at one canary per 100 steps), and the ratio of loop times.
+   on each rank (the target is 0.2 % at one canary per 100 steps), with and without the first
+   canary (which builds the chain and connects to the store, once per job), and the ratio of
+   loop times (noisy on a shared machine: the canaries' own time is the measure).
 
     .venv/bin/python benchmarks/numerics.py [--runs 50] [--pair-every 5] [--job-reps 2]
 """
@@ -96,13 +98,16 @@ def job(outdir: pathlib.Path, steps: int, every: int, width: int) -> list[dict]:
 
 
 def job_part(reps: int, steps: int, every: int, width: int) -> dict:
-    shares, ratios, step_ms, alarms = [], [], [], 0
+    shares, steady, first_ms, ratios, step_ms, alarms = [], [], [], [], [], 0
     with tempfile.TemporaryDirectory(prefix="ddpcheck-bench-") as tmp:
         work = pathlib.Path(tmp)
         for rep in range(reps):
             canary = job(work / f"canary{rep}", steps, every, width)
             plain = job(work / f"plain{rep}", steps, 0, width)
             shares += [r["seconds"] / r["loop_s"] for r in canary]
+            # the first canary builds the chain and connects to the store: once per job
+            steady += [sum(r["times"][1:]) / r["loop_s"] for r in canary]
+            first_ms += [1e3 * r["times"][0] for r in canary]
             alarms += sum(len(r["wrong"]) for r in canary)
             ratios.append(statistics.mean(r["loop_s"] for r in canary)
                           / statistics.mean(r["loop_s"] for r in plain))
@@ -111,6 +116,9 @@ def job_part(reps: int, steps: int, every: int, width: int) -> dict:
     return {"steps": steps, "numerics_every": every, "step ms (median, no canary)":
             statistics.median(step_ms), "canary / loop, per rank (max)": max(shares),
             "canary / loop, per rank (median)": statistics.median(shares),
+            "canaries after the first / loop, per rank (max)": max(steady),
+            "canaries after the first / loop, per rank (median)": statistics.median(steady),
+            "first canary ms (median; builds the chain, connects)": statistics.median(first_ms),
             "loop with / without (per rep)": ratios, "canary alarms": alarms}
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 from ..remote.numerics_vote import DtypeResult, RankNumerics, WrongProducts, odd_ones
 
 STORE_PREFIX = "numerics/"
+SLOTS = 3
 CPU_SIZE = 64  # a chain of 64x64 products: about a millisecond on one core
 GPU_SIZE = 1024  # 1024^2 in bf16: well under a millisecond on a current GPU
 
@@ -53,6 +54,7 @@ class NumericsCanary:
         self.wrong: list[dict[str, Any]] = []  # every wrong device named (as dicts)
         self.warnings = warnings if warnings is not None else []
         self.seconds = 0.0  # time spent in canaries, all told
+        self.times: list[float] = []  # each canary's seconds (the first builds the chain)
         self.disabled: Optional[str] = None
 
     def step(self, step: int) -> None:
@@ -65,7 +67,8 @@ class NumericsCanary:
         except Exception as exc:  # noqa: BLE001 - the canary is advisory: never stop the job
             self.disabled = f"{type(exc).__name__}: {exc}"
             logger.warning("ddpcheck.Monitor numerics canary off: %s", self.disabled)
-        self.seconds += time.perf_counter() - begin
+        self.times.append(time.perf_counter() - begin)
+        self.seconds += self.times[-1]
 
     # -- one round -------------------------------------------------------------------------
     def _canary(self, step: int) -> None:
@@ -80,11 +83,14 @@ class NumericsCanary:
         if store is None:
             self._judge([post], step)
             return
-        store.set(f"{STORE_PREFIX}{step}/{self.rank}", json.dumps(post, separators=(",", ":")))
-        if len(self.rounds) > 2:  # nobody reads a round older than the previous one
-            store.delete_key(f"{STORE_PREFIX}{self.rounds[-3]}/{self.rank}")
+        # slots in turn: only the previous round is read, so each post overwrites one from
+        # SLOTS rounds ago and the store never grows (three: a rank a round ahead of rank 0
+        # must not overwrite the round rank 0 is reading)
+        slot = len(self.rounds) % SLOTS
+        store.set(f"{STORE_PREFIX}{slot}/{self.rank}", json.dumps(post, separators=(",", ":")))
         if previous is not None and self.rank == 0:
-            self._judge(read_round(store, previous, self.world_size), previous)
+            self._judge(read_round(store, (slot - 1) % SLOTS, previous, self.world_size),
+                        previous)
 
     def _build(self) -> bool:
         torch = sys.modules.get("torch")
@@ -144,9 +150,10 @@ def attach_canary(monitor: Any, every: Optional[int],
     return canary
 
 
-def read_round(store: Any, step: int, world_size: int) -> list[dict[str, Any]]:
-    """Every rank's post of one round that is there (one request when all are)."""
-    keys = [f"{STORE_PREFIX}{step}/{rank}" for rank in range(world_size)]
+def read_round(store: Any, slot: int, step: int, world_size: int) -> list[dict[str, Any]]:
+    """Every rank's post of the round at ``step`` that is in ``slot`` (one request when all
+    ranks posted)."""
+    keys = [f"{STORE_PREFIX}{slot}/{rank}" for rank in range(world_size)]
     if store.check(keys):
         values = store.multi_get(keys)
     else:
@@ -157,7 +164,7 @@ def read_round(store: Any, step: int, world_size: int) -> list[dict[str, Any]]:
             post = json.loads(value)
         except ValueError:
             continue
-        if isinstance(post, dict):
+        if isinstance(post, dict) and post.get("step") == step:  # not a rank's older round
             posts.append(post)
     return posts
 

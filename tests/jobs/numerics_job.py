@@ -41,6 +41,6 @@ canary = monitor.numerics
 (outdir / f"rank{rank}.json").write_text(json.dumps({
     "rank": rank, "warnings": monitor.warnings, "loop_s": loop_s, "steps": steps,
     **({"wrong": canary.wrong, "rounds": canary.rounds, "seconds": canary.seconds,
-        "disabled": canary.disabled} if canary is not None else {})}))
+        "times": canary.times, "disabled": canary.disabled} if canary is not None else {})}))
 dist.barrier()
 dist.destroy_process_group()
