@@ -195,12 +195,12 @@ class ProductChain:
         return digest(values[:-1]), bool(values[-1]) or not finite, off
 
 
-def run_products(name: str, device: torch.device, seconds: float) -> dict[str, Any]:
-    """Repetitions of one dtype's products for about ``seconds`` (``MIN_REPS``..``MAX_REPS``)."""
+def run_products(name: str, device: torch.device, deadline: float) -> dict[str, Any]:
+    """Repetitions of one dtype's products until ``deadline`` (a ``time.perf_counter()``),
+    ``MIN_REPS``..``MAX_REPS`` of them; building the inputs counts against it."""
     chain = ProductChain(name, device, GPU_N if device.type == "cuda" else CPU_N)
     digests: dict[str, int] = {}
     nonfinite = reference_bad = reps = 0
-    deadline = time.perf_counter() + seconds
     while reps < MIN_REPS or (reps < MAX_REPS and time.perf_counter() < deadline):
         value, bad, off = chain.repetition()
         digests[value] = digests.get(value, 0) + 1
@@ -251,13 +251,16 @@ class NumericSettings:
 
 
 def check_products(device: torch.device, seconds: float) -> dict[str, Any]:
-    """Every dtype's repetitions, sharing ``seconds``."""
+    """Every dtype's repetitions, sharing ``seconds``: each dtype ends at its share's end, so
+    time one overran is taken from the next."""
     names = device_dtypes(device)
     results = {}
+    begin = time.perf_counter()
     with NumericSettings(device) as settings:
-        for name in names:
+        for index, name in enumerate(names):
             settings.allow_tf32(name == "tf32")
-            results[name] = run_products(name, device, seconds / len(names))
+            results[name] = run_products(name, device,
+                                         begin + seconds * (index + 1) / len(names))
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return results
