@@ -5,11 +5,13 @@ check's product chain (``remote.numerics.ProductChain``: a seeded chain of produ
 product and a small product checked against float64, one sync), in bf16 on a GPU that has it
 (fp32 otherwise, and on CPU), and posts the digest of its bits to torchrun's TCPStore. At the next
 canary, rank 0 reads every rank's post of the previous round (the ranks have all passed it by
-then, so nothing waits) and applies the preflight vote (``remote.numerics_vote``): a rank whose
-bits differ from its peers of the same device model and versions, whose result holds NaN/Inf or
-leaves the float64 bound, is logged as a ``numerics`` warning naming its rank, host and device
-(also kept in ``canary.wrong`` and the Monitor's ``warnings``). Without a store (a job not
-started by torchrun) each rank judges its own canary by the reference and NaN/Inf alone.
+then, so nothing waits; in a thread of its own, so the store's round trips stay out of the step)
+and applies the preflight vote (``remote.numerics_vote``): a rank whose bits differ from its peers
+of the same device model and versions, whose result holds NaN/Inf or leaves the float64 bound,
+is logged as a ``numerics`` warning naming its rank, host and device (also kept in
+``canary.wrong``, complete after ``canary.flush()``, and the Monitor's ``warnings``). Without a
+store (a job not started by torchrun) each rank judges its own canary by the reference and
+NaN/Inf alone.
 
 Torch-light like the Monitor: torch is used only when the job has already imported it (the
 product chain's module is imported at the first canary).
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -56,6 +60,9 @@ class NumericsCanary:
         self.seconds = 0.0  # time spent in canaries, all told
         self.times: list[float] = []  # each canary's seconds (the first builds the chain)
         self.disabled: Optional[str] = None
+        self._rounds_to_judge: Optional[queue.SimpleQueue] = None
+        self._unjudged = 0  # rounds queued and not yet judged (under _judged)
+        self._judged = threading.Condition()
 
     def step(self, step: int) -> None:
         """Called from ``Monitor.step``: runs the canary when ``step`` is a multiple of N."""
@@ -89,8 +96,7 @@ class NumericsCanary:
         slot = len(self.rounds) % SLOTS
         store.set(f"{STORE_PREFIX}{slot}/{self.rank}", json.dumps(post, separators=(",", ":")))
         if previous is not None and self.rank == 0:
-            self._judge(read_round(store, (slot - 1) % SLOTS, previous, self.world_size),
-                        previous)
+            self._judge_later(store, (slot - 1) % SLOTS, previous)
 
     def _build(self) -> bool:
         torch = sys.modules.get("torch")
@@ -119,6 +125,33 @@ class NumericsCanary:
             self.store_tried = True
             self.store = self.connect()
         return self.store
+
+    def _judge_later(self, store: Any, slot: int, step: int) -> None:
+        """Rank 0 reads and judges a round in a thread of its own: the store's round trips
+        (to torchrun's agent, which may be waiting for a CPU) stay out of the training step."""
+        if self._rounds_to_judge is None:
+            self._rounds_to_judge = queue.SimpleQueue()
+            threading.Thread(target=self._judge_rounds, args=(store,), daemon=True,
+                             name="ddpcheck-numerics").start()
+        with self._judged:
+            self._unjudged += 1
+        self._rounds_to_judge.put((slot, step))
+
+    def _judge_rounds(self, store: Any) -> None:
+        while True:
+            slot, step = self._rounds_to_judge.get()
+            try:
+                self._judge(read_round(store, slot, step, self.world_size), step)
+            except Exception as exc:  # noqa: BLE001 - advisory: a lost round is not an error
+                logger.debug("ddpcheck numerics canary: round %s not judged: %s", step, exc)
+            with self._judged:
+                self._unjudged -= 1
+                self._judged.notify_all()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Waits until every round posted so far is judged (``wrong`` is then complete)."""
+        with self._judged:
+            return self._judged.wait_for(lambda: self._unjudged == 0, timeout_s)
 
     def _judge(self, posts: list[dict[str, Any]], step: int) -> None:
         for wrong in odd_ones(rank_results(posts)):

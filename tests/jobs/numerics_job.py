@@ -38,6 +38,8 @@ for step in range(steps):
 loop_s = time.perf_counter() - began
 monitor.close()
 canary = monitor.numerics
+if canary is not None:
+    canary.flush()  # rank 0 judges in the background: wait for the last round's verdict
 (outdir / f"rank{rank}.json").write_text(json.dumps({
     "rank": rank, "warnings": monitor.warnings, "loop_s": loop_s, "steps": steps,
     **({"wrong": canary.wrong, "rounds": canary.rounds, "seconds": canary.seconds,
