@@ -168,6 +168,17 @@ def run_suite(out_dir: Path, clock: Clock) -> tuple[dict[str, Any], list[Step]]:
     else:
         compute.detail = "this version's preflight has no compute check"
     steps.append(compute)
+    numerics = Step("numerics check (bf16/fp16/fp32/TF32, exact all_reduce)")
+    checked = [r["numerics"] for r in report.get("ranks", []) if r.get("numerics")]
+    wrong = [f for f in report.get("findings", []) if f.get("check") == "numerics"]
+    if checked:
+        numerics.outcome = "FAILED" if wrong else "passed"
+        numerics.numbers = {"ranks": [{k: n.get(k) for k in ("where", "group", "seconds",
+                                                             "products", "all_reduce")}
+                                      for n in checked], "findings": wrong}
+    else:
+        numerics.detail = "this version's preflight has no numerics check"
+    steps.append(numerics)
 
     steps.append(from_test(Step("preflight, 2 ranks on the one GPU -> duplicate_device"),
                            outcomes, DUPLICATE_TEST))
@@ -227,6 +238,7 @@ def dry_run(out_dir: Path, clock: Clock) -> tuple[dict[str, Any], list[Step], li
     problems += without_gpu_problems(outcomes)
     steps = [Step(name, "NOT RUN", "dry run: no GPU") for name in (
         "pytest -m gpu", "ddpcheck node", "ddpcheck preflight, 1 rank on NCCL", "compute check",
+        "numerics check (bf16/fp16/fp32/TF32, exact all_reduce)",
         "preflight, 2 ranks on the one GPU -> duplicate_device", "ddpcheck bandwidth on NCCL",
         "Xid read (kernel log)", "DCGM diag -r 1", "NCCL RAS query against a live NCCL job")]
     counts = {k: sum(1 for o, _ in outcomes.values() if o == k)

@@ -18,7 +18,7 @@ INTERFACE_CHECKS = (
     "ssh python torch_import hostname rendezvous env env_drift versions gpu_count world_size "
     "duplicate_device gpu_health resources barrier all_reduce dtype seed params step "
     "bandwidth slow_link straggler hang timeout").split()
-OWN_CHECKS = ("srun", "infiniband")
+OWN_CHECKS = ("srun", "infiniband", "numerics")
 # Calls that build a finding (or a host's failure), and where their check goes.
 CHECK_ARGUMENT = {"Finding": 1, "_finding": 1, "Failure": 0, "compare": 1}
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO / "gpu"))
 import suite  # noqa: E402
 
 STEPS = ("pytest -m gpu", "ddpcheck node", "ddpcheck preflight, 1 rank on NCCL", "compute check",
+         "numerics check (bf16/fp16/fp32/TF32, exact all_reduce)",
          "preflight, 2 ranks on the one GPU -> duplicate_device", "ddpcheck bandwidth on NCCL",
          "Xid read (kernel log)", "DCGM diag -r 1", "NCCL RAS query against a live NCCL job")
 

@@ -15,6 +15,7 @@ from ..core import drift
 from ..core.drift import RankPrint
 from .compute import compute_findings
 from .health import is_loopback
+from .numerics import numerics_findings
 from ..model.checks import Check
 from ..wire import STOPPED_BY_LAUNCHER
 from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecord, RankStatus,
@@ -24,7 +25,7 @@ from ..model.records import (REACHABILITY_CHECKS, Finding, HostRecord, RankRecor
 STAGE_CHECKS: Mapping[str, Check] = {
     "start": Check.TORCH_IMPORT, "device": Check.GPU_COUNT, "init": Check.RENDEZVOUS,
     "all_reduce": Check.ALL_REDUCE, "barrier": Check.BARRIER, "latency": Check.ALL_REDUCE,
-    "compute": Check.STRAGGLER,
+    "compute": Check.STRAGGLER, "numerics": Check.NUMERICS,
     "finish": Check.BARRIER, "setup": Check.SEED, "fingerprint": Check.ENV_DRIFT,
     "ddp": Check.PARAMS,
     # bandwidth sweep (ddpcheck.remote.sweep): the stage is the op being measured
@@ -115,6 +116,7 @@ def rank_findings(ranks: Sequence[RankRecord], slots_by_host: Mapping[str, int],
                 host=rank.host, rank=rank.rank))
     findings += latency_findings(ranks)
     findings += compute_findings(ranks)
+    findings += numerics_findings(ranks)
     return findings
 
 

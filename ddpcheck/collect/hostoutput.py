@@ -223,6 +223,7 @@ def rank_record(raw: dict[str, Any], host: str) -> RankRecord:
         collectives=tuple(c for c in collectives if isinstance(c, dict)),
         fingerprint=raw["fingerprint"] if isinstance(raw.get("fingerprint"), dict) else {},
         compute=raw["compute"] if isinstance(raw.get("compute"), dict) else {},
+        numerics=raw["numerics"] if isinstance(raw.get("numerics"), dict) else {},
     )
 
 

@@ -52,7 +52,12 @@ def register(sub) -> None:
     pre.add_argument("--skip", type=_skip_list, default=frozenset(), metavar="CHECK[,CHECK]",
                      help="leave out: consistency (fingerprints and the tiny DDP run), "
                           "rendezvous (the port check before torchrun), compute (matmul "
-                          "throughput and memory bandwidth, 1 s per rank)")
+                          "throughput and memory bandwidth, 1 s per rank), numerics "
+                          "(products compared bit for bit across ranks, 1 s per rank)")
+    pre.add_argument("--numerics-seconds", type=positive, default=1.0, metavar="SECONDS",
+                     help="the numerics check's time on each rank: seeded matrix products in "
+                          "every training dtype, repeated so an intermittent fault shows "
+                          "(default 1)")
     pre.add_argument("--iterations", type=at_least(1), default=20, metavar="N",
                      help="repeats of barrier and small all_reduce for the latency medians "
                           "(default 20)")
@@ -65,7 +70,7 @@ def register(sub) -> None:
     pre.set_defaults(run=preflight_command)
 
 
-SKIPPABLE = ("consistency", "rendezvous", "compute")
+SKIPPABLE = ("consistency", "rendezvous", "compute", "numerics")
 
 
 def _skip_list(text: str) -> frozenset[str]:
@@ -106,7 +111,9 @@ def preflight_options(args: argparse.Namespace):
                              seed=args.seed, setup=setup_target(args.setup),
                              ddp_steps=args.ddp_steps,
                              consistency="consistency" not in args.skip,
-                             compute="compute" not in args.skip))
+                             compute="compute" not in args.skip,
+                             numerics_seconds=(0.0 if "numerics" in args.skip
+                                               else args.numerics_seconds)))
 
 
 def dry_run_text(spec: ClusterSpec, options) -> str:

@@ -31,6 +31,10 @@ reason, listed in ``monitor.stragglers`` and carried in the heartbeat (``straggl
 ``ddpcheck hang`` says the same. ``straggler_thresholds`` (a
 ``ddpcheck.core.straggler.Thresholds``) sets the margins.
 
+Numerics (``numerics_every=N``): every N steps a few-millisecond canary product on every rank,
+compared through the TCPStore; a device that computes wrong is logged as a ``numerics`` warning
+(``monitor.numerics``, see ``ddpcheck.injob.numerics``, which hooks it onto ``step()``).
+
 Torch-light: only the standard library is imported here; torch is touched only when the job has
 already imported it (``import ddpcheck`` stays cheap, and the probe stays stdlib + torch).
 """
@@ -49,6 +53,7 @@ from typing import Any, Callable, Mapping, Optional
 from ..core import heartbeat
 from ..core.straggler import Thresholds
 from ..model import safety
+from .numerics import attach_canary
 from .stragglers import StepClock, StragglerWatch
 
 STORE_PREFIX = "ddpcheck/monitor/"
@@ -91,7 +96,7 @@ class Monitor:
 
     def __init__(self, directory: Optional[str] = None, watchdog_s: Optional[float] = None, *,
                  beat_s: float = 1.0, write_every_s: float = 0.1, rank: Optional[int] = None,
-                 world_size: Optional[int] = None,
+                 world_size: Optional[int] = None, numerics_every: Optional[int] = None,
                  env: Optional[Mapping[str, str]] = None, stragglers: bool = True,
                  straggler_thresholds: Optional[Thresholds] = None) -> None:
         env = dict(os.environ if env is None else env)
@@ -131,6 +136,7 @@ class Monitor:
         self.straggler_verdict: Optional[list[dict[str, Any]]] = None  # once judged: for hang
         self._stragglers_json: Optional[str] = None
         self._stop = threading.Event()
+        self.numerics = attach_canary(self, numerics_every, _connect_store)
         self._write(time.time())
         self._thread = threading.Thread(target=self._run, name="ddpcheck-monitor", daemon=True)
         self._thread.start()

@@ -46,6 +46,7 @@ class Check(str, enum.Enum):
     HANG = "hang"
     STACKS = "stacks"
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: the root cause of what did not finish
+    NUMERICS = "numerics"  # a device whose products or all_reduce come out wrong
 
     def __str__(self) -> str:
         return self.value

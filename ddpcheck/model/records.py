@@ -96,6 +96,8 @@ class RankRecord:
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
     # the compute check: device_model, where, metrics {name: value, higher is better}, seconds
     compute: Mapping[str, Any] = field(default_factory=dict)
+    # the numerics check: where, group, products {dtype: digests...}, all_reduce [...]
+    numerics: Mapping[str, Any] = field(default_factory=dict)
     # False: the rank left no record; this one was made from what its host's agent and
     # torchrun saw of its process (stopped, killed, still running at the deadline)
     reported: bool = True

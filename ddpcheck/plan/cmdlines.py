@@ -36,6 +36,7 @@ class LaunchOptions:
     ddp_steps: int = 3  # steps of the tiny DDP run
     consistency: bool = True  # fingerprints and the tiny DDP run
     compute: bool = True  # the compute check (matmul throughput, memory bandwidth)
+    numerics_seconds: float = 1.0  # the numerics check's time on each rank (0: skipped)
     keep: bool = False  # --keep: leave each host's run directory in place
 
 
@@ -182,8 +183,16 @@ def probe_program(host_name: str, world_size: int, backend: Backend,
         "--deadline", _num(options.deadline_s),
         "--iterations", str(options.iterations),
         *([] if options.compute else ["--compute-seconds", "0"]),
+        *numerics_args(options),
         *consistency_args(options),
     ]
+
+
+def numerics_args(options: LaunchOptions) -> list[str]:
+    """--numerics-seconds when it is not the probe's default (1 s)."""
+    if options.numerics_seconds == LaunchOptions.numerics_seconds:
+        return []
+    return ["--numerics-seconds", _num(options.numerics_seconds)]
 
 
 def master_address(spec: ClusterSpec) -> str:

@@ -19,6 +19,12 @@ throughput and memory bandwidth, all ranks at once, in half of ``--compute-secon
 in a second half only when the first shows a rank below its peers; ``analyze`` names ranks far
 below the median of their peers of the same device model (``straggler``).
 
+Numerics (``numerics``): right after the latency stage, before anything else multiplies, every
+rank runs the same seeded chain of matrix products in each training dtype, repeated for its
+share of ``--numerics-seconds`` (1 s), and hashes the results' bits; then an all_reduce of known
+integers per dtype and size. ``analyze`` names the ranks whose bits differ from their peers of
+the same device model and versions, or that hold NaN/Inf (``numerics``).
+
 Only the standard library and torch are imported here, so a host needs just torch and ddpcheck.
 """
 
@@ -48,6 +54,7 @@ from .fastexit import run_then_exit
 from .fingerprint import (call_setup, gather_json, load_setup, model_fingerprint,
                           numeric_settings, relevant_env, rng_hashes, runtime_versions,
                           seed_everything)
+from .numerics import numerics_check, prepare_environment
 
 CORRECTNESS_ELEMENTS = 1 << 18  # 1 MiB of float32
 LEARNING_RATE = 0.1  # the tiny run's plain SGD
@@ -152,6 +159,11 @@ class RankProbe:
         self.stage("latency")
         one = torch.ones(1, device=device)
         self.record["allreduce_small_us"] = median_us(lambda: dist.all_reduce(one), iters, device)
+        if self.args.numerics_seconds > 0:
+            self.stage("numerics")
+            self.record["numerics"] = numerics_check(
+                device, self.record["host"], self.record["rank"], self.record["world_size"],
+                self.args.numerics_seconds, dist.all_reduce)
         if self.args.compute_seconds > 0:
             self.stage("compute")
             dist.barrier()  # all ranks at once: neighbours contend as they will in the job
@@ -352,6 +364,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--compute-seconds", type=float, default=1.0,
                         help="the compute check's time on each rank: matmul throughput and "
                              "memory bandwidth (default 1; 0 skips it)")
+    parser.add_argument("--numerics-seconds", type=float, default=1.0,
+                        help="the numerics check's time on each rank: seeded matrix products "
+                             "in every training dtype, their bits compared across ranks, and an "
+                             "exact all_reduce (default 1; 0 skips it)")
     parser.add_argument("--no-consistency", dest="consistency", action="store_false",
                         help="skip fingerprints and the tiny DDP run")
     args = parser.parse_args(argv)
@@ -363,6 +379,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def run_rank(probe: RankProbe) -> int:
     """A rank's whole life: watchdog, run, and a record on every way out (ok, error, timeout)."""
     set_parent_death_signal(9)  # torchrun gone -> this rank goes too
+    prepare_environment()  # before the first product starts cuBLAS
     threading.Thread(target=probe.watchdog, daemon=True).start()
     try:
         probe.run()

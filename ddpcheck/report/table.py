@@ -85,6 +85,7 @@ def to_json_dict(report: Report) -> dict[str, Any]:
             "barrier_us": r.barrier_us, "allreduce_small_us": r.allreduce_small_us,
             "all_reduce_wrong": r.all_reduce_wrong, "error": r.error,
             **({"compute": dict(r.compute)} if r.compute else {}),
+            **({"numerics": dict(r.numerics)} if r.numerics else {}),
         } for r in report.ranks],
         "findings": [{
             "severity": f.severity.value, "check": f.check, "host": f.host, "rank": f.rank,

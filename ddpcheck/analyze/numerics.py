@@ -1,0 +1,85 @@
+"""Analyze the preflight numerics check (pure): the devices that computed wrong.
+
+Each rank's record carries ``numerics`` (``remote.numerics``): where its device is, its group
+(device model, driver and library versions), each dtype's repetition digests, NaN/Inf and
+float64-reference counts, and the wrong elements of an all_reduce of known integers.
+``remote.numerics_vote.odd_ones`` applies the rule the in-job canary applies too; this module
+turns its answer into findings that say what to do.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+from ..model.checks import Check
+from ..model.records import Finding, RankRecord, Severity
+from ..core.numerics_vote import WrongProducts, odd_ones, rank_numerics
+
+GPU_ADVICE = ("drain the node; run DCGM diag level 3 (`dcgmi diag -r 3`) or the vendor's field "
+              "diagnostics; RMA if it repeats")
+CPU_ADVICE = "drain the node; run the vendor's CPU and memory field diagnostics; RMA if it repeats"
+
+
+def numerics_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
+    """Wrong products (one finding per rank, every dtype in it) and wrong all_reduce results."""
+    checked = [r for r in ranks if r.numerics]
+    return product_findings(checked) + all_reduce_findings(checked)
+
+
+def product_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
+    device_of = {(r.rank, r.host): r.device for r in ranks}
+    by_rank: dict[tuple, list[WrongProducts]] = defaultdict(list)
+    for wrong in odd_ones(rank_numerics(r.rank, r.host, r.numerics) for r in ranks):
+        by_rank[(wrong.rank, wrong.host)].append(wrong)
+    findings = []
+    for (rank, host), wrongs in by_rank.items():
+        decisive = any(w.decisive for w in wrongs)
+        parts = "; ".join(describe(w) for w in wrongs)
+        gpu = str(device_of.get((rank, host), "cpu")).startswith("cuda")
+        if decisive:
+            message = (f"{wrongs[0].where} computes wrong: {parts}; "
+                       f"{GPU_ADVICE if gpu else CPU_ADVICE}")
+        else:
+            message = (f"{wrongs[0].where}: {parts}; run the check again, and with a third "
+                       f"device of this model to outvote")
+        findings.append(Finding(Severity.ERROR if decisive else Severity.WARNING,
+                                Check.NUMERICS, message, host=host, rank=rank))
+    return findings
+
+
+def describe(wrong: WrongProducts) -> str:
+    """"bf16 products wrong in 3 of 40 repetitions (differs from its 5 peers bit for bit)"."""
+    reasons = ", ".join(str(w) for w in wrong.why).replace(
+        "its peers", f"its {wrong.peers} peer{'s' if wrong.peers != 1 else ''}")
+    return f"{wrong.dtype} products wrong in {wrong.wrong} of {wrong.reps} repetitions ({reasons})"
+
+
+def all_reduce_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
+    """Ranks that received wrong elements from an all_reduce of known integers. When only some
+    ranks did, the corruption sits on their way in (their link or its switch); when all did,
+    it happened before the result was shared."""
+    bad: dict[tuple, list[dict[str, Any]]] = {}
+    for rank in ranks:
+        entries = rank.numerics.get("all_reduce")
+        wrong = [e for e in entries if isinstance(e, dict) and isinstance(e.get("wrong"), int)
+                 and e["wrong"] > 0] if isinstance(entries, list) else []
+        if wrong:
+            bad[(rank.rank, rank.host)] = wrong
+    if not bad:
+        return []
+    everyone = len(bad) == len(ranks)
+    where = ("every rank received them: the data went wrong before the result was shared "
+             "(a rank's reduction or a link on the way)" if everyone else
+             f"{len(ranks) - len(bad)} other rank(s) received the right result: suspect this "
+             f"rank's link in (NIC, cable, switch port) or its device")
+    findings = []
+    for (rank, host), wrong in sorted(bad.items(), key=lambda item: (item[0][1],
+                                                                      item[0][0] or 0)):
+        sizes = ", ".join(f"{e['wrong']} wrong element(s) in {e.get('dtype')} at "
+                          f"{e.get('bytes')} bytes" for e in wrong)
+        findings.append(Finding(
+            Severity.ERROR, Check.NUMERICS,
+            f"rank {rank} on {host}: an all_reduce of known integers came back wrong ({sizes}); "
+            f"{where}", host=host, rank=rank))
+    return findings

@@ -1,0 +1,338 @@
+"""The preflight numerics check, run by every rank of the probe (stdlib + torch only).
+
+Does the device compute *right*? Every rank runs the same chain of matrix products from one
+seed, in every dtype the device trains in (GPU: bf16, fp16, fp32 with and without TF32; CPU: fp32
+and bf16), with deterministic algorithms, repeated for its share of ``--numerics-seconds`` so
+that an intermittent fault shows. Each repetition's results are fingerprinted by their bit
+patterns (exactly: a weighted sum of every 16-bit half of every element, in int64, on the
+device) and hashed; a small product in each repetition is also checked against a float64
+reference computed without matmul, within a bound set by the dtype; NaN and Inf are counted.
+``analyze`` (``remote.numerics_vote``) compares the digests of ranks whose device model, driver
+and library versions agree: they must agree bit for bit.
+
+Before the products, an all_reduce whose exact result is known, in each training dtype, at sizes
+on either side of NCCL's protocol changes (LL, LL128, Simple): a rank that receives wrong
+elements is named. The products get what it leaves of the budget.
+
+On CPU the products run on one thread, so the bits depend on the CPU's code path (its model and
+ISA level, which are part of the group) and not on how many threads a rank was given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import torch
+
+from .computecheck import cpu_model
+
+SEED = 20240915  # every rank's inputs: the same everywhere
+CHAIN_LENGTH = 5  # products per repetition, each fed the last one's result
+CPU_N = 128
+GPU_N = 2048
+REFERENCE_M = 32  # the small product checked against float64
+REFERENCE_K = 32  # its inner dimension: small enough that bf16's error bound stays < 1
+MIN_REPS = 8
+MAX_REPS = 256
+MIN_PRODUCTS_SHARE = 0.25  # of the budget, when the all_reduce check took the rest
+DIGEST_CHARS = 16
+WORKSPACE_VARIABLE = "CUBLAS_WORKSPACE_CONFIG"
+WORKSPACE_DETERMINISTIC = ":4096:8"  # what torch's reproducibility notes ask for
+
+# Unit roundoff of each dtype's products (TF32 rounds fp32 inputs to a 10-bit mantissa).
+UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "tf32": 2.0 ** -11, "fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
+          "bf16": torch.bfloat16}
+# The largest integer each dtype holds exactly: an all_reduce of integers below it is exact.
+EXACT_INTEGER = {"fp32": 1 << 24, "fp16": 1 << 11, "bf16": 1 << 8}
+CPU_ALL_REDUCE_BYTES = (4 << 10, 1 << 20)
+# Under NCCL's LL threshold, in LL128's range, and well into Simple's.
+GPU_ALL_REDUCE_BYTES = (4 << 10, 1 << 20, 64 << 20)
+
+
+def prepare_environment() -> None:
+    """cuBLAS reads its workspace setting when it starts: set it before the first product."""
+    os.environ.setdefault(WORKSPACE_VARIABLE, WORKSPACE_DETERMINISTIC)
+
+
+def device_dtypes(device: torch.device) -> list[str]:
+    """The dtypes this device trains in."""
+    if device.type != "cuda":
+        return ["fp32", "bf16"]
+    major, _ = torch.cuda.get_device_capability(device)
+    names = []
+    if major >= 8 and torch.cuda.is_bf16_supported():
+        names.append("bf16")
+    if major >= 6:
+        names.append("fp16")
+    names.append("fp32")
+    if major >= 8:
+        names.append("tf32")
+    return names
+
+
+def driver_version() -> str:
+    """The NVIDIA kernel driver's version (/proc/driver/nvidia/version), or "?"."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8", errors="replace") as handle:
+            words = handle.readline().split()
+    except OSError:
+        return "?"
+    numbers = [w for w in words if w[:1].isdigit() and "." in w]
+    return numbers[0] if numbers else "?"
+
+
+def device_identity(device: torch.device, host: str, rank: Optional[int]) -> dict[str, Any]:
+    """Where the device is (for messages) and its group: the ranks that must agree bit for bit
+    (device model, driver and library versions)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        bus = "%04x:%02x:%02x.0" % (getattr(props, "pci_domain_id", 0),
+                                    getattr(props, "pci_bus_id", 0),
+                                    getattr(props, "pci_device_id", 0))
+        uuid = str(getattr(props, "uuid", "")) or "?"
+        # the SM count too: a MIG slice or a cut-down part picks other cuBLAS kernels
+        group = (f"{props.name} sm{props.major}{props.minor} x{props.multi_processor_count} | "
+                 f"driver {driver_version()} | "
+                 f"torch {torch.__version__} | cuda {torch.version.cuda} | "
+                 f"cudnn {torch.backends.cudnn.version()}")
+        return {"where": f"GPU {device.index} on {host} (uuid {uuid}, bus {bus}, rank {rank})",
+                "group": group, "uuid": uuid, "bus_id": bus, "device_model": props.name}
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+    model = cpu_model()
+    return {"where": f"rank {rank} on {host} (cpu)", "device_model": model,
+            "group": f"{model} | {capability} | torch {torch.__version__}"}
+
+
+# -- fingerprints: exact, on the device ---------------------------------------------------------
+
+class Fingerprints:
+    """Exact fingerprints of tensors' bit patterns, computed where the tensors are.
+
+    Every element is viewed as 16-bit halves; the fingerprint is the sum of each half (0..65535)
+    times an odd weight below 2^23 for its position, in int64. With fewer than 2^24 halves the
+    sum cannot overflow, so it is exact, and changing any one half changes it (an odd weight
+    times a non-zero difference below 2^16 is never zero)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.weights: dict[int, torch.Tensor] = {}
+
+    def of(self, tensor: torch.Tensor) -> torch.Tensor:
+        halves = tensor.contiguous().view(-1).view(torch.int16)
+        count = halves.numel()
+        weights = self.weights.get(count)
+        if weights is None:
+            position = torch.arange(count, dtype=torch.int64, device=self.device)
+            weights = (position * 2654435761 % (1 << 22)) * 2 + 1
+            self.weights[count] = weights
+        return (halves.to(torch.int64) & 0xFFFF).mul(weights).sum()
+
+
+def digest(values: list[int]) -> str:
+    return hashlib.sha256(",".join(map(str, values)).encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def error_bound(unit: float, inner: int) -> float:
+    """gamma_{k+1} = (k+1)u / (1 - (k+1)u): the worst relative error of a dot product of length
+    k rounded to the dtype, whatever the summation order (the +1: the result's own rounding)."""
+    grown = (inner + 1) * unit
+    return grown / (1.0 - grown)
+
+
+class ProductChain:
+    """One dtype's products: a chain of ``CHAIN_LENGTH`` products (each fed the last result),
+    a batched product, and a small product checked against float64."""
+
+    def __init__(self, name: str, device: torch.device, size: int) -> None:
+        dtype = DTYPES[name]
+        generator = torch.Generator().manual_seed(SEED)
+        scale = 1.0 / math.sqrt(size)  # keeps the chain's values near 1: no overflow in fp16
+
+        def inputs(*shape: int, scaled: float = 1.0) -> torch.Tensor:
+            return (torch.randn(*shape, generator=generator) * scaled).to(dtype).to(device)
+
+        self.name = name
+        self.device = device
+        self.start = inputs(size, size)
+        self.factors = [inputs(size, size, scaled=scale) for _ in range(CHAIN_LENGTH)]
+        batch = 4
+        self.batched = (inputs(batch, size // batch, size // batch),
+                        inputs(batch, size // batch, size // batch, scaled=scale * 2))
+        self.small = (inputs(REFERENCE_M, REFERENCE_K), inputs(REFERENCE_K, REFERENCE_M))
+        a64, b64 = (t.cpu().double() for t in self.small)
+        # the reference and its bound by elementwise products and sums, never a matmul: the
+        # code under test is not its own judge
+        self.reference = (a64[:, :, None] * b64[None, :, :]).sum(dim=1)
+        magnitude = (a64.abs()[:, :, None] * b64.abs()[None, :, :]).sum(dim=1)
+        bound = error_bound(UNIT_ROUNDOFF[name], REFERENCE_K)
+        self.tolerance = magnitude * bound + 1e-30
+        self.fingerprints = Fingerprints(device)
+
+    def repetition(self) -> tuple[str, bool, bool]:
+        """One repetition: (digest of every result's bits, any NaN/Inf, small product off the
+        float64 reference)."""
+        prints = []
+        nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
+        x = self.start
+        for factor in self.factors:
+            x = torch.matmul(x, factor)
+            prints.append(self.fingerprints.of(x))
+            nonfinite += (~torch.isfinite(x)).sum()
+        batched = torch.bmm(*self.batched)
+        prints.append(self.fingerprints.of(batched))
+        nonfinite += (~torch.isfinite(batched)).sum()
+        small = torch.matmul(*self.small)
+        prints.append(self.fingerprints.of(small))
+        values = torch.stack([*prints, nonfinite]).tolist()  # the one sync of the repetition
+        got = small.double().cpu()
+        finite = bool(torch.isfinite(got).all())
+        off = finite and bool(((got - self.reference).abs() > self.tolerance).any())
+        return digest(values[:-1]), bool(values[-1]) or not finite, off
+
+
+def run_products(name: str, device: torch.device, deadline: float) -> dict[str, Any]:
+    """Repetitions of one dtype's products until ``deadline`` (a ``time.perf_counter()``),
+    ``MIN_REPS``..``MAX_REPS`` of them; building the inputs counts against it."""
+    chain = ProductChain(name, device, GPU_N if device.type == "cuda" else CPU_N)
+    digests: dict[str, int] = {}
+    nonfinite = reference_bad = reps = 0
+    while reps < MIN_REPS or (reps < MAX_REPS and time.perf_counter() < deadline):
+        value, bad, off = chain.repetition()
+        digests[value] = digests.get(value, 0) + 1
+        nonfinite += bad
+        reference_bad += off
+        reps += 1
+    return {"reps": reps, "digests": digests, "nonfinite": nonfinite,
+            "reference_bad": reference_bad}
+
+
+def set_deterministic(mode: bool, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` for eager ops: the public function also imports
+    inductor's config (about 800 modules, a second of CPU per rank) for compiled code, which
+    these products are not."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
+class NumericSettings:
+    """Deterministic algorithms, one CPU thread, TF32 as a dtype asks; restored on exit."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> "NumericSettings":
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
+        self.warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        self.threads = torch.get_num_threads()
+        set_deterministic(True, warn_only=True)
+        self.saved_tf32 = torch.backends.cuda.matmul.allow_tf32
+        if self.device.type != "cuda":
+            torch.set_num_threads(1)
+        return self
+
+    def allow_tf32(self, allowed: bool) -> None:
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = allowed
+
+    def __exit__(self, *exc: Any) -> None:
+        set_deterministic(self.deterministic, warn_only=self.warn_only)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.saved_tf32
+        else:
+            torch.set_num_threads(self.threads)
+
+
+def check_products(device: torch.device, seconds: float) -> dict[str, Any]:
+    """Every dtype's repetitions, sharing ``seconds``: each dtype ends at its share's end, so
+    time one overran is taken from the next."""
+    names = device_dtypes(device)
+    results = {}
+    begin = time.perf_counter()
+    with NumericSettings(device) as settings:
+        for index, name in enumerate(names):
+            settings.allow_tf32(name == "tf32")
+            results[name] = run_products(name, device,
+                                         begin + seconds * (index + 1) / len(names))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+# -- all_reduce with a known exact result -------------------------------------------------------
+
+def all_reduce_pattern(elements: int, rank: int, levels: int,
+                       device: torch.device) -> torch.Tensor:
+    """Rank ``rank``'s integers: (7i + 3 rank) mod ``levels`` at position i (int64)."""
+    position = torch.arange(elements, dtype=torch.int64, device=device)
+    return (position * 7 + 3 * rank) % levels
+
+
+def all_reduce_expected(elements: int, world: int, levels: int,
+                        device: torch.device) -> torch.Tensor:
+    """The exact sum of every rank's pattern: (7i + 3r) mod levels repeats every ``levels``
+    ranks (3 and ``levels`` are coprime), each full cycle adding 0 + 1 + ... + levels-1."""
+    full, rest = divmod(world, levels)
+    total = torch.full((elements,), full * levels * (levels - 1) // 2, dtype=torch.int64,
+                       device=device)
+    for rank in range(rest):
+        total += all_reduce_pattern(elements, rank, levels, device)
+    return total
+
+
+def pattern_levels(name: str, world: int) -> Optional[int]:
+    """The largest pattern whose every partial sum is exact in the dtype (None: none is)."""
+    limit = EXACT_INTEGER[name]
+    for levels in (5, 2):
+        if (levels - 1) * world <= limit:
+            return levels
+    return None
+
+
+def check_all_reduce(device: torch.device, rank: int, world: int,
+                     all_reduce: Callable[[torch.Tensor], Any]) -> list[dict[str, Any]]:
+    """all_reduce of known integers per dtype and size: the wrong elements this rank got."""
+    sizes = GPU_ALL_REDUCE_BYTES if device.type == "cuda" else CPU_ALL_REDUCE_BYTES
+    names = [n for n in device_dtypes(device) if n in EXACT_INTEGER]
+    results = []
+    for name in names:
+        dtype = DTYPES[name]
+        levels = pattern_levels(name, world)
+        for nbytes in sizes:
+            elements = nbytes // torch.finfo(dtype).bits * 8
+            entry: dict[str, Any] = {"dtype": name, "bytes": nbytes}
+            if levels is None:
+                entry["skipped"] = f"{world} ranks overflow {name}'s exact integers"
+                results.append(entry)
+                continue
+            tensor = all_reduce_pattern(elements, rank, levels, device).to(dtype)
+            all_reduce(tensor)
+            wrong = tensor.to(torch.int64) != all_reduce_expected(elements, world, levels,
+                                                                  device)
+            count = int(wrong.sum().item())
+            entry["wrong"] = count
+            if count:
+                entry["first_wrong"] = int(wrong.nonzero()[0, 0].item())
+            results.append(entry)
+    return results
+
+
+def numerics_check(device: torch.device, host: str, rank: Optional[int], world: int,
+                   seconds: float, all_reduce: Callable[[torch.Tensor], Any]) -> dict[str, Any]:
+    """This rank's numerics record: who it is, its products' digests, its all_reduce check."""
+    begin = time.perf_counter()
+    record = device_identity(device, host, rank)
+    record["all_reduce"] = check_all_reduce(device, rank or 0, world, all_reduce)
+    # the products get what the all_reduce left of the budget (a floor of MIN_REPS each), so
+    # the whole check keeps to about ``seconds`` however slow the network is
+    left = max(seconds - (time.perf_counter() - begin), seconds * MIN_PRODUCTS_SHARE)
+    record["products"] = check_products(device, left)
+    record["seconds"] = round(time.perf_counter() - begin, 3)
+    return record
