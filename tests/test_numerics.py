@@ -241,7 +241,7 @@ def test_skip_and_seconds_reach_the_probe_command():
     from ddpcheck.cli import build_parser
     from ddpcheck.commands.preflight import preflight_options
     from ddpcheck.model.spec import Backend
-    from ddpcheck.plan.commands import probe_program
+    from ddpcheck.plan.cmdlines import probe_program
 
     parser = build_parser()
 

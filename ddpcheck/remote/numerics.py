@@ -7,7 +7,7 @@ that an intermittent fault shows. Each repetition's results are fingerprinted by
 patterns (exactly: a weighted sum of every 16-bit half of every element, in int64, on the
 device) and hashed; a small product in each repetition is also checked against a float64
 reference computed without matmul, within a bound set by the dtype; NaN and Inf are counted.
-``analyze`` (``remote.numerics_vote``) compares the digests of ranks whose device model, driver
+``analyze`` (``core.numerics_vote``) compares the digests of ranks whose device model, driver
 and library versions agree: they must agree bit for bit.
 
 Before the products, an all_reduce whose exact result is known, in each training dtype, at sizes
