@@ -158,6 +158,8 @@ def test_generated_configs_resolve_as_ssh_G(text: str, tmp_path_factory) -> None
 
 @pytest.mark.parametrize("text,host", [
     ("Host node1\n  User alice # admin\n  Port 2222 # ssh\n", "node1"),
+    # a negated "Match final" also asks for the second pass, where Host matches the lowered name
+    ("Host node1\n  HostKeyAlias Alias1\nMatch !final\n", "Node1"),
     ("Host node[1-2]\n  User literal\nHost node1\n  User class\n", "node1"),
     ("Host node[1-2]\n  User literal\n", "node[1-2]"),
     ("Match host NODE1\n  User upper\n", "node1"),

@@ -638,7 +638,9 @@ def _match(args: tuple[str, ...], options: _Options, state: _Pass) -> bool:
             return (not negate) if result else False
         attributes += 1
         if name in ("canonical", "final"):
-            if name == "final" and not negate:
+            # readconf.c of OpenSSH 9.2 (what ssh -G answers here) asks for the final pass on
+            # "Match final" whether or not it is negated: "Match !final" re-reads too.
+            if name == "final":
                 state.want_final = True
             if state.final == negate:
                 result = False
