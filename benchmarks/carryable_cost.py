@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 from dataclasses import replace
 from unittest import mock
 
@@ -24,6 +23,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
 from test_report_scale import cluster  # noqa: E402
+from report_scale import cpu_time  # noqa: E402
 
 from ddpcheck.model.records import Finding, Severity  # noqa: E402
 from ddpcheck.report import machine, prometheus  # noqa: E402
@@ -34,15 +34,6 @@ RENDERERS = {
     "csv": machine.render_csv,
     "prom": lambda r: prometheus.render_prom(r, now=0.0),
 }
-
-
-def cpu_time(render, report, reps: int = 5) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        start = time.process_time()
-        render(report)
-        best = min(best, time.process_time() - start)
-    return best
 
 
 def main() -> None:
@@ -57,10 +48,10 @@ def main() -> None:
           f"{len(report.ranks)} ranks, {len(report.findings)} findings)")
     print("|---|---|---|---|")
     for name, render in RENDERERS.items():
-        shipped = cpu_time(render, report)
+        shipped = cpu_time(render, report, reps=5)
         with mock.patch.object(machine, "carryable", lambda text, limit=0: text), \
                 mock.patch.object(prometheus, "carryable", lambda text, limit=0: text):
-            bare = cpu_time(render, report)
+            bare = cpu_time(render, report, reps=5)
         print(f"| {name} | {shipped:.3f} | {bare:.3f} | {shipped / bare:.2f} |")
 
 

@@ -149,6 +149,21 @@ def test_a_log_gets_plain_lines_during_a_long_stage_and_q_gets_nothing(tmp_path)
     assert quiet_err == "" and quiet_out.startswith("# Verdict: OK")
 
 
+def interrupt_after_rows(proc: subprocess.Popen, rows: int) -> tuple[list[int], str, str]:
+    """Read a running sweep's stderr until ``rows`` rows streamed, then Ctrl-C it: the sizes
+    streamed, and the rest of its stdout and stderr."""
+    assert proc.stderr is not None
+    streamed: list[int] = []
+    for line in proc.stderr:
+        if re.search(r"\] all_reduce +\d+ +\d+ float", line):
+            streamed.append(int(line.split()[4]))
+            if len(streamed) == rows:
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return streamed, out, err
+
+
 def test_bandwidth_rows_stream_as_measured_and_an_interrupted_sweep_keeps_them(tmp_path):
     """Sizes up to 512 MB on gloo take minutes: Ctrl-C once three rows came. They came on
     stderr while the sweep ran, and the report (table and JSON) has every row shown."""
@@ -156,15 +171,7 @@ def test_bandwidth_rows_stream_as_measured_and_an_interrupted_sweep_keeps_them(t
     proc = start("bandwidth", "--ops", "all_reduce", "-b", "1K", "-e", "512M", "-n", "3",
                  "-w", "1", "--json", str(report_path), stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    streamed = []
-    for line in proc.stderr:
-        if re.search(r"\] all_reduce +\d+ +\d+ float", line):
-            streamed.append(int(line.split()[4]))
-            if len(streamed) == 3:
-                break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    streamed, out, err = interrupt_after_rows(proc, 3)
     assert proc.returncode == 130, err + out
     assert streamed[:3] == [1024, 2048, 4096]
     report = json.loads(report_path.read_text())
@@ -186,15 +193,7 @@ def test_rows_stream_over_ssh_and_ctrl_c_keeps_them(ns_cluster, tmp_path):
     proc = start("bandwidth", str(hosts_yaml), "--ops", "all_reduce", "-b", "1K", "-e", "512M",
                  "-n", "3", "-w", "1", "--json", str(report_path), stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    streamed = []
-    for line in proc.stderr:
-        if re.search(r"\] all_reduce +\d+ +\d+ float", line):
-            streamed.append(int(line.split()[4]))
-            if len(streamed) == 2:
-                break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    streamed, out, err = interrupt_after_rows(proc, 2)
     assert proc.returncode == 130, err + out
     report = json.loads(report_path.read_text())
     sizes = [row["bytes"] for row in report["collectives"]]

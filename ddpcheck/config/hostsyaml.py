@@ -156,16 +156,7 @@ def parse_config_defaults(text: str, source: str) -> ConfigDefaults:
                                        "instead)"))
         top = _mapping(root, "", CONFIG_KEYS + ("hosts",), problems)
         top.pop("hosts", None)
-        fields = problems.attempt(lambda: _host_fields(top["defaults"][1], "defaults",
-                                                       DEFAULT_KEYS, problems), {}) \
-            if "defaults" in top else {}
-        ssh = problems.attempt(lambda: _ssh(top["ssh"][1], problems), SSHSpec()) \
-            if "ssh" in top else SSHSpec()
-        rendezvous = problems.attempt(lambda: _rendezvous(top["rendezvous"][1], problems),
-                                      _Rendezvous()) if "rendezvous" in top else _Rendezvous()
-        backend = Backend(problems.attempt(lambda: _choice(
-            top["backend"][1], "backend", tuple(b.value for b in Backend)), "auto")) \
-            if "backend" in top else Backend.AUTO
+        fields, ssh, rendezvous, backend = _settings(top, problems)
     except _Invalid as exc:
         problems.found.append(exc)
     problems.raise_for(source)
@@ -461,15 +452,10 @@ class _Rendezvous:
     port: int = DEFAULT_RENDEZVOUS_PORT
 
 
-def _cluster(root: Optional[Node], source: str, problems: _Problems) -> ClusterSpec:
-    """The whole file; each section, key and host read on past the problems of the others
-    (kept in ``problems``), so that one run names them all."""
-    if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
-        raise _Invalid("the file is empty; at least 'hosts' is required", 1, "hosts")
-    if not isinstance(root, MappingNode):
-        _fail(root, None, f"the top level must be a mapping with keys {', '.join(TOP_KEYS)}; "
-                          f"got {_describe(root)}")
-    top = _mapping(root, "", TOP_KEYS, problems)
+def _settings(top: Mapping[str, Any], problems: _Problems
+              ) -> tuple[dict[str, Any], SSHSpec, _Rendezvous, Backend]:
+    """The sections hosts.yaml and ``--config`` share (defaults, ssh, rendezvous, backend),
+    each read on past the problems of the others; an absent section is its default."""
     defaults = problems.attempt(lambda: _host_fields(top["defaults"][1], "defaults",
                                                      DEFAULT_KEYS, problems), {}) \
         if "defaults" in top else {}
@@ -480,6 +466,19 @@ def _cluster(root: Optional[Node], source: str, problems: _Problems) -> ClusterS
     backend = Backend(problems.attempt(lambda: _choice(
         top["backend"][1], "backend", tuple(b.value for b in Backend)), "auto")) \
         if "backend" in top else Backend.AUTO
+    return defaults, ssh, rendezvous, backend
+
+
+def _cluster(root: Optional[Node], source: str, problems: _Problems) -> ClusterSpec:
+    """The whole file; each section, key and host read on past the problems of the others
+    (kept in ``problems``), so that one run names them all."""
+    if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
+        raise _Invalid("the file is empty; at least 'hosts' is required", 1, "hosts")
+    if not isinstance(root, MappingNode):
+        _fail(root, None, f"the top level must be a mapping with keys {', '.join(TOP_KEYS)}; "
+                          f"got {_describe(root)}")
+    top = _mapping(root, "", TOP_KEYS, problems)
+    defaults, ssh, rendezvous, backend = _settings(top, problems)
     if "hosts" not in top:
         _fail(root, "hosts", "required: the list of hosts to check")
     before = len(problems.found)
