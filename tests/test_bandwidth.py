@@ -20,7 +20,7 @@ from ddpcheck.core.busbw import ALL_COLLECTIVES, Collective, CollectiveRow
 from ddpcheck.plan.pairing import circle_rounds
 from ddpcheck.plan.cmdlines import LaunchOptions
 from ddpcheck.model.records import HostRecord, RankRecord, Verdict
-from ddpcheck.report.table import Report
+from ddpcheck.model.report import Report
 from ddpcheck.model.spec import Backend, ClusterSpec, HostSpec
 from ddpcheck.model.outcomes import CommandResult
 

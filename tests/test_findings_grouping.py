@@ -9,7 +9,8 @@ from ddpcheck.analyze import health
 from ddpcheck.analyze.verdict import order_findings
 from ddpcheck.model.records import HostRecord, RankRecord, Stage, Verdict
 from ddpcheck.report.bandwidth import render_bandwidth
-from ddpcheck.report.table import Report, render_table, to_json
+from ddpcheck.report.table import render_table, to_json
+from ddpcheck.model.report import Report
 
 
 def eight_hosts_report(hostnames, command="preflight"):

@@ -27,7 +27,8 @@ from ddpcheck.commands.common import write_report
 from ddpcheck.model.records import Finding, HostRecord, Severity
 from ddpcheck.report.machine import MAX_FIELD_CHARS, carryable, render_csv, render_junit
 from ddpcheck.report.prometheus import label_value, render_prom
-from ddpcheck.report.table import Report, to_json
+from ddpcheck.report.table import to_json
+from ddpcheck.model.report import Report
 
 JUNIT_XSD = Path(__file__).parent / "fixtures" / "junit-10.xsd"
 HOSTILE = ["\x1b[31m", "\x1b[0m", "\x1b]0;title\x07", "\x1b", "\x00", "\x0c", "\x0b", "\x7f",

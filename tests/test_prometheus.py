@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_report import failed_report, healthy_report
 
 from ddpcheck.report.prometheus import render_prom
-from ddpcheck.report.table import Report
+from ddpcheck.model.report import Report
 
 PROMTOOL = shutil.which("promtool")
 

@@ -12,7 +12,8 @@ from goldenfile import check_golden
 
 from ddpcheck.model.records import (Finding, HostRecord, RankRecord, RankStatus, Severity,
                               Verdict)
-from ddpcheck.report.table import SCHEMA, Report, render_table, to_json, to_json_dict
+from ddpcheck.report.table import SCHEMA, render_table, to_json, to_json_dict
+from ddpcheck.model.report import Report
 
 # The interface contract users rely on.
 INTERFACE = Path(__file__).resolve().parents[1] / "docs" / "interface.md"

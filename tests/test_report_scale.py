@@ -20,7 +20,8 @@ from ddpcheck.model.checks import EXIT_CODES
 from ddpcheck.model.records import HostRecord, RankRecord, RankStatus
 from ddpcheck.report.grouping import group_hosts, hostlist_text, int_ranges, merge_findings
 from ddpcheck.report.machine import render_csv, render_junit
-from ddpcheck.report.table import Report, render_table, to_json_dict
+from ddpcheck.report.table import render_table, to_json_dict
+from ddpcheck.model.report import Report
 
 HOSTS = 1024
 SLOTS = 8

@@ -18,7 +18,7 @@ from ..core.argtypes import (at_least, collectives, fraction, message_size, non_
                              positive)
 from ..core.busbw import ALL_COLLECTIVES, Collective, element_count, message_sizes, parse_size
 from ..report.bandwidth import PLOT_INSTALL_HINT
-from ..report.table import Report
+from ..model.report import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options, add_output_options,
                      add_prom_option, check_output_paths, error_text, load_spec_from_args,
                      run_reported)

@@ -26,7 +26,8 @@ from ..model.errors import ConfigError, DdpcheckError
 from ..model.records import Verdict
 from ..model.spec import ClusterSpec
 from ..core.argtypes import positive
-from ..report.table import DEFAULT_TABLE_FORMAT, Report, footer_line, render_table, to_json
+from ..report.table import DEFAULT_TABLE_FORMAT, footer_line, render_table, to_json
+from ..model.report import Report
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "add_common_options", "add_inventory_options",
            "add_output_options", "error_text", "load_spec_from_args", "run_reported",

@@ -28,7 +28,7 @@ from ..core.agentargs import DCGM_DEADLINE_S, TORCH_IMPORT
 from ..core.argtypes import at_least, parse_since, positive
 from ..model.checks import EXIT_CODES
 from ..model.records import Finding, HostRecord, Severity, Stage
-from ..report.table import Report
+from ..model.report import Report
 
 DEFAULT_TIMEOUT_S = 30.0
 SCONTROL_TIMEOUT_S = 20.0

@@ -14,7 +14,7 @@ from ..core.agentargs import DCGM_DEADLINE_S
 from ..core.argtypes import at_least, positive
 from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec
-from ..report.table import Report
+from ..model.report import Report
 from .common import (EXIT_USAGE, add_common_options, add_inventory_options,
                      add_output_options, add_prom_option, error_text, load_spec_from_args,
                      run_reported)

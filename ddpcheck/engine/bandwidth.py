@@ -27,7 +27,7 @@ from ..plan.bandwidth import PAIR_SLOTS, SWEEP_TIMEOUT_S, PairLaunch, plan_round
 from ..plan.cmdlines import LaunchOptions, RankProgram
 from ..plan.pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, next_round
 from ..report.bandwidth import streamed_header, streamed_row_line
-from ..report.table import Report
+from ..model.report import Report
 from .launchers import HostJob, SSHLauncher
 from .preflight import PreflightOptions, Probe, base_report
 from ..report.progress import Progress

@@ -27,7 +27,7 @@ from ..model.records import HostRecord, Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.cmdlines import remote_command
 from ..report.hang import job_json, jobs_master
-from ..report.table import Report
+from ..model.report import Report
 from .launchers import HostStep, Launcher, SSHLauncher
 from ..report.progress import Progress
 from .run import Engine

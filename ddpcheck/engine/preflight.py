@@ -16,7 +16,7 @@ from ..model.checks import EXIT_CODES
 from ..model.records import HostRecord
 from ..model.spec import ClusterSpec
 from ..plan.cmdlines import LaunchOptions
-from ..report.table import Report
+from ..model.report import Report
 from .launchers import HostStep, Launcher, SSHLauncher
 from ..report.progress import Progress
 from .run import Engine, record_launch

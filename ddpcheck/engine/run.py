@@ -27,7 +27,7 @@ from ..model.records import HostRecord, Severity, Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.cmdlines import (RendezvousBesideStage0, global_ranks, rendezvous_beside_stage0,
                              resolve_backend, stage0_command)
-from ..report.table import Report
+from ..model.report import Report
 from ..transport.limits import ensure_open_files
 from .launchers import HostStep, Launcher, RendezvousResults
 from ..report.progress import Progress

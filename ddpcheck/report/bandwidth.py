@@ -16,7 +16,8 @@ from ..core.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, 
                           row_from_dict)
 from ..model.errors import DdpcheckError
 from .grouping import FULL_TABLE_MAX_RANKS, group_hosts, hostlist_text
-from .table import Report, findings_lines, footer_line, header_lines
+from .table import findings_lines, footer_line, header_lines
+from ..model.report import Report
 
 PLOT_INSTALL_HINT = "pip install 'ddpcheck[plot]'"
 _REDOP = {Collective.ALL_REDUCE: "sum", Collective.REDUCE_SCATTER: "sum"}

@@ -11,7 +11,8 @@ from tabulate import tabulate
 
 from ..analyze.hang import Frame, JobVerdict, collective_of, user_frame
 from .grouping import FULL_TABLE_MAX_RANKS, HANG_HEADERS, hang_rows
-from .table import DEFAULT_TABLE_FORMAT, Report, findings_lines, footer_line
+from .table import DEFAULT_TABLE_FORMAT, findings_lines, footer_line
+from ..model.report import Report
 
 
 def jobs_master(jobs: tuple[JobVerdict, ...]) -> Optional[str]:

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from ..analyze.verdict import summary_line
 from ..model.records import Finding, HostRecord, RankRecord, Severity
 from .grouping import ranks_by_host
-from .table import Report
+from ..model.report import Report
 
 CSV_COLUMNS = ("host", "address", "reachable", "hostname", "slots", "gpus", "rank",
                "local_rank", "pid", "device", "status", "stage", "barrier_us", "allreduce_us",

@@ -11,7 +11,8 @@ from typing import Any, Mapping, Sequence
 from tabulate import tabulate
 
 from ..analyze.health import format_size
-from .table import Report, findings_lines, footer_line
+from .table import findings_lines, footer_line
+from ..model.report import Report
 
 
 def render_node(report: Report, verbose: bool = False) -> str:

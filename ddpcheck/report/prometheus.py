@@ -26,7 +26,7 @@ from typing import Iterable, Optional
 
 from ..model.records import Severity, Verdict
 from .machine import CLUSTER_CASE, _checks, carryable
-from .table import Report
+from ..model.report import Report
 
 PREFIX = "ddpcheck"
 

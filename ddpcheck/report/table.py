@@ -1,4 +1,4 @@
-"""Report: the run's records -> the cluster-wide table (stdout) and the JSON report.
+"""The report (``model.report.Report``) -> the cluster-wide table (stdout) and the JSON report.
 
 Pure. The table reads like nccl-tests: a ``#`` header with parameters and versions, a row per
 rank grouped by host, the findings with the root cause first, and a verdict footer. Past
@@ -11,12 +11,12 @@ Linear in hosts + ranks + findings.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from tabulate import tabulate
 
 from ..model.records import Finding, HostRecord, RankRecord, Verdict
+from ..model.report import Report
 from .grouping import (FULL_TABLE_MAX_RANKS, Grouping, group_hosts, hostlist_text, hosts_text,
                        merge_findings, ranks_by_host)
 
@@ -38,27 +38,6 @@ def paint(text: str, state: str, color: bool) -> str:
     if not color or name is None:
         return text
     return f"{_COLORS[name]}{text}{_RESET}"
-
-
-@dataclass(frozen=True)
-class Report:
-    command: str
-    verdict: Verdict
-    exit_code: int
-    duration_s: float
-    backend: Optional[str]
-    world_size: Optional[int]
-    expected_world_size: Optional[int]
-    hosts: tuple[HostRecord, ...]
-    ranks: tuple[RankRecord, ...]
-    findings: tuple[Finding, ...]
-    source: str = ""
-    master: Optional[str] = None
-    collectives: tuple[dict[str, Any], ...] = field(default_factory=tuple)
-    pairs: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # bandwidth --pairwise
-    stacks: Mapping[str, str] = field(default_factory=dict)  # hang: rank -> stack
-    # Command-specific top-level JSON sections (never one of the keys above).
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def to_json_dict(report: Report) -> dict[str, Any]:
