@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import argparse
 import textwrap
 from dataclasses import fields
 
 import pytest
 
-from ddpcheck.commands.common import load_spec_from_args
+from ddpcheck.commands.common import InventoryOptions, load_spec
 from ddpcheck.config.hostsyaml import (ConfigDefaults, load_config_defaults, parse_config_defaults,
                              parse_hosts_yaml)
 from ddpcheck.model.errors import ConfigError
@@ -166,24 +165,24 @@ def test_slurm_entries_from_the_environment() -> None:
         slurm_entries({"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_TASKS_PER_NODE": "2(x3)"})
 
 
-def args(**given) -> argparse.Namespace:
+def args(**given) -> InventoryOptions:
     base = dict(hosts=None, hostfile=None, slurm=False, hostlist=None, config=None,
                 ssh_config="none", launcher="ssh")
-    return argparse.Namespace(**{**base, **given})
+    return InventoryOptions(**{**base, **given})
 
 
 def test_load_spec_from_args_picks_one_inventory(tmp_path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG)
-    spec = load_spec_from_args(args(hostlist=["node[01-02]"], config=str(config)))
+    spec = load_spec(args(hostlist=["node[01-02]"], config=str(config)))
     assert [h.name for h in spec.hosts] == ["node01", "node02"]
     assert [h.user for h in spec.hosts] == ["alice", "alice"]
     assert spec.source == "-w node[01-02]"
-    assert load_spec_from_args(args()).local
+    assert load_spec(args()).local
     env = {"SLURM_JOB_NODELIST": "node[01-03]", "SLURM_JOB_ID": "5", "USER": "bob"}
-    slurm = load_spec_from_args(args(slurm=True, config=str(config)), env)
+    slurm = load_spec(args(slurm=True, config=str(config)), env)
     assert [h.name for h in slurm.hosts] == ["node01", "node02", "node03"]
-    under_srun = load_spec_from_args(args(launcher="slurm", config=str(config)), env)
+    under_srun = load_spec(args(launcher="slurm", config=str(config)), env)
     assert [h.name for h in under_srun.hosts] == ["node01", "node02", "node03"]
 
 
@@ -195,7 +194,7 @@ def test_load_spec_from_args_picks_one_inventory(tmp_path) -> None:
 ])
 def test_load_spec_from_args_rejects_mixtures(given, words) -> None:
     with pytest.raises(ConfigError, match="^command line: ") as caught:
-        load_spec_from_args(args(**given))
+        load_spec(args(**given))
     assert words in str(caught.value)
 
 

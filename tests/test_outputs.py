@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
@@ -123,7 +122,7 @@ def test_use_color(monkeypatch, choice, tty, env, expected) -> None:
     monkeypatch.setenv("TERM", "xterm")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert use_color(argparse.Namespace(color=choice), Stream(tty)) is expected
+    assert use_color(choice, Stream(tty)) is expected
 
 
 JUNIT_XSD = Path(__file__).parent / "fixtures" / "junit-10.xsd"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from typing import Optional
 
 from ..analyze.bandwidth import DEFAULT_SLOW_FRACTION
@@ -19,9 +20,9 @@ from ..core.argtypes import (at_least, collectives, fraction, message_size, non_
 from ..core.busbw import ALL_COLLECTIVES, Collective, element_count, message_sizes, parse_size
 from ..report.bandwidth import PLOT_INSTALL_HINT
 from ..model.report import Report
-from .common import (EXIT_USAGE, add_common_options, add_inventory_options, add_output_options,
-                     add_prom_option, check_output_paths, error_text, load_spec_from_args,
-                     run_reported)
+from .common import (EXIT_USAGE, InventoryOptions, OutputOptions, TableStyle,
+                     add_common_options, add_inventory_options, add_output_options,
+                     add_prom_option, check_output_paths, error_text, load_spec, run_reported)
 
 
 def dry_run_text(spec: ClusterSpec, options) -> str:
@@ -99,84 +100,128 @@ def register(sub) -> None:
     parser.set_defaults(run=bandwidth_command)
 
 
-def bandwidth_options(args: argparse.Namespace, spec: Optional[ClusterSpec]):
-    """Options from the command line; ConfigError for a combination that cannot run."""
+@dataclass(frozen=True)
+class BandwidthCommandOptions:
+    """Everything ``ddpcheck bandwidth`` was asked, as parsed; ``bandwidth_options`` turns it
+    into the workload's options once the spec is known (the default deadline depends on the
+    number of hosts)."""
+    inventory: InventoryOptions
+    output: OutputOptions
+    dry_run: bool
+    verbose: bool
+    timeout: Optional[float]  # None: from the plan (sweep, or pairwise rounds)
+    ops: Optional[tuple[Collective, ...]]  # None: all (with pairwise: all_reduce)
+    minbytes: int
+    maxbytes: int
+    stepfactor: int
+    iters: int
+    warmup: int
+    min_busbw: Optional[float]
+    pairwise: Optional[str]  # None, "adaptive" or "all"
+    slow_fraction: float
+    collective_timeout: float
+    rendezvous_timeout: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "BandwidthCommandOptions":
+        return cls(inventory=InventoryOptions.from_args(args),
+                   output=OutputOptions.from_args(args, prom=args.prom, plot=args.plot),
+                   dry_run=args.dry_run, verbose=args.verbose, timeout=args.timeout,
+                   ops=tuple(args.ops) if args.ops else None, minbytes=args.minbytes,
+                   maxbytes=args.maxbytes, stepfactor=args.stepfactor, iters=args.iters,
+                   warmup=args.warmup, min_busbw=args.min_busbw, pairwise=args.pairwise,
+                   slow_fraction=args.slow_fraction,
+                   collective_timeout=args.collective_timeout,
+                   rendezvous_timeout=args.rendezvous_timeout)
+
+
+def bandwidth_options(command: BandwidthCommandOptions, spec: Optional[ClusterSpec]):
+    """The workload's options; ConfigError for a combination that cannot run."""
     from ..analyze.bandwidth import SweepSettings
     from ..engine.bandwidth import BandwidthOptions
     from ..plan.cmdlines import LaunchOptions
 
-    ops = args.ops or ((Collective.ALL_REDUCE,) if args.pairwise else ALL_COLLECTIVES)
-    if args.pairwise and len(ops) != 1:
+    ops = command.ops or ((Collective.ALL_REDUCE,) if command.pairwise else ALL_COLLECTIVES)
+    if command.pairwise and len(ops) != 1:
         raise ConfigError("--pairwise measures one op: give one with --ops", "command line",
                           key="--ops")
     try:
-        sizes = message_sizes(args.minbytes, args.maxbytes, args.stepfactor)
+        sizes = message_sizes(command.minbytes, command.maxbytes, command.stepfactor)
     except ValueError as exc:
         raise ConfigError(str(exc), "command line", key="-b/-e/-f") from None
-    if args.pairwise:
-        sizes = [args.maxbytes]
+    if command.pairwise:
+        sizes = [command.maxbytes]
         if spec is not None and len(spec.hosts) < 2:
             raise ConfigError(f"--pairwise needs at least 2 hosts; {spec.source} has "
                               f"{len(spec.hosts)}", "command line", key="--pairwise")
     if all(element_count(op, size, 1) == 0 for op in ops for size in sizes):
-        raise ConfigError(f"sizes up to {args.maxbytes} B hold no float32 element",
+        raise ConfigError(f"sizes up to {command.maxbytes} B hold no float32 element",
                           "command line", key="-e")
-    timeout = args.timeout or (default_timeout(spec, args.pairwise) if spec else SWEEP_TIMEOUT_S)
+    timeout = command.timeout or (default_timeout(spec, command.pairwise) if spec else SWEEP_TIMEOUT_S)
     return BandwidthOptions(
-        settings=SweepSettings(ops=tuple(ops), sizes=tuple(sizes), iters=args.iters,
-                               warmup=args.warmup, min_busbw_gbs=args.min_busbw,
-                               pairwise=bool(args.pairwise), slow_fraction=args.slow_fraction,
-                               pairing=args.pairwise or "adaptive"),
-        min_bytes=args.minbytes, max_bytes=args.maxbytes, factor=args.stepfactor,
-        timeout_s=timeout, verbose=args.verbose,
+        settings=SweepSettings(ops=tuple(ops), sizes=tuple(sizes), iters=command.iters,
+                               warmup=command.warmup, min_busbw_gbs=command.min_busbw,
+                               pairwise=bool(command.pairwise), slow_fraction=command.slow_fraction,
+                               pairing=command.pairwise or "adaptive"),
+        min_bytes=command.minbytes, max_bytes=command.maxbytes, factor=command.stepfactor,
+        timeout_s=timeout, verbose=command.verbose,
         launch=LaunchOptions(deadline_s=timeout,
-                             rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
-                             collective_timeout_s=max(int(args.collective_timeout), 1)))
+                             rendezvous_timeout_s=max(int(command.rendezvous_timeout), 1),
+                             collective_timeout_s=max(int(command.collective_timeout), 1)))
 
 
 def bandwidth_command(args: argparse.Namespace) -> int:
+    return run_bandwidth_command(BandwidthCommandOptions.from_args(args))
+
+
+def run_bandwidth_command(command: BandwidthCommandOptions) -> int:
     from ..engine.bandwidth import run_bandwidth
     from ..report.progress import Progress
     from ..report.bandwidth import (PlotUnavailable, plot_report, render_bandwidth,
                                     require_matplotlib)
 
-    if not args.dry_run and not check_output_paths(args):
+    plot = command.output.plot
+    if not command.dry_run and not check_output_paths(command.output):
         return EXIT_USAGE
-    if args.plot:
+    if plot:
         try:
             require_matplotlib()
         except PlotUnavailable as exc:
             print(error_text(exc), file=sys.stderr)
             return EXIT_USAGE
     try:
-        spec: Optional[ClusterSpec] = load_spec_from_args(args)
+        spec: Optional[ClusterSpec] = load_spec(command.inventory)
     except ConfigError:
         spec = None  # run_reported reports it, with the file, line and key
     try:
-        options = bandwidth_options(args, spec)
+        options = bandwidth_options(command, spec)
     except ConfigError as exc:
         print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE
-    if args.dry_run:
-        if spec is None:
-            return run_reported(args, lambda s: run_bandwidth(s, options))  # reports the error
+    if command.dry_run:
+        if spec is None:  # run_reported reports the error
+            return run_reported(command.inventory, command.output,
+                                lambda s: run_bandwidth(s, options))
         sys.stdout.write(dry_run_text(spec, options))
         return 0
     reports: list[Report] = []
-    progress = Progress(None if args.quiet else sys.stderr)
+    progress = Progress(None if command.output.quiet else sys.stderr)
 
     def execute(run_spec: ClusterSpec) -> Report:
         report = run_bandwidth(run_spec, options, progress)
         reports.append(report)
         return report
 
-    code = run_reported(args, execute, render_bandwidth)
-    if args.plot and reports:
+    def render(report: Report, style: TableStyle) -> str:
+        return render_bandwidth(report, tablefmt=style.tablefmt)
+
+    code = run_reported(command.inventory, command.output, execute, render)
+    if plot and reports:
         try:
-            wrote = plot_report(reports[0], args.plot)
+            wrote = plot_report(reports[0], plot)
         except (OSError, ValueError) as exc:
-            print(f"ddpcheck: cannot write plot {args.plot}: {exc}", file=sys.stderr)
+            print(f"ddpcheck: cannot write plot {plot}: {exc}", file=sys.stderr)
         else:
-            print(f"ddpcheck: {'wrote plot ' + args.plot if wrote else 'no data to plot'}",
+            print(f"ddpcheck: {'wrote plot ' + plot if wrote else 'no data to plot'}",
                   file=sys.stderr)
     return code

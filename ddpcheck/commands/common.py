@@ -1,11 +1,12 @@
 """The frame every command shares: options, the ClusterSpec from whichever inventory the
-arguments name, and ``run_reported`` (run -> table on stdout, progress on stderr, the report
+options name, and ``run_reported`` (run -> table on stdout, progress on stderr, the report
 files, the exit code). Runs on the launcher.
 
 A command opts into the inventories (``--hostfile``, ``--slurm``, ``-w``, ``--config``,
 ``--ssh-config``) with ``add_inventory_options`` and into the machine outputs (``--format``,
-``--csv``, ``--junit``, ``-q``, ``--color``) with ``add_output_options``; ``run_reported`` and
-``load_spec_from_args`` honour whichever of them the parser has. Errors the user can fix are one
+``--csv``, ``--junit``, ``-q``, ``--color``) with ``add_output_options``, then turns what it
+parsed into ``InventoryOptions`` and ``OutputOptions`` (their ``from_args``, or built field by
+field where the command has fewer options): nothing below the command reads the Namespace. Errors the user can fix are one
 line on stderr with exit 2; never a traceback. Importing this module loads neither the engine
 nor the transport.
 """
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import inspect
 import os
 import socket
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence, TextIO
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, TextIO
 
 from ..model.checks import EXIT_INTERRUPTED, EXIT_USAGE
 from ..model.errors import ConfigError, DdpcheckError
@@ -29,9 +30,65 @@ from ..core.argtypes import positive
 from ..report.table import DEFAULT_TABLE_FORMAT, footer_line, render_table, to_json
 from ..model.report import Report
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "add_common_options", "add_inventory_options",
-           "add_output_options", "error_text", "load_spec_from_args", "run_reported",
-           "usage_error"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "InventoryOptions", "OutputOptions",
+           "TableStyle", "add_common_options", "add_inventory_options", "add_output_options",
+           "error_text", "load_spec", "run_reported", "usage_error"]
+
+
+@dataclass(frozen=True)
+class InventoryOptions:
+    """Where the hosts come from: one of HOSTS, --hostfile, --slurm, -w (none: this machine),
+    with --config's defaults and --ssh-config; ``launcher`` slurm needs no ssh_config."""
+    hosts: Optional[str] = None
+    hostfile: Optional[str] = None
+    slurm: bool = False
+    hostlist: Optional[Sequence[str]] = None
+    config: Optional[str] = None
+    ssh_config: Optional[str] = None
+    launcher: str = "ssh"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, launcher: str = "ssh") -> "InventoryOptions":
+        """For a parser with ``add_common_options`` and ``add_inventory_options``."""
+        return cls(hosts=args.hosts, hostfile=args.hostfile, slurm=args.slurm,
+                   hostlist=tuple(args.hostlist) if args.hostlist else None,
+                   config=args.config, ssh_config=args.ssh_config, launcher=launcher)
+
+
+@dataclass(frozen=True)
+class TableStyle:
+    """How stdout's table is laid out: tabulate's format (None: the renderer's own), colours,
+    a row per rank at any size."""
+    tablefmt: Optional[str] = DEFAULT_TABLE_FORMAT
+    color: bool = False
+    full: bool = False
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """The report files (each None: not asked for), -q, and stdout's table style. ``color`` is
+    the user's choice (auto, always, never), decided against the stream by ``use_color``."""
+    command: str
+    json: Optional[str] = None
+    csv: Optional[str] = None
+    junit: Optional[str] = None
+    prom: Optional[str] = None
+    plot: Optional[str] = None  # written by the command itself; checked with the others
+    quiet: bool = False
+    full: bool = False
+    tablefmt: Optional[str] = DEFAULT_TABLE_FORMAT
+    color: str = "never"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, prom: Optional[str] = None,
+                  plot: Optional[str] = None) -> "OutputOptions":
+        """For a parser with ``add_common_options`` and ``add_output_options``."""
+        return cls(command=args.command, json=args.json, csv=args.csv, junit=args.junit,
+                   prom=prom, plot=plot, quiet=args.quiet, full=args.full,
+                   tablefmt=args.format, color=args.color)
+
+    def style(self, stream: TextIO) -> TableStyle:
+        return TableStyle(self.tablefmt, use_color(self.color, stream), self.full)
 
 
 def add_common_options(parser: argparse.ArgumentParser, timeout_s: float) -> None:
@@ -48,7 +105,7 @@ def add_common_options(parser: argparse.ArgumentParser, timeout_s: float) -> Non
 
 def add_inventory_options(parser: argparse.ArgumentParser,
                           hostlist_flags: Sequence[str] = ("-w",)) -> None:
-    """Inventories users already have, instead of HOSTS (see ``load_spec_from_args``).
+    """Inventories users already have, instead of HOSTS (see ``load_spec``).
     ``hostlist_flags``: where ``-w`` means something else (bandwidth: warm-up, as nccl-tests)."""
     group = parser.add_argument_group(
         "inventories (instead of HOSTS; one of them)",
@@ -92,8 +149,8 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                             "unset")
 
 
-def use_color(args: argparse.Namespace, stream: TextIO) -> bool:
-    choice = getattr(args, "color", "never")
+def use_color(choice: str, stream: TextIO) -> bool:
+    """--color against the stream: auto is a terminal with NO_COLOR unset and TERM not dumb."""
     if choice == "always":
         return True
     if choice == "never":
@@ -103,9 +160,9 @@ def use_color(args: argparse.Namespace, stream: TextIO) -> bool:
         and os.environ.get("TERM") != "dumb"
 
 
-def load_spec_from_args(args: argparse.Namespace,
-                        env: Optional[dict[str, str]] = None) -> ClusterSpec:
-    """The ClusterSpec from whichever inventory the arguments name: HOSTS, --hostfile,
+def load_spec(inventory: InventoryOptions,
+              env: Optional[dict[str, str]] = None) -> ClusterSpec:
+    """The ClusterSpec from whichever inventory the options name: HOSTS, --hostfile,
     --slurm or -w (one of them; --launcher slurm defaults to --slurm; none: this machine),
     then ssh_config applied (hosts.yaml values > ssh_config > defaults). ConfigError on any
     problem, naming the file, line or option."""
@@ -114,12 +171,8 @@ def load_spec_from_args(args: argparse.Namespace,
     from ..config.sshconfig import apply_ssh_config, read_ssh_config
 
     env = dict(os.environ) if env is None else env
-    hosts = getattr(args, "hosts", None)
-    hostfile = getattr(args, "hostfile", None)
-    hostlist = getattr(args, "hostlist", None)
-    slurm = bool(getattr(args, "slurm", False))
-    config = getattr(args, "config", None)
-    launcher = getattr(args, "launcher", "ssh")
+    hosts, hostfile, hostlist = inventory.hosts, inventory.hostfile, inventory.hostlist
+    slurm, config, launcher = inventory.slurm, inventory.config, inventory.launcher
     given = [name for name, value in (("HOSTS", hosts), ("--hostfile", hostfile),
                                       ("--slurm", slurm), ("-w", hostlist)) if value]
     if len(given) > 1:
@@ -150,7 +203,7 @@ def load_spec_from_args(args: argparse.Namespace,
             spec = build_cluster(parse_host_expression(hostlist), defaults, source)
     if launcher == "slurm":
         return spec  # srun starts the ranks: no ssh, so no ssh_config
-    path = getattr(args, "ssh_config", None) or spec.ssh.config_file
+    path = inventory.ssh_config or spec.ssh.config_file
     lookup, read = read_ssh_config(path)
     local_user = env.get("USER") or getpass.getuser()
     return apply_ssh_config(spec, lookup, read, local_user)
@@ -179,18 +232,15 @@ def write_report(path: str, report: Report,
     write_atomically(path, render(report).encode("utf-8"))
 
 
-def report_files(args: argparse.Namespace) -> list[tuple[str, Callable[[Report], str]]]:
-    """(path, renderer) of every report file the arguments ask for."""
+def report_files(output: OutputOptions) -> list[tuple[str, Callable[[Report], str]]]:
+    """(path, renderer) of every report file the options ask for."""
     from ..report.machine import render_csv, render_junit
     from ..report.prometheus import render_prom
 
-    files = []
-    for option, render in (("json", to_json), ("csv", render_csv), ("junit", render_junit),
-                           ("prom", render_prom)):
-        path = getattr(args, option, None)
-        if path:
-            files.append((path, render))
-    return files
+    return [(path, render) for path, render in ((output.json, to_json),
+                                                (output.csv, render_csv),
+                                                (output.junit, render_junit),
+                                                (output.prom, render_prom)) if path]
 
 
 def output_path_problem(path: str) -> Optional[str]:
@@ -214,12 +264,12 @@ def output_path_problem(path: str) -> Optional[str]:
     return None
 
 
-def output_path_errors(args: argparse.Namespace) -> list[str]:
+def output_path_errors(output: OutputOptions) -> list[str]:
     """A line per report file (--json, --csv, --junit, --prom, --plot) that cannot be written,
     naming the option and the path as the user gave them."""
     lines = []
-    for option in ("json", "csv", "junit", "prom", "plot"):
-        path = getattr(args, option, None)
+    for option, path in (("json", output.json), ("csv", output.csv), ("junit", output.junit),
+                         ("prom", output.prom), ("plot", output.plot)):
         if path:
             problem = output_path_problem(path)
             if problem:
@@ -227,10 +277,10 @@ def output_path_errors(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def check_output_paths(args: argparse.Namespace) -> bool:
+def check_output_paths(output: OutputOptions) -> bool:
     """Every report path checked before any work (one line on stderr for each that cannot be
     written); False when one cannot."""
-    errors = output_path_errors(args)
+    errors = output_path_errors(output)
     for line in errors:
         print(f"ddpcheck: {line}", file=sys.stderr)
     return not errors
@@ -248,20 +298,26 @@ def interrupted_report(command: str, spec: Optional[ClusterSpec], started: float
                   (interrupted_finding(signal, "start"),), source=spec.source if spec else "")
 
 
-def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Report],
-                 render: Callable[[Report], str] = render_table,
+def table_renderer(report: Report, style: TableStyle) -> str:
+    """The usual table (preflight's), in the style asked for."""
+    return render_table(report, tablefmt=style.tablefmt or DEFAULT_TABLE_FORMAT,
+                        color=style.color, full=style.full)
+
+
+def run_reported(inventory: InventoryOptions, output: OutputOptions,
+                 execute: Callable[[ClusterSpec], Report],
+                 render: Callable[[Report, TableStyle], str] = table_renderer,
                  check_spec: Optional[Callable[[ClusterSpec], None]] = None) -> int:
     """The shared frame of a command: load the spec (exit 2 on a config error), run, and always
     write the report files (--json, --csv, --junit), partial or ``interrupted`` when the run
-    was cut short. stdout gets ``render(report)`` (with ``tablefmt``/``color`` when ``render``
-    takes them), or only the verdict line with -q. ``check_spec`` may reject the spec with a
+    was cut short. stdout gets ``render(report, style)``, or only the verdict line with -q. ``check_spec`` may reject the spec with a
     ConfigError before anything runs. A report path that cannot be written is exit 2 before
     anything runs, too (a CI job must not pass without its report)."""
     started = time.monotonic()
-    if not check_output_paths(args):
+    if not check_output_paths(output):
         return EXIT_USAGE
     try:
-        spec = load_spec_from_args(args)
+        spec = load_spec(inventory)
         if check_spec is not None:
             check_spec(spec)
     except ConfigError as exc:
@@ -273,40 +329,24 @@ def run_reported(args: argparse.Namespace, execute: Callable[[ClusterSpec], Repo
     except KeyboardInterrupt as exc:
         from ..analyze.outcomes import signal_name
 
-        report = interrupted_report(args.command, spec, started, signal_name(exc))
+        report = interrupted_report(output.command, spec, started, signal_name(exc))
     except DdpcheckError as exc:
         print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE
     finally:
-        for path, file_render in report_files(args):
+        for path, file_render in report_files(output):
             try:
-                write_report(path, report or interrupted_report(args.command, spec, started),
+                write_report(path, report or interrupted_report(output.command, spec, started),
                              file_render)
             except OSError as exc:
                 print(f"ddpcheck: cannot write {path}: {exc}", file=sys.stderr)
-    color = use_color(args, sys.stdout)
-    if getattr(args, "quiet", False):
-        sys.stdout.write(footer_line(report, color) + "\n")
+    style = output.style(sys.stdout)
+    if output.quiet:
+        sys.stdout.write(footer_line(report, style.color) + "\n")
     else:
-        sys.stdout.write(render(report, **_style(render, args, color)))
+        sys.stdout.write(render(report, style))
     sys.stdout.flush()
     return report.exit_code
-
-
-def _style(render: Callable[..., str], args: argparse.Namespace, color: bool) -> dict[str, Any]:
-    """The table format and colour, for a renderer that takes them."""
-    try:
-        parameters = inspect.signature(render).parameters
-    except (TypeError, ValueError):
-        return {}
-    style: dict[str, Any] = {}
-    if "tablefmt" in parameters and getattr(args, "format", None):
-        style["tablefmt"] = args.format
-    if "color" in parameters:
-        style["color"] = color
-    if "full" in parameters:
-        style["full"] = bool(getattr(args, "full", False))
-    return style
 
 
 def error_text(exc: Exception) -> str:

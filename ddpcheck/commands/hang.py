@@ -6,9 +6,15 @@ Runs on the launcher. Building the parser imports neither the engine nor the tra
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..core.argtypes import positive
-from .common import add_common_options, add_output_options, run_reported
+from .common import (InventoryOptions, OutputOptions, TableStyle, add_common_options,
+                     add_output_options, run_reported)
+
+if TYPE_CHECKING:
+    from ..engine.hang import HangOptions
 
 
 def register(sub) -> None:
@@ -37,18 +43,43 @@ def register(sub) -> None:
     hang.set_defaults(run=hang_command)
 
 
+@dataclass(frozen=True)
+class HangCommandOptions:
+    """Everything ``ddpcheck hang`` was asked: HOSTS (no other inventory), what to write, and
+    the scan's options."""
+    inventory: InventoryOptions
+    output: OutputOptions
+    scan: "HangOptions"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "HangCommandOptions":
+        from ..engine.hang import HangOptions
+
+        scan = HangOptions(timeout_s=args.timeout, window_s=args.window,
+                           heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
+                           job_filter=args.job, verbose=args.verbose, ras=not args.no_ras)
+        return cls(inventory=InventoryOptions(hosts=args.hosts),
+                   output=OutputOptions.from_args(args), scan=scan)
+
+
 def hang_command(args: argparse.Namespace) -> int:
+    return run_hang_command(HangCommandOptions.from_args(args))
+
+
+def run_hang_command(command: HangCommandOptions) -> int:
     import sys
 
-    from ..engine.hang import HangOptions, run_hang
+    from ..engine.hang import run_hang
     from ..report.progress import Progress
     from ..report.hang import render_hang
     from ..report.table import DEFAULT_TABLE_FORMAT
 
-    options = HangOptions(timeout_s=args.timeout, window_s=args.window,
-                          heartbeat_dirs=tuple(args.heartbeat_dir), stacks=not args.no_stacks,
-                          job_filter=args.job, verbose=args.verbose, ras=not args.no_ras)
-    progress = Progress(None if args.quiet else sys.stderr)
-    return run_reported(args, lambda spec: run_hang(spec, options, progress),
-                        lambda report, full=False, tablefmt=DEFAULT_TABLE_FORMAT: render_hang(
-                            report, verbose=args.verbose, full=full, tablefmt=tablefmt))
+    options = command.scan
+    progress = Progress(None if command.output.quiet else sys.stderr)
+
+    def render(report, style: TableStyle) -> str:
+        return render_hang(report, verbose=options.verbose, full=style.full,
+                           tablefmt=style.tablefmt or DEFAULT_TABLE_FORMAT)
+
+    return run_reported(command.inventory, command.output,
+                        lambda spec: run_hang(spec, options, progress), render)

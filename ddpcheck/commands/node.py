@@ -29,6 +29,7 @@ from ..core.argtypes import at_least, parse_since, positive
 from ..model.checks import EXIT_CODES
 from ..model.records import Finding, HostRecord, Severity, Stage
 from ..model.report import Report
+from .common import EXIT_USAGE, InventoryOptions, OutputOptions, TableStyle, run_reported
 
 DEFAULT_TIMEOUT_S = 30.0
 SCONTROL_TIMEOUT_S = 20.0
@@ -87,22 +88,47 @@ def register(sub) -> None:
     parser.add_argument("--node-name", metavar="NAME",
                         help="SLURM node name for --slurm-drain (default $SLURMD_NODENAME, "
                              "else the short hostname)")
-    parser.set_defaults(run=node_command, hosts=None)
+    parser.set_defaults(run=node_command)
+
+
+@dataclass(frozen=True)
+class NodeCommandOptions:
+    """Everything ``ddpcheck node`` was asked: the checks, the report files (--json, --prom),
+    and -v for the text."""
+    checks: NodeOptions
+    output: OutputOptions
+    verbose: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "NodeCommandOptions":
+        checks = NodeOptions(timeout_s=args.timeout, expected_gpus=args.gpus,
+                             master=args.master, workdir=args.workdir,
+                             with_torch=not args.no_torch, slurm_drain=args.slurm_drain,
+                             node_name=args.node_name, dcgm=args.dcgm, xid_since=args.since,
+                             ib_root=args.ib_sysfs)
+        return cls(checks=checks, output=OutputOptions(command=args.command, json=args.json,
+                                                       prom=args.prom),
+                   verbose=args.verbose)
 
 
 def node_command(args: argparse.Namespace) -> int:
-    from ..report.node import render_node
-    from .common import EXIT_USAGE, run_reported
+    return run_node_command(NodeCommandOptions.from_args(args))
 
-    if not os.path.isdir(args.workdir):
-        print(f"ddpcheck: --workdir {args.workdir}: not a directory", file=sys.stderr)
+
+def run_node_command(command: NodeCommandOptions) -> int:
+    from ..report.node import render_node
+
+    options = command.checks
+    if not os.path.isdir(options.workdir):
+        print(f"ddpcheck: --workdir {options.workdir}: not a directory", file=sys.stderr)
         return EXIT_USAGE
-    options = NodeOptions(timeout_s=args.timeout, expected_gpus=args.gpus, master=args.master,
-                          workdir=args.workdir, with_torch=not args.no_torch,
-                          slurm_drain=args.slurm_drain, node_name=args.node_name,
-                          dcgm=args.dcgm, xid_since=args.since, ib_root=args.ib_sysfs)
-    return run_reported(args, lambda spec: run_node(options),
-                        lambda report: render_node(report, verbose=args.verbose))
+
+    def render(report: Report, style: TableStyle) -> str:
+        return render_node(report, verbose=command.verbose)
+
+    # this machine alone: no inventory
+    return run_reported(InventoryOptions(), command.output, lambda spec: run_node(options),
+                        render)
 
 
 def run_node(options: NodeOptions,

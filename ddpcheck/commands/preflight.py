@@ -9,15 +9,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..core.agentargs import DCGM_DEADLINE_S
 from ..core.argtypes import at_least, positive
 from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec
 from ..model.report import Report
-from .common import (EXIT_USAGE, add_common_options, add_inventory_options,
-                     add_output_options, add_prom_option, error_text, load_spec_from_args,
-                     run_reported)
+from .common import (EXIT_USAGE, InventoryOptions, OutputOptions, add_common_options,
+                     add_inventory_options, add_output_options, add_prom_option, error_text,
+                     load_spec, run_reported)
+
+if TYPE_CHECKING:
+    from ..engine.preflight import PreflightOptions
 
 
 def register(sub) -> None:
@@ -93,12 +98,28 @@ def setup_target(target):
     return target
 
 
-def preflight_options(args: argparse.Namespace):
+@dataclass(frozen=True)
+class PreflightCommandOptions:
+    """Everything ``ddpcheck preflight`` was asked: where the hosts are, what to write, and the
+    workload's options."""
+    inventory: InventoryOptions
+    output: OutputOptions
+    dry_run: bool
+    workload: "PreflightOptions"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "PreflightCommandOptions":
+        return cls(inventory=InventoryOptions.from_args(args, launcher=args.launcher),
+                   output=OutputOptions.from_args(args, prom=args.prom),
+                   dry_run=args.dry_run, workload=preflight_options(args))
+
+
+def preflight_options(args: argparse.Namespace) -> "PreflightOptions":
     from ..engine.preflight import PreflightOptions
     from ..engine.state import STAGE0_DEADLINE_S
     from ..plan.cmdlines import LaunchOptions
 
-    dcgm = getattr(args, "dcgm", None)
+    dcgm = args.dcgm
     dcgm_s = DCGM_DEADLINE_S[dcgm] if dcgm else 0.0
     return PreflightOptions(
         timeout_s=args.timeout + dcgm_s, verbose=args.verbose, dcgm=dcgm,
@@ -126,19 +147,23 @@ def dry_run_text(spec: ClusterSpec, options) -> str:
 
 
 def preflight_command(args: argparse.Namespace) -> int:
+    return run_preflight_command(PreflightCommandOptions.from_args(args))
+
+
+def run_preflight_command(command: PreflightCommandOptions) -> int:
     from ..engine.preflight import run_preflight
     from ..report.progress import Progress
 
-    options = preflight_options(args)
-    slurm = args.launcher == "slurm"
+    options = command.workload
+    slurm = command.inventory.launcher == "slurm"
     if slurm and options.dcgm:
         print("ddpcheck: --dcgm runs with the ssh launcher or on this machine; under "
               "--launcher slurm run `ddpcheck node --dcgm N` on each node (e.g. in the prolog)",
               file=sys.stderr)
         return EXIT_USAGE
-    if args.dry_run:
+    if command.dry_run:
         try:
-            spec = load_spec_from_args(args)
+            spec = load_spec(command.inventory)
             if slurm:
                 check_slurm_spec(spec, need_allocation=False)
         except ConfigError as exc:
@@ -151,7 +176,7 @@ def preflight_command(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(dry_run_text(spec, options))
         return 0
-    progress = Progress(None if args.quiet else sys.stderr)
+    progress = Progress(None if command.output.quiet else sys.stderr)
 
     def execute(spec: ClusterSpec) -> Report:
         launcher = None
@@ -161,7 +186,8 @@ def preflight_command(args: argparse.Namespace) -> int:
             launcher = SrunLauncher()
         return run_preflight(spec, options, progress, launcher)
 
-    return run_reported(args, execute, check_spec=check_slurm_spec if slurm else None)
+    return run_reported(command.inventory, command.output, execute,
+                        check_spec=check_slurm_spec if slurm else None)
 
 
 def check_slurm_spec(spec: ClusterSpec, need_allocation: bool = True) -> None:
