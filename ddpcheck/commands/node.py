@@ -24,8 +24,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from ..analyze import verdict as analyze
 
 from ..analyze import health
-from ..core.agentargs import DCGM_DEADLINE_S, TORCH_IMPORT
+from ..core.agentargs import TORCH_IMPORT
 from ..core.argtypes import at_least, parse_since, positive
+from ..core.deadlines import Deadlines
 from ..model.checks import EXIT_CODES
 from ..model.records import Finding, HostRecord, Severity, Stage
 from ..model.report import Report
@@ -173,7 +174,7 @@ def run_node(options: NodeOptions,
 
 def node_deadline_s(options: NodeOptions) -> float:
     """--timeout, plus DCGM's own deadline when --dcgm runs the diagnostics."""
-    return options.timeout_s + (DCGM_DEADLINE_S[options.dcgm] if options.dcgm else 0.0)
+    return Deadlines.from_timeout(options.timeout_s, options.dcgm).command_s
 
 
 def _since(text: str) -> Optional[float]:

@@ -12,7 +12,6 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..core.agentargs import DCGM_DEADLINE_S
 from ..core.argtypes import at_least, positive
 from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec
@@ -115,17 +114,16 @@ class PreflightCommandOptions:
 
 
 def preflight_options(args: argparse.Namespace) -> "PreflightOptions":
+    from ..core.deadlines import Deadlines
     from ..engine.preflight import PreflightOptions
-    from ..engine.state import STAGE0_DEADLINE_S
     from ..plan.cmdlines import LaunchOptions
 
-    dcgm = args.dcgm
-    dcgm_s = DCGM_DEADLINE_S[dcgm] if dcgm else 0.0
+    deadlines = Deadlines.from_timeout(args.timeout, args.dcgm)
     return PreflightOptions(
-        timeout_s=args.timeout + dcgm_s, verbose=args.verbose, dcgm=dcgm,
-        stage0_timeout_s=STAGE0_DEADLINE_S + dcgm_s,
+        timeout_s=deadlines.command_s, verbose=args.verbose, dcgm=args.dcgm,
+        stage0_timeout_s=deadlines.stage0_s,
         rendezvous_check="rendezvous" not in args.skip,
-        launch=LaunchOptions(deadline_s=args.timeout,
+        launch=LaunchOptions(deadline_s=deadlines.agent_s,
                              rendezvous_timeout_s=max(int(args.rendezvous_timeout), 1),
                              collective_timeout_s=max(int(args.collective_timeout), 1),
                              iterations=args.iterations, keep=args.keep,

@@ -71,6 +71,7 @@ class HangScan:
 
     command = "hang"
     stage0 = False
+    dcgm: Optional[int] = None  # no stage 0
     rendezvous_check = False
     launch_grace_s = 0.0
 

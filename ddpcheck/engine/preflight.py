@@ -20,7 +20,8 @@ from ..model.report import Report
 from .launchers import HostStep, Launcher, SSHLauncher
 from ..report.progress import Progress
 from .run import Engine, record_launch
-from .state import LAUNCH_GRACE_S, STAGE0_DEADLINE_S
+from ..core.deadlines import STAGE0_DEADLINE_S
+from .state import LAUNCH_GRACE_S
 
 __all__ = ["PreflightOptions", "Probe", "Progress", "base_report", "run_preflight"]
 

@@ -42,6 +42,7 @@ class Workload(Protocol):
     verbose: bool
     stage0_timeout_s: float
     launch_grace_s: float  # after the agent's deadline, for it to clean up
+    dcgm: Optional[int]  # preflight --dcgm N: dcgmi diag -r N in stage 0
 
     def host_step(self, run: "Engine") -> HostStep: ...
     def launch_without(self, run: "Engine", failed: list[HostRecord]) -> bool: ...
@@ -132,7 +133,7 @@ def stage0_step(run: Engine, rendezvous: Optional[RendezvousBesideStage0] = None
     """Stage 0 on every host; with ``rendezvous``, the rendezvous check made beside it (the
     master's command then waits for the others': ``HostStep.listener``)."""
     master = run.spec.master_host.address
-    dcgm = getattr(run.workload, "dcgm", None)  # preflight --dcgm N
+    dcgm = run.workload.dcgm
     return HostStep(Stage.STAGE0, run.workload.stage0_timeout_s,
                     lambda host, seconds: stage0_command(host, seconds, master=master,
                                                          dcgm=dcgm, rendezvous=rendezvous),

@@ -5,7 +5,7 @@ Runs on the launcher; no I/O and no rules: outcomes come in typed (``Failure``,
 ``CommandResult``) as ``analyze`` decided them.
 
 Deadlines: ``--timeout`` bounds the whole command and caps every step's own: connect
-(``ssh.connect_timeout``, capped by what is left), stage 0 (``STAGE0_DEADLINE_S``), the
+(``ssh.connect_timeout``, capped by what is left), stage 0 (``core.deadlines``), the
 rendezvous check, launch (the agent's deadline on the host, ``AGENT_STOP_S`` short of what is
 left, plus ``LAUNCH_GRACE_S`` for it to clean up before the transport gives up on it), in which
 torchrun's rendezvous and the ranks' collectives have theirs, and the probe its watchdog.
@@ -23,7 +23,6 @@ from ..model.records import Finding, HostRecord, RankRecord
 from ..model.spec import Backend, ClusterSpec, HostSpec
 from ..plan.cmdlines import LaunchOptions, resolve_backend, resolve_slots
 
-STAGE0_DEADLINE_S = 60.0
 LAUNCH_GRACE_S = 10.0  # after the agent's deadline, for it to stop torchrun and clean up
 AGENT_STOP_S = 5.0  # what the agent's deadline keeps back from --timeout to stop and report
 WORLD_BROKEN_GRACE_S = 5.0  # after one host failed: the collective timeout, then this
