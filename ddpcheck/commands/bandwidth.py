@@ -157,7 +157,8 @@ def bandwidth_options(command: BandwidthCommandOptions, spec: Optional[ClusterSp
     if all(element_count(op, size, 1) == 0 for op in ops for size in sizes):
         raise ConfigError(f"sizes up to {command.maxbytes} B hold no float32 element",
                           "command line", key="-e")
-    timeout = command.timeout or (default_timeout(spec, command.pairwise) if spec else SWEEP_TIMEOUT_S)
+    timeout = command.timeout or (default_timeout(spec, command.pairwise) if spec
+                                  else SWEEP_TIMEOUT_S)
     return BandwidthOptions(
         settings=SweepSettings(ops=tuple(ops), sizes=tuple(sizes), iters=command.iters,
                                warmup=command.warmup, min_busbw_gbs=command.min_busbw,

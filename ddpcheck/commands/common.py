@@ -1,14 +1,14 @@
-"""The frame every command shares: options, the ClusterSpec from whichever inventory the
-options name, and ``run_reported`` (run -> table on stdout, progress on stderr, the report
-files, the exit code). Runs on the launcher.
+"""The frame every command shares: options, the ClusterSpec from whichever inventory the options
+name, and ``run_reported`` (run -> table on stdout, progress on stderr, the report files, the
+exit code). Runs on the launcher.
 
 A command opts into the inventories (``--hostfile``, ``--slurm``, ``-w``, ``--config``,
 ``--ssh-config``) with ``add_inventory_options`` and into the machine outputs (``--format``,
 ``--csv``, ``--junit``, ``-q``, ``--color``) with ``add_output_options``, then turns what it
 parsed into ``InventoryOptions`` and ``OutputOptions`` (their ``from_args``, or built field by
-field where the command has fewer options): nothing below the command reads the Namespace. Errors the user can fix are one
-line on stderr with exit 2; never a traceback. Importing this module loads neither the engine
-nor the transport.
+field where the command has fewer options): nothing below the command reads the Namespace.
+Errors the user can fix are one line on stderr with exit 2; never a traceback. Importing this
+module loads neither the engine nor the transport.
 """
 
 from __future__ import annotations
@@ -309,10 +309,11 @@ def run_reported(inventory: InventoryOptions, output: OutputOptions,
                  render: Callable[[Report, TableStyle], str] = table_renderer,
                  check_spec: Optional[Callable[[ClusterSpec], None]] = None) -> int:
     """The shared frame of a command: load the spec (exit 2 on a config error), run, and always
-    write the report files (--json, --csv, --junit), partial or ``interrupted`` when the run
-    was cut short. stdout gets ``render(report, style)``, or only the verdict line with -q. ``check_spec`` may reject the spec with a
-    ConfigError before anything runs. A report path that cannot be written is exit 2 before
-    anything runs, too (a CI job must not pass without its report)."""
+    write the report files (--json, --csv, --junit), partial or ``interrupted`` when the run was
+    cut short. stdout gets ``render(report, style)``, or only the verdict line with -q.
+    ``check_spec`` may reject the spec with a ConfigError before anything runs. A report path
+    that cannot be written is exit 2 before anything runs, too (a CI job must not pass without
+    its report)."""
     started = time.monotonic()
     if not check_output_paths(output):
         return EXIT_USAGE
