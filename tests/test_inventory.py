@@ -1,4 +1,4 @@
-"""Unit tests for inventories (ddpcheck.config.inventory, --config, commands.common.load_spec): hostfiles,
+"""Unit tests for inventories (ddpcheck.config.inventory, --config, load_spec): hostfiles,
 -w, SLURM, and that each gives the ClusterSpec the equivalent hosts.yaml gives."""
 
 from __future__ import annotations
