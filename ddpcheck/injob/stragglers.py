@@ -14,16 +14,18 @@ time the GPU spent in NCCL collectives (the process group's completion hook: a s
 collectives start last and are the shortest), and busy the rest.
 
 The exchange (``StragglerWatch.tick``, on the Monitor's background thread, never on the
-training path): every ``period_s``, at the same wall-clock instants on every rank (so their
-recent windows overlap even when steps take milliseconds), each rank puts its last steps into
-torchrun's TCPStore; the leader (rank 0) reads them all in one ``multi_get``, runs
-``identify_stragglers``, keeps the ranks named by ``confirmations`` (3) verdicts in a row (and
-those already named while late in half the window) and
-puts them back; every rank reads the verdict and logs each
-newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler: rank 5 on h3 arrives
-38 ms after the median, ...``). Without a store (a job not started by torchrun) the ranks of
-this host compare their heartbeat files. At 1,000 ranks this is 2,000 small store requests and
-one ``multi_get`` per period, which ``period_s`` scales up with the world size.
+training path): every ``period_s`` (``EXCHANGE_S``, a quarter second, so that a straggler's
+fifth late step is judged within a quarter second of it), at the same wall-clock instants on
+every rank (so their recent windows overlap even when steps take milliseconds), each rank puts
+its last steps into torchrun's TCPStore; the leader (rank 0) reads them all in one
+``multi_get``, runs ``identify_stragglers``, keeps the ranks its ``quick`` rule named at once,
+those of the other rules only once ``confirmations`` (3) verdicts in a row named them (and
+those already named while late in half the window), and puts them back; every rank reads the
+verdict and logs each newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler:
+rank 5 on h3 arrives 38 ms after the median, ...``). Without a store (a job not started by
+torchrun) the ranks of this host compare their heartbeat files. At 1,000 ranks this is 2,000
+small store requests and one ``multi_get`` per period, which ``period_s`` scales up with the world size (a second at
+500 ranks).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ..core.straggler import Thresholds, history_from_rows, identify_stragglers,
 
 HISTORY = 32  # steps each rank keeps and publishes: the window plus slack for publish jitter
 SAMPLE_S = 0.02  # how often the sampler reads the training thread's state
+EXCHANGE_S = 0.25  # how often the ranks exchange their steps (at most; more ranks: slower)
 VERDICT_KEY = "stragglers/verdict"
 ROWS_KEY = "stragglers/rank/"
 
@@ -268,7 +271,7 @@ class StragglerWatch:
         self.thresholds = thresholds
         self.store = store
         world = monitor.world_size or 1
-        self.period_s = period_s or max(monitor.beat_s, world / 500.0)
+        self.period_s = period_s or max(EXCHANGE_S, world / 500.0)
         self.next_at = self._next_instant(time.time())
         self.named: dict[int, dict[str, Any]] = {}
         self.streak: dict[int, int] = {}  # leader: consecutive verdicts that named each rank
@@ -320,14 +323,18 @@ class StragglerWatch:
     def _confirmed(self, verdict: list[dict[str, Any]],
                    staying: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
         """The stragglers of ``confirmations`` verdicts in a row: a rank starved for half a
-        second by a neighbour is late in 10 short steps, but not for seconds on end. A rank
-        already named stays named while it is late in half the window (``staying``), so that
-        a straggler late in 8 steps of 10 now and then is not named and released by turns."""
+        second by a neighbour is late in 10 short steps, but not for seconds on end. The
+        ``quick`` rule's are named at once (their evidence already spans several steps by a
+        large margin). A rank already named stays named while it is late in half the window
+        (``staying``), so that a straggler late in 8 steps of 10 now and then is not named and
+        released by turns."""
         needed = self.thresholds.confirmations
         entries = {int(entry["rank"]): entry for entry in staying
                    if self.streak.get(int(entry["rank"]), 0) >= needed}
         entries.update({int(entry["rank"]): entry for entry in verdict})
-        self.streak = {rank: self.streak.get(rank, 0) + 1 for rank in entries}
+        self.streak = {rank: max(self.streak.get(rank, 0) + 1,
+                                 needed if entry.get("rule") == "quick" else 0)
+                       for rank, entry in entries.items()}
         return [entry for rank, entry in sorted(entries.items()) if self.streak[rank] >= needed]
 
     def _read_store(self) -> dict[int, dict[str, Any]]:
