@@ -271,8 +271,8 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
 def _quick_run(rank: int, steps: Sequence[int], late_at: Mapping[int, Mapping[int, Any]],
                step_s: Mapping[int, float], thresholds: Thresholds) -> int:
     """How many of the last steps make ``rank`` a quick straggler (0: they do not): it is late
-    by ``quick_lag_fraction`` x the step in each, and they span ``quick_span_s``. How many are needed: ``quick_steps``, fewer for long
-    steps (what fits in ``quick_within_s``)."""
+    by ``quick_lag_fraction`` x the step in each, and they span ``quick_span_s``. How many are
+    needed: ``quick_steps``, fewer for long steps (what fits in ``quick_within_s``)."""
     recent = statistics.median(step_s[step] for step in steps[-thresholds.quick_steps:])
     fit = math.ceil(thresholds.quick_within_s / recent) if recent > 0 else thresholds.quick_steps
     needed = max(thresholds.quick_min_steps, min(thresholds.quick_steps, fit))

@@ -24,8 +24,8 @@ those already named while late in half the window), and puts them back; every ra
 verdict and logs each newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler:
 rank 5 on h3 arrives 38 ms after the median, ...``). Without a store (a job not started by
 torchrun) the ranks of this host compare their heartbeat files. At 1,000 ranks this is 2,000
-small store requests and one ``multi_get`` per period, which ``period_s`` scales up with the world size (a second at
-500 ranks).
+small store requests and one ``multi_get`` per period, which ``period_s`` scales up with the
+world size (a second at 500 ranks).
 """
 
 from __future__ import annotations
