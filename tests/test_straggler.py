@@ -531,9 +531,9 @@ def test_a_one_step_stall_or_a_short_burst_is_never_named():
         assert first_named(run_with_extra(6, 40, {**stall, **burst}, seed)) == {}, seed
 
 
-def test_a_stopped_duty_cycle_is_named_though_late_only_every_other_step():
-    """Stopped 60 ms of every 150 ms: most steps of about 0.1 s hold a stop, some do not."""
-    extra = {(step, 4): ("stopped", 0.06) for step in range(10, 40) if step % 3 != 2}
+def test_a_stopped_duty_cycle_is_named_though_late_only_in_one_step_of_three():
+    """A rank stopped 60 ms in one step of every three: late only in those."""
+    extra = {(step, 4): ("stopped", 0.06) for step in range(10, 40) if step % 3 == 0}
     named = first_named(run_with_extra(6, 40, extra, seed=3))
     assert list(named) == [4] and named[4][1] == "stopped"
     (found,) = identify_stragglers(run_with_extra(6, 40, extra, seed=3))

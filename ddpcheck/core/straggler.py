@@ -11,9 +11,9 @@ to arrive at the collective waits least; its arrival lag behind the median rank 
 wait of its peers minus its own (no cross-host clock needed). A rank is named when it arrived
 late by 30 % of a step or more in each of its last few steps (``quick``: a
 straggler that holds everyone up every step is named within 5 steps), in at least
-``min_steps`` of the last ``window`` steps (``steady``), or in half of them, each while its
-own clock saw the process stopped (``stopped``: a SIGSTOP duty cycle makes it late every other
-step): arrival lag is the evidence. How it spent the step is the explanation, not a gate: on a
+``min_steps`` of the last ``window`` steps (``steady``), or in 3 of them while its own clock
+saw the process stopped (``stopped``: a SIGSTOP duty cycle makes it late only in the steps a
+stop falls in): arrival lag is the evidence. How it spent the step is the explanation, not a gate: on a
 CPU longer than its peers
 (*compute*), or runnable but not running (*starved*: its run-queue time, a CPU quota). Noise on
 a healthy run moves the last place from rank to rank; a straggler holds it.
@@ -102,9 +102,10 @@ class Thresholds:
     quick_within_s: float = 2.0
     quick_lag_fraction: float = 0.3
     quick_span_s: float = 0.6
-    # stopped: late in half the window, stopped in each of those steps (its own clock saw the
-    # gap), and stopped at least this share of the window's wall time (no neighbour's load
-    # stops a process)
+    # stopped: late and stopped (its own clock saw the gap) in min_stopped_steps steps of the
+    # window, and stopped at least min_stopped_share of the window's wall time (no neighbour's
+    # load stops a process; one long stall is one step)
+    min_stopped_steps: int = 3
     min_stopped_share: float = 0.15
 
     def __post_init__(self) -> None:
@@ -250,12 +251,12 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
         elif len(steps) >= thresholds.min_steps and flagged >= thresholds.min_steps:
             rule = "steady"
         elif len(steps) >= thresholds.min_steps:
-            # late and stopped in half the window: a duty cycle, not one long stall
+            # late and stopped in several steps of the window: a duty cycle, not one stall
             stops = [step for step in steps
                      if rank in late_at[step] and by_step[step][rank].stopped_s > 0]
             wall = sum(by_step[step][rank].wall_s for step in steps)
             stopped = sum(by_step[step][rank].stopped_s for step in steps)
-            if 2 * len(stops) >= thresholds.window and \
+            if len(stops) >= thresholds.min_stopped_steps and \
                     stopped >= thresholds.min_stopped_share * wall:
                 rule = "stopped"
         if rule is None:
