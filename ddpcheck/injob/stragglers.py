@@ -17,8 +17,8 @@ The exchange (``StragglerWatch.tick``, on the Monitor's background thread, never
 training path): every ``period_s`` (``EXCHANGE_S``, a quarter second, so that a straggler's
 fifth late step is judged within a quarter second of it), at the same wall-clock instants on
 every rank (so their recent windows overlap even when steps take milliseconds), each rank puts
-its last steps into torchrun's TCPStore; the leader (rank 0) reads them all in one
-``multi_get``, runs ``identify_stragglers``, keeps the ranks its ``quick`` rule named at once,
+its last steps into torchrun's TCPStore; the leader (rank 0), half a period later, reads them
+all in one ``multi_get``, runs ``identify_stragglers``, keeps the ranks its ``quick`` rule named at once,
 those of the other rules only once ``confirmations`` (3) verdicts in a row named them (and
 those already named while late in half the window), and puts them back; every rank reads the
 verdict and logs each newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler:
@@ -272,6 +272,9 @@ class StragglerWatch:
         self.store = store
         world = monitor.world_size or 1
         self.period_s = period_s or max(EXCHANGE_S, world / 500.0)
+        # the leader reads half a period after the others publish: their rows of that instant
+        # are in the store, not the period before's
+        self.offset_s = self.period_s / 2 if monitor.rank == 0 and store is not None else 0.0
         self.next_at = self._next_instant(time.time())
         self.named: dict[int, dict[str, Any]] = {}
         self.streak: dict[int, int] = {}  # leader: consecutive verdicts that named each rank
@@ -280,7 +283,8 @@ class StragglerWatch:
         self.seen_keys: set[str] = set()
 
     def _next_instant(self, now: float) -> float:
-        return (math.floor(now / self.period_s) + 1) * self.period_s
+        return (math.floor((now - self.offset_s) / self.period_s) + 1) * self.period_s + \
+            self.offset_s
 
     def due(self) -> bool:
         return time.time() >= self.next_at
