@@ -270,11 +270,14 @@ def test_the_monitor_names_a_rank_only_after_consecutive_verdicts_agree(tmp_path
     monitor = SimpleNamespace(world_size=4, beat_s=1.0, rank=0, hostname="h1", warnings=[],
                               stragglers=[])
     watch = StragglerWatch(monitor, Thresholds(), store=None)
-    entry = {"rank": 3, "message": "rank 3 on h2 arrives ..."}
+    entry = {"rank": 3, "rule": "stopped", "message": "rank 3 on h2 arrives ..."}
     assert watch._confirmed([entry]) == [] and watch._confirmed([entry]) == []
     assert watch._confirmed([entry]) == [entry]
     assert watch._confirmed([]) == []  # recovered: the streak starts again
     assert watch._confirmed([entry]) == []
+    steady = dict(entry, rule="steady")  # verdicts over 2 s: 9 a quarter second apart
+    assert watch._confirmed([]) == []
+    assert [watch._confirmed([steady]) for _ in range(9)][-2:] == [[], [steady]]
     watch._log([entry])
     watch._log([entry])
     assert monitor.warnings == ["ddpcheck.Monitor [h1:rank 0]: straggler: rank 3 on h2 "
@@ -291,7 +294,7 @@ def test_a_named_rank_stays_named_while_late_in_half_the_window():
     watch = StragglerWatch(monitor, Thresholds(), store=None)
     entry = {"rank": 3, "message": "rank 3 on h2 arrives ..."}
     assert watch._confirmed([], [entry]) == []  # half the window is not enough to be named
-    for _ in range(3):
+    for _ in range(9):  # the steady rule: verdicts over 2 s
         named = watch._confirmed([entry], [entry])
     assert named == [entry]
     assert watch._confirmed([], [entry]) == [entry]  # late in 8 of 10 steps: still named

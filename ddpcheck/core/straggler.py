@@ -13,10 +13,10 @@ late by 30 % of a step or more in each of its last few steps (``quick``: a
 straggler that holds everyone up every step is named within 5 steps), in at least
 ``min_steps`` of the last ``window`` steps (``steady``), or in 3 of them while its own clock
 saw the process stopped (``stopped``: a SIGSTOP duty cycle makes it late only in the steps a
-stop falls in): arrival lag is the evidence. How it spent the step is the explanation, not a gate: on a
-CPU longer than its peers
-(*compute*), or runnable but not running (*starved*: its run-queue time, a CPU quota). Noise on
-a healthy run moves the last place from rank to rank; a straggler holds it.
+stop falls in): arrival lag is the evidence. How it spent the step is the explanation, not a
+gate: on a CPU longer than its peers (*compute*), or runnable but not running (*starved*: its
+run-queue time, a CPU quota). Noise on a healthy run moves the last place from rank to rank;
+a straggler holds it.
 
 From outside (``ddpcheck hang`` on a job without a Monitor) the same question is asked of how
 each rank's main thread spent the window (``WindowAccount``, ``window_stragglers``): the share
@@ -93,6 +93,7 @@ class Thresholds:
     min_lag_fraction: float = 0.20  # the margin a 1.2x compute gate used to give
     min_compute_ratio: float = 0.0  # 0: busy time explains a late arrival, it does not gate
     confirmations: int = 3  # Monitor: consecutive exchanges that must agree (not ``quick``)
+    confirm_s: float = 2.0  # ... and for ``steady``, spanning at least this long
     # quick: late in each of the last quick_steps steps by quick_lag_fraction x the step,
     # spanning at least quick_span_s; fewer steps
     # where they would take more than quick_within_s, never under quick_min_steps. One slow
