@@ -82,9 +82,10 @@ class Thresholds:
     x their median busy time. With a healthy rank's compute time jittering by 20 % from step to
     step, the chance that it is late in 9 of 10 steps is about 1e-6 per window (see
     tests/test_straggler.py). Short steps make 10 steps a short time, and a neighbour can starve
-    a healthy rank for half a second: the Monitor therefore names a rank by the ``steady`` and
-    ``stopped`` rules only when ``confirmations`` consecutive exchanges agree, and ``ddpcheck
-    hang`` when both of its samples do (benchmarks/straggler.py counts false alarms of a real
+    a healthy rank for half a second: the Monitor therefore names a rank by the ``steady``
+    rule only when its exchanges agree for ``confirm_s``, by ``stopped`` when
+    ``confirmations`` consecutive exchanges do, and ``ddpcheck hang`` when both of its samples
+    do (benchmarks/straggler.py counts false alarms of a real
     job). The ``quick`` rule needs no confirmation: its margin (30 % of the step, every step late)
     and its span (``quick_span_s``) are what a burst does not reach."""
     window: int = 10
