@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from ddpcheck.core.straggler import (StepSample, Thresholds, history_from_rows,
+from ddpcheck.core.straggler import (Reason, StepSample, Thresholds, history_from_rows,
                                        identify_stragglers, median_without, slow_devices)
 
 
@@ -270,11 +270,14 @@ def test_the_monitor_names_a_rank_only_after_consecutive_verdicts_agree(tmp_path
     monitor = SimpleNamespace(world_size=4, beat_s=1.0, rank=0, hostname="h1", warnings=[],
                               stragglers=[])
     watch = StragglerWatch(monitor, Thresholds(), store=None)
-    entry = {"rank": 3, "message": "rank 3 on h2 arrives ..."}
+    entry = {"rank": 3, "rule": "stopped", "message": "rank 3 on h2 arrives ..."}
     assert watch._confirmed([entry]) == [] and watch._confirmed([entry]) == []
     assert watch._confirmed([entry]) == [entry]
     assert watch._confirmed([]) == []  # recovered: the streak starts again
     assert watch._confirmed([entry]) == []
+    steady = dict(entry, rule="steady")  # verdicts over 2 s: 9 a quarter second apart
+    assert watch._confirmed([]) == []
+    assert [watch._confirmed([steady]) for _ in range(9)][-2:] == [[], [steady]]
     watch._log([entry])
     watch._log([entry])
     assert monitor.warnings == ["ddpcheck.Monitor [h1:rank 0]: straggler: rank 3 on h2 "
@@ -291,7 +294,7 @@ def test_a_named_rank_stays_named_while_late_in_half_the_window():
     watch = StragglerWatch(monitor, Thresholds(), store=None)
     entry = {"rank": 3, "message": "rank 3 on h2 arrives ..."}
     assert watch._confirmed([], [entry]) == []  # half the window is not enough to be named
-    for _ in range(3):
+    for _ in range(9):  # the steady rule: verdicts over 2 s
         named = watch._confirmed([entry], [entry])
     assert named == [entry]
     assert watch._confirmed([], [entry]) == [entry]  # late in 8 of 10 steps: still named
@@ -478,3 +481,76 @@ def test_a_rank_stopped_at_one_sample_of_a_progressing_job_is_not_hung():
     analysis = analyze_scans([scan("h1", workers[:2]), scan("h2", workers[2:])])
     assert analysis.jobs[0].hung
     assert {v.view.rank: v.role for v in analysis.jobs[0].ranks}[3] is Role.STOPPED
+
+
+def run_with_extra(world: int, steps: int, extra: dict[tuple[int, int], tuple[str, float]],
+                   seed: int = 0, noise: float = 0.2) -> dict[int, list[StepSample]]:
+    """Steps of about 0.1 s (compute 0.08 s jittering ``noise``, then the collective), where
+    ``extra[(step, rank)] = (kind, seconds)`` adds time that rank spent blocked outside the
+    collectives, stopped, or computing ("blocked", "stopped", "busy") before it arrived."""
+    rng = random.Random(seed)
+    history: dict[int, list[StepSample]] = {rank: [] for rank in range(world)}
+    for step in range(steps):
+        busy = {r: 0.08 * rng.lognormvariate(0, noise) for r in range(world)}
+        held = {r: busy[r] + extra.get((step, r), ("", 0.0))[1] for r in range(world)}
+        last = max(held.values())
+        for rank in range(world):
+            kind, seconds = extra.get((step, rank), ("", 0.0))
+            history[rank].append(StepSample(
+                step, busy[rank] + (seconds if kind == "busy" else 0.0),
+                last - held[rank] + 0.002, step * 0.1,
+                blocked_s=seconds if kind == "blocked" else 0.0,
+                stopped_s=seconds if kind == "stopped" else 0.0))
+    return history
+
+
+def first_named(history: dict[int, list[StepSample]]) -> dict[int, tuple[int, str]]:
+    """{rank: (the step it was first named at, by which rule)}, judging after every step."""
+    named: dict[int, tuple[int, str]] = {}
+    for end in range(1, len(next(iter(history.values()))) + 1):
+        for found in identify_stragglers({r: s[:end] for r, s in history.items()}):
+            named.setdefault(found.rank, (end - 1, found.rule))
+    return named
+
+
+@pytest.mark.parametrize("kind,seconds", [("blocked", 0.08), ("busy", 0.08),
+                                          ("stopped", 0.06)])
+def test_a_persistent_straggler_is_named_by_its_fifth_late_step(kind, seconds):
+    """Compute jittering 10 %: a peer's spike that hides the straggler's lateness for one step
+    (at 20 %, a few seeds in 20) starts its run of late steps again."""
+    for seed in range(20):
+        onset = 20
+        history = run_with_extra(6, 40, {(step, 4): (kind, seconds)
+                                         for step in range(onset, 40)}, seed, noise=0.1)
+        named = first_named(history)
+        assert list(named) == [4] and named[4][1] in ("quick", kind), seed
+        assert onset <= named[4][0] <= onset + 4, seed  # its fifth late step at the latest
+
+
+def test_a_one_step_stall_or_a_short_burst_is_never_named():
+    for seed in range(50):
+        stall = {(12, seed % 6): ("stopped", 1.0)}  # one step, held a second
+        burst = {(step, (seed + 1) % 6): ("busy", 0.15) for step in (25, 26, 27)}
+        assert first_named(run_with_extra(6, 40, {**stall, **burst}, seed)) == {}, seed
+
+
+def test_a_stopped_duty_cycle_is_named_though_late_only_in_one_step_of_three():
+    """A rank stopped 60 ms in one step of every three: late only in those."""
+    extra = {(step, 4): ("stopped", 0.06) for step in range(10, 40) if step % 3 == 0}
+    named = first_named(run_with_extra(6, 40, extra, seed=3))
+    assert list(named) == [4] and named[4][1] == "stopped"
+    (found,) = identify_stragglers(run_with_extra(6, 40, extra, seed=3))
+    assert found.reason is Reason.STOPPED and "stopped" in found.message()
+
+
+def test_the_monitor_names_a_quick_straggler_at_once():
+    from types import SimpleNamespace
+
+    from ddpcheck.injob.stragglers import StragglerWatch
+
+    monitor = SimpleNamespace(world_size=4, beat_s=1.0, rank=0, hostname="h1", warnings=[],
+                              stragglers=[])
+    watch = StragglerWatch(monitor, Thresholds(), store=None)
+    entry = {"rank": 3, "rule": "quick", "message": "rank 3 on h2 arrives ..."}
+    assert watch._confirmed([entry]) == [entry]
+    assert watch._confirmed([], [dict(entry, rule="steady")]) == [entry | {"rule": "steady"}]

@@ -8,11 +8,15 @@ duration cannot blame anyone. What differs is how each rank spent the step: its 
 (on a CPU or wanting one: running, waiting in the run queue, or throttled by a cgroup quota)
 and its *wait* time (blocked: in a collective waiting for the others, or in I/O). The last rank
 to arrive at the collective waits least; its arrival lag behind the median rank is the median
-wait of its peers minus its own (no cross-host clock needed). A rank is named when, in at least
-``min_steps`` of the last ``window`` steps, it arrived late by a margin: arrival lag is the
-evidence. How it spent the step is the explanation, not a gate: on a CPU longer than its peers
-(*compute*), or runnable but not running (*starved*: its run-queue time, a CPU quota). Noise on
-a healthy run moves the last place from rank to rank; a straggler holds it.
+wait of its peers minus its own (no cross-host clock needed). A rank is named when it arrived
+late by 30 % of a step or more in each of its last few steps (``quick``: a
+straggler that holds everyone up every step is named within 5 steps), in at least
+``min_steps`` of the last ``window`` steps (``steady``), or in 3 of them while its own clock
+saw the process stopped (``stopped``: a SIGSTOP duty cycle makes it late only in the steps a
+stop falls in): arrival lag is the evidence. How it spent the step is the explanation, not a
+gate: on a CPU longer than its peers (*compute*), or runnable but not running (*starved*: its
+run-queue time, a CPU quota). Noise on a healthy run moves the last place from rank to rank;
+a straggler holds it.
 
 From outside (``ddpcheck hang`` on a job without a Monitor) the same question is asked of how
 each rank's main thread spent the window (``WindowAccount``, ``window_stragglers``): the share
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -77,15 +82,33 @@ class Thresholds:
     x their median busy time. With a healthy rank's compute time jittering by 20 % from step to
     step, the chance that it is late in 9 of 10 steps is about 1e-6 per window (see
     tests/test_straggler.py). Short steps make 10 steps a short time, and a neighbour can starve
-    a healthy rank for half a second: the Monitor therefore names a rank only when
-    ``confirmations`` consecutive exchanges (about a second apart) agree, and ``ddpcheck hang``
-    when both of its samples do (benchmarks/straggler.py counts false alarms of a real job)."""
+    a healthy rank for half a second: the Monitor therefore names a rank by the ``steady``
+    rule only when its exchanges agree for ``confirm_s``, by ``stopped`` when
+    ``confirmations`` consecutive exchanges do, and ``ddpcheck hang`` when both of its samples
+    do (benchmarks/straggler.py counts false alarms of a real
+    job). The ``quick`` rule needs no confirmation: its margin (30 % of the step, every step late)
+    and its span (``quick_span_s``) are what a burst does not reach."""
     window: int = 10
     min_steps: int = 9
     min_lag_s: float = 0.002
     min_lag_fraction: float = 0.20  # the margin a 1.2x compute gate used to give
     min_compute_ratio: float = 0.0  # 0: busy time explains a late arrival, it does not gate
-    confirmations: int = 3  # Monitor: consecutive exchanges (a second apart) that must agree
+    confirmations: int = 3  # Monitor: consecutive exchanges that must agree (not ``quick``)
+    confirm_s: float = 2.0  # ... and for ``steady``, spanning at least this long
+    # quick: late in each of the last quick_steps steps by quick_lag_fraction x the step,
+    # spanning at least quick_span_s; fewer steps
+    # where they would take more than quick_within_s, never under quick_min_steps. One slow
+    # step, or a neighbour's burst that stalls a short-stepped job a few steps, is not that
+    quick_steps: int = 5
+    quick_min_steps: int = 3
+    quick_within_s: float = 2.0
+    quick_lag_fraction: float = 0.3
+    quick_span_s: float = 0.6
+    # stopped: late and stopped (its own clock saw the gap) in min_stopped_steps steps of the
+    # window, and stopped at least min_stopped_share of the window's wall time (no neighbour's
+    # load stops a process; one long stall is one step)
+    min_stopped_steps: int = 3
+    min_stopped_share: float = 0.15
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.window:
@@ -93,6 +116,9 @@ class Thresholds:
                              f"{self.window}")
         if self.min_compute_ratio < 0 or self.min_lag_s < 0 or self.min_lag_fraction < 0:
             raise ValueError("min_compute_ratio, min_lag_s and min_lag_fraction must be >= 0")
+        if not 2 <= self.quick_min_steps <= self.quick_steps:
+            raise ValueError(f"need 2 <= quick_min_steps <= quick_steps, got "
+                             f"{self.quick_min_steps}, {self.quick_steps}")
 
 
 @dataclass(frozen=True)
@@ -108,6 +134,7 @@ class Straggler:
     shares: tuple[tuple["Reason", float], ...] = ()
     peers: tuple[tuple["Reason", float], ...] = ()
     channel: Optional[str] = None  # where it was blocked most (the Monitor's sampler)
+    rule: str = "steady"  # "quick", "steady" or "stopped": which rule named it
 
     @property
     def reason(self) -> Optional["Reason"]:
@@ -146,7 +173,8 @@ class Straggler:
         return {"rank": self.rank, "host": self.host, "lag_ms": round(self.lag_s * 1e3, 1),
                 "compute_ratio": round(self.compute_ratio, 3),
                 "reason": self.reason.value if self.reason else None, "channel": self.channel,
-                "flagged": self.flagged, "window": self.window, "last_step": self.last_step, "message": self.message()}
+                "flagged": self.flagged, "window": self.window, "last_step": self.last_step,
+                "rule": self.rule, "message": self.message()}
 
 
 def median_without(ordered: Sequence[float], value: float) -> float:
@@ -197,9 +225,10 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
                         thresholds: Thresholds = Thresholds(),
                         channels: Optional[Mapping[int, Optional[str]]] = None
                         ) -> list[Straggler]:
-    """The ranks late in at least ``min_steps`` of the last ``window`` steps that every rank in
-    ``history`` reported (a rank that stopped reporting is ``ddpcheck hang``'s business).
-    ``channels``: where each rank was blocked most recently, for the message."""
+    """The ranks named by one of the rules (see the module docstring and ``Thresholds``), over
+    the steps every rank in ``history`` reported (a rank that stopped reporting is ``ddpcheck
+    hang``'s business). ``channels``: where each rank was blocked most recently, for the
+    message."""
     hosts = hosts or {}
     channels = channels or {}
     by_step: dict[int, dict[int, StepSample]] = {}
@@ -209,22 +238,55 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
     everyone = len(history)
     steps = sorted(step for step, ranks in by_step.items() if len(ranks) == everyone >= 2)
     steps = steps[-thresholds.window:]
-    if len(steps) < thresholds.min_steps:
+    if not steps:
         return []
-    late: dict[int, list[tuple[float, float, dict[Reason, float], dict[Reason, float]]]] = {}
-    for step in steps:
-        for rank, seen in late_ranks(by_step[step], thresholds).items():
-            late.setdefault(rank, []).append(seen)
+    late_at = {step: late_ranks(by_step[step], thresholds) for step in steps}
+    step_s = {step: statistics.median(s.wall_s for s in by_step[step].values()) for step in steps}
     named = []
-    for rank, seen in sorted(late.items()):
-        if len(seen) >= thresholds.min_steps:
-            shares = tuple((r, statistics.median(s[2][r] for s in seen)) for r in Reason)
-            peers = tuple((r, statistics.median(s[3][r] for s in seen)) for r in Reason)
-            named.append(Straggler(rank, hosts.get(rank),
-                                   statistics.median(s[0] for s in seen),
-                                   statistics.median(s[1] for s in seen), len(seen),
-                                   len(steps), steps[-1], shares, peers, channels.get(rank)))
+    for rank in sorted({rank for late in late_at.values() for rank in late}):
+        seen = [late_at[step][rank] for step in steps if rank in late_at[step]]
+        flagged, window, rule = len(seen), len(steps), None
+        quick = _quick_run(rank, steps, late_at, step_s, thresholds)
+        if quick:
+            seen = [late_at[step][rank] for step in steps[-quick:]]
+            flagged, window, rule = len(seen), quick, "quick"
+        elif len(steps) >= thresholds.min_steps and flagged >= thresholds.min_steps:
+            rule = "steady"
+        elif len(steps) >= thresholds.min_steps:
+            # late and stopped in several steps of the window: a duty cycle, not one stall
+            stops = [step for step in steps
+                     if rank in late_at[step] and by_step[step][rank].stopped_s > 0]
+            wall = sum(by_step[step][rank].wall_s for step in steps)
+            stopped = sum(by_step[step][rank].stopped_s for step in steps)
+            if len(stops) >= thresholds.min_stopped_steps and \
+                    stopped >= thresholds.min_stopped_share * wall:
+                rule = "stopped"
+        if rule is None:
+            continue
+        shares = tuple((r, statistics.median(s[2][r] for s in seen)) for r in Reason)
+        peers = tuple((r, statistics.median(s[3][r] for s in seen)) for r in Reason)
+        named.append(Straggler(rank, hosts.get(rank), statistics.median(s[0] for s in seen),
+                               statistics.median(s[1] for s in seen), flagged, window,
+                               steps[-1], shares, peers, channels.get(rank), rule))
     return named
+
+
+def _quick_run(rank: int, steps: Sequence[int], late_at: Mapping[int, Mapping[int, Any]],
+               step_s: Mapping[int, float], thresholds: Thresholds) -> int:
+    """How many of the last steps make ``rank`` a quick straggler (0: they do not): it is late
+    by ``quick_lag_fraction`` x the step in each, and they span ``quick_span_s``. How many are
+    needed: ``quick_steps``, fewer for long steps (what fits in ``quick_within_s``)."""
+    recent = statistics.median(step_s[step] for step in steps[-thresholds.quick_steps:])
+    fit = math.ceil(thresholds.quick_within_s / recent) if recent > 0 else thresholds.quick_steps
+    needed = max(thresholds.quick_min_steps, min(thresholds.quick_steps, fit))
+    run = steps[-needed:]
+    if len(run) < needed:
+        return 0
+    for step in run:
+        seen = late_at[step].get(rank)
+        if seen is None or seen[0] < thresholds.quick_lag_fraction * step_s[step]:
+            return 0
+    return needed if sum(step_s[step] for step in run) >= thresholds.quick_span_s else 0
 
 
 def history_from_rows(rows: Mapping[int, Iterable[Sequence[Any]]]) -> dict[int, list[StepSample]]:

@@ -210,16 +210,13 @@ class Monitor:
                 watchdog.tick()  # connect and publish at once: a rank may stop any time
             except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
                 logger.debug("ddpcheck monitor watchdog: %s", exc)
-        while not self._stop.wait(self.beat_s):
-            try:
-                self._write(time.time(), self.collective_seq(), refresh_history=True)
-            except OSError:
-                pass  # a full or vanished /tmp must never take the job down
-            if watchdog is not None:
-                try:
-                    watchdog.tick()
-                except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
-                    logger.debug("ddpcheck monitor watchdog: %s", exc)
+        # the straggler exchange may be due more often than a beat: wake for whichever is first
+        wake_s = min(self.beat_s, stragglers.period_s) if stragglers is not None else self.beat_s
+        beat_at = time.monotonic() + self.beat_s
+        while not self._stop.wait(wake_s):
+            if time.monotonic() >= beat_at - wake_s / 2:
+                beat_at = time.monotonic() + self.beat_s
+                _beat(self, watchdog)
             if stragglers is not None:
                 try:
                     stragglers.tick()
@@ -231,6 +228,19 @@ class Monitor:
         if self.clock is None:
             return None
         return StragglerWatch(self, self.straggler_thresholds, _connect_store(self.env, self.job))
+
+
+def _beat(monitor: Monitor, watchdog: Optional["_Watchdog"]) -> None:
+    """One beat of the background thread: the heartbeat, then the watchdog."""
+    try:
+        monitor._write(time.time(), monitor.collective_seq(), refresh_history=True)
+    except OSError:
+        pass  # a full or vanished /tmp must never take the job down
+    if watchdog is not None:
+        try:
+            watchdog.tick()
+        except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
+            logger.debug("ddpcheck monitor watchdog: %s", exc)
 
 
 class _Watchdog:

@@ -14,16 +14,19 @@ time the GPU spent in NCCL collectives (the process group's completion hook: a s
 collectives start last and are the shortest), and busy the rest.
 
 The exchange (``StragglerWatch.tick``, on the Monitor's background thread, never on the
-training path): every ``period_s``, at the same wall-clock instants on every rank (so their
-recent windows overlap even when steps take milliseconds), each rank puts its last steps into
-torchrun's TCPStore; the leader (rank 0) reads them all in one ``multi_get``, runs
-``identify_stragglers``, keeps the ranks named by ``confirmations`` (3) verdicts in a row (and
-those already named while late in half the window) and
-puts them back; every rank reads the verdict and logs each
-newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler: rank 5 on h3 arrives
-38 ms after the median, ...``). Without a store (a job not started by torchrun) the ranks of
-this host compare their heartbeat files. At 1,000 ranks this is 2,000 small store requests and
-one ``multi_get`` per period, which ``period_s`` scales up with the world size.
+training path): every ``period_s`` (``EXCHANGE_S``, a quarter second, so that a straggler's
+fifth late step is judged within a quarter second of it), at the same wall-clock instants on
+every rank (so their recent windows overlap even when steps take milliseconds), each rank puts
+its last steps into torchrun's TCPStore; the leader (rank 0), half a period later, reads them
+all in one ``multi_get``, runs ``identify_stragglers``, keeps the ranks its ``quick`` rule
+named at once, those of the ``stopped`` rule once ``confirmations`` (3) verdicts in a row named
+them, those of the ``steady`` rule once verdicts over ``confirm_s`` (2 s) did (and those
+already named while late in half the window), and puts them back; every rank reads the verdict
+and logs each newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler:
+rank 5 on h3 arrives 38 ms after the median, ...``). Without a store (a job not started by
+torchrun) the ranks of this host compare their heartbeat files. At 1,000 ranks this is 2,000
+small store requests and one ``multi_get`` per period, which ``period_s`` scales up with the
+world size (a second at 500 ranks).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from ..core.straggler import Thresholds, history_from_rows, identify_stragglers,
 
 HISTORY = 32  # steps each rank keeps and publishes: the window plus slack for publish jitter
 SAMPLE_S = 0.02  # how often the sampler reads the training thread's state
+EXCHANGE_S = 0.25  # how often the ranks exchange their steps (at most; more ranks: slower)
 VERDICT_KEY = "stragglers/verdict"
 ROWS_KEY = "stragglers/rank/"
 
@@ -268,16 +272,21 @@ class StragglerWatch:
         self.thresholds = thresholds
         self.store = store
         world = monitor.world_size or 1
-        self.period_s = period_s or max(monitor.beat_s, world / 500.0)
+        self.period_s = period_s or max(EXCHANGE_S, world / 500.0)
+        # the leader reads half a period after the others publish: their rows of that instant
+        # are in the store, not the period before's
+        self.offset_s = self.period_s / 2 if monitor.rank == 0 and store is not None else 0.0
         self.next_at = self._next_instant(time.time())
         self.named: dict[int, dict[str, Any]] = {}
         self.streak: dict[int, int] = {}  # leader: consecutive verdicts that named each rank
+        self.named_ranks: set[int] = set()  # leader: the ranks its verdicts name now
         self.hooked = False
         self.verdict_seen = False
         self.seen_keys: set[str] = set()
 
     def _next_instant(self, now: float) -> float:
-        return (math.floor(now / self.period_s) + 1) * self.period_s
+        return (math.floor((now - self.offset_s) / self.period_s) + 1) * self.period_s + \
+            self.offset_s
 
     def due(self) -> bool:
         return time.time() >= self.next_at
@@ -319,16 +328,25 @@ class StragglerWatch:
 
     def _confirmed(self, verdict: list[dict[str, Any]],
                    staying: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-        """The stragglers of ``confirmations`` verdicts in a row: a rank starved for half a
-        second by a neighbour is late in 10 short steps, but not for seconds on end. A rank
-        already named stays named while it is late in half the window (``staying``), so that
-        a straggler late in 8 steps of 10 now and then is not named and released by turns."""
-        needed = self.thresholds.confirmations
+        """The stragglers of enough verdicts in a row: by the ``steady`` rule, verdicts
+        spanning ``confirm_s`` (a rank starved for half a second by a neighbour is late in 10
+        short steps, but not for seconds on end); by ``stopped``, ``confirmations`` verdicts
+        (no neighbour stops a process); by ``quick``, one (its evidence already spans several
+        steps by a large margin). A rank already named stays named while it is late in half the
+        window (``staying``), so that a straggler late in 8 steps of 10 now and then is not
+        named and released by turns."""
+        thresholds = self.thresholds
+        # steady: agreeing for confirm_s, as long as a neighbour's burst could starve a rank
+        steady = max(thresholds.confirmations, 1 + math.ceil(thresholds.confirm_s /
+                                                             self.period_s))
         entries = {int(entry["rank"]): entry for entry in staying
-                   if self.streak.get(int(entry["rank"]), 0) >= needed}
+                   if int(entry["rank"]) in self.named_ranks}
         entries.update({int(entry["rank"]): entry for entry in verdict})
         self.streak = {rank: self.streak.get(rank, 0) + 1 for rank in entries}
-        return [entry for rank, entry in sorted(entries.items()) if self.streak[rank] >= needed]
+        needed = {"quick": 1, "stopped": thresholds.confirmations}
+        self.named_ranks = {rank for rank, entry in entries.items() if rank in self.named_ranks
+                            or self.streak[rank] >= needed.get(entry.get("rule"), steady)}
+        return [entry for rank, entry in sorted(entries.items()) if rank in self.named_ranks]
 
     def _read_store(self) -> dict[int, dict[str, Any]]:
         world = self.monitor.world_size or 1
