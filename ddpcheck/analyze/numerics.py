@@ -3,7 +3,7 @@
 Each rank's record carries ``numerics`` (``remote.numerics``): where its device is, its group
 (device model, driver and library versions), each dtype's repetition digests, NaN/Inf and
 float64-reference counts, and the wrong elements of an all_reduce of known integers.
-``remote.numerics_vote.odd_ones`` applies the rule the in-job canary applies too; this module
+``core.numerics_vote.odd_ones`` applies the rule the in-job canary applies too; this module
 turns its answer into findings that say what to do.
 """
 

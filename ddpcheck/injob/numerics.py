@@ -6,7 +6,7 @@ product and a small product checked against float64, one sync), in bf16 on a GPU
 (fp32 otherwise, and on CPU), and posts the digest of its bits to torchrun's TCPStore. At the next
 canary, rank 0 reads every rank's post of the previous round (the ranks have all passed it by
 then, so nothing waits; in a thread of its own, so the store's round trips stay out of the step)
-and applies the preflight vote (``remote.numerics_vote``): a rank whose bits differ from its peers
+and applies the preflight vote (``core.numerics_vote``): a rank whose bits differ from its peers
 of the same device model and versions, whose result holds NaN/Inf or leaves the float64 bound,
 is logged as a ``numerics`` warning naming its rank, host and device (also kept in
 ``canary.wrong``, complete after ``canary.flush()``, and the Monitor's ``warnings``). Without a
