@@ -70,6 +70,7 @@ def comparable(report: dict) -> dict:
         for key in VOLATILE_RANK_KEYS:
             rank.pop(key)
         rank.pop("compute", None)  # the compute check's throughputs
+        rank.pop("numerics", None)  # the numerics check: how many repetitions fit its time
     for collective in report["collectives"]:
         for key in ("time_us", "algbw_gbs", "busbw_gbs"):
             collective.pop(key)

@@ -554,3 +554,20 @@ def test_the_monitor_names_a_quick_straggler_at_once():
     entry = {"rank": 3, "rule": "quick", "message": "rank 3 on h2 arrives ..."}
     assert watch._confirmed([entry]) == [entry]
     assert watch._confirmed([], [dict(entry, rule="steady")]) == [entry | {"rule": "steady"}]
+
+
+def test_a_job_progresses_when_its_loops_turn_though_one_rank_runs_throughout():
+    """A rank starved of CPU is runnable at every poll, yet its peers' loops turn: each of their
+    collectives needed it, so the job progressed. Spinning or asleep in one place while the
+    peers wait throughout is no progress."""
+    from ddpcheck.core.straggler import job_progressed
+
+    turning = [_account(waiting=100, running=50) for _ in range(5)]
+    assert job_progressed(turning)
+    assert job_progressed(turning + [_account(waiting=0, running=150, runq=2.5)])  # starved
+    waiting = [_account(waiting=150) for _ in range(5)]
+    assert not job_progressed(waiting + [_account(waiting=0, running=150)])  # spins alone
+    assert not job_progressed(waiting + [_account(waiting=0, blocked=150)])  # asleep alone
+    assert not job_progressed([_account(waiting=0, running=150)] * 6)  # all spin (NCCL hang)
+    assert not job_progressed(turning + [_account(waiting=0, blocked=150)])  # one never moves
+    assert not job_progressed([])

@@ -30,7 +30,7 @@ from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from ..core import heartbeat
 from ..core.straggler import (Reason, WindowAccount, busy_stragglers, history_from_rows,
-                              identify_stragglers, window_stragglers)
+                              identify_stragglers, job_progressed, window_stragglers)
 from .verdict import mark_single_root_cause, order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
@@ -519,8 +519,9 @@ def analyze_job(job: str, views: Sequence[RankView],
     top_seq = max((v.seq for v in live if v.seq is not None), default=None)
     top_step = max((v.step for v in live if v.step is not None), default=None)
     running = [v for v in live if not stopped_throughout(v)]
-    if running and all(v.window is not None and v.window.cycled for v in running):
-        # every main thread went round its loop during the window (the ranks of a hung job
+    if running and all(v.window is not None for v in running) and job_progressed(
+            [v.window for v in running if v.window is not None]):
+        # the main threads went round their loops during the window (the ranks of a hung job
         # wait in one place): the job progresses, heartbeat or not
         running = [replace(v, progressed=True) for v in running]
         by_rank.update({v.rank: v for v in running})

@@ -468,6 +468,23 @@ class WindowAccount:
         running = sum(n for state, n in self.states if state_kind(state) == "running")
         return running >= 2 and self.polls - running >= 2
 
+    @property
+    def ran_throughout(self) -> bool:
+        """Seen running (on a CPU, queued or throttled) at every poll."""
+        return self.polls > 0 and self.share("running") == 1.0
+
+
+def job_progressed(accounts: Sequence[WindowAccount]) -> bool:
+    """Did a job move during the window, by its main threads' states alone? Every thread went
+    round its loop (``cycled``), or ran throughout (computing, or starved of CPU: always
+    runnable) while at least one other went round: a peer's loop completes collectives only if
+    every rank takes part, so a rank that held it up still progressed. A rank asleep in one
+    place, or ranks all spinning or all waiting in one place, did not."""
+    if not accounts:
+        return False
+    cycled = [a.cycled for a in accounts]
+    return any(cycled) and all(c or a.ran_throughout for c, a in zip(cycled, accounts))
+
 
 def state_kind(state: str) -> str:
     letter, _, channel = state.partition(":")
