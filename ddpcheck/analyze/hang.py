@@ -431,10 +431,10 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
         # a process stopped now and then stops its Monitor too, which sees only a gap in its
         # clock: a rank the scan saw stopped is added when the Monitor does not name it
         named = {_int(entry.get("rank")) for entry in said}
-        return [Finding(Severity.WARNING, "straggler", f"job {job}: {entry.get('message')}",
+        return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {entry.get('message')}",
                         host=entry.get("host"), rank=_int(entry.get("rank")))
                 for entry in said] + [
-            Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}", host=s.host,
+            Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}", host=s.host,
                     rank=s.rank)
             for s in window if s.reason is Reason.STOPPED and s.rank not in named]
     if live and all(v.history for v in live):
@@ -443,15 +443,15 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
             before = {s.rank for s in identify_stragglers(
                 history_from_rows({v.rank: v.history_first for v in live}), hosts)}
             named = [s for s in named if s.rank in before]
-        return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}",
+        return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}",
                         host=s.host, rank=s.rank) for s in named]
     if live and all(v.window is not None for v in live):
-        return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}",
+        return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}",
                         host=s.host, rank=s.rank) for s in window]
     busy = {v.rank: v.busy for v in live if v.busy is not None}
     if len(busy) != len(live):
         return []
-    return [Finding(Severity.WARNING, "straggler", f"job {job}: {s.message()}", host=s.host,
+    return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}", host=s.host,
                     rank=s.rank) for s in busy_stragglers(busy, hosts)]
 
 
@@ -656,12 +656,12 @@ def job_findings(job: str, world: int, ranks: Sequence[RankVerdict],
     for host, dead in dead_by_host.items():
         if host != "?" and len(dead) > 1:
             ranks_text = ", ".join(str(d.view.rank) for d in dead)
-            grouped.append((0, Finding(Severity.ERROR, "hang", (
+            grouped.append((0, Finding(Severity.ERROR, Check.HANG, (
                 f"ranks {ranks_text} on {host} are gone: " + "; ".join(
                     d.reason.split(": ", 1)[-1] for d in dead)), host=host,
                 rank=dead[0].view.rank)))
         else:
-            grouped += [(0, Finding(Severity.ERROR, "hang", d.reason,
+            grouped += [(0, Finding(Severity.ERROR, Check.HANG, d.reason,
                                     host=None if host == "?" else host, rank=d.view.rank))
                         for d in dead]
     for verdict in culprits:
@@ -675,7 +675,7 @@ def job_findings(job: str, world: int, ranks: Sequence[RankVerdict],
         findings[0] = replace(findings[0], root_cause=True)
     waiting = [v for v in ranks if v.role is Role.WAITING]
     if waiting:
-        findings.append(Finding(Severity.INFO, "hang", f"job {job}: " + waiting_summary(waiting)
+        findings.append(Finding(Severity.INFO, Check.HANG, f"job {job}: " + waiting_summary(waiting)
                                 + (" (collateral: they wait for the rank(s) above)"
                                    if culprits else "")))
     if culprits:
@@ -684,18 +684,18 @@ def job_findings(job: str, world: int, ranks: Sequence[RankVerdict],
     if all_progress:
         steps = [v.view.step for v in live if v.view.step is not None]
         moved = f", at step {max(steps)}" if steps else ""
-        findings.append(Finding(Severity.INFO, "hang", (
+        findings.append(Finding(Severity.INFO, Check.HANG, (
             f"job {job}: all {len(live)} rank(s) progressed during the window{moved}: not hung")))
     elif waiting and len(waiting) == len(live) and len(ops) == 1 and all(
             _idle(v.view) for v in waiting):
         seqs = sorted({v.view.seq for v in waiting if v.view.seq is not None})
-        findings.append(Finding(Severity.ERROR, "hang", (
+        findings.append(Finding(Severity.ERROR, Check.HANG, (
             f"job {job}: all {len(live)} ranks wait in {main_op}"
             f"{_seq_text(seqs[0]) if len(seqs) == 1 else ''} and none is behind: the "
             f"collective itself is stuck (a network fault, or a group the ranks disagree on); "
             f"try ddpcheck bandwidth"), root_cause=True))
     else:
-        findings.append(Finding(Severity.INFO, "hang", (
+        findings.append(Finding(Severity.INFO, Check.HANG, (
             f"job {job}: {len(live)} of {world} rank(s) seen, none stopped, gone or behind: "
             f"no sign of a hang")))
     return findings
@@ -850,24 +850,24 @@ def host_findings(results: Sequence[HostScanResult], any_job: bool,
                 f"{result.host}: py-spy could not read some ranks: {failed[0]}{why}"),
                 host=result.host))
         if scan.get("other_users"):
-            findings.append(Finding(Severity.INFO, "hang", (
+            findings.append(Finding(Severity.INFO, Check.HANG, (
                 f"{result.host}: {scan['other_users']} Python process(es) of other users were "
                 f"not inspected (ddpcheck hang reads only your own processes; root sees "
                 f"every user's jobs)"), host=result.host))
         if scan.get("other_netns") and not scan.get("workers"):
-            findings.append(Finding(Severity.INFO, "hang", (
+            findings.append(Finding(Severity.INFO, Check.HANG, (
                 f"{result.host}: {scan['other_netns']} torchrun worker(s) run in other network "
                 f"namespaces (containers or other hosts on this machine) and were not "
                 f"inspected; run ddpcheck hang where they run"), host=result.host))
         if result.scan is not None and scan.get("error"):
-            findings.append(Finding(Severity.ERROR, "hang", f"{result.host}: scan failed: "
+            findings.append(Finding(Severity.ERROR, Check.HANG, f"{result.host}: scan failed: "
                                                             f"{scan['error']}", host=result.host))
     # only the hosts whose scan answered: one that failed or was cut off has its own finding
     scanned = [r.host for r in results if r.scan is not None and not r.scan.get("error")]
     if not any_job and scanned:
         matching = f" of a job matching {job_filter!r}" if job_filter else ""
         count = f"the {len(scanned)} hosts scanned, " if len(scanned) > 8 else ""
-        findings.append(Finding(Severity.WARNING, "hang", (
+        findings.append(Finding(Severity.WARNING, Check.HANG, (
             f"no running torchrun worker{matching} found on {count}{hosts_text(scanned)} (a "
             f"worker has RANK, WORLD_SIZE and LOCAL_RANK in its environment)")))
     return findings
