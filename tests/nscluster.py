@@ -415,7 +415,8 @@ def _stop_all_at_exit() -> None:  # safety net for an interpreter that exits wit
 
 
 class NamespaceCluster:
-    """``n_hosts`` namespace hosts h1..hN, each with its own sshd; see the module docstring.
+    """``n_hosts`` namespace hosts h1..hN, each with its own sshd (none with ``sshd=False``:
+    the in-job tests, where nothing may reach a host by ssh); see the module docstring.
 
     Use ``start()`` / ``stop()`` (or ``with NamespaceCluster(...) as c:``).  After ``start()``:
     ``hosts``, ``identity_file`` (client key authorized for root everywhere), ``known_hosts``
@@ -425,7 +426,7 @@ class NamespaceCluster:
     """
 
     def __init__(self, n_hosts: int, basedir: pathlib.Path, subnet_octet: int | None = None,
-                 bridge_ports: int = MAX_BRIDGE_PORTS):
+                 bridge_ports: int = MAX_BRIDGE_PORTS, sshd: bool = True):
         if not 1 <= n_hosts <= MAX_HOSTS:
             raise ValueError(f"n_hosts must be in 1..{MAX_HOSTS}, got {n_hosts}")
         if subnet_octet is not None and not 0 <= subnet_octet <= 255:
@@ -433,6 +434,7 @@ class NamespaceCluster:
         if not 1 <= bridge_ports <= MAX_BRIDGE_PORTS:
             raise ValueError(f"bridge_ports must be in 1..{MAX_BRIDGE_PORTS}, got {bridge_ports}")
         self.n_hosts = n_hosts
+        self.sshd = sshd  # False: hosts with no sshd (in-job tests: nothing reaches them by ssh)
         self.prefix = network_prefix(n_hosts)
         self.layout = bridge_layout(n_hosts, bridge_ports)  # hosts per bridge
         self.basedir = pathlib.Path(basedir).absolute()
@@ -595,6 +597,8 @@ class NamespaceCluster:
         self.write_known_hosts()
         self._write_ssh_config()
 
+        if not self.sshd:
+            return
         for h in self.hosts:
             self._write_sshd_config(h)
             self._launch_sshd(h)

@@ -307,18 +307,19 @@ def table_renderer(report: Report, style: TableStyle) -> str:
 def run_reported(inventory: InventoryOptions, output: OutputOptions,
                  execute: Callable[[ClusterSpec], Report],
                  render: Callable[[Report, TableStyle], str] = table_renderer,
-                 check_spec: Optional[Callable[[ClusterSpec], None]] = None) -> int:
+                 check_spec: Optional[Callable[[ClusterSpec], None]] = None,
+                 spec_of: Optional[Callable[[], ClusterSpec]] = None) -> int:
     """The shared frame of a command: load the spec (exit 2 on a config error), run, and always
     write the report files (--json, --csv, --junit), partial or ``interrupted`` when the run was
     cut short. stdout gets ``render(report, style)``, or only the verdict line with -q.
     ``check_spec`` may reject the spec with a ConfigError before anything runs. A report path
     that cannot be written is exit 2 before anything runs, too (a CI job must not pass without
-    its report)."""
+    its report). ``spec_of`` gives the spec where no inventory does (``--in-job``)."""
     started = time.monotonic()
     if not check_output_paths(output):
         return EXIT_USAGE
     try:
-        spec = load_spec(inventory)
+        spec = spec_of() if spec_of is not None else load_spec(inventory)
         if check_spec is not None:
             check_spec(spec)
     except ConfigError as exc:

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from ..core.argtypes import at_least, positive
 from ..model.errors import ConfigError
@@ -71,6 +71,28 @@ def register(sub) -> None:
     pre.add_argument("--dry-run", action="store_true",
                      help="print each host's exact commands and run nothing (the values of "
                           "variables named like *_TOKEN, *_KEY or *PASSWORD shown as ***)")
+    job = pre.add_argument_group(
+        "in the job (--in-job)", "run once per node by the job's own launcher (a pod, srun "
+        "--ntasks-per-node=1, mpirun); each value: this flag, else PET_* (torchrun's names, "
+        "set by the Kubeflow operators), MASTER_ADDR/MASTER_PORT, JOB_COMPLETION_INDEX "
+        "(JobSet), then SLURM_NNODES/SLURM_NODEID/SLURM_JOB_NODELIST")
+    job.add_argument("--in-job", action="store_true",
+                     help="check the gang from inside the job, no SSH: node 0 hosts a store at "
+                          "the master address and port, every node runs stage 0 on itself "
+                          "and joins it, node 0 decides, every node starts torchrun (at the "
+                          "master port + 1); node 0 writes the report, every node exits with "
+                          "the verdict's code")
+    job.add_argument("--nnodes", type=at_least(1), metavar="N", help="nodes in the job")
+    job.add_argument("--node-rank", type=at_least(0), metavar="R", help="this node's rank")
+    job.add_argument("--nproc-per-node", type=at_least(1), metavar="N",
+                     help="ranks on each node (default: one per GPU, 2 on gloo without one)")
+    job.add_argument("--master-addr", metavar="ADDRESS", help="node 0's address")
+    job.add_argument("--master-port", type=at_least(1), metavar="PORT",
+                     help="node 0's store port (default 29500); torchrun's ranks meet at the "
+                          "next one")
+    job.add_argument("--join-timeout", type=positive, metavar="SECONDS",
+                     help="how long node 0 waits for every node to join (default: half of "
+                          "--timeout, at most 60)")
     pre.set_defaults(run=preflight_command)
 
 
@@ -105,12 +127,19 @@ class PreflightCommandOptions:
     output: OutputOptions
     dry_run: bool
     workload: "PreflightOptions"
+    in_job: bool = False
+    # --nnodes --node-rank --nproc-per-node --master-addr --master-port (None: not given)
+    job_flags: tuple[tuple[str, object], ...] = ()
+    join_timeout_s: Optional[float] = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PreflightCommandOptions":
         return cls(inventory=InventoryOptions.from_args(args, launcher=args.launcher),
                    output=OutputOptions.from_args(args, prom=args.prom),
-                   dry_run=args.dry_run, workload=preflight_options(args))
+                   dry_run=args.dry_run, workload=preflight_options(args),
+                   in_job=args.in_job, join_timeout_s=args.join_timeout,
+                   job_flags=tuple((name, getattr(args, name)) for name in (
+                       "nnodes", "node_rank", "nproc_per_node", "master_addr", "master_port")))
 
 
 def preflight_options(args: argparse.Namespace) -> "PreflightOptions":
@@ -153,6 +182,8 @@ def run_preflight_command(command: PreflightCommandOptions) -> int:
     from ..report.progress import Progress
 
     options = command.workload
+    if command.in_job:
+        return run_in_job_command(command)
     slurm = command.inventory.launcher == "slurm"
     if slurm and options.dcgm:
         print("ddpcheck: --dcgm runs with the ssh launcher or on this machine; under "
@@ -205,3 +236,42 @@ def check_slurm_spec(spec: ClusterSpec, need_allocation: bool = True) -> None:
     problem = uniform_host_problem(spec)
     if problem:
         raise ConfigError(problem, source=spec.source)
+
+
+def run_in_job_command(command: PreflightCommandOptions) -> int:
+    """--in-job: where this node stands (flags, then the launcher's variables), then node 0's
+    engine with the store launcher, or another node's end of the store."""
+    from ..config.jobenv import resolve
+
+    given = [name for name, value in (("HOSTS", command.inventory.hosts),
+                                      ("--hostfile", command.inventory.hostfile),
+                                      ("--slurm", command.inventory.slurm),
+                                      ("-w", command.inventory.hostlist)) if value]
+    problem = (f"--in-job reads the gang from the job, not from {given[0]}" if given else
+               "--in-job starts torchrun on every node itself: leave out --launcher slurm"
+               if command.inventory.launcher == "slurm" else None)
+    if problem:
+        print(f"ddpcheck: command line: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        place = resolve(dict(command.job_flags), os.environ)
+    except ConfigError as exc:
+        print(error_text(exc), file=sys.stderr)
+        return EXIT_USAGE
+    if command.dry_run:
+        import socket
+
+        from ..plan.dryrun import in_job_steps, render
+
+        sys.stdout.write(render(in_job_steps(place, socket.gethostname(), sys.executable,
+                                             command.workload.launch,
+                                             command.workload.stage0_timeout_s,
+                                             command.workload.dcgm)))
+        return 0
+    from ..engine.instore import run_in_job
+    from ..report.progress import Progress
+
+    progress = Progress(None if command.output.quiet else sys.stderr)
+    return run_in_job(place, command.workload, command.join_timeout_s, progress,
+                      lambda execute, spec_of: run_reported(command.inventory, command.output,
+                                                            execute, spec_of=spec_of))

@@ -73,7 +73,8 @@ class RunState:
         gpus = {h.name: self.hosts[h.name].gpus for h in hosts}
         backend = resolve_backend(self.spec.backend, gpus)
         by_host = {h.name: slots if slots is not None else
-                   resolve_slots(h, gpus[h.name], self.spec.local) for h in hosts}
+                   resolve_slots(h, gpus[h.name], self.spec.local or self.spec.in_job)
+                   for h in hosts}
         agent_s = round(max(min(options.deadline_s, self.left() - AGENT_STOP_S), MIN_AGENT_S), 1)
         self.backend = backend.value
         if slots is None:

@@ -17,6 +17,7 @@ from .records import Verdict
 class Check(str, enum.Enum):
     SSH = "ssh"
     SRUN = "srun"
+    JOIN = "join"  # a node of the in-job gang that never joined, went silent or left
     PYTHON = "python"
     TORCH_IMPORT = "torch_import"
     HOSTNAME = "hostname"

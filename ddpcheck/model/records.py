@@ -45,7 +45,7 @@ class Stage(str, enum.Enum):
 
 # Checks that mean "could not reach or check the host", not "a check failed" (exit 3, not 1);
 # ``stacks`` as an error: ddpcheck hang could not look at a job's ranks, so it cannot tell.
-REACHABILITY_CHECKS = frozenset({"ssh", "srun", "stacks"})
+REACHABILITY_CHECKS = frozenset({"ssh", "srun", "stacks", "join"})
 
 
 @dataclass(frozen=True)

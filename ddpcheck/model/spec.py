@@ -78,6 +78,9 @@ class ClusterSpec:
     backend: Backend = Backend.AUTO
     source: str = "<embedded>"  # the file it came from
     local: bool = False  # True: this machine only, no SSH
+    # True: preflight --in-job (every node runs ddpcheck itself): no SSH either, and a node
+    # without a GPU gets the ranks this machine would (2 on gloo)
+    in_job: bool = False
 
     @property
     def master_host(self) -> HostSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..model.jobplace import JobPlace
 from ..model.spec import Backend, ClusterSpec, HostSpec, ssh_target
 from ..core.busbw import Collective, format_size
 from .bandwidth import plan_round, sweep_program
@@ -120,3 +121,36 @@ def bandwidth_steps(spec: ClusterSpec, launch: LaunchOptions, program: RankProgr
 
 __all__ = ["Step", "render", "preflight_steps", "srun_steps", "bandwidth_steps",
            "sweep_program"]
+
+
+def in_job_steps(place: JobPlace, hostname: str, python: str, launch: LaunchOptions,
+                 stage0_s: float, dcgm: Optional[int] = None) -> list[Step]:
+    """``preflight --in-job --dry-run``: what this node read and from where, and the steps it
+    would take (its own commands exactly; torchrun's as node 0 would plan it for a node
+    without GPUs)."""
+    here = HostSpec(name=hostname, address=hostname, python=python,
+                    slots=place.nproc_per_node)
+    hosts = tuple(here if rank == place.node_rank else
+                  HostSpec(name=f"node-rank-{rank}", address=place.master_addr if rank == 0
+                           else f"node-rank-{rank}", python=python, slots=place.nproc_per_node)
+                  for rank in range(place.nnodes))
+    spec = ClusterSpec(hosts=hosts, rendezvous_port=place.rendezvous_port, in_job=True,
+                       source="in-job")
+    backend = resolve_backend(spec.backend, {h.name: 0 for h in hosts})
+    slots = {h.name: resolve_slots(h, 0, True) for h in hosts}
+    mine = plan_launch(spec, slots, backend, launch)[place.node_rank]
+    steps = [Step(f"ddpcheck preflight --in-job --dry-run: node rank {place.node_rank} of "
+                  f"{place.nnodes} ({hostname})"),
+             *(Step(f"read {line}") for line in place.describe()),
+             Step(f"1. {'host the store on port' if place.node_rank == 0 else 'join the store at'}"
+                  f" {place.master_addr}:{place.store_port}"
+                  + (f" and wait for {place.nnodes - 1} node(s) to join"
+                     if place.node_rank == 0 else "") + "; beside it, stage 0 on this node:",
+                  stage0_command(here, stage0_s - 2, master=place.master_addr, dcgm=dcgm)),
+             Step("2. node 0 judges every node's stage 0; when every node joined and none "
+                  "failed, every node starts torchrun (ranks meet at "
+                  f"{place.master_addr}:{place.rendezvous_port}); this node's command, for "
+                  f"{mine.slots} rank(s) ({backend.value}, as without GPUs):", mine.command),
+             Step("3. node 0 writes the report and publishes the verdict; every node prints "
+                  "its summary line and exits with the verdict's code")]
+    return steps

@@ -1,0 +1,602 @@
+"""The in-job transport (``preflight --in-job``): the job's store, a third launcher under the
+one run engine. Runs on every node of the job; no SSH anywhere.
+
+Every node runs ``ddpcheck preflight --in-job`` itself (a pod's command, ``srun
+--ntasks-per-node=1``, mpirun, by hand). Node 0 hosts a TCPStore on the master port (as
+torchrun's own rendezvous does) and runs the ``Engine`` with ``StoreLauncher``; every other node
+runs ``run_node``, the store's end of the transport (what the agent behind sshd is to the SSH
+launcher). The keys, one writer each:
+
+    join/R      node R: {hostname, address, python}        (then ``joined`` += 1)
+    alive/R     node R: a counter, every HEARTBEAT_S        (node 0 names a node whose stops)
+    stage0/R    node R: its stage-0 CommandResult           (then ``stage0s`` += 1)
+    launch/R    node 0: node R's exact agent command        (then ``decision`` = launch)
+    decision    node 0: launch | none                       (nothing starts without it)
+    result/R    node R: its launch's CommandResult          (then ``results`` += 1)
+    stop        node 0: the world is broken, stop the ranks
+    gone/R      node R: it was interrupted (SIGTERM: a pod deleted), and why
+    verdict     node 0: {verdict, exit_code, causes}         (then every node exits with it)
+
+Every node starts its stage 0 at once, beside joining, so the gang's wait is the slowest node's
+stage 0, not the sum. Node 0 waits ``join_timeout_s`` for the joins; a node that never joined is
+named by its node rank. Every wait is bounded by ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+from ..analyze import join as joins
+from ..model.checks import Check
+from ..model.outcomes import CommandResult, Failure, LaunchEnd
+from ..model.records import Severity, Stage
+from ..model.report import Report
+from ..model.spec import ClusterSpec, HostSpec
+from ..model.jobplace import JobPlace
+from ..plan.cmdlines import RankProgram, plan_launch, probe_program, stage0_command
+from ..report.progress import Progress
+from ..transport.local import LocalSession
+from ..transport.store import JobStore, StoreError, Traffic
+from .launchers import HostDone, HostJob, HostStep, RendezvousResults, Run, announce_launch
+from .state import WORLD_BROKEN_GRACE_S, LaunchSetup
+
+if TYPE_CHECKING:
+    from .preflight import PreflightOptions
+
+HEARTBEAT_S = 1.0  # each node's heartbeat key, and how often it looks for ``stop``
+SILENT_AFTER_S = 6.0  # a joined node whose heartbeat stood still this long is gone
+POLL_S = 0.1  # node 0's look at the counters while it waits
+VERDICT_GRACE_S = 8.0  # a node waits this long past --timeout for node 0's verdict
+JOIN_TIMEOUT_MAX_S = 60.0
+
+
+def join_timeout(timeout_s: float, given: Optional[float] = None) -> float:
+    """--join-timeout, else half of --timeout, at most a minute."""
+    return given if given is not None else min(timeout_s / 2, JOIN_TIMEOUT_MAX_S)
+
+
+@dataclass(frozen=True)
+class NodeJoin:
+    """What a node says of itself when it joins."""
+
+    node_rank: int
+    hostname: str
+    address: str  # its address on the route to the master
+    python: str  # the interpreter its ranks run
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: bytes) -> "NodeJoin":
+        data = json.loads(text)
+        return cls(int(data["node_rank"]), str(data["hostname"]), str(data["address"]),
+                   str(data["python"]))
+
+
+def result_json(result: CommandResult) -> str:
+    return json.dumps({"exit_code": result.exit_code, "output": result.output,
+                       "timed_out": result.timed_out, "cancelled": result.cancelled,
+                       "duration_s": result.duration_s})
+
+
+def result_of(text: bytes) -> CommandResult:
+    data = json.loads(text)
+    return CommandResult(data["exit_code"], data["output"], bool(data["timed_out"]),
+                         bool(data["cancelled"]), float(data["duration_s"]))
+
+
+def node_host(place: JobPlace, hostname: str, address: str, python: str) -> HostSpec:
+    """A node as the plans see it: its ranks get the environment they run in (no ``env``)."""
+    return HostSpec(name=hostname, address=address, python=python,
+                    slots=place.nproc_per_node)
+
+
+def missing_name(node_rank: int) -> str:
+    return f"node-rank-{node_rank}"
+
+
+def in_job_spec(place: JobPlace, hostname: str, address: str) -> ClusterSpec:
+    """Node 0's spec before the joins: itself; ``StoreLauncher.prepare`` adds the others."""
+    return ClusterSpec(hosts=(node_host(place, hostname, address, sys.executable),),
+                       rendezvous_port=place.rendezvous_port, in_job=True,
+                       source=f"in-job ({place.sources['nnodes']})")
+
+
+def local_address(master: str, port: int) -> str:
+    """This node's address on the route to the master (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((master, port))
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+class Counters:
+    """Node 0's view of a counter key: which node ranks' keys are new since the last look."""
+
+    def __init__(self, store: JobStore, counter: str, prefix: str, ranks: Sequence[int]) -> None:
+        self.store = store
+        self.counter = counter
+        self.prefix = prefix
+        self.pending = set(ranks)
+        self.seen = 0
+
+    def new(self) -> dict[int, bytes]:
+        count = self.store.add(self.counter, 0)
+        if count == self.seen or not self.pending:
+            return {}
+        found = [r for r in sorted(self.pending) if self.store.check([f"{self.prefix}/{r}"])]
+        values = self.store.multi_get([f"{self.prefix}/{r}" for r in found])
+        self.seen += len(found)
+        self.pending -= set(found)
+        return dict(zip(found, values))
+
+
+class Liveness:
+    """Node 0's watch on the heartbeats of joined nodes: a node whose counter stood still for
+    SILENT_AFTER_S, or that wrote ``gone/R``, is named once."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.last: dict[int, tuple[bytes, float]] = {}
+        self.next_look = 0.0
+
+    def lost(self, ranks: Sequence[int]) -> dict[int, tuple[str, float]]:
+        """{node rank: (why, silent seconds)} for the ranks gone since the last look."""
+        now = time.monotonic()
+        if now < self.next_look or not ranks:
+            return {}
+        self.next_look = now + HEARTBEAT_S
+        gone = {}
+        for rank in ranks:
+            if self.store.check([f"gone/{rank}"]):
+                gone[rank] = (self.store.get(f"gone/{rank}").decode(), 0.0)
+        beating = [r for r in ranks if r not in gone]
+        present = [r for r in beating if self.store.check([f"alive/{r}"])]
+        found = dict(zip(present, self.store.multi_get([f"alive/{r}" for r in present])))
+        values = [found.get(r, b"") for r in beating]
+        for rank, value in zip(beating, values):
+            before = self.last.get(rank)
+            if before is None or before[0] != value:
+                self.last[rank] = (value, now)
+            elif now - before[1] >= SILENT_AFTER_S:
+                gone[rank] = ("", now - before[1])
+        return gone
+
+
+def gang_hosts(place: JobPlace, joined: dict[int, NodeJoin]
+               ) -> tuple[tuple[HostSpec, ...], dict[int, str]]:
+    """One host per node rank, in node-rank order (torchrun's node ranks), named by its
+    hostname (``node-rank-R`` for a node that never joined), and the names by node rank."""
+    used: set[str] = set()
+    hosts, names = [], {}
+    for rank in range(place.nnodes):
+        join = joined.get(rank)
+        name = join.hostname if join else missing_name(rank)
+        if name in used:  # two nodes with one hostname: keep them apart in the report
+            name = f"{name}#{rank}"
+        used.add(name)
+        names[rank] = name
+        hosts.append(node_host(place, name, join.address, join.python) if join else
+                     HostSpec(name=name, address="unknown"))
+    return tuple(hosts), names
+
+
+class WorldEnds:
+    """Each node's launch end, in node-rank order, and what it means for the others (as the
+    SSH launcher does): once one ended with failures the others get the collective timeout
+    and a grace, then ``stop``; a node whose torchrun never started stops them at once."""
+
+    def __init__(self, run: Run, hosts: Sequence[str], done: HostDone, window_s: float) -> None:
+        self.run = run
+        self.hosts = list(hosts)
+        self.done = done
+        self.window_s = window_s
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.timers: list[threading.Timer] = []
+        self.published = False
+
+    def ended(self, rank: int, result: CommandResult) -> None:
+        with self.lock:
+            end = self.done(self.hosts[rank], result)
+            if end is LaunchEnd.OK or len(self.hosts) == 1 or self.stop.is_set() \
+                    or self.timers:
+                return
+            if end is LaunchEnd.NEVER_JOINED:
+                self.stop.set()
+                return
+            timer = threading.Timer(self.window_s, self.stop.set)
+            timer.daemon = True
+            self.timers.append(timer)
+            timer.start()
+        self.run.progress.say(f"{self.hosts[rank]} ended with failures: the other nodes get "
+                              f"{self.window_s:g}s to end, then are asked to stop")
+
+    def publish_stop(self, store: JobStore) -> None:
+        """``stop`` in the store, once, when the world is broken: every node's heartbeat
+        sees it and stops its torchrun."""
+        if self.stop.is_set() and not self.published:
+            self.published = True
+            store.set("stop", "world broken")
+
+    def close(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+
+class StoreLauncher:
+    """Node 0's launcher: the other nodes come to it through the store; node 0's own stage 0
+    and torchrun run here, as ``LocalSession`` commands."""
+
+    rendezvous_in_stage0 = False  # the joins are the check: each node reached the master port
+
+    def __init__(self, place: JobPlace, store: JobStore, join_timeout_s: float,
+                 started: float) -> None:
+        self.place = place
+        self.store = store
+        self.join_timeout_s = join_timeout_s
+        self.started = started
+        self.session = LocalSession()
+        self.joins: dict[int, NodeJoin] = {}
+        self.names: dict[int, str] = {}  # node rank -> host name in the spec
+        self.gone: set[int] = set()  # nodes named lost or left: nothing more is asked of them
+        self.decided = False
+        self.liveness = Liveness(store)
+
+    # -- set-up: the joins ---------------------------------------------------------------------
+    def prepare(self, spec: ClusterSpec, run: Run) -> ClusterSpec:
+        """Wait for every node to join (within the join timeout); the spec gets one host per
+        node rank, in node-rank order (torchrun's node ranks), named by its hostname."""
+        run.progress.expect(self.place.nnodes, run.verbose)
+        me = spec.hosts[0]
+        self.joins[0] = NodeJoin(0, me.name, me.address, me.python)
+        others = list(range(1, self.place.nnodes))
+        arrivals = Counters(self.store, "joined", "join", others)
+        deadline = self.started + self.join_timeout_s
+        if others:
+            run.progress.say(f"node 0: the store is up at port {self.place.store_port}; waiting "
+                             f"up to {self.join_timeout_s:g}s for {len(others)} node(s) to join")
+        while arrivals.pending and time.monotonic() < deadline:
+            for rank, text in arrivals.new().items():
+                self.joins[rank] = NodeJoin.from_json(text)
+            if arrivals.pending:
+                time.sleep(POLL_S)
+        hosts, self.names = gang_hosts(self.place, self.joins)
+        return replace(spec, hosts=hosts)
+
+    # -- stage 0: its own here, the others' from the store --------------------------------------
+    def reach(self, run: Run, step: HostStep) -> None:
+        if step.stage is not Stage.STAGE0:
+            raise StoreError("--in-job runs preflight only")
+        joined = [self.names[r] for r in sorted(self.joins)]
+        for rank in range(self.place.nnodes):
+            if rank not in self.joins:
+                name = self.names[rank]
+                run.state.fail(name, joins.never_joined(rank, self.join_timeout_s, joined),
+                               stage=Stage.CONNECT, reachable=False)
+                run.progress.host(name, f"never joined within {self.join_timeout_s:g}s")
+        hosts = {rank: h for rank, h in enumerate(run.spec.hosts)}
+        for rank in self.joins:
+            run.state.update(self.names[rank], reachable=True, stage=Stage.STAGE0)
+        deadline = run.state.until(step.timeout_s)
+        own = hosts[0]
+        mine = threading.Thread(target=lambda: step.record(own, self.session.run(
+            step.command(own, max(deadline - time.monotonic() - 2, 1)), deadline,
+            run.state.cancel), None), daemon=True)
+        mine.start()
+        others = [r for r in self.joins if r != 0]
+        pending = self.gather(run, "stage0s", "stage0", others, deadline, "stage 0",
+                              lambda rank, text: step.record(hosts[rank], result_of(text), None))
+        for rank in pending:
+            run.state.fail(self.names[rank], Failure(
+                Check.TIMEOUT, f"stage 0 on node rank {rank} gave no result before its deadline"))
+        while mine.is_alive():
+            mine.join(0.2)  # bounded by its deadline: the session kills it there
+
+    def rendezvous(self, run: Run) -> RendezvousResults:
+        return []  # never asked (rendezvous_in_stage0 is False and the check is the joins)
+
+    # -- launch: every node's torchrun ---------------------------------------------------------
+    def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
+               done: HostDone, on_line=None) -> None:
+        """Node 0 plans every node's command (as the SSH launcher would), posts them, says
+        ``launch``, runs its own and gathers the others' ends as they come."""
+        plans = plan_launch(run.spec, setup.slots, setup.backend, setup.options,
+                            run_id=uuid.uuid4().hex[:12], rank_program=program or probe_program)
+        announce_launch(run, plans)
+        for rank, host_plan in enumerate(plans):
+            if rank:
+                self.store.set(f"launch/{rank}", host_plan.command)
+        self.decide("launch")
+        world = WorldEnds(run, [p.host for p in plans], done,
+                          setup.options.collective_timeout_s + WORLD_BROKEN_GRACE_S)
+        deadline = run.state.until(setup.options.deadline_s + run.launch_grace_s)
+        mine = threading.Thread(target=lambda: world.ended(0, self.session.run(
+            plans[0].command, deadline, run.state.cancel, world.stop)), daemon=True)
+        mine.start()
+        try:
+            pending = self.gather(
+                run, "results", "result", range(1, len(plans)), deadline, "launch",
+                lambda rank, text: world.ended(rank, result_of(text)),
+                lambda rank: world.ended(rank, CommandResult(None, "", lost=True)),
+                busy=mine.is_alive, tick=lambda: world.publish_stop(self.store))
+            mine.join(max(deadline - time.monotonic(), 0) + 10)
+            for rank in pending:  # past the deadline: no result came
+                world.ended(rank, CommandResult(None, "", timed_out=True))
+        finally:
+            world.close()
+
+    def gather(self, run: Run, counter: str, prefix: str, ranks: Sequence[int], deadline: float,
+               stage: str, arrived: Callable[[int, bytes], None],
+               lost: Optional[Callable[[int], None]] = None,
+               busy: Callable[[], bool] = lambda: False,
+               tick: Callable[[], None] = lambda: None) -> list[int]:
+        """Each node's value as it comes, until all came (and ``busy()`` is over), the
+        deadline or the run's cancel; a node gone meanwhile is named (``lost``). Returns the
+        node ranks whose value never came."""
+        values = Counters(self.store, counter, prefix, ranks)
+        while (values.pending or busy()) and time.monotonic() < deadline \
+                and not run.state.cancel.is_set():
+            for rank, text in values.new().items():
+                arrived(rank, text)
+            for rank, (why, silent) in self.liveness.lost(
+                    sorted(values.pending - self.gone)).items():
+                self.gone.add(rank)
+                values.pending.discard(rank)
+                name = self.names[rank]
+                failure = (joins.left(rank, name, why, stage) if why else
+                           joins.went_silent(rank, name, silent, stage))
+                run.state.fail(name, failure, reachable=False)
+                run.progress.host(name, f"failed: {failure.message}")
+                if lost is not None:
+                    lost(rank)
+            tick()
+            time.sleep(POLL_S)
+        return sorted(values.pending)
+
+    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
+        raise StoreError("--in-job runs one world, not per-host jobs")
+
+    def decide(self, decision: str) -> None:
+        if not self.decided:
+            self.decided = True
+            self.store.set("decision", decision)
+
+    def release(self, names: Sequence[str]) -> None:
+        """Nothing is held per node: a node that will run nothing more hears it from the
+        decision."""
+
+    def close(self) -> None:
+        """Whatever happened, the other nodes hear that nothing (more) starts."""
+        try:
+            self.decide("none")
+        except StoreError:
+            pass
+        self.session.close()
+
+
+# -- the verdict, on every node -----------------------------------------------------------------
+
+def node_causes(report: Report, names: dict[int, str]) -> dict[str, str]:
+    """Each node's cause (by node rank): its own first error, else the root cause."""
+    root = next((f for f in report.findings if f.root_cause), None) or next(
+        (f for f in report.findings if f.severity is Severity.ERROR), None)
+    causes = {}
+    for rank, name in names.items():
+        own = next((f for f in report.findings
+                    if f.host == name and f.severity is Severity.ERROR), None)
+        finding = own or root
+        causes[str(rank)] = (f"{finding.check}: {finding.message}" if finding else
+                             "every check passed")
+    return causes
+
+
+def publish_verdict(store: JobStore, report: Report, names: dict[int, str],
+                    nnodes: int, wait_s: float = 5.0) -> None:
+    """The verdict for every node, then a short wait while they read it (the store lives in
+    this process)."""
+    store.set("verdict", json.dumps({"verdict": report.verdict.value,
+                                     "exit_code": report.exit_code,
+                                     "causes": node_causes(report, names),
+                                     "names": {str(r): n for r, n in names.items()}}))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and store.add("read", 0) < nnodes - 1:
+        time.sleep(POLL_S)
+
+
+def summary_line(node_rank: int, host: str, verdict: str, cause: str) -> str:
+    """The one line every node prints last."""
+    return f"ddpcheck: node rank {node_rank} ({host}): {verdict.upper()}: {cause}"
+
+
+# -- a node other than 0: the store's end of the transport --------------------------------------
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    exit_code: int
+    verdict: str
+    cause: str
+    host: str
+    traffic: Traffic
+
+
+class Heartbeat:
+    """A node's heartbeat on its own connection; it also watches ``stop``."""
+
+    def __init__(self, store: JobStore, node_rank: int, stop: threading.Event) -> None:
+        self.store = store
+        self.key = f"alive/{node_rank}"
+        self.stop = stop
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.beat, daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def beat(self) -> None:
+        count = 0
+        while not self.done.is_set():
+            count += 1
+            try:
+                self.store.set(self.key, str(count))
+                if self.store.check(["stop"]):
+                    self.stop.set()
+            except StoreError:
+                return  # node 0 is gone: the main thread's next call says so
+            self.done.wait(HEARTBEAT_S)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(HEARTBEAT_S + 1)
+
+
+def run_node(place: JobPlace, stage0_s: float, timeout_s: float, join_timeout_s: float,
+             dcgm: Optional[int], progress: Progress, started: float) -> NodeOutcome:
+    """One node other than 0: stage 0 here at once, join node 0's store beside it, post the
+    facts, run the command node 0 decides (or nothing), and take node 0's verdict."""
+    hostname = socket.gethostname()
+    deadline = started + timeout_s
+    address = local_address(place.master_addr, place.store_port)
+    host = node_host(place, hostname, address, sys.executable)
+    session = LocalSession()
+    cancel = threading.Event()
+    stage0: list[CommandResult] = []
+    stage0_deadline = min(deadline, time.monotonic() + stage0_s)
+    command = stage0_command(host, max(stage0_deadline - time.monotonic() - 2, 1),
+                             master=place.master_addr, dcgm=dcgm)
+    checker = threading.Thread(target=lambda: stage0.append(session.run(
+        command, stage0_deadline, cancel)), daemon=True)
+    checker.start()
+    traffic = Traffic()
+    store: Optional[JobStore] = None
+    heartbeat: Optional[Heartbeat] = None
+    rank = place.node_rank
+    stage = "join"
+    try:
+        progress.say(f"node rank {rank} ({hostname}): joining {place.master_addr}:"
+                     f"{place.store_port}")
+        try:
+            store = JobStore.connect(place.master_addr, place.store_port,
+                                     min(join_timeout_s, deadline - time.monotonic()), traffic)
+            store.set(f"join/{rank}", NodeJoin(rank, hostname, address,
+                                               sys.executable).to_json())
+            store.add("joined", 1)
+        except StoreError as exc:
+            failure = joins.master_unreachable(str(exc))
+            return NodeOutcome(3, "unreachable", f"{failure.check}: {failure.message}",
+                               hostname, traffic)
+        stop = threading.Event()
+        heartbeat = Heartbeat(store.connection(min(10.0, max(deadline - time.monotonic(), 1))),
+                              rank, stop).start()
+        stage = "stage 0"
+        while checker.is_alive():
+            checker.join(0.2)
+        result = stage0[0] if stage0 else CommandResult(None, "", cancelled=True)
+        store.set(f"stage0/{rank}", result_json(result))
+        store.add("stage0s", 1)
+        stage = "the decision"
+        progress.say(f"node rank {rank} ({hostname}): stage 0 done in {result.duration_s:.1f}s;"
+                     f" waiting for node 0's decision")
+        if not store.wait(["decision"], deadline):
+            raise StoreError("node 0 gave no decision within --timeout")
+        if store.get("decision").decode() == "launch":
+            stage = "launch"
+            launch = store.get(f"launch/{rank}").decode()
+            progress.say(f"node rank {rank} ({hostname}): launching torchrun")
+            ran = session.run(launch, deadline + 5.0, cancel, stop)
+            store.set(f"result/{rank}", result_json(ran))
+            store.add("results", 1)
+        stage = "the verdict"
+        if not store.wait(["verdict"], deadline + VERDICT_GRACE_S):
+            raise StoreError("node 0 gave no verdict within --timeout")
+        verdict = json.loads(store.get("verdict"))
+        store.add("read", 1)
+        cause = verdict["causes"].get(str(rank), "")
+        return NodeOutcome(int(verdict["exit_code"]), verdict["verdict"], cause,
+                           verdict["names"].get(str(rank), hostname), traffic)
+    except StoreError as exc:
+        return NodeOutcome(3, "unreachable", f"join: lost node 0 during {stage}: {exc}",
+                           hostname, traffic)
+    except KeyboardInterrupt as exc:
+        from ..analyze.outcomes import signal_name
+
+        why = signal_name(exc)
+        if store is not None:
+            try:
+                store.set(f"gone/{rank}", f"interrupted ({why})")
+            except StoreError:
+                pass
+        return NodeOutcome(130, "interrupted", f"interrupted ({why}) during {stage}",
+                           hostname, traffic)
+    finally:
+        cancel.set()
+        if heartbeat is not None:
+            heartbeat.close()
+        session.close()
+
+
+# -- the command's frame on every node ----------------------------------------------------------
+
+Reported = Callable[[Callable[[ClusterSpec], Report], Callable[[], ClusterSpec]], int]
+
+
+def run_in_job(place: JobPlace, options: "PreflightOptions", join_timeout_s: Optional[float],
+               progress: Progress, reported: Reported) -> int:
+    """``preflight --in-job`` on this node: node 0 runs the engine with ``StoreLauncher``
+    inside ``reported`` (the command's frame: the table, the report files, the exit code) and
+    publishes the verdict; any other node runs ``run_node``. Every node ends with its summary
+    line on stderr and exits with the verdict's code."""
+    from .preflight import run_preflight
+
+    started = time.monotonic()
+    options = replace(options, rendezvous_check=False)  # the joins reached the master's port
+    join_s = min(join_timeout(options.timeout_s, join_timeout_s), options.timeout_s)
+    if place.node_rank != 0:
+        outcome = run_node(place, options.stage0_timeout_s, options.timeout_s, join_s,
+                           options.dcgm, progress, started)
+        print(summary_line(place.node_rank, outcome.host, outcome.verdict, outcome.cause),
+              file=sys.stderr)
+        return outcome.exit_code
+    hostname = socket.gethostname()
+    address = local_address(place.master_addr, place.store_port)
+    try:
+        store = JobStore.serve(place.store_port, options.timeout_s)
+    except StoreError as exc:
+        print(summary_line(0, hostname, "unreachable", f"join: {exc}"), file=sys.stderr)
+        return 3
+    launcher = StoreLauncher(place, store, join_s, started)
+    reports: list[Report] = []
+
+    def execute(spec: ClusterSpec) -> Report:
+        try:
+            reports.append(run_preflight(spec, options, progress, launcher))
+            return reports[0]
+        finally:
+            names = launcher.names or {0: hostname}
+            if reports:
+                publish_verdict(store, reports[0], names, place.nnodes)
+            else:  # interrupted before the engine could report
+                store.set("verdict", json.dumps({
+                    "verdict": "interrupted", "exit_code": 130, "names": {},
+                    "causes": {str(r): "interrupted: node 0 was stopped" for r in
+                               range(place.nnodes)}}))
+
+    code = reported(execute, lambda: in_job_spec(place, hostname, address))
+    if reports:
+        cause = node_causes(reports[0], launcher.names or {0: hostname})["0"]
+        print(summary_line(0, hostname, reports[0].verdict.value, cause), file=sys.stderr)
+    else:
+        print(summary_line(0, hostname, "interrupted" if code == 130 else "error",
+                           "see above"), file=sys.stderr)
+    return code
