@@ -262,7 +262,7 @@ class StoreLauncher:
         self.joins[0] = NodeJoin(0, me.name, me.address, me.python)
         others = list(range(1, self.place.nnodes))
         arrivals = Counters(self.store, "joined", "join", others)
-        deadline = self.started + self.join_timeout_s
+        deadline = time.monotonic() + self.join_timeout_s  # from the store's start
         if others:
             run.progress.say(f"node 0: the store is up at port {self.place.store_port}; waiting "
                              f"up to {self.join_timeout_s:g}s for {len(others)} node(s) to join")
@@ -459,6 +459,7 @@ class Heartbeat:
     def close(self) -> None:
         self.done.set()
         self.thread.join(HEARTBEAT_S + 1)
+        self.store.close()
 
 
 def run_node(place: JobPlace, stage0_s: float, timeout_s: float, join_timeout_s: float,
@@ -543,6 +544,8 @@ def run_node(place: JobPlace, stage0_s: float, timeout_s: float, join_timeout_s:
         cancel.set()
         if heartbeat is not None:
             heartbeat.close()
+        if store is not None:
+            store.close()
         session.close()
 
 
@@ -592,7 +595,10 @@ def run_in_job(place: JobPlace, options: "PreflightOptions", join_timeout_s: Opt
                     "causes": {str(r): "interrupted: node 0 was stopped" for r in
                                range(place.nnodes)}}))
 
-    code = reported(execute, lambda: in_job_spec(place, hostname, address))
+    try:
+        code = reported(execute, lambda: in_job_spec(place, hostname, address))
+    finally:
+        store.close()
     if reports:
         cause = node_causes(reports[0], launcher.names or {0: hostname})["0"]
         print(summary_line(0, hostname, reports[0].verdict.value, cause), file=sys.stderr)

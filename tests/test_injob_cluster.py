@@ -1,0 +1,242 @@
+"""``ddpcheck preflight --in-job`` on namespace hosts with no sshd: each node's ddpcheck started
+in its own namespace with the environment a PyTorchJob pod gets (``PET_*``), as the operator
+would start it; node 0 hosts the store, gloo crosses the bridge, faults are real (a node never
+started, a missing interface, an env that differs, iptables on the master's port, SIGTERM and
+SIGKILL). Nothing reaches any host by ssh: there is no sshd to reach."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+
+from nscluster import NamespaceCluster, cluster_available
+
+pytestmark = pytest.mark.cluster
+
+PYTHON = sys.executable
+NODES = 3
+_ports = itertools.count(29700, 10)  # a port per run: no run meets an earlier one's store
+FAST = ["--skip", "compute,numerics,consistency"]  # the fault runs need no rank checks
+LEFTOVER_WORDS = ("ddpcheck", "torchrun", "torch.distributed.run")
+
+
+@pytest.fixture(scope="module")
+def gang(tmp_path_factory):
+    """Three namespace hosts h1..h3, no sshd, for the whole module."""
+    ok, reason = cluster_available()
+    if not ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"namespace cluster unavailable under CI: {reason}")
+        pytest.skip(f"namespace cluster unavailable: {reason}")
+    cluster = NamespaceCluster(NODES, tmp_path_factory.mktemp("injob"), sshd=False)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class NodeRun:
+    rank: int
+    exit_code: Optional[int]
+    output: str
+    elapsed_s: float
+
+    @property
+    def summary(self) -> str:
+        lines = [line for line in self.output.splitlines()
+                 if line.startswith(f"ddpcheck: node rank {self.rank} ")]
+        return lines[-1] if lines else ""
+
+
+def pod_env(rank: int, port: int, extra: Optional[dict] = None) -> dict:
+    """What a PyTorchJob pod's container gets from the operator (and our PATH)."""
+    env = {"PATH": os.environ["PATH"], "HOME": "/root", "PET_NNODES": str(NODES),
+           "PET_NODE_RANK": str(rank), "PET_MASTER_ADDR": "h1", "PET_MASTER_PORT": str(port),
+           "PET_NPROC_PER_NODE": "2", "PYTHONUNBUFFERED": "1"}
+    env.update(extra or {})
+    return env
+
+
+def start_node(cluster, rank: int, port: int, args: list[str], tmp_path: pathlib.Path,
+               extra: Optional[dict] = None) -> subprocess.Popen:
+    report = ["--json", str(tmp_path / "report.json")] if rank == 0 else []
+    return cluster.popen_in(f"h{rank + 1}", [PYTHON, "-m", "ddpcheck", "preflight", "--in-job",
+                                             *report, *args],
+                            env=pod_env(rank, port, extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(procs: dict[int, subprocess.Popen], started: float, limit_s: float
+           ) -> dict[int, NodeRun]:
+    runs = {}
+    for rank, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=max(limit_s - (time.monotonic() - started), 1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            runs[rank] = NodeRun(rank, None, out, time.monotonic() - started)
+            continue
+        runs[rank] = NodeRun(rank, proc.returncode, out, time.monotonic() - started)
+    return runs
+
+
+def run_gang(cluster, tmp_path, args: list[str], ranks=range(NODES), extra=None,
+             limit_s: float = 150.0) -> tuple[dict[int, NodeRun], dict]:
+    port = next(_ports)
+    started = time.monotonic()
+    procs = {rank: start_node(cluster, rank, port, args, tmp_path, (extra or {}).get(rank))
+             for rank in ranks}
+    runs = finish(procs, started, limit_s)
+    path = tmp_path / "report.json"
+    return runs, json.loads(path.read_text()) if path.exists() else {}
+
+
+def leftovers(cluster) -> list[str]:
+    """Processes of ours still alive in any namespace (there is no sshd to leave out)."""
+    found = []
+    for host in cluster.hosts:
+        for pid in cluster.pids_in(host.name):
+            try:
+                cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if any(word.encode() in cmdline for word in LEFTOVER_WORDS):
+                found.append(f"{host.name}: {pid} {cmdline.decode(errors='replace')[:120]}")
+    return found
+
+
+def assert_nothing_left(cluster) -> None:
+    deadline = time.monotonic() + 10
+    while leftovers(cluster) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not leftovers(cluster)
+
+
+def errors(report: dict) -> list[dict]:
+    return [f for f in report["findings"] if f["severity"] == "error"]
+
+
+def test_healthy_gang_every_node_exits_0_and_node_0_reports_six_ranks(gang, tmp_path):
+    runs, report = run_gang(gang, tmp_path, ["--timeout", "120"])
+    for run in runs.values():
+        assert run.exit_code == 0, run.output
+        assert run.summary.endswith("OK: every check passed"), run.output
+    assert [h["name"] for h in report["hosts"]] == ["h1", "h2", "h3"]
+    assert report["world_size"] == report["expected_world_size"] == 6
+    assert sorted(r["rank"] for r in report["ranks"] if r["status"] == "ok") == list(range(6))
+    assert {r["host"] for r in report["ranks"]} == {"h1", "h2", "h3"}
+    assert not errors(report) and report["verdict"] == "ok"
+    assert "stage0" in report and set(report["stage0"]) == {"h1", "h2", "h3"}
+    assert_nothing_left(gang)
+
+
+def test_a_node_that_never_started_is_named_by_node_rank_within_the_timeout(gang, tmp_path):
+    runs, report = run_gang(gang, tmp_path, ["--timeout", "40", "--join-timeout", "10", *FAST],
+                            ranks=(0, 1))
+    for run in runs.values():
+        assert run.exit_code == 3, run.output
+        assert run.elapsed_s < 40 + 10, run.output
+    joins = [f for f in errors(report) if f["check"] == "join"]
+    assert len(joins) == 1 and "node rank 2 never joined within 10s (joined: h1, h2)" in \
+        joins[0]["message"], report["findings"]
+    assert joins[0]["root_cause"]
+    assert not report["ranks"]  # nothing started on a bad gang
+    assert "node rank 2 never joined" in runs[1].summary, runs[1].output
+    assert_nothing_left(gang)
+
+
+def test_a_missing_gloo_interface_on_one_node_is_named_and_nothing_starts(gang, tmp_path):
+    runs, report = run_gang(gang, tmp_path, ["--timeout", "60", *FAST],
+                            extra={2: {"GLOO_SOCKET_IFNAME": "eth9"}})
+    assert all(run.exit_code == 1 for run in runs.values()), [r.output for r in runs.values()]
+    named = [f for f in errors(report) if f["host"] == "h3" and "GLOO_SOCKET_IFNAME" in
+             f["message"]]
+    assert named and "eth9" in named[0]["message"], report["findings"]
+    assert not report["ranks"]
+    assert "GLOO_SOCKET_IFNAME" in runs[2].summary, runs[2].output
+    assert_nothing_left(gang)
+
+
+def test_an_env_that_differs_on_one_node_is_named(gang, tmp_path):
+    runs, report = run_gang(gang, tmp_path, ["--timeout", "90", "--skip", "compute,numerics"],
+                            extra={1: {"NCCL_IB_DISABLE": "1"}})
+    drift = [f for f in report["findings"] if f["check"] == "env_drift"
+             and "NCCL_IB_DISABLE" in f["message"]]
+    assert drift and "h2" in drift[0]["message"], report["findings"]
+    assert runs[0].exit_code == runs[1].exit_code == runs[2].exit_code == report["exit_code"]
+    assert_nothing_left(gang)
+
+
+def test_the_master_port_dropped_for_one_node_is_named_on_both_sides(gang, tmp_path):
+    port = next(_ports)
+    rule = ["OUTPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"]
+    gang.run_in("h3", ["iptables", "-w", "5", "-I", *rule], check=True)
+    try:
+        started = time.monotonic()
+        procs = {rank: start_node(gang, rank, port, ["--timeout", "40", "--join-timeout", "10",
+                                                     *FAST], tmp_path) for rank in range(NODES)}
+        runs = finish(procs, started, 120)
+    finally:
+        gang.run_in("h3", ["iptables", "-w", "5", "-D", *rule], check=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert all(run.exit_code == 3 for run in runs.values()), [r.output for r in runs.values()]
+    assert all(run.elapsed_s < 40 + 10 for run in runs.values())
+    assert "node rank 2 never joined" in " ".join(f["message"] for f in errors(report))
+    assert f"cannot reach the master's store at h1:{port}" in runs[2].summary, runs[2].output
+    assert_nothing_left(gang)
+
+
+def wait_for_line(proc: subprocess.Popen, text: str, limit_s: float) -> str:
+    """Read ``proc``'s output until a line holds ``text``; what was read."""
+    seen = []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"no line with {text!r} in {limit_s}s:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_node_stopped_after_it_joined_is_named_and_nothing_is_left(gang, tmp_path, sig):
+    """SIGTERM (a pod deleted) while its torchrun runs: it says it left; SIGKILL: its
+    heartbeat stops. Either way node 0 names it long before --timeout, and no torchrun or
+    rank is left on any node."""
+    port = next(_ports)
+    started = time.monotonic()
+    procs = {rank: start_node(gang, rank, port, ["--timeout", "120", "--collective-timeout",
+                                                 "10"], tmp_path) for rank in range(NODES)}
+    head = wait_for_line(procs[1], "launching torchrun", 90)
+    time.sleep(1.0)  # its torchrun and ranks are starting
+    if sig == signal.SIGKILL:  # the whole pod goes: ddpcheck, torchrun, ranks
+        for pid in gang.pids_in("h2"):
+            os.kill(pid, signal.SIGKILL)
+    else:
+        procs[1].send_signal(signal.SIGTERM)
+    runs = finish(procs, started, 150)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert runs[0].elapsed_s < 100, runs[0].output
+    joins = [f for f in errors(report) if f["check"] == "join" and f["host"] == "h2"]
+    word = "left during launch: interrupted (SIGTERM)" if sig == signal.SIGTERM else \
+        "joined, then stopped answering during launch"
+    assert joins and word in joins[0]["message"], report["findings"]
+    assert runs[0].exit_code != 0 and runs[2].exit_code != 0
+    if sig == signal.SIGTERM:
+        assert runs[1].exit_code == 130, head + runs[1].output
+    assert_nothing_left(gang)
