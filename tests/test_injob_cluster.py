@@ -20,6 +20,7 @@ from typing import Optional
 import pytest
 
 from nscluster import NamespaceCluster, cluster_available
+from plantedtorch import broken_torch
 
 pytestmark = pytest.mark.cluster
 
@@ -239,4 +240,20 @@ def test_a_node_stopped_after_it_joined_is_named_and_nothing_is_left(gang, tmp_p
     assert runs[0].exit_code != 0 and runs[2].exit_code != 0
     if sig == signal.SIGTERM:
         assert runs[1].exit_code == 130, head + runs[1].output
+    assert_nothing_left(gang)
+
+
+def test_a_node_whose_torch_will_not_import_still_joins_and_is_named(gang, tmp_path):
+    """h2's torch is installed whole but will not import (planted on its PYTHONPATH): the
+    store needs no torch, so h2 joins and its stage 0 passes (torch is read, not imported);
+    its torchrun dies at the import and node 0 names it, root cause, on h2; the others are
+    stopped, and every node exits 1."""
+    site = broken_torch(tmp_path / "site", "libtorch_cpu.so: undefined symbol: x")
+    runs, report = run_gang(gang, tmp_path, ["--timeout", "90", *FAST],
+                            extra={1: {"PYTHONPATH": str(site)}})
+    assert all(run.exit_code == 1 for run in runs.values()), [r.output for r in runs.values()]
+    [root] = [f for f in report["findings"] if f["root_cause"]]
+    assert root["check"] == "torch_import" and root["host"] == "h2", report["findings"]
+    assert "import torch failed: ImportError: libtorch_cpu.so" in root["message"]
+    assert "torch_import" in runs[1].summary, runs[1].output
     assert_nothing_left(gang)
