@@ -106,3 +106,30 @@ def test_preflight_launcher_slurm_under_real_slurm(slurm_nodes, ns_cluster, tmp_
         time.sleep(0.2)
     assert leftovers(ns_cluster, str(slurm_nodes.conf)) == []
     print(f"preflight --launcher slurm under salloc: {elapsed:.1f}s")
+
+
+def test_preflight_in_job_under_srun(slurm_nodes, ns_cluster, tmp_path):
+    """``srun --ntasks-per-node=1 ddpcheck preflight --in-job``: each node's task reads its
+    place from SLURM_NNODES / SLURM_NODEID, node 0 hosts the store, no ssh and no
+    ``--launcher slurm``. The node names resolve nowhere here, so the master's address is
+    given as a flag (flags come first), as it must be on such a cluster."""
+    report_path = tmp_path / "report.json"
+    env = {**slurm_nodes.env, "PYTHONPATH": str(REPO)}
+    master = ns_cluster.host(HOSTS[0]).address
+    done = subprocess.run(
+        ["salloc", "--nodes=2", "--ntasks-per-node=1", "--time=5",
+         "srun", "--ntasks-per-node=1", "--label",
+         sys.executable, "-m", "ddpcheck", "preflight", "--in-job", "--master-addr", master,
+         "--master-port", "29640", "--nproc-per-node", "2", "--json", str(report_path),
+         "--timeout", "120", "--skip", "compute,numerics"],
+        capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    assert [h["name"] for h in report["hosts"]] == list(HOSTS)
+    assert sorted(r["rank"] for r in report["ranks"] if r["status"] == "ok") == [0, 1, 2, 3]
+    summaries = [line for line in done.stderr.splitlines() if "ddpcheck: node rank" in line]
+    assert len(summaries) == 2 and all("OK: every check passed" in s for s in summaries)
+    deadline = time.monotonic() + 10
+    while leftovers(ns_cluster, str(slurm_nodes.conf)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers(ns_cluster, str(slurm_nodes.conf)) == []
