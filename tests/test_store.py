@@ -90,3 +90,12 @@ def test_traffic_counts_every_byte_and_round_trip(served) -> None:
     assert other.traffic.round_trips == 2 and 1000 < other.traffic.received < 1100
     assert other.traffic.as_dict()["round_trips"] == 2
     other.close()
+
+
+def test_a_heartbeat_sets_its_key_and_hears_stop_in_one_round_trip(served) -> None:
+    other = JobStore.connect("127.0.0.1", served.port, 5)
+    assert not other.beat("alive/1", "1", "stop")
+    served.set("stop", "world broken")
+    assert other.beat("alive/1", "2", "stop") and other.traffic.round_trips == 2
+    assert served.values(["alive/1", "alive/2"]) == [b"2", None]
+    other.close()

@@ -50,7 +50,7 @@ from .state import WORLD_BROKEN_GRACE_S, LaunchSetup
 if TYPE_CHECKING:
     from .preflight import PreflightOptions
 
-HEARTBEAT_S = 1.0  # each node's heartbeat key, and how often it looks for ``stop``
+HEARTBEAT_S = 1.0  # each node's heartbeat, which also hears ``stop``: one round trip a second
 SILENT_AFTER_S = 6.0  # a joined node whose heartbeat stood still this long is gone
 POLL_S = 0.1  # node 0's look at the counters while it waits
 VERDICT_GRACE_S = 8.0  # a node waits this long past --timeout for node 0's verdict
@@ -131,14 +131,17 @@ class Counters:
         self.seen = 0
 
     def new(self) -> dict[int, bytes]:
+        """Two round trips when something came (the counter, then every pending key at
+        once), one when nothing did."""
         count = self.store.add(self.counter, 0)
         if count == self.seen or not self.pending:
             return {}
-        found = [r for r in sorted(self.pending) if self.store.check([f"{self.prefix}/{r}"])]
-        values = self.store.multi_get([f"{self.prefix}/{r}" for r in found])
+        ranks = sorted(self.pending)
+        found = {rank: value for rank, value in zip(ranks, self.store.values(
+            [f"{self.prefix}/{r}" for r in ranks])) if value is not None}
         self.seen += len(found)
         self.pending -= set(found)
-        return dict(zip(found, values))
+        return found
 
 
 class Liveness:
@@ -157,13 +160,12 @@ class Liveness:
             return {}
         self.next_look = now + HEARTBEAT_S
         gone = {}
-        for rank in ranks:
-            if self.store.check([f"gone/{rank}"]):
-                gone[rank] = (self.store.get(f"gone/{rank}").decode(), 0.0)
+        left = self.store.values([f"gone/{r}" for r in ranks])
+        for rank, why in zip(ranks, left):
+            if why is not None:
+                gone[rank] = (why.decode(), 0.0)
         beating = [r for r in ranks if r not in gone]
-        present = [r for r in beating if self.store.check([f"alive/{r}"])]
-        found = dict(zip(present, self.store.multi_get([f"alive/{r}" for r in present])))
-        values = [found.get(r, b"") for r in beating]
+        values = [v or b"" for v in self.store.values([f"alive/{r}" for r in beating])]
         for rank, value in zip(beating, values):
             before = self.last.get(rank)
             if before is None or before[0] != value:
@@ -414,6 +416,11 @@ def publish_verdict(store: JobStore, report: Report, names: dict[int, str],
         time.sleep(POLL_S)
 
 
+def traffic_line(node_rank: int, traffic: Traffic) -> str:
+    return (f"node rank {node_rank}: store traffic {traffic.sent} bytes sent, "
+            f"{traffic.received} received, {traffic.round_trips} round trips")
+
+
 def summary_line(node_rank: int, host: str, verdict: str, cause: str) -> str:
     """The one line every node prints last."""
     return f"ddpcheck: node rank {node_rank} ({host}): {verdict.upper()}: {cause}"
@@ -449,8 +456,7 @@ class Heartbeat:
         while not self.done.is_set():
             count += 1
             try:
-                self.store.set(self.key, str(count))
-                if self.store.check(["stop"]):
+                if self.store.beat(self.key, str(count), "stop"):
                     self.stop.set()
             except StoreError:
                 return  # node 0 is gone: the main thread's next call says so
@@ -547,6 +553,7 @@ def run_node(place: JobPlace, stage0_s: float, timeout_s: float, join_timeout_s:
         if store is not None:
             store.close()
         session.close()
+        progress.say(traffic_line(rank, traffic))
 
 
 # -- the command's frame on every node ----------------------------------------------------------
@@ -599,6 +606,7 @@ def run_in_job(place: JobPlace, options: "PreflightOptions", join_timeout_s: Opt
         code = reported(execute, lambda: in_job_spec(place, hostname, address))
     finally:
         store.close()
+        progress.say(traffic_line(0, store.traffic))
     if reports:
         cause = node_causes(reports[0], launcher.names or {0: hostname})["0"]
         print(summary_line(0, hostname, reports[0].verdict.value, cause), file=sys.stderr)

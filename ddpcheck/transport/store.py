@@ -146,6 +146,10 @@ class StoreServer:
             self.data[request["key"]] = request["value"]
             self.answer(peer, {"ok": True})
             self.release()
+        elif op == "beat":  # a heartbeat: set a key, and say whether another is set
+            self.data[request["key"]] = request["value"]
+            self.answer(peer, {"found": request["watch"] in self.data})
+            self.release()
         elif op == "add":
             value = int(self.data.get(request["key"], 0)) + int(request["amount"])
             self.data[request["key"]] = value
@@ -153,7 +157,9 @@ class StoreServer:
             self.release()
         elif op == "get":
             keys = request["keys"]
-            if all(k in self.data for k in keys):
+            if request.get("missing_ok"):
+                self.answer(peer, {"values": [self.data.get(k) for k in keys]})
+            elif all(k in self.data for k in keys):
                 self.answer(peer, {"values": [self.data[k] for k in keys]})
             else:
                 self.answer(peer, {"error": f"not set: {[k for k in keys if k not in self.data]}"})
@@ -287,6 +293,12 @@ class JobStore:
         text = value.decode() if isinstance(value, bytes) else value
         self._call({"op": "set", "key": key, "value": text}, 30.0)
 
+    def beat(self, key: str, value: str, watch: str) -> bool:
+        """Set ``key`` and say whether ``watch`` is set, in one round trip (a heartbeat that
+        also hears ``stop``)."""
+        return bool(self._call({"op": "beat", "key": key, "value": value, "watch": watch},
+                               30.0)["found"])
+
     def add(self, key: str, amount: int) -> int:
         return int(self._call({"op": "add", "key": key, "amount": amount}, 30.0)["value"])
 
@@ -304,6 +316,15 @@ class JobStore:
             return []
         values = self._call({"op": "get", "keys": list(keys)}, 30.0)["values"]
         return [str(v).encode() for v in values]
+
+    def values(self, keys: Sequence[str]) -> list[Optional[bytes]]:
+        """Keys that may be unset (None), in one round trip: node 0's look at every
+        heartbeat at once."""
+        if not keys:
+            return []
+        values = self._call({"op": "get", "keys": list(keys), "missing_ok": True},
+                            30.0)["values"]
+        return [None if v is None else str(v).encode() for v in values]
 
     def wait(self, keys: Sequence[str], deadline: float,
              cancel: Optional[threading.Event] = None) -> bool:
