@@ -71,6 +71,30 @@ class _Peer:
         self.outbox = bytearray()
 
 
+def answer_of(data: dict[str, Any], request: dict) -> tuple[Optional[dict], bool]:
+    """One request against the store's data: (the answer, or None for a wait that must wait;
+    whether a key was set, which may release waits)."""
+    op = request.get("op")
+    if op in ("set", "beat"):  # beat: a heartbeat, which also says whether ``watch`` is set
+        data[request["key"]] = request["value"]
+        return ({"ok": True} if op == "set" else {"found": request["watch"] in data}), True
+    if op == "add":
+        data[request["key"]] = int(data.get(request["key"], 0)) + int(request["amount"])
+        return {"value": data[request["key"]]}, True
+    if op == "get":
+        keys = request["keys"]
+        if request.get("missing_ok"):
+            return {"values": [data.get(k) for k in keys]}, False
+        missing = [k for k in keys if k not in data]
+        return ({"error": f"not set: {missing}"} if missing else
+                {"values": [data[k] for k in keys]}), False
+    if op == "check":
+        return {"found": all(k in data for k in request["keys"])}, False
+    if op == "wait":
+        return ({"found": True} if all(k in data for k in request["keys"]) else None), False
+    return {"error": f"unknown op {op!r}"}, False
+
+
 class StoreServer:
     """The store, served by one thread until ``close``."""
 
@@ -141,38 +165,14 @@ class StoreServer:
             self.drop(peer)
 
     def handle(self, peer: _Peer, request: dict) -> None:
-        op = request.get("op")
-        if op == "set":
-            self.data[request["key"]] = request["value"]
-            self.answer(peer, {"ok": True})
+        answer, changed = answer_of(self.data, request)
+        if answer is None:  # a wait on keys not all set: answered by ``release``/``expire``
+            self.waiters.append((peer, request["keys"],
+                                 time.monotonic() + float(request["timeout"])))
+            return
+        self.answer(peer, answer)
+        if changed:
             self.release()
-        elif op == "beat":  # a heartbeat: set a key, and say whether another is set
-            self.data[request["key"]] = request["value"]
-            self.answer(peer, {"found": request["watch"] in self.data})
-            self.release()
-        elif op == "add":
-            value = int(self.data.get(request["key"], 0)) + int(request["amount"])
-            self.data[request["key"]] = value
-            self.answer(peer, {"value": value})
-            self.release()
-        elif op == "get":
-            keys = request["keys"]
-            if request.get("missing_ok"):
-                self.answer(peer, {"values": [self.data.get(k) for k in keys]})
-            elif all(k in self.data for k in keys):
-                self.answer(peer, {"values": [self.data[k] for k in keys]})
-            else:
-                self.answer(peer, {"error": f"not set: {[k for k in keys if k not in self.data]}"})
-        elif op == "check":
-            self.answer(peer, {"found": all(k in self.data for k in request["keys"])})
-        elif op == "wait":
-            keys = request["keys"]
-            if all(k in self.data for k in keys):
-                self.answer(peer, {"found": True})
-            else:
-                self.waiters.append((peer, keys, time.monotonic() + float(request["timeout"])))
-        else:
-            self.answer(peer, {"error": f"unknown op {op!r}"})
 
     def release(self) -> None:
         """Answer the waits whose keys are all set now."""
