@@ -200,6 +200,32 @@ def test_the_master_port_dropped_for_one_node_is_named_on_both_sides(gang, tmp_p
     assert_nothing_left(gang)
 
 
+def test_a_node_that_joined_but_cannot_reach_torchruns_port_is_named_with_that_cause(
+        gang, tmp_path):
+    """h2 reaches the store (the master port) but its packets to the next port, where
+    torchrun's ranks would meet, are dropped: its stage 0's rendezvous check names it, in
+    seconds, and nothing starts (not torchrun's rendezvous timeout)."""
+    port = next(_ports)
+    rule = ["OUTPUT", "-p", "tcp", "--dport", str(port + 1), "-j", "DROP"]
+    gang.run_in("h2", ["iptables", "-w", "5", "-I", *rule], check=True)
+    try:
+        started = time.monotonic()
+        procs = {rank: start_node(gang, rank, port, ["--timeout", "60", *FAST], tmp_path)
+                 for rank in range(NODES)}
+        runs = finish(procs, started, 120)
+    finally:
+        gang.run_in("h2", ["iptables", "-w", "5", "-D", *rule], check=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    named = [f for f in errors(report) if f["check"] == "rendezvous" and f["host"] == "h2"]
+    assert named and f"cannot connect to master h1 h1:{port + 1}" in named[0]["message"], \
+        report["findings"]
+    assert [f["host"] for f in errors(report) if f["root_cause"]] == ["h2"]
+    assert not report["ranks"]
+    assert all(run.exit_code == 1 for run in runs.values()), [r.output for r in runs.values()]
+    assert "rendezvous" in runs[1].summary, runs[1].output
+    assert_nothing_left(gang)
+
+
 def wait_for_line(proc: subprocess.Popen, text: str, limit_s: float) -> str:
     """Read ``proc``'s output until a line holds ``text``; what was read."""
     seen = []

@@ -261,12 +261,14 @@ def run_in_job_command(command: PreflightCommandOptions) -> int:
     if command.dry_run:
         import socket
 
+        from ..engine.state import REACH_WINDOW_S
         from ..plan.dryrun import in_job_steps, render
 
-        sys.stdout.write(render(in_job_steps(place, socket.gethostname(), sys.executable,
-                                             command.workload.launch,
-                                             command.workload.stage0_timeout_s,
-                                             command.workload.dcgm)))
+        options = command.workload
+        sys.stdout.write(render(in_job_steps(
+            place, socket.gethostname(), sys.executable, options.launch,
+            options.stage0_timeout_s, options.dcgm,
+            REACH_WINDOW_S if options.rendezvous_check else None)))
         return 0
     from ..engine.instore import run_in_job
     from ..report.progress import Progress

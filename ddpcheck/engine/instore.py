@@ -40,12 +40,12 @@ from ..model.records import Severity, Stage
 from ..model.report import Report
 from ..model.spec import ClusterSpec, HostSpec
 from ..model.jobplace import JobPlace
-from ..plan.cmdlines import RankProgram, plan_launch, probe_program, stage0_command
+from ..plan.cmdlines import RankProgram, in_job_stage0_command, plan_launch, probe_program
 from ..report.progress import Progress
 from ..transport.local import LocalSession
 from ..transport.store import JobStore, StoreError, Traffic
 from .launchers import HostDone, HostJob, HostStep, RendezvousResults, Run, announce_launch
-from .state import WORLD_BROKEN_GRACE_S, LaunchSetup
+from .state import REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup
 
 if TYPE_CHECKING:
     from .preflight import PreflightOptions
@@ -55,6 +55,21 @@ SILENT_AFTER_S = 6.0  # a joined node whose heartbeat stood still this long is g
 POLL_S = 0.1  # node 0's look at the counters while it waits
 VERDICT_GRACE_S = 8.0  # a node waits this long past --timeout for node 0's verdict
 JOIN_TIMEOUT_MAX_S = 60.0
+
+
+@dataclass(frozen=True)
+class NodeStage0:
+    """Stage 0 as every node runs it: its budget, DCGM, and the rendezvous check's window
+    (None: --skip rendezvous)."""
+
+    seconds: float  # stage 0's own budget (core.deadlines)
+    timeout_s: float  # the whole command's
+    dcgm: Optional[int]
+    reach_window_s: Optional[float]
+
+    def command(self, place: JobPlace, host: HostSpec, seconds: float, listens: bool) -> str:
+        return in_job_stage0_command(place, host, seconds, self.dcgm, self.reach_window_s,
+                                     listens)
 
 
 def join_timeout(timeout_s: float, given: Optional[float] = None) -> float:
@@ -103,9 +118,10 @@ def missing_name(node_rank: int) -> str:
     return f"node-rank-{node_rank}"
 
 
-def in_job_spec(place: JobPlace, hostname: str, address: str) -> ClusterSpec:
-    """Node 0's spec before the joins: itself; ``StoreLauncher.prepare`` adds the others."""
-    return ClusterSpec(hosts=(node_host(place, hostname, address, sys.executable),),
+def in_job_spec(place: JobPlace, hostname: str) -> ClusterSpec:
+    """Node 0's spec before the joins: itself, at the master address it was given (what
+    torchrun's ranks will be given too); ``StoreLauncher.prepare`` adds the others."""
+    return ClusterSpec(hosts=(node_host(place, hostname, place.master_addr, sys.executable),),
                        rendezvous_port=place.rendezvous_port, in_job=True,
                        source=f"in-job ({place.sources['nnodes']})")
 
@@ -236,107 +252,15 @@ class WorldEnds:
             timer.cancel()
 
 
-class StoreLauncher:
-    """Node 0's launcher: the other nodes come to it through the store; node 0's own stage 0
-    and torchrun run here, as ``LocalSession`` commands."""
+class Gathering:
+    """Node 0's gathering of one value per node (stage 0, launch results) from the store, with
+    the nodes' liveness: a node gone meanwhile is named once, under ``join``."""
 
-    rendezvous_in_stage0 = False  # the joins are the check: each node reached the master port
-
-    def __init__(self, place: JobPlace, store: JobStore, join_timeout_s: float,
-                 started: float) -> None:
-        self.place = place
+    def __init__(self, store: JobStore) -> None:
         self.store = store
-        self.join_timeout_s = join_timeout_s
-        self.started = started
-        self.session = LocalSession()
-        self.joins: dict[int, NodeJoin] = {}
+        self.liveness = Liveness(store)
         self.names: dict[int, str] = {}  # node rank -> host name in the spec
         self.gone: set[int] = set()  # nodes named lost or left: nothing more is asked of them
-        self.decided = False
-        self.liveness = Liveness(store)
-
-    # -- set-up: the joins ---------------------------------------------------------------------
-    def prepare(self, spec: ClusterSpec, run: Run) -> ClusterSpec:
-        """Wait for every node to join (within the join timeout); the spec gets one host per
-        node rank, in node-rank order (torchrun's node ranks), named by its hostname."""
-        run.progress.expect(self.place.nnodes, run.verbose)
-        me = spec.hosts[0]
-        self.joins[0] = NodeJoin(0, me.name, me.address, me.python)
-        others = list(range(1, self.place.nnodes))
-        arrivals = Counters(self.store, "joined", "join", others)
-        deadline = time.monotonic() + self.join_timeout_s  # from the store's start
-        if others:
-            run.progress.say(f"node 0: the store is up at port {self.place.store_port}; waiting "
-                             f"up to {self.join_timeout_s:g}s for {len(others)} node(s) to join")
-        while arrivals.pending and time.monotonic() < deadline:
-            for rank, text in arrivals.new().items():
-                self.joins[rank] = NodeJoin.from_json(text)
-            if arrivals.pending:
-                time.sleep(POLL_S)
-        hosts, self.names = gang_hosts(self.place, self.joins)
-        return replace(spec, hosts=hosts)
-
-    # -- stage 0: its own here, the others' from the store --------------------------------------
-    def reach(self, run: Run, step: HostStep) -> None:
-        if step.stage is not Stage.STAGE0:
-            raise StoreError("--in-job runs preflight only")
-        joined = [self.names[r] for r in sorted(self.joins)]
-        for rank in range(self.place.nnodes):
-            if rank not in self.joins:
-                name = self.names[rank]
-                run.state.fail(name, joins.never_joined(rank, self.join_timeout_s, joined),
-                               stage=Stage.CONNECT, reachable=False)
-                run.progress.host(name, f"never joined within {self.join_timeout_s:g}s")
-        hosts = {rank: h for rank, h in enumerate(run.spec.hosts)}
-        for rank in self.joins:
-            run.state.update(self.names[rank], reachable=True, stage=Stage.STAGE0)
-        deadline = run.state.until(step.timeout_s)
-        own = hosts[0]
-        mine = threading.Thread(target=lambda: step.record(own, self.session.run(
-            step.command(own, max(deadline - time.monotonic() - 2, 1)), deadline,
-            run.state.cancel), None), daemon=True)
-        mine.start()
-        others = [r for r in self.joins if r != 0]
-        pending = self.gather(run, "stage0s", "stage0", others, deadline, "stage 0",
-                              lambda rank, text: step.record(hosts[rank], result_of(text), None))
-        for rank in pending:
-            run.state.fail(self.names[rank], Failure(
-                Check.TIMEOUT, f"stage 0 on node rank {rank} gave no result before its deadline"))
-        while mine.is_alive():
-            mine.join(0.2)  # bounded by its deadline: the session kills it there
-
-    def rendezvous(self, run: Run) -> RendezvousResults:
-        return []  # never asked (rendezvous_in_stage0 is False and the check is the joins)
-
-    # -- launch: every node's torchrun ---------------------------------------------------------
-    def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
-               done: HostDone, on_line=None) -> None:
-        """Node 0 plans every node's command (as the SSH launcher would), posts them, says
-        ``launch``, runs its own and gathers the others' ends as they come."""
-        plans = plan_launch(run.spec, setup.slots, setup.backend, setup.options,
-                            run_id=uuid.uuid4().hex[:12], rank_program=program or probe_program)
-        announce_launch(run, plans)
-        for rank, host_plan in enumerate(plans):
-            if rank:
-                self.store.set(f"launch/{rank}", host_plan.command)
-        self.decide("launch")
-        world = WorldEnds(run, [p.host for p in plans], done,
-                          setup.options.collective_timeout_s + WORLD_BROKEN_GRACE_S)
-        deadline = run.state.until(setup.options.deadline_s + run.launch_grace_s)
-        mine = threading.Thread(target=lambda: world.ended(0, self.session.run(
-            plans[0].command, deadline, run.state.cancel, world.stop)), daemon=True)
-        mine.start()
-        try:
-            pending = self.gather(
-                run, "results", "result", range(1, len(plans)), deadline, "launch",
-                lambda rank, text: world.ended(rank, result_of(text)),
-                lambda rank: world.ended(rank, CommandResult(None, "", lost=True)),
-                busy=mine.is_alive, tick=lambda: world.publish_stop(self.store))
-            mine.join(max(deadline - time.monotonic(), 0) + 10)
-            for rank in pending:  # past the deadline: no result came
-                world.ended(rank, CommandResult(None, "", timed_out=True))
-        finally:
-            world.close()
 
     def gather(self, run: Run, counter: str, prefix: str, ranks: Sequence[int], deadline: float,
                stage: str, arrived: Callable[[int, bytes], None],
@@ -366,6 +290,120 @@ class StoreLauncher:
             time.sleep(POLL_S)
         return sorted(values.pending)
 
+
+class StoreLauncher:
+    """Node 0's launcher: the other nodes come to it through the store; node 0's own stage 0
+    and torchrun run here, as ``LocalSession`` commands."""
+
+    # node 0's stage 0 listens on torchrun's port while every node's reaches it
+    rendezvous_in_stage0 = True
+
+    def __init__(self, place: JobPlace, store: JobStore, join_timeout_s: float,
+                 started: float, stage0: "NodeStage0") -> None:
+        self.stage0 = stage0
+        self.own_stage0: list[CommandResult] = []
+        self.listener_stop = threading.Event()  # every other node's stage 0 is in
+        self.cancel = threading.Event()
+        self.place = place
+        self.store = store
+        self.join_timeout_s = join_timeout_s
+        self.started = started
+        self.session = LocalSession()
+        self.joins: dict[int, NodeJoin] = {}
+        self.gathering = Gathering(store)
+        self.decided = False
+
+    # -- set-up: the joins ---------------------------------------------------------------------
+    def prepare(self, spec: ClusterSpec, run: Run) -> ClusterSpec:
+        """Wait for every node to join (within the join timeout); the spec gets one host per
+        node rank, in node-rank order (torchrun's node ranks), named by its hostname."""
+        run.progress.expect(self.place.nnodes, run.verbose)
+        me = spec.hosts[0]
+        self.joins[0] = NodeJoin(0, me.name, me.address, me.python)
+        # node 0's stage 0 starts now, before the joins: its listener must be up when the
+        # others' stage 0 reach for it, and it may wait for the joins and their stage 0
+        seconds = min(self.join_timeout_s + self.stage0.seconds,
+                      self.started + self.stage0.timeout_s - time.monotonic())
+        command = self.stage0.command(self.place, me, max(seconds - 2, 1), listens=True)
+        self.own_thread = threading.Thread(target=lambda: self.own_stage0.append(
+            self.session.run(command, time.monotonic() + seconds, self.cancel,
+                             self.listener_stop if self.stage0.reach_window_s else None)),
+            daemon=True)
+        self.own_thread.start()
+        others = list(range(1, self.place.nnodes))
+        arrivals = Counters(self.store, "joined", "join", others)
+        deadline = time.monotonic() + self.join_timeout_s  # from the store's start
+        if others:
+            run.progress.say(f"node 0: the store is up at port {self.place.store_port}; waiting "
+                             f"up to {self.join_timeout_s:g}s for {len(others)} node(s) to join")
+        while arrivals.pending and time.monotonic() < deadline:
+            for rank, text in arrivals.new().items():
+                self.joins[rank] = NodeJoin.from_json(text)
+            if arrivals.pending:
+                time.sleep(POLL_S)
+        hosts, self.gathering.names = gang_hosts(self.place, self.joins)
+        return replace(spec, hosts=hosts)
+
+    # -- stage 0: its own here, the others' from the store --------------------------------------
+    def reach(self, run: Run, step: HostStep) -> None:
+        if step.stage is not Stage.STAGE0:
+            raise StoreError("--in-job runs preflight only")
+        joined = [self.gathering.names[r] for r in sorted(self.joins)]
+        for rank in range(self.place.nnodes):
+            if rank not in self.joins:
+                name = self.gathering.names[rank]
+                run.state.fail(name, joins.never_joined(rank, self.join_timeout_s, joined),
+                               stage=Stage.CONNECT, reachable=False)
+                run.progress.host(name, f"never joined within {self.join_timeout_s:g}s")
+        hosts = {rank: h for rank, h in enumerate(run.spec.hosts)}
+        for rank in self.joins:
+            run.state.update(self.gathering.names[rank], reachable=True, stage=Stage.STAGE0)
+        deadline = run.state.until(step.timeout_s)
+        others = [r for r in self.joins if r != 0]
+        pending = self.gathering.gather(run, "stage0s", "stage0", others, deadline, "stage 0",
+                              lambda rank, text: step.record(hosts[rank], result_of(text), None))
+        for rank in pending:
+            run.state.fail(self.gathering.names[rank], Failure(
+                Check.TIMEOUT, f"stage 0 on node rank {rank} gave no result before its deadline"))
+        self.listener_stop.set()  # every other node's step has ended (HostStep.listener)
+        while self.own_thread.is_alive():
+            self.own_thread.join(0.2)  # bounded by its deadline: the session kills it there
+        step.record(hosts[0], self.own_stage0[0] if self.own_stage0 else
+                    CommandResult(None, "", cancelled=True), None)
+
+    def rendezvous(self, run: Run) -> RendezvousResults:
+        return []  # never asked: stage 0 makes the check (rendezvous_in_stage0)
+
+    # -- launch: every node's torchrun ---------------------------------------------------------
+    def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
+               done: HostDone, on_line=None) -> None:
+        """Node 0 plans every node's command (as the SSH launcher would), posts them, says
+        ``launch``, runs its own and gathers the others' ends as they come."""
+        plans = plan_launch(run.spec, setup.slots, setup.backend, setup.options,
+                            run_id=uuid.uuid4().hex[:12], rank_program=program or probe_program)
+        announce_launch(run, plans)
+        for rank, host_plan in enumerate(plans):
+            if rank:
+                self.store.set(f"launch/{rank}", host_plan.command)
+        self.decide("launch")
+        world = WorldEnds(run, [p.host for p in plans], done,
+                          setup.options.collective_timeout_s + WORLD_BROKEN_GRACE_S)
+        deadline = run.state.until(setup.options.deadline_s + run.launch_grace_s)
+        mine = threading.Thread(target=lambda: world.ended(0, self.session.run(
+            plans[0].command, deadline, run.state.cancel, world.stop)), daemon=True)
+        mine.start()
+        try:
+            pending = self.gathering.gather(
+                run, "results", "result", range(1, len(plans)), deadline, "launch",
+                lambda rank, text: world.ended(rank, result_of(text)),
+                lambda rank: world.ended(rank, CommandResult(None, "", lost=True)),
+                busy=mine.is_alive, tick=lambda: world.publish_stop(self.store))
+            mine.join(max(deadline - time.monotonic(), 0) + 10)
+            for rank in pending:  # past the deadline: no result came
+                world.ended(rank, CommandResult(None, "", timed_out=True))
+        finally:
+            world.close()
+
     def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
         raise StoreError("--in-job runs one world, not per-host jobs")
 
@@ -380,6 +418,7 @@ class StoreLauncher:
 
     def close(self) -> None:
         """Whatever happened, the other nodes hear that nothing (more) starts."""
+        self.cancel.set()
         try:
             self.decide("none")
         except StoreError:
@@ -468,23 +507,27 @@ class Heartbeat:
         self.store.close()
 
 
-def run_node(place: JobPlace, stage0_s: float, timeout_s: float, join_timeout_s: float,
-             dcgm: Optional[int], progress: Progress, started: float) -> NodeOutcome:
-    """One node other than 0: stage 0 here at once, join node 0's store beside it, post the
-    facts, run the command node 0 decides (or nothing), and take node 0's verdict."""
+def run_node(place: JobPlace, settings: NodeStage0, join_timeout_s: float,
+             progress: Progress, started: float) -> NodeOutcome:
+    """One node other than 0: join node 0's store, run stage 0 here (at once with --skip
+    rendezvous; else once joined, since its rendezvous check reaches node 0's listener), post
+    the facts, run the command node 0 decides (or nothing), and take node 0's verdict."""
     hostname = socket.gethostname()
-    deadline = started + timeout_s
+    deadline = started + settings.timeout_s
     address = local_address(place.master_addr, place.store_port)
     host = node_host(place, hostname, address, sys.executable)
     session = LocalSession()
     cancel = threading.Event()
     stage0: list[CommandResult] = []
-    stage0_deadline = min(deadline, time.monotonic() + stage0_s)
-    command = stage0_command(host, max(stage0_deadline - time.monotonic() - 2, 1),
-                             master=place.master_addr, dcgm=dcgm)
-    checker = threading.Thread(target=lambda: stage0.append(session.run(
-        command, stage0_deadline, cancel)), daemon=True)
-    checker.start()
+
+    def check_here() -> None:
+        until = min(deadline, time.monotonic() + settings.seconds)
+        stage0.append(session.run(settings.command(place, host, max(
+            until - time.monotonic() - 2, 1), listens=False), until, cancel))
+
+    checker = threading.Thread(target=check_here, daemon=True)
+    if settings.reach_window_s is None:
+        checker.start()
     traffic = Traffic()
     store: Optional[JobStore] = None
     heartbeat: Optional[Heartbeat] = None
@@ -503,6 +546,8 @@ def run_node(place: JobPlace, stage0_s: float, timeout_s: float, join_timeout_s:
             failure = joins.master_unreachable(str(exc))
             return NodeOutcome(3, "unreachable", f"{failure.check}: {failure.message}",
                                hostname, traffic)
+        if not checker.is_alive() and not stage0:
+            checker.start()
         stop = threading.Event()
         heartbeat = Heartbeat(store.connection(min(10.0, max(deadline - time.monotonic(), 1))),
                               rank, stop).start()
@@ -570,22 +615,21 @@ def run_in_job(place: JobPlace, options: "PreflightOptions", join_timeout_s: Opt
     from .preflight import run_preflight
 
     started = time.monotonic()
-    options = replace(options, rendezvous_check=False)  # the joins reached the master's port
     join_s = min(join_timeout(options.timeout_s, join_timeout_s), options.timeout_s)
+    stage0 = NodeStage0(options.stage0_timeout_s, options.timeout_s, options.dcgm,
+                        REACH_WINDOW_S if options.rendezvous_check else None)
     if place.node_rank != 0:
-        outcome = run_node(place, options.stage0_timeout_s, options.timeout_s, join_s,
-                           options.dcgm, progress, started)
+        outcome = run_node(place, stage0, join_s, progress, started)
         print(summary_line(place.node_rank, outcome.host, outcome.verdict, outcome.cause),
               file=sys.stderr)
         return outcome.exit_code
     hostname = socket.gethostname()
-    address = local_address(place.master_addr, place.store_port)
     try:
         store = JobStore.serve(place.store_port, options.timeout_s)
     except StoreError as exc:
         print(summary_line(0, hostname, "unreachable", f"join: {exc}"), file=sys.stderr)
         return 3
-    launcher = StoreLauncher(place, store, join_s, started)
+    launcher = StoreLauncher(place, store, join_s, started, stage0)
     reports: list[Report] = []
 
     def execute(spec: ClusterSpec) -> Report:
@@ -593,7 +637,7 @@ def run_in_job(place: JobPlace, options: "PreflightOptions", join_timeout_s: Opt
             reports.append(run_preflight(spec, options, progress, launcher))
             return reports[0]
         finally:
-            names = launcher.names or {0: hostname}
+            names = launcher.gathering.names or {0: hostname}
             if reports:
                 publish_verdict(store, reports[0], names, place.nnodes)
             else:  # interrupted before the engine could report
@@ -603,12 +647,12 @@ def run_in_job(place: JobPlace, options: "PreflightOptions", join_timeout_s: Opt
                                range(place.nnodes)}}))
 
     try:
-        code = reported(execute, lambda: in_job_spec(place, hostname, address))
+        code = reported(execute, lambda: in_job_spec(place, hostname))
     finally:
         store.close()
         progress.say(traffic_line(0, store.traffic))
     if reports:
-        cause = node_causes(reports[0], launcher.names or {0: hostname})["0"]
+        cause = node_causes(reports[0], launcher.gathering.names or {0: hostname})["0"]
         print(summary_line(0, hostname, reports[0].verdict.value, cause), file=sys.stderr)
     else:
         print(summary_line(0, hostname, "interrupted" if code == 130 else "error",

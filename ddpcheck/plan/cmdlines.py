@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
 from ..core.agentargs import TORCH_INSPECT, WORKDIR_VARIABLE
+from ..model.jobplace import JobPlace
 from ..model.spec import Backend, ClusterSpec, HostSpec
 
 # Records come back over stdout as marked lines (ddpcheck.wire).
@@ -146,6 +147,20 @@ def stage0_command(host: HostSpec, deadline_s: float, master: Optional[str] = No
     route to ``master``; DCGM diagnostics with ``dcgm``; the rendezvous check with
     ``rendezvous``) before any rank starts, with the env the ranks will get."""
     return remote_command(host, stage0_argv(host, deadline_s, master, dcgm, rendezvous))
+
+
+def in_job_stage0_command(place: JobPlace, host: HostSpec, deadline_s: float,
+                          dcgm: Optional[int], reach_window_s: Optional[float],
+                          listens: bool) -> str:
+    """Stage 0 of one node of ``preflight --in-job``: the same facts, the route to the
+    master; with ``reach_window_s`` the rendezvous check beside them, at the port torchrun's
+    ranks will meet at (the master port + 1): node 0 ``listens`` there for every node, every
+    node connects to the master address it was given."""
+    beside = None if reach_window_s is None else RendezvousBesideStage0(
+        host.name if listens else "", place.master_addr, place.rendezvous_port, place.nnodes,
+        reach_window_s)
+    return stage0_command(host, deadline_s, master=place.master_addr, dcgm=dcgm,
+                          rendezvous=beside)
 
 
 def resolve_backend(requested: Backend, gpus_by_host: Mapping[str, int]) -> Backend:

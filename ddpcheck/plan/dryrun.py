@@ -15,7 +15,7 @@ from ..model.jobplace import JobPlace
 from ..model.spec import Backend, ClusterSpec, HostSpec, ssh_target
 from ..core.busbw import Collective, format_size
 from .bandwidth import plan_round, sweep_program
-from .cmdlines import (LaunchOptions, RankProgram, RendezvousBesideStage0, plan_launch,
+from .cmdlines import (LaunchOptions, in_job_stage0_command, RankProgram, RendezvousBesideStage0, plan_launch,
                        redact_secrets, rendezvous_beside_stage0, resolve_backend, resolve_slots,
                        stage0_command)
 from .pairing import MAX_ADAPTIVE_ROUNDS, circle_rounds, first_round
@@ -124,7 +124,8 @@ __all__ = ["Step", "render", "preflight_steps", "srun_steps", "bandwidth_steps",
 
 
 def in_job_steps(place: JobPlace, hostname: str, python: str, launch: LaunchOptions,
-                 stage0_s: float, dcgm: Optional[int] = None) -> list[Step]:
+                 stage0_s: float, dcgm: Optional[int] = None,
+                 window_s: Optional[float] = None) -> list[Step]:
     """``preflight --in-job --dry-run``: what this node read and from where, and the steps it
     would take (its own commands exactly; torchrun's as node 0 would plan it for a node
     without GPUs)."""
@@ -144,9 +145,13 @@ def in_job_steps(place: JobPlace, hostname: str, python: str, launch: LaunchOpti
              *(Step(f"read {line}") for line in place.describe()),
              Step(f"1. {'host the store on port' if place.node_rank == 0 else 'join the store at'}"
                   f" {place.master_addr}:{place.store_port}"
-                  + (f" and wait for {place.nnodes - 1} node(s) to join"
-                     if place.node_rank == 0 else "") + "; beside it, stage 0 on this node:",
-                  stage0_command(here, stage0_s - 2, master=place.master_addr, dcgm=dcgm)),
+                  + (f"; stage 0 on this node at once (listening on port "
+                     f"{place.rendezvous_port} for every node's rendezvous check), then wait "
+                     f"for {place.nnodes - 1} node(s) to join:" if place.node_rank == 0 else
+                     "; once joined, stage 0 on this node (connecting to the master's port "
+                     f"{place.rendezvous_port}: the rendezvous check):"),
+                  in_job_stage0_command(place, here, stage0_s - 2, dcgm, window_s,
+                                        place.node_rank == 0)),
              Step("2. node 0 judges every node's stage 0; when every node joined and none "
                   "failed, every node starts torchrun (ranks meet at "
                   f"{place.master_addr}:{place.rendezvous_port}); this node's command, for "
