@@ -57,7 +57,8 @@ class CelReport:
 def load_crds(path: Path) -> dict[str, CRD]:
     """Every served version of the CRD(s) in ``path``, by apiVersion/kind."""
     found: dict[str, CRD] = {}
-    for doc in yaml.safe_load_all(path.read_text()):
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are large
+    for doc in yaml.load_all(path.read_text(), Loader=loader):
         if not doc or doc.get("kind") != "CustomResourceDefinition":
             continue
         spec = doc["spec"]
@@ -136,22 +137,23 @@ def schema_errors(crd: CRD, resource: dict[str, Any]) -> list[str]:
     its path."""
     import jsonschema
 
-    validator = jsonschema.Draft7Validator(_json_schema(crd))
+    validator = jsonschema.Draft7Validator(_json_schema(crd), format_checker=None)
     defaulted = apply_defaults(crd.schema, resource)
     return [f"{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
             for error in sorted(validator.iter_errors(defaulted), key=lambda e: list(e.path))]
 
 
-@functools.lru_cache(maxsize=None)
-def _json_schema_cached(key: str, path: str) -> dict[str, Any]:
-    return to_json_schema(load_crds(Path(path))[key].schema)
+_JSON_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def _json_schema(crd: CRD) -> dict[str, Any]:
-    schema = _json_schema_cached(f"{crd.api_version}/{crd.kind}", str(crd.path))
-    # the root's metadata is the API server's ObjectMeta, which a CRD's schema leaves out
-    return {**schema, "properties": {**schema.get("properties", {}),
-                                     "metadata": {"type": "object"}}}
+    key = (str(crd.path), f"{crd.api_version}/{crd.kind}")
+    if key not in _JSON_SCHEMAS:
+        schema = to_json_schema(crd.schema)
+        # the root's metadata is the API server's ObjectMeta, which a CRD's schema leaves out
+        schema["properties"] = {**schema.get("properties", {}), "metadata": {"type": "object"}}
+        _JSON_SCHEMAS[key] = schema
+    return _JSON_SCHEMAS[key]
 
 
 def _walk(schema: dict[str, Any], value: Any, path: str) -> Iterator[tuple[dict, Any, str]]:
