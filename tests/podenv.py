@@ -373,6 +373,31 @@ def scaled(docs: list[dict[str, Any]], nnodes: int, nproc_per_node: int) -> list
     return docs
 
 
+def with_deadlines(docs: list[dict[str, Any]], timeout_s: int,
+                   join_timeout_s: int) -> list[dict[str, Any]]:
+    """The manifest with the preflight's ``--timeout`` and ``--join-timeout`` set to these (the
+    deadlines docs/kubernetes.md says to lower where the gang starts at once), in an argv or a
+    shell line alike."""
+    docs = copy.deepcopy(docs)
+    values = {"--timeout": str(timeout_s), "--join-timeout": str(join_timeout_s)}
+    for doc in docs:
+        for spec in pod_specs(doc):
+            for c in _all_containers(spec):
+                for key in ("command", "args"):
+                    words = c.get(key)
+                    if not words:
+                        continue
+                    out = []
+                    for i, word in enumerate(words):
+                        if i and words[i - 1] in values:
+                            word = values[words[i - 1]]
+                        for flag, value in values.items():
+                            word = re.sub(rf"({re.escape(flag)})\s+\d+", rf"\g<1> {value}", word)
+                        out.append(word)
+                    c[key] = out
+    return docs
+
+
 def _all_containers(pod_spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     return list(pod_spec.get("initContainers") or []) + list(pod_spec.get("containers") or [])
 

@@ -16,7 +16,8 @@ that name). So a test sees whether the training would have started, on which pod
 
 Healthy: every pod exits 0, and the training starts on every pod, placed where torchrun needs
 it. One pod's GLOO_SOCKET_IFNAME names an interface its host lacks: every pod exits non-zero,
-the training starts on none, and no process is left on any host.
+the training starts on none. One pod never starts (its deadlines lowered, as a user may): the
+others exit 3 and node 0 names node rank 2. No process is left on any host after any of them.
 
 Skipped, with the reason, until ``ddpcheck preflight --in-job`` is here
 (``ddpcheck.config.jobenv``) and tests/nscluster.py builds hosts without sshd.
@@ -158,10 +159,17 @@ def _run_pod(cluster, pod: podenv.PodRun, workdir: Path,
 
 
 def _run_gang(cluster, manifest: str, workdir: Path,
-              env_overrides: Mapping[int, Mapping[str, str]] = {}) -> list[PodResult]:
+              env_overrides: Mapping[int, Mapping[str, str]] = {},
+              never_started: frozenset[int] = frozenset(),
+              deadlines: Optional[tuple[int, int]] = None) -> list[PodResult]:
+    """Every pod of the manifest (3 nodes of 2 ranks) at once, but those of the node ranks in
+    ``never_started``; ``deadlines``: the preflight's (--timeout, --join-timeout), lowered."""
     docs = podenv.scaled(podenv.load(podenv.MANIFESTS / manifest), NNODES, NPROC)
+    if deadlines:
+        docs = podenv.with_deadlines(docs, *deadlines)
     pods = podenv.pods(docs)
     assert [p.node_rank for p in pods] == list(range(NNODES))
+    pods = [p for p in pods if p.node_rank not in never_started]
     results: list[Optional[PodResult]] = [None] * len(pods)
 
     def one(i: int) -> None:
@@ -219,4 +227,21 @@ def test_a_missing_interface_on_one_pod_fails_every_pod_and_starts_no_training(
         assert r.failed_code in (1, 3), logs  # the verdict's code: a check failed / unchecked
         assert r.training_args is None, f"{r.pod.name}: the training started\n{logs}"
     assert "eth9" in results[0].log.read_text(), logs  # node 0's report names it
+    assert _left_running(pod_hosts) == {}
+
+
+@pytest.mark.parametrize("manifest", ["pytorchjob.yaml", "trainjob.yaml", "jobset.yaml"])
+def test_a_pod_that_never_starts_is_named_and_no_training_starts(
+        pod_hosts, tmp_path, manifest: str) -> None:
+    """Node rank 2's pod is never scheduled. With the deadlines lowered (--timeout 90,
+    --join-timeout 15, as docs/kubernetes.md says a cached, gang-scheduled job may), the other
+    pods stop at the join deadline, not torch's: exit 3, node 0 names node rank 2."""
+    results = _run_gang(pod_hosts, manifest, tmp_path, never_started=frozenset({2}),
+                        deadlines=(90, 15))
+    logs = _logs(results)
+    assert [r.pod.node_rank for r in results] == [0, 1]
+    for r in results:
+        assert r.failed_code == 3, f"{r.pod.name}: not 'a node never joined'\n{logs}"
+        assert r.training_args is None, f"{r.pod.name}: the training started\n{logs}"
+    assert "node rank 2" in results[0].log.read_text(), logs
     assert _left_running(pod_hosts) == {}
