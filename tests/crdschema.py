@@ -8,6 +8,7 @@ Kubernetes' extensions to it. ``validate(crd, resource)`` checks a resource agai
   ``x-kubernetes-preserve-unknown-fields`` and ``x-kubernetes-embedded-resource`` (unknown
   fields kept), and every other object closed to unknown fields, as ``kubectl apply`` rejects
   them (its field validation is ``Strict`` by default);
+* ``x-kubernetes-list-type`` ``set`` and ``map``: no two items alike, no two keys alike;
 * the schema's ``default`` values filled in first, as the API server defaults before it
   validates (``apply_defaults``);
 * the ``x-kubernetes-validations`` rules (CEL), evaluated with ``cel-python`` on the defaulted
@@ -139,8 +140,29 @@ def schema_errors(crd: CRD, resource: dict[str, Any]) -> list[str]:
 
     validator = jsonschema.Draft7Validator(_json_schema(crd), format_checker=None)
     defaulted = apply_defaults(crd.schema, resource)
-    return [f"{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
-            for error in sorted(validator.iter_errors(defaulted), key=lambda e: list(e.path))]
+    errors = [f"{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
+              for error in sorted(validator.iter_errors(defaulted), key=lambda e: list(e.path))]
+    return errors + list_type_errors(crd.schema, defaulted)
+
+
+def list_type_errors(schema: dict[str, Any], value: Any) -> list[str]:
+    """What ``x-kubernetes-list-type`` forbids: two items of a ``set`` alike, two items of a
+    ``map`` with the same ``x-kubernetes-list-map-keys``."""
+    errors = []
+    for node, item, path in _walk(schema, value, "$"):
+        kind = node.get("x-kubernetes-list-type")
+        if not isinstance(item, list) or kind not in ("set", "map"):
+            continue
+        keys = node.get("x-kubernetes-list-map-keys", [])
+        seen = set()
+        for element in item:
+            key = (repr(element) if kind == "set" else
+                   repr(tuple(element.get(k) for k in keys)) if isinstance(element, dict) else "")
+            if key in seen:
+                errors.append(f"{path}: duplicate {'item' if kind == 'set' else 'key'} {key} "
+                              f"(x-kubernetes-list-type: {kind})")
+            seen.add(key)
+    return errors
 
 
 _JSON_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {}

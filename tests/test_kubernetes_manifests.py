@@ -119,6 +119,9 @@ def _first_container(doc: dict) -> dict:
      "'replicatedJob' was unexpected"),
     ("trainjob.yaml", 1, lambda d: d["spec"]["trainer"].update(numNodes="four"),
      "spec.trainer.numNodes: 'four' is not of type 'integer'"),
+    ("trainjob.yaml", 0, lambda d: d["spec"]["mlPolicy"]["torch"]["envInjection"]["targets"]
+     .append({"jobName": "node", "containerNames": ["other"]}),
+     "duplicate key ('node',) (x-kubernetes-list-type: map)"),
 ])
 def test_the_schema_check_rejects_a_broken_manifest(name, index, edit, expected) -> None:
     doc = _broken(name, index, edit)
