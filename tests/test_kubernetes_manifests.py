@@ -306,3 +306,54 @@ def test_the_preflight_line_parses_and_places_every_pod(name: str) -> None:
         assert (place.nnodes, place.node_rank, place.nproc_per_node) == (len(pods),
                                                                          pod.node_rank, 8)
         assert (place.master_addr, place.master_port) == (pods[0].dns_names[0], MASTER_PORT)
+
+
+# ---- what the operators' admission webhooks check, beyond the schema ----------------------
+
+DNS1035 = __import__("re").compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def test_the_pytorchjob_passes_the_operators_admission_rules() -> None:
+    """kubeflow/trainer v1.9.4, pkg/webhooks/pytorch/pytorchjob_webhook.go: a DNS-1035 name,
+    containers with images, one named pytorch, one Master."""
+    (job,) = podenv.load(MANIFESTS["pytorchjob.yaml"])
+    assert DNS1035.match(job["metadata"]["name"]) and len(job["metadata"]["name"]) <= 63
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1
+    for role, spec in specs.items():
+        containers = spec["template"]["spec"]["containers"]
+        assert all(c.get("image") for c in containers), role
+        assert any(c["name"] == "pytorch" for c in containers), role
+
+
+def test_the_trainjob_passes_the_trainers_admission_rules() -> None:
+    """kubeflow/trainer v2.3.0, pkg/runtime/framework/plugins/torch/torch.go: no PET_* in
+    trainer.env, and every envInjection target is a container of that replicated job."""
+    runtime, trainjob = podenv.load(MANIFESTS["trainjob.yaml"])
+    assert not {e["name"] for e in trainjob["spec"]["trainer"].get("env") or []} & {
+        "PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR",
+        "PET_MASTER_PORT"}
+    jobs = {r["name"]: r["template"]["spec"]["template"]["spec"]
+            for r in runtime["spec"]["template"]["spec"]["replicatedJobs"]}
+    for target in runtime["spec"]["mlPolicy"]["torch"]["envInjection"]["targets"]:
+        names = {c["name"] for c in (jobs[target["jobName"]].get("initContainers") or [])
+                 + jobs[target["jobName"]]["containers"]}
+        assert set(target["containerNames"]) <= names, target
+    assert trainjob["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"]
+
+
+def test_the_jobset_passes_jobsets_admission_rules() -> None:
+    """kubernetes-sigs/jobset v0.12.0, pkg/webhooks/jobset_webhook.go: the coordinator is a pod
+    of the JobSet and its endpoint a label value; every pod's hostname is a DNS label of at
+    most 63 characters."""
+    (jobset,) = podenv.load(MANIFESTS["jobset.yaml"])
+    coordinator = jobset["spec"]["coordinator"]
+    rjobs = {r["name"]: r for r in jobset["spec"]["replicatedJobs"]}
+    rjob = rjobs[coordinator["replicatedJob"]]
+    assert coordinator["jobIndex"] < rjob["replicas"]
+    assert coordinator["podIndex"] < rjob["template"]["spec"]["parallelism"]
+    label_value = __import__("re").compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    for pod in podenv.pods([jobset]):
+        assert DNS1035.match(pod.name) and len(pod.name) <= 63, pod.name
+        endpoint = pod.labels["jobset.sigs.k8s.io/coordinator"]  # also a label: a label value
+        assert label_value.match(endpoint) and len(endpoint) <= 63, endpoint
