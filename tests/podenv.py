@@ -27,6 +27,10 @@ environments, built the way the parts of Kubernetes that matter build them:
   stay), and the init containers run one after the other, each to success, before the
   containers start.
 
+Left out: the training operator's own init container on PyTorchJob workers, which waits until
+the master's Service name resolves (it only delays the worker: the preflight waits for its
+join anyway).
+
 ``scaled(docs, nnodes, nproc_per_node)`` makes the edits docs/kubernetes.md tells a user to make
 for another node count and GPU count, in the same fields. What the tests substitute, because
 there is no cluster (tests/test_kubernetes_pods_cluster.py): the image is not pulled (the pod's
