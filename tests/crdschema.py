@@ -1,4 +1,4 @@
-"""Validate a custom resource as the Kubernetes API server would, without one: a test helper.
+"""Validate a custom resource as the Kubernetes API server would, without one (for the tests).
 
 A CustomResourceDefinition carries, per version, an OpenAPI v3 schema (a structural schema) and
 Kubernetes' extensions to it. ``validate(crd, resource)`` checks a resource against it:

@@ -1,4 +1,4 @@
-"""What each pod of a Kubernetes manifest runs, and in what environment: a test helper.
+"""What each pod of a Kubernetes manifest runs, and in what environment (for the tests).
 
 There is no Kubernetes here. ``pods(docs)`` turns a manifest of ``launch/kubernetes/`` into the
 pods its operator would create, each with its containers' exact command lines and
@@ -133,7 +133,7 @@ def field_value(path: str, pod: Mapping[str, Any]) -> str:
     simple = {"metadata.name": "name", "metadata.namespace": "namespace",
               "status.podIP": "podIP", "spec.nodeName": "nodeName"}
     if path not in simple:
-        raise ValueError(f"fieldRef {path!r}: not a field this helper reads")
+        raise ValueError(f"fieldRef {path!r}: not a field modelled here")
     return pod[simple[path]]
 
 
@@ -339,7 +339,7 @@ def pods(docs: list[dict[str, Any]]) -> list[PodRun]:
     elif "JobSet" in by_kind:
         found = _jobset_pods(by_kind["JobSet"])
     else:
-        raise ValueError(f"no workload this helper knows in {sorted(by_kind)}")
+        raise ValueError(f"no workload modelled here in {sorted(by_kind)}")
     return sorted(found, key=lambda p: p.node_rank)
 
 
