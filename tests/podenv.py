@@ -18,6 +18,7 @@ environments, built the way the parts of Kubernetes that matter build them:
   into the runtime's ``envInjection`` targets; JobSet (``jobset.x-k8s.io/v1alpha2``, v0.12)
   names the pods ``<jobset>-<replicatedJob>-<job index>-<pod index>`` under the subdomain
   ``<jobset>`` and annotates them (``jobset.sigs.k8s.io/*``, the ``coordinator`` endpoint);
+  its webhook makes a replicated job Indexed unless it says otherwise;
 * the Job controller: an Indexed Job's pod carries the annotation
   ``batch.kubernetes.io/job-completion-index`` and every container and init container gets
   ``JOB_COMPLETION_INDEX`` from it;
@@ -241,7 +242,7 @@ def _jobset_pods(jobset: Mapping[str, Any],
     global_index = 0
     for rjob in spec["replicatedJobs"]:
         job_spec = rjob["template"]["spec"]
-        if job_spec.get("completionMode", "NonIndexed") != "Indexed":
+        if job_spec.get("completionMode", "Indexed") != "Indexed":  # JobSet's default
             raise ValueError(f"JobSet {name}, replicatedJob {rjob['name']}: completionMode must "
                              f"be Indexed (JOB_COMPLETION_INDEX is the node rank)")
         completions = int(job_spec.get("completions", job_spec.get("parallelism", 1)))
@@ -297,7 +298,6 @@ def _trainjob_pods(trainjob: Mapping[str, Any], runtime: Mapping[str, Any]) -> l
     node_job = node_jobs[0]
     job_spec = node_job["template"]["spec"]
     job_spec["parallelism"] = job_spec["completions"] = nnodes
-    job_spec["completionMode"] = "Indexed"
     containers = job_spec["template"]["spec"]["containers"]
     node = next(c for c in containers if c["name"] == "node")
     if "image" in trainer:
