@@ -283,3 +283,23 @@ def test_a_node_whose_torch_will_not_import_still_joins_and_is_named(gang, tmp_p
     assert "import torch failed: ImportError: libtorch_cpu.so" in root["message"]
     assert "torch_import" in runs[1].summary, runs[1].output
     assert_nothing_left(gang)
+
+
+def test_node_0_stopped_by_sigterm_stops_every_node_and_writes_its_report(gang, tmp_path):
+    """Node 0's pod deleted while the ranks run: node 0 reports the interruption (its JSON
+    written), every node's torchrun is stopped through the store, every node exits 130 with
+    its summary line, and nothing is left anywhere."""
+    port = next(_ports)
+    started = time.monotonic()
+    procs = {rank: start_node(gang, rank, port, ["--timeout", "120"], tmp_path)
+             for rank in range(NODES)}
+    wait_for_line(procs[2], "launching torchrun", 90)
+    time.sleep(1.5)
+    procs[0].send_signal(signal.SIGTERM)
+    runs = finish(procs, started, 150)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["verdict"] == "interrupted", report["findings"]
+    assert all(run.exit_code == 130 for run in runs.values()), [r.output for r in runs.values()]
+    assert all("INTERRUPTED" in run.summary for run in runs.values())
+    assert max(run.elapsed_s for run in runs.values()) < 100
+    assert_nothing_left(gang)

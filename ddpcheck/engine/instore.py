@@ -420,7 +420,10 @@ class StoreLauncher:
         """Whatever happened, the other nodes hear that nothing (more) starts."""
         self.cancel.set()
         try:
+            launched = self.decided
             self.decide("none")
+            if launched:  # interrupted mid-launch: every node's torchrun stops too
+                self.store.set("stop", "node 0 ended")
         except StoreError:
             pass
         self.session.close()
@@ -443,7 +446,7 @@ def node_causes(report: Report, names: dict[int, str]) -> dict[str, str]:
 
 
 def publish_verdict(store: JobStore, report: Report, names: dict[int, str],
-                    nnodes: int, wait_s: float = 5.0) -> None:
+                    nnodes: int, wait_s: float = 15.0) -> None:
     """The verdict for every node, then a short wait while they read it (the store lives in
     this process)."""
     store.set("verdict", json.dumps({"verdict": report.verdict.value,
