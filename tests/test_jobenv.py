@@ -96,3 +96,16 @@ def test_the_dry_run_says_what_it_read_and_this_nodes_commands(capsys, monkeypat
     assert "-m ddpcheck.remote.agent facts" in out
     assert "--nnodes 4 --node-rank 2 --nproc-per-node 2 --master-addr job-master-0 " \
            "--master-port 23457" in out
+
+
+def test_without_nproc_a_cpu_node_plans_two_gloo_ranks_as_preflight_does(capsys,
+                                                                          monkeypatch) -> None:
+    from ddpcheck.cli import main
+
+    for name, value in PYTORCHJOB.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PET_NPROC_PER_NODE")
+    assert main(["preflight", "--in-job", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# read nproc_per_node=auto (from default)" in out
+    assert "--nproc-per-node 2 " in out and "--expected-world-size 8 --backend gloo" in out
