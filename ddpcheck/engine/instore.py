@@ -360,8 +360,9 @@ class StoreLauncher:
             run.state.update(self.gathering.names[rank], reachable=True, stage=Stage.STAGE0)
         deadline = run.state.until(step.timeout_s)
         others = [r for r in self.joins if r != 0]
-        pending = self.gathering.gather(run, "stage0s", "stage0", others, deadline, "stage 0",
-                              lambda rank, text: step.record(hosts[rank], result_of(text), None))
+        pending = self.gathering.gather(
+            run, "stage0s", "stage0", others, deadline, "stage 0",
+            lambda rank, text: step.record(hosts[rank], result_of(text), None))
         for rank in pending:
             run.state.fail(self.gathering.names[rank], Failure(
                 Check.TIMEOUT, f"stage 0 on node rank {rank} gave no result before its deadline"))

@@ -27,13 +27,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from ..model.errors import DdpcheckError
+
 WAIT_SLICE_S = 0.5  # a blocking wait is cut in slices: a cancel is seen between them
 CONNECT_RETRY_S = 0.2  # a refused connection (node 0 not listening yet) is retried this often
 MAX_MESSAGE = 64 << 20  # a stage-0 or launch output is far smaller
 _LENGTH = struct.Struct(">I")
 
 
-class StoreError(Exception):
+class StoreError(DdpcheckError):
     """A store call that failed or ran past its deadline; the message says which."""
 
 
