@@ -31,7 +31,7 @@ from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severit
 from ..core import heartbeat
 from ..core.straggler import (Reason, WindowAccount, busy_stragglers, history_from_rows,
                               identify_stragglers, job_progressed, window_stragglers)
-from .verdict import mark_single_root_cause, order_findings
+from .verdict import failure_finding, mark_single_root_cause, order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
 COLLECTIVES = frozenset({
@@ -558,8 +558,7 @@ def analyze_job(job: str, views: Sequence[RankView],
     culprit_ranks = tuple(v.view.rank for v in culprits)
     more, from_dumps = stall_findings(job, stalls, views, named=bool(culprits))
     if from_dumps:  # the dumps name whom the stacks could not
-        findings = [f for f in findings if "no sign of a hang" not in f.message
-                    and "the collective itself is stuck" not in f.message]
+        findings = [f for f in findings if not f.tentative]
         culprit_ranks = from_dumps
     findings += more
     if not culprits and not any(f.severity is Severity.ERROR for f in findings):
@@ -693,11 +692,11 @@ def job_findings(job: str, world: int, ranks: Sequence[RankVerdict],
             f"job {job}: all {len(live)} ranks wait in {main_op}"
             f"{_seq_text(seqs[0]) if len(seqs) == 1 else ''} and none is behind: the "
             f"collective itself is stuck (a network fault, or a group the ranks disagree on); "
-            f"try ddpcheck bandwidth"), root_cause=True))
+            f"try ddpcheck bandwidth"), root_cause=True, tentative=True))
     else:
         findings.append(Finding(Severity.INFO, Check.HANG, (
             f"job {job}: {len(live)} of {world} rank(s) seen, none stopped, gone or behind: "
-            f"no sign of a hang")))
+            f"no sign of a hang"), tentative=True))
     return findings
 
 
@@ -798,7 +797,7 @@ def unseen_findings(job: JobVerdict, blind: Mapping[str, str]) -> list[Finding]:
         f"with ptrace allowed, or add ddpcheck.Monitor to the job)"),
         host=hosts[0] if len(hosts) == 1 else None,
         rank=unseen[0].rank if len(unseen) == 1 else None, root_cause=True)
-    return [cannot] + [f for f in findings if "no sign of a hang" not in f.message]
+    return [cannot] + [f for f in findings if not f.tentative]
 
 
 def ras_of(results: Sequence[HostScanResult]) -> tuple[dict[str, Any], list[Finding]]:
@@ -892,9 +891,9 @@ def _int(value: Any) -> Optional[int]:
 def host_error_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
     """A host that could not be scanned, as an error finding (its stage and error; the stage
     once: a scan's own failure already starts with it)."""
-    return [Finding(Severity.ERROR, h.error_check or "ssh", f"{h.name}: " + (
-        h.error if h.error.startswith(f"{h.stage}: ") else f"{h.stage}: {h.error}"),
-        host=h.name) for h in hosts if h.error]
+    return [failure_finding(h, f"{h.name}: " + (
+        h.error if h.error.startswith(f"{h.stage}: ") else f"{h.stage}: {h.error}"))
+        for h in hosts if h.failure is not None]
 
 
 def hang_findings(analysis: HangAnalysis, host_errors: list[Finding]) -> list[Finding]:

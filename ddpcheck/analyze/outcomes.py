@@ -20,7 +20,7 @@ from ..model.spec import HostSpec
 from ..core.busbw import Collective
 from . import health
 from .bandwidth import PairResult, rows_of
-from .verdict import NOT_REACHED, failure_findings
+from .verdict import failure_findings
 
 
 def summary_of(lines: Sequence[str]) -> str:
@@ -31,18 +31,24 @@ def summary_of(lines: Sequence[str]) -> str:
     return lines[-1].strip()[:300] if lines else "no output"
 
 
+# How a host error starts that only says the run's --timeout ran out before the host was
+# checked; what it means is the failure's ``not_reached`` flag, never this text.
+NOT_REACHED = "not reached in time"
+
+
 def not_reached_failure(timeout_s: float, what: str) -> Failure:
     """A host the run had no time left for: not a failure of the host (exit 3, never the root
     cause); ``what``: how far it got."""
     return Failure(Check.TIMEOUT, f"{NOT_REACHED}: {what} when --timeout ({timeout_s:g}s) ran "
-                                  f"out; raise --timeout or ssh.fanout for this many hosts")
+                                  f"out; raise --timeout or ssh.fanout for this many hosts",
+                   not_reached=True)
 
 
 def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],
                    stray: Sequence[str]) -> Optional[Failure]:
     """What kept stage 0 from giving this host's facts; None when they came."""
     if result.cancelled:
-        return Failure(Check.TIMEOUT, "stage 0 interrupted")
+        return Failure(Check.TIMEOUT, "stage 0 interrupted", interrupted=True)
     if result.timed_out:
         return Failure(Check.TIMEOUT, "stage 0 did not finish before its deadline")
     if result.lost and not facts:
@@ -92,7 +98,8 @@ def rendezvous_failure(kind: str, result: CommandResult, target: str) -> Optiona
     outcome = parsed.listen if kind == "listen" else parsed.reach
     if outcome is None:
         why = "no answer" if result.timed_out else summary_of(parsed.stray)
-        return Failure(Check.RENDEZVOUS, f"rendezvous check: {kind} gave no result ({why})")
+        return Failure(Check.RENDEZVOUS, f"rendezvous check: {kind} gave no result ({why})",
+                       interrupted=result.cancelled, no_result=True)
     if not outcome.get("ok"):
         return Failure(Check.RENDEZVOUS,
                        f"{outcome.get('error')} on the master" if kind == "listen" else
@@ -123,7 +130,7 @@ def launch_failure(result: CommandResult, parsed: HostOutput,
     if not ranks:
         check = Check.TIMEOUT if result.timed_out or agent.get("stopped") else Check.RENDEZVOUS
         return Failure(check, f"launch: no rank reported back ({no_rank_reason(result, agent)}): "
-                              f"{summary_of(parsed.stray)}")
+                              f"{summary_of(parsed.stray)}", interrupted=result.cancelled)
     return None
 
 
@@ -141,11 +148,13 @@ def launch_end(failure: Optional[Failure], ranks: Sequence[RankRecord]) -> Launc
 
 def scan_failure(host: HostSpec, result: CommandResult, stray: Sequence[str]) -> Failure:
     """Why a host's hang scan gave no result."""
+    not_importable = "No module named" in "\n".join(stray)  # the host's own output
     why = ("interrupted" if result.cancelled else "no answer within the deadline"
            if result.timed_out else f"exit {result.exit_code}: {summary_of(stray)}")
-    if "No module named" in "\n".join(stray):
+    if not_importable:
         why = f"ddpcheck is not importable by {host.python}: {summary_of(stray)}"
-    return Failure(Check.TIMEOUT if result.timed_out else Check.PYTHON, f"scan: {why}")
+    return Failure(Check.TIMEOUT if result.timed_out else Check.PYTHON, f"scan: {why}",
+                   interrupted=result.cancelled and not not_importable)
 
 
 def srun_silent_failure(result: CommandResult, detail: str) -> Failure:
@@ -153,7 +162,8 @@ def srun_silent_failure(result: CommandResult, detail: str) -> Failure:
     why = ("interrupted" if result.cancelled else
            "srun did not finish before the deadline" if result.timed_out else
            f"srun exited {result.exit_code}")
-    return Failure(Check.SRUN, f"no output from this node ({why}): {detail}")
+    return Failure(Check.SRUN, f"no output from this node ({why}): {detail}",
+                   interrupted=result.cancelled)
 
 
 def signal_name(interrupt: BaseException) -> str:
@@ -182,7 +192,7 @@ def with_interruption(findings: Sequence[Finding], signal: str, stage: str) -> l
     marked = [interrupted_finding(signal, stage)]
     for finding in findings:
         unfinished = finding.severity is Severity.ERROR and (
-            finding.check in _UNFINISHED_CHECKS or "interrupted" in finding.message)
+            finding.check in _UNFINISHED_CHECKS or finding.interrupted)
         marked.append(replace(finding, root_cause=False,
                               message=finding.message + (CONSEQUENCE_NOTE if unfinished
                                                          else "")))

@@ -20,7 +20,8 @@ from ..analyze.bandwidth import (PairResult, SweepSettings, analyze_pairs, pair_
                                  pair_name, pairs_json, pairs_summary, rows_of, streamed_row,
                                  sweep_findings, sweep_summary)
 from ..analyze.outcomes import hosts_text, left_out_finding, pair_result, rows_source
-from ..model.checks import EXIT_CODES, Check
+from ..model.checks import Check
+from ..model.records import EXIT_CODES
 from ..model.records import Finding, HostRecord, Stage
 from ..model.spec import ClusterSpec
 from ..plan.bandwidth import PAIR_SLOTS, SWEEP_TIMEOUT_S, PairLaunch, plan_round, sweep_program

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..analyze import verdict as analyze
-from ..model.checks import EXIT_CODES
+from ..model.records import EXIT_CODES
 from ..model.records import HostRecord
 from ..model.spec import ClusterSpec
 from ..plan.cmdlines import LaunchOptions

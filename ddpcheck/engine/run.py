@@ -228,7 +228,7 @@ def record_rendezvous(run: Engine, results: RendezvousResults) -> None:
         failure = rendezvous_failure(kind, result, target)
         if failure is not None:
             run.state.fail(name, failure, stage=Stage.RENDEZVOUS)
-            if "gave no result" not in failure.message:
+            if not failure.no_result:
                 run.progress.host(name, f"failed rendezvous check: {failure.message}")
         elif kind == "reach":
             run.progress.host(name, f"reached {target} in "

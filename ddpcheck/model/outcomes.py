@@ -10,6 +10,24 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
+from .checks import Check
+
+
+class Stage(str, Enum):
+    """How far a host got: connect -> stage0 -> rendezvous -> launch (or scan) -> done."""
+
+    CONNECT = "connect"
+    STAGE0 = "stage0"
+    RENDEZVOUS = "rendezvous"
+    LAUNCH = "launch"
+    SCAN = "scan"  # ddpcheck hang: the host's scan
+    DONE = "done"
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -27,10 +45,18 @@ class CommandResult:
 
 @dataclass(frozen=True)
 class Failure:
-    """Why one host failed a stage: the check it belongs to and a one-line message."""
+    """Why one host failed a stage: the check it belongs to, a one-line message (the detail),
+    the stage it failed at, and what kind of failure it is, as flags (never read from the
+    message): ``not_reached`` (the run's --timeout ran out before the host was checked: not a
+    failure of the host, never a root cause), ``interrupted`` (Ctrl-C or SIGTERM cut it short),
+    ``no_result`` (a step that gave nothing to judge)."""
 
-    check: str  # a model.checks.Check
+    check: Check
     message: str
+    stage: Optional[Stage] = None  # set by the engine when it records the failure
+    not_reached: bool = False
+    interrupted: bool = False
+    no_result: bool = False
 
 
 class LaunchEnd(Enum):

@@ -177,9 +177,9 @@ def _outcome_key(host: HostRecord, ranks: Sequence[RankRecord], checks: set[str]
     other_versions = tuple((k, v) for k, v in versions if usual.get(k) != v) \
         if versions and versions != usual_versions else ()
     if not host.reachable:
-        state = ("unreachable", host.error_check or "ssh")
+        state = ("unreachable", host.trouble_check)
     elif host.error and not ranks:
-        state = ("failed", host.stage, host.error_check or "?")
+        state = ("failed", host.stage, host.trouble_check)
     elif not ranks and host.stage in ("connect", "stage0"):
         state = ("not launched",)  # reached and checked; torchrun was not started
     elif not ranks:

@@ -80,7 +80,7 @@ def check_states(report: Report) -> list[tuple[str, str, int]]:
     for check in _checks(report):
         for host in report.hosts:
             if not host.reachable:
-                if check == (host.error_check or "ssh"):
+                if check == host.trouble_check:
                     record(check, host.name, 0)
                 continue
             record(check, host.name, 1)
