@@ -312,7 +312,7 @@ def stall_findings(job: str, stalls: Sequence[GroupStall], views: Sequence[RankV
                    if collateral else ""))
         error = index == 0 and bool(stall.culprits) and not named
         rank = stall.culprits[0] if stall.culprits else None
-        findings.append(Finding(Severity.ERROR if error else Severity.INFO, "hang", text,
+        findings.append(Finding(Severity.ERROR if error else Severity.INFO, Check.HANG, text,
                                 host=hosts.get(rank) if rank is not None else None,
                                 rank=rank, root_cause=error))
         if error:
@@ -666,7 +666,7 @@ def job_findings(job: str, world: int, ranks: Sequence[RankVerdict],
     for verdict in culprits:
         if verdict.role is not Role.DEAD:
             grouped.append((order[verdict.role], Finding(
-                Severity.ERROR, "hang", verdict.reason, host=verdict.view.host,
+                Severity.ERROR, Check.HANG, verdict.reason, host=verdict.view.host,
                 rank=verdict.view.rank)))
     grouped.sort(key=lambda pair: pair[0])
     findings = [f for _, f in grouped]
@@ -891,9 +891,8 @@ def _int(value: Any) -> Optional[int]:
 def host_error_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
     """A host that could not be scanned, as an error finding (its stage and error; the stage
     once: a scan's own failure already starts with it)."""
-    return [failure_finding(h, f"{h.name}: " + (
-        h.error if h.error.startswith(f"{h.stage}: ") else f"{h.stage}: {h.error}"))
-        for h in hosts if h.failure is not None]
+    return [failure_finding(h, f"{h.name}: {h.stage}: {h.error.removeprefix(f'{h.stage}: ')}")
+            for h in hosts if h.failure is not None]
 
 
 def hang_findings(analysis: HangAnalysis, host_errors: list[Finding]) -> list[Finding]:

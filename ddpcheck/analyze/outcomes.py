@@ -86,10 +86,8 @@ def blocking_failure(host: str, findings: list[Finding]
     blocking = next((f for f in findings if health.blocks_launch(f)), None)
     if blocking is None:
         return None, findings
-    prefix = f"{host}: "
-    message = (blocking.message[len(prefix):] if blocking.message.startswith(prefix)
-               else blocking.message)
-    return Failure(blocking.check, message), [f for f in findings if f is not blocking]
+    others = [f for f in findings if f is not blocking]
+    return Failure(blocking.check, blocking.message.removeprefix(f"{host}: ")), others
 
 
 def rendezvous_failure(kind: str, result: CommandResult, target: str) -> Optional[Failure]:
@@ -181,7 +179,7 @@ def interrupted_finding(signal: str, stage: str) -> Finding:
 
 
 # Findings that say only that something did not finish: after an interruption, its consequence.
-_UNFINISHED_CHECKS = frozenset({Check.WORLD_SIZE.value, Check.TIMEOUT.value, Check.CRASH.value})
+_UNFINISHED_CHECKS = frozenset({Check.WORLD_SIZE, Check.TIMEOUT, Check.CRASH})
 CONSEQUENCE_NOTE = " (a consequence of the interruption)"
 
 
@@ -229,7 +227,7 @@ def pair_result(hosts: tuple[str, str], number: int,
     """One pair's outcome from the output of its two hosts."""
     ranks: list[RankRecord] = []
     problems: list[str] = []
-    check = "rendezvous"
+    check = Check.RENDEZVOUS
     for host, result, error in results:
         if error is not None or result is None:
             problems.append(f"{host}: {error or 'no result'}")
@@ -240,7 +238,7 @@ def pair_result(hosts: tuple[str, str], number: int,
         if not own:
             agent = parsed.agent or {}
             if result.timed_out or agent.get("stopped"):
-                check = "timeout"
+                check = Check.TIMEOUT
             problems.append(f"{host}: no rank reported back ({no_rank_reason(result, agent)}): "
                             f"{summary_of(parsed.stray)}")
     rows = [r for r in rows_of(rows_source(ranks)) if r.op is op]
@@ -254,5 +252,5 @@ def pair_result(hosts: tuple[str, str], number: int,
         error = "; ".join(problems)
     elif row is None:
         error = "no bandwidth row came back"
-        check = "bandwidth"
+        check = Check.BANDWIDTH
     return PairResult(hosts, number, row=row, error=error, check=check, duration_s=duration_s)

@@ -81,7 +81,7 @@ def base_report(run: Engine, launch: LaunchOptions, interrupted: bool,
     """One world's report: the hosts, the ranks, every finding ordered, the verdict."""
     state = run.state
     hosts = [state.hosts[h.name] for h in run.spec.hosts]
-    failed_hosts = frozenset(h.name for h in hosts if h.error)
+    failed_hosts = frozenset(h.name for h in hosts if h.failure is not None)
     findings = analyze.host_findings(hosts, pinned_interfaces(run.spec)) + state.findings
     drift_rows: list[dict[str, Any]] = []
     if state.slots:

@@ -22,6 +22,7 @@ from ..analyze.outcomes import (blocking_failure, hosts_text, launch_end, launch
                                 not_launched_finding, rendezvous_failure, signal_name,
                                 stage0_failure, with_interruption)
 from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
+from ..model.checks import Check
 from ..model.outcomes import CommandResult, LaunchEnd
 from ..model.records import HostRecord, Severity, Stage
 from ..model.spec import ClusterSpec, HostSpec
@@ -154,7 +155,7 @@ def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
     run.state.fail(host.name, failure, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
                    versions={"python": facts.get("python"), "torch": facts.get("torch")},
                    output_tail=tail(parsed.stray))
-    if failure is not None and failure.check == "ssh":
+    if failure is not None and failure.check is Check.SSH:
         run.state.update(host.name, reachable=False)
     if failure is not None:
         run.progress.host(host.name, f"failed stage 0: {failure.message}")
@@ -172,7 +173,8 @@ def judge_stage0(run: Engine) -> None:
     """Stage-0 health rules (``health``) on every host that answered. A host with a finding
     that makes the run pointless fails with it: torchrun will not start."""
     hosts = run.state.hosts
-    answered = [h for h in run.spec.hosts if hosts[h.name].facts and not hosts[h.name].error]
+    answered = [h for h in run.spec.hosts
+                if hosts[h.name].facts and hosts[h.name].failure is None]
     gpus = {h.name: hosts[h.name].gpus for h in answered}
     backend = resolve_backend(run.spec.backend, gpus).value if answered else "auto"
     for host in answered:
