@@ -10,12 +10,14 @@ import ast
 from dataclasses import replace
 from pathlib import Path
 
-from ddpcheck.analyze.outcomes import (CONSEQUENCE_NOTE, NOT_REACHED, not_reached_failure,
-                                       rendezvous_failure, stage0_failure, with_interruption)
+from ddpcheck.analyze.outcomes import (CONSEQUENCE_NOTE, NOT_REACHED, launch_error_failure,
+                                       not_reached_failure, pair_result, rendezvous_failure,
+                                       stage0_failure, with_interruption)
 from ddpcheck.analyze.verdict import host_findings, mark_single_root_cause, order_findings, verdict
 from ddpcheck.engine.state import RunState
 from ddpcheck.model.checks import Check
-from ddpcheck.model.outcomes import CommandResult, Failure, Stage
+from ddpcheck.core.busbw import Collective
+from ddpcheck.model.outcomes import CommandResult, Failure, GroupResult, Stage
 from ddpcheck.model.records import Finding, HostRecord, Severity, Verdict
 from ddpcheck.model.spec import ClusterSpec, HostSpec
 
@@ -166,3 +168,17 @@ def plain_strings(expr: ast.AST) -> list[ast.Constant]:
             and expr.func.attr == "get" and len(expr.args) == 2):
         return plain_strings(expr.args[1])
     return []
+
+
+def test_a_group_result_gives_each_member_its_result_or_exception() -> None:
+    ok = CommandResult(0, "fine")
+    refused = ConnectionRefusedError("refused")
+    group = GroupResult({"h1": ok, "h2": refused})
+    assert group.succeeded == {"h1": ok} and group.failed == {"h2": refused}
+    assert launch_error_failure(refused) == Failure(Check.RENDEZVOUS, "launch: refused")
+
+
+def test_a_pair_job_that_raised_is_worded_by_analyze_as_no_result() -> None:
+    pair = pair_result(("a", "b"), 1, [("a", None, LookupError("the host has no connection")),
+                                       ("b", None, None)], 0.0, Collective.ALL_REDUCE)
+    assert pair.error == "a: no result; b: no result" and pair.check is Check.RENDEZVOUS

@@ -8,12 +8,12 @@ workload: stage 0, the rendezvous check, "no rank reported back (why)", a hang s
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..collect.hostoutput import HostOutput, parse_output, rank_record
 from ..config.hostlist import hosts_text
 from ..model.checks import Check
-from ..model.errors import Terminated
+from ..model.errors import HostError, Terminated
 from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Finding, RankRecord, Severity
 from ..model.spec import HostSpec
@@ -42,6 +42,11 @@ def not_reached_failure(timeout_s: float, what: str) -> Failure:
     return Failure(Check.TIMEOUT, f"{NOT_REACHED}: {what} when --timeout ({timeout_s:g}s) ran "
                                   f"out; raise --timeout or ssh.fanout for this many hosts",
                    not_reached=True)
+
+
+def connect_failure(error: HostError) -> Failure:
+    """A host the launcher could not connect to (refused, auth, host key, unreachable)."""
+    return Failure(Check.SSH, error.message)
 
 
 def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],
@@ -130,6 +135,12 @@ def launch_failure(result: CommandResult, parsed: HostOutput,
         return Failure(check, f"launch: no rank reported back ({no_rank_reason(result, agent)}): "
                               f"{summary_of(parsed.stray)}", interrupted=result.cancelled)
     return None
+
+
+def launch_error_failure(error: BaseException) -> Failure:
+    """A host whose launch raised (its connection, or recording its result, failed): its
+    ranks cannot have met the others."""
+    return Failure(Check.RENDEZVOUS, f"launch: {error}")
 
 
 def launch_end(failure: Optional[Failure], ranks: Sequence[RankRecord]) -> LaunchEnd:
@@ -222,15 +233,16 @@ def rows_source(ranks: Sequence[RankRecord]) -> tuple[dict[str, Any], ...]:
 
 
 def pair_result(hosts: tuple[str, str], number: int,
-                results: Sequence[tuple[str, Optional[CommandResult], Optional[str]]],
+                results: Sequence[tuple[str, Optional[CommandResult],
+                                        Union[str, BaseException, None]]],
                 duration_s: float, op: Collective) -> PairResult:
     """One pair's outcome from the output of its two hosts."""
     ranks: list[RankRecord] = []
     problems: list[str] = []
     check = Check.RENDEZVOUS
     for host, result, error in results:
-        if error is not None or result is None:
-            problems.append(f"{host}: {error or 'no result'}")
+        if error is not None or result is None:  # a job that raised: nothing to read
+            problems.append(f"{host}: {error if isinstance(error, str) else 'no result'}")
             continue
         parsed = parse_output(result.output)
         own = [rank_record(raw, host) for raw in parsed.ranks]

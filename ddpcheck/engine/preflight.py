@@ -19,7 +19,7 @@ from ..plan.cmdlines import LaunchOptions
 from ..model.report import Report
 from .launchers import HostStep, Launcher, SSHLauncher
 from ..report.progress import Progress
-from .run import Engine, record_launch
+from .run import Engine, record_launch, record_launch_errors
 from ..core.deadlines import STAGE0_DEADLINE_S
 from .state import LAUNCH_GRACE_S
 
@@ -63,8 +63,9 @@ class Probe:
 
     def launch(self, run: Engine) -> None:
         setup = run.state.setup(run.spec.hosts, self.options.launch)
-        run.launcher.launch(run, setup, self.rank_program(),
-                            lambda name, result: record_launch(run, name, result))
+        results = run.launcher.launch(run, setup, self.rank_program(),
+                                      lambda name, result: record_launch(run, name, result))
+        record_launch_errors(run, results)
 
     def report(self, run: Engine, interrupted: bool) -> Report:
         return base_report(run, self.options.launch, interrupted)

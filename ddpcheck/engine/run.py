@@ -18,12 +18,13 @@ from dataclasses import replace
 from typing import Optional, Protocol
 
 from ..analyze import health
-from ..analyze.outcomes import (blocking_failure, hosts_text, launch_end, launch_failure,
-                                not_launched_finding, rendezvous_failure, signal_name,
-                                stage0_failure, with_interruption)
+from ..analyze.outcomes import (blocking_failure, launch_end, launch_error_failure,
+                                launch_failure, not_launched_finding, rendezvous_failure,
+                                signal_name, stage0_failure, with_interruption)
 from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
+from ..config.hostlist import hosts_text
 from ..model.checks import Check
-from ..model.outcomes import CommandResult, LaunchEnd
+from ..model.outcomes import CommandResult, GroupResult, LaunchEnd
 from ..model.records import HostRecord, Severity, Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.cmdlines import (RendezvousBesideStage0, global_ranks, rendezvous_beside_stage0,
@@ -265,3 +266,9 @@ def record_launch(run: Engine, name: str, result: CommandResult) -> LaunchEnd:
         progress += f"; kept {kept}"
     run.progress.host(name, f"{progress} in {result.duration_s:.1f}s")
     return launch_end(failure, ranks)
+
+
+def record_launch_errors(run: Engine, results: GroupResult[str]) -> None:
+    """A host whose launch raised fails (the results were recorded as each host ended)."""
+    for name, error in results.failed.items():
+        run.state.fail(name, launch_error_failure(error))

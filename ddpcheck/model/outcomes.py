@@ -1,14 +1,15 @@
 """Typed outcomes of the run's stages: what a command gave back, and why a host failed.
 
-Data only (runs on the launcher). The transport returns ``CommandResult``s; ``analyze``
-turns them into a ``Failure`` (or none) and findings; the engine records them.
+Data only (runs on the launcher). The transport returns ``CommandResult``s, a launcher a
+``GroupResult`` (each host's or job's result, or the exception it raised); ``analyze`` turns
+them into a ``Failure`` (or none) and findings; the engine records them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
+from typing import Dict, Mapping, Optional, TypeVar, Union
 
 from .checks import Check
 
@@ -41,6 +42,23 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+
+K = TypeVar("K")
+
+
+class GroupResult(Dict[K, Union[CommandResult, BaseException]]):
+    """Each member's result or the exception it raised (as fabric's ``GroupResult``), keyed by
+    host (``Launcher.launch``) or job index (``Launcher.run_jobs``): one failure stops no other,
+    and what each means is for ``analyze`` to say."""
+
+    @property
+    def succeeded(self) -> Mapping[K, CommandResult]:
+        return {k: v for k, v in self.items() if isinstance(v, CommandResult)}
+
+    @property
+    def failed(self) -> Mapping[K, BaseException]:
+        return {k: v for k, v in self.items() if isinstance(v, BaseException)}
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
-# hostlist_text, hosts_text: what this module's lines name hosts with (the table and bandwidth
-# reports import them from here)
-from ..config.hostlist import hostlist_text, hosts_text  # noqa: F401
+from ..config.hostlist import hostlist_text
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 
 # A group of at most this many hosts that differs from the rest has its members listed.
