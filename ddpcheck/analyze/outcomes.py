@@ -77,13 +77,6 @@ def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, An
     return None  # what the facts say is judged by the health rules
 
 
-def stage0_error(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],
-                 stray: Sequence[str]) -> tuple[Optional[str], Optional[str]]:
-    """(check, message) of ``stage0_failure``; (None, None)."""
-    failure = stage0_failure(host, result, facts, stray)
-    return (failure.check, failure.message) if failure else (None, None)
-
-
 def blocking_failure(host: str, findings: list[Finding]
                      ) -> tuple[Optional[Failure], list[Finding]]:
     """The first health finding that makes the run pointless (torchrun will not start), as the

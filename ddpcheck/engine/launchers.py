@@ -3,8 +3,9 @@
 A ``Launcher`` does the I/O of four things for the one run loop (``engine.run``): reach every
 host and run one step there (stage 0, or a hang scan), the rendezvous check (over SSH made by
 stage 0 itself, the master's stage 0 listening; under srun a step of its own), one world's
-launch (a torchrun per host), and plain per-host jobs (the pair rounds). What the outputs mean is
-decided in ``analyze`` and recorded by the engine. ``SSHLauncher`` (SSH, or this machine
+launch (a torchrun per host), and plain per-host jobs (the pair rounds); a launch and a set of
+jobs return a ``GroupResult``: each host's (job's) result or the exception it raised. What the
+outputs and exceptions mean is decided in ``analyze`` and recorded by the engine. ``SSHLauncher`` (SSH, or this machine
 without HOSTS) is here; ``SrunLauncher`` is in ``engine.srun``. A third launcher is a new class
 with these methods, not a new copy of the loop.
 """
