@@ -16,6 +16,7 @@ from ddpcheck.analyze.outcomes import (CONSEQUENCE_NOTE, NOT_REACHED, launch_err
 from ddpcheck.analyze.verdict import host_findings, mark_single_root_cause, order_findings, verdict
 from ddpcheck.engine.state import RunState
 from ddpcheck.model.checks import Check
+from ddpcheck.collect.hostoutput import host_facts, parse_output
 from ddpcheck.core.busbw import Collective
 from ddpcheck.model.outcomes import CommandResult, Failure, GroupResult, Stage
 from ddpcheck.model.records import Finding, HostRecord, Severity, Verdict
@@ -182,3 +183,14 @@ def test_a_pair_job_that_raised_is_worded_by_analyze_as_no_result() -> None:
     pair = pair_result(("a", "b"), 1, [("a", None, LookupError("the host has no connection")),
                                        ("b", None, None)], 0.0, Collective.ALL_REDUCE)
     assert pair.error == "a: no result; b: no result" and pair.check is Check.RENDEZVOUS
+
+
+def test_stage0_top_level_facts_are_read_once_into_a_typed_record() -> None:
+    parsed = parse_output('noise\n@@DDPCHECK facts {"hostname": "h1", "python": "3.11.7", '
+                          '"torch": "2.13.0", "import_s": 1.5, "gpus": "2", "env": {}}\n')
+    facts = host_facts(parsed.facts or {})
+    assert (facts.hostname, facts.python, facts.torch, facts.import_s, facts.gpus) == (
+        "h1", "3.11.7", "2.13.0", 1.5, 2)
+    assert facts.raw["env"] == {}  # the sections stay for the health rules
+    garbage = host_facts({"gpus": "many", "import_s": "soon", "hostname": None})
+    assert (garbage.gpus, garbage.import_s, garbage.hostname) == (0, None, None)

@@ -21,7 +21,8 @@ from ..analyze import health
 from ..analyze.outcomes import (blocking_failure, launch_end, launch_error_failure,
                                 launch_failure, not_launched_finding, rendezvous_failure,
                                 signal_name, stage0_failure, with_interruption)
-from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
+from ..collect.hostoutput import (host_facts, parse_output, rank_record, tail, torchrun_failures,
+                                  unreported_ranks)
 from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.outcomes import CommandResult, GroupResult, LaunchEnd
@@ -152,21 +153,21 @@ def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
     if facts and clock_window:
         facts["launcher_clock"] = list(clock_window)
     failure = stage0_failure(host, result, facts, list(parsed.stray))
-    gpus = int(facts.get("gpus") or 0)
-    run.state.fail(host.name, failure, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
-                   versions={"python": facts.get("python"), "torch": facts.get("torch")},
+    read = host_facts(facts)
+    gpus = read.gpus
+    run.state.fail(host.name, failure, hostname=read.hostname, gpus=gpus, facts=facts,
+                   versions={"python": read.python, "torch": read.torch},
                    output_tail=tail(parsed.stray))
     if failure is not None and failure.check is Check.SSH:
         run.state.update(host.name, reachable=False)
     if failure is not None:
         run.progress.host(host.name, f"failed stage 0: {failure.message}")
         return
-    torch = ("torch import failed" if not facts.get("torch") else
-             f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
-             if facts.get("import_s") is not None else
-             f"torch {facts.get('torch')} (imported by torchrun)")
+    torch = ("torch import failed" if not read.torch else
+             f"torch {read.torch} (import {read.import_s}s)" if read.import_s is not None else
+             f"torch {read.torch} (imported by torchrun)")
     run.progress.host(host.name, (
-        f"checked: hostname {facts.get('hostname')}, python {facts.get('python')}, "
+        f"checked: hostname {read.hostname}, python {read.python}, "
         f"{torch}, {gpus} GPU(s) in {result.duration_s:.1f}s"))
 
 
