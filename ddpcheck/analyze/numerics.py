@@ -4,13 +4,14 @@ Each rank's record carries ``numerics`` (``remote.numerics``): where its device 
 (device model, driver and library versions), each dtype's repetition digests, NaN/Inf and
 float64-reference counts, and the wrong elements of an all_reduce of known integers.
 ``core.numerics_vote.odd_ones`` applies the rule the in-job canary applies too; this module
-turns its answer into findings that say what to do.
+turns its answer into findings that say what to do. ``canary_findings`` does the same for what
+the Monitor's canary named, as ``ddpcheck hang`` reads it from the heartbeats.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..model.checks import Check
 from ..model.records import Finding, RankRecord, Severity
@@ -82,4 +83,34 @@ def all_reduce_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
             Severity.ERROR, Check.NUMERICS,
             f"rank {rank} on {host}: an all_reduce of known integers came back wrong ({sizes}); "
             f"{where}", host=host, rank=rank))
+    return findings
+
+
+def canary_findings(job: str, named: Iterable[Iterable[Mapping[str, Any]]],
+                    hosts: Mapping[int, str]) -> list[Finding]:
+    """The devices the Monitor's canary named, from the heartbeats (``named``: each rank's
+    ``numerics`` entries; the judging rank's is the one that has them): one error per device and
+    dtype, the newest record of it, the host by the inventory's name (``hosts``: rank -> host)."""
+    newest: dict[tuple[Optional[int], str], Mapping[str, Any]] = {}
+    for entries in named:
+        for entry in entries:
+            rank = entry.get("rank") if isinstance(entry.get("rank"), int) else None
+            key = (rank, str(entry.get("dtype")))
+            last = entry.get("last_step") if isinstance(entry.get("last_step"), int) else -1
+            held = newest.get(key)
+            if held is None or last > (held.get("last_step") or -1):
+                newest[key] = entry
+    findings = []
+    for (rank, dtype), entry in sorted(newest.items(), key=lambda item: (item[0][0] or 0,
+                                                                         item[0][1])):
+        why = ", ".join(str(w) for w in entry.get("why") or ()).replace(
+            "its peers", f"its {entry.get('peers')} peer{'s' if entry.get('peers') != 1 else ''}")
+        first, last = entry.get("first_step"), entry.get("last_step")
+        steps = f"step {first}" if first == last else f"steps {first} to {last}"
+        findings.append(Finding(
+            Severity.ERROR, Check.NUMERICS,
+            f"job {job}: {entry.get('where')} computed the Monitor's numerics canary ({dtype}) "
+            f"wrong in {entry.get('wrong_rounds')} of {entry.get('rounds')} round(s) compared "
+            f"({steps}; {why}); {GPU_ADVICE if entry.get('gpu') else CPU_ADVICE}",
+            host=hosts.get(rank) if rank is not None else entry.get("host"), rank=rank))
     return findings
