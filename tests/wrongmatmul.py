@@ -45,10 +45,13 @@ def _wrap(torch):
     for name in ("matmul", "mm", "bmm"):
         setattr(torch, name, wrapped(getattr(torch, name)))
     torch.Tensor.__matmul__ = wrapped(torch.Tensor.__matmul__)
+'''
 
+# Runs ``_wrap(torch)`` once torch's import is complete, in the rank planted on.
+LOADER = '''
 
 class _AfterTorch:
-    """Finds torch as usual and wraps its products once its import is complete."""
+    """Finds torch as usual and runs ``_wrap`` on it once its import is complete."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "torch":
@@ -76,7 +79,13 @@ def wrong_matmul_site(root: Path, every: Optional[int] = None, nan_at: Optional[
                       local_rank: int = 0) -> Path:
     """``root/sitecustomize.py`` spoiling the products of local rank ``local_rank``: ``root``,
     to put on PYTHONPATH."""
+    return planted_site(root, TEMPLATE.format(every=every, nan_at=nan_at), local_rank)
+
+
+def planted_site(root: Path, wrap_source: str, local_rank: int) -> Path:
+    """``root/sitecustomize.py``: ``wrap_source`` (which defines ``_wrap(torch)``) run once torch
+    is imported in the process whose LOCAL_RANK is ``local_rank``: ``root``, for PYTHONPATH."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "sitecustomize.py").write_text(
-        TEMPLATE.format(every=every, nan_at=nan_at, local_rank=str(local_rank)))
+        wrap_source + LOADER.replace("{local_rank!r}", repr(str(local_rank))))
     return root
