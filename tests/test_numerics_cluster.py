@@ -97,6 +97,15 @@ def test_wrong_products_name_exactly_that_host_and_rank(ns_cluster, tmp_path, ev
     failed = [c.get("name") for c in cases if c.find("failure") is not None
               and c.get("classname") == "ddpcheck.preflight.numerics"]
     assert failed == [f"{BAD_HOST} rank {BAD_RANK}"]
+    # ... and what to do: in the JUnit failure's text and the --prom finding
+    failure = next(c for c in ElementTree.parse(junit).getroot().iter("testcase")
+                   if c.get("classname") == "ddpcheck.preflight.numerics"
+                   and c.find("failure") is not None).find("failure")
+    assert "dcgmi diag" in failure.text or "field diagnostics" in failure.text
+    assert "RMA if it repeats" in failure.text
+    [info] = [line for line in prom.read_text().splitlines()
+              if line.startswith("ddpcheck_finding_info{") and 'check="numerics"' in line]
+    assert f'host="{BAD_HOST}",rank="{BAD_RANK}"' in info and "RMA if it repeats" in info
     assert f'ddpcheck_check_ok{{command="preflight",check="numerics",host="{BAD_HOST}"}} 0' in (
         prom.read_text())
 
