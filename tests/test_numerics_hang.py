@@ -3,7 +3,9 @@ gloo ranks on this machine, tests/hangjob.py with ``Monitor(numerics_every=5)``)
 rank 2's matrix products are spoiled after torch loads (tests/wrongmatmul.py on PYTHONPATH, as
 a bad device would be): a ``numerics`` error naming that rank, its host and device, exit 1,
 while the job itself is reported as progressing (not hung). The same job unspoiled: exit 0 and
-no ``numerics`` finding. The pure part (the findings from heartbeat entries) on synthetic ones."""
+no ``numerics`` finding. On the namespace cluster (2 hosts x 2 ranks, the fault on h2's local
+rank 1), ``ddpcheck hang hosts.yaml`` names h2's rank 3. The pure part (the findings from
+heartbeat entries) on synthetic ones."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Optional
 import pytest
 
 from ddpcheck.analyze.numerics import canary_findings
+from hostsfile import cluster_hosts_yaml
 from ddpcheck.core import heartbeat
 from torchrunjob import ThisMachine, start_job
 from wrongmatmul import wrong_matmul_site
@@ -75,6 +78,34 @@ def test_hang_names_the_device_the_canary_found_wrong(tmp_path):
     assert "differs from its 2 peers bit for bit" in message
     assert "drain the node" in message and "RMA if it repeats" in message
     assert "numerics" in done.stdout
+
+
+@pytest.mark.cluster
+def test_hang_names_the_device_on_its_host_across_the_cluster(ns_cluster, tmp_path):
+    hosts = ns_cluster.hosts[:2]
+    plant = wrong_matmul_site(tmp_path / "site", every=1, local_rank=1, hostname="h2")
+    env = {"DDPCHECK_HEARTBEAT_DIR": str(tmp_path / "beats"), "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(plant), os.environ.get("PYTHONPATH", "")]))}
+    job = start_job(ns_cluster, hosts, 2, 29668, tmp_path,
+                    ["--use-monitor", "--numerics-every", "5", "--ready-step", "40"], env=env)
+    try:
+        job.wait_ready()
+        hosts_yaml = cluster_hosts_yaml(ns_cluster, tmp_path / "hosts.yaml", hosts)
+        report_path = tmp_path / "hang.json"
+        done = subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml),
+                               "--window", "2", "--json", str(report_path)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        job.stop()
+    report = json.loads(report_path.read_text())
+    assert done.returncode == 1, done.stdout + done.stderr
+    (found_job,) = report["jobs"]
+    assert not found_job["hung"]
+    found = numerics_findings(report)
+    assert [(f["host"], f["rank"], f["severity"]) for f in found] == [("h2", 3, "error")], found
+    assert "rank 3 on h2 (cpu) computed the Monitor's numerics canary (fp32) wrong" in (
+        found[0]["message"])
+    assert "differs from its 3 peers bit for bit" in found[0]["message"]
 
 
 def entry(rank, last, wrong=1, rounds=4, gpu=False):
