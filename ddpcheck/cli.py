@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .commands import bandwidth, hang, node, preflight
-from .model.checks import EXIT_USAGE
+from .model.records import EXIT_USAGE
 from .model.errors import Terminated
 
 COMMANDS = (preflight, node, hang, bandwidth)  # each module's register(sub) adds its parser

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ddpcheck.model.checks import Check
+from ddpcheck.model.outcomes import Failure
 from ddpcheck.analyze.verdict import (duplicate_device_findings, failure_findings, host_findings,
                                      mark_single_root_cause, missing_rank_findings, order_findings,
                                      rank_findings, verdict)
-from ddpcheck.model.checks import EXIT_CODES
+from ddpcheck.model.records import EXIT_CODES
 from ddpcheck.model.records import (Finding, HostRecord, RankRecord, RankStatus, Severity,
                               Verdict)
 
@@ -176,9 +178,10 @@ def host(name, **kw):
 def test_host_findings_each_error_is_a_root_cause():
     hosts = [host("h1"),
              host("h2", reachable=False, hostname=None, stage="connect",
-                  error="Connection refused", error_check="ssh"),
-             host("h3", stage="stage0", error="torch not importable", error_check="torch_import"),
-             host("h4", reachable=False, hostname=None, error="no route")]
+                  failure=Failure(Check.SSH, "Connection refused")),
+             host("h3", stage="stage0",
+                  failure=Failure(Check.TORCH_IMPORT, "torch not importable")),
+             host("h4", reachable=False, hostname=None, failure=Failure(Check.SSH, "no route"))]
     findings = host_findings(hosts)
     assert [(f.host, f.check, f.root_cause) for f in findings] == [
         ("h2", "ssh", True), ("h3", "torch_import", True), ("h4", "ssh", True)]
@@ -229,14 +232,14 @@ def test_verdict_ok():
 
 
 def test_verdict_error_on_reachable_host_beats_unreachable():
-    hosts = [host("h1"), host("h2", reachable=False, error="refused", error_check="ssh")]
+    hosts = [host("h1"), host("h2", reachable=False, failure=Failure(Check.SSH, "refused"))]
     findings = host_findings(hosts) + [
         Finding(Severity.ERROR, "rendezvous", "rank 0 failed", host="h1", rank=0)]
     assert verdict(findings, hosts) is Verdict.FAIL
 
 
 def test_verdict_ssh_only_is_unreachable():
-    hosts = [host("h1"), host("h2", reachable=False, error="refused", error_check="ssh")]
+    hosts = [host("h1"), host("h2", reachable=False, failure=Failure(Check.SSH, "refused"))]
     assert verdict(host_findings(hosts), hosts) is Verdict.UNREACHABLE
     # an unreachable host with no finding at all is still unreachable
     assert verdict([], [host("h1", reachable=False)]) is Verdict.UNREACHABLE
@@ -282,8 +285,8 @@ def test_mark_single_root_cause():
 
 def test_pipeline_failure_scenario():
     """As preflight does it: host findings + rank findings, ordered, one root cause per cause."""
-    hosts = [host("h1"), host("h2", reachable=False, hostname=None, error="refused",
-                              error_check="ssh")]
+    hosts = [host("h1"), host("h2", reachable=False, hostname=None,
+                              failure=Failure(Check.SSH, "refused"))]
     ranks = [rank(0, "h1", status=RankStatus.ERROR, stage="init", error="rdzv timeout",
                   failed_at=50.0),
              rank(1, "h1", status=RankStatus.ERROR, stage="init", error="rdzv timeout",

@@ -33,7 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     # (LaunchOptions, SweepSettings) and render with report, so they reach under the engine.
     # ``ddpcheck node`` is stage 0 on this machine: it runs remote.agent.collect_facts in-process.
     "commands": {"engine", "plan", "config", "analyze", "report", "remote"},
-    "engine": {"plan", "transport", "collect", "analyze", "report"},
+    # engine: and host lists in the grammar users write (config.hostlist) in its progress lines
+    "engine": {"plan", "transport", "collect", "analyze", "report", "config"},
     "plan": {"config"},
     "transport": set(),  # I/O with hosts only: it needs nothing but the bottom layer
     "collect": set(),

@@ -14,6 +14,9 @@ import yaml
 
 from sshserver import FakeSSHServer, hang, new_key
 
+from ddpcheck.model.checks import Check
+from ddpcheck.model.outcomes import Failure
+from ddpcheck.analyze.outcomes import not_reached_failure
 from ddpcheck.analyze import verdict as analyze
 from ddpcheck.config.hostsyaml import load_hosts_file
 from ddpcheck.engine.preflight import PreflightOptions, run_preflight
@@ -52,7 +55,7 @@ def test_hosts_past_the_deadline_are_not_reached_not_failed(server, tmp_path):
     connected = fake.observed.connections
     assert connected < HOSTS  # nothing was started after the deadline
     for host in report.hosts:
-        assert host.error and analyze.not_reached(host.error), host
+        assert host.error and host.not_reached, host
     assert sum(1 for h in report.hosts if h.stage is Stage.CONNECT) >= HOSTS - connected
     assert not any(f.root_cause for f in report.findings)
     assert report.exit_code == 3 and report.verdict.value == "unreachable"
@@ -62,12 +65,11 @@ def test_hosts_past_the_deadline_are_not_reached_not_failed(server, tmp_path):
 
 def test_not_reached_hosts_merge_into_one_line_and_leave_the_real_failure_root():
     records = [HostRecord(f"n{i:03d}", "10.0.0.1", stage=Stage.CONNECT,
-                          error="not reached in time: not connected when --timeout (60s) ran "
-                                "out; raise --timeout or ssh.fanout for this many hosts",
-                          error_check="timeout") for i in range(100)]
+                          failure=not_reached_failure(60.0, "not connected"))
+               for i in range(100)]
     records.append(HostRecord("bad", "10.0.0.2", stage=Stage.CONNECT,
-                              error="connect to 10.0.0.2:22 timed out after 10s",
-                              error_check="ssh"))
+                              failure=Failure(Check.SSH,
+                                              "connect to 10.0.0.2:22 timed out after 10s")))
     findings = analyze.mark_single_root_cause(analyze.order_findings(
         analyze.host_findings(records)))
     roots = [f for f in findings if f.root_cause]

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from ddpcheck.model.checks import Check
+from ddpcheck.model.outcomes import Failure
 from ddpcheck.analyze.hang import HostScanResult
 from ddpcheck.analyze.outcomes import not_reached_failure
 from ddpcheck.config.hostlist import expand_hostlist
@@ -64,12 +66,12 @@ def hang_run(hosts: int, cut_off: frozenset[int] = frozenset(),
         host = name(i)
         if i in refused:
             records.append(HostRecord(host, address(i), reachable=False, stage=Stage.CONNECT,
-                                      error="Connection refused", error_check="ssh"))
+                                      failure=Failure(Check.SSH, "Connection refused")))
             continue
         if i in cut_off:
             failure = not_reached_failure(60.0, "its scan was running")
             records.append(HostRecord(host, address(i), reachable=True, stage=Stage.SCAN,
-                                      error=failure.message, error_check=failure.check))
+                                      failure=failure))
             continue
         records.append(HostRecord(host, address(i), reachable=True, stage=Stage.DONE, hostname=host))
         if i in scan_failed:
@@ -140,7 +142,7 @@ def test_the_no_worker_line_names_only_hosts_scanned_and_stays_short():
 def test_a_scan_that_ran_out_of_its_own_deadline_names_its_stage_once():
     spec = ClusterSpec(hosts=(HostSpec("h1", address(0)),), source="hosts.yaml")
     record = HostRecord("h1", address(0), reachable=True, stage=Stage.SCAN,
-                        error="scan: no answer within the deadline", error_check="timeout")
+                        failure=Failure(Check.TIMEOUT, "scan: no answer within the deadline"))
     report = hang_report(spec, [record], {}, HangOptions(), interrupted=False, duration_s=40.0)
     assert report.findings[0].message == "h1: scan: no answer within the deadline"
     assert report.exit_code == 3  # not checked, as a stage-0 deadline is

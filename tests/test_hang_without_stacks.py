@@ -21,7 +21,8 @@ import pytest
 
 from ddpcheck.analyze.hang import analyze_scans
 from ddpcheck.analyze.verdict import verdict
-from ddpcheck.model.checks import EXIT_CODES, Check
+from ddpcheck.model.checks import Check
+from ddpcheck.model.records import EXIT_CODES
 from ddpcheck.model.records import HostRecord, Severity, Verdict
 from test_hanganalysis import IN_ALL_REDUCE, IN_LOAD_BATCH, beat, scan, worker
 from torchrunjob import ThisMachine, start_job

@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 from goldenfile import check_golden
 
+from ddpcheck.model.checks import Check
+from ddpcheck.model.outcomes import Failure
 from ddpcheck.analyze.hang import hang_findings
 from ddpcheck.collect.scan import parse_scan_output
 from ddpcheck.engine.hang import HangOptions, hang_report
@@ -266,8 +268,8 @@ def test_report_table_golden():
         scans[result.host] = result
         hosts[result.host] = HostRecord(result.host, "10.0.0.x", reachable=True,
                                         hostname=result.host, stage="done")
-    hosts["h3"] = HostRecord("h3", "10.0.0.3", error="connect to 10.0.0.3:22 timed out",
-                             error_check="ssh")
+    hosts["h3"] = HostRecord("h3", "10.0.0.3",
+                             failure=Failure(Check.SSH, "connect to 10.0.0.3:22 timed out"))
     report = replace(hang_report(spec, [hosts[h.name] for h in spec.hosts], scans,
                                  HangOptions(window_s=2.0), False, 0.0), duration_s=2.5)
     assert report.exit_code == 1 and report.verdict.value == "fail"

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from test_prometheus import promtool_check, samples
 from test_report import failed_report
 
+from ddpcheck.model.checks import Check
+from ddpcheck.model.outcomes import Failure
 from ddpcheck.commands.common import write_report
 from ddpcheck.model.records import Finding, HostRecord, Severity
 from ddpcheck.report.machine import MAX_FIELD_CHARS, carryable, render_csv, render_junit
@@ -55,7 +57,7 @@ def hostile_reports(draw) -> Report:
         HostRecord(odd_host, "10.0.0.9", reachable=True, hostname=draw(hostile_text()),
                    stage="done"),
         HostRecord("h9" + draw(hostile_text()), "10.0.0.10", reachable=False, stage="connect",
-                   error=draw(hostile_text()), error_check="ssh"),
+                   failure=Failure(Check.SSH, draw(hostile_text()))),
     )
     findings = base.findings + tuple(
         Finding(draw(st.sampled_from(list(Severity))), draw(st.sampled_from(["python", "crash"])),
@@ -188,6 +190,7 @@ def test_issue_example_junit_was_malformed(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert "rank 0 said: ERROR\\x00\\x0c\\ufffe \\xff" in path.read_text(encoding="utf-8")
     error = "bad byte \udcff, nul\x00"
-    csv_text = render_csv(replace(report, hosts=(replace(report.hosts[1], error=error),)))
+    failed = replace(report.hosts[1], failure=Failure(Check.SSH, error))
+    csv_text = render_csv(replace(report, hosts=(failed,)))
     assert "bad byte \\xff, nul\\x00" in csv_text and "\x00" not in csv_text
     assert list(csv.reader(io.StringIO(csv_text)))

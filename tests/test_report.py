@@ -10,6 +10,8 @@ import pytest
 
 from goldenfile import check_golden
 
+from ddpcheck.model.checks import Check
+from ddpcheck.model.outcomes import Failure
 from ddpcheck.model.records import (Finding, HostRecord, RankRecord, RankStatus, Severity,
                               Verdict)
 from ddpcheck.report.table import SCHEMA, render_table, to_json, to_json_dict
@@ -48,8 +50,8 @@ def failed_report() -> Report:
         HostRecord("h1", "10.0.0.1", reachable=True, hostname="h1", slots=2, gpus=1,
                    stage="done", versions=VERSIONS),
         HostRecord("h2", "10.0.0.2", reachable=False, stage="connect",
-                   error="ssh: connect to host 10.0.0.2 port 22: Connection refused",
-                   error_check="ssh"),
+                   failure=Failure(Check.SSH,
+                                   "ssh: connect to host 10.0.0.2 port 22: Connection refused")),
         HostRecord("h3", "10.0.0.3", reachable=True, hostname="h3", slots=1, gpus=1,
                    stage="done", versions={"python": "3.10.12", "torch": "2.3.0"}),
     )

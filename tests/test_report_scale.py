@@ -13,10 +13,12 @@ import pytest
 
 from goldenfile import check_golden
 
+from ddpcheck.model.checks import Check
+from ddpcheck.model.outcomes import Failure
 from ddpcheck.analyze import verdict as analyze
 from ddpcheck.config.hostlist import expand_hostlist
 from ddpcheck.analyze.outcomes import not_launched_finding
-from ddpcheck.model.checks import EXIT_CODES
+from ddpcheck.model.records import EXIT_CODES
 from ddpcheck.model.records import HostRecord, RankRecord, RankStatus
 from ddpcheck.report.grouping import group_hosts, hostlist_text, int_ranges, merge_findings
 from ddpcheck.report.machine import render_csv, render_junit
@@ -44,8 +46,8 @@ def cluster(bad_gpu=None, slow=None, drift=(), unreachable=(), hosts=HOSTS,
         if index in unreachable:
             host_records.append(HostRecord(
                 host, f"10.1.{index // 256}.{index % 256}", reachable=False, stage="connect",
-                error=f"ssh: connect to host 10.1.{index // 256}.{index % 256} port 22: "
-                      f"Connection timed out", error_check="ssh"))
+                failure=Failure(Check.SSH, f"ssh: connect to host 10.1.{index // 256}."
+                                           f"{index % 256} port 22: Connection timed out")))
             continue
         host_records.append(HostRecord(host, f"10.1.{index // 256}.{index % 256}",
                                        reachable=True, hostname=host, slots=SLOTS, gpus=SLOTS,

@@ -140,7 +140,7 @@ class PairResult:
     round: int  # 1-based
     row: Optional[CollectiveRow] = None
     error: Optional[str] = None
-    check: str = "bandwidth"  # the check the error belongs to (rendezvous, timeout, ...)
+    check: Check = Check.BANDWIDTH  # the check the error belongs to (rendezvous, timeout, ...)
     duration_s: float = 0.0
 
     @property

@@ -14,7 +14,9 @@ job (torchrun run id + master address) every rank gets a role, root cause first:
 * ``progressing``: its heartbeat or collective sequence moved during the window.
 
 A job whose ranks all progress is not hung (exit 0). One where every rank waits in the same
-collective and none is behind gets an error of its own: the collective itself is stuck.
+collective and none is behind gets an error of its own: the collective itself is stuck. A device
+the Monitor's numerics canary named (its heartbeat's ``numerics``) is a ``numerics`` error of
+the job (``analyze.numerics.canary_findings``), hung or not: the job's ``hung`` is unchanged.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import ras
+from .numerics import canary_findings
 from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from ..core import heartbeat
 from ..core.straggler import (Reason, WindowAccount, busy_stragglers, history_from_rows,
                               identify_stragglers, job_progressed, window_stragglers)
-from .verdict import mark_single_root_cause, order_findings
+from .verdict import failure_finding, mark_single_root_cause, order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
 COLLECTIVES = frozenset({
@@ -121,6 +124,7 @@ class RankView:
     status_first: str = "unknown"  # psutil status at the 1st sample
     window: Optional[WindowAccount] = None  # how its main thread spent the window
     verdict: Optional[tuple[Mapping[str, Any], ...]] = None  # the Monitor's, 2nd heartbeat
+    numerics: tuple[Mapping[str, Any], ...] = ()  # devices its canary named, 2nd heartbeat
 
 
 @dataclass(frozen=True)
@@ -312,7 +316,7 @@ def stall_findings(job: str, stalls: Sequence[GroupStall], views: Sequence[RankV
                    if collateral else ""))
         error = index == 0 and bool(stall.culprits) and not named
         rank = stall.culprits[0] if stall.culprits else None
-        findings.append(Finding(Severity.ERROR if error else Severity.INFO, "hang", text,
+        findings.append(Finding(Severity.ERROR if error else Severity.INFO, Check.HANG, text,
                                 host=hosts.get(rank) if rank is not None else None,
                                 rank=rank, root_cause=error))
         if error:
@@ -367,7 +371,7 @@ def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -
         history=tuple(heartbeat.history(beat_b)), history_first=tuple(heartbeat.history(beat_a)),
         status_first=str(first.get("status") or "unknown"),
         window=window_account(first, last, worker.get("states")),
-        verdict=_verdict(beat_b))
+        verdict=_verdict(beat_b), numerics=tuple(heartbeat.numerics(beat_b)))
 
 
 def _verdict(beat: Mapping[str, Any]) -> Optional[tuple[Mapping[str, Any], ...]]:
@@ -558,8 +562,7 @@ def analyze_job(job: str, views: Sequence[RankView],
     culprit_ranks = tuple(v.view.rank for v in culprits)
     more, from_dumps = stall_findings(job, stalls, views, named=bool(culprits))
     if from_dumps:  # the dumps name whom the stacks could not
-        findings = [f for f in findings if "no sign of a hang" not in f.message
-                    and "the collective itself is stuck" not in f.message]
+        findings = [f for f in findings if not f.tentative]
         culprit_ranks = from_dumps
     findings += more
     if not culprits and not any(f.severity is Severity.ERROR for f in findings):
@@ -667,7 +670,7 @@ def job_findings(job: str, world: int, ranks: Sequence[RankVerdict],
     for verdict in culprits:
         if verdict.role is not Role.DEAD:
             grouped.append((order[verdict.role], Finding(
-                Severity.ERROR, "hang", verdict.reason, host=verdict.view.host,
+                Severity.ERROR, Check.HANG, verdict.reason, host=verdict.view.host,
                 rank=verdict.view.rank)))
     grouped.sort(key=lambda pair: pair[0])
     findings = [f for _, f in grouped]
@@ -693,11 +696,11 @@ def job_findings(job: str, world: int, ranks: Sequence[RankVerdict],
             f"job {job}: all {len(live)} ranks wait in {main_op}"
             f"{_seq_text(seqs[0]) if len(seqs) == 1 else ''} and none is behind: the "
             f"collective itself is stuck (a network fault, or a group the ranks disagree on); "
-            f"try ddpcheck bandwidth"), root_cause=True))
+            f"try ddpcheck bandwidth"), root_cause=True, tentative=True))
     else:
         findings.append(Finding(Severity.INFO, Check.HANG, (
             f"job {job}: {len(live)} of {world} rank(s) seen, none stopped, gone or behind: "
-            f"no sign of a hang")))
+            f"no sign of a hang"), tentative=True))
     return findings
 
 
@@ -739,6 +742,11 @@ def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> Ha
     if not any(f.severity is Severity.ERROR for f in ras_found):  # else NCCL RAS decided
         blind = stackless_reasons(results)
         jobs = tuple(replace(job, findings=tuple(unseen_findings(job, blind))) for job in jobs)
+    # after the hang's own verdict, which a device computing wrong does not change
+    jobs = tuple(replace(job, findings=job.findings + tuple(canary_findings(
+        job.job, [v.view.numerics for v in job.ranks], {v.view.rank: v.view.host
+                                                         for v in job.ranks})))
+        for job in jobs)
     findings: list[Finding] = []
     for job in sorted(jobs, key=lambda j: not j.hung):
         findings += job.findings
@@ -798,7 +806,7 @@ def unseen_findings(job: JobVerdict, blind: Mapping[str, str]) -> list[Finding]:
         f"with ptrace allowed, or add ddpcheck.Monitor to the job)"),
         host=hosts[0] if len(hosts) == 1 else None,
         rank=unseen[0].rank if len(unseen) == 1 else None, root_cause=True)
-    return [cannot] + [f for f in findings if "no sign of a hang" not in f.message]
+    return [cannot] + [f for f in findings if not f.tentative]
 
 
 def ras_of(results: Sequence[HostScanResult]) -> tuple[dict[str, Any], list[Finding]]:
@@ -892,9 +900,8 @@ def _int(value: Any) -> Optional[int]:
 def host_error_findings(hosts: Sequence[HostRecord]) -> list[Finding]:
     """A host that could not be scanned, as an error finding (its stage and error; the stage
     once: a scan's own failure already starts with it)."""
-    return [Finding(Severity.ERROR, h.error_check or "ssh", f"{h.name}: " + (
-        h.error if h.error.startswith(f"{h.stage}: ") else f"{h.stage}: {h.error}"),
-        host=h.name) for h in hosts if h.error]
+    return [failure_finding(h, f"{h.name}: {h.stage}: {h.error.removeprefix(f'{h.stage}: ')}")
+            for h in hosts if h.failure is not None]
 
 
 def hang_findings(analysis: HangAnalysis, host_errors: list[Finding]) -> list[Finding]:

@@ -8,19 +8,19 @@ workload: stage 0, the rendezvous check, "no rank reported back (why)", a hang s
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..collect.hostoutput import HostOutput, parse_output, rank_record
 from ..config.hostlist import hosts_text
 from ..model.checks import Check
-from ..model.errors import Terminated
+from ..model.errors import HostError, Terminated
 from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Finding, RankRecord, Severity
 from ..model.spec import HostSpec
 from ..core.busbw import Collective
 from . import health
 from .bandwidth import PairResult, rows_of
-from .verdict import NOT_REACHED, failure_findings
+from .verdict import failure_findings
 
 
 def summary_of(lines: Sequence[str]) -> str:
@@ -31,18 +31,29 @@ def summary_of(lines: Sequence[str]) -> str:
     return lines[-1].strip()[:300] if lines else "no output"
 
 
+# How a host error starts that only says the run's --timeout ran out before the host was
+# checked; what it means is the failure's ``not_reached`` flag, never this text.
+NOT_REACHED = "not reached in time"
+
+
 def not_reached_failure(timeout_s: float, what: str) -> Failure:
     """A host the run had no time left for: not a failure of the host (exit 3, never the root
     cause); ``what``: how far it got."""
     return Failure(Check.TIMEOUT, f"{NOT_REACHED}: {what} when --timeout ({timeout_s:g}s) ran "
-                                  f"out; raise --timeout or ssh.fanout for this many hosts")
+                                  f"out; raise --timeout or ssh.fanout for this many hosts",
+                   not_reached=True)
+
+
+def connect_failure(error: HostError) -> Failure:
+    """A host the launcher could not connect to (refused, auth, host key, unreachable)."""
+    return Failure(Check.SSH, error.message)
 
 
 def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],
                    stray: Sequence[str]) -> Optional[Failure]:
     """What kept stage 0 from giving this host's facts; None when they came."""
     if result.cancelled:
-        return Failure(Check.TIMEOUT, "stage 0 interrupted")
+        return Failure(Check.TIMEOUT, "stage 0 interrupted", interrupted=True)
     if result.timed_out:
         return Failure(Check.TIMEOUT, "stage 0 did not finish before its deadline")
     if result.lost and not facts:
@@ -66,13 +77,6 @@ def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, An
     return None  # what the facts say is judged by the health rules
 
 
-def stage0_error(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],
-                 stray: Sequence[str]) -> tuple[Optional[str], Optional[str]]:
-    """(check, message) of ``stage0_failure``; (None, None)."""
-    failure = stage0_failure(host, result, facts, stray)
-    return (failure.check, failure.message) if failure else (None, None)
-
-
 def blocking_failure(host: str, findings: list[Finding]
                      ) -> tuple[Optional[Failure], list[Finding]]:
     """The first health finding that makes the run pointless (torchrun will not start), as the
@@ -80,10 +84,8 @@ def blocking_failure(host: str, findings: list[Finding]
     blocking = next((f for f in findings if health.blocks_launch(f)), None)
     if blocking is None:
         return None, findings
-    prefix = f"{host}: "
-    message = (blocking.message[len(prefix):] if blocking.message.startswith(prefix)
-               else blocking.message)
-    return Failure(blocking.check, message), [f for f in findings if f is not blocking]
+    others = [f for f in findings if f is not blocking]
+    return Failure(blocking.check, blocking.message.removeprefix(f"{host}: ")), others
 
 
 def rendezvous_failure(kind: str, result: CommandResult, target: str) -> Optional[Failure]:
@@ -92,7 +94,8 @@ def rendezvous_failure(kind: str, result: CommandResult, target: str) -> Optiona
     outcome = parsed.listen if kind == "listen" else parsed.reach
     if outcome is None:
         why = "no answer" if result.timed_out else summary_of(parsed.stray)
-        return Failure(Check.RENDEZVOUS, f"rendezvous check: {kind} gave no result ({why})")
+        return Failure(Check.RENDEZVOUS, f"rendezvous check: {kind} gave no result ({why})",
+                       interrupted=result.cancelled, no_result=True)
     if not outcome.get("ok"):
         return Failure(Check.RENDEZVOUS,
                        f"{outcome.get('error')} on the master" if kind == "listen" else
@@ -123,8 +126,14 @@ def launch_failure(result: CommandResult, parsed: HostOutput,
     if not ranks:
         check = Check.TIMEOUT if result.timed_out or agent.get("stopped") else Check.RENDEZVOUS
         return Failure(check, f"launch: no rank reported back ({no_rank_reason(result, agent)}): "
-                              f"{summary_of(parsed.stray)}")
+                              f"{summary_of(parsed.stray)}", interrupted=result.cancelled)
     return None
+
+
+def launch_error_failure(error: BaseException) -> Failure:
+    """A host whose launch raised (its connection, or recording its result, failed): its
+    ranks cannot have met the others."""
+    return Failure(Check.RENDEZVOUS, f"launch: {error}")
 
 
 def launch_end(failure: Optional[Failure], ranks: Sequence[RankRecord]) -> LaunchEnd:
@@ -141,11 +150,13 @@ def launch_end(failure: Optional[Failure], ranks: Sequence[RankRecord]) -> Launc
 
 def scan_failure(host: HostSpec, result: CommandResult, stray: Sequence[str]) -> Failure:
     """Why a host's hang scan gave no result."""
+    not_importable = "No module named" in "\n".join(stray)  # the host's own output
     why = ("interrupted" if result.cancelled else "no answer within the deadline"
            if result.timed_out else f"exit {result.exit_code}: {summary_of(stray)}")
-    if "No module named" in "\n".join(stray):
+    if not_importable:
         why = f"ddpcheck is not importable by {host.python}: {summary_of(stray)}"
-    return Failure(Check.TIMEOUT if result.timed_out else Check.PYTHON, f"scan: {why}")
+    return Failure(Check.TIMEOUT if result.timed_out else Check.PYTHON, f"scan: {why}",
+                   interrupted=result.cancelled and not not_importable)
 
 
 def srun_silent_failure(result: CommandResult, detail: str) -> Failure:
@@ -153,7 +164,8 @@ def srun_silent_failure(result: CommandResult, detail: str) -> Failure:
     why = ("interrupted" if result.cancelled else
            "srun did not finish before the deadline" if result.timed_out else
            f"srun exited {result.exit_code}")
-    return Failure(Check.SRUN, f"no output from this node ({why}): {detail}")
+    return Failure(Check.SRUN, f"no output from this node ({why}): {detail}",
+                   interrupted=result.cancelled)
 
 
 def signal_name(interrupt: BaseException) -> str:
@@ -171,7 +183,7 @@ def interrupted_finding(signal: str, stage: str) -> Finding:
 
 
 # Findings that say only that something did not finish: after an interruption, its consequence.
-_UNFINISHED_CHECKS = frozenset({Check.WORLD_SIZE.value, Check.TIMEOUT.value, Check.CRASH.value})
+_UNFINISHED_CHECKS = frozenset({Check.WORLD_SIZE, Check.TIMEOUT, Check.CRASH})
 CONSEQUENCE_NOTE = " (a consequence of the interruption)"
 
 
@@ -182,7 +194,7 @@ def with_interruption(findings: Sequence[Finding], signal: str, stage: str) -> l
     marked = [interrupted_finding(signal, stage)]
     for finding in findings:
         unfinished = finding.severity is Severity.ERROR and (
-            finding.check in _UNFINISHED_CHECKS or "interrupted" in finding.message)
+            finding.check in _UNFINISHED_CHECKS or finding.interrupted)
         marked.append(replace(finding, root_cause=False,
                               message=finding.message + (CONSEQUENCE_NOTE if unfinished
                                                          else "")))
@@ -214,15 +226,16 @@ def rows_source(ranks: Sequence[RankRecord]) -> tuple[dict[str, Any], ...]:
 
 
 def pair_result(hosts: tuple[str, str], number: int,
-                results: Sequence[tuple[str, Optional[CommandResult], Optional[str]]],
+                results: Sequence[tuple[str, Optional[CommandResult],
+                                        Union[str, BaseException, None]]],
                 duration_s: float, op: Collective) -> PairResult:
     """One pair's outcome from the output of its two hosts."""
     ranks: list[RankRecord] = []
     problems: list[str] = []
-    check = "rendezvous"
+    check = Check.RENDEZVOUS
     for host, result, error in results:
-        if error is not None or result is None:
-            problems.append(f"{host}: {error or 'no result'}")
+        if error is not None or result is None:  # a job that raised: nothing to read
+            problems.append(f"{host}: {error if isinstance(error, str) else 'no result'}")
             continue
         parsed = parse_output(result.output)
         own = [rank_record(raw, host) for raw in parsed.ranks]
@@ -230,7 +243,7 @@ def pair_result(hosts: tuple[str, str], number: int,
         if not own:
             agent = parsed.agent or {}
             if result.timed_out or agent.get("stopped"):
-                check = "timeout"
+                check = Check.TIMEOUT
             problems.append(f"{host}: no rank reported back ({no_rank_reason(result, agent)}): "
                             f"{summary_of(parsed.stray)}")
     rows = [r for r in rows_of(rows_source(ranks)) if r.op is op]
@@ -244,5 +257,5 @@ def pair_result(hosts: tuple[str, str], number: int,
         error = "; ".join(problems)
     elif row is None:
         error = "no bandwidth row came back"
-        check = "bandwidth"
+        check = Check.BANDWIDTH
     return PairResult(hosts, number, row=row, error=error, check=check, duration_s=duration_s)

@@ -37,20 +37,31 @@ STAGE_CHECKS: Mapping[str, Check] = {
 def host_findings(hosts: Sequence[HostRecord],
                   pinned: frozenset[str] = frozenset()) -> list[Finding]:
     """A host that could not be reached or checked: each one is its own root cause, except a
-    host the run's --timeout ran out before (``not_reached``): that says nothing about it."""
+    host the run's --timeout ran out before (its failure's ``not_reached``): that says nothing
+    about it."""
     stopped = {h.name for h in hosts if h.launch_stopped == STOPPED_BY_LAUNCHER}
-    failed_alone = any(h.error is not None and h.name not in stopped for h in hosts)
+    failed_alone = any(h.failure is not None and h.name not in stopped for h in hosts)
     findings = []
     for host in hosts:
-        if host.error is None:
+        if host.failure is None:
             continue
         # a host the launcher stopped because another failed is that failure's consequence
         collateral = host.name in stopped and failed_alone
-        findings.append(Finding(Severity.ERROR, host.error_check or Check.SSH,
-                                f"{host.name}: {host.stage}: {host.error}", host=host.name,
-                                root_cause=not not_reached(host.error) and not collateral))
+        findings.append(failure_finding(host, f"{host.name}: {host.stage}: {host.error}",
+                                        root_cause=not host.not_reached and not collateral))
     findings += hostname_findings([h for h in hosts if h.hostname], pinned)
     return findings
+
+
+def failure_finding(host: HostRecord, message: str, root_cause: bool = False) -> Finding:
+    """A host's typed failure as an error finding (``message``: how the caller words it), its
+    flags carried over."""
+    failure = host.failure
+    return Finding(Severity.ERROR, host.trouble_check, message, host=host.name,
+                   root_cause=root_cause,
+                   not_reached=failure is not None and failure.not_reached,
+                   interrupted=failure is not None and failure.interrupted,
+                   no_result=failure is not None and failure.no_result)
 
 
 def hostname_findings(hosts: Sequence[HostRecord],
@@ -222,22 +233,13 @@ def order_findings(findings: Iterable[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: 0 if f.root_cause else rank_of[f.severity])
 
 
-# The start of a host error that only says the run's --timeout ran out before the host was
-# checked (analyze.outcomes.not_reached_failure): such a host is reported, never a root cause.
-NOT_REACHED = "not reached in time"
-
-
-def not_reached(message: Optional[str]) -> bool:
-    return bool(message) and (message.startswith(NOT_REACHED) or f": {NOT_REACHED}:" in message)
-
-
 def mark_single_root_cause(findings: list[Finding]) -> list[Finding]:
     """With no explicit root cause, the first error is it (e.g. a lone world_size finding);
-    a host the --timeout ran out before is never it."""
+    a host the --timeout ran out before (its ``not_reached`` flag) is never it."""
     if any(f.root_cause for f in findings):
         return findings
     for index, finding in enumerate(findings):
-        if finding.severity is Severity.ERROR and not not_reached(finding.message):
+        if finding.severity is Severity.ERROR and not finding.not_reached:
             return findings[:index] + [replace(finding, root_cause=True)] + findings[index + 1:]
     return findings
 
@@ -256,7 +258,7 @@ def not_checked(finding: Finding, hosts: Sequence[HostRecord],
     if stages is None:
         stages = {h.name: h.stage for h in hosts}
     stage = stages.get(finding.host) if finding.host is not None else None
-    return finding.check == "timeout" and finding.rank is None and stage in PRE_LAUNCH_STAGES
+    return finding.check == Check.TIMEOUT and finding.rank is None and stage in PRE_LAUNCH_STAGES
 
 
 def verdict(findings: Sequence[Finding], hosts: Sequence[HostRecord],

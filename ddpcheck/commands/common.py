@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, TextIO
 
-from ..model.checks import EXIT_INTERRUPTED, EXIT_USAGE
+from ..model.records import EXIT_INTERRUPTED, EXIT_USAGE
 from ..model.errors import ConfigError, DdpcheckError
 from ..model.records import Verdict
 from ..model.spec import ClusterSpec

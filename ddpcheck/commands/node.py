@@ -27,7 +27,7 @@ from ..analyze import health
 from ..core.agentargs import TORCH_IMPORT
 from ..core.argtypes import at_least, parse_since, positive
 from ..core.deadlines import Deadlines
-from ..model.checks import EXIT_CODES
+from ..model.records import EXIT_CODES
 from ..model.records import Finding, HostRecord, Severity, Stage
 from ..model.report import Report
 from .common import EXIT_USAGE, InventoryOptions, OutputOptions, TableStyle, run_reported

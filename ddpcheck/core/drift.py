@@ -161,7 +161,7 @@ def model_differences(prints: Sequence[RankPrint], section: str = "model",
             if diff:
                 found.append(diff)
                 break  # the first differing parameter names the problem
-        if found and found[-1].check == "dtype":
+        if found and found[-1].check is Check.DTYPE:
             break  # checksums of mixed dtypes differ anyway: the dtype is the news
     return found
 
@@ -259,8 +259,8 @@ def ddp_differences(prints: Sequence[RankPrint]) -> list[Difference]:
                               checksum_detail="before DDP wrapped the model: DDP broadcasts "
                                               "rank 0's parameters, so training still starts "
                                               "equal, but the ranks' model set-up differs")
-    diffs = [d for d in diffs if d.check != "step"]
-    if any(d.check in ("dtype", "params") and d.severity is Severity.ERROR for d in diffs):
+    diffs = [d for d in diffs if d.check is not Check.STEP]
+    if any(d.check in (Check.DTYPE, Check.PARAMS) and d.severity is Severity.ERROR for d in diffs):
         return diffs  # the run was skipped: mixed layouts or dtypes cannot be trained together
     steps = max((len(_section(p.data, "ddp").get("after") or []) for p in started), default=0)
     for index in range(steps):

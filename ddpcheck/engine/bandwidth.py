@@ -19,8 +19,10 @@ from ..analyze import verdict as analyze
 from ..analyze.bandwidth import (PairResult, SweepSettings, analyze_pairs, pair_findings,
                                  pair_name, pairs_json, pairs_summary, rows_of, streamed_row,
                                  sweep_findings, sweep_summary)
-from ..analyze.outcomes import hosts_text, left_out_finding, pair_result, rows_source
-from ..model.checks import EXIT_CODES, Check
+from ..analyze.outcomes import left_out_finding, pair_result, rows_source
+from ..config.hostlist import hosts_text
+from ..model.checks import Check
+from ..model.records import EXIT_CODES
 from ..model.records import Finding, HostRecord, Stage
 from ..model.spec import ClusterSpec
 from ..plan.bandwidth import PAIR_SLOTS, SWEEP_TIMEOUT_S, PairLaunch, plan_round, sweep_program
@@ -31,7 +33,7 @@ from ..model.report import Report
 from .launchers import HostJob, SSHLauncher
 from .preflight import PreflightOptions, Probe, base_report
 from ..report.progress import Progress
-from .run import Engine, record_launch
+from .run import Engine, record_launch, record_launch_errors
 
 ROUND_STOP_S = 5.0  # a round is not started with less than this (and its agents' deadline) left
 
@@ -92,9 +94,10 @@ class Sweep(Probe):
     def launch(self, run: Engine) -> None:
         """The sweep on every rank; each row shown as rank 0 measures it (``streamed``)."""
         setup = run.state.setup(run.spec.hosts, self.options.launch)
-        run.launcher.launch(run, setup, self.rank_program(),
-                            lambda name, result: record_launch(run, name, result),
-                            on_line=lambda host, line: self.row_line(run, line))
+        results = run.launcher.launch(run, setup, self.rank_program(),
+                                      lambda name, result: record_launch(run, name, result),
+                                      on_line=lambda host, line: self.row_line(run, line))
+        record_launch_errors(run, results)
 
     def row_line(self, run: Engine, line: str) -> None:
         """A line of a host's output: a row as it was measured is kept and shown."""
@@ -198,8 +201,8 @@ class PairRounds(Probe):
         for pair in planned:
             outputs = []
             for launch in pair.launches:
-                result = results.get(index)
-                outputs.append((launch.host, result, None if result else "no result"))
+                result = results.succeeded.get(index)
+                outputs.append((launch.host, result, results.failed.get(index)))
                 index += 1
             duration = max((r.duration_s for _, r, _ in outputs if r is not None), default=0.0)
             result = pair_result(pair.hosts, number, outputs, duration,

@@ -21,7 +21,7 @@ from ..analyze.hang import (HostScanResult, analyze_scans, hang_findings, host_e
                             rank_records)
 from ..analyze.outcomes import scan_failure
 from ..collect.scan import parse_scan_output
-from ..model.checks import EXIT_CODES
+from ..model.records import EXIT_CODES
 from ..model.outcomes import CommandResult
 from ..model.records import HostRecord, Stage
 from ..model.spec import ClusterSpec, HostSpec

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..analyze import join as joins
 from ..model.checks import Check
-from ..model.outcomes import CommandResult, Failure, LaunchEnd
+from ..model.outcomes import CommandResult, Failure, GroupResult, LaunchEnd
 from ..model.records import Severity, Stage
 from ..model.report import Report
 from ..model.spec import ClusterSpec, HostSpec
@@ -223,9 +223,11 @@ class WorldEnds:
         self.lock = threading.Lock()
         self.timers: list[threading.Timer] = []
         self.published = False
+        self.results: dict[str, CommandResult] = {}  # each node's end, by host name
 
     def ended(self, rank: int, result: CommandResult) -> None:
         with self.lock:
+            self.results[self.hosts[rank]] = result
             end = self.done(self.hosts[rank], result)
             if end is LaunchEnd.OK or len(self.hosts) == 1 or self.stop.is_set() \
                     or self.timers:
@@ -365,7 +367,8 @@ class StoreLauncher:
             lambda rank, text: step.record(hosts[rank], result_of(text), None))
         for rank in pending:
             run.state.fail(self.gathering.names[rank], Failure(
-                Check.TIMEOUT, f"stage 0 on node rank {rank} gave no result before its deadline"))
+                Check.TIMEOUT, f"stage 0 on node rank {rank} gave no result before its deadline",
+                no_result=True))
         self.listener_stop.set()  # every other node's step has ended (HostStep.listener)
         while self.own_thread.is_alive():
             self.own_thread.join(0.2)  # bounded by its deadline: the session kills it there
@@ -377,9 +380,10 @@ class StoreLauncher:
 
     # -- launch: every node's torchrun ---------------------------------------------------------
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
-               done: HostDone, on_line=None) -> None:
+               done: HostDone, on_line=None) -> GroupResult[str]:
         """Node 0 plans every node's command (as the SSH launcher would), posts them, says
-        ``launch``, runs its own and gathers the others' ends as they come."""
+        ``launch``, runs its own and gathers the others' ends as they come (each handed to
+        ``done`` then); every node's result, by host."""
         plans = plan_launch(run.spec, setup.slots, setup.backend, setup.options,
                             run_id=uuid.uuid4().hex[:12], rank_program=program or probe_program)
         announce_launch(run, plans)
@@ -404,8 +408,9 @@ class StoreLauncher:
                 world.ended(rank, CommandResult(None, "", timed_out=True))
         finally:
             world.close()
+        return GroupResult(world.results)
 
-    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
+    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> GroupResult[int]:
         raise StoreError("--in-job runs one world, not per-host jobs")
 
     def decide(self, decision: str) -> None:

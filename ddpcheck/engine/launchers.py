@@ -3,8 +3,9 @@
 A ``Launcher`` does the I/O of four things for the one run loop (``engine.run``): reach every
 host and run one step there (stage 0, or a hang scan), the rendezvous check (over SSH made by
 stage 0 itself, the master's stage 0 listening; under srun a step of its own), one world's
-launch (a torchrun per host), and plain per-host jobs (the pair rounds). What the outputs mean is
-decided in ``analyze`` and recorded by the engine. ``SSHLauncher`` (SSH, or this machine
+launch (a torchrun per host), and plain per-host jobs (the pair rounds); a launch and a set of
+jobs return a ``GroupResult``: each host's (job's) result or the exception it raised. What the
+outputs and exceptions mean is decided in ``analyze`` and recorded by the engine. ``SSHLauncher`` (SSH, or this machine
 without HOSTS) is here; ``SrunLauncher`` is in ``engine.srun``. A third launcher is a new class
 with these methods, not a new copy of the loop.
 """
@@ -17,10 +18,9 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Protocol, Sequence
 
-from ..analyze.outcomes import not_reached_failure
-from ..model.checks import Check
+from ..analyze.outcomes import connect_failure, not_reached_failure
 from ..model.errors import HostError
-from ..model.outcomes import CommandResult, Failure, LaunchEnd
+from ..model.outcomes import CommandResult, GroupResult, LaunchEnd
 from ..model.records import Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.cmdlines import HostLaunch, RankProgram, plan_launch, redact_secrets
@@ -81,8 +81,8 @@ class Launcher(Protocol):
     def reach(self, run: Run, step: HostStep) -> None: ...
     def rendezvous(self, run: Run) -> RendezvousResults: ...  # if not rendezvous_in_stage0
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
-               done: HostDone, on_line: Optional[HostLine] = None) -> None: ...
-    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]: ...
+               done: HostDone, on_line: Optional[HostLine] = None) -> GroupResult[str]: ...
+    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> GroupResult[int]: ...
     def release(self, names: Sequence[str]) -> None: ...
     def close(self) -> None: ...
 
@@ -182,7 +182,7 @@ class SSHLauncher:
             session: Session = (LocalSession() if run.spec.local
                                 else SSHSession.connect(host, ssh, self.jumps))
         except HostError as exc:
-            state.fail(host.name, Failure(Check.SSH, exc.message), stage=Stage.CONNECT)
+            state.fail(host.name, connect_failure(exc), stage=Stage.CONNECT)
             run.progress.host(host.name, f"unreachable: {exc.message}")
             return
         with self.lock:
@@ -206,9 +206,9 @@ class SSHLauncher:
         step.record(host, result, None if run.spec.local else (sent, time.time()))
 
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
-               done: HostDone, on_line: Optional[HostLine] = None) -> None:
+               done: HostDone, on_line: Optional[HostLine] = None) -> GroupResult[str]:
         """One torchrun per host (``on_line(host, line)``: each line of its output as it
-        comes). Once a host's launch ends with failures the world cannot
+        comes); each host's result or exception. Once a host's launch ends with failures the world cannot
         finish: the others get the collective timeout (their ranks fail by themselves within
         it) and a grace, then their agents are asked to stop, and report which ranks were
         still running. A host whose torchrun never started never joins: they are asked at
@@ -253,20 +253,19 @@ class SSHLauncher:
         finally:
             for timer in stoppers:
                 timer.cancel()
-        for host_plan, outcome in zip(plans, outcomes):
-            if outcome.error is not None:
-                run.state.fail(host_plan.host,
-                               Failure(Check.RENDEZVOUS, f"launch: {outcome.error}"))
+        return GroupResult({p.host: o.error if o.error is not None else o.result
+                            for p, o in zip(plans, outcomes)})
 
-    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
-        """Each job on its host at once; {index: result}, no entry for a job that raised."""
+    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> GroupResult[int]:
+        """Each job on its host at once; {index: its result, or the exception it raised}."""
         if run.verbose:
             for job in jobs:
                 run.progress.host(job.host, f"command: {job.command}")
         outcomes = run_many([Job(self.sessions.get(job.host), job.command,
                                  run.state.until(job.deadline_s)) for job in jobs],
                             run.spec.ssh.fanout, run.state.cancel)
-        return {i: o.result for i, o in enumerate(outcomes) if o.result is not None}
+        return GroupResult({i: o.error if o.error is not None else o.result
+                            for i, o in enumerate(outcomes)})
 
     def release(self, names: Sequence[str]) -> None:
         """Close the sessions of hosts nothing more will run on (failed before launch, or

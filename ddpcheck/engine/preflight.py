@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..analyze import verdict as analyze
-from ..model.checks import EXIT_CODES
+from ..model.records import EXIT_CODES
 from ..model.records import HostRecord
 from ..model.spec import ClusterSpec
 from ..plan.cmdlines import LaunchOptions
 from ..model.report import Report
 from .launchers import HostStep, Launcher, SSHLauncher
 from ..report.progress import Progress
-from .run import Engine, record_launch
+from .run import Engine, record_launch, record_launch_errors
 from ..core.deadlines import STAGE0_DEADLINE_S
 from .state import LAUNCH_GRACE_S
 
@@ -63,8 +63,9 @@ class Probe:
 
     def launch(self, run: Engine) -> None:
         setup = run.state.setup(run.spec.hosts, self.options.launch)
-        run.launcher.launch(run, setup, self.rank_program(),
-                            lambda name, result: record_launch(run, name, result))
+        results = run.launcher.launch(run, setup, self.rank_program(),
+                                      lambda name, result: record_launch(run, name, result))
+        record_launch_errors(run, results)
 
     def report(self, run: Engine, interrupted: bool) -> Report:
         return base_report(run, self.options.launch, interrupted)
@@ -81,7 +82,7 @@ def base_report(run: Engine, launch: LaunchOptions, interrupted: bool,
     """One world's report: the hosts, the ranks, every finding ordered, the verdict."""
     state = run.state
     hosts = [state.hosts[h.name] for h in run.spec.hosts]
-    failed_hosts = frozenset(h.name for h in hosts if h.error)
+    failed_hosts = frozenset(h.name for h in hosts if h.failure is not None)
     findings = analyze.host_findings(hosts, pinned_interfaces(run.spec)) + state.findings
     drift_rows: list[dict[str, Any]] = []
     if state.slots:

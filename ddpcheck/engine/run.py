@@ -18,11 +18,14 @@ from dataclasses import replace
 from typing import Optional, Protocol
 
 from ..analyze import health
-from ..analyze.outcomes import (blocking_failure, hosts_text, launch_end, launch_failure,
-                                not_launched_finding, rendezvous_failure, signal_name,
-                                stage0_failure, with_interruption)
-from ..collect.hostoutput import parse_output, rank_record, tail, torchrun_failures, unreported_ranks
-from ..model.outcomes import CommandResult, LaunchEnd
+from ..analyze.outcomes import (blocking_failure, launch_end, launch_error_failure,
+                                launch_failure, not_launched_finding, rendezvous_failure,
+                                signal_name, stage0_failure, with_interruption)
+from ..collect.hostoutput import (host_facts, parse_output, rank_record, tail, torchrun_failures,
+                                  unreported_ranks)
+from ..config.hostlist import hosts_text
+from ..model.checks import Check
+from ..model.outcomes import CommandResult, GroupResult, LaunchEnd
 from ..model.records import HostRecord, Severity, Stage
 from ..model.spec import ClusterSpec, HostSpec
 from ..plan.cmdlines import (RendezvousBesideStage0, global_ranks, rendezvous_beside_stage0,
@@ -150,21 +153,21 @@ def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
     if facts and clock_window:
         facts["launcher_clock"] = list(clock_window)
     failure = stage0_failure(host, result, facts, list(parsed.stray))
-    gpus = int(facts.get("gpus") or 0)
-    run.state.fail(host.name, failure, hostname=facts.get("hostname"), gpus=gpus, facts=facts,
-                   versions={"python": facts.get("python"), "torch": facts.get("torch")},
+    read = host_facts(facts)
+    gpus = read.gpus
+    run.state.fail(host.name, failure, hostname=read.hostname, gpus=gpus, facts=facts,
+                   versions={"python": read.python, "torch": read.torch},
                    output_tail=tail(parsed.stray))
-    if failure is not None and failure.check == "ssh":
+    if failure is not None and failure.check is Check.SSH:
         run.state.update(host.name, reachable=False)
     if failure is not None:
         run.progress.host(host.name, f"failed stage 0: {failure.message}")
         return
-    torch = ("torch import failed" if not facts.get("torch") else
-             f"torch {facts.get('torch')} (import {facts.get('import_s')}s)"
-             if facts.get("import_s") is not None else
-             f"torch {facts.get('torch')} (imported by torchrun)")
+    torch = ("torch import failed" if not read.torch else
+             f"torch {read.torch} (import {read.import_s}s)" if read.import_s is not None else
+             f"torch {read.torch} (imported by torchrun)")
     run.progress.host(host.name, (
-        f"checked: hostname {facts.get('hostname')}, python {facts.get('python')}, "
+        f"checked: hostname {read.hostname}, python {read.python}, "
         f"{torch}, {gpus} GPU(s) in {result.duration_s:.1f}s"))
 
 
@@ -172,7 +175,8 @@ def judge_stage0(run: Engine) -> None:
     """Stage-0 health rules (``health``) on every host that answered. A host with a finding
     that makes the run pointless fails with it: torchrun will not start."""
     hosts = run.state.hosts
-    answered = [h for h in run.spec.hosts if hosts[h.name].facts and not hosts[h.name].error]
+    answered = [h for h in run.spec.hosts
+                if hosts[h.name].facts and hosts[h.name].failure is None]
     gpus = {h.name: hosts[h.name].gpus for h in answered}
     backend = resolve_backend(run.spec.backend, gpus).value if answered else "auto"
     for host in answered:
@@ -228,7 +232,7 @@ def record_rendezvous(run: Engine, results: RendezvousResults) -> None:
         failure = rendezvous_failure(kind, result, target)
         if failure is not None:
             run.state.fail(name, failure, stage=Stage.RENDEZVOUS)
-            if "gave no result" not in failure.message:
+            if not failure.no_result:
                 run.progress.host(name, f"failed rendezvous check: {failure.message}")
         elif kind == "reach":
             run.progress.host(name, f"reached {target} in "
@@ -263,3 +267,9 @@ def record_launch(run: Engine, name: str, result: CommandResult) -> LaunchEnd:
         progress += f"; kept {kept}"
     run.progress.host(name, f"{progress} in {result.duration_s:.1f}s")
     return launch_end(failure, ranks)
+
+
+def record_launch_errors(run: Engine, results: GroupResult[str]) -> None:
+    """A host whose launch raised fails (the results were recorded as each host ended)."""
+    for name, error in results.failed.items():
+        run.state.fail(name, launch_error_failure(error))

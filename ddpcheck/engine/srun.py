@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from ..analyze.outcomes import srun_silent_failure, summary_of
 from ..model.errors import ConfigError
-from ..model.outcomes import CommandResult
+from ..model.outcomes import CommandResult, GroupResult
 from ..model.records import Stage
 from ..model.spec import ClusterSpec
 from ..plan.cmdlines import RankProgram
@@ -79,7 +79,7 @@ class SrunLauncher:
                    ((n, task_outputs(run.spec, reached, names).get(n, EMPTY)) for n in names)])
 
     def launch(self, run: Run, setup: LaunchSetup, program: Optional[RankProgram],
-               done: HostDone, on_line=None) -> None:  # the probe only: nothing streams
+               done: HostDone, on_line=None) -> GroupResult[str]:  # the probe only: no streams
         if program is not None:
             raise ConfigError("--launcher slurm runs the preflight probe only",
                               source="command line")
@@ -93,10 +93,12 @@ class SrunLauncher:
             run.progress.say(f"launch: {command}")
         result = self.session.run(command, run.state.until(setup.options.deadline_s +
                                                            SRUN_STARTUP_S), run.state.cancel)
-        for host, node_result in self.per_host(run, result, launched=True).items():
+        results: GroupResult[str] = GroupResult(self.per_host(run, result, launched=True))
+        for host, node_result in results.succeeded.items():
             done(host, node_result)
+        return results
 
-    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> dict[int, CommandResult]:
+    def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> GroupResult[int]:
         raise ConfigError("--launcher slurm runs one world per step, not per-host jobs",
                           source="command line")
 

@@ -85,17 +85,16 @@ class RunState:
     def update(self, name: str, **changes) -> None:
         with self.lock:
             current = self.hosts[name]
-            if changes.get("error") is None or current.error is not None:
-                # keep the first error: it is the cause
-                changes.pop("error", None)
-                changes.pop("error_check", None)
+            failure = changes.get("failure")
+            if failure is None or current.failure is not None:
+                changes.pop("failure", None)  # keep the first failure: it is the cause
+            elif failure.stage is None:  # the stage it failed at: the one recorded with it
+                changes["failure"] = replace(failure, stage=changes.get("stage", current.stage))
             self.hosts[name] = replace(current, **changes)
 
     def fail(self, name: str, failure: Optional[Failure], **changes) -> None:
         """Record a host's failure (the first one stays: it is the cause) and other changes."""
-        if failure is not None:
-            changes.update(error=failure.message, error_check=failure.check)
-        self.update(name, **changes)
+        self.update(name, failure=failure, **changes)
 
     def add_ranks(self, ranks: Sequence[RankRecord]) -> None:
         with self.lock:
@@ -106,7 +105,7 @@ class RunState:
             self.findings.extend(findings)
 
     def failed(self) -> list[HostRecord]:
-        return [h for h in self.hosts.values() if h.error]
+        return [h for h in self.hosts.values() if h.failure is not None]
 
     def healthy(self) -> list[HostSpec]:
-        return [h for h in self.spec.hosts if not self.hosts[h.name].error]
+        return [h for h in self.spec.hosts if self.hosts[h.name].failure is None]

@@ -1,4 +1,4 @@
-"""Check names (what a finding is about) and the one table of exit codes.
+"""Check names: what a finding is about (the exit-code table is beside ``Verdict``, in records).
 
 Runs on the launcher (and is importable anywhere: standard library only). Every check name a
 finding carries is a member: tests/test_docs.py holds each member to its entry in
@@ -9,9 +9,6 @@ tables and comparisons with plain names stay as they were.
 from __future__ import annotations
 
 import enum
-from typing import Mapping
-
-from .records import Verdict
 
 
 class Check(str, enum.Enum):
@@ -53,10 +50,3 @@ class Check(str, enum.Enum):
         return self.value
 
     __format__ = str.__format__
-
-
-# The one exit-code table: every command's verdict maps here; usage errors are 2.
-EXIT_CODES: Mapping[Verdict, int] = {Verdict.OK: 0, Verdict.FAIL: 1, Verdict.UNREACHABLE: 3,
-                                     Verdict.INTERRUPTED: 130}
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = EXIT_CODES[Verdict.INTERRUPTED]

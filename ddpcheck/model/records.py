@@ -6,6 +6,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from .checks import Check
+from .outcomes import Failure, Stage
+
 
 class Severity(str, enum.Enum):
     ERROR = "error"
@@ -20,6 +23,13 @@ class Verdict(str, enum.Enum):
     INTERRUPTED = "interrupted"
 
 
+# The one table of exit codes: every command's verdict maps here; usage errors are 2.
+EXIT_CODES: Mapping[Verdict, int] = {Verdict.OK: 0, Verdict.FAIL: 1, Verdict.UNREACHABLE: 3,
+                                     Verdict.INTERRUPTED: 130}
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = EXIT_CODES[Verdict.INTERRUPTED]
+
+
 class RankStatus(str, enum.Enum):
     OK = "ok"
     ERROR = "error"
@@ -27,25 +37,9 @@ class RankStatus(str, enum.Enum):
     MISSING = "missing"  # expected but no record came back
 
 
-class Stage(str, enum.Enum):
-    """How far a host got: connect -> stage0 -> rendezvous -> launch (or scan) -> done."""
-
-    CONNECT = "connect"
-    STAGE0 = "stage0"
-    RENDEZVOUS = "rendezvous"
-    LAUNCH = "launch"
-    SCAN = "scan"  # ddpcheck hang: the host's scan
-    DONE = "done"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __format__ = str.__format__
-
-
 # Checks that mean "could not reach or check the host", not "a check failed" (exit 3, not 1);
 # ``stacks`` as an error: ddpcheck hang could not look at a job's ranks, so it cannot tell.
-REACHABILITY_CHECKS = frozenset({"ssh", "srun", "stacks", "join"})
+REACHABILITY_CHECKS = frozenset({Check.SSH, Check.SRUN, Check.STACKS, Check.JOIN})
 
 
 @dataclass(frozen=True)
@@ -58,8 +52,7 @@ class HostRecord:
     hostname: Optional[str] = None
     slots: Optional[int] = None
     gpus: int = 0
-    error: Optional[str] = None  # the first error on this host
-    error_check: Optional[str] = None  # the check that error belongs to (ssh, python, ...)
+    failure: Optional[Failure] = None  # the first failure on this host: it is the cause
     stage: Stage = Stage.CONNECT
     versions: Mapping[str, Optional[str]] = field(default_factory=dict)
     facts: Mapping[str, Any] = field(default_factory=dict)
@@ -67,6 +60,25 @@ class HostRecord:
     launch_stopped: Optional[str] = None  # why the agent stopped torchrun, when it did
     output_tail: str = ""  # last lines of the host's output, for error messages
     run_dir: Optional[str] = None  # the run directory left on the host (--keep)
+
+    @property
+    def error(self) -> Optional[str]:
+        """The failure's message (read-only: the typed ``failure`` is what is kept)."""
+        return self.failure.message if self.failure is not None else None
+
+    @property
+    def error_check(self) -> Optional[Check]:
+        return self.failure.check if self.failure is not None else None
+
+    @property
+    def trouble_check(self) -> Check:
+        """The check this host's trouble is reported under: its failure's, else ``ssh`` (a host
+        with no failure that was not reached was never connected to)."""
+        return self.failure.check if self.failure is not None else Check.SSH
+
+    @property
+    def not_reached(self) -> bool:
+        return self.failure is not None and self.failure.not_reached
 
 
 @dataclass(frozen=True)
@@ -105,9 +117,20 @@ class RankRecord:
 
 @dataclass(frozen=True)
 class Finding:
+    """One thing a check found. The flags say what kind of finding it is, so no rule reads it
+    from the message; they are left out of equality (two findings that say the same are the
+    same) and of every rendering: ``not_reached`` (a host the --timeout ran out before: never a
+    root cause), ``interrupted`` (cut short by Ctrl-C or SIGTERM), ``no_result`` (a step gave
+    nothing), ``tentative`` (a conclusion from one source, e.g. stacks alone, that a better
+    source overrules)."""
+
     severity: Severity
-    check: str
+    check: Check
     message: str
     host: Optional[str] = None
     rank: Optional[int] = None
     root_cause: bool = False
+    not_reached: bool = field(default=False, compare=False)
+    interrupted: bool = field(default=False, compare=False)
+    no_result: bool = field(default=False, compare=False)
+    tentative: bool = field(default=False, compare=False)

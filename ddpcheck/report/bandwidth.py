@@ -15,7 +15,8 @@ from ..analyze.bandwidth import gbs, pair_name, rows_of
 from ..core.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
                           row_from_dict)
 from ..model.errors import DdpcheckError
-from .grouping import FULL_TABLE_MAX_RANKS, group_hosts, hostlist_text
+from ..config.hostlist import hostlist_text
+from .grouping import FULL_TABLE_MAX_RANKS, group_hosts
 from .table import findings_lines, footer_line, header_lines
 from ..model.report import Report
 

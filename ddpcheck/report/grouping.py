@@ -18,9 +18,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
-# hostlist_text, hosts_text: what this module's lines name hosts with (the table and bandwidth
-# reports import them from here)
-from ..config.hostlist import hostlist_text, hosts_text  # noqa: F401
+from ..config.hostlist import hostlist_text
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 
 # A group of at most this many hosts that differs from the rest has its members listed.
@@ -177,9 +175,9 @@ def _outcome_key(host: HostRecord, ranks: Sequence[RankRecord], checks: set[str]
     other_versions = tuple((k, v) for k, v in versions if usual.get(k) != v) \
         if versions and versions != usual_versions else ()
     if not host.reachable:
-        state = ("unreachable", host.error_check or "ssh")
+        state = ("unreachable", host.trouble_check)
     elif host.error and not ranks:
-        state = ("failed", host.stage, host.error_check or "?")
+        state = ("failed", host.stage, host.trouble_check)
     elif not ranks and host.stage in ("connect", "stage0"):
         state = ("not launched",)  # reached and checked; torchrun was not started
     elif not ranks:

@@ -207,7 +207,7 @@ def _testcase(suite: ET.Element, report: Report, check: str, case: _Case,
                             classname=f"ddpcheck.{report.command}.{check}", time="0")
     host = case.host
     if host is not None and not host.reachable:
-        error = ET.SubElement(element, "error", type=host.error_check or "ssh",
+        error = ET.SubElement(element, "error", type=str(host.trouble_check),
                               message=_first_line(host.error) or "host not reached")
         error.text = host.error or "host not reached"
         return "errors"

@@ -17,8 +17,9 @@ from tabulate import tabulate
 
 from ..model.records import Finding, HostRecord, RankRecord, Verdict
 from ..model.report import Report
-from .grouping import (FULL_TABLE_MAX_RANKS, Grouping, group_hosts, hostlist_text, hosts_text,
-                       merge_findings, ranks_by_host)
+from ..config.hostlist import hostlist_text, hosts_text
+from .grouping import (FULL_TABLE_MAX_RANKS, Grouping, group_hosts, merge_findings,
+                       ranks_by_host)
 
 SCHEMA = "ddpcheck/report/v1"
 DEFAULT_TABLE_FORMAT = "simple"
