@@ -10,12 +10,18 @@ launcher). The keys, one writer each:
     join/R      node R: {hostname, address, python}        (then ``joined`` += 1)
     alive/R     node R: a counter, every HEARTBEAT_S        (node 0 names a node whose stops)
     stage0/R    node R: its stage-0 CommandResult           (then ``stage0s`` += 1)
-    launch/R    node 0: node R's exact agent command        (then ``decision`` = launch)
+    plan        node 0: the launch's shape: every node's name and slots (node-rank order), the
+                backend, the agent's deadline, the run id   (then ``decision`` = launch)
     decision    node 0: launch | none                       (nothing starts without it)
     result/R    node R: its launch's CommandResult          (then ``results`` += 1)
     stop        node 0: the world is broken, stop the ranks
     gone/R      node R: it was interrupted (SIGTERM: a pod deleted), and why
     verdict     node 0: {verdict, exit_code, causes}         (then every node exits with it)
+
+No node runs a command line it read from the store: each plans its own torchrun with
+``plan.cmdlines.plan_launch`` from the plan's values (checked), its own interpreter, options
+and master address, as node 0 plans its own; anyone who can reach the port could write keys,
+as with torchrun's own store, but not make a node run something else.
 
 Every node starts its stage 0 at once, beside joining, so the gang's wait is the slowest node's
 stage 0, not the sum. Node 0 waits ``join_timeout_s`` for the joins; a node that never joined is
@@ -25,6 +31,7 @@ named by its node rank. Every wait is bounded by ``--timeout``.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import threading
@@ -38,9 +45,10 @@ from ..model.checks import Check
 from ..model.outcomes import CommandResult, Failure, GroupResult, LaunchEnd
 from ..model.records import Severity, Stage
 from ..model.report import Report
-from ..model.spec import ClusterSpec, HostSpec
+from ..model.spec import Backend, ClusterSpec, HostSpec
 from ..model.jobplace import JobPlace
-from ..plan.cmdlines import RankProgram, in_job_stage0_command, plan_launch, probe_program
+from ..plan.cmdlines import (LaunchOptions, RankProgram, in_job_stage0_command, plan_launch,
+                             probe_program)
 from ..report.progress import Progress
 from ..transport.local import LocalSession
 from ..transport.store import JobStore, StoreError, Traffic
@@ -384,12 +392,14 @@ class StoreLauncher:
         """Node 0 plans every node's command (as the SSH launcher would), posts them, says
         ``launch``, runs its own and gathers the others' ends as they come (each handed to
         ``done`` then); every node's result, by host."""
+        run_id = uuid.uuid4().hex[:12]
         plans = plan_launch(run.spec, setup.slots, setup.backend, setup.options,
-                            run_id=uuid.uuid4().hex[:12], rank_program=program or probe_program)
+                            run_id=run_id, rank_program=program or probe_program)
         announce_launch(run, plans)
-        for rank, host_plan in enumerate(plans):
-            if rank:
-                self.store.set(f"launch/{rank}", host_plan.command)
+        self.store.set("plan", json.dumps(
+            {"hosts": [[h.name, setup.slots[h.name]] for h in run.spec.hosts],
+             "backend": setup.backend.value, "deadline_s": setup.options.deadline_s,
+             "run_id": run_id}))
         self.decide("launch")
         world = WorldEnds(run, [p.host for p in plans], done,
                           setup.options.collective_timeout_s + WORLD_BROKEN_GRACE_S)
@@ -516,8 +526,32 @@ class Heartbeat:
         self.store.close()
 
 
-def run_node(place: JobPlace, settings: NodeStage0, join_timeout_s: float,
-             progress: Progress, started: float) -> NodeOutcome:
+def node_launch_command(place: JobPlace, host: HostSpec, options: LaunchOptions,
+                        plan: dict) -> str:
+    """This node's agent command from node 0's plan, planned here as node 0 plans its own:
+    the plan gives only names, slots, the backend, the agent's deadline and the run id
+    (each checked); the interpreter, options and master address are this node's own."""
+    try:
+        names = [str(name) for name, _ in plan["hosts"]]
+        slots = {str(name): int(count) for name, count in plan["hosts"]}
+        backend = Backend(plan["backend"])
+        deadline_s = float(plan["deadline_s"])
+        run_id = str(plan["run_id"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"node 0's plan is unreadable: {exc}") from None
+    if (len(names) != place.nnodes or not all(0 < n <= 4096 for n in slots.values())
+            or not 0 < deadline_s <= 86400 or not re.fullmatch(r"[0-9a-f]{1,32}", run_id)):
+        raise StoreError(f"node 0's plan does not fit this job ({place.nnodes} nodes): {plan}")
+    hosts = tuple(replace(host, name=name) if rank == place.node_rank else
+                  HostSpec(name=name, address=place.master_addr if rank == 0 else name)
+                  for rank, name in enumerate(names))
+    spec = ClusterSpec(hosts=hosts, rendezvous_port=place.rendezvous_port, in_job=True)
+    return plan_launch(spec, slots, backend, replace(options, deadline_s=deadline_s),
+                       run_id=run_id)[place.node_rank].command
+
+
+def run_node(place: JobPlace, settings: NodeStage0, launch_options: LaunchOptions,
+             join_timeout_s: float, progress: Progress, started: float) -> NodeOutcome:
     """One node other than 0: join node 0's store, run stage 0 here (at once with --skip
     rendezvous; else once joined, since its rendezvous check reaches node 0's listener), post
     the facts, run the command node 0 decides (or nothing), and take node 0's verdict."""
@@ -573,7 +607,8 @@ def run_node(place: JobPlace, settings: NodeStage0, join_timeout_s: float,
             raise StoreError("node 0 gave no decision within --timeout")
         if store.get("decision").decode() == "launch":
             stage = "launch"
-            launch = store.get(f"launch/{rank}").decode()
+            launch = node_launch_command(place, host, launch_options,
+                                         json.loads(store.get("plan")))
             progress.say(f"node rank {rank} ({hostname}): launching torchrun")
             ran = session.run(launch, deadline + 5.0, cancel, stop)
             store.set(f"result/{rank}", result_json(ran))
@@ -628,7 +663,7 @@ def run_in_job(place: JobPlace, options: "PreflightOptions", join_timeout_s: Opt
     stage0 = NodeStage0(options.stage0_timeout_s, options.timeout_s, options.dcgm,
                         REACH_WINDOW_S if options.rendezvous_check else None)
     if place.node_rank != 0:
-        outcome = run_node(place, stage0, join_s, progress, started)
+        outcome = run_node(place, stage0, options.launch, join_s, progress, started)
         print(summary_line(place.node_rank, outcome.host, outcome.verdict, outcome.cause),
               file=sys.stderr)
         return outcome.exit_code
