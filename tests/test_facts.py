@@ -6,16 +6,19 @@ health rules must run on what they give."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
 
+from ddpcheck.analyze import health
 from ddpcheck.collect.facts import read_facts, torch_import_s
 from ddpcheck.collect.hostoutput import parse_output
 from ddpcheck.model.facts import HostFacts, IbPort, Interface
 from ddpcheck.remote.agent import collect_facts
 
+PACKAGE = Path(__file__).resolve().parents[1] / "ddpcheck"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 FULL = {
@@ -94,6 +97,8 @@ def test_a_full_record_reads_every_section() -> None:
     port = facts.infiniband.devices["mlx5_0"]["1"]
     assert port == IbPort("ACTIVE", "LinkUp", "100 Gb/sec (4X EDR)", 100.0, "InfiniBand",
                           {"symbol_error": 2}) and port.active
+    checks = {f.check for f in health.host_findings("n1", facts)}
+    assert {"gpu_health", "infiniband"} <= checks  # the lost GPU, its Xid, DCGM, the counters
 
 
 def test_a_partial_record_leaves_what_it_did_not_say_empty() -> None:
@@ -104,6 +109,7 @@ def test_a_partial_record_leaves_what_it_did_not_say_empty() -> None:
     assert facts.torch_gpus is None  # no "torch": torch was not inspected
     assert read_facts({"shm": None}).shm_missing is True
     assert read_facts(None) == HostFacts() and not read_facts(None)
+    assert health.host_findings("h3", facts) == []
 
 
 GARBAGE_VALUES = (None, "x", 3, -1.5, True, [], [None, 1, "a"], {"a": None}, {"gpus": "many"})
@@ -118,7 +124,9 @@ def test_garbled_fields_never_raise_in_the_parser_or_the_rules(value) -> None:
     gpus_garbled = {**FULL, "nvml": {"available": True, "gpus": [
         {k: value for k in FULL["nvml"]["gpus"][0]}, value]}}
     for raw in (every_key, one_level_down, gpus_garbled):
-        read_facts(raw)
+        facts = read_facts(raw)
+        health.host_findings("n1", facts, health.Stage0Context(
+            clock_window=facts.launcher_clock, slots=2, backend="nccl", expected_gpus=1))
 
 
 def test_the_facts_line_of_a_garbled_stream_reads() -> None:
@@ -129,3 +137,23 @@ def test_the_facts_line_of_a_garbled_stream_reads() -> None:
 def test_torchruns_import_seconds_are_read_tolerantly() -> None:
     assert torch_import_s({"import_s": 45}) == 45.0
     assert torch_import_s({"import_s": "slow"}) is None and torch_import_s(None) is None
+
+
+def test_analyze_reads_typed_facts_never_the_dict() -> None:
+    """The line this module holds: no rule in analyze takes a facts mapping, reads the record
+    as sent (``.raw``) or calls ``.get`` on anything named facts."""
+    offences = []
+    for path in sorted((PACKAGE / "analyze").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.arg) and node.arg == "facts" and node.annotation is not None:
+                if ast.unparse(node.annotation) != "HostFacts":
+                    offences.append(f"{where}: facts: {ast.unparse(node.annotation)}")
+            if isinstance(node, ast.Attribute) and node.attr == "raw":
+                offences.append(f"{where}: .raw")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "get"):
+                receiver = ast.unparse(node.func.value)
+                if receiver == "facts" or receiver.endswith(".facts"):
+                    offences.append(f"{where}: {receiver}.get(...)")
+    assert offences == []
