@@ -5,7 +5,7 @@ sleep. Without ``--use-monitor`` it never imports ddpcheck. After ``--ready-step
 writes ``<ready-dir>/rank-<rank>`` with its pid, so a test knows the job runs and whom to hit.
 
     torchrun ... tests/hangjob.py --ready-dir DIR [--use-monitor] [--watchdog S]
-        [--block-rank R --block-step S] [--flight-recorder]
+        [--numerics-every N] [--block-rank R --block-step S] [--flight-recorder]
 
 ``--block-rank``: that rank calls ``load_batch()``, an ordinary function that never returns,
 before the all_reduce of ``--block-step``: the others wait for it in all_reduce.
@@ -13,6 +13,7 @@ before the all_reduce of ``--block-step``: the others wait for it in all_reduce.
 their own group (``new_group``, as tensor or pipeline groups are made); the block rank, when it
 is one of them, blocks just before that one, so its group's ranks wait for it there while the
 others go on to the next step's all_reduce.
+``--numerics-every N``: the Monitor runs its numerics canary every N steps.
 ``--flight-recorder``: a thread of every rank writes its Flight Recorder dump to
 ``$TORCH_FR_DUMP_TEMP_FILE<rank>`` every 0.5 s, in the format and place NCCL's watchdog uses on a
 timeout.
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--ready-step", type=int, default=3)
     parser.add_argument("--use-monitor", action="store_true")
     parser.add_argument("--watchdog", type=float, default=None)
+    parser.add_argument("--numerics-every", type=int, default=None)
     parser.add_argument("--block-rank", type=int, default=-1)
     parser.add_argument("--block-step", type=int, default=5)
     parser.add_argument("--flight-recorder", action="store_true")
@@ -75,7 +77,7 @@ def main() -> None:
     if args.use_monitor:
         import ddpcheck
 
-        monitor = ddpcheck.Monitor(watchdog_s=args.watchdog)
+        monitor = ddpcheck.Monitor(watchdog_s=args.watchdog, numerics_every=args.numerics_every)
     tensor = torch.ones(16)
     if args.flight_recorder:
         flight_recorder_thread(rank)

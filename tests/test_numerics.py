@@ -74,21 +74,40 @@ def test_error_bound_grows_with_the_inner_dimension_and_the_dtype():
 @pytest.mark.parametrize("world", [1, 2, 3, 5, 7, 64, 100, 300])
 def test_all_reduce_pattern_sums_to_the_expected_exact_integers(world):
     for name in ("fp32", "fp16", "bf16"):
-        levels = numerics.pattern_levels(name, world)
-        if levels is None:
-            assert name == "bf16" and world > 256
-            continue
-        total = sum(numerics.all_reduce_pattern(1000, r, levels, CPU) for r in range(world))
-        assert torch.equal(total, numerics.all_reduce_expected(1000, world, levels, CPU))
-        assert int(total.max()) <= numerics.EXACT_INTEGER[name]
+        total = sum(numerics.all_reduce_contribution(1000, r, world, name, CPU)
+                    for r in range(world))
+        assert torch.equal(total, numerics.all_reduce_expected(1000, world, name, CPU))
+        assert int(total.max()) < 1 << numerics.EXACT_BITS[name]
+        # exact in the dtype: every rank's contribution and every partial sum
+        dtype = numerics.DTYPES[name]
+        assert torch.equal(total.to(dtype).to(torch.int64), total)
+        if world > 1:
+            assert len(set(total.tolist())) > 1  # it varies along the tensor
 
 
-def test_all_reduce_check_counts_wrong_elements():
+@pytest.mark.parametrize("world,name", [(6, "fp32"), (6, "bf16"), (11, "fp16"), (30, "bf16"),
+                                        (300, "fp32")])
+def test_a_wrong_element_tells_whose_contribution_it_lost_gained_or_flipped(world, name):
+    expected = numerics.all_reduce_expected(200, world, name, CPU)
+    for culprit in {0, 1, world // 2, world - 1}:
+        share = numerics.all_reduce_contribution(200, culprit, world, name, CPU)
+        for position in range(200):
+            if not share[position]:
+                continue  # this element has no share of the culprit's (a large world)
+            right = int(expected[position])
+            for got in (right - int(share[position]), right + int(share[position])):
+                assert numerics.whose_bit(position, got, right, world, name) == culprit
+    # a difference no one rank's share explains is nobody's
+    assert numerics.whose_bit(5, int(expected[5]) + 3, int(expected[5]), world, name) is None
+
+
+def test_all_reduce_check_counts_wrong_elements_and_decodes_whose():
     def corrupt(tensor):
         tensor[3] += 1
 
     results = numerics.check_all_reduce(CPU, 0, 1, corrupt)
     assert results and all(r["wrong"] == 1 and r["first_wrong"] == 3 for r in results)
+    assert all(r["suspects"] == {"0": 1} for r in results)
     assert all(r["wrong"] == 0 for r in numerics.check_all_reduce(CPU, 0, 1, lambda t: None))
 
 
@@ -217,13 +236,38 @@ def test_a_gpu_finding_points_at_dcgm():
     assert "dcgmi diag -r 3" in finding.message
 
 
-def test_all_reduce_findings_name_the_receiving_ranks():
+def test_all_reduce_findings_name_the_link_in_ring_order():
     good = [{"dtype": "bf16", "bytes": 4096, "wrong": 0}]
-    bad = [{"dtype": "bf16", "bytes": 4096, "wrong": 7, "first_wrong": 12}]
-    ranks = [rank_with(r, f"h{r}", healthy(), bad if r == 1 else good) for r in range(3)]
+    bad = [{"dtype": "bf16", "bytes": 4096, "wrong": 7, "first_wrong": 12,
+            "suspects": {"0": 7}}]
+    hosts = ["h0", "h0", "h1", "h1", "h2", "h2"]
+    ranks = [rank_with(r, hosts[r], healthy(), bad if r == 3 else good) for r in range(6)]
     [finding] = numerics_findings(ranks)
-    assert finding.rank == 1 and "7 wrong element(s) in bf16 at 4096 bytes" in finding.message
-    assert "2 other rank(s) received the right result" in finding.message
+    assert (finding.rank, finding.host) == (3, "h1")
+    assert "7 wrong element(s) in bf16 at 4096 bytes" in finding.message
+    assert "5 other rank(s) received the right result" in finding.message
+    assert "between rank 2 on h1 and rank 3 on h1" in finding.message
+    # a run of ranks downstream of the link: the pair at its start; around the ring too
+    ranks = [rank_with(r, hosts[r], healthy(), bad if r in (4, 5, 0) else good)
+             for r in range(6)]
+    [finding] = numerics_findings(ranks)
+    assert (finding.rank, finding.host) == (4, "h2")
+    assert "between rank 3 on h1 and rank 4 on h2" in finding.message
+    assert "rank(s) 5, 0, downstream" in finding.message
+
+
+def test_all_reduce_findings_name_whose_data_went_wrong_when_every_rank_got_it():
+    hosts = ["h0", "h0", "h1", "h1", "h2", "h2"]
+    bad = [{"dtype": "fp32", "bytes": 4096, "wrong": 4, "first_wrong": 0,
+            "suspects": {"3": 3, "?": 1}}]
+    [finding] = numerics_findings([rank_with(r, hosts[r], healthy(), bad) for r in range(6)])
+    assert (finding.rank, finding.host) == (3, "h1")
+    assert "every rank received a wrong sum" in finding.message
+    assert "18 of the 24 wrong element(s) examined are off by exactly rank 3's share" in (
+        finding.message)
+    assert "RMA if it repeats" in finding.message
+    # no one rank explains them: every rank is named, as received
+    bad = [{"dtype": "fp32", "bytes": 4096, "wrong": 4, "first_wrong": 0, "suspects": {"?": 4}}]
     everyone = numerics_findings([rank_with(r, f"h{r}", healthy(), bad) for r in range(3)])
     assert len(everyone) == 3 and "every rank received them" in everyone[0].message
 

@@ -4,7 +4,9 @@ Three hosts with two gloo ranks each; on h2 a ``sitecustomize.py`` (tests/wrongm
 PYTHONPATH through hosts.yaml ``env``) spoils local rank 1's matrix products after torch loads:
 one element's lowest bit in every k-th result (k = 1, 3, 50), or a NaN once. The report must
 name h2's rank 3 and nothing else; the healthy cluster gets no ``numerics`` finding (its false
-alarm rate over many runs is measured in benchmarks/numerics.py).
+alarm rate over many runs is measured in benchmarks/numerics.py). A wrong all_reduce planted on
+one rank (tests/wrongallreduce.py: its data zeroed going out, or the result spoiled coming in)
+is named: whose data it was, or the pair of ranks in ring order the data went wrong between.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Optional
 import pytest
 
 from hostsfile import cluster_hosts_yaml
+from wrongallreduce import wrong_all_reduce_site
 from wrongmatmul import wrong_matmul_site
 
 pytestmark = pytest.mark.cluster
@@ -94,5 +97,34 @@ def test_wrong_products_name_exactly_that_host_and_rank(ns_cluster, tmp_path, ev
     failed = [c.get("name") for c in cases if c.find("failure") is not None
               and c.get("classname") == "ddpcheck.preflight.numerics"]
     assert failed == [f"{BAD_HOST} rank {BAD_RANK}"]
+    # ... and what to do: in the JUnit failure's text and the --prom finding
+    failure = next(c for c in ElementTree.parse(junit).getroot().iter("testcase")
+                   if c.get("classname") == "ddpcheck.preflight.numerics"
+                   and c.find("failure") is not None).find("failure")
+    assert "dcgmi diag" in failure.text or "field diagnostics" in failure.text
+    assert "RMA if it repeats" in failure.text
+    [info] = [line for line in prom.read_text().splitlines()
+              if line.startswith("ddpcheck_finding_info{") and 'check="numerics"' in line]
+    assert f'host="{BAD_HOST}",rank="{BAD_RANK}"' in info and "RMA if it repeats" in info
     assert f'ddpcheck_check_ok{{command="preflight",check="numerics",host="{BAD_HOST}"}} 0' in (
         prom.read_text())
+
+
+@pytest.mark.parametrize("mode,local_rank,port,words", [
+    ("send", 1, 29776, "rank 3 on h2: its data went wrong in an all_reduce of known integers: "
+                       "every rank received a wrong sum"),
+    ("receive", 0, 29777, "the data went wrong between rank 1 on h1 and rank 2 on h2")])
+def test_a_wrong_all_reduce_names_whose_data_or_which_link(ns_cluster, tmp_path, mode,
+                                                           local_rank, port, words):
+    plant = wrong_all_reduce_site(tmp_path / "site", mode, local_rank=local_rank)
+    done, report = preflight(ns_cluster, tmp_path, port, plant, "--skip", "consistency")
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = numerics_findings(report)
+    rank = 1 * SLOTS + local_rank
+    assert [(f["host"], f["rank"], f["severity"]) for f in found] == [
+        (BAD_HOST, rank, "error")], found
+    assert words in found[0]["message"], found[0]["message"]
+    if mode == "send":
+        assert "off by exactly rank 3's share" in found[0]["message"]
+    else:
+        assert "5 other rank(s) received the right result" in found[0]["message"]

@@ -58,6 +58,35 @@ def test_products_are_the_same_every_time_and_within_the_reference():
     assert torch.backends.cuda.matmul.allow_tf32 == tf32_before  # the job's setting, restored
 
 
+def test_the_localizing_all_reduce_pattern_on_the_gpu_decodes_whose_share_was_lost():
+    """All three sizes (LL, LL128, Simple) in every dtype on the GPU, as 8 ranks would send
+    them: rank 5's share dropped at three elements is found there, and only there (the sizes' wrong
+elements all point at rank 5)."""
+    import torch
+
+    from ddpcheck.remote import numerics
+
+    device, world = torch.device("cuda", 0), 8
+
+    def all_reduce_of_8_ranks(tensor):  # the sum 8 ranks' shares make, rank 5's short
+        total = sum(numerics.all_reduce_contribution(tensor.numel(), r, world, name, device)
+                    for r in range(world) if r != 0)
+        lost = numerics.all_reduce_contribution(tensor.numel(), 5, world, name, device)
+        total[[1, 7, 100]] -= lost[[1, 7, 100]]
+        tensor.add_(total.to(tensor.dtype))
+
+    for name in [n for n in numerics.device_dtypes(device) if n in numerics.EXACT_BITS]:
+        results = [r for r in numerics.check_all_reduce(device, 0, world, all_reduce_of_8_ranks)
+                   if r["dtype"] == name]
+        assert [r["bytes"] for r in results] == list(numerics.GPU_ALL_REDUCE_BYTES)
+        # past the dtype's bits a rank has no share in every element: those stay right
+        shares = int((numerics.all_reduce_contribution(101, 5, world, name, device)[
+            [1, 7, 100]] != 0).sum())
+        assert shares >= 2
+        assert all(r["wrong"] == shares and r["suspects"] == {"5": shares}
+                   for r in results), results
+
+
 def test_healthy_gpu_preflight_has_an_exact_all_reduce_and_no_numerics_finding(tmp_path):
     done, report = preflight(tmp_path, {})
     assert done.returncode == 0, done.stdout + done.stderr

@@ -45,10 +45,13 @@ def _wrap(torch):
     for name in ("matmul", "mm", "bmm"):
         setattr(torch, name, wrapped(getattr(torch, name)))
     torch.Tensor.__matmul__ = wrapped(torch.Tensor.__matmul__)
+'''
 
+# Runs ``_wrap(torch)`` once torch's import is complete, in the rank planted on.
+LOADER = '''
 
 class _AfterTorch:
-    """Finds torch as usual and wraps its products once its import is complete."""
+    """Finds torch as usual and runs ``_wrap`` on it once its import is complete."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "torch":
@@ -67,16 +70,26 @@ class _AfterTorch:
         return spec
 
 
-if os.environ.get("LOCAL_RANK") == {local_rank!r}:
+if os.environ.get("LOCAL_RANK") == {local_rank!r} and {hostname!r} in (None, os.uname().nodename):
     sys.meta_path.insert(0, _AfterTorch())
 '''
 
 
 def wrong_matmul_site(root: Path, every: Optional[int] = None, nan_at: Optional[int] = None,
-                      local_rank: int = 0) -> Path:
-    """``root/sitecustomize.py`` spoiling the products of local rank ``local_rank``: ``root``,
-    to put on PYTHONPATH."""
+                      local_rank: int = 0, hostname: Optional[str] = None) -> Path:
+    """``root/sitecustomize.py`` spoiling the products of local rank ``local_rank`` (on the
+    host named ``hostname`` only, when given): ``root``, to put on PYTHONPATH."""
+    return planted_site(root, TEMPLATE.format(every=every, nan_at=nan_at), local_rank, hostname)
+
+
+def planted_site(root: Path, wrap_source: str, local_rank: int,
+                 hostname: Optional[str] = None) -> Path:
+    """``root/sitecustomize.py``: ``wrap_source`` (which defines ``_wrap(torch)``) run once torch
+    is imported in the process whose LOCAL_RANK is ``local_rank`` (and whose host is named
+    ``hostname``, when given: for a job whose hosts share one environment): ``root``, for
+    PYTHONPATH."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "sitecustomize.py").write_text(
-        TEMPLATE.format(every=every, nan_at=nan_at, local_rank=str(local_rank)))
+        wrap_source + LOADER.replace("{local_rank!r}", repr(str(local_rank)))
+        .replace("{hostname!r}", repr(hostname)))
     return root

@@ -14,7 +14,9 @@ job (torchrun run id + master address) every rank gets a role, root cause first:
 * ``progressing``: its heartbeat or collective sequence moved during the window.
 
 A job whose ranks all progress is not hung (exit 0). One where every rank waits in the same
-collective and none is behind gets an error of its own: the collective itself is stuck.
+collective and none is behind gets an error of its own: the collective itself is stuck. A device
+the Monitor's numerics canary named (its heartbeat's ``numerics``) is a ``numerics`` error of
+the job (``analyze.numerics.canary_findings``), hung or not: the job's ``hung`` is unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import ras
+from .numerics import canary_findings
 from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
@@ -121,6 +124,7 @@ class RankView:
     status_first: str = "unknown"  # psutil status at the 1st sample
     window: Optional[WindowAccount] = None  # how its main thread spent the window
     verdict: Optional[tuple[Mapping[str, Any], ...]] = None  # the Monitor's, 2nd heartbeat
+    numerics: tuple[Mapping[str, Any], ...] = ()  # devices its canary named, 2nd heartbeat
 
 
 @dataclass(frozen=True)
@@ -367,7 +371,7 @@ def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -
         history=tuple(heartbeat.history(beat_b)), history_first=tuple(heartbeat.history(beat_a)),
         status_first=str(first.get("status") or "unknown"),
         window=window_account(first, last, worker.get("states")),
-        verdict=_verdict(beat_b))
+        verdict=_verdict(beat_b), numerics=tuple(heartbeat.numerics(beat_b)))
 
 
 def _verdict(beat: Mapping[str, Any]) -> Optional[tuple[Mapping[str, Any], ...]]:
@@ -738,6 +742,11 @@ def analyze_scans(results: Sequence[HostScanResult], job_filter: str = "") -> Ha
     if not any(f.severity is Severity.ERROR for f in ras_found):  # else NCCL RAS decided
         blind = stackless_reasons(results)
         jobs = tuple(replace(job, findings=tuple(unseen_findings(job, blind))) for job in jobs)
+    # after the hang's own verdict, which a device computing wrong does not change
+    jobs = tuple(replace(job, findings=job.findings + tuple(canary_findings(
+        job.job, [v.view.numerics for v in job.ranks], {v.view.rank: v.view.host
+                                                         for v in job.ranks})))
+        for job in jobs)
     findings: list[Finding] = []
     for job in sorted(jobs, key=lambda j: not j.hung):
         findings += job.findings

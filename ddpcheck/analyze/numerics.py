@@ -4,13 +4,14 @@ Each rank's record carries ``numerics`` (``remote.numerics``): where its device 
 (device model, driver and library versions), each dtype's repetition digests, NaN/Inf and
 float64-reference counts, and the wrong elements of an all_reduce of known integers.
 ``core.numerics_vote.odd_ones`` applies the rule the in-job canary applies too; this module
-turns its answer into findings that say what to do.
+turns its answer into findings that say what to do. ``canary_findings`` does the same for what
+the Monitor's canary named, as ``ddpcheck hang`` reads it from the heartbeats.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..model.checks import Check
 from ..model.records import Finding, RankRecord, Severity
@@ -56,30 +57,123 @@ def describe(wrong: WrongProducts) -> str:
 
 
 def all_reduce_findings(ranks: Sequence[RankRecord]) -> list[Finding]:
-    """Ranks that received wrong elements from an all_reduce of known integers. When only some
-    ranks did, the corruption sits on their way in (their link or its switch); when all did,
-    it happened before the result was shared."""
-    bad: dict[tuple, list[dict[str, Any]]] = {}
+    """Ranks that received wrong elements from an all_reduce of known integers.
+
+    When every rank did, the data went wrong before the result was shared: the wrong elements
+    are off by one rank's power of two (``remote.numerics.whose_bit``), and the rank most of
+    them point at is named (its device or memory, or its link out). When only some did, the
+    corruption sits on their way in: in ring order (rank order, gloo's ring) each run of ranks
+    that received wrong elements starts past the link between its first rank and the rank
+    before it, which got the right result; that pair is named."""
+    bad: dict[int, list[dict[str, Any]]] = {}
+    hosts = {r.rank: r.host for r in ranks if r.rank is not None}
     for rank in ranks:
         entries = rank.numerics.get("all_reduce")
         wrong = [e for e in entries if isinstance(e, dict) and isinstance(e.get("wrong"), int)
                  and e["wrong"] > 0] if isinstance(entries, list) else []
-        if wrong:
-            bad[(rank.rank, rank.host)] = wrong
+        if wrong and rank.rank is not None:
+            bad[rank.rank] = wrong
     if not bad:
         return []
-    everyone = len(bad) == len(ranks)
-    where = ("every rank received them: the data went wrong before the result was shared "
-             "(a rank's reduction or a link on the way)" if everyone else
-             f"{len(ranks) - len(bad)} other rank(s) received the right result: suspect this "
-             f"rank's link in (NIC, cable, switch port) or its device")
+    if len(bad) == len(hosts):
+        gpus = {r.rank for r in ranks if str(r.device).startswith("cuda")}
+        return contribution_findings(bad, hosts, gpus)
+    return [link_finding(run, bad, hosts) for run in ring_runs(sorted(hosts), set(bad))]
+
+
+def sizes_text(wrong: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{e['wrong']} wrong element(s) in {e.get('dtype')} at {e.get('bytes')} "
+                     f"bytes" for e in wrong)
+
+
+def contribution_findings(bad: Mapping[int, list[dict[str, Any]]], hosts: Mapping[int, str],
+                          gpus: set[int]) -> list[Finding]:
+    """Every rank received wrong elements: the rank whose contribution most of them are off by,
+    when a strict majority of the decoded ones agree; else every rank, as before."""
+    votes: dict[str, int] = defaultdict(int)
+    for entries in bad.values():
+        for entry in entries:
+            suspects = entry.get("suspects")
+            for key, count in (suspects.items() if isinstance(suspects, dict) else ()):
+                if isinstance(count, int):
+                    votes[str(key)] += count
+    decoded = sum(votes.values())
+    top = max((k for k in votes if k != "?"), key=lambda k: votes[k], default=None)
+    if top is not None and votes[top] * 2 > decoded and top.isdigit() and int(top) in hosts:
+        culprit = int(top)
+        sample = bad[min(bad)]
+        return [Finding(
+            Severity.ERROR, Check.NUMERICS,
+            f"rank {culprit} on {hosts[culprit]}: its data went wrong in an all_reduce of known "
+            f"integers: every rank received a wrong sum ({sizes_text(sample)} on rank "
+            f"{min(bad)}), and {votes[top]} of the {decoded} wrong element(s) examined are off "
+            f"by exactly rank {culprit}'s share; suspect its device or memory, or its link out "
+            f"(NIC, cable, switch port): {GPU_ADVICE if culprit in gpus else CPU_ADVICE}",
+            host=hosts[culprit], rank=culprit)]
+    return [Finding(
+        Severity.ERROR, Check.NUMERICS,
+        f"rank {rank} on {hosts[rank]}: an all_reduce of known integers came back wrong "
+        f"({sizes_text(wrong)}); every rank received them: the data went wrong before the "
+        f"result was shared (a rank's reduction or a link on the way)", host=hosts[rank],
+        rank=rank) for rank, wrong in sorted(bad.items())]
+
+
+def ring_runs(order: Sequence[int], bad: set[int]) -> list[list[int]]:
+    """The runs of consecutive ranks in ``bad`` around the ring ``order`` (not all of it)."""
+    start = next(i for i, r in enumerate(order) if r not in bad)
+    rotated = list(order[start:]) + list(order[:start])
+    runs: list[list[int]] = []
+    for previous, rank in zip(rotated[-1:] + rotated[:-1], rotated):
+        if rank in bad:
+            if previous in bad and runs:
+                runs[-1].append(rank)
+            else:
+                runs.append([previous, rank])
+    return runs
+
+
+def link_finding(run: Sequence[int], bad: Mapping[int, list[dict[str, Any]]],
+                 hosts: Mapping[int, str]) -> Finding:
+    """``run``: the rank before the run (right result), then the run's ranks (wrong)."""
+    before, first, *rest = run
+    also = (f" (and after it rank(s) {', '.join(str(r) for r in rest)}, downstream)"
+            if rest else "")
+    return Finding(
+        Severity.ERROR, Check.NUMERICS,
+        f"rank {first} on {hosts[first]}: an all_reduce of known integers came back wrong "
+        f"({sizes_text(bad[first])}){also}; {len(hosts) - len(bad)} other rank(s) received "
+        f"the right result: the data went wrong between rank {before} on {hosts[before]} and "
+        f"rank {first} on {hosts[first]} (neighbours in the ring: rank {before}'s link out, "
+        f"rank {first}'s link in: NIC, cable, switch port; or rank {first}'s device); drain "
+        f"the suspect node, test the link with ddpcheck bandwidth --pairwise; RMA if it repeats",
+        host=hosts[first], rank=first)
+
+
+def canary_findings(job: str, named: Iterable[Iterable[Mapping[str, Any]]],
+                    hosts: Mapping[int, str]) -> list[Finding]:
+    """The devices the Monitor's canary named, from the heartbeats (``named``: each rank's
+    ``numerics`` entries; the judging rank's is the one that has them): one error per device and
+    dtype, the newest record of it, the host by the inventory's name (``hosts``: rank -> host)."""
+    newest: dict[tuple[Optional[int], str], Mapping[str, Any]] = {}
+    for entries in named:
+        for entry in entries:
+            rank = entry.get("rank") if isinstance(entry.get("rank"), int) else None
+            key = (rank, str(entry.get("dtype")))
+            last = entry.get("last_step") if isinstance(entry.get("last_step"), int) else -1
+            held = newest.get(key)
+            if held is None or last > (held.get("last_step") or -1):
+                newest[key] = entry
     findings = []
-    for (rank, host), wrong in sorted(bad.items(), key=lambda item: (item[0][1],
-                                                                      item[0][0] or 0)):
-        sizes = ", ".join(f"{e['wrong']} wrong element(s) in {e.get('dtype')} at "
-                          f"{e.get('bytes')} bytes" for e in wrong)
+    for (rank, dtype), entry in sorted(newest.items(), key=lambda item: (item[0][0] or 0,
+                                                                         item[0][1])):
+        why = ", ".join(str(w) for w in entry.get("why") or ()).replace(
+            "its peers", f"its {entry.get('peers')} peer{'s' if entry.get('peers') != 1 else ''}")
+        first, last = entry.get("first_step"), entry.get("last_step")
+        steps = f"step {first}" if first == last else f"steps {first} to {last}"
         findings.append(Finding(
             Severity.ERROR, Check.NUMERICS,
-            f"rank {rank} on {host}: an all_reduce of known integers came back wrong ({sizes}); "
-            f"{where}", host=host, rank=rank))
+            f"job {job}: {entry.get('where')} computed the Monitor's numerics canary ({dtype}) "
+            f"wrong in {entry.get('wrong_rounds')} of {entry.get('rounds')} round(s) compared "
+            f"({steps}; {why}); {GPU_ADVICE if entry.get('gpu') else CPU_ADVICE}",
+            host=hosts.get(rank) if rank is not None else entry.get("host"), rank=rank))
     return findings

@@ -10,7 +10,11 @@ host scan of ``ddpcheck hang`` (``remote.hangscan``), whose records the launcher
 A heartbeat is one JSON object (``FIELDS``); ``history`` holds the last steps as rows
 [step, time, busy_s, wait_s, starved_s, blocked_s] (``core.straggler.StepSample``) and
 ``stragglers`` the Monitor's current verdict (``core.straggler.Straggler.as_dict``), so that
-``ddpcheck hang`` says what the Monitor says. Standard library only.
+``ddpcheck hang`` says what the Monitor says. With ``numerics_every=N`` the heartbeat of the rank
+that judges the canary (rank 0; every rank without a store) carries ``numerics``: one entry per
+device and dtype its canary named (``injob.numerics.NumericsCanary.named``: rank, host, where,
+dtype, why, the rounds it was wrong of those compared, the first and last such step).
+Standard library only.
 """
 
 from __future__ import annotations
@@ -69,14 +73,17 @@ def rank_of_filename(name: str) -> Optional[int]:
 
 
 def encode(record: Mapping[str, Any], history_json: Optional[str] = None,
-           stragglers_json: Optional[str] = None) -> bytes:
-    """A heartbeat's bytes: ``record`` (the ``FIELDS``) plus the history and verdict, passed
-    already serialized (the Monitor's thread prepares them, so the training step never pays)."""
+           stragglers_json: Optional[str] = None, numerics_json: Optional[str] = None) -> bytes:
+    """A heartbeat's bytes: ``record`` (the ``FIELDS``) plus the history and verdicts, passed
+    already serialized (the Monitor's thread and the canary's judge prepare them, so the
+    training step never pays)."""
     text = json.dumps({name: record.get(name) for name in FIELDS}, separators=(",", ":"))
     if history_json is not None:
         text = f'{text[:-1]},"history":{history_json}}}'
     if stragglers_json is not None:
         text = f'{text[:-1]},"stragglers":{stragglers_json}}}'
+    if numerics_json is not None:
+        text = f'{text[:-1]},"numerics":{numerics_json}}}'
     return text.encode()
 
 
@@ -119,4 +126,13 @@ def verdict(beat: Mapping[str, Any]) -> Optional[list[dict[str, Any]]]:
     named = beat.get("stragglers")
     if not isinstance(named, list):
         return None
+    return [entry for entry in named if isinstance(entry, dict)]
+
+
+def numerics(beat: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The devices the Monitor's numerics canary named in a heartbeat ([] when none was, or the
+    canary is off)."""
+    named = beat.get("numerics")
+    if not isinstance(named, list):
+        return []
     return [entry for entry in named if isinstance(entry, dict)]

@@ -33,7 +33,8 @@ reason, listed in ``monitor.stragglers`` and carried in the heartbeat (``straggl
 
 Numerics (``numerics_every=N``): every N steps a few-millisecond canary product on every rank,
 compared through the TCPStore; a device that computes wrong is logged as a ``numerics`` warning
-(``monitor.numerics``, see ``ddpcheck.injob.numerics``, which hooks it onto ``step()``).
+(``monitor.numerics``, see ``ddpcheck.injob.numerics``, which hooks it onto ``step()``) and
+carried in the judging rank's heartbeat (``numerics``), so that ``ddpcheck hang`` reports it.
 
 Torch-light: only the standard library is imported here; torch is touched only when the job has
 already imported it (``import ddpcheck`` stays cheap, and the probe stays stdlib + torch).
@@ -179,7 +180,8 @@ class Monitor:
             if self.straggler_verdict is not None:
                 self._stragglers_json = json.dumps(self.straggler_verdict, separators=(",", ":"))
         data = heartbeat.encode(record, self._history_json if self.clock is not None else None,
-                                self._stragglers_json)
+                                self._stragglers_json,
+                                self.numerics.named_json if self.numerics is not None else None)
         self._written_at = time.monotonic()
         with self._lock:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

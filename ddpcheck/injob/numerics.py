@@ -9,7 +9,9 @@ then, so nothing waits; in a thread of its own, so the store's round trips stay 
 and applies the preflight vote (``core.numerics_vote``): a rank whose bits differ from its peers
 of the same device model and versions, whose result holds NaN/Inf or leaves the float64 bound,
 is logged as a ``numerics`` warning naming its rank, host and device (also kept in
-``canary.wrong``, complete after ``canary.flush()``, and the Monitor's ``warnings``). Without a
+``canary.wrong``, complete after ``canary.flush()``, and the Monitor's ``warnings``), and carried
+in the judging rank's heartbeat (``canary.named``: per device and dtype, how many of the rounds
+compared it was wrong in), so that ``ddpcheck hang`` names it too. Without a
 store (a job not started by torchrun) each rank judges its own canary by the reference and
 NaN/Inf alone.
 
@@ -31,6 +33,7 @@ from ..core.numerics_vote import DtypeResult, RankNumerics, WrongProducts, odd_o
 
 STORE_PREFIX = "numerics/"
 SLOTS = 3
+MAX_NAMED = 32  # devices x dtypes kept for the heartbeat (a few kB; the heartbeat's cap is 64 kB)
 CPU_SIZE = 64  # a chain of 64x64 products: about a millisecond on one core
 GPU_SIZE = 1024  # 1024^2 in bf16: well under a millisecond on a current GPU
 
@@ -56,6 +59,9 @@ class NumericsCanary:
         self.identity: dict[str, Any] = {}
         self.rounds: list[int] = []  # the steps canaries ran at, newest last
         self.wrong: list[dict[str, Any]] = []  # every wrong device named (as dicts)
+        self.judged = 0  # rounds compared so far
+        self.named: dict[tuple[Any, str], dict[str, Any]] = {}  # (rank, dtype) -> its record
+        self.named_json: Optional[str] = None  # ``named`` as the heartbeat carries it
         self.warnings = warnings if warnings is not None else []
         self.seconds = 0.0  # time spent in canaries, all told
         self.times: list[float] = []  # each canary's seconds (the first builds the chain)
@@ -154,13 +160,35 @@ class NumericsCanary:
             return self._judged.wait_for(lambda: self._unjudged == 0, timeout_s)
 
     def _judge(self, posts: list[dict[str, Any]], step: int) -> None:
-        for wrong in odd_ones(rank_results(posts)):
+        self.judged += 1
+        found = odd_ones(rank_results(posts))
+        for wrong in found:
             named = {"step": step, "rank": wrong.rank, "host": wrong.host, "where": wrong.where,
                      "dtype": wrong.dtype, "why": [str(w) for w in wrong.why]}
             self.wrong.append(named)
+            self._remember(wrong, step, len(posts))
             message = canary_message(self.host, self.rank, step, wrong, len(posts))
             self.warnings.append(message)
             logger.warning(message)
+        if found or self.named:
+            for record in self.named.values():
+                record["rounds"] = self.judged
+            # a new string each time: the Monitor's writer splices whichever it reads
+            self.named_json = json.dumps(list(self.named.values())[-MAX_NAMED:],
+                                         separators=(",", ":"))
+
+    def _remember(self, wrong: WrongProducts, step: int, compared: int) -> None:
+        """The heartbeat's record of a device and dtype: wrong in ``wrong_rounds`` of the
+        ``rounds`` compared, first and last at which step, why the last time."""
+        record = self.named.get((wrong.rank, wrong.dtype))
+        if record is None:
+            record = self.named[(wrong.rank, wrong.dtype)] = {
+                "rank": wrong.rank, "host": wrong.host, "where": wrong.where,
+                "dtype": wrong.dtype, "first_step": step, "wrong_rounds": 0,
+                "gpu": wrong.where.startswith("GPU ")}
+        record.update({"why": [str(w) for w in wrong.why], "peers": wrong.peers,
+                       "compared": compared, "last_step": step,
+                       "wrong_rounds": record["wrong_rounds"] + 1})
 
 
 def attach_canary(monitor: Any, every: Optional[int],

@@ -11,8 +11,11 @@ reference computed without matmul, within a bound set by the dtype; NaN and Inf 
 and library versions agree: they must agree bit for bit.
 
 Before the products, an all_reduce whose exact result is known, in each training dtype, at sizes
-on either side of NCCL's protocol changes (LL, LL128, Simple): a rank that receives wrong
-elements is named. The products get what it leaves of the budget.
+on either side of NCCL's protocol changes (LL, LL128, Simple). Each rank contributes a power of
+two of its own to each element (``all_reduce_contribution``), so a wrong element tells whose
+contribution it lost or gained; which ranks received wrong elements tells, in ring order, which
+link the data went wrong on (``analyze.numerics``). The products get what it leaves of the
+budget.
 
 On CPU the products run on one thread, so the bits depend on the CPU's code path (its model and
 ISA level, which are part of the group) and not on how many threads a rank was given.
@@ -36,7 +39,7 @@ CPU_N = 128
 GPU_N = 2048
 REFERENCE_M = 32  # the small product checked against float64
 REFERENCE_K = 32  # its inner dimension: small enough that bf16's error bound stays < 1
-MIN_REPS = 8
+MIN_REPS = 4  # a floor, so an every-3rd fault shows however loaded the host: 28 products a dtype
 MAX_REPS = 256
 MIN_PRODUCTS_SHARE = 0.25  # of the budget, when the all_reduce check took the rest
 DIGEST_CHARS = 16
@@ -47,8 +50,11 @@ WORKSPACE_DETERMINISTIC = ":4096:8"  # what torch's reproducibility notes ask fo
 UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "tf32": 2.0 ** -11, "fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
           "bf16": torch.bfloat16}
-# The largest integer each dtype holds exactly: an all_reduce of integers below it is exact.
-EXACT_INTEGER = {"fp32": 1 << 24, "fp16": 1 << 11, "bf16": 1 << 8}
+# Each dtype holds every integer below 2^bits exactly: an all_reduce of sums below it is exact.
+EXACT_BITS = {"fp32": 24, "fp16": 11, "bf16": 8}
+# ...of which these stay for a value that varies along the tensor, whatever the world size
+VARYING_BITS = {"fp32": 8, "fp16": 3, "bf16": 2}
+MAX_DECODED = 256  # wrong elements of one all_reduce whose culprit is worked out
 CPU_ALL_REDUCE_BYTES = (4 << 10, 1 << 20)
 # Under NCCL's LL threshold, in LL128's range, and well into Simple's.
 GPU_ALL_REDUCE_BYTES = (4 << 10, 1 << 20, 64 << 20)
@@ -197,12 +203,16 @@ class ProductChain:
 
 def run_products(name: str, device: torch.device, deadline: float) -> dict[str, Any]:
     """Repetitions of one dtype's products until ``deadline`` (a ``time.perf_counter()``),
-    ``MIN_REPS``..``MAX_REPS`` of them; building the inputs counts against it."""
+    ``MIN_REPS``..``MAX_REPS`` of them; building the inputs counts against it, and a repetition
+    that would end past the deadline (as long as the slowest one so far) is not started."""
     chain = ProductChain(name, device, GPU_N if device.type == "cuda" else CPU_N)
     digests: dict[str, int] = {}
     nonfinite = reference_bad = reps = 0
-    while reps < MIN_REPS or (reps < MAX_REPS and time.perf_counter() < deadline):
+    longest = 0.0
+    while reps < MIN_REPS or (reps < MAX_REPS and time.perf_counter() + longest < deadline):
+        begin = time.perf_counter()
         value, bad, off = chain.repetition()
+        longest = max(longest, time.perf_counter() - begin)
         digests[value] = digests.get(value, 0) + 1
         nonfinite += bad
         reference_bad += off
@@ -266,60 +276,85 @@ def check_products(device: torch.device, seconds: float) -> dict[str, Any]:
     return results
 
 
-# -- all_reduce with a known exact result -------------------------------------------------------
+# -- all_reduce with a known exact result ---------------------------------------------------------
 
-def all_reduce_pattern(elements: int, rank: int, levels: int,
-                       device: torch.device) -> torch.Tensor:
-    """Rank ``rank``'s integers: (7i + 3 rank) mod ``levels`` at position i (int64)."""
+def pattern_bits(name: str, world: int) -> tuple[int, int]:
+    """(m, high): at each element ``m`` ranks contribute a power of two each (all of them, up to
+    the dtype's exact bits less ``VARYING_BITS``), and ``high`` more bits carry a value that
+    varies along the tensor."""
+    bits = EXACT_BITS[name]
+    low = min(world, bits - VARYING_BITS[name])
+    return low, bits - low
+
+
+def all_reduce_contribution(elements: int, rank: int, world: int, name: str,
+                            device: torch.device) -> torch.Tensor:
+    """Rank ``rank``'s integers (int64): at element i, 2^j where j = (rank - i) mod world, when
+    j < m (so the ranks of an element each set a bit of their own and a wrong element tells
+    whose bit it lost or gained); the element's owner (j = 0) adds q(i) * 2^m, q(i) = (i //
+    world) mod 2^high, so that the sum varies along the tensor and a shifted or reordered chunk
+    shows."""
+    low, high = pattern_bits(name, world)
     position = torch.arange(elements, dtype=torch.int64, device=device)
-    return (position * 7 + 3 * rank) % levels
+    j = (rank - position) % world
+    ones = torch.ones_like(position)
+    value = torch.where(j < low, torch.bitwise_left_shift(ones, j.clamp(max=low)), 0)
+    owner = ((position // world) % (1 << high)) << low
+    return value + torch.where(j == 0, owner, 0)
 
 
-def all_reduce_expected(elements: int, world: int, levels: int,
+def all_reduce_expected(elements: int, world: int, name: str,
                         device: torch.device) -> torch.Tensor:
-    """The exact sum of every rank's pattern: (7i + 3r) mod levels repeats every ``levels``
-    ranks (3 and ``levels`` are coprime), each full cycle adding 0 + 1 + ... + levels-1."""
-    full, rest = divmod(world, levels)
-    total = torch.full((elements,), full * levels * (levels - 1) // 2, dtype=torch.int64,
-                       device=device)
-    for rank in range(rest):
-        total += all_reduce_pattern(elements, rank, levels, device)
-    return total
+    """The exact sum of every rank's contribution: 2^m - 1 plus the owner's q(i) * 2^m."""
+    low, high = pattern_bits(name, world)
+    position = torch.arange(elements, dtype=torch.int64, device=device)
+    return ((1 << low) - 1) + (((position // world) % (1 << high)) << low)
 
 
-def pattern_levels(name: str, world: int) -> Optional[int]:
-    """The largest pattern whose every partial sum is exact in the dtype (None: none is)."""
-    limit = EXACT_INTEGER[name]
-    for levels in (5, 2):
-        if (levels - 1) * world <= limit:
-            return levels
+def whose_bit(position: int, got: int, expected: int, world: int, name: str) -> Optional[int]:
+    """The rank whose contribution a wrong element lost, doubled or flipped a bit of: the
+    difference is one rank's power of two, or a multiple of 2^m within the owner's field
+    (None: the difference is no one rank's)."""
+    low, high = pattern_bits(name, world)
+    difference = abs(got - expected)
+    if difference and difference & (difference - 1) == 0 and difference < (1 << low):
+        return (position + difference.bit_length() - 1) % world
+    owner_bits = (((position // world) % (1 << high)) << low) + 1
+    if difference == owner_bits or (difference and difference % (1 << low) == 0
+                                    and difference < (1 << (low + high))):
+        return position % world
     return None
 
 
 def check_all_reduce(device: torch.device, rank: int, world: int,
                      all_reduce: Callable[[torch.Tensor], Any]) -> list[dict[str, Any]]:
-    """all_reduce of known integers per dtype and size: the wrong elements this rank got."""
+    """all_reduce of known integers per dtype and size: the wrong elements this rank got, and
+    whose contribution each of the first ``MAX_DECODED`` of them is off by (``suspects``)."""
     sizes = GPU_ALL_REDUCE_BYTES if device.type == "cuda" else CPU_ALL_REDUCE_BYTES
-    names = [n for n in device_dtypes(device) if n in EXACT_INTEGER]
+    names = [n for n in device_dtypes(device) if n in EXACT_BITS]
     results = []
     for name in names:
         dtype = DTYPES[name]
-        levels = pattern_levels(name, world)
         for nbytes in sizes:
             elements = nbytes // torch.finfo(dtype).bits * 8
             entry: dict[str, Any] = {"dtype": name, "bytes": nbytes}
-            if levels is None:
-                entry["skipped"] = f"{world} ranks overflow {name}'s exact integers"
-                results.append(entry)
-                continue
-            tensor = all_reduce_pattern(elements, rank, levels, device).to(dtype)
+            tensor = all_reduce_contribution(elements, rank, world, name, device).to(dtype)
             all_reduce(tensor)
-            wrong = tensor.to(torch.int64) != all_reduce_expected(elements, world, levels,
-                                                                  device)
+            got = tensor.to(torch.int64)
+            expected = all_reduce_expected(elements, world, name, device)
+            wrong = got != expected
             count = int(wrong.sum().item())
             entry["wrong"] = count
             if count:
-                entry["first_wrong"] = int(wrong.nonzero()[0, 0].item())
+                where = wrong.nonzero()[:MAX_DECODED, 0]
+                entry["first_wrong"] = int(where[0].item())
+                suspects: dict[str, int] = {}
+                for position, value, right in zip(where.tolist(), got[where].tolist(),
+                                                  expected[where].tolist()):
+                    suspect = whose_bit(position, value, right, world, name)
+                    key = "?" if suspect is None else str(suspect)
+                    suspects[key] = suspects.get(key, 0) + 1
+                entry["suspects"] = suspects
             results.append(entry)
     return results
 

@@ -7,6 +7,9 @@ commands in one textfile directory never collide:
 * ``ddpcheck_check_ok{command,check,host}`` 1 when the check passed on the host (``host`` is
   ``cluster`` for findings about no host in particular), 0 when it failed or the host could
   not be reached; checks that could not run on an unreachable host have no sample;
+* ``ddpcheck_finding_info{command,check,host,rank,message}`` 1 for every error finding: what
+  went wrong and what to do, word for word as in the report (``rank`` empty when it names
+  none), so an alert can say it;
 * ``ddpcheck_run_ok{command}``, ``ddpcheck_run_exit_code{command}``,
   ``ddpcheck_run_duration_seconds{command}``, ``ddpcheck_run_timestamp_seconds{command}``
   (Unix time the report was written: alert on staleness with ``time() - ...``);
@@ -101,6 +104,8 @@ def render_prom(report: Report, now: Optional[float] = None) -> str:
                      "failed (ddpcheck)",
                      (_sample(f"{PREFIX}_check_ok", {**command, "check": check, "host": host},
                               ok) for check, host, ok in check_states(report)))
+    lines += _family(f"{PREFIX}_finding_info", "1 for every error finding: what went wrong "
+                     "and what to do (ddpcheck)", _finding_samples(report, command))
     lines += _family(f"{PREFIX}_run_ok", "1 when the whole run passed (verdict ok)",
                      [_sample(f"{PREFIX}_run_ok", command,
                               1 if report.verdict is Verdict.OK else 0)])
@@ -114,6 +119,14 @@ def render_prom(report: Report, now: Optional[float] = None) -> str:
                               round(time.time() if now is None else now, 3))])
     lines += _busbw(report, command)
     return "\n".join(lines) + "\n"
+
+
+def _finding_samples(report: Report, command: dict[str, str]) -> list[str]:
+    hosts = {h.name for h in report.hosts}
+    return [_sample(f"{PREFIX}_finding_info", {
+        **command, "check": f.check, "host": f.host if f.host in hosts else CLUSTER_CASE,
+        "rank": "" if f.rank is None else str(f.rank), "message": f.message}, 1)
+        for f in report.findings if f.severity is Severity.ERROR]
 
 
 def _busbw(report: Report, command: dict[str, str]) -> list[str]:
