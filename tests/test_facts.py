@@ -108,6 +108,8 @@ def test_a_partial_record_leaves_what_it_did_not_say_empty() -> None:
     assert facts.addresses is None and facts.route is None and facts.dcgm is None
     assert facts.torch_gpus is None  # no "torch": torch was not inspected
     assert read_facts({"shm": None}).shm_missing is True
+    silent = read_facts({"torch_error": "", "workdir_error": 0, "nvml": {"error": None}})
+    assert (silent.torch_error, silent.workdir_error, silent.nvml.error) == (None, None, None)
     assert read_facts(None) == HostFacts() and not read_facts(None)
     assert health.host_findings("h3", facts) == []
 

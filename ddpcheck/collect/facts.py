@@ -28,13 +28,13 @@ def read_facts(raw: Optional[Mapping[str, Any]]) -> HostFacts:
         python=_text(raw.get("python")),
         executable=_text(raw.get("executable")),
         torch=_text(raw.get("torch")),
-        torch_error=_text(raw.get("torch_error")),
+        torch_error=_said(raw.get("torch_error")),
         torch_inspected="torch" in raw,
         import_s=import_s if _number(import_s) is not None else None,
         gpus=_count(raw.get("gpus")),
         torch_gpus=_number(raw.get("gpus")) if "torch" in raw else None,
         cuda=bool(raw.get("cuda")),
-        cuda_error=_text(raw.get("cuda_error")),
+        cuda_error=_said(raw.get("cuda_error")),
         addresses=(None if "addresses" not in raw else _texts(addresses)),
         env=_env(raw.get("env")),
         interfaces=_interfaces(raw.get("interfaces")),
@@ -42,8 +42,8 @@ def read_facts(raw: Optional[Mapping[str, Any]]) -> HostFacts:
         shm=_shm(raw.get("shm")),
         shm_missing="shm" in raw and raw.get("shm") is None,
         workdir=_workdir(raw.get("workdir")),
-        workdir_error=_text(raw.get("workdir_error")) or None,
-        workdir_write_error=_text(raw.get("workdir_write_error")) or None,
+        workdir_error=_said(raw.get("workdir_error")),
+        workdir_write_error=_said(raw.get("workdir_write_error")),
         memory=_memory(raw.get("memory")),
         ulimit=_ulimits(raw.get("ulimit")),
         rdma_devices=_texts(raw.get("rdma_devices")),
@@ -88,8 +88,8 @@ def _route(value: Any) -> Optional[Route]:
     if not isinstance(value, Mapping):
         return None
     return Route(master=value.get("master"), address=value.get("address"),
-                 interface=_text(value.get("interface")) or None, source=value.get("source"),
-                 error=_text(value.get("error")) or None)
+                 interface=_said(value.get("interface")), source=value.get("source"),
+                 error=_said(value.get("error")))
 
 
 def _shm(value: Any) -> Optional[Shm]:
@@ -122,7 +122,7 @@ def _nvml(value: Any) -> Optional[Nvml]:
     if not isinstance(value, Mapping):
         return None
     listed = value.get("gpus") if isinstance(value.get("gpus"), list) else []
-    return Nvml(available=bool(value.get("available")), error=_text(value.get("error")) or None,
+    return Nvml(available=bool(value.get("available")), error=_said(value.get("error")),
                 reason=_text(value.get("reason")), device_nodes=_texts(value.get("device_nodes")),
                 gpus=tuple(_gpu(g) for g in listed if isinstance(g, Mapping)),
                 listed=len(listed))
@@ -137,9 +137,9 @@ def _gpu(gpu: Mapping[str, Any]) -> Gpu:
                                                        "errors"))
     return Gpu(
         index=gpu.get("index"),
-        bus_id=_text(gpu.get("bus_id")) or None,
-        uuid=_text(gpu.get("uuid")) or None,
-        lost=_text(gpu.get("lost")) or None,
+        bus_id=_said(gpu.get("bus_id")),
+        uuid=_said(gpu.get("uuid")),
+        lost=_said(gpu.get("lost")),
         ecc_uncorrected=(Ecc(_number(ecc.get("volatile")), _number(ecc.get("aggregate")))
                          if isinstance(ecc, Mapping) else None),
         remapped_rows=(RemappedRows(bool(rows.get("failed")), bool(rows.get("pending")))
@@ -189,7 +189,7 @@ def _kernel_log(value: Any) -> Optional[KernelLog]:
     if not isinstance(value, Mapping):
         return None
     events = value.get("events") if isinstance(value.get("events"), list) else []
-    return KernelLog(error=_text(value.get("error")) or None,
+    return KernelLog(error=_said(value.get("error")),
                      events=tuple(_xid_event(e) for e in events if isinstance(e, Mapping)),
                      dropped=value.get("dropped") or None)
 
@@ -200,7 +200,7 @@ def _xid_event(event: Mapping[str, Any]) -> XidEvent:
                     message=str(event.get("message", "")),
                     bus_id=_text(event.get("bus_id")), nvswitch=event.get("nvswitch"),
                     count=_int(event.get("count")) or 1, last=_number(event.get("last")),
-                    pid=event.get("pid") or None, process=_text(event.get("process")) or None)
+                    pid=event.get("pid") or None, process=_said(event.get("process")))
 
 
 def _dcgm(value: Any) -> Optional[Dcgm]:
@@ -208,8 +208,8 @@ def _dcgm(value: Any) -> Optional[Dcgm]:
         return None
     tests = value.get("tests") if isinstance(value.get("tests"), list) else []
     return Dcgm(level=value.get("level"), available=bool(value.get("available", True)),
-                reason=_text(value.get("reason")), error=_text(value.get("error")) or None,
-                runtime_error=_text(value.get("runtime_error")) or None,
+                reason=_text(value.get("reason")), error=_said(value.get("error")),
+                runtime_error=_said(value.get("runtime_error")),
                 tests=tuple(DcgmTest(name=t.get("name"),
                                      status=str(t.get("status", "")).lower(), gpu=t.get("gpu"),
                                      messages=_texts(t.get("messages")))
@@ -220,7 +220,7 @@ def _infiniband(value: Any) -> Optional[InfiniBand]:
     if not isinstance(value, Mapping):
         return None
     devices = value.get("devices") if isinstance(value.get("devices"), Mapping) else {}
-    return InfiniBand(error=_text(value.get("error")) or None,
+    return InfiniBand(error=_said(value.get("error")),
                       devices={str(hca): _ports(info) for hca, info in devices.items()})
 
 
@@ -269,6 +269,11 @@ def _count(value: Any) -> int:
 
 def _text(value: Any) -> Optional[str]:
     return None if value is None else str(value)
+
+
+def _said(value: Any) -> Optional[str]:
+    """A message as the host wrote it; None when it said nothing (absent, null, empty)."""
+    return str(value) if value else None
 
 
 def _texts(value: Any) -> tuple[str, ...]:
