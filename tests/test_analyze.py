@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ddpcheck.collect.facts import read_facts
 from ddpcheck.model.checks import Check
 from ddpcheck.model.outcomes import Failure
 from ddpcheck.analyze.verdict import (duplicate_device_findings, failure_findings, host_findings,
@@ -169,6 +170,7 @@ def test_latency_info():
 # -- hosts ---------------------------------------------------------------------------------
 
 def host(name, **kw):
+    kw["facts"] = read_facts(kw.get("facts"))
     kw.setdefault("reachable", True)
     kw.setdefault("hostname", name)
     kw.setdefault("stage", "done")

@@ -31,8 +31,9 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"commands", "__version__"},  # cli only dispatches
     # commands: options + which workload and launcher; they build inputs of the layers below
     # (LaunchOptions, SweepSettings) and render with report, so they reach under the engine.
-    # ``ddpcheck node`` is stage 0 on this machine: it runs remote.agent.collect_facts in-process.
-    "commands": {"engine", "plan", "config", "analyze", "report", "remote"},
+    # ``ddpcheck node`` is stage 0 on this machine: it runs remote.agent.collect_facts in-process
+    # and reads the record with the parser stage 0's output goes through (collect.facts).
+    "commands": {"engine", "plan", "config", "analyze", "report", "remote", "collect"},
     # engine: and host lists in the grammar users write (config.hostlist) in its progress lines
     "engine": {"plan", "transport", "collect", "analyze", "report", "config"},
     "plan": {"config"},

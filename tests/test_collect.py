@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ddpcheck.collect.facts import read_facts, torch_import_s
 from ddpcheck.collect.hostoutput import HostOutput, parse_output, rank_record, tail
 from ddpcheck.model.records import RankRecord, RankStatus
 
@@ -158,7 +159,7 @@ def test_torchruns_import_record_is_read_and_a_failed_import_is_the_launch_failu
                               "cannot open"
     slow = parse_output(encode("torch_import", {"torch": "2.13.0", "import_s": 45.0}))
     assert launch_failure(CommandResult(0, ""), slow, []).check != "torch_import"
-    [warning] = slow_import_findings("h7", slow.torch_import)
+    [warning] = slow_import_findings("h7", torch_import_s(slow.torch_import))
     assert warning.check == "torch_import" and warning.severity.value == "warning"
     assert "import torch took 45.0s" in warning.message
-    assert slow_import_findings("h7", {"torch": "2.13.0", "import_s": 2.0}) == []
+    assert slow_import_findings("h7", torch_import_s({"torch": "2.13.0", "import_s": 2.0})) == []

@@ -9,6 +9,7 @@ import os
 import stat
 from pathlib import Path
 
+from ddpcheck.collect.facts import read_facts
 from ddpcheck.analyze import dcgm as rules
 from ddpcheck.model.records import Severity
 from ddpcheck.remote import dcgm
@@ -17,7 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "dcgm"
 
 
 def findings(facts):
-    return rules.dcgm_findings("n1", {"dcgm": facts})
+    return rules.dcgm_findings("n1", read_facts({"dcgm": facts}))
 
 
 def test_dcgm4_failed_and_warned_tests_are_named_per_gpu():

@@ -7,6 +7,7 @@ import ast
 import re
 from pathlib import Path
 
+from ddpcheck.collect.facts import read_facts
 from ddpcheck.model.checks import Check
 
 
@@ -105,7 +106,8 @@ def test_the_crash_and_clock_skew_findings_carry_members() -> None:
     (crash,) = failure_findings([killed])
     assert crash.check is Check.CRASH
     context = Stage0Context(clock_window=(1000.0, 1000.5))
-    (skew,) = clock_findings("h1", {"time_end": 1010.0, "duration_s": 0.1}, context)
+    (skew,) = clock_findings("h1", read_facts({"time_end": 1010.0, "duration_s": 0.1}),
+                             context)
     assert skew.check is Check.CLOCK_SKEW
 
 

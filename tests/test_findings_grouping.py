@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ddpcheck.collect.facts import read_facts
 from ddpcheck.analyze import health
 from ddpcheck.analyze.verdict import order_findings
 from ddpcheck.model.records import HostRecord, RankRecord, Stage, Verdict
@@ -24,8 +25,8 @@ def eight_hosts_report(hostnames, command="preflight"):
                   for i, (n, hostname) in enumerate(zip(names, hostnames)))
     # the hostname does not resolve on any host (no /etc/hosts entry, no DNS)
     findings = order_findings(f for n, hostname in zip(names, hostnames)
-                              for f in health.host_findings(n, {"hostname": hostname,
-                                                                "addresses": []}))
+                              for f in health.host_findings(n, read_facts({"hostname": hostname,
+                                                                           "addresses": []})))
     return Report(command, Verdict.OK, 0, 1.0, "gloo", 8, 8, hosts, ranks, tuple(findings),
                   source="hosts.yaml", master="10.0.0.1:29500",
                   extra={"bandwidth": {"ops": [], "sizes": []}} if command == "bandwidth"

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from ddpcheck.collect.facts import read_facts
 from ddpcheck.analyze import health
 from ddpcheck.remote import nvml
 
@@ -67,7 +68,8 @@ def test_nvml_reads_every_gpu_torch_sees():
     if len(gpus) > 1:
         matrix = facts["topology"]
         assert [row[i] for i, row in enumerate(matrix)] == ["X"] * len(gpus)
-    for finding in health.gpu_health_findings("this", {"nvml": facts}, health.Stage0Context()):
+    for finding in health.gpu_health_findings("this", read_facts({"nvml": facts}),
+                                              health.Stage0Context()):
         print(finding.severity.value, finding.message)  # shown with -s: the GPUs' real state
 
 

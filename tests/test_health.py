@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ddpcheck.collect.facts import read_facts
 from ddpcheck.analyze import health
 from ddpcheck.analyze.health import Stage0Context, socket_ifname_problems
 from ddpcheck.model.records import Severity
@@ -21,7 +22,8 @@ INTERFACES = {
 
 
 def problems(variable, value, multi_host=True):
-    return [(s.value, text) for s, text in socket_ifname_problems(variable, value, INTERFACES,
+    interfaces = read_facts({"interfaces": INTERFACES}).interfaces
+    return [(s.value, text) for s, text in socket_ifname_problems(variable, value, interfaces,
                                                                    multi_host)]
 
 
@@ -46,7 +48,7 @@ def healthy_facts(**changes):
 
 def findings_of(facts, context=Stage0Context()):
     return [(f.severity.value, f.check, f.message) for f in
-            health.host_findings("n1", facts, context)]
+            health.host_findings("n1", read_facts(facts), context)]
 
 
 def test_healthy_host_has_no_findings():
@@ -144,7 +146,7 @@ def test_deprecated_variables_and_contradictions():
 def test_no_route_to_the_master_blocks_launch():
     facts = healthy_facts(route={"master": "n0", "address": "10.9.9.9",
                                  "error": "no route to 10.9.9.9: Network is unreachable"})
-    found = health.host_findings("n1", facts)
+    found = health.host_findings("n1", read_facts(facts))
     assert [(f.check, f.severity) for f in found] == [("rendezvous", Severity.ERROR)]
     assert health.blocks_launch(found[0])
     assert "cannot reach the master n0: no route to 10.9.9.9" in found[0].message
@@ -167,7 +169,8 @@ def test_hostname_rules():
 
 
 def test_torch_import_failure_blocks_and_slow_import_warns():
-    found = health.host_findings("n1", healthy_facts(torch_error="ImportError: libcudart.so.12"))
+    found = health.host_findings("n1", read_facts(healthy_facts(
+        torch_error="ImportError: libcudart.so.12")))
     assert [(f.check, f.severity) for f in found] == [("torch_import", Severity.ERROR)]
     assert health.blocks_launch(found[0]) and "libcudart.so.12" in found[0].message
     assert findings_of(healthy_facts(import_s=45.0)) == [
@@ -206,7 +209,8 @@ def test_resource_limits(change, severity, text):
     found = findings_of(healthy_facts(**change))
     assert len(found) == 1, found
     assert found[0][0] == severity and found[0][1] == "resources" and text in found[0][2]
-    assert not health.blocks_launch(health.host_findings("n1", healthy_facts(**change))[0])
+    assert not health.blocks_launch(health.host_findings(
+        "n1", read_facts(healthy_facts(**change)))[0])
 
 
 def test_low_memlock_without_rdma_is_fine():
@@ -238,11 +242,12 @@ def test_torch_without_cuda_on_a_gpu_host():
 
 def test_more_nccl_ranks_than_gpus_blocks_launch():
     facts = healthy_facts(nvml=nvml_with(2), gpus=2, cuda="12.4")
-    found = health.host_findings("n1", facts, Stage0Context(backend="nccl", slots=4))
+    found = health.host_findings("n1", read_facts(facts), Stage0Context(backend="nccl", slots=4))
     assert [(f.check, f.message) for f in found] == [
         ("gpu_count", "n1: 4 rank(s) planned with nccl but torch sees 2 GPU(s)")]
     assert health.blocks_launch(found[0])
-    assert health.host_findings("n1", facts, Stage0Context(backend="gloo", slots=4)) == []
+    assert health.host_findings("n1", read_facts(facts),
+                                Stage0Context(backend="gloo", slots=4)) == []
 
 
 def test_cluster_gpu_counts():
@@ -275,5 +280,6 @@ def test_clock_findings():
 def test_missing_or_garbled_facts_never_raise():
     for facts in ({}, {"env": "x", "interfaces": [], "shm": "?", "nvml": {"gpus": [1, None]},
                        "ulimit": {"nofile": "many"}, "route": None, "workdir": 3}):
-        health.host_findings("n1", facts, Stage0Context(clock_window=(0.0, 1.0), slots=2,
-                                                        backend="nccl", expected_gpus=1))
+        health.host_findings("n1", read_facts(facts),
+                             Stage0Context(clock_window=(0.0, 1.0), slots=2, backend="nccl",
+                                           expected_gpus=1))

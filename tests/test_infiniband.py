@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ddpcheck.collect.facts import read_facts
 from ddpcheck.analyze import infiniband
 from ddpcheck.model.records import Severity
 from ddpcheck.remote import ibports
@@ -45,7 +46,7 @@ def healthy(root: Path) -> Path:
 def findings(root: Path, nccl_ib_hca: str = ""):
     facts = {"infiniband": ibports.read_ports(str(root)),
              "env": {"NCCL_IB_HCA": nccl_ib_hca} if nccl_ib_hca else {}}
-    return infiniband.ib_findings("n1", facts)
+    return infiniband.ib_findings("n1", read_facts(facts))
 
 
 def test_healthy_hcas_are_read_and_silent(tmp_path):

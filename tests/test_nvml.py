@@ -10,6 +10,7 @@ from fakenvml import (DRIVER_NOT_LOADED, FUNCTIONS, GPU_IS_LOST, LIB_RM_VERSION_
                       LIBRARY_NOT_FOUND, NO_PERMISSION, NOT_SUPPORTED, UNKNOWN, FakeGpu,
                       FakeNvml)
 
+from ddpcheck.collect.facts import read_facts
 from ddpcheck.analyze import health
 from ddpcheck.remote import nvml
 from ddpcheck.model.records import Severity
@@ -24,7 +25,8 @@ def short_clock_window(monkeypatch):
 
 
 def gpu_findings(facts):
-    return health.gpu_health_findings("n1", {"nvml": facts}, health.Stage0Context())
+    return health.gpu_health_findings("n1", read_facts({"nvml": facts}),
+                                      health.Stage0Context())
 
 
 def two_linked_gpus(**overrides):

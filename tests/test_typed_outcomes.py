@@ -16,7 +16,8 @@ from ddpcheck.analyze.outcomes import (CONSEQUENCE_NOTE, NOT_REACHED, launch_err
 from ddpcheck.analyze.verdict import host_findings, mark_single_root_cause, order_findings, verdict
 from ddpcheck.engine.state import RunState
 from ddpcheck.model.checks import Check
-from ddpcheck.collect.hostoutput import host_facts, parse_output
+from ddpcheck.collect.facts import read_facts
+from ddpcheck.collect.hostoutput import parse_output
 from ddpcheck.core.busbw import Collective
 from ddpcheck.model.outcomes import CommandResult, Failure, GroupResult, Stage
 from ddpcheck.model.records import Finding, HostRecord, Severity, Verdict
@@ -72,7 +73,7 @@ def test_a_host_keeps_its_first_typed_failure_with_the_stage_it_failed_at() -> N
 
 def test_interrupted_outcomes_are_flagged_and_marked_as_consequences_by_the_flag() -> None:
     cancelled = CommandResult(exit_code=None, output="", cancelled=True)
-    failure = stage0_failure(HostSpec("h1", "10.0.0.1"), cancelled, {}, [])
+    failure = stage0_failure(HostSpec("h1", "10.0.0.1"), cancelled, read_facts({}), [])
     assert failure is not None and failure.interrupted
     cut = Finding(Severity.ERROR, Check.SSH, "h1: launch: lost", host="h1", interrupted=True)
     worded = Finding(Severity.ERROR, Check.SSH, "h2: the word interrupted, unflagged",
@@ -188,9 +189,9 @@ def test_a_pair_job_that_raised_is_worded_by_analyze_as_no_result() -> None:
 def test_stage0_top_level_facts_are_read_once_into_a_typed_record() -> None:
     parsed = parse_output('noise\n@@DDPCHECK facts {"hostname": "h1", "python": "3.11.7", '
                           '"torch": "2.13.0", "import_s": 1.5, "gpus": "2", "env": {}}\n')
-    facts = host_facts(parsed.facts or {})
+    facts = read_facts(parsed.facts)
     assert (facts.hostname, facts.python, facts.torch, facts.import_s, facts.gpus) == (
         "h1", "3.11.7", "2.13.0", 1.5, 2)
-    assert facts.raw["env"] == {}  # the sections stay for the health rules
-    garbage = host_facts({"gpus": "many", "import_s": "soon", "hostname": None})
+    assert facts.raw["env"] == {} and facts.env == {}  # the record as sent stays beside it
+    garbage = read_facts({"gpus": "many", "import_s": "soon", "hostname": None})
     assert (garbage.gpus, garbage.import_s, garbage.hostname) == (0, None, None)

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from ddpcheck.collect.facts import read_facts
 from ddpcheck.analyze import xid
 from ddpcheck.core import argtypes
 from ddpcheck.model.records import Severity
@@ -94,7 +95,7 @@ def test_findings_name_gpu_meaning_action_and_severity():
             (2.0, "NVRM: Xid (PCI:0000:3b:00): 94, pid=7, name=python, Contained: SM (0x1)."),
             (3.0, "NVRM: Xid (PCI:0000:5e:00): 999, pid=7, name=python, something new"),
         ])}}
-    findings = xid.xid_findings("n1", facts)
+    findings = xid.xid_findings("n1", read_facts(facts))
     by_number = {f.message.split(" on ")[0].split()[-1]: f for f in findings}
     assert by_number["79"].severity is Severity.ERROR
     assert "GPU 3 (0000:3b:00.0, GPU-aaaa)" in by_number["79"].message

@@ -8,39 +8,36 @@ since the user asked for the diagnostics.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from ..model.checks import Check
+from ..model.facts import HostFacts
 from ..model.records import Finding, Severity
 
 
-def dcgm_findings(host: str, facts: Mapping[str, Any]) -> list[Finding]:
-    diag = facts.get("dcgm")
-    if not isinstance(diag, Mapping):
+def dcgm_findings(host: str, facts: HostFacts) -> list[Finding]:
+    diag = facts.dcgm
+    if diag is None:
         return []
-    level = diag.get("level")
+    level = diag.level
 
     def finding(severity: Severity, message: str) -> Finding:
         return Finding(severity, Check.GPU_HEALTH, f"{host}: DCGM diag -r {level}: {message}",
                        host=host)
 
-    if not diag.get("available", True):
-        return [finding(Severity.WARNING, f"not run: {diag.get('reason')}")]
-    if diag.get("error"):
-        return [finding(Severity.WARNING, f"no result: {diag['error']}")]
+    if not diag.available:
+        return [finding(Severity.WARNING, f"not run: {diag.reason}")]
+    if diag.error:
+        return [finding(Severity.WARNING, f"no result: {diag.error}")]
     findings = []
-    if diag.get("runtime_error"):
-        findings.append(finding(Severity.ERROR, f"runtime error: {diag['runtime_error']}"))
-    for test in diag.get("tests") or []:
-        if not isinstance(test, Mapping):
-            continue
-        status = str(test.get("status", "")).lower()
+    if diag.runtime_error:
+        findings.append(finding(Severity.ERROR, f"runtime error: {diag.runtime_error}"))
+    for test in diag.tests:
+        status = test.status
         if status not in ("fail", "warn"):
             continue
-        gpu = test.get("gpu")
+        gpu = test.gpu
         where = f" on GPU {gpu}" if gpu is not None else ""
-        words = "; ".join(test.get("messages") or []) or "no detail given"
+        words = "; ".join(test.messages) or "no detail given"
         findings.append(finding(Severity.ERROR if status == "fail" else Severity.WARNING,
-                                f"test {test.get('name')!r} {'FAILED' if status == 'fail' else 'warned'}"
+                                f"test {test.name!r} {'FAILED' if status == 'fail' else 'warned'}"
                                 f"{where}: {words}"))
     return findings

@@ -1,10 +1,11 @@
 """Health rules for stage 0: one host's facts (agent, hostfacts, nvml) -> Findings.
 
-Pure: plain facts in, findings out; used by ``preflight`` for every host before torchrun and by
-``ddpcheck node`` for this machine. Checks: ``python``, ``torch_import``, ``hostname``, ``env``
-(``*_SOCKET_IFNAME`` against the host's real interfaces, deprecated variables), ``rendezvous``
-(no route to the master), ``resources`` (/dev/shm, workdir disk, memory, ulimits),
-``gpu_health`` (NVML counters), ``gpu_count`` and ``clock_skew``.
+Pure: typed facts in (``model.facts.HostFacts``, read once by ``collect.facts``), findings out;
+used by ``preflight`` for every host before torchrun and by ``ddpcheck node`` for this machine.
+Checks: ``python``, ``torch_import``, ``hostname``, ``env`` (``*_SOCKET_IFNAME`` against the
+host's real interfaces, deprecated variables), ``rendezvous`` (no route to the master),
+``resources`` (/dev/shm, workdir disk, memory, ulimits), ``gpu_health`` (NVML counters),
+``gpu_count`` and ``clock_skew``.
 
 An error in a check of ``LAUNCH_BLOCKING_CHECKS`` keeps torchrun from starting: with a missing
 interpreter, a broken torch, an interface that does not exist or no route to the master, the run
@@ -14,9 +15,10 @@ could only fail or hang until the rendezvous timeout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 from ..model.checks import Check
+from ..model.facts import Gpu, HostFacts, Interface
 from ..model.records import Finding, Severity
 from . import dcgm, infiniband, xid
 
@@ -68,7 +70,7 @@ class Stage0Context:
     check_hostname_loopback: bool = False  # node: no cross-host hostname rules run there
 
 
-def host_findings(host: str, facts: Mapping[str, Any],
+def host_findings(host: str, facts: HostFacts,
                   context: Stage0Context = Stage0Context()) -> list[Finding]:
     """Every stage-0 finding for one host, errors first in the order the rules run."""
     findings: list[Finding] = []
@@ -92,27 +94,26 @@ def _finding(severity: Severity, check: str, host: str, message: str) -> Finding
 
 # -- python, torch, hostname ------------------------------------------------------------
 
-def python_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) -> list[Finding]:
-    version = str(facts.get("python") or "")
+def python_findings(host: str, facts: HostFacts, context: Stage0Context) -> list[Finding]:
+    version = facts.python or ""
     parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if len(parts) == 2 and parts < MIN_PYTHON:
         return [_finding(Severity.ERROR, Check.PYTHON, host,
-                         f"python {version} at {facts.get('executable')} is older than "
+                         f"python {version} at {facts.executable} is older than "
                          f"{'.'.join(map(str, MIN_PYTHON))}")]
     return []
 
 
-def torch_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) -> list[Finding]:
-    if facts.get("torch_error"):
+def torch_findings(host: str, facts: HostFacts, context: Stage0Context) -> list[Finding]:
+    if facts.torch_error:
         return [_finding(Severity.ERROR, Check.TORCH_IMPORT, host,
-                         f"import torch failed: {facts['torch_error']}")]
-    return slow_import_findings(host, facts)
+                         f"import torch failed: {facts.torch_error}")]
+    return slow_import_findings(host, facts.import_s)
 
 
-def slow_import_findings(host: str, imported: Mapping[str, Any]) -> list[Finding]:
+def slow_import_findings(host: str, seconds: Optional[float]) -> list[Finding]:
     """A slow ``import torch`` (``import_s``): timed in stage 0, or by torchrun on the host
     (``remote.torchrun``) when stage 0 only inspected torch."""
-    seconds = _number(imported.get("import_s"))
     if seconds is not None and seconds > TORCH_IMPORT_WARN_S:
         return [_finding(Severity.WARNING, Check.TORCH_IMPORT, host,
                          f"import torch took {seconds:.1f}s (every rank pays it: a slow or "
@@ -120,12 +121,12 @@ def slow_import_findings(host: str, imported: Mapping[str, Any]) -> list[Finding
     return []
 
 
-def hostname_findings(host: str, facts: Mapping[str, Any],
+def hostname_findings(host: str, facts: HostFacts,
                       context: Stage0Context) -> list[Finding]:
-    hostname = facts.get("hostname")
-    if not hostname or "addresses" not in facts:
+    hostname = facts.hostname
+    if not hostname or facts.addresses is None:
         return []
-    addresses = [str(a) for a in facts.get("addresses") or []]
+    addresses = list(facts.addresses)
     if not addresses:
         return [_finding(Severity.WARNING, Check.HOSTNAME, host,
                          f"its hostname {hostname!r} does not resolve on the host itself "
@@ -140,13 +141,12 @@ def hostname_findings(host: str, facts: Mapping[str, Any],
 
 # -- env: socket interfaces and deprecated variables ----------------------------------------
 
-def env_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) -> list[Finding]:
-    env = facts.get("env")
-    interfaces = facts.get("interfaces")
+def env_findings(host: str, facts: HostFacts, context: Stage0Context) -> list[Finding]:
+    env, interfaces = facts.env, facts.interfaces
     findings: list[Finding] = []
-    if not isinstance(env, Mapping):
+    if env is None:
         return findings
-    if isinstance(interfaces, Mapping):
+    if interfaces is not None:
         for variable in sorted(env):
             if not variable.endswith("_SOCKET_IFNAME"):
                 continue
@@ -166,7 +166,7 @@ def env_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) ->
     return findings
 
 
-def socket_ifname_problems(variable: str, value: str, interfaces: Mapping[str, Any],
+def socket_ifname_problems(variable: str, value: str, interfaces: Mapping[str, Interface],
                            multi_host: bool = True) -> list[tuple[Severity, str]]:
     """What is wrong with a ``*_SOCKET_IFNAME`` value on a host with ``interfaces``.
 
@@ -232,22 +232,22 @@ def socket_ifname_problems(variable: str, value: str, interfaces: Mapping[str, A
     return problems
 
 
-def _unusable(name: str, interface: Any) -> Optional[str]:
-    if not isinstance(interface, Mapping):
+def _unusable(name: str, interface: Interface) -> Optional[str]:
+    if interface.addresses is None:  # an entry that could not be read: it cannot be judged
         return None
-    addresses = [a for a in interface.get("addresses", []) if not str(a).startswith("fe80:")]
+    addresses = [a for a in interface.addresses if not a.startswith("fe80:")]
     if not addresses:
         return f"interface {name!r} has no IP address"
-    if interface.get("up") is False:
+    if interface.up is False:
         return f"interface {name!r} is down"
-    if interface.get("running") is False:
+    if interface.running is False:
         return f"interface {name!r} has no carrier (not running)"
     return None
 
 
-def _loopback_interface(name: str, interface: Any) -> bool:
-    addresses = interface.get("addresses", []) if isinstance(interface, Mapping) else []
-    return name == "lo" or bool(addresses) and all(is_loopback(str(a)) for a in addresses)
+def _loopback_interface(name: str, interface: Interface) -> bool:
+    addresses = interface.addresses or ()
+    return name == "lo" or bool(addresses) and all(is_loopback(a) for a in addresses)
 
 
 def is_loopback(address: str) -> bool:
@@ -255,39 +255,38 @@ def is_loopback(address: str) -> bool:
     return address.startswith("127.") or address == "::1"
 
 
-def route_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) -> list[Finding]:
-    route = facts.get("route")
-    if not isinstance(route, Mapping):
+def route_findings(host: str, facts: HostFacts, context: Stage0Context) -> list[Finding]:
+    route = facts.route
+    if route is None:
         return []
-    if route.get("error"):
+    if route.error:
         return [_finding(Severity.ERROR, Check.RENDEZVOUS, host,
-                         f"cannot reach the master {route.get('master')}: {route['error']}")]
-    env = facts.get("env") if isinstance(facts.get("env"), Mapping) else {}
-    gloo = [n for n in str(env.get("GLOO_SOCKET_IFNAME", "")).split(",") if n]
-    through = route.get("interface")
-    interfaces = facts.get("interfaces") if isinstance(facts.get("interfaces"), Mapping) else {}
+                         f"cannot reach the master {route.master}: {route.error}")]
+    gloo = [n for n in (facts.env or {}).get("GLOO_SOCKET_IFNAME", "").split(",") if n]
+    through = route.interface
+    interfaces = facts.interfaces or {}
     if (gloo and through and through not in gloo and all(n in interfaces for n in gloo)
-            and not is_loopback(str(route.get("source")))):
+            and not is_loopback(str(route.source))):
         return [_finding(Severity.WARNING, Check.ENV, host,
                          f"GLOO_SOCKET_IFNAME={','.join(gloo)} but the route to the master "
-                         f"{route.get('address')} leaves through {through}")]
+                         f"{route.address} leaves through {through}")]
     return []
 
 
 # -- resources ----------------------------------------------------------------------------
 
-def resource_findings(host: str, facts: Mapping[str, Any],
+def resource_findings(host: str, facts: HostFacts,
                       context: Stage0Context) -> list[Finding]:
     findings: list[Finding] = []
 
     def add(severity: Severity, message: str) -> None:
         findings.append(_finding(severity, Check.RESOURCES, host, message))
 
-    shm = facts.get("shm")
-    if "shm" in facts and shm is None:
+    shm = facts.shm
+    if facts.shm_missing:
         add(Severity.ERROR, "/dev/shm is missing (NCCL and DataLoader workers need it)")
-    elif isinstance(shm, Mapping):
-        total, free = _number(shm.get("total")), _number(shm.get("free"))
+    elif shm is not None:
+        total, free = shm.total, shm.free
         if total is not None and total < SHM_ERROR_BYTES:
             add(Severity.ERROR, f"/dev/shm is {format_size(total)} (NCCL's shared-memory "
                                 f"transport and DataLoader workers crash with bus errors; "
@@ -297,177 +296,167 @@ def resource_findings(host: str, facts: Mapping[str, Any],
                                 f"{format_size(total)}")
         elif total is not None and total < SHM_WARN_BYTES:
             add(Severity.WARNING, f"/dev/shm is only {format_size(total)}")
-    workdir = facts.get("workdir")
-    if isinstance(workdir, Mapping):
-        free, path = _number(workdir.get("free")), workdir.get("path")
-        if workdir.get("writable") is False:
+    workdir = facts.workdir
+    if workdir is not None:
+        free, path = workdir.free, workdir.path
+        if workdir.writable is False:
             add(Severity.ERROR, f"workdir {path} is not writable")
         if free is not None and free < DISK_ERROR_BYTES:
             add(Severity.ERROR, f"workdir {path} has {format_size(free)} free (checkpoints and "
                                 f"logs will fail)")
         elif free is not None and free < DISK_WARN_BYTES:
             add(Severity.WARNING, f"workdir {path} has only {format_size(free)} free")
-        if workdir.get("inodes_free") == 0:
+        if workdir.inodes_free == 0:
             add(Severity.ERROR, f"workdir {path} has no free inodes")
-    memory = facts.get("memory")
-    if isinstance(memory, Mapping):
-        total, available = _number(memory.get("total")), _number(memory.get("available"))
+    memory = facts.memory
+    if memory is not None:
+        total, available = memory.total, memory.available
         if total and available is not None and (
                 available < MEMORY_WARN_BYTES or available < total * MEMORY_WARN_FRACTION):
             add(Severity.WARNING, f"only {format_size(available)} of {format_size(total)} "
                                   f"memory available")
-    limits = facts.get("ulimit")
-    if isinstance(limits, Mapping):
-        nofile = _limit(limits.get("nofile"))
+    limits = facts.ulimit
+    if limits is not None:
+        nofile = limits.nofile
         if nofile is not None and 0 <= nofile[0] < NOFILE_WARN:
             add(Severity.WARNING, f"ulimit -n is {nofile[0]} (hard {_limit_text(nofile[1])}); "
                                   f"ranks with DataLoader workers and many peers run out of file "
                                   f"descriptors: raise it to at least {NOFILE_WARN}")
-        memlock = _limit(limits.get("memlock"))
-        if memlock is not None and memlock[0] >= 0 and facts.get("rdma_devices"):
+        memlock = limits.memlock
+        if memlock is not None and memlock[0] >= 0 and facts.rdma_devices:
             add(Severity.WARNING, f"ulimit -l is {format_size(memlock[0])}, not unlimited, on a "
-                                  f"host with RDMA devices ({', '.join(facts['rdma_devices'])}): "
+                                  f"host with RDMA devices ({', '.join(facts.rdma_devices)}): "
                                   f"NCCL cannot register its buffers")
     return findings
 
 
 # -- GPUs -------------------------------------------------------------------------------
 
-def gpu_health_findings(host: str, facts: Mapping[str, Any],
+def gpu_health_findings(host: str, facts: HostFacts,
                         context: Stage0Context) -> list[Finding]:
-    nvml = facts.get("nvml")
-    if not isinstance(nvml, Mapping):
+    nvml = facts.nvml
+    if nvml is None:
         return []
     findings: list[Finding] = []
 
     def add(severity: Severity, message: str) -> None:
         findings.append(_finding(severity, Check.GPU_HEALTH, host, message))
 
-    if nvml.get("error"):
-        add(Severity.ERROR, f"NVML cannot read the GPUs: {nvml['error']}")
-    elif not nvml.get("available") and nvml.get("device_nodes"):
-        add(Severity.WARNING, f"GPU device nodes ({', '.join(nvml['device_nodes'])}) but no "
-                              f"GPU health read: {nvml.get('reason')}")
-    for gpu in nvml.get("gpus") or []:
-        if isinstance(gpu, Mapping):
-            for severity, message in gpu_problems(gpu):
-                add(severity, f"{gpu_label(gpu)}: {message}")
+    if nvml.error:
+        add(Severity.ERROR, f"NVML cannot read the GPUs: {nvml.error}")
+    elif not nvml.available and nvml.device_nodes:
+        add(Severity.WARNING, f"GPU device nodes ({', '.join(nvml.device_nodes)}) but no "
+                              f"GPU health read: {nvml.reason}")
+    for gpu in nvml.gpus:
+        for severity, message in gpu_problems(gpu):
+            add(severity, f"{gpu_label(gpu)}: {message}")
     return findings
 
 
-def gpu_label(gpu: Mapping[str, Any]) -> str:
-    bus = gpu.get("bus_id")
-    return f"GPU {gpu.get('index')}" + (f" ({bus})" if bus and bus != NA else "")
+def gpu_label(gpu: Gpu) -> str:
+    bus = gpu.bus_id
+    return f"GPU {gpu.index}" + (f" ({bus})" if bus and bus != NA else "")
 
 
-def gpu_problems(gpu: Mapping[str, Any]) -> list[tuple[Severity, str]]:
+def gpu_problems(gpu: Gpu) -> list[tuple[Severity, str]]:
     """One GPU's health counters -> (severity, message). n/a values are never a problem."""
-    if gpu.get("lost"):
-        return [(Severity.ERROR, f"has fallen off the bus (NVML: {gpu['lost']}); the node needs "
+    if gpu.lost:
+        return [(Severity.ERROR, f"has fallen off the bus (NVML: {gpu.lost}); the node needs "
                                  f"a reset or service")]
     problems: list[tuple[Severity, str]] = []
-    ecc = gpu.get("ecc_uncorrected")
-    if isinstance(ecc, Mapping):
-        volatile, aggregate = _number(ecc.get("volatile")), _number(ecc.get("aggregate"))
-        if volatile:
-            problems.append((Severity.ERROR, f"{volatile:.0f} uncorrected ECC error(s) since the "
-                                             f"last driver load"))
-        elif aggregate:
-            problems.append((Severity.WARNING, f"{aggregate:.0f} uncorrected ECC error(s) over "
-                                               f"its lifetime"))
-    rows = gpu.get("remapped_rows")
-    if isinstance(rows, Mapping):
-        if rows.get("failed"):
+    ecc = gpu.ecc_uncorrected
+    if ecc is not None:
+        if ecc.volatile:
+            problems.append((Severity.ERROR, f"{ecc.volatile:.0f} uncorrected ECC error(s) "
+                                             f"since the last driver load"))
+        elif ecc.aggregate:
+            problems.append((Severity.WARNING, f"{ecc.aggregate:.0f} uncorrected ECC error(s) "
+                                               f"over its lifetime"))
+    rows = gpu.remapped_rows
+    if rows is not None:
+        if rows.failed:
             problems.append((Severity.ERROR, "row remapping failed: the GPU needs service"))
-        if rows.get("pending"):
+        if rows.pending:
             problems.append((Severity.ERROR, "a row remap is pending: reset the GPU to apply it"))
-    pages = gpu.get("retired_pages")
-    if isinstance(pages, Mapping):
-        if pages.get("pending") is True:
+    pages = gpu.retired_pages
+    if pages is not None:
+        if pages.pending:
             problems.append((Severity.ERROR, "a page retirement is pending: reset the GPU"))
-        double = _number(pages.get("double_bit"))
-        if double:
-            problems.append((Severity.WARNING, f"{double:.0f} page(s) retired for double-bit ECC "
-                                               f"errors"))
-    banks = gpu.get("row_remap_banks")
-    if isinstance(banks, Mapping) and _number(banks.get("none")):
-        problems.append((Severity.WARNING, f"{_number(banks.get('none')):.0f} memory bank(s) "
+        if pages.double_bit:
+            problems.append((Severity.WARNING, f"{pages.double_bit:.0f} page(s) retired for "
+                                               f"double-bit ECC errors"))
+    if gpu.banks_without_spare_rows:
+        problems.append((Severity.WARNING, f"{gpu.banks_without_spare_rows:.0f} memory bank(s) "
                                            f"have no spare rows left: the next uncorrectable "
                                            f"error there cannot be remapped (plan service)"))
-    action = gpu.get("recovery_action")
-    if isinstance(action, str) and action not in (NA, "none"):
+    action = gpu.recovery_action
+    if action is not None and action not in (NA, "none"):
         problems.append((Severity.ERROR, f"the driver asks for recovery action {action!r} "
                                          f"(NVML_FI_DEV_GET_GPU_RECOVERY_ACTION)"))
-    reasons = gpu.get("clock_event_reasons")
-    temperature = _number(gpu.get("temperature_c"))
-    samples = gpu.get("clock_event_samples")
+    reasons = gpu.clock_event_reasons
+    temperature = gpu.temperature_c
+    samples = gpu.clock_event_samples
     where = f" at {temperature:.0f} C" if temperature is not None else ""
-    if isinstance(samples, Mapping) and isinstance(samples.get("counts"), Mapping):
+    if samples is not None:
         # sampled over a window: only a reason that held in most samples is the GPU's state
-        taken = int(samples.get("samples") or 0)
-        slow = [f"{r} ({n}/{taken} samples)" for r, n in sorted(samples["counts"].items())
+        taken = samples.samples
+        slow = [f"{r} ({n}/{taken} samples)" for r, n in sorted(samples.counts.items())
                 if r in SLOWDOWN_REASONS and taken and n * 2 > taken]
         if slow:
             problems.append((Severity.WARNING, f"clocks held down{where} over "
-                                               f"{samples.get('window_s')}s: {', '.join(slow)}"))
-    elif isinstance(reasons, list):
+                                               f"{samples.window_s}s: {', '.join(slow)}"))
+    elif reasons is not None:
         slow = [r for r in reasons if r in SLOWDOWN_REASONS]
         if slow:
             problems.append((Severity.WARNING, f"clocks held down{where}: {', '.join(slow)}"))
-    slowdown = _number(gpu.get("slowdown_temperature_c"))
+    slowdown = gpu.slowdown_temperature_c
     if temperature is not None:
         limit = slowdown - TEMPERATURE_MARGIN_C if slowdown else TEMPERATURE_WARN_C
         if temperature >= limit:
             problems.append((Severity.WARNING, f"temperature {temperature:.0f} C (slowdown at "
                                                f"{_number_text(slowdown)} C)"))
-    pcie = gpu.get("pcie")
-    if isinstance(pcie, Mapping):
-        width, max_width = _number(pcie.get("width")), _number(pcie.get("max_width"))
-        gen, max_gen = _number(pcie.get("gen")), _number(pcie.get("max_gen"))
+    pcie = gpu.pcie
+    if pcie is not None:
+        width, max_width, gen, max_gen = pcie.width, pcie.max_width, pcie.gen, pcie.max_gen
         if width is not None and max_width and width < max_width:
             problems.append((Severity.WARNING, f"PCIe link x{width:.0f}, below its x"
                                                f"{max_width:.0f}: downtrained link or bad riser"))
-        idle = isinstance(reasons, list) and "gpu_idle" in reasons
+        idle = reasons is not None and "gpu_idle" in reasons
         if gen is not None and max_gen and gen < max_gen and not idle:
             # an idle GPU lowers its PCIe generation to save power: only a busy one counts
             problems.append((Severity.WARNING, f"PCIe gen {gen:.0f} while busy, below its gen "
                                                f"{max_gen:.0f}"))
-    links = gpu.get("nvlink")
-    if isinstance(links, Mapping) and links.get("down") and links.get("up"):
-        down = ", ".join(str(link) for link in links["down"])
+    links = gpu.nvlink
+    if links is not None and links.down and links.up:
+        down = ", ".join(str(link) for link in links.down)
         problems.append((Severity.WARNING, f"NVLink link(s) {down} down "
-                                           f"({len(links['up'])} up)"))
-    if isinstance(links, Mapping) and isinstance(links.get("errors"), Mapping):
+                                           f"({len(links.up)} up)"))
+    if links is not None and links.errors:
         bad = []
-        for link, counters in sorted(links["errors"].items(), key=lambda kv: int(kv[0])):
-            if isinstance(counters, Mapping):
-                named = ", ".join(f"{k}={v}" for k, v in counters.items()
-                                  if isinstance(v, int) and v > 0)
-                if named:
-                    bad.append(f"link {link}: {named}")
+        for link, counters in sorted(links.errors.items(), key=lambda kv: int(kv[0])):
+            named = ", ".join(f"{k}={v}" for k, v in counters.items() if v > 0)
+            if named:
+                bad.append(f"link {link}: {named}")
         if bad:
             problems.append((Severity.WARNING, "NVLink error counters not zero (rising replay/"
                                                "recovery/CRC counts mean a bad link): "
                                                + "; ".join(bad)))
-    processes = gpu.get("processes")
-    if isinstance(processes, list) and processes:
-        pids = ", ".join(str(p.get("pid")) for p in processes[:5] if isinstance(p, Mapping))
-        used = gpu.get("memory_used_mib")
-        problems.append((Severity.WARNING, f"in use by {len(processes)} other process(es) "
-                                           f"(pid {pids}), {_number_text(used)} MiB used"))
-    errors = gpu.get("errors")
-    if isinstance(errors, Mapping):
-        for key, message in sorted(errors.items()):
-            problems.append((Severity.WARNING, f"NVML could not read {key}: {message}"))
+    if gpu.processes:
+        pids = ", ".join(str(pid) for pid in gpu.processes[:5])
+        problems.append((Severity.WARNING, f"in use by {len(gpu.processes)} other process(es) "
+                                           f"(pid {pids}), {_number_text(gpu.memory_used_mib)} "
+                                           f"MiB used"))
+    for key, message in sorted(gpu.errors.items()):
+        problems.append((Severity.WARNING, f"NVML could not read {key}: {message}"))
     return problems
 
 
-def gpu_count_findings(host: str, facts: Mapping[str, Any],
+def gpu_count_findings(host: str, facts: HostFacts,
                        context: Stage0Context) -> list[Finding]:
     findings: list[Finding] = []
-    nvml = facts.get("nvml") if isinstance(facts.get("nvml"), Mapping) else {}
-    nvml_gpus = len(nvml.get("gpus") or []) if nvml.get("available") else None
-    torch_gpus = _number(facts.get("gpus")) if "torch" in facts else None
+    nvml = facts.nvml
+    nvml_gpus = nvml.listed if nvml is not None and nvml.available else None
+    torch_gpus = facts.torch_gpus
     # No NVML library and no torch answer: no GPU this host can use.
     seen = nvml_gpus if nvml_gpus is not None else torch_gpus if torch_gpus is not None else 0
     if context.expected_gpus is not None and seen != context.expected_gpus:
@@ -476,11 +465,10 @@ def gpu_count_findings(host: str, facts: Mapping[str, Any],
         findings.append(_finding(Severity.ERROR, Check.GPU_COUNT, host,
                                  f"{seen:.0f} GPU(s) found ({source}), {context.expected_gpus} "
                                  f"expected"))
-    env = facts.get("env") if isinstance(facts.get("env"), Mapping) else {}
-    hidden = "CUDA_VISIBLE_DEVICES" in env
+    hidden = "CUDA_VISIBLE_DEVICES" in (facts.env or {})
     if nvml_gpus and torch_gpus == 0 and not hidden:
-        why = facts.get("cuda_error") or (f"torch {facts.get('torch')} is built without CUDA"
-                                          if not facts.get("cuda") else "CUDA is not usable")
+        why = facts.cuda_error or (f"torch {facts.torch} is built without CUDA"
+                                   if not facts.cuda else "CUDA is not usable")
         findings.append(_finding(Severity.WARNING, Check.GPU_COUNT, host,
                                  f"NVML sees {nvml_gpus} GPU(s) but torch sees none: {why}"))
     if (context.backend == "nccl" and context.slots is not None and torch_gpus is not None
@@ -523,10 +511,10 @@ def clock_skew_s(host_time: float, host_elapsed_s: float, sent: float,
     return 0.0
 
 
-def clock_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) -> list[Finding]:
+def clock_findings(host: str, facts: HostFacts, context: Stage0Context) -> list[Finding]:
     if context.clock_window is None:
         return []
-    host_time, elapsed = _number(facts.get("time_end")), _number(facts.get("duration_s"))
+    host_time, elapsed = facts.time_end, facts.duration_s
     if host_time is None or elapsed is None:
         return []
     sent, received = context.clock_window
@@ -541,22 +529,8 @@ def clock_findings(host: str, facts: Mapping[str, Any], context: Stage0Context) 
 
 # -- value conversions ---------------------------------------------------------------
 
-def _number(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def _number_text(value: Any) -> str:
-    number = _number(value)
+def _number_text(number: Optional[float]) -> str:
     return NA if number is None else f"{number:.0f}"
-
-
-def _limit(value: Any) -> Optional[tuple[int, int]]:
-    if isinstance(value, Sequence) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return int(value[0]), int(value[1])
-    return None
 
 
 def _limit_text(value: int) -> str:

@@ -12,9 +12,10 @@ back to sockets or fails its init; any other port problem is a warning.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 from ..model.checks import Check
+from ..model.facts import HostFacts, IbPort
 from ..model.records import Finding, Severity
 
 CHECK = Check.INFINIBAND
@@ -46,51 +47,48 @@ def parse_ib_hca(value: str) -> tuple[bool, list[HcaSpec]]:
     return exclude, specs
 
 
-def matching(spec: HcaSpec, devices: Mapping[str, Any]) -> list[str]:
+def matching(spec: HcaSpec, devices: Mapping[str, Mapping[str, IbPort]]) -> list[str]:
     return sorted(d for d in devices if (d == spec.name if spec.exact
                                           else d.startswith(spec.name)))
 
 
-def ib_findings(host: str, facts: Mapping[str, Any]) -> list[Finding]:
-    ib = facts.get("infiniband")
-    if not isinstance(ib, Mapping):
+def ib_findings(host: str, facts: HostFacts) -> list[Finding]:
+    ib = facts.infiniband
+    if ib is None:
         return []
     findings: list[Finding] = []
 
     def add(severity: Severity, message: str) -> None:
         findings.append(Finding(severity, CHECK, f"{host}: {message}", host=host))
 
-    if ib.get("error"):
-        add(Severity.WARNING, f"cannot read the InfiniBand ports: {ib['error']}")
-    devices = ib.get("devices") if isinstance(ib.get("devices"), Mapping) else {}
-    env = facts.get("env") if isinstance(facts.get("env"), Mapping) else {}
-    wanted = _wanted_ports(str(env.get("NCCL_IB_HCA", "")), devices, add)
+    if ib.error:
+        add(Severity.WARNING, f"cannot read the InfiniBand ports: {ib.error}")
+    devices = ib.devices
+    wanted = _wanted_ports((facts.env or {}).get("NCCL_IB_HCA", ""), devices, add)
 
     peers: dict[str, float] = {}
-    for hca, info in devices.items():
-        for port, state in _ports(info):
-            if _active(state) and isinstance(state.get("rate_gbps"), (int, float)):
-                layer = str(state.get("link_layer") or "?")
-                peers[layer] = max(peers.get(layer, 0.0), float(state["rate_gbps"]))
-    for hca, info in sorted(devices.items()):
-        for port, state in _ports(info):
+    for hca, ports in devices.items():
+        for port, state in ports.items():
+            if state.active and state.rate_gbps is not None:
+                layer = state.link_layer or "?"
+                peers[layer] = max(peers.get(layer, 0.0), state.rate_gbps)
+    for hca, ports in sorted(devices.items()):
+        for port, state in ports.items():
             name = f"{hca} port {port}"
-            if not _active(state):
+            if not state.active:
                 severity = Severity.ERROR if (hca, port) in wanted else Severity.WARNING
                 why = " (NCCL_IB_HCA names it)" if severity is Severity.ERROR else ""
-                add(severity, f"{name} is {state.get('state') or '?'} / "
-                              f"{state.get('phys_state') or '?'}, not ACTIVE / LinkUp{why}: "
+                add(severity, f"{name} is {state.state or '?'} / "
+                              f"{state.phys_state or '?'}, not ACTIVE / LinkUp{why}: "
                               f"check the cable, the switch port and the subnet manager")
                 continue
-            rate = state.get("rate_gbps")
-            best = peers.get(str(state.get("link_layer") or "?"))
-            if isinstance(rate, (int, float)) and best and rate < best:
-                add(Severity.WARNING, f"{name} runs at {state.get('rate')}, below the "
+            rate = state.rate_gbps
+            best = peers.get(state.link_layer or "?")
+            if rate is not None and best and rate < best:
+                add(Severity.WARNING, f"{name} runs at {state.rate}, below the "
                                       f"{best:g} Gb/sec of its peers: a downtrained link or "
                                       f"a bad cable")
-            counters = state.get("counters") if isinstance(state.get("counters"),
-                                                           Mapping) else {}
-            bad = {k: v for k, v in sorted(counters.items()) if isinstance(v, int) and v > 0}
+            bad = {k: v for k, v in sorted(state.counters.items()) if v > 0}
             if bad:
                 text = ", ".join(f"{k}={v}" for k, v in bad.items())
                 add(Severity.WARNING, f"{name} error counters are not zero: {text} (since the "
@@ -98,7 +96,8 @@ def ib_findings(host: str, facts: Mapping[str, Any]) -> list[Finding]:
     return findings
 
 
-def _wanted_ports(value: str, devices: Mapping[str, Any], add) -> set[tuple[str, str]]:
+def _wanted_ports(value: str, devices: Mapping[str, Mapping[str, IbPort]],
+                  add) -> set[tuple[str, str]]:
     """The (hca, port) pairs NCCL_IB_HCA tells NCCL to use; missing HCAs are errors here."""
     if not value.strip():
         return set()
@@ -115,7 +114,7 @@ def _wanted_ports(value: str, devices: Mapping[str, Any], add) -> set[tuple[str,
                                 f"(it has: {have}); NCCL falls back to sockets or fails")
             continue
         for hca in names:
-            ports = dict(_ports(devices[hca]))
+            ports = devices[hca]
             if spec.port is not None:
                 if spec.port not in ports:
                     add(Severity.ERROR, f"NCCL_IB_HCA names {hca}:{spec.port} but {hca} has "
@@ -124,20 +123,9 @@ def _wanted_ports(value: str, devices: Mapping[str, Any], add) -> set[tuple[str,
                     continue
                 wanted.add((hca, spec.port))
             else:
-                active = [p for p, s in ports.items() if _active(s)]
+                active = [p for p, s in ports.items() if s.active]
                 if not active:
                     add(Severity.ERROR, f"NCCL_IB_HCA names {label} but {hca} has no "
                                         f"active port")
-                wanted.update((hca, p) for p in ports if _active(ports[p]))
+                wanted.update((hca, p) for p in ports if ports[p].active)
     return wanted
-
-
-def _ports(info: Any) -> list[tuple[str, Mapping[str, Any]]]:
-    ports = info.get("ports") if isinstance(info, Mapping) else None
-    if not isinstance(ports, Mapping):
-        return []
-    return [(str(p), s) for p, s in ports.items() if isinstance(s, Mapping)]
-
-
-def _active(state: Mapping[str, Any]) -> bool:
-    return state.get("state") == "ACTIVE" and state.get("phys_state") in (None, "LinkUp")

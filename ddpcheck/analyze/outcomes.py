@@ -14,6 +14,7 @@ from ..collect.hostoutput import HostOutput, parse_output, rank_record
 from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.errors import HostError, Terminated
+from ..model.facts import HostFacts
 from ..model.outcomes import CommandResult, Failure, LaunchEnd
 from ..model.records import Finding, RankRecord, Severity
 from ..model.spec import HostSpec
@@ -49,7 +50,7 @@ def connect_failure(error: HostError) -> Failure:
     return Failure(Check.SSH, error.message)
 
 
-def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, Any],
+def stage0_failure(host: HostSpec, result: CommandResult, facts: HostFacts,
                    stray: Sequence[str]) -> Optional[Failure]:
     """What kept stage 0 from giving this host's facts; None when they came."""
     if result.cancelled:
@@ -70,10 +71,10 @@ def stage0_failure(host: HostSpec, result: CommandResult, facts: Mapping[str, An
         if "No module named" in text and "ddpcheck" in text:
             return Failure(Check.PYTHON, f"ddpcheck is not importable by {host.python}")
         return Failure(Check.PYTHON, f"stage 0 exited {result.exit_code}: {summary_of(stray)}")
-    if facts.get("workdir_error"):  # refused (not private) or not creatable: model.safety
-        return Failure(Check.RESOURCES, str(facts["workdir_error"]))
-    if facts.get("workdir_write_error"):  # the run directory could not be made there
-        return Failure(Check.RESOURCES, str(facts["workdir_write_error"]))
+    if facts.workdir_error:  # refused (not private) or not creatable: model.safety
+        return Failure(Check.RESOURCES, facts.workdir_error)
+    if facts.workdir_write_error:  # the run directory could not be made there
+        return Failure(Check.RESOURCES, facts.workdir_write_error)
     return None  # what the facts say is judged by the health rules
 
 

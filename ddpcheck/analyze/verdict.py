@@ -74,7 +74,7 @@ def hostname_findings(hosts: Sequence[HostRecord],
     findings = []
     if len(hosts) > 1:
         for host in hosts:
-            addresses = [str(a) for a in host.facts.get("addresses", [])]
+            addresses = list(host.facts.addresses or ())
             # the first address is the one a bind by hostname picks (127.0.1.1 on Debian)
             if addresses and is_loopback(addresses[0]):
                 harmless = host.name in pinned

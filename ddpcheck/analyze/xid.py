@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ..model.checks import Check
+from ..model.facts import Gpu, HostFacts, XidEvent
 from ..model.records import Finding, Severity
 
 
@@ -90,54 +91,51 @@ def describe(kind: str, number: int, message: str = "") -> Xid:
                                 "look it up in NVIDIA's Xid catalog", Severity.WARNING))
 
 
-def xid_findings(host: str, facts: Mapping[str, Any]) -> list[Finding]:
-    log = facts.get("kernel_log")
-    if not isinstance(log, Mapping):
+def xid_findings(host: str, facts: HostFacts) -> list[Finding]:
+    log = facts.kernel_log
+    if log is None:
         return []
-    if log.get("error"):
-        return [Finding(Severity.WARNING, Check.GPU_HEALTH, f"{host}: {log['error']}", host=host)]
+    if log.error:
+        return [Finding(Severity.WARNING, Check.GPU_HEALTH, f"{host}: {log.error}", host=host)]
     gpus = _gpus_by_bus(facts)
     findings: list[Finding] = []
-    for event in log.get("events") or []:
-        if not isinstance(event, Mapping):
-            continue
-        kind, number = str(event.get("kind", "Xid")), int(event.get("xid", -1))
-        info = describe(kind, number, str(event.get("message", "")))
+    for event in log.events:
+        kind, number = event.kind, event.xid
+        info = describe(kind, number, event.message)
         where = _where(event, gpus)
-        count = int(event.get("count") or 1)
-        times = f"{count} times, last {_clock(event.get('last'))}" if count > 1 else \
-            f"at {_clock(event.get('last'))}"
-        process = f", pid {event['pid']}" if event.get("pid") else ""
-        if event.get("process"):
-            process += f" ({event['process']})"
+        count = event.count
+        times = f"{count} times, last {_clock(event.last)}" if count > 1 else \
+            f"at {_clock(event.last)}"
+        process = f", pid {event.pid}" if event.pid else ""
+        if event.process:
+            process += f" ({event.process})"
         findings.append(Finding(
             info.severity, Check.GPU_HEALTH,
             f"{host}: {kind} {number} on {where} ({times}{process}): {info.meaning}; "
-            f"{info.action}. Kernel log: {str(event.get('message', '')).strip()[:160]}",
+            f"{info.action}. Kernel log: {event.message.strip()[:160]}",
             host=host))
-    if log.get("dropped"):
+    if log.dropped:
         findings.append(Finding(Severity.WARNING, Check.GPU_HEALTH,
-                                f"{host}: {log['dropped']} more Xid event(s) of other kinds "
+                                f"{host}: {log.dropped} more Xid event(s) of other kinds "
                                 f"were not listed", host=host))
     return findings
 
 
-def _gpus_by_bus(facts: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    nvml = facts.get("nvml") if isinstance(facts.get("nvml"), Mapping) else {}
-    return {str(g.get("bus_id")).lower(): g for g in nvml.get("gpus") or []
-            if isinstance(g, Mapping) and g.get("bus_id")}
+def _gpus_by_bus(facts: HostFacts) -> dict[str, Gpu]:
+    gpus = facts.nvml.gpus if facts.nvml is not None else ()
+    return {g.bus_id.lower(): g for g in gpus if g.bus_id}
 
 
-def _where(event: Mapping[str, Any], gpus: Mapping[str, Mapping[str, Any]]) -> str:
-    bus = str(event.get("bus_id", "?"))
-    if event.get("kind") == "SXid":
-        switch = event.get("nvswitch")
+def _where(event: XidEvent, gpus: Mapping[str, Gpu]) -> str:
+    bus = event.bus_id if event.bus_id is not None else "?"
+    if event.kind == "SXid":
+        switch = event.nvswitch
         return f"NVSwitch {switch if switch is not None else '?'} ({bus})"
     gpu = gpus.get(bus.lower())
     if gpu is None:
         return f"the GPU at {bus} (not in NVML's inventory)"
-    uuid = gpu.get("uuid")
-    return f"GPU {gpu.get('index')} ({bus}" + (f", {uuid})" if uuid and uuid != "n/a" else ")")
+    uuid = gpu.uuid
+    return f"GPU {gpu.index} ({bus}" + (f", {uuid})" if uuid and uuid != "n/a" else ")")
 
 
 def _clock(when: Optional[Any]) -> str:

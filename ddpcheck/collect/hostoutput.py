@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional
 
 from ..wire import find as find_record
 from ..model.records import RankRecord, RankStatus
@@ -26,27 +26,6 @@ class HostOutput:
     listen: Optional[dict[str, Any]] = None  # the rendezvous check's listener, on the master
     reach: Optional[dict[str, Any]] = None  # this host's connection to the master's port
     torch_import: Optional[dict[str, Any]] = None  # torchrun's import of torch (remote.torchrun)
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """A host's stage-0 record read once, at the edge: its top-level facts typed; the sections
-    the health rules read (env, interfaces, nvml, ...) stay in ``raw``."""
-
-    raw: Mapping[str, Any]
-    hostname: Optional[str] = None
-    python: Optional[str] = None
-    torch: Optional[str] = None  # its version; None or "" when it could not be read
-    import_s: Optional[Union[int, float]] = None  # None: torchrun imports it (or it failed)
-    gpus: int = 0
-
-
-def host_facts(raw: Mapping[str, Any]) -> HostFacts:
-    import_s = raw.get("import_s")
-    return HostFacts(raw, hostname=_opt_str(raw.get("hostname")),
-                     python=_opt_str(raw.get("python")), torch=_opt_str(raw.get("torch")),
-                     import_s=import_s if _opt_float(import_s) is not None else None,
-                     gpus=_count(raw.get("gpus")))
 
 
 def parse_output(text: str) -> HostOutput:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from ..analyze import verdict as analyze
 
 from ..analyze import health
+from ..collect.facts import read_facts
 from ..core.agentargs import TORCH_IMPORT
 from ..core.argtypes import at_least, parse_since, positive
 from ..core.deadlines import Deadlines
@@ -143,16 +144,16 @@ def run_node(options: NodeOptions,
                           workdir=options.workdir,
                           xid_since=options.xid_since, ib_root=options.ib_root,
                           dcgm_level=options.dcgm)
-    name = str(facts.get("hostname") or socket.gethostname())
+    read = read_facts(facts)
+    name = read.hostname or socket.gethostname()
     context = health.Stage0Context(expected_gpus=options.expected_gpus,
                                    check_hostname_loopback=True)
     findings = analyze.mark_single_root_cause(analyze.order_findings(
-        health.host_findings(name, facts, context)))
-    nvml = facts.get("nvml") if isinstance(facts.get("nvml"), Mapping) else {}
-    gpus = len(nvml.get("gpus") or []) if nvml.get("available") else int(facts.get("gpus") or 0)
+        health.host_findings(name, read, context)))
+    gpus = read.nvml.listed if read.nvml is not None and read.nvml.available else read.gpus
     host = HostRecord(name=name, address="127.0.0.1", reachable=True, hostname=name,
-                      gpus=gpus, stage=Stage.STAGE0, facts=facts,
-                      versions={"python": facts.get("python"), "torch": facts.get("torch")})
+                      gpus=gpus, stage=Stage.STAGE0, facts=read,
+                      versions={"python": read.python, "torch": read.torch})
     verdict = analyze.verdict(findings, [host])
     report = Report(command="node", verdict=verdict, exit_code=EXIT_CODES[verdict],
                     duration_s=time.monotonic() - started, backend=None, world_size=None,

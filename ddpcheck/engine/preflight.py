@@ -107,7 +107,7 @@ def base_report(run: Engine, launch: LaunchOptions, interrupted: bool,
         master=f"{run.spec.master_host.address}:{run.spec.rendezvous_port}",
         collectives=tuple(root.collectives) if root else (),
         extra={**({"drift": drift_rows} if drift_rows else {}),
-               "stage0": {h.name: dict(h.facts) for h in hosts if h.facts}})
+               "stage0": {h.name: dict(h.facts.raw) for h in hosts if h.facts}})
 
 
 def run_preflight(spec: ClusterSpec, options: PreflightOptions,

@@ -21,7 +21,8 @@ from ..analyze import health
 from ..analyze.outcomes import (blocking_failure, launch_end, launch_error_failure,
                                 launch_failure, not_launched_finding, rendezvous_failure,
                                 signal_name, stage0_failure, with_interruption)
-from ..collect.hostoutput import (host_facts, parse_output, rank_record, tail, torchrun_failures,
+from ..collect.facts import read_facts, torch_import_s
+from ..collect.hostoutput import (parse_output, rank_record, tail, torchrun_failures,
                                   unreported_ranks)
 from ..config.hostlist import hosts_text
 from ..model.checks import Check
@@ -149,13 +150,13 @@ def record_stage0(run: Engine, host: HostSpec, result: CommandResult,
     if run.rendezvous_beside is not None:
         run.stage0_results[host.name] = result
     parsed = parse_output(result.output)
-    facts = parsed.facts or {}
-    if facts and clock_window:
-        facts["launcher_clock"] = list(clock_window)
-    failure = stage0_failure(host, result, facts, list(parsed.stray))
-    read = host_facts(facts)
+    raw = parsed.facts or {}
+    if raw and clock_window:
+        raw["launcher_clock"] = list(clock_window)
+    read = read_facts(raw)
+    failure = stage0_failure(host, result, read, list(parsed.stray))
     gpus = read.gpus
-    run.state.fail(host.name, failure, hostname=read.hostname, gpus=gpus, facts=facts,
+    run.state.fail(host.name, failure, hostname=read.hostname, gpus=gpus, facts=read,
                    versions={"python": read.python, "torch": read.torch},
                    output_tail=tail(parsed.stray))
     if failure is not None and failure.check is Check.SSH:
@@ -181,11 +182,9 @@ def judge_stage0(run: Engine) -> None:
     backend = resolve_backend(run.spec.backend, gpus).value if answered else "auto"
     for host in answered:
         facts = hosts[host.name].facts
-        window = facts.get("launcher_clock")
         context = health.Stage0Context(
             backend=backend, slots=host.slots, multi_host=len(run.spec.hosts) > 1,
-            clock_window=tuple(window) if isinstance(window, list) and len(window) == 2
-            else None)
+            clock_window=facts.launcher_clock)
         failure, findings = blocking_failure(host.name, health.host_findings(host.name, facts,
                                                                              context))
         if failure is not None:
@@ -252,7 +251,7 @@ def record_launch(run: Engine, name: str, result: CommandResult) -> LaunchEnd:
     failure = launch_failure(result, parsed, ranks)
     state.add_ranks(ranks)
     if parsed.torch_import:  # torchrun's import: the import check of a stage 0 that inspected
-        state.add_findings(health.slow_import_findings(name, parsed.torch_import))
+        state.add_findings(health.slow_import_findings(name, torch_import_s(parsed.torch_import)))
     kept = agent.get("run_dir") if agent.get("kept") else None
     state.fail(name, failure, stage=Stage.DONE, launch_exit=agent.get("exit_code"),
                launch_stopped=agent.get("stopped") or ("deadline" if result.timed_out else None),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from .checks import Check
+from .facts import HostFacts
 from .outcomes import Failure, Stage
 
 
@@ -55,7 +56,7 @@ class HostRecord:
     failure: Optional[Failure] = None  # the first failure on this host: it is the cause
     stage: Stage = Stage.CONNECT
     versions: Mapping[str, Optional[str]] = field(default_factory=dict)
-    facts: Mapping[str, Any] = field(default_factory=dict)
+    facts: HostFacts = field(default_factory=HostFacts)  # read once (collect.facts); .raw as sent
     launch_exit: Optional[int] = None
     launch_stopped: Optional[str] = None  # why the agent stopped torchrun, when it did
     output_tail: str = ""  # last lines of the host's output, for error messages

@@ -17,7 +17,8 @@ from ..model.report import Report
 
 def render_node(report: Report, verbose: bool = False) -> str:
     host = report.hosts[0] if report.hosts else None
-    facts: Mapping[str, Any] = host.facts if host else {}
+    # the record as the host sent it: this page shows fields no rule reads (names, topology)
+    facts: Mapping[str, Any] = host.facts.raw if host else {}
     lines = header_lines(host.name if host else "?", facts)
     lines += kernel_log_lines(facts)
     if verbose:
