@@ -3,10 +3,19 @@ read from the store, and refuses a plan that does not fit its job."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
+from ddpcheck.analyze.bandwidth import gang_sweep_findings
 from ddpcheck.config.jobenv import resolve
-from ddpcheck.engine.instore import node_launch_command, node_host
+from ddpcheck.core.busbw import Collective, CollectiveRow
+from ddpcheck.engine.instore import launch_key, node_launch_command, node_host
+from ddpcheck.model.checks import Check
+from ddpcheck.model.records import RankRecord, RankStatus, Severity
+from ddpcheck.plan.bandwidth import IN_JOB_SWEEP, SweepProgram
+from ddpcheck.plan.dryrun import in_job_steps, render
 from ddpcheck.model.spec import Backend, ClusterSpec
 from ddpcheck.plan.cmdlines import LaunchOptions, plan_launch
 from ddpcheck.transport.store import StoreError
@@ -42,3 +51,67 @@ def test_a_plan_that_does_not_fit_is_refused(change: dict) -> None:
     own = node_host(PLACE, "h2", "10.0.0.2", "/opt/venv/bin/python")
     with pytest.raises(StoreError, match="node 0's plan"):
         node_launch_command(PLACE, own, LaunchOptions(), {**PLAN, **change})
+
+
+def test_a_node_plans_the_sweep_node_0_would_plan_for_it_from_the_posted_shape() -> None:
+    """--bandwidth: node 0 posts the sweep's shape, never a command; the node's own
+    command is the one node 0 plans for it with the same rank program."""
+    own = node_host(PLACE, "h2", "10.0.0.2", "/opt/venv/bin/python")
+    sweep = replace(IN_JOB_SWEEP, max_bytes=4 << 20)
+    shape = json.loads(json.dumps(sweep.to_dict()))  # as it crosses the store
+    mine = node_launch_command(PLACE, own, LaunchOptions(), {**PLAN, "sweep": shape})
+    spec = ClusterSpec(hosts=(node_host(PLACE, "h1", "h1", "/usr/bin/python3"), own,
+                              node_host(PLACE, "h3", "10.0.0.3", "/usr/bin/python3")),
+                       rendezvous_port=29501, in_job=True)
+    node0 = plan_launch(spec, {"h1": 2, "h2": 2, "h3": 2}, Backend.GLOO,
+                        LaunchOptions(deadline_s=170.0), run_id="0123456789ab",
+                        rank_program=sweep)[1].command
+    assert mine == node0
+    assert ("-m ddpcheck.remote.sweep --host h2 --expected-world-size 6 --backend gloo"
+            in mine)
+    assert "--ops all_reduce -b 1048576 -e 4194304 -f 4 -n 10 -w 2" in mine
+    assert SweepProgram.from_dict(shape) == sweep
+
+
+@pytest.mark.parametrize("change", [
+    {"ops": ["all_reduce; reboot"]},
+    {"ops": []},
+    {"max_bytes": 1 << 40},
+    {"min_bytes": 0},
+    {"iters": "many"},
+    {"warmup": -1},
+    {"factor": None},
+])
+def test_a_sweep_shape_that_does_not_fit_is_refused(change: dict) -> None:
+    own = node_host(PLACE, "h2", "10.0.0.2", "/opt/venv/bin/python")
+    shape = {**IN_JOB_SWEEP.to_dict(), **change}
+    with pytest.raises(StoreError, match="node 0's plan"):
+        node_launch_command(PLACE, own, LaunchOptions(), {**PLAN, "sweep": shape})
+
+
+def test_launch_keys_keep_the_first_launch_as_it_was() -> None:
+    assert [launch_key("decision", n) for n in (1, 2)] == ["decision", "decision.2"]
+    assert f"{launch_key('result', 2)}/1" == "result.2/1"
+
+
+def test_the_dry_run_shows_the_sweep_step_only_with_bandwidth() -> None:
+    plain = render(in_job_steps(PLACE, "h2", "/usr/bin/python3", LaunchOptions(), 60.0))
+    swept = render(in_job_steps(PLACE, "h2", "/usr/bin/python3", LaunchOptions(), 60.0,
+                                sweep=IN_JOB_SWEEP))
+    assert "remote.sweep" not in plain and "--bandwidth" not in plain
+    assert "2b. --bandwidth: when the probe passed on every rank" in swept
+    assert "-m ddpcheck.remote.sweep --host h2 --expected-world-size 6" in swept
+
+
+def test_the_gang_sweeps_own_failures_are_errors_and_no_row_is_one() -> None:
+    rows = [CollectiveRow(Collective.ALL_REDUCE, 1 << 18, 6, 1e-3, 0)]
+    assert gang_sweep_findings({}, [RankRecord(rank=0, host="h1")], rows) == []
+    failed = gang_sweep_findings(
+        {"h3": "launch: no rank reported back"},
+        [RankRecord(rank=2, host="h2", status=RankStatus.TIMEOUT, error="all_reduce hung")], [])
+    assert [(f.severity, f.check, f.host, f.rank) for f in failed] == [
+        (Severity.ERROR, Check.BANDWIDTH, "h3", None),
+        (Severity.ERROR, Check.BANDWIDTH, "h2", 2)]
+    assert "all_reduce hung" in failed[1].message
+    assert [f.message for f in gang_sweep_findings({}, [], [])] == [
+        "the bandwidth sweep measured no row"]

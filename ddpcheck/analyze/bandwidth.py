@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional, Sequence
 from ..core.busbw import (ELEMENT_TYPE, Collective, CollectiveRow, format_size, round_gbs,
                           row_from_dict)
 from ..model.checks import Check
-from ..model.records import Finding, Severity
+from ..model.records import Finding, RankRecord, RankStatus, Severity
 from ..wire import find as find_record
 
 DEFAULT_SLOW_FRACTION = 0.5
@@ -126,6 +126,23 @@ def sweep_findings(rows: Sequence[CollectiveRow], settings: SweepSettings) -> li
             f"average busbw {gbs(average)} GB/s over {len(rows)} row(s) is below --min-busbw "
             f"{gbs(settings.min_busbw_gbs)} GB/s (best: {peak.op.value} "
             f"{gbs(peak.busbw_gbs)} GB/s at {format_size(peak.nbytes)}B)"))
+    return findings
+
+
+def gang_sweep_findings(host_failures: dict[str, str], ranks: Sequence[RankRecord],
+                        rows: Sequence[CollectiveRow]) -> list[Finding]:
+    """``preflight --in-job --bandwidth``: the sweep ran after the probe passed on every rank,
+    so what failed in it is the sweep's own: a host whose sweep failed as a whole, a rank
+    whose sweep failed, no row measured at all (each an error)."""
+    findings = [Finding(Severity.ERROR, Check.BANDWIDTH, f"the bandwidth sweep failed: {why}",
+                        host=host) for host, why in host_failures.items()]
+    findings += [Finding(Severity.ERROR, Check.BANDWIDTH,
+                         f"the bandwidth sweep failed on rank {r.rank}: "
+                         f"{r.error or r.status.value}", host=r.host, rank=r.rank)
+                 for r in ranks if r.status is not RankStatus.OK]
+    if not rows and not findings:
+        findings.append(Finding(Severity.ERROR, Check.BANDWIDTH,
+                                "the bandwidth sweep measured no row"))
     return findings
 
 

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from ..core.argtypes import at_least, positive
+from ..core.argtypes import at_least, message_size, positive
 from ..model.errors import ConfigError
 from ..model.spec import ClusterSpec
 from ..model.report import Report
@@ -90,6 +90,13 @@ def register(sub) -> None:
     job.add_argument("--master-port", type=at_least(1), metavar="PORT",
                      help="node 0's store port (default 29500); torchrun's ranks meet at the "
                           "next one")
+    job.add_argument("--bandwidth", type=message_size, nargs="?", const="16M", default=None,
+                     metavar="MAXBYTES",
+                     help="once the probe passed, the gang runs the sweep of `ddpcheck "
+                          "bandwidth` on the same ranks: all_reduce at 1M, 4M, 16M (a short "
+                          "one, for a preflight); MAXBYTES sets the largest size (e.g. 256M, "
+                          "with a longer --timeout); every collective and size: `ddpcheck "
+                          "bandwidth`. Node 0's report gets the nccl-tests table")
     job.add_argument("--join-timeout", type=positive, metavar="SECONDS",
                      help="how long node 0 waits for every node to join (default: half of "
                           "--timeout, at most 60)")
@@ -131,6 +138,7 @@ class PreflightCommandOptions:
     # --nnodes --node-rank --nproc-per-node --master-addr --master-port (None: not given)
     job_flags: tuple[tuple[str, object], ...] = ()
     join_timeout_s: Optional[float] = None
+    bandwidth_max: Optional[int] = None  # --bandwidth [MAXBYTES]: the sweep after the probe
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PreflightCommandOptions":
@@ -138,6 +146,7 @@ class PreflightCommandOptions:
                    output=OutputOptions.from_args(args, prom=args.prom),
                    dry_run=args.dry_run, workload=preflight_options(args),
                    in_job=args.in_job, join_timeout_s=args.join_timeout,
+                   bandwidth_max=args.bandwidth,
                    job_flags=tuple((name, getattr(args, name)) for name in (
                        "nnodes", "node_rank", "nproc_per_node", "master_addr", "master_port")))
 
@@ -184,6 +193,10 @@ def run_preflight_command(command: PreflightCommandOptions) -> int:
     options = command.workload
     if command.in_job:
         return run_in_job_command(command)
+    if command.bandwidth_max is not None:
+        print("ddpcheck: command line: --bandwidth is for --in-job; from a login node run "
+              "`ddpcheck bandwidth` (and `--pairwise`)", file=sys.stderr)
+        return EXIT_USAGE
     slurm = command.inventory.launcher == "slurm"
     if slurm and options.dcgm:
         print("ddpcheck: --dcgm runs with the ssh launcher or on this machine; under "
@@ -255,6 +268,7 @@ def run_in_job_command(command: PreflightCommandOptions) -> int:
         return EXIT_USAGE
     try:
         place = resolve(dict(command.job_flags), os.environ)
+        sweep = in_job_sweep(command.bandwidth_max)
     except ConfigError as exc:
         print(error_text(exc), file=sys.stderr)
         return EXIT_USAGE
@@ -268,7 +282,7 @@ def run_in_job_command(command: PreflightCommandOptions) -> int:
         sys.stdout.write(render(in_job_steps(
             place, socket.gethostname(), sys.executable, options.launch,
             options.stage0_timeout_s, options.dcgm,
-            REACH_WINDOW_S if options.rendezvous_check else None)))
+            REACH_WINDOW_S if options.rendezvous_check else None, sweep)))
         return 0
     from ..engine.instore import run_in_job
     from ..report.progress import Progress
@@ -276,4 +290,33 @@ def run_in_job_command(command: PreflightCommandOptions) -> int:
     progress = Progress(None if command.output.quiet else sys.stderr)
     return run_in_job(place, command.workload, command.join_timeout_s, progress,
                       lambda execute, spec_of: run_reported(command.inventory, command.output,
-                                                            execute, spec_of=spec_of))
+                                                            execute, in_job_render,
+                                                            spec_of=spec_of), sweep)
+
+
+def in_job_sweep(max_bytes: Optional[int]):
+    """--bandwidth [MAXBYTES]: the short sweep (``plan.bandwidth.IN_JOB_SWEEP``) up to
+    MAXBYTES; None without --bandwidth. ConfigError for a size it cannot sweep."""
+    from dataclasses import replace
+
+    from ..core.busbw import element_count
+    from ..plan.bandwidth import IN_JOB_SWEEP, MAX_SWEEP_BYTES
+
+    if max_bytes is None:
+        return None
+    sweep = replace(IN_JOB_SWEEP, min_bytes=min(IN_JOB_SWEEP.min_bytes, max_bytes),
+                    max_bytes=max_bytes)
+    if not 0 < max_bytes <= MAX_SWEEP_BYTES or all(
+            element_count(op, max_bytes, 1) == 0 for op in sweep.ops):
+        raise ConfigError(f"--bandwidth {max_bytes}: the largest size must hold a float32 "
+                          f"element and be at most {MAX_SWEEP_BYTES} B", "command line",
+                          key="--bandwidth")
+    return sweep
+
+
+def in_job_render(report: Report, style) -> str:
+    """Preflight's table, then the sweep's nccl-tests table when --bandwidth ran one."""
+    from ..report.bandwidth import sweep_section
+    from .common import table_renderer
+
+    return table_renderer(report, style) + sweep_section(report, style.tablefmt)

@@ -71,10 +71,10 @@ def timer_name(backend: Optional[str]) -> str:
 
 
 def finish_report(base: Report, findings: list[Finding], interrupted: bool,
-                  **changes: Any) -> Report:
+                  command: str = "bandwidth", **changes: Any) -> Report:
     ordered = analyze.mark_single_root_cause(analyze.order_findings(findings))
     verdict = analyze.verdict(ordered, base.hosts, interrupted)
-    return replace(base, command="bandwidth", findings=tuple(ordered), verdict=verdict,
+    return replace(base, command=command, findings=tuple(ordered), verdict=verdict,
                    exit_code=EXIT_CODES[verdict], **changes)
 
 

@@ -11,16 +11,21 @@ launcher). The keys, one writer each:
     alive/R     node R: a counter, every HEARTBEAT_S        (node 0 names a node whose stops)
     stage0/R    node R: its stage-0 CommandResult           (then ``stage0s`` += 1)
     plan        node 0: the launch's shape: every node's name and slots (node-rank order), the
-                backend, the agent's deadline, the run id   (then ``decision`` = launch)
+                backend, the agent's deadline, the run id, and with ``--bandwidth`` the
+                sweep's shape (ops, sizes, iterations)   (then ``decision`` = launch)
     decision    node 0: launch | none                       (nothing starts without it)
     result/R    node R: its launch's CommandResult          (then ``results`` += 1)
+    plan.2 ...  the second launch (``--bandwidth``: the sweep, once the probe passed) has the
+                same keys with ``.2``: node 0 writes ``decision.2`` (launch | none) after the
+                first launch's results, and every node waits for it before the verdict
     stop        node 0: the world is broken, stop the ranks
     gone/R      node R: it was interrupted (SIGTERM: a pod deleted), and why
     verdict     node 0: {verdict, exit_code, causes}         (then every node exits with it)
 
 No node runs a command line it read from the store: each plans its own torchrun with
-``plan.cmdlines.plan_launch`` from the plan's values (checked), its own interpreter, options
-and master address, as node 0 plans its own; anyone who can reach the port could write keys,
+``plan.cmdlines.plan_launch`` from the plan's values (checked; the sweep's shape with
+``plan.bandwidth.SweepProgram.from_dict``), its own interpreter, options and master address, as
+node 0 plans its own; anyone who can reach the port could write keys,
 as with torchrun's own store, but not make a node run something else.
 
 Every node starts its stage 0 at once, beside joining, so the gang's wait is the slowest node's
@@ -38,25 +43,31 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..analyze import join as joins
+from ..analyze.bandwidth import (SweepSettings, gang_sweep_findings, rows_of, sweep_findings,
+                                 sweep_summary)
+from ..analyze.outcomes import launch_end, launch_failure, rows_source
+from ..collect.hostoutput import parse_output, rank_record
+from ..core.busbw import format_size, message_sizes
 from ..model.checks import Check
 from ..model.outcomes import CommandResult, Failure, GroupResult, LaunchEnd
-from ..model.records import Severity, Stage
+from ..model.records import RankRecord, Severity, Stage
 from ..model.report import Report
 from ..model.spec import Backend, ClusterSpec, HostSpec
 from ..model.jobplace import JobPlace
+from ..plan.bandwidth import SweepProgram
 from ..plan.cmdlines import (LaunchOptions, RankProgram, in_job_stage0_command, plan_launch,
                              probe_program)
 from ..report.progress import Progress
 from ..transport.local import LocalSession
 from ..transport.store import JobStore, StoreError, Traffic
+from .bandwidth import finish_report, timer_name
 from .launchers import HostDone, HostJob, HostStep, RendezvousResults, Run, announce_launch
+from .preflight import PreflightOptions, Probe, base_report
+from .run import Engine
 from .state import REACH_WINDOW_S, WORLD_BROKEN_GRACE_S, LaunchSetup
-
-if TYPE_CHECKING:
-    from .preflight import PreflightOptions
 
 HEARTBEAT_S = 1.0  # each node's heartbeat, which also hears ``stop``: one round trip a second
 SILENT_AFTER_S = 6.0  # a joined node whose heartbeat stood still this long is gone
@@ -78,6 +89,12 @@ class NodeStage0:
     def command(self, place: JobPlace, host: HostSpec, seconds: float, listens: bool) -> str:
         return in_job_stage0_command(place, host, seconds, self.dcgm, self.reach_window_s,
                                      listens)
+
+
+def launch_key(name: str, number: int) -> str:
+    """A launch's key: the first launch's as they always were (``plan``, ``decision``,
+    ``result``, ``results``), the n-th's with ``.n`` (``plan.2``, ``result.2/R``...)."""
+    return name if number == 1 else f"{name}.{number}"
 
 
 def join_timeout(timeout_s: float, given: Optional[float] = None) -> float:
@@ -321,7 +338,7 @@ class StoreLauncher:
         self.session = LocalSession()
         self.joins: dict[int, NodeJoin] = {}
         self.gathering = Gathering(store)
-        self.decided = False
+        self.decided = 0  # decisions posted: ``decision``, ``decision.2``...
 
     # -- set-up: the joins ---------------------------------------------------------------------
     def prepare(self, spec: ClusterSpec, run: Run) -> ClusterSpec:
@@ -392,14 +409,17 @@ class StoreLauncher:
         """Node 0 plans every node's command (as the SSH launcher would), posts them, says
         ``launch``, runs its own and gathers the others' ends as they come (each handed to
         ``done`` then); every node's result, by host."""
+        if program is not None and not isinstance(program, SweepProgram):
+            raise StoreError("--in-job runs the probe or the bandwidth sweep only")
         run_id = uuid.uuid4().hex[:12]
         plans = plan_launch(run.spec, setup.slots, setup.backend, setup.options,
                             run_id=run_id, rank_program=program or probe_program)
         announce_launch(run, plans)
-        self.store.set("plan", json.dumps(
+        number = self.decided + 1
+        self.store.set(launch_key("plan", number), json.dumps(
             {"hosts": [[h.name, setup.slots[h.name]] for h in run.spec.hosts],
              "backend": setup.backend.value, "deadline_s": setup.options.deadline_s,
-             "run_id": run_id}))
+             "run_id": run_id, **({"sweep": program.to_dict()} if program else {})}))
         self.decide("launch")
         world = WorldEnds(run, [p.host for p in plans], done,
                           setup.options.collective_timeout_s + WORLD_BROKEN_GRACE_S)
@@ -409,7 +429,8 @@ class StoreLauncher:
         mine.start()
         try:
             pending = self.gathering.gather(
-                run, "results", "result", range(1, len(plans)), deadline, "launch",
+                run, launch_key("results", number), launch_key("result", number),
+                range(1, len(plans)), deadline, "launch",
                 lambda rank, text: world.ended(rank, result_of(text)),
                 lambda rank: world.ended(rank, CommandResult(None, "", lost=True)),
                 busy=mine.is_alive, tick=lambda: world.publish_stop(self.store))
@@ -424,9 +445,9 @@ class StoreLauncher:
         raise StoreError("--in-job runs one world, not per-host jobs")
 
     def decide(self, decision: str) -> None:
-        if not self.decided:
-            self.decided = True
-            self.store.set("decision", decision)
+        """The next launch's decision (``decision``, then ``decision.2``...)."""
+        self.decided += 1
+        self.store.set(launch_key("decision", self.decided), decision)
 
     def release(self, names: Sequence[str]) -> None:
         """Nothing is held per node: a node that will run nothing more hears it from the
@@ -436,13 +457,75 @@ class StoreLauncher:
         """Whatever happened, the other nodes hear that nothing (more) starts."""
         self.cancel.set()
         try:
-            launched = self.decided
-            self.decide("none")
+            launched = self.decided > 0
+            self.decide("none")  # no launch after the last one
             if launched:  # interrupted mid-launch: every node's torchrun stops too
                 self.store.set("stop", "node 0 ended")
         except StoreError:
             pass
         self.session.close()
+
+
+class ProbeThenSweep(Probe):
+    """``--in-job --bandwidth``: the probe on the gang, then, once it passed, the sweep
+    ``ddpcheck bandwidth`` runs (``remote.sweep`` on every rank of the same world, through
+    the same launcher). The report is preflight's with the sweep's rows, summary and findings
+    as ``bandwidth --json`` has them (``collectives``, ``bandwidth``)."""
+
+    def __init__(self, options: PreflightOptions, sweep: SweepProgram) -> None:
+        super().__init__(options)
+        self.sweep = sweep
+        self.settings = SweepSettings(ops=sweep.ops, iters=sweep.iters, warmup=sweep.warmup,
+                                      sizes=tuple(message_sizes(sweep.min_bytes,
+                                                                sweep.max_bytes, sweep.factor)))
+        self.skipped: Optional[str] = "not run: the probe did not run"
+        self.ranks: list[RankRecord] = []  # the sweep's rank records (the probe's are the state's)
+        self.host_failures: dict[str, str] = {}
+
+    def launch(self, run: Engine) -> None:
+        super().launch(run)
+        probe = base_report(run, self.options.launch, False)
+        if run.state.cancel.is_set() or probe.exit_code != 0:
+            self.skipped = f"not run: the probe ended {probe.verdict.value}"
+            run.progress.say(f"no bandwidth sweep: the probe ended {probe.verdict.value}")
+            return
+        self.skipped = None
+        setup = run.state.setup(run.spec.hosts, self.options.launch)
+        ops = ", ".join(op.value for op in self.sweep.ops)
+        run.progress.say(f"the probe passed: the bandwidth sweep ({ops}, "
+                         f"{format_size(self.sweep.min_bytes)}B to "
+                         f"{format_size(self.sweep.max_bytes)}B) on the same ranks")
+        results = run.launcher.launch(run, setup, self.sweep,
+                                      lambda name, result: self.swept(run, name, result))
+        for name, error in results.failed.items():
+            self.host_failures[name] = str(error)
+
+    def swept(self, run: Engine, name: str, result: CommandResult) -> LaunchEnd:
+        """One node's sweep ended: its rank records are kept apart from the probe's."""
+        parsed = parse_output(result.output)
+        ranks = [rank_record(raw, name) for raw in parsed.ranks]
+        failure = launch_failure(result, parsed, ranks)
+        with run.state.lock:
+            self.ranks += ranks
+            if failure is not None:
+                self.host_failures[name] = failure.message
+        ended = f"failed: {failure.message}" if failure else "done"
+        run.progress.host(name, f"bandwidth sweep {ended} in {result.duration_s:.1f}s")
+        return launch_end(failure, ranks)
+
+    def report(self, run: Engine, interrupted: bool) -> Report:
+        base = super().report(run, interrupted)
+        if self.skipped is not None:
+            return replace(base, extra={**base.extra, "bandwidth": {
+                **self.settings.to_dict(), "skipped": self.skipped}})
+        rows = rows_of(rows_source(self.ranks))
+        summary = sweep_summary(rows, self.settings)
+        summary["timer"] = timer_name(run.state.backend)
+        findings = list(base.findings) + sweep_findings(rows, self.settings) + \
+            gang_sweep_findings(self.host_failures, self.ranks, rows)
+        return finish_report(base, findings, interrupted, command="preflight",
+                             collectives=tuple(r.to_dict() for r in rows),
+                             extra={**base.extra, "bandwidth": summary})
 
 
 # -- the verdict, on every node -----------------------------------------------------------------
@@ -529,14 +612,17 @@ class Heartbeat:
 def node_launch_command(place: JobPlace, host: HostSpec, options: LaunchOptions,
                         plan: dict) -> str:
     """This node's agent command from node 0's plan, planned here as node 0 plans its own:
-    the plan gives only names, slots, the backend, the agent's deadline and the run id
-    (each checked); the interpreter, options and master address are this node's own."""
+    the plan gives only names, slots, the backend, the agent's deadline, the run id and the
+    sweep's shape when it is the sweep (each checked); the interpreter, options and master
+    address are this node's own."""
     try:
         names = [str(name) for name, _ in plan["hosts"]]
         slots = {str(name): int(count) for name, count in plan["hosts"]}
         backend = Backend(plan["backend"])
         deadline_s = float(plan["deadline_s"])
         run_id = str(plan["run_id"])
+        program: RankProgram = (SweepProgram.from_dict(plan["sweep"]) if "sweep" in plan
+                                else probe_program)
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreError(f"node 0's plan is unreadable: {exc}") from None
     if (len(names) != place.nnodes or not all(0 < n <= 4096 for n in slots.values())
@@ -547,7 +633,7 @@ def node_launch_command(place: JobPlace, host: HostSpec, options: LaunchOptions,
                   for rank, name in enumerate(names))
     spec = ClusterSpec(hosts=hosts, rendezvous_port=place.rendezvous_port, in_job=True)
     return plan_launch(spec, slots, backend, replace(options, deadline_s=deadline_s),
-                       run_id=run_id)[place.node_rank].command
+                       run_id=run_id, rank_program=program)[place.node_rank].command
 
 
 def run_node(place: JobPlace, settings: NodeStage0, launch_options: LaunchOptions,
@@ -603,16 +689,23 @@ def run_node(place: JobPlace, settings: NodeStage0, launch_options: LaunchOption
         stage = "the decision"
         progress.say(f"node rank {rank} ({hostname}): stage 0 done in {result.duration_s:.1f}s;"
                      f" waiting for node 0's decision")
-        if not store.wait(["decision"], deadline):
-            raise StoreError("node 0 gave no decision within --timeout")
-        if store.get("decision").decode() == "launch":
-            stage = "launch"
-            launch = node_launch_command(place, host, launch_options,
-                                         json.loads(store.get("plan")))
-            progress.say(f"node rank {rank} ({hostname}): launching torchrun")
+        number = 1  # the launch: the probe, then (--bandwidth) the sweep
+        while True:
+            decision = launch_key("decision", number)
+            if not store.wait([decision], deadline + (VERDICT_GRACE_S if number > 1 else 0)):
+                raise StoreError("node 0 gave no decision within --timeout")
+            if store.get(decision).decode() != "launch":
+                break
+            stage = "launch" if number == 1 else f"launch {number}"
+            plan = json.loads(store.get(launch_key("plan", number)))
+            launch = node_launch_command(place, host, launch_options, plan)
+            progress.say(f"node rank {rank} ({hostname}): launching torchrun" +
+                         (" (the bandwidth sweep)" if "sweep" in plan else ""))
             ran = session.run(launch, deadline + 5.0, cancel, stop)
-            store.set(f"result/{rank}", result_json(ran))
-            store.add("results", 1)
+            store.set(f"{launch_key('result', number)}/{rank}", result_json(ran))
+            store.add(launch_key("results", number), 1)
+            stage = "the decision"
+            number += 1
         stage = "the verdict"
         if not store.wait(["verdict"], deadline + VERDICT_GRACE_S):
             raise StoreError("node 0 gave no verdict within --timeout")
@@ -650,13 +743,14 @@ def run_node(place: JobPlace, settings: NodeStage0, launch_options: LaunchOption
 Reported = Callable[[Callable[[ClusterSpec], Report], Callable[[], ClusterSpec]], int]
 
 
-def run_in_job(place: JobPlace, options: "PreflightOptions", join_timeout_s: Optional[float],
-               progress: Progress, reported: Reported) -> int:
+def run_in_job(place: JobPlace, options: PreflightOptions, join_timeout_s: Optional[float],
+               progress: Progress, reported: Reported,
+               sweep: Optional[SweepProgram] = None) -> int:
     """``preflight --in-job`` on this node: node 0 runs the engine with ``StoreLauncher``
     inside ``reported`` (the command's frame: the table, the report files, the exit code) and
     publishes the verdict; any other node runs ``run_node``. Every node ends with its summary
-    line on stderr and exits with the verdict's code."""
-    from .preflight import run_preflight
+    line on stderr and exits with the verdict's code. ``sweep`` (``--bandwidth``): node 0's
+    workload is ``ProbeThenSweep``; the other nodes learn it from node 0's plan."""
 
     started = time.monotonic()
     join_s = min(join_timeout(options.timeout_s, join_timeout_s), options.timeout_s)
@@ -678,7 +772,8 @@ def run_in_job(place: JobPlace, options: "PreflightOptions", join_timeout_s: Opt
 
     def execute(spec: ClusterSpec) -> Report:
         try:
-            reports.append(run_preflight(spec, options, progress, launcher))
+            workload = Probe(options) if sweep is None else ProbeThenSweep(options, sweep)
+            reports.append(Engine(spec, workload, launcher, progress).run())
             return reports[0]
         finally:
             names = launcher.gathering.names or {0: hostname}

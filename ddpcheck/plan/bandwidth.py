@@ -22,23 +22,66 @@ PAIRWISE_ROUND_S = 60.0
 PAIR_SLOTS = 1  # a pair job is 2 ranks: one on each host
 
 
-def sweep_program(ops: Sequence[Collective], min_bytes: int, max_bytes: int, factor: int,
-                  iters: int, warmup: int) -> RankProgram:
-    """``-m ddpcheck.remote.sweep ...`` for every rank, in place of the probe."""
+@dataclass(frozen=True)
+class SweepProgram:
+    """``-m ddpcheck.remote.sweep ...`` for every rank, in place of the probe: a rank program
+    (``plan_launch`` calls it) that is also the sweep's shape, so that ``--in-job`` can post
+    the shape (``to_dict``) and every node plan its own command from it (``from_dict``,
+    checked)."""
 
-    def program(host_name: str, world_size: int, backend: Backend,
-                options: LaunchOptions) -> list[str]:
+    ops: tuple[Collective, ...]
+    min_bytes: int
+    max_bytes: int
+    factor: int
+    iters: int
+    warmup: int
+
+    def __call__(self, host_name: str, world_size: int, backend: Backend,
+                 options: LaunchOptions) -> list[str]:
         return ["-m", "ddpcheck.remote.sweep",
                 "--host", host_name,
                 "--expected-world-size", str(world_size),
                 "--backend", backend.value,
                 "--collective-timeout", str(options.collective_timeout_s),
                 "--deadline", f"{options.deadline_s:g}",
-                "--ops", ",".join(op.value for op in ops),
-                "-b", str(min_bytes), "-e", str(max_bytes), "-f", str(factor),
-                "-n", str(iters), "-w", str(warmup)]
+                "--ops", ",".join(op.value for op in self.ops),
+                "-b", str(self.min_bytes), "-e", str(self.max_bytes), "-f", str(self.factor),
+                "-n", str(self.iters), "-w", str(self.warmup)]
 
-    return program
+    def to_dict(self) -> dict:
+        return {"ops": [op.value for op in self.ops], "min_bytes": self.min_bytes,
+                "max_bytes": self.max_bytes, "factor": self.factor, "iters": self.iters,
+                "warmup": self.warmup}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepProgram":
+        """The shape another process posted, checked: known ops, sizes and counts in bounds
+        (ValueError otherwise)."""
+        try:
+            ops = tuple(Collective(str(op)) for op in data["ops"])
+            numbers = [int(data[k]) for k in ("min_bytes", "max_bytes", "factor", "iters",
+                                              "warmup")]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a sweep's shape: {exc}") from None
+        low, high, factor, iters, warmup = numbers
+        if (not ops or not 0 < low <= high <= MAX_SWEEP_BYTES or not 1 <= factor <= 1024
+                or not 1 <= iters <= 10000 or not 0 <= warmup <= 10000):
+            raise ValueError(f"a sweep's shape out of bounds: {data}")
+        return cls(ops, low, high, factor, iters, warmup)
+
+
+MAX_SWEEP_BYTES = 1 << 34  # 16 GiB: no sweep a node accepts goes past it
+
+
+def sweep_program(ops: Sequence[Collective], min_bytes: int, max_bytes: int, factor: int,
+                  iters: int, warmup: int) -> SweepProgram:
+    """``-m ddpcheck.remote.sweep ...`` for every rank, in place of the probe."""
+    return SweepProgram(tuple(ops), min_bytes, max_bytes, factor, iters, warmup)
+
+
+# ``preflight --in-job --bandwidth``: a short sweep fit for a preflight (all_reduce at 1, 4 and
+# 16 MiB); ``--bandwidth SIZE`` sets the largest size, ``ddpcheck bandwidth`` sweeps it all
+IN_JOB_SWEEP = SweepProgram((Collective.ALL_REDUCE,), 1 << 20, 16 << 20, 4, 10, 2)
 
 
 @dataclass(frozen=True)

@@ -125,10 +125,11 @@ __all__ = ["Step", "render", "preflight_steps", "srun_steps", "bandwidth_steps",
 
 def in_job_steps(place: JobPlace, hostname: str, python: str, launch: LaunchOptions,
                  stage0_s: float, dcgm: Optional[int] = None,
-                 window_s: Optional[float] = None) -> list[Step]:
+                 window_s: Optional[float] = None,
+                 sweep: Optional[RankProgram] = None) -> list[Step]:
     """``preflight --in-job --dry-run``: what this node read and from where, and the steps it
     would take (its own commands exactly; torchrun's as node 0 would plan it for a node
-    without GPUs)."""
+    without GPUs; with ``sweep`` (--bandwidth) the sweep's torchrun after the probe's)."""
     here = HostSpec(name=hostname, address=hostname, python=python,
                     slots=place.nproc_per_node)
     hosts = tuple(here if rank == place.node_rank else
@@ -158,4 +159,10 @@ def in_job_steps(place: JobPlace, hostname: str, python: str, launch: LaunchOpti
                   f"{mine.slots} rank(s) ({backend.value}, as without GPUs):", mine.command),
              Step("3. node 0 writes the report and publishes the verdict; every node prints "
                   "its summary line and exits with the verdict's code")]
+    if sweep is not None:
+        swept = plan_launch(spec, slots, backend, launch, rank_program=sweep)[place.node_rank]
+        steps.insert(-1, Step("2b. --bandwidth: when the probe passed on every rank, node 0 "
+                              "posts the sweep's shape and every node starts torchrun again "
+                              "with the bandwidth sweep on the same ranks; this node's "
+                              "command:", swept.command))
     return steps

@@ -59,6 +59,27 @@ def render_bandwidth(report: Report, tablefmt: Optional[str] = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_section(report: Report, tablefmt: Optional[str] = None) -> str:
+    """The sweep's part of a report that has one beside the probe (``preflight --in-job
+    --bandwidth``): its parameters, each op's nccl-tests table and the footer; empty when
+    the report has no sweep."""
+    summary = report.extra.get("bandwidth")
+    if not isinstance(summary, Mapping):
+        return ""
+    lines = ["#", "# Bandwidth sweep: the same ranks, after the probe passed",
+             parameters_line(summary)]
+    if summary.get("skipped"):
+        return "\n".join(lines + [f"# {summary['skipped']}", "#"]) + "\n"
+    rows = rows_of(report.collectives)
+    for op in [Collective(name) for name in summary.get("ops", [])]:
+        if rows:
+            lines += op_table(op, [r for r in rows if r.op is op], tablefmt)
+    if not rows:
+        lines += ["# no rows measured", "#"]
+    lines += sweep_footer(summary)
+    return "\n".join(lines + ["#"]) + "\n"
+
+
 def parameters_line(summary: Mapping[str, Any]) -> str:
     sizes = summary.get("sizes") or []
     if summary.get("pairwise"):

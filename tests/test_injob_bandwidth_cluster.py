@@ -1,0 +1,83 @@
+"""``ddpcheck preflight --in-job --bandwidth`` on namespace hosts with no sshd: each node's
+ddpcheck started in its own namespace with a PyTorchJob pod's environment (``PET_*``), gloo
+across the bridge. After the probe passed, every node plans the sweep from node 0's posted shape
+and runs it on the same ranks; node 0's report carries the nccl-tests table and the rows. One
+cluster for the module; a bad gang runs no sweep."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from nscluster import NamespaceCluster, cluster_available
+from test_injob_cluster import NODES, assert_nothing_left, errors, run_gang
+
+pytestmark = pytest.mark.cluster
+
+FAST = ["--skip", "compute,numerics,consistency"]  # the probe's world and collectives only
+
+
+@pytest.fixture(scope="module")
+def gang(tmp_path_factory):
+    """Three namespace hosts h1..h3, no sshd, for the whole module."""
+    ok, reason = cluster_available()
+    if not ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"namespace cluster unavailable under CI: {reason}")
+        pytest.skip(f"namespace cluster unavailable: {reason}")
+    cluster = NamespaceCluster(NODES, tmp_path_factory.mktemp("injobbw"), sshd=False)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_a_healthy_gang_runs_the_sweep_after_the_probe_and_node_0_has_the_table(gang,
+                                                                               tmp_path):
+    runs, report = run_gang(gang, tmp_path, ["--timeout", "150", "--bandwidth", *FAST],
+                            limit_s=200)
+    for run in runs.values():
+        assert run.exit_code == 0, run.output
+        assert run.summary.endswith("OK: every check passed"), run.output
+    for rank in (1, 2):  # each node planned its own sweep from node 0's posted shape
+        assert "launching torchrun (the bandwidth sweep)" in runs[rank].output, runs[rank].output
+    # node 0: preflight's table, then the sweep's nccl-tests table and its footer
+    table = runs[0].output
+    assert "# Bandwidth sweep: the same ranks, after the probe passed" in table, table
+    assert "# Avg bus bandwidth" in table and "all_reduce" in table, table
+    assert report["verdict"] == "ok" and not errors(report), report["findings"]
+    assert report["world_size"] == 6
+    assert sorted(r["rank"] for r in report["ranks"] if r["status"] == "ok") == list(range(6))
+    rows = report["collectives"]  # as `ddpcheck bandwidth --json` has them
+    assert [(r["op"], r["bytes"]) for r in rows] == [
+        ("all_reduce", 1 << 20), ("all_reduce", 4 << 20), ("all_reduce", 16 << 20)], rows
+    assert all(r["busbw_gbs"] > 0 and r["world_size"] == 6 and r["wrong"] == 0
+               for r in rows), rows
+    summary = report["bandwidth"]
+    assert summary["avg_busbw_gbs"] > 0 and summary["out_of_bounds"] == 0, summary
+    assert summary["ops"] == ["all_reduce"] and "skipped" not in summary, summary
+    assert_nothing_left(gang)
+
+
+def test_a_gang_whose_probe_failed_runs_no_sweep(gang, tmp_path):
+    """Stage 0 passes everywhere, but the user's set-up seeds every rank differently: the
+    probe's seed check fails the gang, and no node starts the sweep."""
+    setup = tmp_path / "user_setup.py"
+    setup.write_text("import os, random\nimport torch\n\n"
+                     "def seed_everything(seed):\n"
+                     "    seed = seed + int(os.environ['RANK'])  # the bug: a seed per rank\n"
+                     "    random.seed(seed)\n    torch.manual_seed(seed)\n")
+    runs, report = run_gang(gang, tmp_path, [
+        "--timeout", "120", "--bandwidth", "--skip", "compute,numerics", "--seed", "7",
+        "--setup", f"{setup}:seed_everything"], limit_s=160)
+    assert all(run.exit_code == 1 for run in runs.values()), [r.output for r in runs.values()]
+    assert [f for f in errors(report) if f["check"] == "seed"], report["findings"]
+    assert len([r for r in report["ranks"] if r["status"] == "ok"]) == 6  # the probe ran
+    assert report["bandwidth"]["skipped"] == "not run: the probe ended fail", report["bandwidth"]
+    assert "avg_busbw_gbs" not in report["bandwidth"]
+    assert {r["bytes"] for r in report["collectives"]} <= {1 << 20}  # the probe's own row
+    assert "no bandwidth sweep: the probe ended fail" in runs[0].output, runs[0].output
+    assert not any("(the bandwidth sweep)" in run.output for run in runs.values())
+    assert_nothing_left(gang)
