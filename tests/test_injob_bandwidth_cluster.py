@@ -1,8 +1,9 @@
 """``ddpcheck preflight --in-job --bandwidth`` on namespace hosts with no sshd: each node's
 ddpcheck started in its own namespace with a PyTorchJob pod's environment (``PET_*``), gloo
 across the bridge. After the probe passed, every node plans the sweep from node 0's posted shape
-and runs it on the same ranks; node 0's report carries the nccl-tests table and the rows. One
-cluster for the module; a bad gang runs no sweep."""
+and runs it on the same ranks, then the rounds of node pairs; node 0's report carries the
+nccl-tests table, the rows and the pairs. A node's link slowed with tc is named; a bad gang
+runs no sweep. One cluster for the module."""
 
 from __future__ import annotations
 
@@ -58,6 +59,31 @@ def test_a_healthy_gang_runs_the_sweep_after_the_probe_and_node_0_has_the_table(
     summary = report["bandwidth"]
     assert summary["avg_busbw_gbs"] > 0 and summary["out_of_bounds"] == 0, summary
     assert summary["ops"] == ["all_reduce"] and "skipped" not in summary, summary
+    # then the pairs of nodes: none slow, so nothing named
+    pairwise = report["pairwise"]
+    assert pairwise["pairs_measured"] >= 2 and pairwise["rounds"] <= 3, pairwise
+    assert pairwise["suspect_hosts"] == [] and pairwise["suspect_links"] == [], pairwise
+    assert all(p["busbw_gbs"] > 0 for p in report["pairs"]), report["pairs"]
+    assert "# Pairwise busbw (GB/s), all_reduce" in table, table
+    assert_nothing_left(gang)
+
+
+def test_a_node_with_a_slow_link_is_named_by_the_pairs_of_nodes(gang, tmp_path):
+    """h3's link shaped to 100 Mbit/s with tc (the others unshaped): the sweep passes (no
+    --min-busbw), then the pair rounds name h3, on every node's verdict too."""
+    slow = gang.hosts[2]
+    gang.shape(slow, 100.0)
+    try:
+        runs, report = run_gang(gang, tmp_path, ["--timeout", "150", "--bandwidth", "4M",
+                                                 *FAST], limit_s=200)
+    finally:
+        gang.shape(slow, None)
+    assert all(run.exit_code == 1 for run in runs.values()), [r.output for r in runs.values()]
+    assert [r["bytes"] for r in report["collectives"]] == [1 << 20, 4 << 20]
+    assert report["pairwise"]["suspect_hosts"] == [slow.name], report["pairwise"]
+    named = [f for f in errors(report) if f["host"] == slow.name]
+    assert named and named[0]["root_cause"], report["findings"]
+    assert slow.name in runs[2].summary, runs[2].output
     assert_nothing_left(gang)
 
 

@@ -14,7 +14,7 @@ from ddpcheck.core.busbw import Collective, CollectiveRow
 from ddpcheck.engine.instore import launch_key, node_launch_command, node_host
 from ddpcheck.model.checks import Check
 from ddpcheck.model.records import RankRecord, RankStatus, Severity
-from ddpcheck.plan.bandwidth import IN_JOB_SWEEP, SweepProgram
+from ddpcheck.plan.bandwidth import IN_JOB_SWEEP, SweepProgram, plan_round
 from ddpcheck.plan.dryrun import in_job_steps, render
 from ddpcheck.model.spec import Backend, ClusterSpec
 from ddpcheck.plan.cmdlines import LaunchOptions, plan_launch
@@ -115,3 +115,40 @@ def test_the_gang_sweeps_own_failures_are_errors_and_no_row_is_one() -> None:
     assert "all_reduce hung" in failed[1].message
     assert [f.message for f in gang_sweep_findings({}, [], [])] == [
         "the bandwidth sweep measured no row"]
+
+
+ROUND = {"hosts": [["h1", 1], ["h2", 1], ["h3", 1]], "backend": "gloo", "deadline_s": 60.0,
+         "run_id": "0123abcd-2", "pairs": [["h3", "h2"]],
+         "addresses": ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+         "sweep": replace(IN_JOB_SWEEP, min_bytes=16 << 20, factor=1).to_dict()}
+
+
+def test_a_node_plans_its_own_pair_job_from_the_rounds_shape() -> None:
+    """A round of pair jobs: the node's command is the one ``plan_round`` gives it, the
+    pair's first node its master at its posted address; a node in no pair runs nothing."""
+    own = node_host(PLACE, "h2", "10.0.0.2", "/opt/venv/bin/python")
+    mine = node_launch_command(PLACE, own, LaunchOptions(), ROUND)
+    spec = ClusterSpec(hosts=(node_host(PLACE, "h1", "10.0.0.1", "/usr/bin/python3"), own,
+                              node_host(PLACE, "h3", "10.0.0.3", "/usr/bin/python3")),
+                       rendezvous_port=29501, in_job=True)
+    planned = plan_round(spec, [("h3", "h2")], Backend.GLOO, LaunchOptions(deadline_s=60.0),
+                         SweepProgram.from_dict(ROUND["sweep"]), run_id="0123abcd-2")
+    assert mine == planned[0].launches[1].command
+    assert "--nnodes 2 --node-rank 1 --nproc-per-node 1 --master-addr 10.0.0.3" in mine
+    assert "--master-port 29501" in mine and "-e 16777216 -f 1" in mine
+    node0 = resolve({}, {"PET_NNODES": "3", "PET_NODE_RANK": "0", "PET_MASTER_ADDR": "h1"})
+    assert node_launch_command(node0, node_host(node0, "h1", "h1", "/usr/bin/python3"),
+                               LaunchOptions(), ROUND) is None
+
+
+@pytest.mark.parametrize("change", [
+    {"pairs": [["h2", "h3"], ["h3", "h1"]]},  # a node in two pairs at once
+    {"pairs": [["h2", "h9"]]},  # not a node of this job
+    {"addresses": ["10.0.0.1", "10.0.0.2"]},
+    {"addresses": ["10.0.0.1", "$(reboot)", "10.0.0.3"]},
+    {"run_id": "0123abcd-2; reboot"},
+])
+def test_a_round_that_does_not_fit_is_refused(change: dict) -> None:
+    own = node_host(PLACE, "h2", "10.0.0.2", "/opt/venv/bin/python")
+    with pytest.raises(StoreError, match="node 0's plan"):
+        node_launch_command(PLACE, own, LaunchOptions(), {**ROUND, **change})

@@ -94,9 +94,10 @@ def register(sub) -> None:
                      metavar="MAXBYTES",
                      help="once the probe passed, the gang runs the sweep of `ddpcheck "
                           "bandwidth` on the same ranks: all_reduce at 1M, 4M, 16M (a short "
-                          "one, for a preflight); MAXBYTES sets the largest size (e.g. 256M, "
-                          "with a longer --timeout); every collective and size: `ddpcheck "
-                          "bandwidth`. Node 0's report gets the nccl-tests table")
+                          "one, for a preflight), then pairs of nodes at the largest size to "
+                          "name a slow node or link; MAXBYTES sets the largest size (e.g. "
+                          "256M, with a longer --timeout); every collective and size: "
+                          "`ddpcheck bandwidth`. Node 0's report gets the nccl-tests table")
     job.add_argument("--join-timeout", type=positive, metavar="SECONDS",
                      help="how long node 0 waits for every node to join (default: half of "
                           "--timeout, at most 60)")

@@ -167,7 +167,10 @@ class PairRounds(Probe):
             run.progress.say(f"round {number}{total}: " + (", ".join(
                 pair_name(p.hosts) for p in planned) if len(planned) <= 8 else
                 f"{len(planned)} pairs at once"))
-            self.run_round(run, number, planned, setup.options.deadline_s)
+            shape = {"pairs": [list(pair) for pair in pairs], "backend": setup.backend.value,
+                     "deadline_s": setup.options.deadline_s, "run_id": f"{run_id}-{number}",
+                     "sweep": program.to_dict()}
+            self.run_round(run, number, planned, setup.options.deadline_s, shape)
         for host in healthy:
             run.state.update(host.name, stage=Stage.DONE)
 
@@ -193,8 +196,8 @@ class PairRounds(Probe):
                              for pair in pairs]
 
     def run_round(self, run: Engine, number: int, planned: list[PairLaunch],
-                  deadline_s: float) -> None:
-        jobs = [HostJob(launch.host, launch.command, deadline_s + 10)
+                  deadline_s: float, shape: Optional[dict] = None) -> None:
+        jobs = [HostJob(launch.host, launch.command, deadline_s + 10, shape)
                 for pair in planned for launch in pair.launches]
         results = run.launcher.run_jobs(run, jobs)
         index = 0

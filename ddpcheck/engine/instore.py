@@ -46,8 +46,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, Optional, Sequence
 
 from ..analyze import join as joins
-from ..analyze.bandwidth import (SweepSettings, gang_sweep_findings, rows_of, sweep_findings,
-                                 sweep_summary)
+from ..analyze.bandwidth import (MIN_HOSTS_TO_COMPARE, SweepSettings, gang_sweep_findings,
+                                 pair_findings, pairs_json, pairs_summary, rows_of,
+                                 sweep_findings, sweep_summary)
 from ..analyze.outcomes import launch_end, launch_failure, rows_source
 from ..collect.hostoutput import parse_output, rank_record
 from ..core.busbw import format_size, message_sizes
@@ -57,13 +58,13 @@ from ..model.records import RankRecord, Severity, Stage
 from ..model.report import Report
 from ..model.spec import Backend, ClusterSpec, HostSpec
 from ..model.jobplace import JobPlace
-from ..plan.bandwidth import SweepProgram
+from ..plan.bandwidth import PAIR_SLOTS, SweepProgram, plan_round
 from ..plan.cmdlines import (LaunchOptions, RankProgram, in_job_stage0_command, plan_launch,
                              probe_program)
 from ..report.progress import Progress
 from ..transport.local import LocalSession
 from ..transport.store import JobStore, StoreError, Traffic
-from .bandwidth import finish_report, timer_name
+from .bandwidth import BandwidthOptions, PairRounds, finish_report, timer_name
 from .launchers import HostDone, HostJob, HostStep, RendezvousResults, Run, announce_launch
 from .preflight import PreflightOptions, Probe, base_report
 from .run import Engine
@@ -442,7 +443,9 @@ class StoreLauncher:
         return GroupResult(world.results)
 
     def run_jobs(self, run: Run, jobs: Sequence[HostJob]) -> GroupResult[int]:
-        raise StoreError("--in-job runs one world, not per-host jobs")
+        """A round of pair jobs: node 0 posts its shape (``HostJob.shape``) and every node's
+        address, never a command; each node plans its own job (``pair_round``)."""
+        return pair_round(self, run, jobs)
 
     def decide(self, decision: str) -> None:
         """The next launch's decision (``decision``, then ``decision.2``...)."""
@@ -466,11 +469,58 @@ class StoreLauncher:
         self.session.close()
 
 
+def pair_round(launcher: StoreLauncher, run: Run, jobs: Sequence[HostJob]
+               ) -> GroupResult[int]:
+    """``StoreLauncher.run_jobs``: node 0 posts the round's shape (the pairs, backend,
+    deadline, run id, the sweep's shape) and every node's address; each node plans its own job
+    with ``plan.bandwidth.plan_round`` (a node in no pair posts that it ran nothing). Node 0
+    runs its own job and gathers the others'. {job index: its result}."""
+    shapes = {json.dumps(job.shape, sort_keys=True) for job in jobs}
+    if not jobs or len(shapes) != 1 or jobs[0].shape is None:
+        raise StoreError("--in-job runs the probe, the sweep or a round of pair jobs only")
+    names = [h.name for h in run.spec.hosts]
+    number = launcher.decided + 1
+    launcher.store.set(launch_key("plan", number), json.dumps(
+        {**jobs[0].shape, "hosts": [[name, PAIR_SLOTS] for name in names],
+         "addresses": [h.address for h in run.spec.hosts]}))
+    launcher.decide("launch")
+    index = {job.host: i for i, job in enumerate(jobs)}
+    results: dict[int, CommandResult | BaseException] = {}
+    deadline = run.state.until(max(job.deadline_s for job in jobs))
+    own = index.get(names[0])
+
+    def run_own() -> None:
+        if own is not None:
+            results[own] = launcher.session.run(jobs[own].command, deadline, run.state.cancel)
+
+    mine = threading.Thread(target=run_own, daemon=True)
+    mine.start()
+
+    def arrived(rank: int, text: bytes) -> None:
+        if names[rank] in index:
+            results[index[names[rank]]] = result_of(text)
+
+    def lost(rank: int) -> None:
+        if names[rank] in index:
+            results[index[names[rank]]] = CommandResult(None, "", lost=True)
+
+    others = [r for r in range(1, len(names)) if r not in launcher.gathering.gone]
+    launcher.gathering.gather(run, launch_key("results", number), launch_key("result", number),
+                              others, deadline, "launch", arrived, lost, busy=mine.is_alive)
+    mine.join(max(deadline - time.monotonic(), 0) + 10)
+    for i in range(len(jobs)):  # past the deadline: no result came
+        results.setdefault(i, CommandResult(None, "", timed_out=True))
+    return GroupResult(results)
+
+
 class ProbeThenSweep(Probe):
     """``--in-job --bandwidth``: the probe on the gang, then, once it passed, the sweep
     ``ddpcheck bandwidth`` runs (``remote.sweep`` on every rank of the same world, through
-    the same launcher). The report is preflight's with the sweep's rows, summary and findings
-    as ``bandwidth --json`` has them (``collectives``, ``bandwidth``)."""
+    the same launcher), then, once the sweep passed on 3 nodes or more, ``bandwidth
+    --pairwise``'s adaptive rounds of node pairs at the sweep's largest size (``PairRounds``,
+    its jobs through ``StoreLauncher.run_jobs``) to name a slow node or link. The report is
+    preflight's with the sweep's rows, summary and findings as ``bandwidth --json`` has them
+    (``collectives``, ``bandwidth``) and the pairs' (``pairs``, ``pairwise``)."""
 
     def __init__(self, options: PreflightOptions, sweep: SweepProgram) -> None:
         super().__init__(options)
@@ -481,6 +531,7 @@ class ProbeThenSweep(Probe):
         self.skipped: Optional[str] = "not run: the probe did not run"
         self.ranks: list[RankRecord] = []  # the sweep's rank records (the probe's are the state's)
         self.host_failures: dict[str, str] = {}
+        self.pairs: Optional[PairRounds] = None
 
     def launch(self, run: Engine) -> None:
         super().launch(run)
@@ -499,6 +550,29 @@ class ProbeThenSweep(Probe):
                                       lambda name, result: self.swept(run, name, result))
         for name, error in results.failed.items():
             self.host_failures[name] = str(error)
+        rows = rows_of(rows_source(self.ranks))
+        if len(run.spec.hosts) >= MIN_HOSTS_TO_COMPARE and not run.state.cancel.is_set() \
+                and not gang_sweep_findings(self.host_failures, self.ranks, rows) \
+                and not sweep_findings(rows, self.settings):
+            self.localize(run)
+
+    def localize(self, run: Engine) -> None:
+        """``bandwidth --pairwise``'s adaptive rounds at the sweep's largest size, each node
+        in one pair job a round; the hosts' slots are the probe's again afterwards."""
+        size = self.sweep.max_bytes
+        self.pairs = PairRounds(BandwidthOptions(
+            settings=replace(self.settings, ops=self.sweep.ops[:1], sizes=(size,),
+                             pairwise=True, pairing="adaptive"),
+            min_bytes=size, max_bytes=size, factor=1, timeout_s=self.timeout_s,
+            launch=self.options.launch, verbose=self.verbose))
+        slots = {h.name: run.state.hosts[h.name].slots for h in run.spec.hosts}
+        run.progress.say(f"the sweep passed: pairs of nodes at {format_size(size)}B, to name "
+                         f"a slow node or link")
+        try:
+            self.pairs.launch(run)
+        finally:
+            for name, count in slots.items():
+                run.state.update(name, slots=count)
 
     def swept(self, run: Engine, name: str, result: CommandResult) -> LaunchEnd:
         """One node's sweep ended: its rank records are kept apart from the probe's."""
@@ -523,9 +597,18 @@ class ProbeThenSweep(Probe):
         summary["timer"] = timer_name(run.state.backend)
         findings = list(base.findings) + sweep_findings(rows, self.settings) + \
             gang_sweep_findings(self.host_failures, self.ranks, rows)
+        extra = {**base.extra, "bandwidth": summary}
+        pairs: tuple = ()
+        if self.pairs is not None:
+            hosts = self.pairs.paired or [h.name for h in run.spec.hosts]
+            paired = self.pairs.bandwidth.settings
+            rounds = len(self.pairs.rounds)
+            findings += pair_findings(hosts, self.pairs.results, paired, rounds)
+            extra["pairwise"] = pairs_summary(self.pairs.results, hosts, paired, rounds)
+            pairs = tuple(pairs_json(self.pairs.results, hosts, paired.slow_fraction))
         return finish_report(base, findings, interrupted, command="preflight",
-                             collectives=tuple(r.to_dict() for r in rows),
-                             extra={**base.extra, "bandwidth": summary})
+                             collectives=tuple(r.to_dict() for r in rows), pairs=pairs,
+                             extra=extra)
 
 
 # -- the verdict, on every node -----------------------------------------------------------------
@@ -609,12 +692,18 @@ class Heartbeat:
         self.store.close()
 
 
+ADDRESS = re.compile(r"[A-Za-z0-9_.:%-]{1,253}")  # a host name, IPv4 or IPv6 address
+RUN_ID = re.compile(r"[0-9a-f]{1,32}(-[0-9]{1,4})?")  # a pair round's: ``<id>-<round>``
+
+
 def node_launch_command(place: JobPlace, host: HostSpec, options: LaunchOptions,
-                        plan: dict) -> str:
+                        plan: dict) -> Optional[str]:
     """This node's agent command from node 0's plan, planned here as node 0 plans its own:
     the plan gives only names, slots, the backend, the agent's deadline, the run id and the
     sweep's shape when it is the sweep (each checked); the interpreter, options and master
-    address are this node's own."""
+    address are this node's own. A round of pair jobs (``pairs``, with every node's
+    ``addresses``): this node's job in it, planned with ``plan_round``, or None when it is
+    in no pair."""
     try:
         names = [str(name) for name, _ in plan["hosts"]]
         slots = {str(name): int(count) for name, count in plan["hosts"]}
@@ -623,15 +712,29 @@ def node_launch_command(place: JobPlace, host: HostSpec, options: LaunchOptions,
         run_id = str(plan["run_id"])
         program: RankProgram = (SweepProgram.from_dict(plan["sweep"]) if "sweep" in plan
                                 else probe_program)
+        pairs = [(str(a), str(b)) for a, b in plan["pairs"]] if "pairs" in plan else None
+        addresses = ([str(a) for a in plan["addresses"]] if pairs is not None else
+                     [place.master_addr if rank == 0 else name
+                      for rank, name in enumerate(names)])
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreError(f"node 0's plan is unreadable: {exc}") from None
+    paired = [name for pair in pairs or () for name in pair]
     if (len(names) != place.nnodes or not all(0 < n <= 4096 for n in slots.values())
-            or not 0 < deadline_s <= 86400 or not re.fullmatch(r"[0-9a-f]{1,32}", run_id)):
+            or not 0 < deadline_s <= 86400 or not RUN_ID.fullmatch(run_id)
+            or len(addresses) != len(names) or not all(map(ADDRESS.fullmatch, addresses))
+            or len(set(paired)) != len(paired) or not set(paired) <= set(names)
+            or (pairs is None and "-" in run_id)):
         raise StoreError(f"node 0's plan does not fit this job ({place.nnodes} nodes): {plan}")
     hosts = tuple(replace(host, name=name) if rank == place.node_rank else
-                  HostSpec(name=name, address=place.master_addr if rank == 0 else name)
+                  HostSpec(name=name, address=addresses[rank])
                   for rank, name in enumerate(names))
     spec = ClusterSpec(hosts=hosts, rendezvous_port=place.rendezvous_port, in_job=True)
+    if pairs is not None:
+        planned = plan_round(spec, pairs, backend, replace(options, deadline_s=deadline_s),
+                             program, run_id=run_id)
+        mine = [launch.command for pair in planned for launch in pair.launches
+                if launch.host == names[place.node_rank]]
+        return mine[0] if mine else None
     return plan_launch(spec, slots, backend, replace(options, deadline_s=deadline_s),
                        run_id=run_id, rank_program=program)[place.node_rank].command
 
@@ -699,9 +802,14 @@ def run_node(place: JobPlace, settings: NodeStage0, launch_options: LaunchOption
             stage = "launch" if number == 1 else f"launch {number}"
             plan = json.loads(store.get(launch_key("plan", number)))
             launch = node_launch_command(place, host, launch_options, plan)
-            progress.say(f"node rank {rank} ({hostname}): launching torchrun" +
-                         (" (the bandwidth sweep)" if "sweep" in plan else ""))
-            ran = session.run(launch, deadline + 5.0, cancel, stop)
+            what = (" (a pair job)" if "pairs" in plan else
+                    " (the bandwidth sweep)" if "sweep" in plan else "")
+            if launch is None:
+                progress.say(f"node rank {rank} ({hostname}): in no pair this round")
+                ran = CommandResult(0, "", duration_s=0.0)
+            else:
+                progress.say(f"node rank {rank} ({hostname}): launching torchrun{what}")
+                ran = session.run(launch, deadline + 5.0, cancel, stop)
             store.set(f"{launch_key('result', number)}/{rank}", result_json(ran))
             store.add(launch_key("results", number), 1)
             stage = "the decision"

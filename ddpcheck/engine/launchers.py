@@ -67,6 +67,9 @@ class HostJob:
     host: str
     command: str
     deadline_s: float
+    # what the command was planned from (a round of pair jobs): a launcher that posts shapes
+    # and lets each node plan its own command (the in-job store) sends this, never the command
+    shape: Optional[dict] = None
 
 
 RendezvousResults = list[tuple[str, str, CommandResult]]  # (listen | reach, host, result)

@@ -163,6 +163,8 @@ def in_job_steps(place: JobPlace, hostname: str, python: str, launch: LaunchOpti
         swept = plan_launch(spec, slots, backend, launch, rank_program=sweep)[place.node_rank]
         steps.insert(-1, Step("2b. --bandwidth: when the probe passed on every rank, node 0 "
                               "posts the sweep's shape and every node starts torchrun again "
-                              "with the bandwidth sweep on the same ranks; this node's "
-                              "command:", swept.command))
+                              "with the bandwidth sweep on the same ranks (then, when it "
+                              "passed on 3 nodes or more, rounds of node pairs, each node "
+                              "planning its own pair job); this node's sweep command:",
+                              swept.command))
     return steps

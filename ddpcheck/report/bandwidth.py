@@ -61,8 +61,8 @@ def render_bandwidth(report: Report, tablefmt: Optional[str] = None) -> str:
 
 def sweep_section(report: Report, tablefmt: Optional[str] = None) -> str:
     """The sweep's part of a report that has one beside the probe (``preflight --in-job
-    --bandwidth``): its parameters, each op's nccl-tests table and the footer; empty when
-    the report has no sweep."""
+    --bandwidth``): its parameters, each op's nccl-tests table and the footer, then the pairs
+    of nodes when they ran; empty when the report has no sweep."""
     summary = report.extra.get("bandwidth")
     if not isinstance(summary, Mapping):
         return ""
@@ -77,6 +77,10 @@ def sweep_section(report: Report, tablefmt: Optional[str] = None) -> str:
     if not rows:
         lines += ["# no rows measured", "#"]
     lines += sweep_footer(summary)
+    pairwise = report.extra.get("pairwise")
+    if isinstance(pairwise, Mapping):  # then the pairs of nodes that localize a slow one
+        lines += ["#"] + pair_list_lines(pairwise, report.pairs, tablefmt)
+        lines += pairs_footer(pairwise)
     return "\n".join(lines + ["#"]) + "\n"
 
 
