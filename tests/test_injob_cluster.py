@@ -21,6 +21,7 @@ import pytest
 
 from nscluster import NamespaceCluster, cluster_available
 from plantedtorch import broken_torch
+from wrongmatmul import wrong_matmul_site
 
 pytestmark = pytest.mark.cluster
 
@@ -168,6 +169,21 @@ def test_a_missing_gloo_interface_on_one_node_is_named_and_nothing_starts(gang, 
     assert named and "eth9" in named[0]["message"], report["findings"]
     assert not report["ranks"]
     assert "GLOO_SOCKET_IFNAME" in runs[2].summary, runs[2].output
+    assert_nothing_left(gang)
+
+
+def test_a_device_that_computes_wrong_on_one_node_is_named_by_the_gangs_numerics(gang, tmp_path):
+    """The numerics check runs in the gang as in ``preflight``: node 1's local rank 1 gets every
+    third matrix product spoiled (a planted sitecustomize); node 0 names exactly that rank and
+    host, and every node exits 1."""
+    plant = wrong_matmul_site(tmp_path / "site", every=3, local_rank=1)
+    runs, report = run_gang(gang, tmp_path, ["--timeout", "120", "--skip", "compute,consistency"],
+                            extra={1: {"PYTHONPATH": str(plant)}})
+    for run in runs.values():
+        assert run.exit_code == 1, run.output
+    found = [f for f in report["findings"] if f["check"] == "numerics"]
+    assert [(f["host"], f["rank"], f["severity"]) for f in found] == [("h2", 3, "error")], found
+    assert "rank 3 on h2 (cpu) computes wrong" in found[0]["message"]
     assert_nothing_left(gang)
 
 
