@@ -15,17 +15,18 @@ launcher). The keys, one writer each:
                 sweep's shape (ops, sizes, iterations)   (then ``decision`` = launch)
     decision    node 0: launch | none                       (nothing starts without it)
     result/R    node R: its launch's CommandResult          (then ``results`` += 1)
-    plan.2 ...  the second launch (``--bandwidth``: the sweep, once the probe passed) has the
-                same keys with ``.2``: node 0 writes ``decision.2`` (launch | none) after the
-                first launch's results, and every node waits for it before the verdict
+    plan.2 ...  each later launch has the same keys with ``.N`` (``--bandwidth``: the sweep
+                once the probe passed, then each round of node pairs, whose plan has the
+                pairs and every node's address): node 0 writes ``decision.N`` (launch | none)
+                after launch N-1's results, and every node waits for it before the verdict
     stop        node 0: the world is broken, stop the ranks
     gone/R      node R: it was interrupted (SIGTERM: a pod deleted), and why
     verdict     node 0: {verdict, exit_code, causes}         (then every node exits with it)
 
 No node runs a command line it read from the store: each plans its own torchrun with
 ``plan.cmdlines.plan_launch`` from the plan's values (checked; the sweep's shape with
-``plan.bandwidth.SweepProgram.from_dict``), its own interpreter, options and master address, as
-node 0 plans its own; anyone who can reach the port could write keys,
+``plan.bandwidth.SweepProgram.from_dict``, a round's pairs with ``plan.bandwidth.plan_round``),
+its own interpreter, options and master address, as node 0 plans its own; anyone who can reach the port could write keys,
 as with torchrun's own store, but not make a node run something else.
 
 Every node starts its stage 0 at once, beside joining, so the gang's wait is the slowest node's
