@@ -137,9 +137,12 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
                 assert f"rank {VICTIM} on h3 {OUTSIDE[reason]}" in message, (reason, text)
             if reason == "blocked":
                 assert "hrtimer_nanosleep: a sleep" in message, text
-            if reason == "stopped":
-                pct = int(re.search(r"stopped (\d+)% of the", message).group(1))
-                assert 20 <= pct <= 60, message
+            if reason == "stopped":  # the scan's share of its window (the duty cycle's 40 %),
+                # or the Monitor's share of the victim's late step, when the Monitor named it
+                share = re.search(r"stopped (\d+)% of (the window|its step)", message)
+                assert share, message
+                low, high = (20, 60) if share.group(2) == "the window" else (1, 100)
+                assert low <= int(share.group(1)) <= high, message
             if monitor:
                 recovered(tmp_path)
             else:
