@@ -16,9 +16,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cluster: needs the network-namespace cluster (root, ip, sshd)")
 
 
-def started_cluster(hosts: int, tmp_path_factory, name: str):
+def started_cluster(hosts: int, tmp_path_factory, name: str, sshd: bool = True):
     """Yield a started NamespaceCluster of ``hosts`` hosts (h1..hN), stopped afterwards: the
-    body of every cluster fixture.
+    body of every cluster fixture (``sshd=False``: hosts with no sshd, as pods are).
 
     Skipped where namespaces are unavailable, except under CI=true, where that is a failure."""
     ok, reason = cluster_available()
@@ -26,7 +26,7 @@ def started_cluster(hosts: int, tmp_path_factory, name: str):
         if os.environ.get("CI") == "true":
             pytest.fail(f"namespace cluster unavailable under CI: {reason}")
         pytest.skip(f"namespace cluster unavailable: {reason}")
-    cluster = NamespaceCluster(hosts, tmp_path_factory.mktemp(name))
+    cluster = NamespaceCluster(hosts, tmp_path_factory.mktemp(name), sshd=sshd)
     try:
         cluster.start()
         yield cluster

@@ -7,11 +7,9 @@ runs no sweep. One cluster for the module."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from nscluster import NamespaceCluster, cluster_available
+from conftest import started_cluster
 from test_injob_cluster import NODES, assert_nothing_left, errors, run_gang
 
 pytestmark = pytest.mark.cluster
@@ -25,19 +23,10 @@ RATE_MBIT = 200.0
 @pytest.fixture(scope="module")
 def gang(tmp_path_factory):
     """Three namespace hosts h1..h3, no sshd, for the whole module."""
-    ok, reason = cluster_available()
-    if not ok:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"namespace cluster unavailable under CI: {reason}")
-        pytest.skip(f"namespace cluster unavailable: {reason}")
-    cluster = NamespaceCluster(NODES, tmp_path_factory.mktemp("injobbw"), sshd=False)
-    try:
-        cluster.start()
+    for cluster in started_cluster(NODES, tmp_path_factory, "injobbw", sshd=False):
         for host in cluster.hosts:
             cluster.shape(host, RATE_MBIT)
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_a_healthy_gang_runs_the_sweep_after_the_probe_and_node_0_has_the_table(gang,

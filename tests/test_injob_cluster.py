@@ -19,7 +19,7 @@ from typing import Optional
 
 import pytest
 
-from nscluster import NamespaceCluster, cluster_available
+from conftest import started_cluster
 from plantedtorch import broken_torch
 from wrongmatmul import wrong_matmul_site
 
@@ -35,17 +35,7 @@ LEFTOVER_WORDS = ("ddpcheck", "torchrun", "torch.distributed.run")
 @pytest.fixture(scope="module")
 def gang(tmp_path_factory):
     """Three namespace hosts h1..h3, no sshd, for the whole module."""
-    ok, reason = cluster_available()
-    if not ok:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"namespace cluster unavailable under CI: {reason}")
-        pytest.skip(f"namespace cluster unavailable: {reason}")
-    cluster = NamespaceCluster(NODES, tmp_path_factory.mktemp("injob"), sshd=False)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from started_cluster(NODES, tmp_path_factory, "injob", sshd=False)
 
 
 @dataclass

@@ -15,7 +15,6 @@ manifest, so a pass means something.
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -292,11 +291,6 @@ def test_the_training_torchrun_line_places_every_pod(name: str, monkeypatch) -> 
         assert args.training_script == "/workspace/train.py"
 
 
-JOBENV = importlib.util.find_spec("ddpcheck.config.jobenv")
-
-
-@pytest.mark.skipif(JOBENV is None, reason="ddpcheck preflight --in-job is not here yet "
-                    "(no ddpcheck.config.jobenv): the preflight lines are parsed once it is")
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_the_preflight_line_parses_and_places_every_pod(name: str) -> None:
     from ddpcheck.cli import build_parser

@@ -25,8 +25,6 @@ Skipped, with the reason, until ``ddpcheck preflight --in-job`` is here
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import os
 import signal
 import subprocess
@@ -41,24 +39,14 @@ import pytest
 
 import podenv
 
-try:
-    from nscluster import ETC_NETNS, NamespaceCluster, cluster_available
-except ImportError:  # tests/ imported as a package
-    from tests.nscluster import ETC_NETNS, NamespaceCluster, cluster_available
+from conftest import started_cluster
+from nscluster import ETC_NETNS
 
 NNODES, NPROC = 3, 2
 POD_DEADLINE_S = 300  # a pod's containers, all of them, on a loaded machine; never a pass/fail
 MASTER_PORT = 29500
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.skipif(importlib.util.find_spec("ddpcheck.config.jobenv") is None,
-                       reason="ddpcheck preflight --in-job is not here yet (no "
-                              "ddpcheck.config.jobenv): the pods' preflight cannot run"),
-    pytest.mark.skipif("sshd" not in inspect.signature(NamespaceCluster).parameters,
-                       reason="tests/nscluster.py cannot build hosts without sshd yet "
-                              "(NamespaceCluster(..., sshd=False))"),
-]
+pytestmark = pytest.mark.cluster
 
 RECORDER = """#!/bin/sh
 # the training's torchrun, replaced: record that it started, and with what
@@ -90,14 +78,7 @@ class PodResult:
 def pod_hosts(tmp_path_factory):
     """3 namespace hosts with no sshd; every pod name of every manifest resolves to the host of
     its node rank (the cluster DNS)."""
-    ok, reason = cluster_available()
-    if not ok:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"namespace cluster unavailable under CI: {reason}")
-        pytest.skip(f"namespace cluster unavailable: {reason}")
-    cluster = NamespaceCluster(NNODES, tmp_path_factory.mktemp("k8s_pods"), sshd=False)
-    try:
-        cluster.start()
+    for cluster in started_cluster(NNODES, tmp_path_factory, "k8s_pods", sshd=False):
         names: dict[str, str] = {}
         for path in podenv.manifest_paths():
             for pod in podenv.pods(podenv.scaled(podenv.load(path), NNODES, NPROC)):
@@ -108,8 +89,6 @@ def pod_hosts(tmp_path_factory):
             with open(ETC_NETNS / host.netns / "hosts", "a") as hosts_file:
                 hosts_file.write(lines)
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def _base_env(tmp: Path, podbin: Path) -> dict[str, str]:

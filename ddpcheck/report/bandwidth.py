@@ -46,17 +46,24 @@ def render_bandwidth(report: Report, tablefmt: Optional[str] = None) -> str:
         lines += pairs_footer(summary)
     else:
         lines += rank_lines(report)
-        rows = rows_of(report.collectives)
-        for op in [Collective(name) for name in summary.get("ops", [])]:
-            if rows:
-                lines += op_table(op, [r for r in rows if r.op is op], tablefmt)
-        if not rows:
-            lines += ["# no rows measured", "#"]
-        lines += sweep_footer(summary)
+        lines += sweep_tables(report, summary, tablefmt)
     lines.append("#")
     lines += findings_lines(report.findings, hosts=report.hosts)
     lines.append(footer_line(report))
     return "\n".join(lines) + "\n"
+
+
+def sweep_tables(report: Report, summary: Mapping, tablefmt: Optional[str]) -> list[str]:
+    """Each op's nccl-tests table of the sweep's rows (or "no rows measured"), then the
+    footer."""
+    lines: list[str] = []
+    rows = rows_of(report.collectives)
+    for op in [Collective(name) for name in summary.get("ops", [])]:
+        if rows:
+            lines += op_table(op, [r for r in rows if r.op is op], tablefmt)
+    if not rows:
+        lines += ["# no rows measured", "#"]
+    return lines + sweep_footer(summary)
 
 
 def sweep_section(report: Report, tablefmt: Optional[str] = None) -> str:
@@ -70,13 +77,7 @@ def sweep_section(report: Report, tablefmt: Optional[str] = None) -> str:
              parameters_line(summary)]
     if summary.get("skipped"):
         return "\n".join(lines + [f"# {summary['skipped']}", "#"]) + "\n"
-    rows = rows_of(report.collectives)
-    for op in [Collective(name) for name in summary.get("ops", [])]:
-        if rows:
-            lines += op_table(op, [r for r in rows if r.op is op], tablefmt)
-    if not rows:
-        lines += ["# no rows measured", "#"]
-    lines += sweep_footer(summary)
+    lines += sweep_tables(report, summary, tablefmt)
     pairwise = report.extra.get("pairwise")
     if isinstance(pairwise, Mapping):  # then the pairs of nodes that localize a slow one
         lines += ["#"] + pair_list_lines(pairwise, report.pairs, tablefmt)
