@@ -22,10 +22,13 @@ cluster, cgroup CPU quota).
    in turn (a 3 % CPU quota; an 80 ms sleep a step outside the collectives; SIGSTOP 60 ms of
    every 150 ms), ``--reps`` times each: seconds and rank 4's steps from the onset to the first
    Monitor line naming it with the right reason, and seconds to the end of the first hang run
-   that names it so. ``--load N`` adds N spinning processes as the neighbours' load.
+   that names it so. ``--load N`` adds N spinning processes as the neighbours' load;
+   ``--step-s S`` pads every step of every job to S seconds with a sleep (the issue's steps of
+   0.1 s; the training step alone is a few ms to tens of ms here).
 
     .venv/bin/python benchmarks/straggler.py [--healthy-steps 1500] [--reps 3]
     .venv/bin/python benchmarks/straggler.py --reasons-only --healthy-steps 3000 --reps 2
+    .venv/bin/python benchmarks/straggler.py --reasons-only --step-s 0.1 --load 4 ...
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 JOB = HERE.parent / "tests" / "stragglerjob.py"
+STEP: list[str] = []  # ["--step-s", S] with --step-s: every job's steps padded to S seconds
 
 
 def straggler_lines(job) -> list[str]:
@@ -59,12 +63,12 @@ def healthy_run(cluster, workdir: pathlib.Path, steps: int, port: int,
     workdir.mkdir()
     job = start_job(cluster, cluster.hosts[:3], 1, port, workdir,
                     ["--use-monitor", "--width", "256", "--steps", str(steps), "--measure",
-                     str(workdir / "cost-"), *extra],
+                     str(workdir / "cost-"), *STEP, *extra],
                     env={"DDPCHECK_HEARTBEAT_DIR": str(workdir / "beats")}, script=JOB)
     try:
         job.wait_ready(180)
         for proc in job.procs:
-            proc.wait(timeout=steps * 2 + 120)
+            proc.wait(timeout=steps * (2 + float((STEP or [0, 0])[1])) + 120)
         costs = [json.loads((workdir / f"cost-{rank}.json").read_text()) for rank in range(3)]
         return {"steps": steps, "false_alarms": len(straggler_lines(job)),
                 "monitor.step/step": statistics.median(c["monitor_step_s"] / c["step_s"]
@@ -159,7 +163,7 @@ def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps:
     workdir.mkdir()
     ready = workdir / "ready"
     job = start_job(cluster, cluster.hosts[:3], 2, port, workdir,
-                    ["--mark-every", "1", "--flag-sleep", "0.08", "--width", "256"]
+                    ["--mark-every", "1", "--flag-sleep", "0.08", "--width", "256", *STEP]
                     + (["--use-monitor"] if monitor else []),
                     env={"DDPCHECK_HEARTBEAT_DIR": str(workdir / "beats")}, script=JOB)
     result: dict = {"variant": "Monitor (inside)" if monitor else "ddpcheck hang (outside)"}
@@ -257,9 +261,13 @@ def main() -> None:
     parser.add_argument("--reasons-only", action="store_true", help="only part 5")
     parser.add_argument("--inside-only", action="store_true",
                         help="part 5 with the Monitor only (not ddpcheck hang from outside)")
+    parser.add_argument("--step-s", type=float, default=0.0,
+                        help="pad every job's steps to this many seconds with a sleep")
     parser.add_argument("--load", type=int, default=0,
                         help="spinning processes started as the neighbours' load")
     args = parser.parse_args()
+    if args.step_s:
+        STEP[:] = ["--step-s", str(args.step_s)]
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 for _ in range(args.load)]
     try:

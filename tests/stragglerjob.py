@@ -3,11 +3,13 @@ torchrun: an MLP, SGD, a fixed batch; every step does the same work on every ran
 slower only when something outside makes it so (a cgroup CPU quota, SIGSTOP/SIGCONT).
 
     torchrun ... tests/stragglerjob.py --ready-dir DIR [--use-monitor] [--width N]
-        [--steps N] [--sleep S] [--flag-sleep S]
+        [--steps N] [--sleep S] [--step-s S] [--flag-sleep S]
 
 Without ``--use-monitor`` it never imports ddpcheck. After ``--ready-step`` steps each rank
 writes ``<ready-dir>/rank-<rank>`` with its pid; every rank appends ``<step> <time>`` to
 ``<ready-dir>/steps-<rank>`` every ``--mark-every`` steps so a test can tell step rates apart.
+With ``--step-s S`` each step is padded with a sleep to at least S seconds (a step of a
+given length whose host thread mostly waits, as on a GPU), before any flag sleep.
 With ``--flag-sleep S`` a rank sleeps S seconds a step, outside any collective, while the file
 ``<ready-dir>/sleep-<rank>`` exists (a slow data loader, as a test turns it on and off).
 """
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--step-s", type=float, default=0.0,
+                        help="pad each step with a sleep to at least this many seconds")
     parser.add_argument("--flag-sleep", type=float, default=0.0)
     parser.add_argument("--mark-every", type=int, default=10)
     parser.add_argument("--no-stragglers", action="store_true",
@@ -106,6 +110,10 @@ def main() -> None:
                 handle.write(str(os.getpid()))
         if args.sleep:
             time.sleep(args.sleep)
+        if args.step_s:
+            time.sleep(max(0.0, args.step_s - (time.perf_counter() - began)))
+            if steps_s:  # the step is the padded one
+                steps_s[-1] = time.perf_counter() - began
         if args.flag_sleep and os.path.exists(sleep_flag):
             time.sleep(args.flag_sleep)
     if monitor is not None and args.measure:
