@@ -8,8 +8,10 @@ slower only when something outside makes it so (a cgroup CPU quota, SIGSTOP/SIGC
 Without ``--use-monitor`` it never imports ddpcheck. After ``--ready-step`` steps each rank
 writes ``<ready-dir>/rank-<rank>`` with its pid; every rank appends ``<step> <time>`` to
 ``<ready-dir>/steps-<rank>`` every ``--mark-every`` steps so a test can tell step rates apart.
-With ``--step-s S`` each step is padded with a sleep to at least S seconds (a step of a
-given length whose host thread mostly waits, as on a GPU), before any flag sleep.
+With ``--step-s S`` every step from ``--ready-step`` on ends in the same sleep, S less the
+median of the steps before (a step of about S seconds whose host thread mostly waits, as on a
+GPU): the same sleep on every rank, so the ranks leave each collective together and stay in
+step (a sleep to S from each rank's own start would keep each rank's phase for ever).
 With ``--flag-sleep S`` a rank sleeps S seconds a step, outside any collective, while the file
 ``<ready-dir>/sleep-<rank>`` exists (a slow data loader, as a test turns it on and off).
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import time
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -31,7 +35,6 @@ def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
     the training step, and the CPU time of the Monitor's threads (its background thread and
     the straggler sampler) against the training thread's, over the whole run."""
     import json
-    import statistics
     import threading
 
     def oncpu(tid: int) -> float:
@@ -62,7 +65,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--step-s", type=float, default=0.0,
-                        help="pad each step with a sleep to at least this many seconds")
+                        help="steps of about this many seconds: a fixed sleep after each")
     parser.add_argument("--flag-sleep", type=float, default=0.0)
     parser.add_argument("--mark-every", type=int, default=10)
     parser.add_argument("--no-stragglers", action="store_true",
@@ -91,6 +94,8 @@ def main() -> None:
     costs: list[float] = []  # seconds in monitor.step(), per step
     steps_s: list[float] = []  # seconds of the training step before it
     marks = open(os.path.join(args.ready_dir, f"steps-{rank}"), "a", buffering=1)
+    first: list[float] = []  # --step-s: the steps before --ready-step, unpadded
+    pad: Optional[float] = None
     sleep_flag = os.path.join(args.ready_dir, f"sleep-{rank}")
     for step in range(args.steps):
         began = time.perf_counter()
@@ -110,8 +115,11 @@ def main() -> None:
                 handle.write(str(os.getpid()))
         if args.sleep:
             time.sleep(args.sleep)
-        if args.step_s:
-            time.sleep(max(0.0, args.step_s - (time.perf_counter() - began)))
+        if args.step_s and step < args.ready_step:
+            first.append(time.perf_counter() - began)
+        elif args.step_s:
+            pad = pad if pad is not None else max(0.0, args.step_s - statistics.median(first))
+            time.sleep(pad)
             if steps_s:  # the step is the padded one
                 steps_s[-1] = time.perf_counter() - began
         if args.flag_sleep and os.path.exists(sleep_flag):
