@@ -8,8 +8,8 @@ slower only when something outside makes it so (a cgroup CPU quota, SIGSTOP/SIGC
 Without ``--use-monitor`` it never imports ddpcheck. After ``--ready-step`` steps each rank
 writes ``<ready-dir>/rank-<rank>`` with its pid; every rank appends ``<step> <time>`` to
 ``<ready-dir>/steps-<rank>`` every ``--mark-every`` steps so a test can tell step rates apart.
-With ``--step-s S`` every step from ``--ready-step`` on ends in the same sleep, S less the
-median of the steps before (a step of about S seconds whose host thread mostly waits, as on a
+With ``--step-s S`` every step from step 12 on ends in the same sleep, S less the median of
+steps 2-11 (averaged over the ranks) (a step of about S seconds whose host thread mostly waits, as on a
 GPU): the same sleep on every rank, so the ranks leave each collective together and stay in
 step (a sleep to S from each rank's own start would keep each rank's phase for ever).
 With ``--flag-sleep S`` a rank sleeps S seconds a step, outside any collective, while the file
@@ -28,6 +28,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+CALIBRATE = 12  # --step-s: the steps before the first padded one
 
 
 def write_costs(prefix: str, rank: int, monitor, costs, steps_s) -> None:
@@ -94,7 +96,7 @@ def main() -> None:
     costs: list[float] = []  # seconds in monitor.step(), per step
     steps_s: list[float] = []  # seconds of the training step before it
     marks = open(os.path.join(args.ready_dir, f"steps-{rank}"), "a", buffering=1)
-    first: list[float] = []  # --step-s: the steps before --ready-step, unpadded
+    first: list[float] = []  # --step-s: the steps before CALIBRATE, unpadded
     pad: Optional[float] = None
     sleep_flag = os.path.join(args.ready_dir, f"sleep-{rank}")
     for step in range(args.steps):
@@ -115,10 +117,13 @@ def main() -> None:
                 handle.write(str(os.getpid()))
         if args.sleep:
             time.sleep(args.sleep)
-        if args.step_s and step < args.ready_step:
+        if args.step_s and step < CALIBRATE:
             first.append(time.perf_counter() - began)
         elif args.step_s:
-            pad = pad if pad is not None else max(0.0, args.step_s - statistics.median(first))
+            if pad is None:  # one pad for all ranks, or the one that pads most is late
+                mean = torch.tensor([statistics.median(first[2:])])
+                dist.all_reduce(mean)
+                pad = max(0.0, args.step_s - float(mean) / dist.get_world_size())
             time.sleep(pad)
             if steps_s:  # the step is the padded one
                 steps_s[-1] = time.perf_counter() - began
