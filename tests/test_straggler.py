@@ -345,14 +345,15 @@ def test_the_compute_checks_second_window_is_asked_for_by_a_suspect_and_keeps_th
 # -- the reasons, inside and outside ------------------------------------------------------------
 
 def _account(waiting: int, running: int = 0, stopped: int = 0, blocked: int = 0,
-             runq: float = 0.0, channel: str = "hrtimer_nanosleep"):
+             runq: float = 0.0, channel: str = "hrtimer_nanosleep", threads_runq: float = 0.0):
     from ddpcheck.core.straggler import WindowAccount
 
     states = {"S:futex_do_wait": waiting, "R": running, "T": stopped,
               f"S:{channel}": blocked}
     polls = waiting + running + stopped + blocked
     busy = 3.0 * running / polls
-    return WindowAccount(3.0, busy - runq, runq, tuple((k, n) for k, n in states.items() if n))
+    return WindowAccount(3.0, busy - runq, runq, tuple((k, n) for k, n in states.items() if n),
+                         threads_runq)
 
 
 @pytest.mark.parametrize("reason,slow", [
@@ -382,6 +383,26 @@ def test_outside_needs_three_ranks_and_enough_polls():
     slow = _account(waiting=0, running=150)
     assert window_stragglers({0: _account(100, 50), 1: slow}) == []
     assert window_stragglers({0: _account(10, 5), 1: _account(10, 5), 2: _account(0, 15)}) == []
+
+
+def test_outside_a_quota_on_the_process_is_starved_though_its_main_thread_waits_in_a_futex():
+    """As measured on the namespace cluster (3 % CPU quota, a 3 s window): the throttled rank's
+    main thread sat in a futex half the window, waiting for its own throttled gloo threads, and
+    looked like its peers by its states alone; its threads' run-queue time (3.0 s in 3 s against
+    0.1-0.35 s) is what tells it apart."""
+    from ddpcheck.core.straggler import Reason, window_stragglers
+
+    peers = {r: _account(waiting=85, running=3, blocked=56, runq=0.05, threads_runq=0.1 + r / 20)
+             for r in (0, 1, 2, 3, 5)}
+    throttled = _account(waiting=72, running=17, blocked=55, runq=0.3, threads_runq=3.0)
+    assert window_stragglers(peers | {4: _account(72, 17, blocked=55, runq=0.3)}) == []
+    (found,) = window_stragglers(peers | {4: throttled}, {4: "h3"})
+    assert (found.rank, found.reason) == (4, Reason.STARVED), found
+    assert found.message().startswith("rank 4 on h3 starved of CPU ")
+    # a healthy job under a neighbour's load: every rank's threads queue a little
+    busy = {r: _account(waiting=85, running=5, blocked=50, runq=0.1, threads_runq=0.6 + r / 10)
+            for r in range(6)}
+    assert window_stragglers(busy) == []
 
 
 def test_inside_the_reason_is_the_share_of_the_step_that_grew_most():

@@ -107,7 +107,6 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
             "blocked": lambda: flag_file(tmp_path / "ready" / f"sleep-{VICTIM}"),
             "stopped": lambda: stop_cycle(pids[VICTIM]),
         }
-        missed = None
         for reason, fault in faults.items():
             with fault():
                 wait_steps(tmp_path, VICTIM, 12, job)
@@ -116,14 +115,6 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
                 done, report = hang(ns_cluster, tmp_path, reason)
             found = stragglers(report)
             text = done.stdout + done.stderr
-            if not monitor and reason == "starved" and (
-                    [(f["rank"], f["host"]) for f in found] != [(VICTIM, "h3")]
-                    or done.returncode != 0):
-                # Known gap (the issue stays open on it): from outside, with no Monitor, one 3 s
-                # window of a rank held to 3 % of a CPU is not always told from its peers.
-                missed = text
-                time.sleep(2.0)  # the job recovers before the next fault
-                continue
             assert [(f["rank"], f["host"]) for f in found] == [(VICTIM, "h3")], (reason, text)
             assert done.returncode == 0, (reason, text)  # a progressing job is never hung
             assert not [f for f in report["findings"] if f["severity"] == "error"], text
@@ -147,9 +138,6 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
                 recovered(tmp_path)
             else:
                 time.sleep(2.0)  # the job recovers before the next fault
-        if missed is not None:
-            pytest.xfail("starved, from outside without a Monitor, not named in one window: "
-                         + missed[-500:])
     finally:
         job.stop()
 

@@ -389,8 +389,11 @@ def window_account(first: Mapping[str, Any], last: Mapping[str, Any],
         return None
     counts = tuple(sorted((str(k), int(n)) for k, n in states.items()
                           if isinstance(n, int) and not isinstance(n, bool) and n > 0))
+    ta, tb = first.get("threads_sched"), last.get("threads_sched")  # older scans: none
+    threads_runq = (max(0.0, float(tb[1]) - float(ta[1])) if isinstance(ta, list)
+                    and isinstance(tb, list) and len(ta) == len(tb) == 2 else 0.0)
     return WindowAccount(span, max(0.0, float(b[0]) - float(a[0])),
-                         max(0.0, float(b[1]) - float(a[1])), counts)
+                         max(0.0, float(b[1]) - float(a[1])), counts, threads_runq)
 
 
 def stopped_throughout(view: RankView) -> bool:

@@ -426,11 +426,14 @@ CHANNEL_MEANINGS = (("hrtimer_nanosleep", "a sleep"), ("do_nanosleep", "a sleep"
 class WindowAccount:
     """One rank's main thread over ``ddpcheck hang``'s window: its schedstat deltas (seconds on
     a CPU, seconds runnable but not running) and its state read every few milliseconds
-    (``states``: {"R": n, "T": n, "S:futex_do_wait": n, ...})."""
+    (``states``: {"R": n, "T": n, "S:futex_do_wait": n, ...}); ``threads_runq_s``: the run-queue
+    seconds of all the process's threads (schedstat, summed), which a CPU quota on the process
+    makes as long as the window or longer."""
     window_s: float
     oncpu_s: float
     runq_s: float
     states: tuple[tuple[str, int], ...]
+    threads_runq_s: float = 0.0
 
     @property
     def polls(self) -> int:
@@ -443,16 +446,26 @@ class WindowAccount:
                                                                                    self.polls)
 
     @property
+    def starved_threads(self) -> float:
+        """The share of its waits on a futex that waited for its own threads starved of CPU,
+        not for the others: the process's threads' run-queue time over the window (at most 1).
+        A quota on the process throttles gloo's threads too, and the main thread waits for
+        them in a futex as it would for a peer."""
+        return min(1.0, self.threads_runq_s / self.window_s) if self.window_s > 0 else 0.0
+
+    @property
     def holding(self) -> float:
         """The share of the window not spent waiting for others: what the others wait for."""
-        return 1.0 - self.share("waiting")
+        return 1.0 - self.share("waiting") * (1.0 - self.starved_threads)
 
     def parts(self) -> dict[Reason, float]:
-        """The window's shares by reason; running split by schedstat into compute and starved."""
+        """The window's shares by reason; running split by schedstat into compute and starved,
+        and starved too the waits for its own starved threads."""
         running = self.share("running")
         busy = self.oncpu_s + self.runq_s
         starved = running * self.runq_s / busy if busy > 0 else 0.0
-        return {Reason.COMPUTE: running - starved, Reason.STARVED: starved,
+        own = self.share("waiting") * self.starved_threads
+        return {Reason.COMPUTE: running - starved, Reason.STARVED: starved + own,
                 Reason.BLOCKED: self.share("blocked"), Reason.STOPPED: self.share("stopped")}
 
     def channel(self) -> Optional[str]:
@@ -541,7 +554,8 @@ def window_stragglers(accounts: Mapping[int, WindowAccount],
     median not waiting for the others, and ``min_ratio`` x that median (at least three ranks,
     each polled ``min_polls`` times), with the reason that grew most over the peers' (their
     medians, part by part). A rank throttled by a quota on its whole process still waits on a
-    futex part of the time (its own throttled I/O threads): hence a margin, not a floor."""
+    futex part of the time, for its own throttled threads: those waits count as held up, not
+    waiting, in the share its threads spent in the run queue (``WindowAccount.holding``)."""
     usable = {rank: a for rank, a in accounts.items() if a.polls >= min_polls}
     if len(usable) < 3 or len(usable) != len(accounts):
         return []

@@ -317,7 +317,8 @@ class HostScan:
                 return {"status": proc.status(), "cpu_s": round(times.user + times.system, 3),
                         "threads": proc.num_threads(), "at": time.time(),
                         "busy_s": main_thread_busy_s(worker["pid"]),
-                        "sched": main_thread_schedstat(worker["pid"])}
+                        "sched": main_thread_schedstat(worker["pid"]),
+                        "threads_sched": threads_schedstat(worker["pid"])}
         except (self.psutil.NoSuchProcess, self.psutil.ZombieProcess):
             return {"status": "gone"}
         except self.psutil.AccessDenied:
@@ -451,6 +452,25 @@ def main_thread_schedstat(pid: int) -> Optional[list[float]]:
         return [round(int(oncpu) / 1e9, 4), round(int(runq) / 1e9, 4)]
     except (OSError, ValueError):
         return None
+
+
+def threads_schedstat(pid: int) -> Optional[list[float]]:
+    """[seconds on a CPU, seconds runnable but waiting] of all the process's threads summed,
+    from /proc/PID/task/*/schedstat: a CPU quota on the process shows in its other threads'
+    run-queue time while its main thread waits for them; None where unavailable."""
+    oncpu = runq = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as handle:
+                a, b = handle.read().split()[:2]
+            oncpu, runq = oncpu + int(a), runq + int(b)
+        except (OSError, ValueError):
+            continue  # a thread that ended
+    return [round(oncpu / 1e9, 4), round(runq / 1e9, 4)]
 
 
 def main_thread_busy_s(pid: int) -> Optional[float]:
