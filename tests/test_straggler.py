@@ -131,6 +131,61 @@ def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
     assert starved2 > 0.25  # the throttled part of the busy time
 
 
+def test_waiting_for_its_own_throttled_thread_is_starved_not_waiting():
+    """A real CFS quota on the process: the training thread waits in a futex for a thread of
+    its own (as for gloo's) that needs 20 ms of CPU, at 4 % of a CPU. Without the quota that
+    wait is short and is wait; under it the sampler queues as long as it sleeps, and the wait
+    is starved (the old clock called it all wait: the rank looked on time)."""
+    import os
+    import threading
+    import time
+
+    import hashlib
+
+    from ddpcheck.injob.stragglers import StepClock, ThreadSampler
+    from cpuquota import available, cpu_quota
+
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+    block = bytes(1 << 20)
+
+    def work_in_a_thread() -> None:  # the training thread waits for it (a futex)
+        done = threading.Event()
+
+        def spin() -> None:  # hashing a MB at a time lets go of the GIL, as gloo's threads do
+            end = time.thread_time() + 0.02
+            while time.thread_time() < end:
+                hashlib.sha256(block).digest()
+            done.set()
+
+        threading.Thread(target=spin).start()
+        done.wait()
+
+    stop = threading.Event()
+    clock = StepClock()
+    clock.sampler = ThreadSampler(stop)
+    clock.sample(0, time.time())
+    clock.sampler.start(clock.tid)
+    try:
+        time.sleep(0.1)
+        clock.sample(1, time.time())
+        work_in_a_thread()
+        time.sleep(0.05)
+        clock.sample(2, time.time())  # healthy
+        with cpu_quota([os.getpid()], 0.04):
+            work_in_a_thread()
+            clock.sample(3, time.time())
+    finally:
+        stop.set()
+        clock.sampler.thread.join()
+    healthy, throttled = ([row[2] + row[3] + row[5], row[4]] + row[2:4]
+                          for row in clock.recent()[-2:])
+    assert healthy[1] < 0.25 * healthy[0], healthy  # starved
+    assert throttled[0] > 0.2 and throttled[1] > 0.5 * throttled[0], throttled
+    assert throttled[3] < 0.5 * throttled[0], throttled  # wait
+
+
 def test_sampler_tells_a_sleep_outside_the_collectives_from_waiting_for_another_thread():
     import threading
     import time

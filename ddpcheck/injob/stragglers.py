@@ -60,6 +60,10 @@ class ThreadSampler:
     anywhere else it is *blocked outside the collectives* (a data loader, I/O, a sleep). A
     stopped process stops this thread too: the time it lost, beyond what its own run queue
     explains, is time the process was *stopped* (SIGSTOP, a debugger, a sampling profiler).
+    The time since a poll after which this thread had queued for a CPU twice as long as it
+    slept, the training thread waiting in a futex, counts as *starved*: a CPU quota on the
+    process throttles gloo's threads too, and the training thread waits for them as it would
+    for a peer.
     The training thread takes the counts of each step at its boundary (``step_shares``)."""
 
     def __init__(self, stop: threading.Event, every_s: float = SAMPLE_S) -> None:
@@ -69,6 +73,8 @@ class ThreadSampler:
         self._lock = threading.Lock()  # guards the channel counts only
         self.polls = 0  # since the last step boundary
         self.blocked = 0
+        self.queued_s = 0.0  # seconds it waited in a futex while this thread queued for a CPU
+        self.step_queued_s = 0.0  # ... in the last step
         self.stopped_s = 0.0
         self._channels: dict[str, int] = {}
         self.thread = threading.Thread(target=self._run, name="ddpcheck-sampler", daemon=True)
@@ -83,6 +89,7 @@ class ThreadSampler:
         meanwhile). Plain attribute reads and writes, no system call: a count lost to a race
         with the sampler costs one poll of accuracy."""
         polls, blocked, stopped = self.polls, self.blocked, self.stopped_s
+        self.step_queued_s, self.queued_s = self.queued_s, 0.0
         self.polls = self.blocked = 0
         self.stopped_s = 0.0
         return (blocked / polls if polls else 0.0), stopped
@@ -105,15 +112,19 @@ class ThreadSampler:
             last, last_runq = time.monotonic(), _runq_s(own)
             while not self.stop.wait(self.every_s):
                 now, runq = time.monotonic(), _runq_s(own)
-                lost = now - last - self.every_s - (runq - last_runq)
-                last, last_runq = now, runq
+                queued = runq - last_runq
+                lost = now - last - self.every_s - queued
+                since, last, last_runq = now - last, now, runq
                 state = _thread_state(fds)
                 if state is None:
                     return  # the training thread is gone
                 if lost > self.every_s:  # frozen meanwhile, not merely queued
                     self.stopped_s += lost
                 self.polls += 1
-                if state_kind(state) == "blocked":
+                kind = state_kind(state)
+                if kind == "waiting" and queued >= 2 * self.every_s:  # not a busy host's 20 ms
+                    self.queued_s += since  # waiting for its own threads, starved like this one
+                if kind == "blocked":
                     self.blocked += 1
                     channel = state.split(":", 1)[1]
                     with self._lock:
@@ -207,6 +218,11 @@ class StepClock:
             starved = min(self.runq_rate * wall, wall - stopped)
             busy_s = min(max(cpu - last[1], 0.0) + starved, wall - stopped)
             blocked = min(blocked_share * (wall - stopped), wall - stopped - busy_s)
+            # waiting in a futex while its process queued for a CPU (a quota on the process
+            # throttles gloo's threads too): waiting for its own threads, starved
+            own = min(self.sampler.step_queued_s if self.sampler else 0.0,
+                      wall - stopped - busy_s - blocked)
+            starved, busy_s = starved + own, busy_s + own
             wait = wall - stopped - busy_s - blocked  # in the collectives: for the others
         self.rows.append([step, round(now, 6), round(busy_s, 6), round(wait, 6),
                           round(starved, 6), round(blocked, 6), round(stopped, 6)])
