@@ -647,3 +647,10 @@ def test_a_job_progresses_when_its_loops_turn_though_one_rank_runs_throughout():
     assert not job_progressed([_account(waiting=0, running=150)] * 6)  # all spin (NCCL hang)
     assert not job_progressed(turning + [_account(waiting=0, blocked=150)])  # one never moves
     assert not job_progressed([])
+    # as measured under a 3 % quota on rank 4: its peers each ran a step or two of the window,
+    # and its main thread waited in a futex for its own throttled threads (4.5 s queued in 3 s)
+    brief = [_account(waiting=146, running=1, threads_runq=0.15) for _ in range(4)]
+    quota = _account(waiting=148, threads_runq=4.5)
+    assert job_progressed(brief + [turning[0], quota])
+    assert not job_progressed(brief + [turning[0], _account(waiting=148, threads_runq=0.15)])
+    assert not job_progressed(brief + [quota])  # nobody went round a loop

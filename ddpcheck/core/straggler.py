@@ -410,6 +410,9 @@ class Reason(str, enum.Enum):
 # A main thread asleep on a futex waits for another thread: gloo's collectives (and locks, the
 # GIL): the time a rank spends waiting for its peers. Any other sleep is its own business.
 WAITING_CHANNELS = ("futex",)
+# a rank whose threads queued for a CPU half the window longer than its peers' is held back by
+# a quota on it (runnable, so not stuck), whatever its main thread's state
+OWN_STARVED_THROUGHOUT = 0.5
 # What a wait channel says, for the message: (prefix of the kernel function, what it is).
 CHANNEL_MEANINGS = (("hrtimer_nanosleep", "a sleep"), ("do_nanosleep", "a sleep"),
                     ("io_schedule", "I/O"), ("folio_wait", "I/O"), ("wait_on_page", "I/O"),
@@ -477,21 +480,40 @@ class WindowAccount:
         return running >= 2 and self.polls - running >= 2
 
     @property
+    def moved(self) -> bool:
+        """Seen running and not running, once each at least."""
+        running = sum(n for state, n in self.states if state_kind(state) == "running")
+        return running >= 1 and self.polls - running >= 1
+
+    @property
     def ran_throughout(self) -> bool:
         """Seen running (on a CPU, queued or throttled) at every poll."""
         return self.polls > 0 and self.share("running") == 1.0
 
 
 def job_progressed(accounts: Sequence[WindowAccount]) -> bool:
-    """Did a job move during the window, by its main threads' states alone? Every thread went
-    round its loop (``cycled``), or ran throughout (computing, or starved of CPU: always
-    runnable) while at least one other went round: a peer's loop completes collectives only if
-    every rank takes part, so a rank that held it up still progressed. A rank asleep in one
-    place, or ranks all spinning or all waiting in one place, did not."""
+    """Did a job move during the window, by its main threads' states alone? One thread at least
+    went round its loop (``cycled``) and every other was seen both running and not (``moved``:
+    a peer of a slow rank waits most of the window and runs only briefly each step), ran
+    throughout (computing, or starved of CPU: always runnable), or had its own threads starved
+    (a quota on its process: its main thread waits for them): a peer's loop completes
+    collectives only if every rank takes part, so a rank that held it up still progressed. A
+    rank asleep in one place, or ranks all spinning or all waiting in one place, did not."""
     if not accounts:
         return False
-    cycled = [a.cycled for a in accounts]
-    return any(cycled) and all(c or a.ran_throughout for c, a in zip(cycled, accounts))
+    accounts = with_own_starvation(accounts)
+    return any(a.cycled for a in accounts) and all(
+        a.moved or a.ran_throughout or a.own_starved >= OWN_STARVED_THROUGHOUT for a in accounts)
+
+
+def with_own_starvation(accounts: Sequence[WindowAccount]) -> list[WindowAccount]:
+    """Each account with ``own_starved`` set: the share of the window its threads queued for a
+    CPU longer than its peers' (median; on a busy host every rank's threads queue, which says
+    nothing of who is late)."""
+    queued = sorted(a.threads_runq_s for a in accounts)
+    return [replace(a, own_starved=min(1.0, max(0.0, (
+        a.threads_runq_s - median_without(queued, a.threads_runq_s)) / a.window_s)))
+        for a in accounts]
 
 
 def state_kind(state: str) -> str:
@@ -555,10 +577,7 @@ def window_stragglers(accounts: Mapping[int, WindowAccount],
     usable = {rank: a for rank, a in accounts.items() if a.polls >= min_polls}
     if len(usable) < 3 or len(usable) != len(accounts):
         return []
-    queued = sorted(a.threads_runq_s for a in usable.values())
-    usable = {rank: replace(a, own_starved=min(1.0, max(0.0, (
-        a.threads_runq_s - median_without(queued, a.threads_runq_s)) / a.window_s)))
-        for rank, a in usable.items()}
+    usable = dict(zip(usable, with_own_starvation(list(usable.values()))))
     hosts = hosts or {}
     holding = sorted(a.holding for a in usable.values())
     parts = {rank: a.parts() for rank, a in usable.items()}
