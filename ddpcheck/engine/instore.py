@@ -740,6 +740,62 @@ def node_launch_command(place: JobPlace, host: HostSpec, options: LaunchOptions,
                        run_id=run_id, rank_program=program)[place.node_rank].command
 
 
+@dataclass
+class NodeStage:
+    """Where a node other than 0 is, for the message when node 0 is lost."""
+    now: str = "join"
+
+
+def join_store(place: JobPlace, join: NodeJoin, seconds: float, traffic: Traffic) -> JobStore:
+    """Connect to node 0's store and register this node (StoreError when it cannot)."""
+    store = JobStore.connect(place.master_addr, place.store_port, seconds, traffic)
+    store.set(f"join/{join.node_rank}", join.to_json())
+    store.add("joined", 1)
+    return store
+
+
+def follow_decisions(store: JobStore, place: JobPlace, host: HostSpec, options: LaunchOptions,
+                     run_command: Callable[[str], CommandResult], progress: Progress,
+                     deadline: float, stage: NodeStage) -> None:
+    """Run each launch node 0 decides (the probe, then with --bandwidth the sweep and its
+    rounds of pairs) and post its result, until node 0 decides to stop."""
+    rank, hostname = place.node_rank, host.name
+    number = 1
+    while True:
+        stage.now = "the decision"
+        decision = launch_key("decision", number)
+        if not store.wait([decision], deadline + (VERDICT_GRACE_S if number > 1 else 0)):
+            raise StoreError("node 0 gave no decision within --timeout")
+        if store.get(decision).decode() != "launch":
+            return
+        stage.now = "launch" if number == 1 else f"launch {number}"
+        plan = json.loads(store.get(launch_key("plan", number)))
+        launch = node_launch_command(place, host, options, plan)
+        what = (" (a pair job)" if "pairs" in plan else
+                " (the bandwidth sweep)" if "sweep" in plan else "")
+        if launch is None:
+            progress.say(f"node rank {rank} ({hostname}): in no pair this round")
+            ran = CommandResult(0, "", duration_s=0.0)
+        else:
+            progress.say(f"node rank {rank} ({hostname}): launching torchrun{what}")
+            ran = run_command(launch)
+        store.set(f"{launch_key('result', number)}/{rank}", result_json(ran))
+        store.add(launch_key("results", number), 1)
+        number += 1
+
+
+def take_verdict(store: JobStore, rank: int, hostname: str, deadline: float,
+                 traffic: Traffic) -> NodeOutcome:
+    """Node 0's verdict, as this node reports it."""
+    if not store.wait(["verdict"], deadline + VERDICT_GRACE_S):
+        raise StoreError("node 0 gave no verdict within --timeout")
+    verdict = json.loads(store.get("verdict"))
+    store.add("read", 1)
+    return NodeOutcome(int(verdict["exit_code"]), verdict["verdict"],
+                       verdict["causes"].get(str(rank), ""),
+                       verdict["names"].get(str(rank), hostname), traffic)
+
+
 def run_node(place: JobPlace, settings: NodeStage0, launch_options: LaunchOptions,
              join_timeout_s: float, progress: Progress, started: float) -> NodeOutcome:
     """One node other than 0: join node 0's store, run stage 0 here (at once with --skip
@@ -765,16 +821,13 @@ def run_node(place: JobPlace, settings: NodeStage0, launch_options: LaunchOption
     store: Optional[JobStore] = None
     heartbeat: Optional[Heartbeat] = None
     rank = place.node_rank
-    stage = "join"
+    stage = NodeStage()
     try:
         progress.say(f"node rank {rank} ({hostname}): joining {place.master_addr}:"
                      f"{place.store_port}")
         try:
-            store = JobStore.connect(place.master_addr, place.store_port,
-                                     min(join_timeout_s, deadline - time.monotonic()), traffic)
-            store.set(f"join/{rank}", NodeJoin(rank, hostname, address,
-                                               sys.executable).to_json())
-            store.add("joined", 1)
+            store = join_store(place, NodeJoin(rank, hostname, address, sys.executable),
+                               min(join_timeout_s, deadline - time.monotonic()), traffic)
         except StoreError as exc:
             failure = joins.master_unreachable(str(exc))
             return NodeOutcome(3, "unreachable", f"{failure.check}: {failure.message}",
@@ -784,47 +837,21 @@ def run_node(place: JobPlace, settings: NodeStage0, launch_options: LaunchOption
         stop = threading.Event()
         heartbeat = Heartbeat(store.connection(min(10.0, max(deadline - time.monotonic(), 1))),
                               rank, stop).start()
-        stage = "stage 0"
+        stage.now = "stage 0"
         while checker.is_alive():
             checker.join(0.2)
         result = stage0[0] if stage0 else CommandResult(None, "", cancelled=True)
         store.set(f"stage0/{rank}", result_json(result))
         store.add("stage0s", 1)
-        stage = "the decision"
         progress.say(f"node rank {rank} ({hostname}): stage 0 done in {result.duration_s:.1f}s;"
                      f" waiting for node 0's decision")
-        number = 1  # the launch: the probe, then (--bandwidth) the sweep
-        while True:
-            decision = launch_key("decision", number)
-            if not store.wait([decision], deadline + (VERDICT_GRACE_S if number > 1 else 0)):
-                raise StoreError("node 0 gave no decision within --timeout")
-            if store.get(decision).decode() != "launch":
-                break
-            stage = "launch" if number == 1 else f"launch {number}"
-            plan = json.loads(store.get(launch_key("plan", number)))
-            launch = node_launch_command(place, host, launch_options, plan)
-            what = (" (a pair job)" if "pairs" in plan else
-                    " (the bandwidth sweep)" if "sweep" in plan else "")
-            if launch is None:
-                progress.say(f"node rank {rank} ({hostname}): in no pair this round")
-                ran = CommandResult(0, "", duration_s=0.0)
-            else:
-                progress.say(f"node rank {rank} ({hostname}): launching torchrun{what}")
-                ran = session.run(launch, deadline + 5.0, cancel, stop)
-            store.set(f"{launch_key('result', number)}/{rank}", result_json(ran))
-            store.add(launch_key("results", number), 1)
-            stage = "the decision"
-            number += 1
-        stage = "the verdict"
-        if not store.wait(["verdict"], deadline + VERDICT_GRACE_S):
-            raise StoreError("node 0 gave no verdict within --timeout")
-        verdict = json.loads(store.get("verdict"))
-        store.add("read", 1)
-        cause = verdict["causes"].get(str(rank), "")
-        return NodeOutcome(int(verdict["exit_code"]), verdict["verdict"], cause,
-                           verdict["names"].get(str(rank), hostname), traffic)
+        follow_decisions(store, place, host, launch_options,
+                         lambda command: session.run(command, deadline + 5.0, cancel, stop),
+                         progress, deadline, stage)
+        stage.now = "the verdict"
+        return take_verdict(store, rank, hostname, deadline, traffic)
     except StoreError as exc:
-        return NodeOutcome(3, "unreachable", f"join: lost node 0 during {stage}: {exc}",
+        return NodeOutcome(3, "unreachable", f"join: lost node 0 during {stage.now}: {exc}",
                            hostname, traffic)
     except KeyboardInterrupt as exc:
         from ..analyze.outcomes import signal_name
@@ -835,7 +862,7 @@ def run_node(place: JobPlace, settings: NodeStage0, launch_options: LaunchOption
                 store.set(f"gone/{rank}", f"interrupted ({why})")
             except StoreError:
                 pass
-        return NodeOutcome(130, "interrupted", f"interrupted ({why}) during {stage}",
+        return NodeOutcome(130, "interrupted", f"interrupted ({why}) during {stage.now}",
                            hostname, traffic)
     finally:
         cancel.set()
