@@ -472,18 +472,21 @@ class WindowAccount:
                    if state_kind(state) == "blocked" and ":" in state]
         return max(blocked)[1] if blocked else None
 
+    def seen_running_and_not(self, times: int) -> bool:
+        """Seen running and not running, ``times`` polls each at least."""
+        running = sum(n for state, n in self.states if state_kind(state) == "running")
+        return running >= times and self.polls - running >= times
+
     @property
     def cycled(self) -> bool:
         """Seen running and not running, twice each: a thread going round a loop, not one stuck
         in one place."""
-        running = sum(n for state, n in self.states if state_kind(state) == "running")
-        return running >= 2 and self.polls - running >= 2
+        return self.seen_running_and_not(2)
 
     @property
     def moved(self) -> bool:
         """Seen running and not running, once each at least."""
-        running = sum(n for state, n in self.states if state_kind(state) == "running")
-        return running >= 1 and self.polls - running >= 1
+        return self.seen_running_and_not(1)
 
     @property
     def ran_throughout(self) -> bool:

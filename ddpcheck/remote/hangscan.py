@@ -314,10 +314,11 @@ class HostScan:
                 return {"status": "gone"}
             with proc.oneshot():
                 times = proc.cpu_times()
+                main = main_thread_schedstat(worker["pid"])  # busy: on a CPU or runnable
                 return {"status": proc.status(), "cpu_s": round(times.user + times.system, 3),
                         "threads": proc.num_threads(), "at": time.time(),
-                        "busy_s": main_thread_busy_s(worker["pid"]),
-                        "sched": main_thread_schedstat(worker["pid"]),
+                        "busy_s": round(sum(main) / 1e9, 4) if main else None,
+                        "sched": [round(ns / 1e9, 4) for ns in main] if main else None,
                         "threads_sched": threads_schedstat(worker["pid"])}
         except (self.psutil.NoSuchProcess, self.psutil.ZombieProcess):
             return {"status": "gone"}
@@ -443,45 +444,32 @@ def main_thread_state(pid: int) -> Optional[str]:
     return state
 
 
-def main_thread_schedstat(pid: int) -> Optional[list[float]]:
-    """[seconds on a CPU, seconds runnable but waiting (run queue, CPU quota)] of the main
-    thread, from /proc/PID/task/PID/schedstat; None where unavailable."""
+def schedstat_ns(path: str) -> Optional[tuple[int, int]]:
+    """(nanoseconds on a CPU, nanoseconds runnable but waiting: run queue, CPU quota) of one
+    thread, from its ``schedstat`` file; None where unavailable (or the thread ended)."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as handle:
+        with open(path, encoding="ascii") as handle:
             oncpu, runq = handle.read().split()[:2]
-        return [round(int(oncpu) / 1e9, 4), round(int(runq) / 1e9, 4)]
+        return int(oncpu), int(runq)
     except (OSError, ValueError):
         return None
+
+
+def main_thread_schedstat(pid: int) -> Optional[tuple[int, int]]:
+    """The main thread's ``schedstat_ns``, from /proc/PID/task/PID/schedstat."""
+    return schedstat_ns(f"/proc/{pid}/task/{pid}/schedstat")
 
 
 def threads_schedstat(pid: int) -> Optional[list[float]]:
     """[seconds on a CPU, seconds runnable but waiting] of all the process's threads summed,
     from /proc/PID/task/*/schedstat: a CPU quota on the process shows in its other threads'
     run-queue time while its main thread waits for them; None where unavailable."""
-    oncpu = runq = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as handle:
-                a, b = handle.read().split()[:2]
-            oncpu, runq = oncpu + int(a), runq + int(b)
-        except (OSError, ValueError):
-            continue  # a thread that ended
-    return [round(oncpu / 1e9, 4), round(runq / 1e9, 4)]
-
-
-def main_thread_busy_s(pid: int) -> Optional[float]:
-    """Seconds the process's main thread has been on a CPU or runnable (in the run queue or
-    throttled by a CPU quota), from /proc/PID/task/PID/schedstat; None where unavailable."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as handle:
-            oncpu, runq = handle.read().split()[:2]
-        return round((int(oncpu) + int(runq)) / 1e9, 4)
-    except (OSError, ValueError):
-        return None
+    read = [ns for tid in tids if (ns := schedstat_ns(f"/proc/{pid}/task/{tid}/schedstat"))]
+    return [round(sum(ns[0] for ns in read) / 1e9, 4), round(sum(ns[1] for ns in read) / 1e9, 4)]
 
 
 def not_ours(info: Mapping[str, Any], uid: int) -> bool:

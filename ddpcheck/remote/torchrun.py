@@ -26,6 +26,7 @@ from .fastexit import run_then_exit
 IMPORT_FAILED_EXIT = 1
 RENDEZVOUS_TIMEOUT_EXIT = 1  # what torchrun exits with when its rendezvous times out
 POLL_S = 0.02  # between connection attempts to the master's port
+CONNECT_TIMEOUT_S = 1.0  # one attempt's, on a route that drops packets instead of refusing
 STATIC_DEFAULT_TIMEOUT_S = 900.0  # torchrun's rendezvous timeout without --rdzv-conf timeout=
 
 
@@ -63,7 +64,7 @@ def wait_for_master(address: str, port: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with socket.create_connection((address, port), timeout=max(POLL_S, 1.0)):
+            with socket.create_connection((address, port), timeout=CONNECT_TIMEOUT_S):
                 return True
         except OSError:
             if time.monotonic() >= deadline:
