@@ -95,6 +95,27 @@ def test_stopped_rank_is_the_root_cause_and_the_others_wait():
     assert analysis.stacks["3"].startswith("Process 1003 (rank 3 on h2): python train.py")
 
 
+def test_a_rank_still_in_the_collective_the_stopped_rank_left_unfinished_waits_for_it():
+    """Rank 3 stopped inside all_reduce 37 after some of its ring sends: ranks 0 and 1 finished
+    37 and wait in 38, rank 2 still waits in 37 (seen on the namespace cluster). Rank 3's
+    heartbeat is older still. Rank 2 waits for rank 3; it is not behind."""
+    def at(seq: int) -> dict:
+        return {"beats": (beat(seq - 2, seq), beat(seq - 2, seq))}
+
+    scans = [scan("h1", [worker(0, **at(38)), worker(1, **at(38))]),
+             scan("h2", [worker(2, **at(37)), worker(3, status="stopped", **at(25))])]
+    analysis = analyze_scans(scans)
+    assert roles(analysis) == {0: Role.WAITING, 1: Role.WAITING, 2: Role.WAITING,
+                               3: Role.STOPPED}
+    assert analysis.jobs[0].culprits == (3,) and analysis.findings[0].rank == 3
+    summary = analysis.findings[1].message
+    assert "ranks 0-1 are waiting in all_reduce (seq 38)" in summary
+    assert "rank 2 is waiting in all_reduce (seq 37)" in summary
+    # with nobody stopped, the rank left in collective 37 is the one behind
+    scans[1] = scan("h2", [worker(2, **at(37)), worker(3, **at(38))])
+    assert roles(analyze_scans(scans))[2] is Role.BEHIND
+
+
 def test_rank_outside_any_collective_at_both_samples_is_blocked():
     analysis = analyze_scans(two_hosts(worker(3, stack=IN_LOAD_BATCH)))
     assert roles(analysis)[3] is Role.BLOCKED

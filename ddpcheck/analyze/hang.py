@@ -10,7 +10,8 @@ job (torchrun run id + master address) every rank gets a role, root cause first:
 * ``mismatch``: in another collective than the others (a rank took a different code path);
 * ``behind``: a lower collective sequence number or step than the others (heartbeat or Flight
   Recorder), with no stack to say more;
-* ``waiting``: in a collective, waiting for the above ("waiting in all_reduce (seq N)");
+* ``waiting``: in a collective, waiting for the above ("waiting in all_reduce (seq N)"); also a
+  rank in an earlier collective than the others that a stopped or dead rank has not finished;
 * ``progressing``: its heartbeat or collective sequence moved during the window.
 
 A job whose ranks all progress is not hung (exit 0). One where every rank waits in the same
@@ -539,6 +540,7 @@ def analyze_job(job: str, views: Sequence[RankView],
     main_op = max(ops, key=lambda op: (len(ops[op]), op)) if ops else None
     progressing = [v for v in running if v.progressed]
     waiters_idle = any(_idle(by_rank[r]) for r in in_collective)
+    held_at = holding_seq(by_rank, world)
 
     for rank in range(world):
         view = by_rank.get(rank)
@@ -548,7 +550,7 @@ def analyze_job(job: str, views: Sequence[RankView],
                 Role.DEAD, missing_reason(rank, world, views, scanned_hosts, unscanned_hosts))
             continue
         verdicts[rank] = classify(view, top_seq, top_step, in_collective, main_op,
-                                  waiters_idle)
+                                  waiters_idle, held_at)
     for view in views:  # ranks outside the world (a mismatched WORLD_SIZE)
         if view.rank not in verdicts:
             verdicts[view.rank] = RankVerdict(view, Role.UNKNOWN, "outside the world size")
@@ -574,9 +576,21 @@ def analyze_job(job: str, views: Sequence[RankView],
     return JobVerdict(job, world, ordered, tuple(findings), hung, culprit_ranks)
 
 
+def holding_seq(by_rank: Mapping[int, RankView], world: int) -> Optional[int]:
+    """The lowest collective a stopped, dead or missing rank may still be in (-1: anywhere,
+    as for a rank without a heartbeat); None when every rank runs. Such a rank holds every
+    collective from there on: a rank waiting in one of them is waiting for it, not behind,
+    though the others got further (the ring sends of an all_reduce the stopped rank made
+    before it stopped let some ranks finish it and enter the next one)."""
+    held = [-1 if view is None or view.seq is None else view.seq
+            for view in (by_rank.get(rank) for rank in range(world))
+            if view is None or view.status in ("gone", "zombie") or stopped_throughout(view)]
+    return min(held, default=None)
+
+
 def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
              in_collective: Mapping[int, str], main_op: Optional[str],
-             waiters_idle: bool) -> RankVerdict:
+             waiters_idle: bool, held_at: Optional[int] = None) -> RankVerdict:
     at = position(view)
     if view.status == "gone":
         when = (f", {view.heartbeat_age_s:.0f}s ago" if view.heartbeat_age_s is not None else "")
@@ -608,7 +622,8 @@ def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
             f"wait in {main_op}: the ranks took different code paths{at}"))
     behind_seq = top_seq is not None and view.seq is not None and view.seq < top_seq
     behind_step = top_step is not None and view.step is not None and view.step < top_step
-    if behind_seq or behind_step:
+    held = op is not None and held_at is not None and (view.seq is None or held_at <= view.seq)
+    if (behind_seq or behind_step) and not held:
         what = (f"collective seq {view.seq}, the others {top_seq}" if behind_seq
                 else f"step {view.step}, the others {top_step}")
         where = f"; {describe_location(view.last.frames)}" if view.last else ""
