@@ -8,13 +8,21 @@
    which also never names the rank. The rank is continued between repetitions, so one job
    serves every repetition of a host count. Needs root.
 
-2. Monitor.step cost: the time of ``monitor.step(step)`` over the time of an empty training
+2. Roles when the stop lands inside a collective (``--stops N``, this part alone): a job with the Monitor and no
+   sleep between steps (so most stops land inside an all_reduce) on 2 hosts; its last rank is
+   stopped N times at a random moment, ``ddpcheck hang`` runs a second later, and the rank is
+   continued. Counted: the stops after which the other ranks were not all in one collective
+   (the stopped rank's ring sends let some finish it), and the runs that named anything but
+   the stopped rank as the culprit or called another rank anything but waiting.
+
+3. Monitor.step cost: the time of ``monitor.step(step)`` over the time of an empty training
    step (zero_grad, forward and backward of a 16x16 Linear on one sample, SGD step), each timed
    over 1000 calls as a pair in one process (order alternating), the median of 15 pairs' ratios. With the default
    (/dev/shm, a write at most every 0.1 s), a write on every step to /dev/shm, and a write on
    every step to a disk folder (why the default is /dev/shm).
 
     .venv/bin/python benchmarks/hang_detection.py [--reps 3] [--slots 2] [--skip-cluster]
+        [--stops N]
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import argparse
 import json
 import os
 import pathlib
+import random
 import shutil
 import signal
 import statistics
@@ -64,6 +73,40 @@ def time_to_name(cluster, hosts, slots: int, port: int, reps: int, workdir: path
     finally:
         job.stop()
     return times
+
+
+def stop_roles(cluster, hosts, slots: int, port: int, stops: int,
+               workdir: pathlib.Path) -> dict[str, int]:
+    from hostsfile import cluster_hosts_yaml
+    from torchrunjob import start_job
+
+    hosts_yaml = cluster_hosts_yaml(cluster, workdir / "hosts.yaml", hosts, slots=slots)
+    beats = workdir / "heartbeats"
+    job = start_job(cluster, hosts, slots, port, workdir, ["--use-monitor", "--sleep", "0"],
+                    env={"DDPCHECK_HEARTBEAT_DIR": str(beats)})
+    counts = {"stops": 0, "split": 0, "wrong": 0}
+    try:
+        pids = job.wait_ready(180)
+        victim = max(pids)
+        for rep in range(stops):
+            time.sleep(random.uniform(0.5, 1.0))
+            os.kill(pids[victim], signal.SIGSTOP)
+            time.sleep(1.0)
+            report = workdir / f"stop-{rep}.json"
+            subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml), "--json",
+                            str(report), "--window", "2", "--heartbeat-dir", str(beats)],
+                           capture_output=True, text=True, timeout=120)
+            os.kill(pids[victim], signal.SIGCONT)
+            data = json.loads(report.read_text())
+            (found,) = data["jobs"]
+            others = [r for r in found["ranks"] if r["rank"] != victim]
+            counts["stops"] += 1
+            counts["split"] += len({r["seq"] for r in others}) > 1
+            counts["wrong"] += (found["culprits"] != [victim]
+                                or any(r["role"] != "waiting" for r in others))
+    finally:
+        job.stop()
+    return counts
 
 
 def monitor_cost(rounds: int = 15, steps: int = 1000) -> dict[str, float]:
@@ -124,6 +167,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--skip-cluster", action="store_true")
+    parser.add_argument("--stops", type=int, default=0,
+                        help="run part 2 only: stop the last rank this many times")
     args = parser.parse_args()
     if not args.skip_cluster:
         from nscluster import NamespaceCluster
@@ -132,6 +177,14 @@ def main() -> None:
             cluster = NamespaceCluster(4, pathlib.Path(tmp))
             cluster.start()
             try:
+                if args.stops:
+                    workdir = pathlib.Path(tmp) / "stops"
+                    workdir.mkdir()
+                    counts = stop_roles(cluster, cluster.hosts[:2], args.slots, 29849,
+                                        args.stops, workdir)
+                    print(f"stops: {counts['stops']}, the others split over two collectives: "
+                          f"{counts['split']}, misnamed: {counts['wrong']}", flush=True)
+                    return
                 print("| hosts | ranks | time to name the stopped rank (median of "
                       f"{args.reps}) | ratio to NCCL's 600 s |\n|---|---|---|---|")
                 for index, count in enumerate((1, 2, 4)):
