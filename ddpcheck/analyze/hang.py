@@ -540,7 +540,7 @@ def analyze_job(job: str, views: Sequence[RankView],
     main_op = max(ops, key=lambda op: (len(ops[op]), op)) if ops else None
     progressing = [v for v in running if v.progressed]
     waiters_idle = any(_idle(by_rank[r]) for r in in_collective)
-    held_at = holding_seq(by_rank, world)
+    held_at = holding_seq(by_rank, world, {v.rank for v in running})
 
     for rank in range(world):
         view = by_rank.get(rank)
@@ -576,21 +576,21 @@ def analyze_job(job: str, views: Sequence[RankView],
     return JobVerdict(job, world, ordered, tuple(findings), hung, culprit_ranks)
 
 
-def holding_seq(by_rank: Mapping[int, RankView], world: int) -> Optional[int]:
-    """The lowest collective a stopped, dead or missing rank may still be in (-1: anywhere,
-    as for a rank without a heartbeat); None when every rank runs. Such a rank holds every
-    collective from there on: a rank waiting in one of them is waiting for it, not behind,
-    though the others got further (the ring sends of an all_reduce the stopped rank made
-    before it stopped let some ranks finish it and enter the next one)."""
-    held = [-1 if view is None or view.seq is None else view.seq
-            for view in (by_rank.get(rank) for rank in range(world))
-            if view is None or view.status in ("gone", "zombie") or stopped_throughout(view)]
+def holding_seq(by_rank: Mapping[int, RankView], world: int,
+                running: set[int]) -> Optional[int]:
+    """The lowest collective a rank not ``running`` (stopped, dead or missing) may still be in
+    (-1: anywhere, as for a rank without a heartbeat); None when every rank runs. Such a rank
+    holds every collective from there on: a rank waiting in one of them is waiting for it, not
+    behind, though the others got further (the ring sends of an all_reduce the stopped rank
+    made before it stopped let some ranks finish it and enter the next one)."""
+    held = [-1 if (view := by_rank.get(rank)) is None or view.seq is None else view.seq
+            for rank in range(world) if rank not in running]
     return min(held, default=None)
 
 
 def classify(view: RankView, top_seq: Optional[int], top_step: Optional[int],
              in_collective: Mapping[int, str], main_op: Optional[str],
-             waiters_idle: bool, held_at: Optional[int] = None) -> RankVerdict:
+             waiters_idle: bool, held_at: Optional[int]) -> RankVerdict:
     at = position(view)
     if view.status == "gone":
         when = (f", {view.heartbeat_age_s:.0f}s ago" if view.heartbeat_age_s is not None else "")
