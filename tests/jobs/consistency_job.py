@@ -6,6 +6,7 @@ writes one JSON line per scenario with what check_consistency said to OUTDIR/ran
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -62,4 +63,14 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Leave without the interpreter's teardown, as ddpcheck's own ranks do (remote/fastexit.py).
+    # With torch 2.13's gloo, a rank that exits soon after its last collective aborts now and
+    # then ("terminate called without an active exception", SIGABRT; 2 of 34 runs here under a
+    # neighbour's load, and once in CI): a gloo worker thread drops a finished all_gather's
+    # tensors while the interpreter is finalizing, and releasing their Python objects needs the
+    # GIL, which no other thread may take by then (seen in the core: ~AsyncBarrierWork ->
+    # ~AsyncAllgatherWork -> decref_pyobject -> take_gil -> pthread_exit -> terminate).
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -9,6 +9,7 @@ the canaries took and the training loop's (EVERY 0: no canary, for a baseline).
 """
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -46,3 +47,6 @@ if canary is not None:
         "times": canary.times, "disabled": canary.disabled} if canary is not None else {})}))
 dist.barrier()
 dist.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)  # no interpreter teardown: see the end of consistency_job.py (a gloo exit race)
