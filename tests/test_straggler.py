@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from dataclasses import replace
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_slow_devices_are_judged_against_peers_of_the_same_model():
 
 def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
     """A real CFS quota: a thread spinning at 20 % of a CPU is busy the whole step (running or
-    throttled), one that sleeps is waiting."""
+    throttled), one that sleeps is waiting; the step's throttled time is its cgroup's."""
     import os
     import threading
     import time
@@ -124,11 +125,14 @@ def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
         clock.refresh()
         clock.sample(2, time.time())
     assert clock.runq_rate > 0.5  # throttled 80 % of the time: runnable, not running
+    assert clock.quota.rate > 0.5  # ... and its cgroup's cpu.stat says it was the quota
     (_, _, busy1, wait1, starved1), (_, _, busy2, wait2, starved2) = (
         row[:5] for row in clock.recent())
-    assert wait1 > 0.25 and busy1 < 0.05 and starved1 < 0.05
+    throttled1, throttled2 = (row[7] for row in clock.recent())
+    assert wait1 > 0.25 and busy1 < 0.05 and starved1 < 0.05 and throttled1 == 0
     assert busy2 > 0.45 and wait2 < 0.05
     assert starved2 > 0.25  # the throttled part of the busy time
+    assert throttled2 > 0.25
 
 
 def test_waiting_for_its_own_throttled_thread_is_starved_not_waiting():
@@ -454,6 +458,10 @@ def test_outside_a_quota_on_the_process_is_starved_though_its_main_thread_waits_
     (found,) = window_stragglers(peers | {4: throttled}, {4: "h3"})
     assert (found.rank, found.reason) == (4, Reason.STARVED), found
     assert found.message().startswith("rank 4 on h3 starved of CPU ")
+    assert "runnable but not running" in found.message()
+    # its cgroup's cpu.stat read at both samples: the quota is named as the cause
+    (found,) = window_stragglers(peers | {4: replace(throttled, throttled_s=2.9)}, {4: "h3"})
+    assert "(its cgroup's CPU quota throttled it 97% of the window)" in found.message()
     # a healthy job under a neighbour's load: every rank's threads queue a little
     busy = {r: _account(waiting=85, running=5, blocked=50, runq=0.1, threads_runq=0.6 + r / 10)
             for r in range(6)}
@@ -497,7 +505,9 @@ def test_rows_of_older_monitors_still_read():
     assert (old.step, old.busy_s, old.wait_s, old.starved_s, old.blocked_s) == (5, 0.1, 0.2, 0,
                                                                                   0)
     row = StepSample(5, 0.1, 0.2, 1.5, 0.05, 0.03, 0.01).as_list()
-    assert StepSample.from_list(row) == StepSample(5, 0.1, 0.2, 1.5, 0.05, 0.03, 0.01)
+    assert StepSample.from_list(row[:7]) == StepSample(5, 0.1, 0.2, 1.5, 0.05, 0.03, 0.01)
+    row = StepSample(5, 0.1, 0.2, 1.5, 0.05, 0.03, 0.01, 0.04).as_list()
+    assert StepSample.from_list(row) == StepSample(5, 0.1, 0.2, 1.5, 0.05, 0.03, 0.01, 0.04)
 
 
 def test_hang_repeats_the_monitors_verdict_from_its_heartbeats():
@@ -560,10 +570,13 @@ def test_a_rank_stopped_at_one_sample_of_a_progressing_job_is_not_hung():
 
 
 def run_with_extra(world: int, steps: int, extra: dict[tuple[int, int], tuple[str, float]],
-                   seed: int = 0, noise: float = 0.2) -> dict[int, list[StepSample]]:
+                   seed: int = 0, noise: float = 0.2, throttled: float = 0.0
+                   ) -> dict[int, list[StepSample]]:
     """Steps of about 0.1 s (compute 0.08 s jittering ``noise``, then the collective), where
     ``extra[(step, rank)] = (kind, seconds)`` adds time that rank spent blocked outside the
-    collectives, stopped, or computing ("blocked", "stopped", "busy") before it arrived."""
+    collectives, stopped, computing, or starved of CPU by its cgroup's quota ("throttled") or
+    otherwise ("starved") before it arrived; ``throttled`` every rank's share of each step its
+    cgroup throttled it besides (a CPU limit on every pod)."""
     rng = random.Random(seed)
     history: dict[int, list[StepSample]] = {rank: [] for rank in range(world)}
     for step in range(steps):
@@ -572,11 +585,14 @@ def run_with_extra(world: int, steps: int, extra: dict[tuple[int, int], tuple[st
         last = max(held.values())
         for rank in range(world):
             kind, seconds = extra.get((step, rank), ("", 0.0))
+            starved = seconds if kind in ("throttled", "starved") else 0.0
+            limit = throttled * busy[rank] * rng.uniform(0.5, 1.5)
             history[rank].append(StepSample(
-                step, busy[rank] + (seconds if kind == "busy" else 0.0),
-                last - held[rank] + 0.002, step * 0.1,
+                step, busy[rank] + (seconds if kind == "busy" else 0.0) + starved,
+                last - held[rank] + 0.002, step * 0.1, starved_s=starved + limit,
                 blocked_s=seconds if kind == "blocked" else 0.0,
-                stopped_s=seconds if kind == "stopped" else 0.0))
+                stopped_s=seconds if kind == "stopped" else 0.0,
+                throttled_s=(seconds if kind == "throttled" else 0.0) + limit))
     return history
 
 
@@ -617,6 +633,24 @@ def test_a_stopped_duty_cycle_is_named_though_late_only_in_one_step_of_three():
     assert list(named) == [4] and named[4][1] == "stopped"
     (found,) = identify_stragglers(run_with_extra(6, 40, extra, seed=3))
     assert found.reason is Reason.STOPPED and "stopped" in found.message()
+
+
+def test_a_quota_spent_in_periods_is_named_as_throttled_though_late_only_in_some_steps():
+    """A rank held by its cgroup's quota 60 ms in one step of every three (the quota runs out
+    in some 100 ms periods, not in others) is named by the ``throttled`` rule, with the quota as
+    the reason. The same lateness from a run queue alone, which a neighbour's load also makes,
+    is not; nor is a job whose every rank its CPU limit throttles alike."""
+    extra = {(step, 4): ("throttled", 0.06) for step in range(10, 40) if step % 3 == 0}
+    named = first_named(run_with_extra(6, 40, extra, seed=3))
+    assert list(named) == [4] and named[4][1] == "throttled"
+    assert named[4][0] <= 10 + 3 * 3  # by its fourth late step (3 held, 15 % of the window)
+    (found,) = identify_stragglers(run_with_extra(6, 40, extra, seed=3))
+    assert found.reason is Reason.STARVED and found.rule == "throttled"
+    assert "its cgroup's CPU quota throttled it" in found.message(), found.message()
+    queued = {key: ("starved", seconds) for key, (_, seconds) in extra.items()}
+    for seed in range(20):
+        assert first_named(run_with_extra(6, 40, queued, seed=seed)) == {}, seed
+        assert first_named(run_with_extra(6, 40, {}, seed=seed, throttled=0.3)) == {}, seed
 
 
 def test_the_monitor_names_a_quick_straggler_at_once():

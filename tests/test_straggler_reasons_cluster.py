@@ -128,6 +128,8 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
                 assert f"rank {VICTIM} on h3 {OUTSIDE[reason]}" in message, (reason, text)
             if reason == "blocked":
                 assert "hrtimer_nanosleep: a sleep" in message, text
+            if reason == "starved":  # its cgroup's cpu.stat, read inside and outside alike
+                assert "its cgroup's CPU quota throttled it" in message, text
             if reason == "stopped":  # the scan's share of its window (the duty cycle's 40 %),
                 # or the Monitor's share of the victim's late step, when the Monitor named it
                 share = re.search(r"stopped (\d+)% of (the window|its step)", message)

@@ -394,7 +394,19 @@ def window_account(first: Mapping[str, Any], last: Mapping[str, Any],
     threads_runq = (max(0.0, float(tb[1]) - float(ta[1])) if isinstance(ta, list)
                     and isinstance(tb, list) and len(ta) == len(tb) == 2 else 0.0)
     return WindowAccount(span, max(0.0, float(b[0]) - float(a[0])),
-                         max(0.0, float(b[1]) - float(a[1])), counts, threads_runq)
+                         max(0.0, float(b[1]) - float(a[1])), counts, threads_runq,
+                         throttled_s=throttled_between(first.get("throttled"),
+                                                       last.get("throttled")))
+
+
+def throttled_between(first: Any, last: Any) -> float:
+    """Seconds the rank's cgroups were throttled between two samples (the most of any one of
+    them, a quota on its own group or an ancestor's), 0 when unknown or the group changed."""
+    if not (isinstance(first, dict) and isinstance(last, dict)):
+        return 0.0
+    grown = [float(last[path]) - float(first[path]) for path in first.keys() & last.keys()
+             if isinstance(first[path], (int, float)) and isinstance(last[path], (int, float))]
+    return max([0.0] + grown)
 
 
 def stopped_throughout(view: RankView) -> bool:

@@ -13,7 +13,8 @@ late by 30 % of a step or more in each of its last few steps (``quick``: a
 straggler that holds everyone up every step is named within 5 steps), in at least
 ``min_steps`` of the last ``window`` steps (``steady``), or in 3 of them while its own clock
 saw the process stopped (``stopped``: a SIGSTOP duty cycle makes it late only in the steps a
-stop falls in): arrival lag is the evidence. How it spent the step is the explanation, not a
+stop falls in) or its cgroup's CPU quota throttled it (``throttled``: a quota is spent in
+100 ms periods, so some steps pass at full speed): arrival lag is the evidence. How it spent the step is the explanation, not a
 gate: on a CPU longer than its peers (*compute*), or runnable but not running (*starved*: its
 run-queue time, a CPU quota). Noise on a healthy run moves the last place from rank to rank;
 a straggler holds it.
@@ -37,7 +38,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 class StepSample:
     """One rank's account of one step: ``busy_s`` working (on a CPU or runnable), ``wait_s``
     blocked (the rest of the wall time since its previous step), ``time`` the wall clock at the
-    step boundary, ``starved_s`` the part of ``busy_s`` it was runnable but not running."""
+    step boundary, ``starved_s`` the part of ``busy_s`` it was runnable but not running,
+    ``throttled_s`` the time its cgroup's CPU quota held it meanwhile (counted in
+    ``starved_s``)."""
     step: int
     busy_s: float
     wait_s: float
@@ -45,6 +48,7 @@ class StepSample:
     starved_s: float = 0.0
     blocked_s: float = 0.0  # asleep outside the collectives (not part of wait_s)
     stopped_s: float = 0.0  # the process stopped (not part of wait_s)
+    throttled_s: float = 0.0  # its cgroup throttled by a CPU quota (within starved_s)
 
     @property
     def wall_s(self) -> float:
@@ -59,16 +63,17 @@ class StepSample:
 
     def as_list(self) -> list[Any]:
         """The compact form heartbeats and the store carry: [step, time, busy, wait, starved,
-        blocked, stopped]."""
+        blocked, stopped, throttled]."""
         return [self.step, round(self.time, 6), round(self.busy_s, 6), round(self.wait_s, 6),
-                round(self.starved_s, 6), round(self.blocked_s, 6), round(self.stopped_s, 6)]
+                round(self.starved_s, 6), round(self.blocked_s, 6), round(self.stopped_s, 6),
+                round(self.throttled_s, 6)]
 
     @staticmethod
     def from_list(row: Sequence[Any]) -> Optional["StepSample"]:
-        """A row of 4 to 7 numbers (older Monitors wrote the first four)."""
+        """A row of 4 to 8 numbers (older Monitors wrote the first four, then seven)."""
         try:
             step, when, busy, wait = row[:4]
-            more = [float(value) for value in row[4:7]] + [0.0] * (7 - max(4, len(row[:7])))
+            more = [float(value) for value in row[4:8]] + [0.0] * (8 - max(4, len(row[:8])))
             return StepSample(int(step), float(busy), float(wait), float(when), *more)
         except (TypeError, ValueError):
             return None
@@ -83,7 +88,7 @@ class Thresholds:
     step, the chance that it is late in 9 of 10 steps is about 1e-6 per window (see
     tests/test_straggler.py). Short steps make 10 steps a short time, and a neighbour can starve
     a healthy rank for half a second: the Monitor therefore names a rank by the ``steady``
-    rule only when its exchanges agree for ``confirm_s``, by ``stopped`` when
+    rule only when its exchanges agree for ``confirm_s``, by ``stopped`` or ``throttled`` when
     ``confirmations`` consecutive exchanges do, and ``ddpcheck hang`` when both of its samples
     do (benchmarks/straggler.py counts false alarms of a real
     job). The ``quick`` rule needs no confirmation: its margin (30 % of the step, every step late)
@@ -104,11 +109,12 @@ class Thresholds:
     quick_within_s: float = 2.0
     quick_lag_fraction: float = 0.3
     quick_span_s: float = 0.6
-    # stopped: late and stopped (its own clock saw the gap) in min_stopped_steps steps of the
-    # window, and stopped at least min_stopped_share of the window's wall time (no neighbour's
-    # load stops a process; one long stall is one step)
-    min_stopped_steps: int = 3
-    min_stopped_share: float = 0.15
+    # stopped / throttled: late and held (stopped: its own clock saw the gap; throttled: its
+    # cgroup's quota held it) in min_held_steps steps of the window, and held at least
+    # min_held_share of the window's wall time more than its peers' median (no neighbour's
+    # load stops a process or throttles its cgroup; one long stall is one step)
+    min_held_steps: int = 3
+    min_held_share: float = 0.15
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.window:
@@ -134,7 +140,8 @@ class Straggler:
     shares: tuple[tuple["Reason", float], ...] = ()
     peers: tuple[tuple["Reason", float], ...] = ()
     channel: Optional[str] = None  # where it was blocked most (the Monitor's sampler)
-    rule: str = "steady"  # "quick", "steady" or "stopped": which rule named it
+    rule: str = "steady"  # "quick", "steady", "stopped" or "throttled": which rule named it
+    throttled: float = 0.0  # share of the window its cgroup's CPU quota held it
 
     @property
     def reason(self) -> Optional["Reason"]:
@@ -156,8 +163,10 @@ class Straggler:
             return f"{self.compute_ratio:.2f}x the median compute time"
         versus = f"its peers {pct(peers.get(reason, 0.0))}"
         if reason is Reason.STARVED:
-            return (f"starved of CPU {pct(own[reason])} of its step (runnable but not running: "
-                    f"a CPU quota, preemption or an oversubscribed host), {versus}")
+            why = (f"its cgroup's CPU quota throttled it {pct(self.throttled)} of the window"
+                   if self.throttled >= 0.10 else
+                   "runnable but not running: a CPU quota, preemption or an oversubscribed host")
+            return f"starved of CPU {pct(own[reason])} of its step ({why}), {versus}"
         if reason is Reason.BLOCKED:
             return (f"blocked outside the collectives {pct(own[reason])} of its step "
                     f"({channel_meaning(self.channel)}), {versus}")
@@ -174,7 +183,8 @@ class Straggler:
                 "compute_ratio": round(self.compute_ratio, 3),
                 "reason": self.reason.value if self.reason else None, "channel": self.channel,
                 "flagged": self.flagged, "window": self.window, "last_step": self.last_step,
-                "rule": self.rule, "message": self.message()}
+                "rule": self.rule, "throttled": round(self.throttled, 3),
+                "message": self.message()}
 
 
 def median_without(ordered: Sequence[float], value: float) -> float:
@@ -253,22 +263,42 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
         elif len(steps) >= thresholds.min_steps and flagged >= thresholds.min_steps:
             rule = "steady"
         elif len(steps) >= thresholds.min_steps:
-            # late and stopped in several steps of the window: a duty cycle, not one stall
-            stops = [step for step in steps
-                     if rank in late_at[step] and by_step[step][rank].stopped_s > 0]
-            wall = sum(by_step[step][rank].wall_s for step in steps)
-            stopped = sum(by_step[step][rank].stopped_s for step in steps)
-            if len(stops) >= thresholds.min_stopped_steps and \
-                    stopped >= thresholds.min_stopped_share * wall:
-                rule = "stopped"
+            rule = _held_rule(rank, steps, late_at, by_step, thresholds)
         if rule is None:
             continue
         shares = tuple((r, statistics.median(s[2][r] for s in seen)) for r in Reason)
         peers = tuple((r, statistics.median(s[3][r] for s in seen)) for r in Reason)
         named.append(Straggler(rank, hosts.get(rank), statistics.median(s[0] for s in seen),
                                statistics.median(s[1] for s in seen), flagged, window,
-                               steps[-1], shares, peers, channels.get(rank), rule))
+                               steps[-1], shares, peers, channels.get(rank), rule,
+                               _held_share(rank, steps, by_step, "throttled_s")))
     return named
+
+
+def _held_share(rank: int, steps: Sequence[int], by_step: Mapping[int, Mapping[int, StepSample]],
+                part: str) -> float:
+    """The share of ``rank``'s wall time over ``steps`` it was held (``part``: "stopped_s" or
+    "throttled_s")."""
+    wall = sum(by_step[step][rank].wall_s for step in steps)
+    return sum(getattr(by_step[step][rank], part) for step in steps) / wall if wall > 0 else 0.0
+
+
+def _held_rule(rank: int, steps: Sequence[int], late_at: Mapping[int, Mapping[int, Any]],
+               by_step: Mapping[int, Mapping[int, StepSample]], thresholds: Thresholds
+               ) -> Optional[str]:
+    """"stopped" or "throttled" when ``rank`` was late while held so in ``min_held_steps``
+    steps of the window (a duty cycle, not one stall), for ``min_held_share`` of the window's
+    wall time more than its peers' median; else None."""
+    peers = [other for other in by_step[steps[-1]] if other != rank]
+    for rule, part in (("stopped", "stopped_s"), ("throttled", "throttled_s")):
+        held = [step for step in steps
+                if rank in late_at[step] and getattr(by_step[step][rank], part) > 0]
+        if len(held) < thresholds.min_held_steps:
+            continue
+        others = statistics.median(_held_share(other, steps, by_step, part) for other in peers)
+        if _held_share(rank, steps, by_step, part) - others >= thresholds.min_held_share:
+            return rule
+    return None
 
 
 def _quick_run(rank: int, steps: Sequence[int], late_at: Mapping[int, Mapping[int, Any]],
@@ -433,13 +463,15 @@ class WindowAccount:
     seconds of all the process's threads (schedstat, summed), which a CPU quota on the process
     makes longer than the window (measured: 5.2 s in 3 s at 3 % of a CPU, its peers 0.2 s);
     ``own_starved``: the share of its futex waits spent waiting for its own threads starved of
-    CPU rather than for the others (``window_stragglers`` sets it against its peers)."""
+    CPU rather than for the others (``window_stragglers`` sets it against its peers);
+    ``throttled_s``: the seconds its cgroup (or an ancestor) was throttled by a CPU quota."""
     window_s: float
     oncpu_s: float
     runq_s: float
     states: tuple[tuple[str, int], ...]
     threads_runq_s: float = 0.0
     own_starved: float = 0.0
+    throttled_s: float = 0.0
 
     @property
     def polls(self) -> int:
@@ -547,14 +579,17 @@ class WindowStraggler:
     holding: float  # of the window, not waiting for the others
     peers: float  # the peers' median of holding
     channel: Optional[str] = None  # blocked: the wait channel
+    throttled: float = 0.0  # of the window, its cgroup throttled by a CPU quota
 
     def explanation(self) -> str:
         pct = f"{self.share * 100:.0f}% of the window"
         if self.reason is Reason.STOPPED:
             return f"stopped {pct} (state T: SIGSTOP, a debugger or a sampling profiler)"
         if self.reason is Reason.STARVED:
-            return (f"starved of CPU {pct} (runnable but not running: a CPU quota, preemption "
-                    f"or an oversubscribed host)")
+            why = (f"its cgroup's CPU quota throttled it {self.throttled * 100:.0f}% of the "
+                   f"window" if self.throttled >= 0.10 else "runnable but not running: a CPU "
+                   "quota, preemption or an oversubscribed host")
+            return f"starved of CPU {pct} ({why})"
         if self.reason is Reason.BLOCKED:
             return (f"blocked outside the collectives {pct} ({channel_meaning(self.channel)})")
         return f"computing {pct} (on a CPU longer than its peers)"
@@ -596,5 +631,6 @@ def window_stragglers(accounts: Mapping[int, WindowAccount],
         reason = max(Reason, key=lambda r: excess[r])
         found.append(WindowStraggler(rank, hosts.get(rank), reason, parts[rank][reason],
                                      account.holding, peers,
-                                     account.channel() if reason is Reason.BLOCKED else None))
+                                     account.channel() if reason is Reason.BLOCKED else None,
+                                     min(1.0, account.throttled_s / account.window_s)))
     return found

@@ -4,7 +4,10 @@ Per step (``StepClock.sample``, on the training thread, about a microsecond, GIL
 time since the previous step boundary, split into *busy* (this thread on a CPU or wanting one:
 running, in the run queue, throttled by a cgroup quota: its CPU time plus its recent run-queue
 rate from ``/proc/self/task/TID/schedstat``, which the background thread reads each beat) and
-*wait* (the rest: in a collective, waiting for the others).
+*wait* (the rest: in a collective, waiting for the others). The background thread also reads
+how long the process's cgroup (and its ancestors) were throttled by a CPU quota (``cpu.stat``,
+``QuotaClock``): that share of a step is *starved* too, and the ``throttled`` rule trusts it
+sooner than a run-queue delay, which a neighbour's load also makes.
 A second thread (``ThreadSampler``, every 20 ms) reads the training thread's state and wait
 channel: asleep outside a futex it is *blocked* outside the collectives (a data loader, I/O, a
 sleep), and time the whole process lost (a gap in the sampler's own clock) it was *stopped*;
@@ -42,6 +45,7 @@ from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
 from ..core import heartbeat
+from ..core.cgroupcpu import cpu_stat_paths, throttled_s
 from ..core.straggler import Thresholds, history_from_rows, identify_stragglers, state_kind
 
 HISTORY = 32  # steps each rank keeps and publishes: the window plus slack for publish jitter
@@ -154,6 +158,47 @@ def _thread_state(fds: list[int]) -> Optional[str]:
         return None
 
 
+class QuotaClock:
+    """How long this process's cgroups were throttled by a CPU quota, as a recent rate (seconds
+    throttled per second): the largest over its own CPU cgroup and each ancestor. Each refresh
+    re-reads ``/proc/self/cgroup`` (a process may be moved into a limited group while it runs)
+    and finds the ``cpu.stat`` files again when it changed. Where there is no quota anywhere,
+    or procfs and the cgroup files cannot be read, the rate is 0."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0
+        self._cgroup: Optional[str] = None
+        self._paths: list[str] = []
+        self._last: Optional[tuple[float, list[Optional[float]]]] = None
+
+    def refresh(self) -> None:
+        try:
+            with open("/proc/self/cgroup", encoding="utf-8") as handle:
+                cgroup = handle.read()
+            if cgroup != self._cgroup:
+                with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+                    self._paths = cpu_stat_paths(cgroup, handle.read())
+                self._cgroup, self._last, self.rate = cgroup, None, 0.0
+        except OSError:
+            return
+        now = time.monotonic()
+        totals = [_throttled_of(path) for path in self._paths]
+        last, self._last = self._last, (now, totals)
+        if last is None or now <= last[0]:
+            return
+        rates = [(total - before) / (now - last[0]) for total, before in zip(totals, last[1])
+                 if total is not None and before is not None]
+        self.rate = min(1.0, max(0.0, max(rates, default=0.0)))
+
+
+def _throttled_of(path: str) -> Optional[float]:
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return throttled_s(handle.read())
+    except OSError:
+        return None
+
+
 class StepClock:
     """The training thread's busy time per step, and the rows [step, time, busy, wait,
     starved, blocked, stopped] of its last steps.
@@ -171,6 +216,7 @@ class StepClock:
         self.rows: deque[list[Any]] = deque(maxlen=HISTORY)
         self.tid: Optional[int] = None  # the training thread (the one calling sample)
         self.runq_rate = 0.0  # seconds runnable-not-running per second, recently
+        self.quota = QuotaClock()  # seconds its cgroups were throttled per second, recently
         self._runq_last: Optional[tuple[float, float]] = None  # (monotonic, runq seconds)
         self._last: Optional[tuple[float, float]] = None  # (perf_counter, thread_time)
         self.collective_s: Optional[Callable[[], float]] = None  # NCCL: seconds in collectives
@@ -185,6 +231,7 @@ class StepClock:
             return
         if self.sampler is not None:
             self.channel = self.sampler.channel() or self.channel
+        self.quota.refresh()
         try:
             with open(f"/proc/self/task/{self.tid}/schedstat", encoding="ascii") as handle:
                 runq = int(handle.read().split()[1]) / 1e9
@@ -208,7 +255,7 @@ class StepClock:
         if last is None:
             return
         wall = mark - last[0]
-        starved = blocked = stopped = 0.0
+        starved = blocked = stopped = throttled = 0.0
         if collective is not None:  # NCCL: the thread spins; the GPU's collective time is wait
             wait = min(max(spent, 0.0), wall)
             busy_s = wall - wait
@@ -223,9 +270,14 @@ class StepClock:
             own = min(self.sampler.step_queued_s if self.sampler else 0.0,
                       wall - stopped - busy_s - blocked)
             starved, busy_s = starved + own, busy_s + own
+            # its cgroup throttled meanwhile: held by its quota, not waiting for the others
+            throttled = min(self.quota.rate * wall, wall - stopped)
+            more = min(max(throttled - starved, 0.0), wall - stopped - busy_s - blocked)
+            starved, busy_s = starved + more, busy_s + more
             wait = wall - stopped - busy_s - blocked  # in the collectives: for the others
         self.rows.append([step, round(now, 6), round(busy_s, 6), round(wait, 6),
-                          round(starved, 6), round(blocked, 6), round(stopped, 6)])
+                          round(starved, 6), round(blocked, 6), round(stopped, 6),
+                          round(throttled, 6)])
 
     def attach(self, collective_s: Callable[[], float]) -> None:
         self._last_collective = collective_s()
@@ -359,7 +411,8 @@ class StragglerWatch:
                    if int(entry["rank"]) in self.named_ranks}
         entries.update({int(entry["rank"]): entry for entry in verdict})
         self.streak = {rank: self.streak.get(rank, 0) + 1 for rank in entries}
-        needed = {"quick": 1, "stopped": thresholds.confirmations}
+        needed = {"quick": 1, "stopped": thresholds.confirmations,
+                  "throttled": thresholds.confirmations}
         self.named_ranks = {rank for rank, entry in entries.items() if rank in self.named_ranks
                             or self.streak[rank] >= needed.get(entry.get("rule"), steady)}
         return [entry for rank, entry in sorted(entries.items()) if rank in self.named_ranks]

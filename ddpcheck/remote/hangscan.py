@@ -44,6 +44,7 @@ from typing import Any, Mapping, Optional, Sequence
 from . import ncclras
 from .. import wire
 from ..core import heartbeat
+from ..core.cgroupcpu import cpu_stat_paths, throttled_s
 from .flightrecorder import MAX_DUMP_BYTES, dump_prefix, parse_dump
 from ..model import safety
 
@@ -319,7 +320,8 @@ class HostScan:
                         "threads": proc.num_threads(), "at": time.time(),
                         "busy_s": round(sum(main) / 1e9, 4) if main else None,
                         "sched": [round(ns / 1e9, 4) for ns in main] if main else None,
-                        "threads_sched": threads_schedstat(worker["pid"])}
+                        "threads_sched": threads_schedstat(worker["pid"]),
+                        "throttled": cgroup_throttled(worker["pid"])}
         except (self.psutil.NoSuchProcess, self.psutil.ZombieProcess):
             return {"status": "gone"}
         except self.psutil.AccessDenied:
@@ -470,6 +472,27 @@ def threads_schedstat(pid: int) -> Optional[list[float]]:
         return None
     read = [ns for tid in tids if (ns := schedstat_ns(f"/proc/{pid}/task/{tid}/schedstat"))]
     return [round(sum(ns[0] for ns in read) / 1e9, 4), round(sum(ns[1] for ns in read) / 1e9, 4)]
+
+
+def cgroup_throttled(pid: int) -> Optional[dict[str, float]]:
+    """{cpu.stat path: seconds throttled} of the process's CPU cgroup and each ancestor, where a
+    CPU quota on it or above it (a pod's) is accounted; None where unreadable."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as cgroup, \
+                open(f"/proc/{pid}/mountinfo", encoding="utf-8") as mountinfo:
+            paths = cpu_stat_paths(cgroup.read(), mountinfo.read())
+    except OSError:
+        return None
+    found = {}
+    for path in paths:
+        try:
+            with open(path, encoding="ascii", errors="replace") as handle:
+                seconds = throttled_s(handle.read())
+        except OSError:
+            continue
+        if seconds is not None:
+            found[path] = seconds
+    return found
 
 
 def not_ours(info: Mapping[str, Any], uid: int) -> bool:
