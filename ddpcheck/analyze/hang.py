@@ -438,9 +438,10 @@ def window_rates(first: Mapping[str, Any], last: Mapping[str, Any], beat_a: Mapp
 def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
     """A progressing job's slow ranks: the Monitor's own verdict when its heartbeats carry one
     (the in-job finding, word for word; plus a rank the scan saw stopped part of the window,
-    which the Monitor of a stopped process cannot time reliably); else from the Monitor's step history when every rank
-    has one (named at both samples); else from how each main thread spent the window (its
-    states and schedstat); else from its busy time alone."""
+    which the Monitor of a stopped process cannot time reliably); else from the Monitor's step
+    history when every rank has one (named at both samples); else from how each main thread
+    spent the window (its states, schedstat and cgroup throttling); else from its busy time
+    alone."""
     hosts = {v.rank: v.host for v in live}
     window = ([] if not live or any(v.window is None for v in live) else window_stragglers(
         {v.rank: v.window for v in live if v.window is not None}, hosts))

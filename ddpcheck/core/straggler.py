@@ -14,10 +14,10 @@ straggler that holds everyone up every step is named within 5 steps), in at leas
 ``min_steps`` of the last ``window`` steps (``steady``), or in 3 of them while its own clock
 saw the process stopped (``stopped``: a SIGSTOP duty cycle makes it late only in the steps a
 stop falls in) or its cgroup's CPU quota throttled it (``throttled``: a quota is spent in
-100 ms periods, so some steps pass at full speed): arrival lag is the evidence. How it spent the step is the explanation, not a
-gate: on a CPU longer than its peers (*compute*), or runnable but not running (*starved*: its
-run-queue time, a CPU quota). Noise on a healthy run moves the last place from rank to rank;
-a straggler holds it.
+100 ms periods, so some steps pass at full speed): arrival lag is the evidence. How it spent
+the step is the explanation, not a gate: on a CPU longer than its peers (*compute*), or
+runnable but not running (*starved*: its run-queue time, a CPU quota). Noise on a healthy run
+moves the last place from rank to rank; a straggler holds it.
 
 From outside (``ddpcheck hang`` on a job without a Monitor) the same question is asked of how
 each rank's main thread spent the window (``WindowAccount``, ``window_stragglers``): the share
