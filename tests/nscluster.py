@@ -33,6 +33,10 @@ Naming (unique per instance, so two runs or a stale run never collide; ``<tag>``
 * ``/etc/netns/ddpc<tag>h<i>/hosts``: ``ip netns exec`` bind-mounts it over ``/etc/hosts`` for
   the host's sshd and everything under it (and for ``run_in``), so every host resolves every
   host's name (h1..hN) to its bridge address.  The real ``/etc/hosts`` is never touched.
+* cgroups: ``ip netns exec`` mounts a fresh sysfs on ``/sys``, which hides ``/sys/fs/cgroup``;
+  a host's processes get this machine's CPU cgroup hierarchies mounted back there (a tmpfs, the
+  v1 hierarchies with the ``cpu`` controller, the cgroup2 tree), as a container runtime mounts
+  cgroupfs in a container, so that a rank reads its own CPU quota's accounting.
 
 ``start()`` first removes, best effort, leftovers of dead runs (netns, UTS files, /etc/netns
 dirs, bridges, veths, iptables rules) whose creating pid no longer exists.
@@ -140,6 +144,35 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def _cgroup_remount() -> list[str]:
+    """``sh -c SCRIPT sh`` that mounts this machine's CPU cgroup hierarchies back under
+    /sys/fs/cgroup and then execs its arguments (so the pid stays the program's); [] when there
+    are none. Mount failures are ignored: the program then sees no cgroups, as before."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    steps = []
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        dash = fields.index("-")
+        point, fstype = fields[4], fields[dash + 1]
+        options = [o for o in fields[dash + 3].split(",") if o not in ("rw", "ro")]
+        if fields[3] != "/" or not point.startswith("/sys/fs/cgroup"):
+            continue
+        if point == "/sys/fs/cgroup" and fstype == "tmpfs":
+            steps.insert(0, "mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup")
+        elif (fstype == "cgroup" and "cpu" in options) or fstype == "cgroup2":
+            opts = ",".join(options) or "defaults"
+            steps.append(f"mkdir -p {shlex.quote(point)} && "
+                         f"mount -t {fstype} -o {shlex.quote(opts)} cgroup {shlex.quote(point)}")
+    if not steps:
+        return []
+    script = "; ".join(f"{{ {step}; }} 2>/dev/null" for step in steps) + '; exec "$@"'
+    return ["sh", "-c", script, "sh"]
 
 
 def _find_sshd() -> Optional[str]:
@@ -796,7 +829,8 @@ Subsystem sftp internal-sftp
             # and /etc/netns/<ns>/hosts over /etc/hosts; nsenter: the host's UTS namespace.
             # Both exec, so the Popen pid is the sshd listener's pid.
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", h.netns, "nsenter", f"--uts={self._uts_file(h.netns)}", "--",
+                ["ip", "netns", "exec", h.netns, *_cgroup_remount(), "nsenter",
+                 f"--uts={self._uts_file(h.netns)}", "--",
                  self._sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
@@ -895,7 +929,8 @@ Subsystem sftp internal-sftp
 
     def _in_argv(self, host: HostRef, argv: list[str]) -> list[str]:
         h = self.host(host)
-        return ["ip", "netns", "exec", h.netns, "nsenter", f"--uts={self._uts_file(h.netns)}", "--", *argv]
+        return ["ip", "netns", "exec", h.netns, *_cgroup_remount(), "nsenter",
+                f"--uts={self._uts_file(h.netns)}", "--", *argv]
 
     def run_in(self, host: HostRef, argv: list[str], **kw) -> subprocess.CompletedProcess:
         """``subprocess.run(argv, **kw)`` inside the host's netns and UTS namespace (and with its

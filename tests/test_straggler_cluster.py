@@ -95,7 +95,8 @@ def test_monitor_names_a_throttled_rank_on_every_rank_and_never_a_healthy_one(
     assert {re.search(r"\[h\d:rank (\d)\]", line).group(1) for line in lines} == {"0", "1", "2"}
     for line in lines:
         assert re.search(r"straggler: rank 2 on h3 arrives \d+ ms after the median, starved of "
-                         r"CPU \d+% of its step \(runnable but not running: .*\), its peers "
+                         r"CPU \d+% of its step \(its cgroup's CPU quota throttled it \d+% of "
+                         r"the window\), its peers "
                          r"\d+%, \d+ of the last \d+ steps", line)
     assert named_at - onset <= 30, (onset, named_at)  # 5 slow steps, then one exchange
     print(f"healthy steps without a straggler: {HEALTHY_STEPS}; named {named_at - onset} "
