@@ -224,6 +224,8 @@ class Monitor:
                     stragglers.tick()
                 except Exception as exc:  # noqa: BLE001 - advisory too
                     logger.debug("ddpcheck monitor stragglers: %s", exc)
+        if self.clock is not None:
+            self.clock.close()  # the files this thread kept open
 
     def _straggler_watch(self) -> Optional[StragglerWatch]:
         """The straggler exchange, over a TCPStore client of its own (else heartbeat files)."""

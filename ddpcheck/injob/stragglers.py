@@ -162,27 +162,32 @@ class QuotaClock:
     """How long this process's cgroups were throttled by a CPU quota, as a recent rate (seconds
     throttled per second): the largest over its own CPU cgroup and each ancestor. Each refresh
     re-reads ``/proc/self/cgroup`` (a process may be moved into a limited group while it runs)
-    and finds the ``cpu.stat`` files again when it changed. Where there is no quota anywhere,
-    or procfs and the cgroup files cannot be read, the rate is 0."""
+    and finds the ``cpu.stat`` files again when it changed; the files stay open between
+    refreshes (one ``pread`` each). Where there is no quota anywhere, or procfs and the cgroup
+    files cannot be read, the rate is 0."""
 
     def __init__(self) -> None:
         self.rate = 0.0
-        self._cgroup: Optional[str] = None
-        self._paths: list[str] = []
+        self._cgroup_fd: Optional[int] = None
+        self._cgroup = b""
+        self._fds: list[int] = []
         self._last: Optional[tuple[float, list[Optional[float]]]] = None
 
     def refresh(self) -> None:
         try:
-            with open("/proc/self/cgroup", encoding="utf-8") as handle:
-                cgroup = handle.read()
+            if self._cgroup_fd is None:
+                self._cgroup_fd = os.open("/proc/self/cgroup", os.O_RDONLY)
+            cgroup = os.pread(self._cgroup_fd, 65536, 0)
             if cgroup != self._cgroup:
                 with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-                    self._paths = cpu_stat_paths(cgroup, handle.read())
+                    paths = cpu_stat_paths(cgroup.decode("utf-8", "replace"), handle.read())
+                self._close_stats()
+                self._fds = [fd for fd in map(_open_or_none, paths) if fd is not None]
                 self._cgroup, self._last, self.rate = cgroup, None, 0.0
         except OSError:
             return
         now = time.monotonic()
-        totals = [_throttled_of(path) for path in self._paths]
+        totals = [_throttled_of(fd) for fd in self._fds]
         last, self._last = self._last, (now, totals)
         if last is None or now <= last[0]:
             return
@@ -190,11 +195,28 @@ class QuotaClock:
                  if total is not None and before is not None]
         self.rate = min(1.0, max(0.0, max(rates, default=0.0)))
 
+    def _close_stats(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
-def _throttled_of(path: str) -> Optional[float]:
+    def close(self) -> None:
+        self._close_stats()
+        if self._cgroup_fd is not None:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = None
+
+
+def _open_or_none(path: str) -> Optional[int]:
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            return throttled_s(handle.read())
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _throttled_of(fd: int) -> Optional[float]:
+    try:
+        return throttled_s(os.pread(fd, 4096, 0).decode("ascii", "replace"))
     except OSError:
         return None
 
@@ -287,7 +309,7 @@ class StepClock:
         return list(self.rows)
 
     def close(self) -> None:
-        pass
+        self.quota.close()
 
 
 def nccl_collective_clock() -> Optional[Callable[[], float]]:
