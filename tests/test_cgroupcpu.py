@@ -142,3 +142,38 @@ def test_the_monitor_reads_its_own_quota_as_a_throttled_rate(nested_v1, quota):
         assert rate == 0.0
     else:
         assert rate > 0.5  # held for most of its 1.5 s: about 95 %
+
+
+def test_the_hang_scan_reads_only_its_own_mounts_and_never_blocks(tmp_path):
+    """A process in a mount namespace of its own lists a cgroup mount at a path where, in the
+    scan's namespace, a FIFO named cpu.stat waits (what another user could plant): the scan
+    resolves the group with its own mounts, reads no FIFO, and returns at once."""
+    if os.geteuid() != 0 or not (V1_CPU / "cpu.cfs_quota_us").exists():
+        pytest.skip("needs root and a cgroup v1 cpu hierarchy")
+    import threading
+
+    from ddpcheck.remote.hangscan import cgroup_throttled
+
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    os.mkfifo(trap / "cpu.stat")
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                             f"umount -l {V1_CPU} && mount -t cgroup -o cpu cgroup {trap} && "
+                             f"echo up && exec sleep 60"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "up\n"
+        assert str(trap) in pathlib.Path(f"/proc/{proc.pid}/mountinfo").read_text()
+        result: list = []
+        reader = threading.Thread(target=lambda: result.append(cgroup_throttled(proc.pid)),
+                                  daemon=True)
+        reader.start()
+        reader.join(5.0)
+        assert result, "the scan blocked"
+        (found,) = result
+        assert found and all(not path.startswith(str(trap)) for path in found), found
+        assert os.path.realpath(V1_CPU) in {os.path.realpath(os.path.dirname(p))
+                                           for p in found}
+    finally:
+        proc.kill()
+        proc.wait()

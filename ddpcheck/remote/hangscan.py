@@ -476,23 +476,38 @@ def threads_schedstat(pid: int) -> Optional[list[float]]:
 
 def cgroup_throttled(pid: int) -> Optional[dict[str, float]]:
     """{cpu.stat path: seconds throttled} of the process's CPU cgroup and each ancestor, where a
-    CPU quota on it or above it (a pod's) is accounted; None where unreadable."""
+    CPU quota on it or above it (a pod's) is accounted; None where unreadable. The group comes
+    from the kernel (``/proc/PID/cgroup``, as this scan's cgroup namespace sees it) and the
+    mount points from this scan's own mountinfo, never the process's: another user's process
+    cannot point the scan at a file of its choosing. Only regular files are read, without
+    blocking."""
     try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as cgroup, \
-                open(f"/proc/{pid}/mountinfo", encoding="utf-8") as mountinfo:
-            paths = cpu_stat_paths(cgroup.read(), mountinfo.read())
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as cgroup:
+            paths = cpu_stat_paths(cgroup.read(), _own_mountinfo())
     except OSError:
         return None
     found = {}
     for path in paths:
         try:
-            with open(path, encoding="ascii", errors="replace") as handle:
-                seconds = throttled_s(handle.read())
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError:
             continue
-        if seconds is not None:
-            found[path] = seconds
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                seconds = throttled_s(os.read(fd, 4096).decode("ascii", "replace"))
+                if seconds is not None:
+                    found[path] = seconds
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     return found
+
+
+@functools.lru_cache(maxsize=1)
+def _own_mountinfo() -> str:
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        return handle.read()
 
 
 def not_ours(info: Mapping[str, Any], uid: int) -> bool:
