@@ -230,6 +230,10 @@ def late_ranks(samples: Mapping[int, StepSample], thresholds: Thresholds) -> dic
     return late
 
 
+# the held rules and the StepSample field each reads
+HELD_PARTS = {"stopped": "stopped_s", "throttled": "throttled_s"}
+
+
 def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
                         hosts: Optional[Mapping[int, Optional[str]]] = None,
                         thresholds: Thresholds = Thresholds(),
@@ -251,6 +255,11 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
     if not steps:
         return []
     late_at = {step: late_ranks(by_step[step], thresholds) for step in steps}
+    # every rank's share of the window it was stopped / throttled, once: the held rules set a
+    # rank's against its peers' median (median_without, so 1,000 ranks stay cheap)
+    held = {part: {rank: _held_share(rank, steps, by_step, part) for rank in by_step[steps[-1]]}
+            for part in HELD_PARTS.values()}
+    held_sorted = {part: sorted(shares.values()) for part, shares in held.items()}
     step_s = {step: statistics.median(s.wall_s for s in by_step[step].values()) for step in steps}
     named = []
     for rank in sorted({rank for late in late_at.values() for rank in late}):
@@ -263,7 +272,7 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
         elif len(steps) >= thresholds.min_steps and flagged >= thresholds.min_steps:
             rule = "steady"
         elif len(steps) >= thresholds.min_steps:
-            rule = _held_rule(rank, steps, late_at, by_step, thresholds)
+            rule = _held_rule(rank, steps, late_at, by_step, held, held_sorted, thresholds)
         if rule is None:
             continue
         shares = tuple((r, statistics.median(s[2][r] for s in seen)) for r in Reason)
@@ -271,7 +280,7 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
         named.append(Straggler(rank, hosts.get(rank), statistics.median(s[0] for s in seen),
                                statistics.median(s[1] for s in seen), flagged, window,
                                steps[-1], shares, peers, channels.get(rank), rule,
-                               _held_share(rank, steps, by_step, "throttled_s")))
+                               held["throttled_s"][rank]))
     return named
 
 
@@ -284,19 +293,20 @@ def _held_share(rank: int, steps: Sequence[int], by_step: Mapping[int, Mapping[i
 
 
 def _held_rule(rank: int, steps: Sequence[int], late_at: Mapping[int, Mapping[int, Any]],
-               by_step: Mapping[int, Mapping[int, StepSample]], thresholds: Thresholds
-               ) -> Optional[str]:
+               by_step: Mapping[int, Mapping[int, StepSample]],
+               held: Mapping[str, Mapping[int, float]], held_sorted: Mapping[str, Sequence[float]],
+               thresholds: Thresholds) -> Optional[str]:
     """"stopped" or "throttled" when ``rank`` was late while held so in ``min_held_steps``
     steps of the window (a duty cycle, not one stall), for ``min_held_share`` of the window's
-    wall time more than its peers' median; else None."""
-    peers = [other for other in by_step[steps[-1]] if other != rank]
-    for rule, part in (("stopped", "stopped_s"), ("throttled", "throttled_s")):
-        held = [step for step in steps
-                if rank in late_at[step] and getattr(by_step[step][rank], part) > 0]
-        if len(held) < thresholds.min_held_steps:
+    wall time more than its peers' median (``held``: every rank's share, ``held_sorted`` the
+    same sorted); else None."""
+    for rule, part in HELD_PARTS.items():
+        late_held = [step for step in steps
+                     if rank in late_at[step] and getattr(by_step[step][rank], part) > 0]
+        if len(late_held) < thresholds.min_held_steps:
             continue
-        others = statistics.median(_held_share(other, steps, by_step, part) for other in peers)
-        if _held_share(rank, steps, by_step, part) - others >= thresholds.min_held_share:
+        own = held[part][rank]
+        if own - median_without(held_sorted[part], own) >= thresholds.min_held_share:
             return rule
     return None
 

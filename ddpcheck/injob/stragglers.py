@@ -223,7 +223,7 @@ def _throttled_of(fd: int) -> Optional[float]:
 
 class StepClock:
     """The training thread's busy time per step, and the rows [step, time, busy, wait,
-    starved, blocked, stopped] of its last steps.
+    starved, blocked, stopped, throttled] of its last steps.
 
     Per step (``sample``, on the training thread) only clocks that keep the GIL are read: the
     thread's CPU time (``time.thread_time``) and the wall clock. Any system call that releases
