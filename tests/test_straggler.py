@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from typing import Optional
 from dataclasses import replace
 
 import pytest
@@ -404,15 +405,16 @@ def test_the_compute_checks_second_window_is_asked_for_by_a_suspect_and_keeps_th
 # -- the reasons, inside and outside ------------------------------------------------------------
 
 def _account(waiting: int, running: int = 0, stopped: int = 0, blocked: int = 0,
-             runq: float = 0.0, channel: str = "hrtimer_nanosleep", threads_runq: float = 0.0):
+             runq: float = 0.0, channel: str = "hrtimer_nanosleep", threads_runq: float = 0.0,
+             oncpu: Optional[float] = None):
     from ddpcheck.core.straggler import WindowAccount
 
     states = {"S:futex_do_wait": waiting, "R": running, "T": stopped,
               f"S:{channel}": blocked}
     polls = waiting + running + stopped + blocked
     busy = 3.0 * running / polls
-    return WindowAccount(3.0, busy - runq, runq, tuple((k, n) for k, n in states.items() if n),
-                         threads_runq)
+    return WindowAccount(3.0, busy - runq if oncpu is None else oncpu, runq,
+                         tuple((k, n) for k, n in states.items() if n), threads_runq)
 
 
 @pytest.mark.parametrize("reason,slow", [
@@ -619,6 +621,40 @@ def test_a_persistent_straggler_is_named_by_its_fifth_late_step(kind, seconds):
         assert onset <= named[4][0] <= onset + 4, seed  # its fifth late step at the latest
 
 
+@pytest.mark.parametrize("kind,seconds", [("blocked", 0.08), ("stopped", 0.06)])
+def test_a_rank_its_own_clock_saw_held_is_named_by_its_third_late_step(kind, seconds):
+    """Asleep outside the collectives or stopped (its own clock's evidence, which no neighbour's
+    load makes): three late steps are enough; computing as long takes five."""
+    quick = 0
+    for seed in range(20):
+        onset = 20
+        extra = {(step, 4): (kind, seconds) for step in range(onset, 40)}
+        named = first_named(run_with_extra(6, 40, extra, seed, noise=0.1))
+        assert list(named) == [4] and named[4][0] == onset + 2, seed
+        quick += named[4][1] == "quick"
+        busy = {key: ("busy", seconds) for key in extra}
+        assert first_named(run_with_extra(6, 40, busy, seed, noise=0.1))[4][0] > onset + 2, seed
+    assert quick >= 18  # else by the held rule at the same step (a peer's spike hid one lag)
+
+
+def test_a_short_held_burst_is_not_named_quickly():
+    """Held in two steps only, held too little of each, or three steps of a few milliseconds."""
+    for seed in range(50):
+        two = {(step, 3): ("blocked", 0.08) for step in (20, 21)}
+        assert first_named(run_with_extra(6, 40, two, seed)) == {}, seed
+    little = {(step, 4): ("blocked", 0.015) for step in range(20, 40)}
+    little.update({(step, 4): ("busy", 0.03) for step in range(20, 40)})
+    named = first_named(run_with_extra(6, 40, little, seed=1, noise=0.05))
+    assert named.get(4, (99,))[0] > 22  # late, but asleep only ~12 % of its step: the 5-step rule
+    from ddpcheck.core.straggler import identify_stragglers as judge
+    short = {rank: [replace(s, busy_s=s.busy_s / 20, wait_s=s.wait_s / 20,
+                            blocked_s=s.blocked_s / 20) for s in samples]
+             for rank, samples in run_with_extra(
+                 6, 40, {(step, 4): ("blocked", 0.08) for step in (30, 31, 32)}, seed=2).items()}
+    assert not [f for end in range(1, 41)
+                for f in judge({r: s[:end] for r, s in short.items()})]  # 3 steps: 27 ms
+
+
 def test_a_one_step_stall_or_a_short_burst_is_never_named():
     for seed in range(50):
         stall = {(12, seed % 6): ("stopped", 1.0)}  # one step, held a second
@@ -688,3 +724,24 @@ def test_a_job_progresses_when_its_loops_turn_though_one_rank_runs_throughout():
     assert job_progressed(brief + [turning[0], quota])
     assert not job_progressed(brief + [turning[0], _account(waiting=148, threads_runq=0.15)])
     assert not job_progressed(brief + [quota])  # nobody went round a loop
+
+
+def test_a_peer_no_poll_saw_running_progressed_if_it_ran_between_the_polls():
+    """Windows measured with gloo (3 s, a poll every 20 ms): beside a rank held to 3 % of a CPU
+    its peers each ran 37-48 ms, yet a poll caught a peer running only 1-5 times, and at fewer
+    steps none may: the on-CPU time says it woke for its collectives. Every waiter of a rank
+    spinning or asleep for ever got 0 ns (0.1 ms with two py-spy dumps): no progress."""
+    from ddpcheck.core.straggler import job_progressed
+
+    throttled = _account(waiting=90, running=54, runq=1.04, oncpu=0.045)
+    unseen = _account(waiting=145, oncpu=0.037)  # ran 37 ms, between the polls
+    assert job_progressed([_account(waiting=141, running=4, oncpu=0.040)] * 4
+                          + [unseen, throttled])
+    assert job_progressed([unseen] * 5 + [throttled])
+    hung = _account(waiting=146, oncpu=0.0)
+    assert not job_progressed([hung] * 5 + [_account(waiting=0, running=146, oncpu=3.0)])
+    assert not job_progressed([hung] * 5 + [_account(waiting=0, blocked=146, oncpu=0.0)])
+    assert not job_progressed([hung] * 4 + [_account(waiting=146, oncpu=0.0001), throttled])
+    # a rank asleep outside the collectives that ran between polls did not wait for anyone
+    assert not job_progressed([unseen] * 4 + [_account(waiting=0, blocked=146, oncpu=0.01),
+                                              throttled])

@@ -10,7 +10,9 @@ and its *wait* time (blocked: in a collective waiting for the others, or in I/O)
 to arrive at the collective waits least; its arrival lag behind the median rank is the median
 wait of its peers minus its own (no cross-host clock needed). A rank is named when it arrived
 late by 30 % of a step or more in each of its last few steps (``quick``: a
-straggler that holds everyone up every step is named within 5 steps), in at least
+straggler that holds everyone up every step is named within 5 steps, within 3 when its own
+clock saw it asleep outside the collectives or stopped for 25 % of each of them more than its
+peers, which no neighbour's load makes), in at least
 ``min_steps`` of the last ``window`` steps (``steady``), or in 3 of them while its own clock
 saw the process stopped (``stopped``: a SIGSTOP duty cycle makes it late only in the steps a
 stop falls in) or its cgroup's CPU quota throttled it (``throttled``: a quota is spent in
@@ -109,6 +111,11 @@ class Thresholds:
     quick_within_s: float = 2.0
     quick_lag_fraction: float = 0.3
     quick_span_s: float = 0.6
+    # quick on its own evidence: late so in each of the last quick_min_steps steps, asleep
+    # outside the collectives or stopped in each for quick_held_share of it more than its
+    # peers' median (its own clock, not a neighbour's load), spanning quick_held_span_s
+    quick_held_share: float = 0.25
+    quick_held_span_s: float = 0.3
     # stopped / throttled: late and held (stopped: its own clock saw the gap; throttled: its
     # cgroup's quota held it) in min_held_steps steps of the window, and held at least
     # min_held_share of the window's wall time more than its peers' median (no neighbour's
@@ -315,18 +322,34 @@ def _quick_run(rank: int, steps: Sequence[int], late_at: Mapping[int, Mapping[in
                step_s: Mapping[int, float], thresholds: Thresholds) -> int:
     """How many of the last steps make ``rank`` a quick straggler (0: they do not): it is late
     by ``quick_lag_fraction`` x the step in each, and they span ``quick_span_s``. How many are
-    needed: ``quick_steps``, fewer for long steps (what fits in ``quick_within_s``)."""
+    needed: ``quick_steps``, fewer for long steps (what fits in ``quick_within_s``), and
+    ``quick_min_steps`` spanning ``quick_held_span_s`` when its own clock saw it held in each
+    (``_held_late``)."""
+    def late(run: Sequence[int]) -> bool:
+        return all(rank in late_at[step] and late_at[step][rank][0] >=
+                   thresholds.quick_lag_fraction * step_s[step] for step in run)
+
+    held = steps[-thresholds.quick_min_steps:]
+    if (len(held) == thresholds.quick_min_steps and late(held)
+            and all(_held_late(late_at[step][rank], thresholds) for step in held)
+            and sum(step_s[step] for step in held) >= thresholds.quick_held_span_s):
+        return len(held)
     recent = statistics.median(step_s[step] for step in steps[-thresholds.quick_steps:])
     fit = math.ceil(thresholds.quick_within_s / recent) if recent > 0 else thresholds.quick_steps
     needed = max(thresholds.quick_min_steps, min(thresholds.quick_steps, fit))
     run = steps[-needed:]
-    if len(run) < needed:
+    if len(run) < needed or not late(run):
         return 0
-    for step in run:
-        seen = late_at[step].get(rank)
-        if seen is None or seen[0] < thresholds.quick_lag_fraction * step_s[step]:
-            return 0
     return needed if sum(step_s[step] for step in run) >= thresholds.quick_span_s else 0
+
+
+def _held_late(seen: tuple[float, float, Mapping["Reason", float], Mapping["Reason", float]],
+               thresholds: Thresholds) -> bool:
+    """A late step (``late_ranks``' entry) in which the rank was asleep outside the collectives
+    or stopped ``quick_held_share`` of its step more than its peers' median."""
+    _, _, own, peers = seen
+    held = (Reason.BLOCKED, Reason.STOPPED)
+    return sum(own[r] - peers[r] for r in held) >= thresholds.quick_held_share
 
 
 def history_from_rows(rows: Mapping[int, Iterable[Sequence[Any]]]) -> dict[int, list[StepSample]]:
@@ -453,6 +476,12 @@ WAITING_CHANNELS = ("futex",)
 # a rank whose threads queued for a CPU half the window longer than its peers' is held back by
 # a quota on it (runnable, so not stuck), whatever its main thread's state
 OWN_STARVED_THROUGHOUT = 0.5
+# A main thread that waits in a collective for a peer that never comes gets no CPU at all
+# (measured with gloo: 0 ns in 3 s for every waiter of a rank spinning or asleep; two py-spy
+# dumps add 0.1 ms), while a peer of a slow rank wakes each step and runs its own part of it
+# (measured: 37-48 ms in 3 s beside a rank held to 3 % of a CPU, about 5 ms a step), mostly
+# between the polls, which may then never see it running.
+WOKE_ONCPU_S = 0.002
 # What a wait channel says, for the message: (prefix of the kernel function, what it is).
 CHANNEL_MEANINGS = (("hrtimer_nanosleep", "a sleep"), ("do_nanosleep", "a sleep"),
                     ("io_schedule", "I/O"), ("folio_wait", "I/O"), ("wait_on_page", "I/O"),
@@ -531,15 +560,22 @@ class WindowAccount:
         return self.seen_running_and_not(1)
 
     @property
+    def woke(self) -> bool:
+        """Waited for the others and yet ran (``WOKE_ONCPU_S`` on a CPU at least): a peer of a
+        slow rank woken by each of its collectives, whether or not a poll saw it running."""
+        return self.share("waiting") > 0 and self.oncpu_s >= WOKE_ONCPU_S
+
+    @property
     def ran_throughout(self) -> bool:
         """Seen running (on a CPU, queued or throttled) at every poll."""
         return self.polls > 0 and self.share("running") == 1.0
 
 
 def job_progressed(accounts: Sequence[WindowAccount]) -> bool:
-    """Did a job move during the window, by its main threads' states alone? One thread at least
-    went round its loop (``cycled``) and every other was seen both running and not (``moved``:
-    a peer of a slow rank waits most of the window and runs only briefly each step), ran
+    """Did a job move during the window, by its main threads' states and schedstat? One thread
+    at least went round its loop (``cycled``) and every other was seen both running and not
+    (``moved``: a peer of a slow rank waits most of the window and runs only briefly each step),
+    or waited and yet ran (``woke``: a waiter of a hung collective gets no CPU), ran
     throughout (computing, or starved of CPU: always runnable), or had its own threads starved
     (a quota on its process: its main thread waits for them): a peer's loop completes
     collectives only if every rank takes part, so a rank that held it up still progressed. A
@@ -548,7 +584,8 @@ def job_progressed(accounts: Sequence[WindowAccount]) -> bool:
         return False
     accounts = with_own_starvation(accounts)
     return any(a.cycled for a in accounts) and all(
-        a.moved or a.ran_throughout or a.own_starved >= OWN_STARVED_THROUGHOUT for a in accounts)
+        a.moved or a.woke or a.ran_throughout or a.own_starved >= OWN_STARVED_THROUGHOUT
+        for a in accounts)
 
 
 def with_own_starvation(accounts: Sequence[WindowAccount]) -> list[WindowAccount]:
