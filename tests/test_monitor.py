@@ -128,3 +128,20 @@ def test_watchdog_names_a_stopped_rank_of_this_host(tmp_path):
         os.kill(peer.pid, signal.SIGCONT)
         peer.kill()
         peer.wait()
+
+
+def test_the_background_thread_wakes_at_the_exchange_instant_or_the_beat_whichever_first():
+    """The straggler exchange happens at the same wall-clock instants on every rank, so the
+    thread sleeps until the next one (not a period from wherever it woke), and never past its
+    beat, whatever the wall clock does."""
+    from types import SimpleNamespace
+
+    from ddpcheck.injob.monitor import _until
+
+    now, mono = time.time(), time.monotonic()
+    exchange = SimpleNamespace(next_at=now + 0.1)
+    assert 0.05 < _until(mono + 1.0, exchange) <= 0.1
+    assert 0.5 < _until(mono + 0.6, None) <= 0.6
+    assert _until(mono + 1.0, SimpleNamespace(next_at=now - 5)) == 0.0  # overdue: at once
+    assert 0.5 < _until(mono + 0.6, SimpleNamespace(next_at=now + 3600)) <= 0.6  # clock stepped
+    assert _until(mono - 1.0, exchange) == 0.0

@@ -212,11 +212,12 @@ class Monitor:
                 watchdog.tick()  # connect and publish at once: a rank may stop any time
             except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
                 logger.debug("ddpcheck monitor watchdog: %s", exc)
-        # the straggler exchange may be due more often than a beat: wake for whichever is first
-        wake_s = min(self.beat_s, stragglers.period_s) if stragglers is not None else self.beat_s
+        # wake for whichever is first, the beat or the straggler exchange's next instant (the
+        # same wall-clock instants on every rank: a rank's late step reaches the leader the
+        # moment it judges, not up to a period after)
         beat_at = time.monotonic() + self.beat_s
-        while not self._stop.wait(wake_s):
-            if time.monotonic() >= beat_at - wake_s / 2:
+        while not self._stop.wait(_until(beat_at, stragglers)):
+            if time.monotonic() >= beat_at - EARLY_WAKE_S:
                 beat_at = time.monotonic() + self.beat_s
                 _beat(self, watchdog)
             if stragglers is not None:
@@ -232,6 +233,19 @@ class Monitor:
         if self.clock is None:
             return None
         return StragglerWatch(self, self.straggler_thresholds, _connect_store(self.env, self.job))
+
+
+EARLY_WAKE_S = 0.005  # a wait may end this much early: the beat is due all the same
+
+
+def _until(beat_at: float, stragglers: Optional[StragglerWatch]) -> float:
+    """Seconds to sleep until the next beat (``beat_at``, monotonic) or the straggler
+    exchange's next instant (wall clock), whichever is first; never negative, and never past
+    the beat whatever the wall clock does."""
+    wait = beat_at - time.monotonic()
+    if stragglers is not None:
+        wait = min(wait, stragglers.next_at - time.time())
+    return max(0.0, wait)
 
 
 def _beat(monitor: Monitor, watchdog: Optional["_Watchdog"]) -> None:

@@ -18,18 +18,18 @@ collectives start last and are the shortest), and busy the rest.
 
 The exchange (``StragglerWatch.tick``, on the Monitor's background thread, never on the
 training path): every ``period_s`` (``EXCHANGE_S``, a quarter second, so that a straggler's
-fifth late step is judged within a quarter second of it), at the same wall-clock instants on
-every rank (so their recent windows overlap even when steps take milliseconds), each rank puts
-its last steps into torchrun's TCPStore; the leader (rank 0), half a period later, reads them
-all in one ``multi_get``, runs ``identify_stragglers``, keeps the ranks its ``quick`` rule
-named at once, those of the ``stopped`` rule once ``confirmations`` (3) verdicts in a row named
-them, those of the ``steady`` rule once verdicts over ``confirm_s`` (2 s) did (and those
-already named while late in half the window), and puts them back; every rank reads the verdict
-and logs each newly named straggler once (``ddpcheck.Monitor [h1:rank 0]: straggler:
-rank 5 on h3 arrives 38 ms after the median, ...``). Without a store (a job not started by
-torchrun) the ranks of this host compare their heartbeat files. At 1,000 ranks this is 2,000
-small store requests and one ``multi_get`` per period, which ``period_s`` scales up with the
-world size (a second at 500 ranks).
+late step is judged within a quarter second of it), at the same wall-clock instants on every
+rank (the thread sleeps until the next one: their recent windows overlap even when steps take
+milliseconds), each rank puts its last steps into torchrun's TCPStore; the leader (rank 0), a
+fifth of a period later, reads them all in one ``multi_get``, runs ``identify_stragglers``,
+keeps the ranks its ``quick`` rule named at once, those of the ``stopped`` and ``throttled``
+rules once ``confirmations`` (3) verdicts in a row named them, those of the ``steady`` rule
+once verdicts over ``confirm_s`` (2 s) did (and those already named while late in half the
+window), and puts them back; every rank reads the verdict and logs each newly named straggler
+once (``ddpcheck.Monitor [h1:rank 0]: straggler: rank 5 on h3 arrives 38 ms after the median,
+...``). Without a store (a job not started by torchrun) the ranks of this host compare their
+heartbeat files. At 1,000 ranks this is 2,000 small store requests and one ``multi_get`` per
+period, which ``period_s`` scales up with the world size (a second at 500 ranks).
 """
 
 from __future__ import annotations
@@ -363,9 +363,11 @@ class StragglerWatch:
         self.store = store
         world = monitor.world_size or 1
         self.period_s = period_s or max(EXCHANGE_S, world / 500.0)
-        # the leader reads half a period after the others publish: their rows of that instant
-        # are in the store, not the period before's
-        self.offset_s = self.period_s / 2 if monitor.rank == 0 and store is not None else 0.0
+        # the leader reads a fifth of a period after the others publish (50 ms: a store
+        # request takes about a millisecond; more ranks, a longer period): their rows of that
+        # instant are in the store; a rank whose clock or store is later is judged on the rows
+        # it put a period before
+        self.offset_s = self.period_s / 5 if monitor.rank == 0 and store is not None else 0.0
         self.next_at = self._next_instant(time.time())
         self.named: dict[int, dict[str, Any]] = {}
         self.streak: dict[int, int] = {}  # leader: consecutive verdicts that named each rank
