@@ -90,17 +90,19 @@ class Thresholds:
     step, the chance that it is late in 9 of 10 steps is about 1e-6 per window (see
     tests/test_straggler.py). Short steps make 10 steps a short time, and a neighbour can starve
     a healthy rank for half a second: the Monitor therefore names a rank by the ``steady``
-    rule only when its exchanges agree for ``confirm_s``, by ``stopped`` or ``throttled`` when
-    ``confirmations`` consecutive exchanges do, and ``ddpcheck hang`` when both of its samples
-    do (benchmarks/straggler.py counts false alarms of a real
-    job). The ``quick`` rule needs no confirmation: its margin (30 % of the step, every step late)
-    and its span (``quick_span_s``) are what a burst does not reach."""
+    rule only when its exchanges agree for ``confirm_s``, and ``ddpcheck hang`` when both of
+    its samples do (benchmarks/straggler.py counts false alarms of a real job). The ``quick``
+    rule needs no confirmation: its margin (30 % of the step, every step late) and its span
+    (``quick_span_s``) are what a burst does not reach. Nor do ``stopped`` and ``throttled``
+    by default (``confirmations``: consecutive exchanges that must agree): their evidence
+    spans 3 late steps of the window, stays in it for the next exchanges (so more of them
+    delay the name, 0.25 s each, without filtering), and no neighbour's load makes it."""
     window: int = 10
     min_steps: int = 9
     min_lag_s: float = 0.002
     min_lag_fraction: float = 0.20  # the margin a 1.2x compute gate used to give
     min_compute_ratio: float = 0.0  # 0: busy time explains a late arrival, it does not gate
-    confirmations: int = 3  # Monitor: consecutive exchanges that must agree (not ``quick``)
+    confirmations: int = 1  # Monitor: exchanges in a row that must agree (stopped, throttled)
     confirm_s: float = 2.0  # ... and for ``steady``, spanning at least this long
     # quick: late in each of the last quick_steps steps by quick_lag_fraction x the step,
     # spanning at least quick_span_s; fewer steps

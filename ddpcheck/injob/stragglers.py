@@ -22,8 +22,8 @@ late step is judged within a quarter second of it), at the same wall-clock insta
 rank (the thread sleeps until the next one: their recent windows overlap even when steps take
 milliseconds), each rank puts its last steps into torchrun's TCPStore; the leader (rank 0), a
 fifth of a period later, reads them all in one ``multi_get``, runs ``identify_stragglers``,
-keeps the ranks its ``quick`` rule named at once, those of the ``stopped`` and ``throttled``
-rules once ``confirmations`` (3) verdicts in a row named them, those of the ``steady`` rule
+keeps the ranks its ``quick``, ``stopped`` and ``throttled`` rules named at once (the last
+two after ``confirmations`` verdicts in a row, if set above 1), those of the ``steady`` rule
 once verdicts over ``confirm_s`` (2 s) did (and those already named while late in half the
 window), and puts them back; every rank reads the verdict and logs each newly named straggler
 once (``ddpcheck.Monitor [h1:rank 0]: straggler: rank 5 on h3 arrives 38 ms after the median,
@@ -422,9 +422,10 @@ class StragglerWatch:
                    staying: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
         """The stragglers of enough verdicts in a row: by the ``steady`` rule, verdicts
         spanning ``confirm_s`` (a rank starved for half a second by a neighbour is late in 10
-        short steps, but not for seconds on end); by ``stopped``, ``confirmations`` verdicts
-        (no neighbour stops a process); by ``quick``, one (its evidence already spans several
-        steps by a large margin). A rank already named stays named while it is late in half the
+        short steps, but not for seconds on end); by ``stopped`` and ``throttled``,
+        ``confirmations`` verdicts (one by default: no neighbour stops a process or throttles
+        its cgroup); by ``quick``, one (its evidence already spans several steps by a large
+        margin). A rank already named stays named while it is late in half the
         window (``staying``), so that a straggler late in 8 steps of 10 now and then is not
         named and released by turns."""
         thresholds = self.thresholds
