@@ -696,6 +696,37 @@ def test_a_quota_spent_in_periods_is_named_as_throttled_though_late_only_in_some
         assert first_named(run_with_extra(6, 40, {}, seed=seed, throttled=0.3)) == {}, seed
 
 
+@pytest.mark.parametrize("kind", ["stopped", "throttled"])
+def test_a_held_cycle_is_judged_since_it_began_not_over_the_whole_window(kind):
+    """Held 50 ms in every other step from step 20 on (a SIGSTOP cycle, or a quota spent in
+    some periods): at its third late step it was held 23 % of the time since the first, but
+    only 13 % of the 10-step window, whose healthy steps before the onset dilute it. Named
+    then, by its own rule; the window's share alone would wait for a fourth."""
+    extra = {(step, 4): (kind, 0.05) for step in range(20, 40, 2)}
+    for seed in range(20):
+        history = run_with_extra(6, 40, extra, seed, noise=0.1)
+        assert first_named(history) == {4: (24, kind)}, seed
+        (found,) = identify_stragglers({r: s[:25] for r, s in history.items()})
+        assert (found.flagged, found.window) == (3, 5)  # late in 3 of the 5 steps since
+        if kind == "throttled":
+            assert found.throttled > 0.2 and "throttled it 2" in found.message(), found
+
+
+def test_a_held_episode_reaches_back_a_third_of_a_second_and_is_set_against_its_peers():
+    """Stopped 12 ms in each of three steps of 50 ms: 19 % of those steps, but the episode
+    reaches back to 0.3 s, where 36 ms is 11 %, so no one is named (a burst, not a cycle); nor
+    is a rank stopped as often as all its peers (a profiler attached to every rank)."""
+    for seed in range(20):
+        burst = {(step, 4): ("stopped", 0.024) for step in (30, 31, 32)}
+        half = {rank: [replace(s, busy_s=s.busy_s / 2, wait_s=s.wait_s / 2,
+                               stopped_s=s.stopped_s / 2) for s in samples]
+                for rank, samples in run_with_extra(6, 40, burst, seed, noise=0.1).items()}
+        assert first_named(half) == {}, seed
+        everyone = {(step, rank): ("stopped", 0.05) for step in range(20, 40, 2)
+                    for rank in range(6)}
+        assert first_named(run_with_extra(6, 40, everyone, seed, noise=0.1)) == {}, seed
+
+
 def test_the_monitor_names_a_quick_straggler_at_once():
     from types import SimpleNamespace
 

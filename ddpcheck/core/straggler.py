@@ -16,7 +16,8 @@ peers, which no neighbour's load makes), in at least
 ``min_steps`` of the last ``window`` steps (``steady``), or in 3 of them while its own clock
 saw the process stopped (``stopped``: a SIGSTOP duty cycle makes it late only in the steps a
 stop falls in) or its cgroup's CPU quota throttled it (``throttled``: a quota is spent in
-100 ms periods, so some steps pass at full speed): arrival lag is the evidence. How it spent
+100 ms periods, so some steps pass at full speed), held more than its peers since the first of
+them: arrival lag is the evidence. How it spent
 the step is the explanation, not a gate: on a CPU longer than its peers (*compute*), or
 runnable but not running (*starved*: its run-queue time, a CPU quota). Noise on a healthy run
 moves the last place from rank to rank; a straggler holds it.
@@ -120,7 +121,8 @@ class Thresholds:
     quick_held_span_s: float = 0.3
     # stopped / throttled: late and held (stopped: its own clock saw the gap; throttled: its
     # cgroup's quota held it) in min_held_steps steps of the window, and held at least
-    # min_held_share of the window's wall time more than its peers' median (no neighbour's
+    # min_held_share of the wall time since the first of them (its episode, at least
+    # quick_held_span_s long) more than its peers' median over the same steps (no neighbour's
     # load stops a process or throttles its cgroup; one long stall is one step)
     min_held_steps: int = 3
     min_held_share: float = 0.15
@@ -264,16 +266,13 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
     if not steps:
         return []
     late_at = {step: late_ranks(by_step[step], thresholds) for step in steps}
-    # every rank's share of the window it was stopped / throttled, once: the held rules set a
-    # rank's against its peers' median (median_without, so 1,000 ranks stay cheap)
-    held = {part: {rank: _held_share(rank, steps, by_step, part) for rank in by_step[steps[-1]]}
-            for part in HELD_PARTS.values()}
-    held_sorted = {part: sorted(shares.values()) for part, shares in held.items()}
     step_s = {step: statistics.median(s.wall_s for s in by_step[step].values()) for step in steps}
+    held = HeldShares(steps, by_step)
     named = []
     for rank in sorted({rank for late in late_at.values() for rank in late}):
         seen = [late_at[step][rank] for step in steps if rank in late_at[step]]
         flagged, window, rule = len(seen), len(steps), None
+        throttled = held.share(rank, 0, "throttled_s")
         quick = _quick_run(rank, steps, late_at, step_s, thresholds)
         if quick:
             seen = [late_at[step][rank] for step in steps[-quick:]]
@@ -281,16 +280,50 @@ def identify_stragglers(history: Mapping[int, Iterable[StepSample]],
         elif len(steps) >= thresholds.min_steps and flagged >= thresholds.min_steps:
             rule = "steady"
         elif len(steps) >= thresholds.min_steps:
-            rule = _held_rule(rank, steps, late_at, by_step, held, held_sorted, thresholds)
+            rule, first = _held_rule(rank, steps, late_at, by_step, step_s, held, thresholds)
+            if rule is not None:  # told over the episode it was judged on
+                seen = [late_at[step][rank] for step in steps[first:] if rank in late_at[step]]
+                flagged, window = len(seen), len(steps) - first
+                throttled = held.share(rank, first, "throttled_s")
         if rule is None:
             continue
         shares = tuple((r, statistics.median(s[2][r] for s in seen)) for r in Reason)
         peers = tuple((r, statistics.median(s[3][r] for s in seen)) for r in Reason)
         named.append(Straggler(rank, hosts.get(rank), statistics.median(s[0] for s in seen),
                                statistics.median(s[1] for s in seen), flagged, window,
-                               steps[-1], shares, peers, channels.get(rank), rule,
-                               held["throttled_s"][rank]))
+                               steps[-1], shares, peers, channels.get(rank), rule, throttled))
     return named
+
+
+class HeldShares:
+    """Every rank's share of its wall time over the last steps of the window that it was
+    stopped or throttled, computed once per first step and part and kept sorted, so the held
+    rules set a rank's share against its peers' median over the same steps (median_without:
+    1,000 ranks stay cheap)."""
+
+    def __init__(self, steps: Sequence[int], by_step: Mapping[int, Mapping[int, StepSample]]
+                 ) -> None:
+        self.steps, self.by_step = steps, by_step
+        self._shares: dict[tuple[int, str], dict[int, float]] = {}
+        self._sorted: dict[tuple[int, str], list[float]] = {}
+
+    def _of(self, first: int, part: str) -> dict[int, float]:
+        key = (first, part)
+        if key not in self._shares:
+            span = self.steps[first:]
+            self._shares[key] = {rank: _held_share(rank, span, self.by_step, part)
+                                 for rank in self.by_step[span[-1]]}
+            self._sorted[key] = sorted(self._shares[key].values())
+        return self._shares[key]
+
+    def share(self, rank: int, first: int, part: str) -> float:
+        """``rank``'s share over ``steps[first:]`` (``part``: "stopped_s" or "throttled_s")."""
+        return self._of(first, part)[rank]
+
+    def excess(self, rank: int, first: int, part: str) -> float:
+        """Its share over ``steps[first:]`` minus its peers' median over the same steps."""
+        own = self._of(first, part)[rank]
+        return own - median_without(self._sorted[(first, part)], own)
 
 
 def _held_share(rank: int, steps: Sequence[int], by_step: Mapping[int, Mapping[int, StepSample]],
@@ -302,22 +335,28 @@ def _held_share(rank: int, steps: Sequence[int], by_step: Mapping[int, Mapping[i
 
 
 def _held_rule(rank: int, steps: Sequence[int], late_at: Mapping[int, Mapping[int, Any]],
-               by_step: Mapping[int, Mapping[int, StepSample]],
-               held: Mapping[str, Mapping[int, float]], held_sorted: Mapping[str, Sequence[float]],
-               thresholds: Thresholds) -> Optional[str]:
-    """"stopped" or "throttled" when ``rank`` was late while held so in ``min_held_steps``
-    steps of the window (a duty cycle, not one stall), for ``min_held_share`` of the window's
-    wall time more than its peers' median (``held``: every rank's share, ``held_sorted`` the
-    same sorted); else None."""
+               by_step: Mapping[int, Mapping[int, StepSample]], step_s: Mapping[int, float],
+               held: HeldShares, thresholds: Thresholds) -> tuple[Optional[str], int]:
+    """("stopped" or "throttled", the index of the episode's first step in ``steps``) when
+    ``rank`` was late while held so in ``min_held_steps`` steps of the window (a duty cycle,
+    not one stall), for ``min_held_share`` of the wall time since the first of them more than
+    its peers' median over the same steps. The episode reaches back at least
+    ``quick_held_span_s``: a few short steps are not a share. Else the whole window's share is
+    asked the same (held before its first late step too). Else (None, 0).
+    Judging the episode, not the whole window, keeps the healthy steps before the onset from
+    diluting the share: a rank stopped 40 % of each step is named at its third late step."""
     for rule, part in HELD_PARTS.items():
-        late_held = [step for step in steps
+        late_held = [i for i, step in enumerate(steps)
                      if rank in late_at[step] and getattr(by_step[step][rank], part) > 0]
         if len(late_held) < thresholds.min_held_steps:
             continue
-        own = held[part][rank]
-        if own - median_without(held_sorted[part], own) >= thresholds.min_held_share:
-            return rule
-    return None
+        first = late_held[0]
+        while first > 0 and sum(step_s[s] for s in steps[first:]) < thresholds.quick_held_span_s:
+            first -= 1
+        for start in dict.fromkeys((first, 0)):  # the episode, else the whole window
+            if held.excess(rank, start, part) >= thresholds.min_held_share:
+                return rule, start
+    return None, 0
 
 
 def _quick_run(rank: int, steps: Sequence[int], late_at: Mapping[int, Mapping[int, Any]],
