@@ -315,9 +315,12 @@ class StepClock:
 def nccl_collective_clock() -> Optional[Callable[[], float]]:
     """On an NCCL default group: a running total of the GPU time its collectives took (from the
     process group's completion hook), else None. Only when the job already imported torch.
-    NCCL takes one completion hook per group: when the job registered its own first, this
-    returns None (and the busy/wait split falls back to schedstat, which on a GPU sees every
-    rank busy: nobody is named)."""
+    The hook needs each collective timed with CUDA events, which ProcessGroupNCCL does only
+    with ``TORCH_NCCL_ENABLE_TIMING=1`` or once ``_enable_collectives_timing()`` was called
+    (without either, registering raises ValueError): it is called here first, for the
+    collectives from now on. NCCL takes one completion hook per group: when the job
+    registered its own first, this returns None (and the busy/wait split falls back to
+    schedstat, which on a GPU sees every rank busy: nobody is named)."""
     import sys
 
     dist = sys.modules.get("torch.distributed")
@@ -336,6 +339,7 @@ def nccl_collective_clock() -> Optional[Callable[[], float]]:
                 total[0] += duration.total_seconds() if hasattr(duration, "total_seconds") \
                     else float(duration)
 
+        group._enable_collectives_timing()
         group._register_on_completion_hook(completed)
         return lambda: total[0]
     except Exception as exc:  # noqa: BLE001 - an older torch: the schedstat clock is used
