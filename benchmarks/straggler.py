@@ -16,7 +16,8 @@ cluster, cgroup CPU quota).
    (the slowest rank's) over the whole preflight's.
 5. Inside and outside (``--reasons``, or alone with ``--reasons-only``): a 3-host x 2-rank job
    (``--width 256``, one rank of each host on one core's share), twice: with the Monitor
-   (inside) and without ddpcheck (``ddpcheck hang --window 3`` run back to back from outside).
+   (inside) and without ddpcheck (``ddpcheck hang --window 3`` run back to back from outside;
+   ``--hang-window W`` for another window, ``--inside-only`` / ``--outside-only`` for one variant).
    Over ``--healthy-steps`` healthy steps: the Monitor's straggler lines, and the straggler
    findings of the hang runs meanwhile (false alarms). Then rank 4 (h3) is slowed by each fault
    in turn (a 3 % CPU quota; an 80 ms sleep a step outside the collectives; SIGSTOP 60 ms of
@@ -43,12 +44,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 JOB = HERE.parent / "tests" / "stragglerjob.py"
 STEP: list[str] = []  # ["--step-s", S] with --step-s: every job's steps padded to S seconds
+HANG_WINDOW = ["--window", "3"]  # --hang-window: each outside run's window
 
 
 def straggler_lines(job) -> list[str]:
@@ -138,15 +141,19 @@ def last_step(ready: pathlib.Path, rank: int) -> int:
     return max(int(line.split()[0]) for line in lines if line.strip())
 
 
-def hang_names(cluster, workdir: pathlib.Path, name: str) -> list[str]:
-    """One ``ddpcheck hang`` from outside: its straggler findings."""
+def hang_names(cluster, workdir: pathlib.Path, name: str,
+               exits: Optional[list[int]] = None) -> list[str]:
+    """One ``ddpcheck hang`` from outside: its straggler findings (its exit status appended to
+    ``exits``)."""
     from hostsfile import cluster_hosts_yaml
 
     hosts_yaml = cluster_hosts_yaml(cluster, workdir / "hosts.yaml", cluster.hosts[:3])
     report = workdir / f"hang-{name}.json"
-    subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml), "--json",
-                    str(report), "--window", "3", "--no-stacks", "--timeout", "150"],
-                   capture_output=True, text=True, timeout=200)
+    done = subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml), "--json",
+                           str(report), *HANG_WINDOW, "--no-stacks", "--timeout", "150"],
+                          capture_output=True, text=True, timeout=200)
+    if exits is not None:
+        exits.append(done.returncode)
     try:
         findings = json.loads(report.read_text())["findings"]
     except (OSError, ValueError, KeyError):
@@ -170,18 +177,19 @@ def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps:
     try:
         pids = job.wait_ready(180)
         began, start = time.monotonic(), last_step(ready, 0)
-        hang_runs, hang_alarms = 0, 0
+        hang_runs, hang_alarms, exits = 0, 0, []
         while last_step(ready, 0) < start + healthy_steps:
             if monitor:
                 time.sleep(2.0)
             else:
                 hang_runs += 1
-                hang_alarms += len(hang_names(cluster, workdir, f"healthy-{hang_runs}"))
+                hang_alarms += len(hang_names(cluster, workdir, f"healthy-{hang_runs}", exits))
         result["healthy"] = {"steps": last_step(ready, 0) - start, "ranks": 6,
                              "seconds": round(time.monotonic() - began),
                              "false_alarms": (len(straggler_lines(job)) if monitor
                                               else hang_alarms),
-                             "hang_runs": hang_runs}
+                             "hang_runs": hang_runs,
+                             "hang_not_ok": sum(1 for code in exits if code != 0)}
         print(json.dumps(result), flush=True)
         for reason in ("starved", "blocked", "stopped"):
             words = f"rank {VICTIM} on h3 {'arrives' if monitor else ''}"
@@ -228,6 +236,9 @@ def reasons_table(results: list[dict]) -> None:
         f"{r['healthy']['false_alarms']} ({r['healthy']['steps']} x 6"
         + (f"; {r['healthy']['hang_runs']} runs" if r['healthy']['hang_runs'] else "") + ")"
         for r in results) + " |")
+    print("| hang runs over the healthy steps that did not exit 0 (hung, cannot tell) | "
+          + " | ".join(str(r["healthy"].get("hang_not_ok", "")) if r["healthy"]["hang_runs"]
+                       else "" for r in results) + " |")
     print("| lines naming a rank other than rank 4, the whole run | " + " | ".join(
         str(r.get("others_named", "")) for r in results) + " |")
     for reason in ("starved", "blocked", "stopped"):
@@ -261,6 +272,10 @@ def main() -> None:
     parser.add_argument("--reasons-only", action="store_true", help="only part 5")
     parser.add_argument("--inside-only", action="store_true",
                         help="part 5 with the Monitor only (not ddpcheck hang from outside)")
+    parser.add_argument("--outside-only", action="store_true",
+                        help="part 5 with ddpcheck hang from outside only (no Monitor)")
+    parser.add_argument("--hang-window", type=float, default=3.0,
+                        help="the --window of each outside ddpcheck hang run (seconds)")
     parser.add_argument("--step-s", type=float, default=0.0,
                         help="pad every job's steps to this many seconds with a sleep")
     parser.add_argument("--load", type=int, default=0,
@@ -268,6 +283,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.step_s:
         STEP[:] = ["--step-s", str(args.step_s)]
+    HANG_WINDOW[:] = ["--window", str(args.hang_window)]
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 for _ in range(args.load)]
     try:
@@ -288,7 +304,8 @@ def run(args: argparse.Namespace) -> None:
                 load = os.getloadavg()[0]
                 results = [inside_outside(cluster, work / f"reasons-{variant}", variant,
                                           args.healthy_steps, args.reps, 29745 + variant)
-                           for variant in ((True,) if args.inside_only else (True, False))]
+                           for variant in ((True,) if args.inside_only else
+                                           (False,) if args.outside_only else (True, False))]
                 print(f"load average before: {load:.1f}, after: {os.getloadavg()[0]:.1f}")
                 reasons_table(results)
                 if args.reasons_only:

@@ -783,3 +783,28 @@ def test_a_peer_no_poll_saw_running_progressed_if_it_ran_between_the_polls():
     # a rank asleep outside the collectives that ran between polls did not wait for anyone
     assert not job_progressed([unseen] * 4 + [_account(waiting=0, blocked=146, oncpu=0.01),
                                               throttled])
+
+
+def test_the_monitor_asks_nccl_to_time_collectives_only_before_the_group_exists(tmp_path):
+    """ProcessGroupNCCL reads TORCH_NCCL_ENABLE_TIMING when a group is created: the Monitor sets
+    it then (a value the job set stays), and leaves it alone once a group is up; a group that
+    is not NCCL gets no completion hook either way."""
+    import torch.distributed as dist
+
+    from ddpcheck.injob.stragglers import NCCL_TIMING_ENV, ask_nccl_timing, nccl_collective_clock
+
+    environ: dict[str, str] = {}
+    ask_nccl_timing(environ)
+    assert environ == {NCCL_TIMING_ENV: "1"}
+    environ = {NCCL_TIMING_ENV: "0"}
+    ask_nccl_timing(environ)
+    assert environ == {NCCL_TIMING_ENV: "0"}
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0,
+                            world_size=1)
+    try:
+        environ = {}
+        ask_nccl_timing(environ)
+        assert environ == {}
+        assert nccl_collective_clock({NCCL_TIMING_ENV: "1"}) is None  # gloo
+    finally:
+        dist.destroy_process_group()

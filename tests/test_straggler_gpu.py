@@ -37,29 +37,62 @@ def test_compute_check_measures_every_supported_precision_with_cuda_events():
     assert result["seconds"] < 10
 
 
-def test_monitor_clock_takes_wait_from_nccl_collectives(tmp_path, monkeypatch):
+def _one_rank_nccl_group(monkeypatch, port: int):
     import torch.distributed as dist
 
-    from ddpcheck.injob.stragglers import StepClock, nccl_collective_clock
-
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29797")
+    monkeypatch.setenv("MASTER_PORT", str(port))
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+    return dist
+
+
+def test_monitor_clock_takes_wait_from_nccl_collectives(monkeypatch):
+    """A group created after ``ask_nccl_timing`` (as a Monitor made before init_process_group
+    does) times its collectives, and the hook adds up their GPU time."""
+    from ddpcheck.injob.stragglers import (NCCL_TIMING_ENV, StepClock, ask_nccl_timing,
+                                           nccl_collective_clock)
+
+    monkeypatch.delenv(NCCL_TIMING_ENV, raising=False)
+    ask_nccl_timing(os.environ)
+    assert os.environ[NCCL_TIMING_ENV] == "1"
+    dist = _one_rank_nccl_group(monkeypatch, 29797)
     try:
-        total = nccl_collective_clock()
+        total = nccl_collective_clock(os.environ)
         assert total is not None
         clock = StepClock()
         clock.attach(total)
         big = torch.ones(64 << 20, device="cuda")
+        out = torch.empty_like(big)
         clock.sample(0, time.time())
-        for _ in range(20):
-            dist.all_reduce(big)
+        for _ in range(20):  # a copy kernel each (an in-place one-rank all_reduce launches none)
+            dist.all_gather_into_tensor(out, big)
         torch.cuda.synchronize()
-        time.sleep(0.5)  # the completion hook runs on NCCL's watchdog thread
+        time.sleep(0.5)  # the completion hook runs on NCCL's hook thread
         clock.sample(1, time.time())
-        assert total() > 0
+        assert total() > 20 * 256e6 / 10e12  # 256 MB copied 20 times, at most 10 TB/s
         ((step, _, busy, wait, *_),) = clock.recent()
         assert step == 1 and wait > 0 and busy >= 0
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_group_created_without_timing_gets_no_hook_and_keeps_working(monkeypatch, caplog):
+    """Timing turned on while collectives are in flight would leave them untimed, and the hook
+    aborts the group on the first: such a group gets no hook, a warning, and keeps working."""
+    from ddpcheck.injob.stragglers import NCCL_TIMING_ENV, nccl_collective_clock
+
+    monkeypatch.delenv(NCCL_TIMING_ENV, raising=False)
+    dist = _one_rank_nccl_group(monkeypatch, 29798)
+    try:
+        big = torch.ones(1 << 20, device="cuda")
+        dist.all_reduce(big, async_op=True)  # in flight while the Monitor looks
+        with caplog.at_level("WARNING"):
+            assert nccl_collective_clock(os.environ) is None
+        assert f"without {NCCL_TIMING_ENV}=1" in caplog.text
+        for _ in range(5):
+            dist.all_reduce(big)
+        torch.cuda.synchronize()
+        assert float(big[0]) == 1.0
     finally:
         dist.destroy_process_group()

@@ -55,7 +55,7 @@ from ..core import heartbeat
 from ..core.straggler import Thresholds
 from ..model import safety
 from .numerics import attach_canary
-from .stragglers import StepClock, StragglerWatch
+from .stragglers import StepClock, StragglerWatch, ask_nccl_timing
 
 STORE_PREFIX = "ddpcheck/monitor/"
 
@@ -131,6 +131,8 @@ class Monitor:
         self._lock = threading.Lock()
         self._seq_fn: Optional[Callable[[], int]] = None
         self.clock: Optional[StepClock] = StepClock() if stragglers else None
+        if stragglers:  # NCCL's collectives timed from the group's creation (CUDA events)
+            ask_nccl_timing(os.environ)
         self.straggler_thresholds = straggler_thresholds or Thresholds()
         self.stragglers: list[dict[str, Any]] = []  # the stragglers named now (as dicts)
         self._history_json = "[]"

@@ -42,7 +42,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, Optional, Sequence
 
 from ..core import heartbeat
 from ..core.cgroupcpu import cpu_stat_paths, throttled_s
@@ -312,15 +312,30 @@ class StepClock:
         self.quota.close()
 
 
-def nccl_collective_clock() -> Optional[Callable[[], float]]:
+NCCL_TIMING_ENV = "TORCH_NCCL_ENABLE_TIMING"
+
+
+def ask_nccl_timing(environ: MutableMapping[str, str]) -> None:
+    """Before the job creates its process group: ask ProcessGroupNCCL to time every collective
+    with CUDA events (``TORCH_NCCL_ENABLE_TIMING=1``, read when a group is created), which its
+    completion hook needs (``nccl_collective_clock``). A value the job set stays; a group that is
+    already up is left alone (its collectives are not timed, so it gets no hook)."""
+    if not _group_up():
+        environ.setdefault(NCCL_TIMING_ENV, "1")
+
+
+def nccl_collective_clock(environ: Mapping[str, str], warn: bool = True
+                          ) -> Optional[Callable[[], float]]:
     """On an NCCL default group: a running total of the GPU time its collectives took (from the
     process group's completion hook), else None. Only when the job already imported torch.
-    The hook needs each collective timed with CUDA events, which ProcessGroupNCCL does only
-    with ``TORCH_NCCL_ENABLE_TIMING=1`` or once ``_enable_collectives_timing()`` was called
-    (without either, registering raises ValueError): it is called here first, for the
-    collectives from now on. NCCL takes one completion hook per group: when the job
-    registered its own first, this returns None (and the busy/wait split falls back to
-    schedstat, which on a GPU sees every rank busy: nobody is named)."""
+    The hook needs every collective timed with CUDA events: ProcessGroupNCCL refuses it
+    otherwise, and turning timing on (``_enable_collectives_timing``) while collectives are in
+    flight is worse: the hook then reads an untimed one and the group aborts its communicators.
+    So the hook is registered only on a group created with ``TORCH_NCCL_ENABLE_TIMING=1``
+    (``ask_nccl_timing``, or the job's own environment). NCCL takes one completion hook per
+    group: when the job registered its own first, this returns None. Without the hook the
+    busy/wait split falls back to schedstat, which on a GPU sees every rank busy: nobody is
+    named (``warn``: say so in the log, once per job from one rank)."""
     import sys
 
     dist = sys.modules.get("torch.distributed")
@@ -329,6 +344,13 @@ def nccl_collective_clock() -> Optional[Callable[[], float]]:
         return None
     try:
         if dist.get_backend() != "nccl":
+            return None
+        if environ.get(NCCL_TIMING_ENV) != "1":
+            if warn:
+                logger.warning(
+                    "ddpcheck monitor: the NCCL process group was created without %s=1, so its "
+                    "collectives are not timed and stragglers cannot be told on the GPU: create "
+                    "the Monitor before init_process_group, or set it", NCCL_TIMING_ENV)
             return None
         group = dist.distributed_c10d._get_default_group()
         total = [0.0]
@@ -339,7 +361,6 @@ def nccl_collective_clock() -> Optional[Callable[[], float]]:
                 total[0] += duration.total_seconds() if hasattr(duration, "total_seconds") \
                     else float(duration)
 
-        group._enable_collectives_timing()
         group._register_on_completion_hook(completed)
         return lambda: total[0]
     except Exception as exc:  # noqa: BLE001 - an older torch: the schedstat clock is used
@@ -401,7 +422,7 @@ class StragglerWatch:
             clock.sampler.start(clock.tid)
         if not self.hooked and _group_up():  # the group may come up after the Monitor: once
             self.hooked = True
-            collective_s = nccl_collective_clock()
+            collective_s = nccl_collective_clock(os.environ, warn=monitor.rank == 0)
             if collective_s is not None:
                 monitor.clock.attach(collective_s)
         rows = monitor.clock.recent()
