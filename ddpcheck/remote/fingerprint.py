@@ -186,6 +186,8 @@ def _bit_sum(data: torch.Tensor) -> torch.Tensor:
         return torch.zeros((), dtype=torch.int64, device=data.device)
     flat = data.contiguous().reshape(-1)
     if flat.numel() * flat.element_size() % 8 == 0:
+        if flat.storage_offset() * flat.element_size() % 8:
+            flat = flat.clone()  # a view off a word boundary (into a flat buffer): copied
         flat = flat.view(torch.int64)  # whole words: summed in place, no widened copy
     else:
         flat = flat.view(_INT_VIEW[flat.element_size()])
