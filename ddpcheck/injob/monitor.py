@@ -55,7 +55,7 @@ from ..core import heartbeat
 from ..core.straggler import Thresholds
 from ..model import safety
 from .numerics import attach_canary
-from .stragglers import StepClock, StragglerWatch, ask_nccl_timing
+from .stragglers import StepClock, StragglerWatch
 
 STORE_PREFIX = "ddpcheck/monitor/"
 
@@ -130,9 +130,7 @@ class Monitor:
         self._tmp = f"{self.path}.tmp{self.pid}"
         self._lock = threading.Lock()
         self._seq_fn: Optional[Callable[[], int]] = None
-        self.clock: Optional[StepClock] = StepClock() if stragglers else None
-        if stragglers:  # NCCL's collectives timed from the group's creation (CUDA events)
-            ask_nccl_timing(os.environ)
+        self.clock: Optional[StepClock] = StepClock(os.environ) if stragglers else None
         self.straggler_thresholds = straggler_thresholds or Thresholds()
         self.stragglers: list[dict[str, Any]] = []  # the stragglers named now (as dicts)
         self._history_json = "[]"

@@ -232,9 +232,13 @@ class StepClock:
     spent *runnable but not running* (run queue, or throttled by a CPU quota: what a slowed
     rank shows) comes from ``/proc/self/task/TID/schedstat``, read by the background thread
     each beat (``refresh``) as a rate, and is added to each step in proportion to its length.
+    ``environ``: the process's environment, where NCCL is asked to time its collectives
+    (``ask_nccl_timing``) for ``collective_s``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Optional[MutableMapping[str, str]] = None) -> None:
+        if environ is not None:
+            ask_nccl_timing(environ)
         self.rows: deque[list[Any]] = deque(maxlen=HISTORY)
         self.tid: Optional[int] = None  # the training thread (the one calling sample)
         self.runq_rate = 0.0  # seconds runnable-not-running per second, recently

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..core.straggler import slow_devices
+from .tf32 import MatmulTF32
 
 CPU_MATMUL_N = 256
 CPU_COPY_BYTES = 8 << 20
@@ -117,10 +118,10 @@ def measure_cuda(device: torch.device, seconds: float = 1.0) -> dict[str, float]
     dtypes = cuda_dtypes(device)
     share = seconds / (len(dtypes) + 1)
     n = GPU_MATMUL_N
-    tf32 = torch.backends.cuda.matmul.allow_tf32
+    tf32 = MatmulTF32()
     try:
         for name, dtype in dtypes:
-            torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
+            tf32.allow(name == "tf32")
             a = torch.randn(n, n, device=device, dtype=dtype)
             b = torch.randn(n, n, device=device, dtype=dtype)
             out = torch.empty(n, n, device=device, dtype=dtype)
@@ -128,7 +129,7 @@ def measure_cuda(device: torch.device, seconds: float = 1.0) -> dict[str, float]
             results[f"{name} TFLOP/s"] = round(2 * n ** 3 / per / 1e12, 2)
             del a, b, out
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        tf32.restore()
     src = torch.empty(GPU_COPY_BYTES, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     per = time_cuda(lambda: dst.copy_(src), device, share, 8)

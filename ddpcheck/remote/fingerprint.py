@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from .tf32 import matmul_precision, matmul_tf32
+
 # Environment that must agree across ranks; per-rank or per-launch variables are left out.
 ENV_PREFIXES = ("NCCL_", "TORCH_", "GLOO_", "CUDA_", "PYTORCH_", "OMP_", "MKL_", "KMP_",
                 "CUBLAS_", "CUDNN_", "UCX_", "FI_")
@@ -73,12 +75,12 @@ def numeric_settings() -> dict[str, Any]:
     settings: dict[str, Any] = {
         "default_dtype": str(torch.get_default_dtype()).replace("torch.", ""),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "float32_matmul_precision": matmul_precision(),
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
     }
     if torch.cuda.is_available():
-        settings["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        settings["tf32_matmul"] = matmul_tf32()
         settings["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
         settings["bf16_supported"] = bool(torch.cuda.is_bf16_supported())
     return settings

@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .computecheck import cpu_model
+from .tf32 import MatmulTF32
 
 SEED = 20240915  # every rank's inputs: the same everywhere
 CHAIN_LENGTH = 5  # products per repetition, each fed the last one's result
@@ -243,19 +244,19 @@ class NumericSettings:
         self.warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
         self.threads = torch.get_num_threads()
         set_deterministic(True, warn_only=True)
-        self.saved_tf32 = torch.backends.cuda.matmul.allow_tf32
+        self.tf32 = MatmulTF32() if self.device.type == "cuda" else None
         if self.device.type != "cuda":
             torch.set_num_threads(1)
         return self
 
     def allow_tf32(self, allowed: bool) -> None:
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = allowed
+        if self.tf32 is not None:
+            self.tf32.allow(allowed)
 
     def __exit__(self, *exc: Any) -> None:
         set_deterministic(self.deterministic, warn_only=self.warn_only)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = self.saved_tf32
+        if self.tf32 is not None:
+            self.tf32.restore()
         else:
             torch.set_num_threads(self.threads)
 
