@@ -441,6 +441,25 @@ def test_outside_the_rank_the_others_wait_for_is_named_with_its_reason(reason, s
     assert window_stragglers(dict(enumerate(healthy))) == []  # a healthy job: nobody
 
 
+def test_outside_time_every_rank_spends_outside_the_collectives_hides_no_straggler():
+    """Every rank asleep 59 % of the window outside the collectives (a padded step, a data
+    loader), rank 4 stopped 40 % of it: the others wait 35 % of the window, rank 4 4 %. It held
+    the others up 96 % of the window, its peers 65 %: 1.5x the peers' held share is out of
+    reach, 1.5x less waiting is not. A healthy job of the same shape names nobody."""
+    from ddpcheck.core.straggler import Reason, window_stragglers
+
+    healthy = [_account(waiting=51 + r, blocked=89, running=10 - r) for r in range(5)]
+    slow = _account(waiting=6, blocked=76, stopped=60, running=8)
+    (found,) = window_stragglers({r: a for r, a in enumerate(healthy[:4])}
+                                 | {4: slow, 5: healthy[4]})
+    assert (found.rank, found.reason) == (4, Reason.STOPPED)
+    assert found.holding < 1.5 * found.peers  # held 96 %, its peers 65 %
+    assert window_stragglers(dict(enumerate(healthy))) == []
+    evenly = _account(waiting=30, blocked=110, running=10)  # 15 points more: not enough
+    assert window_stragglers({r: a for r, a in enumerate(healthy[:4])}
+                             | {4: evenly, 5: healthy[4]}) == []
+
+
 def test_outside_needs_three_ranks_and_enough_polls():
     from ddpcheck.core.straggler import window_stragglers
 

@@ -694,9 +694,11 @@ def window_stragglers(accounts: Mapping[int, WindowAccount],
                       min_excess: float = 0.3, min_ratio: float = 1.5,
                       min_polls: int = 20) -> list[WindowStraggler]:
     """The ranks that spent at least ``min_excess`` of the window more than their peers'
-    median not waiting for the others, and ``min_ratio`` x that median (at least three ranks,
-    each polled ``min_polls`` times), with the reason that grew most over the peers' (their
-    medians, part by part). A rank throttled by a quota on its whole process still waits on a
+    median not waiting for the others, and whose peers' median wait is ``min_ratio`` x theirs
+    at least (at least three ranks, each polled ``min_polls`` times), with the reason that grew
+    most over the peers' (their medians, part by part). The ratio is of waits, not of the time
+    held: time every rank spends outside the collectives alike (a data loader, a padded step)
+    raises everyone's held share and would hide the rank the others wait for. A rank throttled by a quota on its whole process still waits on a
     futex part of the time, for its own throttled threads: those waits count as held up, not
     waiting, in the share of the window its threads queued for a CPU longer than its peers'
     (median; on a busy host every rank's threads queue, which says nothing of who is late)."""
@@ -710,7 +712,7 @@ def window_stragglers(accounts: Mapping[int, WindowAccount],
     found = []
     for rank, account in sorted(usable.items()):
         peers = median_without(holding, account.holding)
-        if account.holding < peers + min_excess or account.holding < min_ratio * peers:
+        if account.holding < peers + min_excess or (1 - peers) < min_ratio * (1 - account.holding):
             continue
         excess = {}
         for reason in Reason:
