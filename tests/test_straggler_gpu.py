@@ -53,9 +53,9 @@ def test_monitor_clock_takes_wait_from_nccl_collectives(monkeypatch):
     from ddpcheck.injob.stragglers import (NCCL_TIMING_ENV, StepClock, ask_nccl_timing,
                                            nccl_collective_clock)
 
-    monkeypatch.delenv(NCCL_TIMING_ENV, raising=False)
-    ask_nccl_timing(os.environ)
-    assert os.environ[NCCL_TIMING_ENV] == "1"
+    environ: dict[str, str] = {}
+    ask_nccl_timing(environ)  # as the Monitor does to os.environ; here through monkeypatch
+    monkeypatch.setenv(NCCL_TIMING_ENV, environ[NCCL_TIMING_ENV])
     dist = _one_rank_nccl_group(monkeypatch, 29797)
     try:
         total = nccl_collective_clock(os.environ)
