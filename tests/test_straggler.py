@@ -735,14 +735,13 @@ def test_a_held_episode_reaches_back_a_third_of_a_second_and_is_set_against_its_
     """Stopped 12 ms in each of three steps of 50 ms: 19 % of those steps, but the episode
     reaches back to 0.3 s, where 36 ms is 11 %, so no one is named (a burst, not a cycle); nor
     is a rank stopped as often as all its peers (a profiler attached to every rank)."""
+    burst = {(step, 4): ("stopped", 0.024) for step in (30, 31, 32)}
+    everyone = {(step, rank): ("stopped", 0.05) for step in range(20, 40, 2) for rank in range(6)}
     for seed in range(20):
-        burst = {(step, 4): ("stopped", 0.024) for step in (30, 31, 32)}
         half = {rank: [replace(s, busy_s=s.busy_s / 2, wait_s=s.wait_s / 2,
                                stopped_s=s.stopped_s / 2) for s in samples]
                 for rank, samples in run_with_extra(6, 40, burst, seed, noise=0.1).items()}
         assert first_named(half) == {}, seed
-        everyone = {(step, rank): ("stopped", 0.05) for step in range(20, 40, 2)
-                    for rank in range(6)}
         assert first_named(run_with_extra(6, 40, everyone, seed, noise=0.1)) == {}, seed
 
 

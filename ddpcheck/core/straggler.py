@@ -698,10 +698,11 @@ def window_stragglers(accounts: Mapping[int, WindowAccount],
     at least (at least three ranks, each polled ``min_polls`` times), with the reason that grew
     most over the peers' (their medians, part by part). The ratio is of waits, not of the time
     held: time every rank spends outside the collectives alike (a data loader, a padded step)
-    raises everyone's held share and would hide the rank the others wait for. A rank throttled by a quota on its whole process still waits on a
-    futex part of the time, for its own throttled threads: those waits count as held up, not
-    waiting, in the share of the window its threads queued for a CPU longer than its peers'
-    (median; on a busy host every rank's threads queue, which says nothing of who is late)."""
+    raises everyone's held share and would hide the rank the others wait for. A rank
+    throttled by a quota on its whole process still waits on a futex part of the time, for its
+    own throttled threads: those waits count as held up, not waiting, in the share of the
+    window its threads queued for a CPU longer than its peers' (median; on a busy host every
+    rank's threads queue, which says nothing of who is late)."""
     usable = {rank: a for rank, a in accounts.items() if a.polls >= min_polls}
     if len(usable) < 3 or len(usable) != len(accounts):
         return []
