@@ -23,6 +23,7 @@ the job (``analyze.numerics.canary_findings``), hung or not: the job's ``hung`` 
 from __future__ import annotations
 
 import enum
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -33,6 +34,7 @@ from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from ..core import heartbeat
+from ..core.links import Connection, connections_between, slow_links
 from ..core.straggler import (Reason, WindowAccount, busy_stragglers, history_from_rows,
                               identify_stragglers, job_progressed, window_stragglers)
 from .verdict import failure_finding, mark_single_root_cause, order_findings
@@ -126,6 +128,7 @@ class RankView:
     window: Optional[WindowAccount] = None  # how its main thread spent the window
     verdict: Optional[tuple[Mapping[str, Any], ...]] = None  # the Monitor's, 2nd heartbeat
     numerics: tuple[Mapping[str, Any], ...] = ()  # devices its canary named, 2nd heartbeat
+    connections: tuple[Connection, ...] = ()  # its TCP connections over the window
 
 
 @dataclass(frozen=True)
@@ -372,7 +375,9 @@ def worker_view(host: str, scan: Mapping[str, Any], worker: Mapping[str, Any]) -
         history=tuple(heartbeat.history(beat_b)), history_first=tuple(heartbeat.history(beat_a)),
         status_first=str(first.get("status") or "unknown"),
         window=window_account(first, last, worker.get("states")),
-        verdict=_verdict(beat_b), numerics=tuple(heartbeat.numerics(beat_b)))
+        verdict=_verdict(beat_b), numerics=tuple(heartbeat.numerics(beat_b)),
+        connections=tuple(connections_between(int(worker["rank"]), host, first.get("tcp") or [],
+                                              last.get("tcp") or [])))
 
 
 def _verdict(beat: Mapping[str, Any]) -> Optional[tuple[Mapping[str, Any], ...]]:
@@ -474,6 +479,17 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
         return []
     return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}", host=s.host,
                     rank=s.rank) for s in busy_stragglers(busy, hosts)]
+
+
+def link_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
+    """A slow host or link: the job's connections through it carry a fraction of what its
+    other links carry while busy (``core.links``), though no rank arrives late."""
+    spans = [v.window.window_s for v in live if v.window is not None]
+    if not spans:
+        return []
+    found = slow_links([c for v in live for c in v.connections], statistics.median(spans))
+    return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}", host=s.host,
+                    rank=s.ranks[0] if len(s.ranks) == 1 else None) for s in found]
 
 
 def gone_view(host: str, scan: Mapping[str, Any], beat: Mapping[str, Any]) -> Optional[RankView]:
@@ -584,7 +600,7 @@ def analyze_job(job: str, views: Sequence[RankView],
         culprit_ranks = from_dumps
     findings += more
     if not culprits and not any(f.severity is Severity.ERROR for f in findings):
-        findings += straggler_findings(job, running)
+        findings += straggler_findings(job, running) + link_findings(job, running)
     hung = any(f.severity is Severity.ERROR for f in findings)
     return JobVerdict(job, world, ordered, tuple(findings), hung, culprit_ranks)
 

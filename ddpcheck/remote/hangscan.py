@@ -5,7 +5,8 @@ It finds the torchrun workers running here (processes whose environment has RANK
 LOCAL_RANK, and TORCHELASTIC_RUN_ID or MASTER_ADDR; a data-loader child inherits that environment,
 so only the topmost process of each rank counts), samples each twice, ``--window`` seconds apart
 (process state, CPU time, the main thread's schedstat, Python stack with py-spy when installed,
-the ``ddpcheck.Monitor`` heartbeat, the PyTorch Flight Recorder dump when the job wrote one),
+the ``ddpcheck.Monitor`` heartbeat, the PyTorch Flight Recorder dump when the job wrote one,
+its TCP connections' counters from ``remote.tcpinfo``),
 reads each main thread's state and wait channel every 20 ms in between (how the window was
 spent: waiting in a collective, running, asleep elsewhere, stopped) and prints one marked JSON
 line, ``@@DDPCHECK hangscan {...}``, that the launcher collects. Heartbeats written on this host
@@ -41,7 +42,7 @@ import threading
 import time
 from typing import Any, Mapping, Optional, Sequence
 
-from . import ncclras
+from . import ncclras, tcpinfo
 from .. import wire
 from ..core import heartbeat
 from ..core.cgroupcpu import cpu_stat_paths, throttled_s
@@ -308,7 +309,7 @@ class HostScan:
             })
         return topmost(candidates), other_netns, denied
 
-    def sample(self, worker: dict[str, Any]) -> dict[str, Any]:
+    def sample(self, worker: dict[str, Any], sockets: Mapping[int, Any]) -> dict[str, Any]:
         try:
             proc = self.psutil.Process(worker["pid"])
             if proc.create_time() != worker["create_time"]:
@@ -321,7 +322,8 @@ class HostScan:
                         "busy_s": round(sum(main) / 1e9, 4) if main else None,
                         "sched": [round(ns / 1e9, 4) for ns in main] if main else None,
                         "threads_sched": threads_schedstat(worker["pid"]),
-                        "throttled": cgroup_throttled(worker["pid"])}
+                        "throttled": cgroup_throttled(worker["pid"]),
+                        "tcp": tcpinfo.process_links(worker["pid"], sockets)}
         except (self.psutil.NoSuchProcess, self.psutil.ZombieProcess):
             return {"status": "gone"}
         except self.psutil.AccessDenied:
@@ -338,7 +340,8 @@ class HostScan:
     def observe(self, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One sample of every worker: state, CPU, heartbeat, stack (stacks taken in parallel,
         each py-spy pausing its process for milliseconds)."""
-        samples = [self.sample(w) for w in workers]
+        sockets = tcpinfo.established_sockets() if workers else {}
+        samples = [self.sample(w, sockets) for w in workers]
         beats = [read_json_file(w["heartbeat_path"], _owners(w)) for w in workers]
         stacks: list[dict[str, Any]] = [{} for _ in workers]
         if self.py_spy and workers:

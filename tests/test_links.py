@@ -1,0 +1,161 @@
+"""A slow host or link from the ranks' TCP connections: the sock_diag reader against ``ss``
+(the users' own tool reads the same kernel counters), and the localization on generated jobs."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+
+import pytest
+
+from ddpcheck.core.links import (MIN_BYTES, Connection, connections_between, pair_rates,
+                                 slow_links)
+from ddpcheck.remote import tcpinfo
+
+
+@pytest.fixture
+def connection():
+    """A real loopback connection of this process with 5 MB sent one way."""
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    done = threading.Event()
+
+    def drain():
+        got = 0
+        while got < 5_000_000:
+            got += len(peer.recv(1 << 20))
+        done.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    client.sendall(b"x" * 5_000_000)
+    assert done.wait(10)
+    yield client, peer
+    for s in (client, peer, server):
+        s.close()
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_the_sockets_of_this_process_read_as_ss_reads_them(connection):
+    client, peer = connection
+    links = tcpinfo.process_links(os.getpid(), tcpinfo.established_sockets())
+    local = "127.0.0.1:%d" % client.getsockname()[1]
+    remote = "127.0.0.1:%d" % peer.getsockname()[1]
+    mine = {(entry[0], entry[1]): entry for entry in links}
+    assert (local, remote) in mine and (remote, local) in mine, links
+    ss = subprocess.run(["ss", "-tinH", "state", "established", "sport", f"= :{local.split(':')[1]}"],
+                        capture_output=True, text=True, check=True).stdout
+    acked = int(re.search(r"bytes_acked:(\d+)", ss).group(1))
+    # ss counts the SYN as one acknowledged byte (bytes_acked starts at 1), as the kernel does
+    assert mine[(local, remote)][2] == acked, (links, ss)
+    assert mine[(remote, local)][3] == 5_000_000
+    assert acked - 1 == 5_000_000
+
+
+def test_tcp_info_busy_time_leaves_out_the_receivers_window():
+    raw = bytearray(232)
+    struct.pack_into("=I", raw, tcpinfo.TCPI_RTT, 250)
+    struct.pack_into("=QQ", raw, tcpinfo.TCPI_BYTES_ACKED, 7_000_000, 12)
+    struct.pack_into("=QQ", raw, tcpinfo.TCPI_BUSY_TIME, 900_000, 600_000)
+    assert tcpinfo.parse_tcp_info(bytes(raw)) == (7_000_000, 12, 300_000, 250)
+    assert tcpinfo.parse_tcp_info(bytes(raw[:160])) is None  # a kernel without busy counters
+
+
+def test_a_dump_with_an_error_raises_and_a_short_or_foreign_message_is_skipped():
+    error = tcpinfo.NLMSGHDR.pack(20, tcpinfo.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -13)
+    with pytest.raises(OSError):
+        tcpinfo.parse_dump(error)
+    foreign = tcpinfo.NLMSGHDR.pack(24, 99, 0, 1, 0) + bytes(8)
+    done = tcpinfo.NLMSGHDR.pack(16, tcpinfo.NLMSG_DONE, 0, 1, 0)
+    assert tcpinfo.parse_dump(foreign + done) == ([], True)
+
+
+def ring_job(rng: random.Random, hosts: int, slow: dict, span: float = 3.0) -> list[Connection]:
+    """Two ranks per host; each host's second rank sends the ring's bytes to the next host's
+    first rank (as gloo's ring does), at a healthy rate unless ``slow`` maps the pair (or a
+    host, both its pairs) to a slowdown; each host's two ranks also talk over loopback."""
+    sent = rng.randint(2, 40) * MIN_BYTES
+    out = []
+    for h in range(hosts):
+        nxt = (h + 1) % hosts
+        a, b = f"h{h + 1}", f"h{nxt + 1}"
+        rate = rng.uniform(150e6, 500e6)
+        factor = slow.get((a, b)) or slow.get(a) or slow.get(b) or 1.0
+        busy = min(span * 0.95, sent / (rate / factor))
+        if factor == 1.0 and rng.random() < 0.5:
+            busy = rng.choice([0.0, 0.004])  # a kernel tick or less
+        ip_a, ip_b = f"10.0.{h // 250}.{h % 250 + 1}", f"10.0.{nxt // 250}.{nxt % 250 + 1}"
+        out.append(Connection(2 * h + 1, a, f"{ip_a}:4{h:04d}", f"{ip_b}:29500", sent, 0, busy))
+        out.append(Connection(2 * nxt, b, f"{ip_b}:29500", f"{ip_a}:4{h:04d}", 3072, sent, 0.0))
+        out.append(Connection(2 * h, a, f"{ip_a}:3{h:04d}", f"{ip_a}:2{h:04d}", sent, 3072, 0.002))
+        # the store: small, slow-looking, never judged
+        out.append(Connection(2 * h, a, f"{ip_a}:5{h:04d}", "10.0.0.1:29400", 30_000, 100, 1.2))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_slow_host_of_a_ring_is_named_with_its_ranks_and_no_other(seed):
+    rng = random.Random(seed)
+    hosts = rng.randint(3, 40)
+    victim = f"h{rng.randint(1, hosts)}"
+    found = slow_links(ring_job(rng, hosts, {victim: rng.uniform(8, 200)}), 3.0)
+    assert [(s.host, s.target) for s in found] == [(victim, None)], [s.message() for s in found]
+    v = int(victim[1:]) - 1
+    assert found[0].ranks == (2 * v, 2 * v + 1)
+    assert f"{victim}'s network is slow" in found[0].message()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_slow_link_is_named_as_the_link(seed):
+    rng = random.Random(seed)
+    hosts = rng.randint(4, 40)
+    h = rng.randint(1, hosts)
+    pair = (f"h{h}", f"h{h % hosts + 1}")
+    found = slow_links(ring_job(rng, hosts, {pair: rng.uniform(8, 200)}), 3.0)
+    assert [(s.host, s.target) for s in found] == [pair], [s.message() for s in found]
+    assert found[0].ranks == (2 * h - 1,)
+    assert f"the link {pair[0]}->{pair[1]} carries" in found[0].message()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_healthy_job_and_a_mildly_slower_link_name_no_one(seed):
+    rng = random.Random(seed)
+    hosts = rng.randint(2, 40)
+    h = rng.randint(1, hosts)
+    mild = {(f"h{h}", f"h{h % hosts + 1}"): rng.uniform(1.0, 1.2)}
+    assert slow_links(ring_job(rng, hosts, rng.choice([{}, mild])), 3.0) == []
+
+
+def test_a_slow_pair_the_job_hardly_waits_for_is_not_named():
+    rng = random.Random(1)
+    job = ring_job(rng, 5, {"h2": 100.0}, span=3.0)
+    job = [c if c.busy_s < 0.5 else Connection(c.rank, c.host, c.local, c.peer, c.sent,
+                                               c.received, 0.3) for c in job]
+    assert slow_links(job, 3.0) == []  # busy 10 % of the window
+
+
+def test_two_hosts_alone_cannot_be_told_apart():
+    rng = random.Random(2)
+    assert slow_links(ring_job(rng, 2, {"h1": 50.0}), 3.0) == []
+
+
+def test_pairs_leave_out_loopback_unknown_peers_and_small_transfers():
+    rng = random.Random(3)
+    job = ring_job(rng, 4, {})
+    pairs = pair_rates(job, 3.0)
+    assert sorted((p.source, p.target) for p in pairs) == [
+        ("h1", "h2"), ("h2", "h3"), ("h3", "h4"), ("h4", "h1")]
+
+
+def test_connections_between_samples_are_deltas_of_the_connections_in_both():
+    first = [["10.0.0.1:1", "10.0.0.2:2", 100, 5, 1_000], ["10.0.0.1:3", "10.0.0.2:2", 1, 1, 1],
+             ["bad"], ["10.0.0.1:4", "10.0.0.2:2", True, 1, 1]]
+    last = [["10.0.0.1:1", "10.0.0.2:2", 2_100, 9, 501_000], ["10.0.0.1:5", "10.0.0.2:2", 9, 9, 9]]
+    assert connections_between(3, "h1", first, last) == [
+        Connection(3, "h1", "10.0.0.1:1", "10.0.0.2:2", 2_000, 4, 0.5)]

@@ -1,0 +1,73 @@
+"""A slow host's network, for real: a 3-host x 2-rank DDP job (gloo, torchrun) whose step is an
+all_reduce of the gradients, and h3's link shaped with tc to 20 Mbit/s each way. No rank
+arrives late (every rank waits inside the same collective), so the arrival rules say nothing;
+``ddpcheck hang`` from outside names h3 and its ranks from their TCP connections, with and
+without a Monitor in the job, never calls the job hung, and names no one while it is healthy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import json
+import time
+
+import pytest
+
+from hostsfile import cluster_hosts_yaml
+from test_straggler_cluster import STRAGGLERJOB, last_step
+from torchrunjob import start_job
+
+pytestmark = pytest.mark.cluster
+
+SLOW_MBIT = 20.0
+
+
+def hang(cluster, tmp_path, name: str) -> tuple[subprocess.CompletedProcess, dict]:
+    hosts_yaml = cluster_hosts_yaml(cluster, tmp_path / "hosts.yaml", cluster.hosts[:3])
+    report_path = tmp_path / f"hang-{name}.json"
+    done = subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml), "--json",
+                           str(report_path), "--window", "3", "--no-stacks", "--timeout", "150"],
+                          capture_output=True, text=True, timeout=180)
+    return done, json.loads(report_path.read_text())
+
+
+def stragglers(report: dict) -> list[dict]:
+    return [f for f in report["findings"] if f["check"] == "straggler"]
+
+
+@pytest.mark.parametrize("monitor", [False, True], ids=["without-ddpcheck", "with-monitor"])
+def test_a_slow_hosts_network_is_named_from_its_connections(ns_cluster, tmp_path, monitor):
+    hosts = ns_cluster.hosts[:3]
+    job = start_job(ns_cluster, hosts, 2, 29695 + monitor, tmp_path,
+                    ["--mark-every", "1", "--width", "256"]
+                    + (["--use-monitor"] if monitor else []),
+                    env={"DDPCHECK_HEARTBEAT_DIR": str(tmp_path / "beats")},
+                    script=STRAGGLERJOB)
+    try:
+        job.wait_ready()
+        time.sleep(3.0)
+        done, healthy = hang(ns_cluster, tmp_path, "healthy")
+        assert stragglers(healthy) == [], done.stdout + done.stderr
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        ns_cluster.shape(hosts[2], SLOW_MBIT)
+        try:
+            onset = last_step(tmp_path, 4)
+            deadline = time.monotonic() + 60
+            while last_step(tmp_path, 4) < onset + 3:
+                assert time.monotonic() < deadline, job.logs()[-3000:]
+                time.sleep(0.3)
+            done, report = hang(ns_cluster, tmp_path, "slow")
+        finally:
+            ns_cluster.shape(hosts[2], None)
+        text = done.stdout + done.stderr
+        found = stragglers(report)
+        links = [f for f in found if "network is slow" in f["message"]]
+        assert [(f["host"], f["rank"]) for f in links] == [("h3", None)], text
+        assert "rank 4, 5 on h3: h3's network is slow" in links[0]["message"], text
+        assert not [f for f in found if f["host"] != "h3"], text
+        assert done.returncode == 0, text  # a progressing job is never hung
+        assert not [f for f in report["findings"] if f["severity"] == "error"], text
+    finally:
+        job.stop()
