@@ -58,7 +58,7 @@ def test_monitor_clock_takes_wait_from_nccl_collectives(monkeypatch):
     monkeypatch.setenv(NCCL_TIMING_ENV, environ[NCCL_TIMING_ENV])
     dist = _one_rank_nccl_group(monkeypatch, 29797)
     try:
-        total = nccl_collective_clock(os.environ)
+        total = nccl_collective_clock()
         assert total is not None
         clock = StepClock()
         clock.attach(total)
@@ -88,7 +88,7 @@ def test_a_group_created_without_timing_gets_no_hook_and_keeps_working(monkeypat
         big = torch.ones(1 << 20, device="cuda")
         dist.all_reduce(big, async_op=True)  # in flight while the Monitor looks
         with caplog.at_level("WARNING"):
-            assert nccl_collective_clock(os.environ) is None
+            assert nccl_collective_clock() is None
         assert f"without {NCCL_TIMING_ENV}=1" in caplog.text
         for _ in range(5):
             dist.all_reduce(big)

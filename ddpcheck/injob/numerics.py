@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -112,7 +113,7 @@ class NumericsCanary:
         from ..remote import numerics  # the job has torch: the chain's module may load it
 
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            device = torch.device("cuda", torch.cuda.current_device())
+            device = torch.device("cuda", _job_device(torch))
             major, _ = torch.cuda.get_device_capability(device)
             name = "bf16" if major >= 8 and torch.cuda.is_bf16_supported() else "fp32"
             size = GPU_SIZE
@@ -251,3 +252,22 @@ def canary_message(hostname: str, rank: int, step: int, wrong: WrongProducts,
             f"step-{step} canary ({wrong.dtype}) wrong ({why}; {compared} rank(s) compared); "
             f"drain the node after this run's checkpoint; run DCGM diag level 3 "
             f"(`dcgmi diag -r 3`) or the vendor's field diagnostics; RMA if it repeats")
+
+
+def _job_device(torch: Any) -> int:
+    """The GPU this rank's job uses: its process group's bound device, else the current device
+    the job set, else ``cuda:LOCAL_RANK`` (a job that places its tensors there without
+    ``set_device`` leaves every rank's current device at 0), else 0."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        bound = dist.distributed_c10d._get_default_group().bound_device_id \
+            if dist is not None and dist.is_available() and dist.is_initialized() else None
+    except Exception:  # noqa: BLE001 - an older torch
+        bound = None
+    if bound is not None and bound.index is not None:
+        return bound.index
+    current = torch.cuda.current_device()
+    local = os.environ.get("LOCAL_RANK", "")
+    if current == 0 and local.isdigit() and int(local) < torch.cuda.device_count():
+        return int(local)
+    return current

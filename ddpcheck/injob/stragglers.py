@@ -34,6 +34,7 @@ period, which ``period_s`` scales up with the world size (a second at 500 ranks)
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -328,15 +329,16 @@ def ask_nccl_timing(environ: MutableMapping[str, str]) -> None:
         environ.setdefault(NCCL_TIMING_ENV, "1")
 
 
-def nccl_collective_clock(environ: Mapping[str, str], warn: bool = True
-                          ) -> Optional[Callable[[], float]]:
+def nccl_collective_clock(warn: bool = True) -> Optional[Callable[[], float]]:
     """On an NCCL default group: a running total of the GPU time its collectives took (from the
     process group's completion hook), else None. Only when the job already imported torch.
     The hook needs every collective timed with CUDA events: ProcessGroupNCCL refuses it
     otherwise, and turning timing on (``_enable_collectives_timing``) while collectives are in
     flight is worse: the hook then reads an untimed one and the group aborts its communicators.
-    So the hook is registered only on a group created with ``TORCH_NCCL_ENABLE_TIMING=1``
-    (``ask_nccl_timing``, or the job's own environment). NCCL takes one completion hook per
+    So the hook is registered only on a group created with timing on (``ask_nccl_timing``,
+    or the job's own ``TORCH_NCCL_ENABLE_TIMING``/``NCCL_ENABLE_TIMING``, any of the values
+    NCCL takes for true, or desync debugging): ProcessGroupNCCL refuses it with a ValueError
+    on any other, before it stores anything. NCCL takes one completion hook per
     group: when the job registered its own first, this returns None. Without the hook the
     busy/wait split falls back to schedstat, which on a GPU sees every rank busy: nobody is
     named (``warn``: say so in the log, once per job from one rank)."""
@@ -347,14 +349,8 @@ def nccl_collective_clock(environ: Mapping[str, str], warn: bool = True
     if dist is None or torch is None or not dist.is_available() or not dist.is_initialized():
         return None
     try:
-        if dist.get_backend() != "nccl":
-            return None
-        if environ.get(NCCL_TIMING_ENV) != "1":
-            if warn:
-                logger.warning(
-                    "ddpcheck monitor: the NCCL process group was created without %s=1, so its "
-                    "collectives are not timed and stragglers cannot be told on the GPU: create "
-                    "the Monitor before init_process_group, or set it", NCCL_TIMING_ENV)
+        backend = str(dist.get_backend())
+        if "nccl" not in backend and backend != "undefined":  # "cpu:gloo,cuda:nccl" counts
             return None
         group = dist.distributed_c10d._get_default_group()
         total = [0.0]
@@ -365,11 +361,33 @@ def nccl_collective_clock(environ: Mapping[str, str], warn: bool = True
                 total[0] += duration.total_seconds() if hasattr(duration, "total_seconds") \
                     else float(duration)
 
-        group._register_on_completion_hook(completed)
+        try:
+            group._register_on_completion_hook(completed)
+        except ValueError:  # ProcessGroupNCCL: the group's collectives are not timed
+            if warn:
+                logger.warning(
+                    "ddpcheck monitor: the NCCL process group was created without %s=1, so its "
+                    "collectives are not timed and stragglers cannot be told on the GPU: create "
+                    "the Monitor before init_process_group, or set it", NCCL_TIMING_ENV)
+            return None
+        atexit.register(_drain_hooks, group)
         return lambda: total[0]
-    except Exception as exc:  # noqa: BLE001 - an older torch: the schedstat clock is used
+    except Exception as exc:  # noqa: BLE001 - an older torch, a group without NCCL: schedstat
         logger.debug("ddpcheck monitor: no NCCL completion hook (%s)", exc)
         return None
+
+
+def _drain_hooks(group: Any, timeout_s: float = 10.0) -> None:
+    """At exit: let the group's completion hooks run before the interpreter goes (a Python hook
+    called after it would crash the process; torch waits for them only in
+    ``destroy_process_group``, which many jobs never call). A collective that never completes
+    does not hold the exit longer than ``timeout_s``."""
+    wait = getattr(group, "_wait_for_pending_works", None)
+    if wait is None:
+        return
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(timeout_s)
 
 
 def _group_up() -> bool:
@@ -426,7 +444,7 @@ class StragglerWatch:
             clock.sampler.start(clock.tid)
         if not self.hooked and _group_up():  # the group may come up after the Monitor: once
             self.hooked = True
-            collective_s = nccl_collective_clock(os.environ, warn=monitor.rank == 0)
+            collective_s = nccl_collective_clock(warn=monitor.rank == 0)
             if collective_s is not None:
                 monitor.clock.attach(collective_s)
         rows = monitor.clock.recent()
