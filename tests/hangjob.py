@@ -13,6 +13,7 @@ before the all_reduce of ``--block-step``: the others wait for it in all_reduce.
 their own group (``new_group``, as tensor or pipeline groups are made); the block rank, when it
 is one of them, blocks just before that one, so its group's ranks wait for it there while the
 others go on to the next step's all_reduce.
+``--slow-rank R``: that rank sleeps ``--slow-s`` (0.08 s) more every step (a slow data loader).
 ``--numerics-every N``: the Monitor runs its numerics canary every N steps.
 ``--flight-recorder``: a thread of every rank writes its Flight Recorder dump to
 ``$TORCH_FR_DUMP_TEMP_FILE<rank>`` every 0.5 s, in the format and place NCCL's watchdog uses on a
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--flight-recorder", action="store_true")
     parser.add_argument("--sleep", type=float, default=0.05)
     parser.add_argument("--subgroup", default="")
+    parser.add_argument("--slow-rank", type=int, default=-1)
+    parser.add_argument("--slow-s", type=float, default=0.08)
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
@@ -97,7 +100,7 @@ def main() -> None:
         if step == args.ready_step:
             with open(os.path.join(args.ready_dir, f"rank-{rank}"), "w") as handle:
                 handle.write(str(os.getpid()))
-        time.sleep(args.sleep)
+        time.sleep(args.sleep + (args.slow_s if rank == args.slow_rank else 0.0))
 
 
 if __name__ == "__main__":

@@ -115,3 +115,27 @@ def test_hang_inside_a_subgroup_names_the_group_and_the_missing_rank(tmp_path):
     [root] = [f for f in report["findings"] if f.get("root_cause")]
     assert root["rank"] == 2 and "process group 1, ranks 0-2" in root["message"]
     assert "wait in all_reduce" in root["message"]
+
+
+def test_a_near_idle_job_with_a_sleeping_rank_is_a_straggler_never_a_hang(tmp_path):
+    """Each step a small all_reduce and a 50 ms sleep; rank 1 sleeps 80 ms more (a slow data
+    loader). Each main thread runs a few milliseconds of the window and no poll may see it
+    running, so the stacks alone (rank 1 outside any collective at both samples) said "hang"
+    in 4 of 6 runs; the job's loops turn, so every run names rank 1 a straggler, exit 0."""
+    port = 29700 + (os.getpid() + 101) % 200
+    job = start_job(None, [ThisMachine()], 3, port, tmp_path, ["--slow-rank", "1"])
+    try:
+        job.wait_ready()
+        for run in range(3):
+            report_path = tmp_path / f"hang-{run}.json"
+            done = ddpcheck("hang", "--job", f"127.0.0.1:{port}", "--json", str(report_path))
+            report = json.loads(report_path.read_text())
+            text = done.stdout + done.stderr
+            assert done.returncode == 0, text
+            assert not [f for f in report["findings"] if f["severity"] == "error"], text
+            named = [f for f in report["findings"] if f["check"] == "straggler"]
+            assert [(f["rank"], f["host"]) for f in named] == [(1, "localhost")], text
+            assert "blocked outside the collectives" in named[0]["message"], text
+            assert "hrtimer_nanosleep: a sleep" in named[0]["message"], text
+    finally:
+        job.stop()

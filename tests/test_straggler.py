@@ -460,11 +460,14 @@ def test_outside_time_every_rank_spends_outside_the_collectives_hides_no_straggl
                              | {4: evenly, 5: healthy[4]}) == []
 
 
-def test_outside_needs_three_ranks_and_enough_polls():
+def test_outside_two_ranks_are_enough_one_is_not_and_each_needs_enough_polls():
+    """Two ranks: the one the other waits for is named, as the Monitor names it in-job."""
     from ddpcheck.core.straggler import window_stragglers
 
     slow = _account(waiting=0, running=150)
-    assert window_stragglers({0: _account(100, 50), 1: slow}) == []
+    assert [s.rank for s in window_stragglers({0: _account(100, 50), 1: slow})] == [1]
+    assert window_stragglers({0: _account(100, 50), 1: _account(100, 50)}) == []
+    assert window_stragglers({1: slow}) == []
     assert window_stragglers({0: _account(10, 5), 1: _account(10, 5), 2: _account(0, 15)}) == []
 
 
@@ -782,6 +785,29 @@ def test_a_job_progresses_when_its_loops_turn_though_one_rank_runs_throughout():
     assert not job_progressed(brief + [quota])  # nobody went round a loop
 
 
+def test_a_near_idle_loop_progresses_though_no_poll_sees_it_running():
+    """As measured on a 3-rank gloo job whose step is a small all_reduce and a 50 ms sleep
+    (rank 1 sleeps 80 ms more): each main thread ran 5-7 ms of a 3 s window and no poll saw
+    one running, but each slept in two places, the collective's futex and the sleep, turn about.
+    A thread asleep in one place, or in two without running between, went round no loop."""
+    from ddpcheck.core.straggler import WindowAccount, job_progressed
+
+    def account(states: dict, oncpu: float) -> WindowAccount:
+        return WindowAccount(3.0, oncpu, 0.0, tuple(states.items()), 0.0)
+
+    peers = [account({"S:futex_do_wait": 89, "S:hrtimer_nanosleep": 57}, 0.0055),
+             account({"S:futex_do_wait": 90, "S:hrtimer_nanosleep": 57}, 0.0055)]
+    slow = account({"S:futex_do_wait": 4, "S:hrtimer_nanosleep": 143}, 0.0066)
+    assert job_progressed(peers + [slow])
+    # asleep at every poll, yet it ran: the peers' collectives completed, so it took part
+    assert job_progressed(peers + [account({"S:hrtimer_nanosleep": 147}, 0.0066)])
+    assert not job_progressed(peers + [account({"S:hrtimer_nanosleep": 147}, 0.0)])
+    still = [account({"S:futex_do_wait": 89, "S:hrtimer_nanosleep": 57}, 0.0) for _ in range(3)]
+    assert not job_progressed(still)  # no CPU at all: nothing went round
+    once = [account({"S:futex_do_wait": 146, "S:hrtimer_nanosleep": 1}, 0.0055)] * 3
+    assert not job_progressed(once)  # seen in the second place once: not a loop yet
+
+
 def test_a_peer_no_poll_saw_running_progressed_if_it_ran_between_the_polls():
     """Windows measured with gloo (3 s, a poll every 20 ms): beside a rank held to 3 % of a CPU
     its peers each ran 37-48 ms, yet a poll caught a peer running only 1-5 times, and at fewer
@@ -798,9 +824,11 @@ def test_a_peer_no_poll_saw_running_progressed_if_it_ran_between_the_polls():
     assert not job_progressed([hung] * 5 + [_account(waiting=0, running=146, oncpu=3.0)])
     assert not job_progressed([hung] * 5 + [_account(waiting=0, blocked=146, oncpu=0.0)])
     assert not job_progressed([hung] * 4 + [_account(waiting=146, oncpu=0.0001), throttled])
-    # a rank asleep outside the collectives that ran between polls did not wait for anyone
-    assert not job_progressed([unseen] * 4 + [_account(waiting=0, blocked=146, oncpu=0.01),
-                                              throttled])
+    # a rank asleep outside the collectives at every poll that ran between them took part in
+    # the collectives its peers woke for; beside waiters that got no CPU it did not
+    asleep = _account(waiting=0, blocked=146, oncpu=0.01)
+    assert job_progressed([unseen] * 4 + [asleep, throttled])
+    assert not job_progressed([hung] * 5 + [asleep])
 
 
 def test_the_monitor_asks_nccl_to_time_collectives_only_before_the_group_exists(tmp_path):

@@ -591,9 +591,13 @@ class WindowAccount:
 
     @property
     def cycled(self) -> bool:
-        """Seen running and not running, twice each: a thread going round a loop, not one stuck
-        in one place."""
-        return self.seen_running_and_not(2)
+        """Seen running and not running, twice each, or asleep in two places twice each and
+        on a CPU in between (``WOKE_ONCPU_S``: a loop that runs for a millisecond a step, as a
+        GPU job's host thread or a padded step does, is rarely seen running): a thread going
+        round a loop, not one stuck in one place."""
+        asleep = [n for state, n in self.states if state[:1] in "SD" and n >= 2]
+        return self.seen_running_and_not(2) or (len(asleep) >= 2
+                                                 and self.oncpu_s >= WOKE_ONCPU_S)
 
     @property
     def moved(self) -> bool:
@@ -602,9 +606,10 @@ class WindowAccount:
 
     @property
     def woke(self) -> bool:
-        """Waited for the others and yet ran (``WOKE_ONCPU_S`` on a CPU at least): a peer of a
-        slow rank woken by each of its collectives, whether or not a poll saw it running."""
-        return self.share("waiting") > 0 and self.oncpu_s >= WOKE_ONCPU_S
+        """Ran ``WOKE_ONCPU_S`` on a CPU at least, whether or not a poll saw it running: a peer
+        of a slow rank woken by each of its collectives, or the slow rank itself asleep most of
+        each step (the waiters of a hung collective get no CPU at all)."""
+        return self.oncpu_s >= WOKE_ONCPU_S
 
     @property
     def ran_throughout(self) -> bool:
@@ -616,7 +621,7 @@ def job_progressed(accounts: Sequence[WindowAccount]) -> bool:
     """Did a job move during the window, by its main threads' states and schedstat? One thread
     at least went round its loop (``cycled``) and every other was seen both running and not
     (``moved``: a peer of a slow rank waits most of the window and runs only briefly each step),
-    or waited and yet ran (``woke``: a waiter of a hung collective gets no CPU), ran
+    or ran between the polls (``woke``: a waiter of a hung collective gets no CPU), ran
     throughout (computing, or starved of CPU: always runnable), or had its own threads starved
     (a quota on its process: its main thread waits for them): a peer's loop completes
     collectives only if every rank takes part, so a rank that held it up still progressed. A
@@ -695,7 +700,7 @@ def window_stragglers(accounts: Mapping[int, WindowAccount],
                       min_polls: int = 20) -> list[WindowStraggler]:
     """The ranks that spent at least ``min_excess`` of the window more than their peers'
     median not waiting for the others, and whose peers' median wait is ``min_ratio`` x theirs
-    at least (at least three ranks, each polled ``min_polls`` times), with the reason that grew
+    at least (at least two ranks, each polled ``min_polls`` times), with the reason that grew
     most over the peers' (their medians, part by part). The ratio is of waits, not of the time
     held: time every rank spends outside the collectives alike (a data loader, a padded step)
     raises everyone's held share and would hide the rank the others wait for. A rank
@@ -704,7 +709,7 @@ def window_stragglers(accounts: Mapping[int, WindowAccount],
     window its threads queued for a CPU longer than its peers' (median; on a busy host every
     rank's threads queue, which says nothing of who is late)."""
     usable = {rank: a for rank, a in accounts.items() if a.polls >= min_polls}
-    if len(usable) < 3 or len(usable) != len(accounts):
+    if len(usable) < 2 or len(usable) != len(accounts):
         return []
     usable = dict(zip(usable, with_own_starvation(list(usable.values()))))
     hosts = hosts or {}
