@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from ddpcheck.core.links import (MIN_BYTES, Connection, connections_between, pair_rates,
-                                 slow_links)
+                                 ranks_sending_to_peers, slow_links)
 from ddpcheck.remote import tcpinfo
 
 
@@ -159,3 +159,26 @@ def test_connections_between_samples_are_deltas_of_the_connections_in_both():
     last = [["10.0.0.1:1", "10.0.0.2:2", 2_100, 9, 501_000], ["10.0.0.1:5", "10.0.0.2:2", 9, 9, 9]]
     assert connections_between(3, "h1", first, last) == [
         Connection(3, "h1", "10.0.0.1:1", "10.0.0.2:2", 2_000, 4, 0.5)]
+
+
+def test_own_links_read_by_getsockopt_agree_with_the_sock_diag_dump(connection):
+    """The Monitor reads its own sockets with getsockopt, the scan a worker's with sock_diag:
+    the same kernel counters, so the same connections and bytes."""
+    client, peer = connection
+    own = {(e[0], e[1]): e for e in tcpinfo.own_links()}
+    dumped = {(e[0], e[1]): e for e in tcpinfo.process_links(os.getpid(),
+                                                             tcpinfo.established_sockets())}
+    assert own.keys() == dumped.keys() and own
+    for key in own:
+        assert own[key][2:4] == dumped[key][2:4], (own[key], dumped[key])
+
+
+def test_the_ranks_sending_to_peers_leave_out_the_store_and_idle_connections():
+    a = Connection(0, "h1", "10.0.0.1:40000", "10.0.0.2:29500", 100, 0, 0.0)
+    b = Connection(1, "h2", "10.0.0.2:29500", "10.0.0.1:40000", 0, 100, 0.0)
+    back = Connection(1, "h2", "10.0.0.2:41000", "10.0.0.1:29501", 64, 0, 0.0)
+    c = Connection(0, "h1", "10.0.0.1:29501", "10.0.0.2:41000", 0, 64, 0.0)
+    store = Connection(2, "h2", "10.0.0.2:42000", "10.0.0.1:29400", 5_000, 0, 0.0)
+    idle = Connection(2, "h2", "10.0.0.2:42001", "10.0.0.1:29501", 0, 0, 0.0)
+    assert ranks_sending_to_peers([a, b, back, c, store, idle]) == {0, 1}
+    assert ranks_sending_to_peers([a, b]) == {0}

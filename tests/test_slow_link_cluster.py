@@ -1,8 +1,9 @@
 """A slow host's network, for real: a 3-host x 2-rank DDP job (gloo, torchrun) whose step is an
 all_reduce of the gradients, and h3's link shaped with tc to 20 Mbit/s each way. No rank
 arrives late (every rank waits inside the same collective), so the arrival rules say nothing;
-``ddpcheck hang`` from outside names h3 and its ranks from their TCP connections, with and
-without a Monitor in the job, never calls the job hung, and names no one while it is healthy.
+``ddpcheck hang`` from outside names h3 and its ranks from their TCP connections; a Monitor in
+the job names it first, on every rank, in the same words, which hang then repeats. Neither
+calls the job hung, and no one is named while it is healthy.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def hang(cluster, tmp_path, name: str) -> tuple[subprocess.CompletedProcess, dic
     return done, json.loads(report_path.read_text())
 
 
+def monitor_lines(job) -> list[str]:
+    return [line for host in job.hosts for line in job.log_of(host).splitlines()
+            if "straggler:" in line]
+
+
 def stragglers(report: dict) -> list[dict]:
     return [f for f in report["findings"] if f["check"] == "straggler"]
 
@@ -58,6 +64,11 @@ def test_a_slow_hosts_network_is_named_from_its_connections(ns_cluster, tmp_path
             while last_step(tmp_path, 4) < onset + 3:
                 assert time.monotonic() < deadline, job.logs()[-3000:]
                 time.sleep(0.3)
+            if monitor:  # the Monitor names it first (the same rule and words), then hang
+                deadline = time.monotonic() + 60
+                while not [line for line in monitor_lines(job) if "network is slow" in line]:
+                    assert time.monotonic() < deadline, job.logs()[-3000:]
+                    time.sleep(0.3)
             done, report = hang(ns_cluster, tmp_path, "slow")
         finally:
             ns_cluster.shape(hosts[2], None)
@@ -67,6 +78,12 @@ def test_a_slow_hosts_network_is_named_from_its_connections(ns_cluster, tmp_path
         assert [(f["host"], f["rank"]) for f in links] == [("h3", None)], text
         assert "rank 4, 5 on h3: h3's network is slow" in links[0]["message"], text
         assert not [f for f in found if f["host"] != "h3"], text
+        if monitor:  # the Monitor's own words, as every rank logged them
+            said = [line for line in monitor_lines(job) if "network is slow" in line]
+            assert any(links[0]["message"].split(": ", 1)[1] in line for line in said), said
+            assert all("rank 4, 5 on h3: h3's network is slow" in line for line in said), said
+            assert {line.split("[", 1)[1].split(":rank")[0] for line in said} >= {"h1", "h2",
+                                                                                  "h3"}
         assert done.returncode == 0, text  # a progressing job is never hung
         assert not [f for f in report["findings"] if f["severity"] == "error"], text
     finally:

@@ -34,7 +34,7 @@ from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from ..core import heartbeat
-from ..core.links import Connection, connections_between, slow_links
+from ..core.links import Connection, connections_between, ranks_sending_to_peers, slow_links
 from ..core.straggler import (Reason, WindowAccount, busy_stragglers, history_from_rows,
                               identify_stragglers, job_progressed, window_stragglers)
 from .verdict import failure_finding, mark_single_root_cause, order_findings
@@ -458,7 +458,8 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
         # clock: a rank the scan saw stopped is added when the Monitor does not name it
         named = {_int(entry.get("rank")) for entry in said}
         return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {entry.get('message')}",
-                        host=entry.get("host"), rank=_int(entry.get("rank")))
+                        host=entry.get("host"), rank=None if len(entry.get("ranks") or ()) > 1
+                        else _int(entry.get("rank")))
                 for entry in said] + [
             Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}", host=s.host,
                     rank=s.rank)
@@ -483,13 +484,17 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
 
 def link_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
     """A slow host or link: the job's connections through it carry a fraction of what its
-    other links carry while busy (``core.links``), though no rank arrives late."""
+    other links carry while busy (``core.links``), though no rank arrives late. A host the
+    Monitor's verdict already names so (``straggler_findings`` repeats its words) is left out."""
     spans = [v.window.window_s for v in live if v.window is not None]
     if not spans:
         return []
+    said = {entry.get("host") for v in live for entry in v.verdict or ()
+            if entry.get("rule") == "link"}
     found = slow_links([c for v in live for c in v.connections], statistics.median(spans))
     return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}", host=s.host,
-                    rank=s.ranks[0] if len(s.ranks) == 1 else None) for s in found]
+                    rank=s.ranks[0] if len(s.ranks) == 1 else None)
+            for s in found if s.host not in said]
 
 
 def gone_view(host: str, scan: Mapping[str, Any], beat: Mapping[str, Any]) -> Optional[RankView]:
@@ -556,10 +561,13 @@ def analyze_job(job: str, views: Sequence[RankView],
     top_seq = max((v.seq for v in live if v.seq is not None), default=None)
     top_step = max((v.step for v in live if v.step is not None), default=None)
     running = [v for v in live if not stopped_throughout(v)]
-    if running and all(v.window is not None for v in running) and job_progressed(
-            [v.window for v in running if v.window is not None]):
+    if running and ((all(v.window is not None for v in running) and job_progressed(
+            [v.window for v in running if v.window is not None])) or (
+            len(running) > 1 and {v.rank for v in running} <= ranks_sending_to_peers(
+                [c for v in running for c in v.connections]))):
         # the main threads went round their loops during the window (the ranks of a hung job
-        # wait in one place): the job progresses, heartbeat or not
+        # wait in one place), or every rank sent its peers data over TCP (those of a hung
+        # collective send nothing): the job progresses, heartbeat or not
         running = [replace(v, progressed=True) for v in running]
         by_rank.update({v.rank: v for v in running})
     in_collective = {v.rank: op for v in running if (op := current_collective(v)) is not None}

@@ -173,3 +173,11 @@ def connections_between(rank: int, host: str, first: Sequence[Sequence], last: S
     return [Connection(rank, host, local, peer, max(0, b[2] - a[2]), max(0, b[3] - a[3]),
                        max(0, b[4] - a[4]) / 1e6)
             for (local, peer), b in after.items() if (a := before.get((local, peer)))]
+
+
+def ranks_sending_to_peers(connections: Sequence[Connection]) -> set[int]:
+    """The ranks that sent bytes during the window to another rank of the job (the peer's end
+    is some rank's local end; the job's store, a launcher's process, is no rank). The ranks of
+    a collective that never completes send nothing: each waits for a peer that does not send."""
+    ends = {c.local for c in connections}
+    return {c.rank for c in connections if c.sent > 0 and c.peer in ends and c.peer != c.local}

@@ -48,6 +48,7 @@ from typing import Any, Callable, Mapping, MutableMapping, Optional, Sequence
 from ..core import heartbeat
 from ..core.cgroupcpu import cpu_stat_paths, throttled_s
 from ..core.straggler import Thresholds, history_from_rows, identify_stragglers, state_kind
+from .links import LinkSampler, link_verdict
 
 HISTORY = 32  # steps each rank keeps and publishes: the window plus slack for publish jitter
 SAMPLE_S = 0.02  # how often the sampler reads the training thread's state
@@ -422,6 +423,7 @@ class StragglerWatch:
         self.hooked = False
         self.verdict_seen = False
         self.seen_keys: set[str] = set()
+        self.links = LinkSampler()
 
     def _next_instant(self, now: float) -> float:
         return (math.floor((now - self.offset_s) / self.period_s) + 1) * self.period_s + \
@@ -450,7 +452,8 @@ class StragglerWatch:
         rows = monitor.clock.recent()
         if self.store is not None:
             self.store.set(f"{ROWS_KEY}{monitor.rank}", json.dumps(
-                {"host": monitor.hostname, "rows": rows, "channel": clock.channel},
+                {"host": monitor.hostname, "rows": rows, "channel": clock.channel,
+                 "links": self.links.sample(now)},
                 separators=(",", ":")))
             if monitor.rank == 0:
                 # the others' rows may be a period old: judging the steps all have covers it
@@ -483,7 +486,7 @@ class StragglerWatch:
                    if int(entry["rank"]) in self.named_ranks}
         entries.update({int(entry["rank"]): entry for entry in verdict})
         self.streak = {rank: self.streak.get(rank, 0) + 1 for rank in entries}
-        needed = {"quick": 1, "stopped": thresholds.confirmations,
+        needed = {"quick": 1, "link": 1, "stopped": thresholds.confirmations,
                   "throttled": thresholds.confirmations}
         self.named_ranks = {rank for rank, entry in entries.items() if rank in self.named_ranks
                             or self.streak[rank] >= needed.get(entry.get("rule"), steady)}
@@ -520,8 +523,9 @@ class StragglerWatch:
         hosts = {rank: e.get("host") for rank, e in entries.items()}
         channels = {rank: e.get("channel") for rank, e in entries.items()}
         half = replace(self.thresholds, min_steps=max(1, self.thresholds.window // 2))
+        links = link_verdict(entries)  # a slow network: the rows cannot show it
         return ([s.as_dict() for s in identify_stragglers(history, hosts, self.thresholds,
-                                                          channels)],
+                                                          channels)] + links,
                 [s.as_dict() for s in identify_stragglers(history, hosts, half, channels)])
 
     def _log(self, verdict: list[dict[str, Any]]) -> None:

@@ -168,3 +168,48 @@ def process_links(pid: int, sockets: dict[int, TcpSocket]) -> list[list]:
     [local, peer, bytes_acked, bytes_received, net_busy_us]."""
     return [[s.local, s.peer, s.bytes_acked, s.bytes_received, s.net_busy_us]
             for inode in sorted(socket_inodes(pid)) if (s := sockets.get(inode)) is not None]
+
+
+def _format(family: int, address: tuple) -> str:
+    if family == socket.AF_INET:
+        return f"{address[0]}:{address[1]}"
+    host = ipaddress.IPv6Address(address[0].split("%", 1)[0])
+    if host.ipv4_mapped is not None:
+        return f"{host.ipv4_mapped}:{address[1]}"
+    return f"[{host}]:{address[1]}"
+
+
+def own_links() -> list[list]:
+    """This process's TCP connections, as ``process_links`` reports a worker's, read with
+    ``getsockopt(TCP_INFO)`` on a duplicate of each socket descriptor (in a job: the Monitor's
+    own; closing the duplicate leaves the job's socket as it was)."""
+    links = []
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return links
+    for name in names:
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:["):
+                continue
+            duplicate = os.dup(int(name))
+        except (OSError, ValueError):
+            continue  # closed meanwhile
+        try:
+            sock = socket.socket(fileno=duplicate)
+        except OSError:
+            os.close(duplicate)
+            continue
+        with sock:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6) \
+                    or sock.type != socket.SOCK_STREAM:
+                continue
+            try:
+                info = parse_tcp_info(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232))
+                local, peer = sock.getsockname(), sock.getpeername()
+            except OSError:
+                continue  # listening, or not connected
+            if info is not None:
+                links.append([_format(sock.family, local), _format(sock.family, peer),
+                              info[0], info[1], info[2]])
+    return links
