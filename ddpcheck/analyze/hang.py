@@ -482,19 +482,18 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
                     rank=s.rank) for s in busy_stragglers(busy, hosts)]
 
 
-def link_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
+def link_findings(job: str, live: Sequence[RankView], named: set[str]) -> list[Finding]:
     """A slow host or link: the job's connections through it carry a fraction of what its
-    other links carry while busy (``core.links``), though no rank arrives late. A host the
-    Monitor's verdict already names so (``straggler_findings`` repeats its words) is left out."""
+    other links carry while busy (``core.links``), though no rank arrives late. The links of a
+    host already ``named`` (a straggler there, or the Monitor's verdict naming its network,
+    whose words ``straggler_findings`` repeats) are not judged."""
     spans = [v.window.window_s for v in live if v.window is not None]
     if not spans:
         return []
-    said = {entry.get("host") for v in live for entry in v.verdict or ()
-            if entry.get("rule") == "link"}
-    found = slow_links([c for v in live for c in v.connections], statistics.median(spans))
+    found = slow_links([c for v in live for c in v.connections], statistics.median(spans),
+                       named)
     return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}", host=s.host,
-                    rank=s.ranks[0] if len(s.ranks) == 1 else None)
-            for s in found if s.host not in said]
+                    rank=s.ranks[0] if len(s.ranks) == 1 else None) for s in found]
 
 
 def gone_view(host: str, scan: Mapping[str, Any], beat: Mapping[str, Any]) -> Optional[RankView]:
@@ -608,7 +607,8 @@ def analyze_job(job: str, views: Sequence[RankView],
         culprit_ranks = from_dumps
     findings += more
     if not culprits and not any(f.severity is Severity.ERROR for f in findings):
-        findings += straggler_findings(job, running) + link_findings(job, running)
+        late = straggler_findings(job, running)
+        findings += late + link_findings(job, running, {f.host for f in late if f.host})
     hung = any(f.severity is Severity.ERROR for f in findings)
     return JobVerdict(job, world, ordered, tuple(findings), hung, culprit_ranks)
 

@@ -1,7 +1,8 @@
 """A slow host or link of a running job, from its ranks' TCP connections (pure).
 
 Runs on the launcher, in ``ddpcheck hang``'s analysis (``analyze/hang.py``), on what the scan
-read twice per rank (``remote/tcpinfo.py``): per connection, the bytes the peer acknowledged and
+read twice per rank (``remote/tcpinfo.py``), and in the job, on the Monitor's leader
+(``injob/links.py``), on what every rank published: per connection, the bytes the peer acknowledged and
 the time the connection was busy sending, less the time the receiver's window held it. A slow
 NIC or link makes no rank late (every rank waits inside the same collective), so the arrival
 rules say nothing; the connections do: those through the slow host carry a fraction of what
@@ -10,8 +11,10 @@ the job's other links carry while busy.
 Each rank's connection is one directed edge between hosts (its local address is its own host;
 the peer's address is the host some rank's connection starts from). Per directed host pair the
 bytes and busy seconds of its connections that carried ``CONNECTION_BYTES`` add up (a
-connection to the job's store carries little and waits long); a pair is judged when it moved ``MIN_BYTES``, and is slow only
-if it was busy ``MIN_BUSY_SHARE`` of the window (the job waits on it). A host is slow when every judged pair
+connection to the job's store carries little and waits long); a pair is judged when it moved
+``MIN_BYTES``, and is slow only if it was busy ``MIN_BUSY_SHARE`` of the window (the job waits
+on it) and neither of its hosts has a rank the arrival rules named (a rank starved of CPU
+reads slowly, and its incoming link waits for it). A host is slow when every judged pair
 through it runs ``SLOW_RATIO`` times slower than the median of the judged pairs that do not
 touch it (the hosts' pairs compare with the rest, as the bandwidth sweep's localization does,
 so a job of three hosts, two of whose three links run through the slow one, still names it); a
@@ -25,7 +28,10 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 MIN_BYTES = 1 << 20  # a pair is judged when it carried at least this much in the window,
 CONNECTION_BYTES = 64 << 10  # counting its connections that carried this much (not the store's)
-MIN_BUSY_SHARE = 0.2  # a slow pair was busy sending this share of the window (the job waits)
+# A slow pair was busy sending half the window at least: the job waits on it (a link that tc
+# shaped to 20 Mbit/s was busy 92-95 %). A receiver starved of CPU slows its incoming pair too,
+# but measured under a 3 % quota that pair was busy 9-13 % of the window.
+MIN_BUSY_SHARE = 0.5
 SLOW_RATIO = 4.0  # slow: this many times slower than the median of the job's other pairs
 # The kernel counts busy time in jiffies (1-10 ms), and a fast pair's sends each end within one:
 # its busy time may read 0. Rates take at least this as the busy time.
@@ -130,9 +136,13 @@ def _slow(pairs: Sequence[PairRate], others: Sequence[PairRate],
                          and p.busy_s >= MIN_BUSY_SHARE * span_s for p in pairs) else None
 
 
-def slow_links(connections: Sequence[Connection], span_s: float) -> list[SlowLink]:
-    """The job's slow hosts, then its slow links through no slow host."""
-    pairs = pair_rates(connections, span_s)
+def slow_links(connections: Sequence[Connection], span_s: float,
+               explained: Iterable[str] = ()) -> list[SlowLink]:
+    """The job's slow hosts, then its slow links through no slow host. The pairs through an
+    ``explained`` host (one whose rank arrives late, for its own reasons: starved, blocked,
+    stopped) are left out: its links carry little because it does."""
+    late = set(explained)
+    pairs = [p for p in pair_rates(connections, span_s) if not {p.source, p.target} & late]
     hosts = sorted({p.source for p in pairs} | {p.target for p in pairs})
     found: list[SlowLink] = []
     for host in hosts:

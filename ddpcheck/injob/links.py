@@ -11,7 +11,7 @@ with ``getsockopt(TCP_INFO)`` (``remote.tcpinfo.own_links``) once per ``LINK_WIN
 from __future__ import annotations
 
 import statistics
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from ..core.links import CONNECTION_BYTES, Connection, connections_between, slow_links
 from ..remote.tcpinfo import own_links
@@ -41,9 +41,11 @@ class LinkSampler:
         return self.result
 
 
-def link_verdict(entries: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
+def link_verdict(entries: Mapping[int, Mapping[str, Any]],
+                 explained: Iterable[str] = ()) -> list[dict[str, Any]]:
     """The leader's: a slow host or link from the ranks' published connections, as verdict
-    entries (rule "link", on the first of the ranks it names)."""
+    entries (rule "link", on the first of the ranks it names); the links of the ``explained``
+    hosts (a straggler there) are not judged."""
     connections, spans = [], []
     for rank, entry in entries.items():
         published = entry.get("links")
@@ -60,4 +62,5 @@ def link_verdict(entries: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any
         return []
     return [{"rank": found.ranks[0], "ranks": list(found.ranks), "host": found.host,
              "reason": "network", "rule": "link", "message": found.message()}
-            for found in slow_links(connections, statistics.median(spans)) if found.ranks]
+            for found in slow_links(connections, statistics.median(spans), explained)
+            if found.ranks]

@@ -523,9 +523,10 @@ class StragglerWatch:
         hosts = {rank: e.get("host") for rank, e in entries.items()}
         channels = {rank: e.get("channel") for rank, e in entries.items()}
         half = replace(self.thresholds, min_steps=max(1, self.thresholds.window // 2))
-        links = link_verdict(entries)  # a slow network: the rows cannot show it
-        return ([s.as_dict() for s in identify_stragglers(history, hosts, self.thresholds,
-                                                          channels)] + links,
+        late = identify_stragglers(history, hosts, self.thresholds, channels)
+        # a slow network: the rows cannot show it (a late rank's links wait for it: not judged)
+        links = link_verdict(entries, {s.host for s in late if s.host})
+        return ([s.as_dict() for s in late] + links,
                 [s.as_dict() for s in identify_stragglers(history, hosts, half, channels)])
 
     def _log(self, verdict: list[dict[str, Any]]) -> None:
