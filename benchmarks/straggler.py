@@ -21,7 +21,8 @@ cluster, cgroup CPU quota).
    Over ``--healthy-steps`` healthy steps: the Monitor's straggler lines, and the straggler
    findings of the hang runs meanwhile (false alarms). Then rank 4 (h3) is slowed by each fault
    in turn (a 3 % CPU quota; an 80 ms sleep a step outside the collectives; SIGSTOP 60 ms of
-   every 150 ms), ``--reps`` times each: seconds and rank 4's steps from the onset to the first
+   every 150 ms; h3's link shaped by tc to 20 Mbit/s each way, named as h3's network with both
+   its ranks; ``--faults`` picks some), ``--reps`` times each: seconds and rank 4's steps from the onset to the first
    Monitor line naming it with the right reason, and seconds to the end of the first hang run
    that names it so. ``--load N`` adds N spinning processes as the neighbours' load;
    ``--step-s S`` pads every step of every job to S seconds with a sleep (the issue's steps of
@@ -122,13 +123,27 @@ def onset_to_naming(cluster, workdir: pathlib.Path, reps: int) -> list[int]:
 
 REASON_WORDS = {"starved": "starved of CPU", "blocked": "blocked outside the collectives",
                 "stopped": "stopped"}
+NETWORK_WORDS = "rank 4, 5 on h3: h3's network is slow"  # h3 shaped with tc (both its ranks)
+FAULTS = ["starved", "blocked", "stopped", "network"]  # --faults: the faults of part 5
+SLOW_MBIT = 20.0  # the network fault: h3's link each way
 VICTIM = 4  # rank 4, on h3
 
 
-def slow(reason: str, pid: int, ready: pathlib.Path):
+def slow(reason: str, pid: int, ready: pathlib.Path, cluster=None):
+    import contextlib
+
     import cpuquota
     from stragglerfaults import flag_file, stop_cycle
 
+    if reason == "network":
+        @contextlib.contextmanager
+        def shaped():
+            cluster.shape(cluster.hosts[2], SLOW_MBIT)
+            try:
+                yield
+            finally:
+                cluster.shape(cluster.hosts[2], None)
+        return shaped()
     if reason == "starved":
         return cpuquota.cpu_quota([pid], 0.03)
     if reason == "blocked":
@@ -191,18 +206,19 @@ def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps:
                              "hang_runs": hang_runs,
                              "hang_not_ok": sum(1 for code in exits if code != 0)}
         print(json.dumps(result), flush=True)
-        for reason in ("starved", "blocked", "stopped"):
+        for reason in FAULTS:
             words = f"rank {VICTIM} on h3 {'arrives' if monitor else ''}"
             for rep in range(reps):
                 logged = len(straggler_lines(job))
-                with slow(reason, pids[VICTIM], ready):
+                with slow(reason, pids[VICTIM], ready, cluster):
                     onset, onset_step = time.monotonic(), last_step(ready, VICTIM)
                     seconds = steps = None
                     runs = 0
                     while time.monotonic() - onset < 90:
                         if monitor:
                             new = straggler_lines(job)[logged:]
-                            if any(words in line and REASON_WORDS[reason] in line
+                            if any(NETWORK_WORDS in line if reason == "network" else
+                                   words in line and REASON_WORDS[reason] in line
                                    for line in new):
                                 seconds = time.monotonic() - onset
                                 steps = last_step(ready, VICTIM) - onset_step
@@ -211,7 +227,8 @@ def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps:
                         else:
                             runs += 1
                             named = hang_names(cluster, workdir, f"{reason}-{rep}-{runs}")
-                            if any(f"rank {VICTIM} on h3 {REASON_WORDS[reason]}" in m
+                            if any(NETWORK_WORDS in m if reason == "network" else
+                                   f"rank {VICTIM} on h3 {REASON_WORDS[reason]}" in m
                                    for m in named):
                                 seconds = time.monotonic() - onset
                                 steps = last_step(ready, VICTIM) - onset_step
@@ -224,7 +241,8 @@ def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps:
     finally:
         if monitor:  # a line naming any other rank, healthy stretch or not, is a false alarm
             result["others_named"] = sum(1 for line in straggler_lines(job)
-                                         if f"straggler: rank {VICTIM} " not in line)
+                                         if f"straggler: rank {VICTIM} " not in line
+                                         and NETWORK_WORDS not in line)
         job.stop()
     return result
 
@@ -241,7 +259,7 @@ def reasons_table(results: list[dict]) -> None:
                        else "" for r in results) + " |")
     print("| lines naming a rank other than rank 4, the whole run | " + " | ".join(
         str(r.get("others_named", "")) for r in results) + " |")
-    for reason in ("starved", "blocked", "stopped"):
+    for reason in FAULTS:
         print(f"| {reason}: seconds (steps of rank 4) from onset to naming | " + " | ".join(
             ", ".join(f"{t['seconds']} ({t['steps']})" if t["seconds"] is not None
                       else "not named" for t in r.get(reason, [])) for r in results) + " |")
@@ -274,6 +292,8 @@ def main() -> None:
                         help="part 5 with the Monitor only (not ddpcheck hang from outside)")
     parser.add_argument("--outside-only", action="store_true",
                         help="part 5 with ddpcheck hang from outside only (no Monitor)")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help="part 5's faults, in order (starved,blocked,stopped,network)")
     parser.add_argument("--hang-window", type=float, default=3.0,
                         help="the --window of each outside ddpcheck hang run (seconds)")
     parser.add_argument("--step-s", type=float, default=0.0,
@@ -284,6 +304,7 @@ def main() -> None:
     if args.step_s:
         STEP[:] = ["--step-s", str(args.step_s)]
     HANG_WINDOW[:] = ["--window", str(args.hang_window)]
+    FAULTS[:] = [fault for fault in args.faults.split(",") if fault]
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 for _ in range(args.load)]
     try:

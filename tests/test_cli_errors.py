@@ -108,3 +108,17 @@ def test_every_error_in_a_config_file_is_named_at_once(tmp_path):
     assert [line.split(": ")[1:3] for line in done.stderr.splitlines()] == [
         [f"{config}:2", "defaults.port"], [f"{config}:4", "ssh.connect_timeout"],
         [f"{config}:5", "hosts"]]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--nnodes", "2"], "--nnodes"),
+    (["--node-rank", "1", "--master-addr", "10.0.0.1"], "--node-rank, --master-addr"),
+    (["--join-timeout", "5"], "--join-timeout"),
+    (["--bandwidth"], "--bandwidth is for --in-job"),
+])
+def test_the_in_job_flags_without_in_job_are_a_usage_error(flags, named):
+    """They describe a gang that only --in-job reads: ignored, they would check this machine
+    and exit 0 as if the gang had been checked."""
+    done = ddpcheck("preflight", *flags)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert named in done.stderr and "Traceback" not in done.stderr

@@ -152,3 +152,22 @@ def test_a_round_that_does_not_fit_is_refused(change: dict) -> None:
     own = node_host(PLACE, "h2", "10.0.0.2", "/opt/venv/bin/python")
     with pytest.raises(StoreError, match="node 0's plan"):
         node_launch_command(PLACE, own, LaunchOptions(), {**ROUND, **change})
+
+
+def test_nodes_that_share_a_hostname_get_names_every_node_accepts_in_node_0s_plan() -> None:
+    """Cloned images report one hostname: node 0 keeps the nodes apart by node rank, and the
+    plan it posts with those names is one the other nodes accept (a "#" in a name made every
+    other node refuse it, and node 0 blamed them for going away)."""
+    from ddpcheck.engine.instore import NodeJoin, gang_hosts
+
+    joined = {rank: NodeJoin(rank, "vm", f"10.0.0.{rank + 1}", "/usr/bin/python3")
+              for rank in range(3)}
+    node0 = resolve({}, {"PET_NNODES": "3", "PET_NODE_RANK": "0", "PET_MASTER_ADDR": "10.0.0.1",
+                         "PET_MASTER_PORT": "29500"})
+    hosts, names = gang_hosts(node0, joined)
+    assert list(names.values()) == ["vm", "vm_1", "vm_2"]
+    assert [h.address for h in hosts] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    plan = {**PLAN, "hosts": [[name, 2] for name in names.values()]}
+    own = node_host(PLACE, "vm", "10.0.0.2", "/usr/bin/python3")
+    assert "--node-rank 1 --nproc-per-node 2" in node_launch_command(PLACE, own,
+                                                                       LaunchOptions(), plan)

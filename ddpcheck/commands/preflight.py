@@ -198,6 +198,14 @@ def run_preflight_command(command: PreflightCommandOptions) -> int:
         print("ddpcheck: command line: --bandwidth is for --in-job; from a login node run "
               "`ddpcheck bandwidth` (and `--pairwise`)", file=sys.stderr)
         return EXIT_USAGE
+    given = [name for name, value in command.job_flags if value is not None]
+    if given or command.join_timeout_s is not None:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given
+                          + (["join_timeout"] if command.join_timeout_s is not None else []))
+        print(f"ddpcheck: command line: {flags} describe(s) the gang of --in-job; from a login "
+              "node the hosts come from HOSTS (hosts.yaml), -w, --hostfile or --slurm",
+              file=sys.stderr)
+        return EXIT_USAGE
     slurm = command.inventory.launcher == "slurm"
     if slurm and options.dcgm:
         print("ddpcheck: --dcgm runs with the ssh launcher or on this machine; under "

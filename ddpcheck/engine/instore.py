@@ -227,8 +227,10 @@ def gang_hosts(place: JobPlace, joined: dict[int, NodeJoin]
     for rank in range(place.nnodes):
         join = joined.get(rank)
         name = join.hostname if join else missing_name(rank)
-        if name in used:  # two nodes with one hostname: keep them apart in the report
-            name = f"{name}#{rank}"
+        if name in used:  # two nodes with one hostname (cloned images): keep them apart in
+            # the report by node rank, in characters a hostname never has and the plan's
+            # check of names takes ("#" made every other node refuse node 0's plan)
+            name = f"{name}_{rank}"
         used.add(name)
         names[rank] = name
         hosts.append(node_host(place, name, join.address, join.python) if join else
