@@ -122,3 +122,32 @@ def test_the_in_job_flags_without_in_job_are_a_usage_error(flags, named):
     done = ddpcheck("preflight", *flags)
     assert done.returncode == 2, done.stdout + done.stderr
     assert named in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("timeout, connect_timeout, check, words", [
+    ("3", 30, "timeout", "h2: connect: not reached in time: its ssh connect was still waiting"),
+    ("60", 2, "ssh", "h2: connect: no SSH banner from"),
+])
+def test_a_connect_the_timeout_cut_short_is_not_reached_and_the_hosts_own_is_its_failure(
+        tmp_path, timeout, connect_timeout, check, words):
+    """A port that accepts and never speaks SSH: when --timeout ends the wait before the
+    host's own ssh.connect_timeout, the host was not reached in time (never the root cause);
+    when its own timeout ends it, that is its failure. Exit 3 either way."""
+    import json
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(f"hosts:\n  - name: h2\n    address: 127.0.0.1\n"
+                     f"    port: {silent.getsockname()[1]}\n"
+                     f"ssh:\n  connect_timeout: {connect_timeout}\n")
+    try:
+        done = ddpcheck("preflight", str(hosts), "--ssh-config", "none", "--timeout", timeout,
+                        "--json", str(tmp_path / "r.json"))
+    finally:
+        silent.close()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert done.returncode == 3, done.stdout + done.stderr
+    (found,) = [f for f in report["findings"] if f["severity"] == "error"]
+    assert found["check"] == check and found["message"].startswith(words), found
+    assert ("ROOT CAUSE" in done.stdout) == (check == "ssh"), done.stdout

@@ -185,6 +185,14 @@ class SSHLauncher:
             session: Session = (LocalSession() if run.spec.local
                                 else SSHSession.connect(host, ssh, self.jumps))
         except HostError as exc:
+            if (ssh.connect_timeout < run.spec.ssh.connect_timeout
+                    and state.left() < MIN_CONNECT_S and not state.cancel.is_set()):
+                # the run's --timeout cut its connect short, not the host's own timeout
+                state.fail(host.name, not_reached_failure(
+                    state.timeout_s, "its ssh connect was still waiting"), stage=Stage.CONNECT)
+                run.progress.host(host.name, "not reached in time: its ssh connect was still "
+                                             "waiting at --timeout")
+                return
             state.fail(host.name, connect_failure(exc), stage=Stage.CONNECT)
             run.progress.host(host.name, f"unreachable: {exc.message}")
             return
