@@ -151,3 +151,25 @@ def test_a_connect_the_timeout_cut_short_is_not_reached_and_the_hosts_own_is_its
     (found,) = [f for f in report["findings"] if f["severity"] == "error"]
     assert found["check"] == check and found["message"].startswith(words), found
     assert ("ROOT CAUSE" in done.stdout) == (check == "ssh"), done.stdout
+
+
+def test_an_in_job_node_0_whose_other_node_never_joined_reports_its_whole_wait(tmp_path):
+    """Node 0 waits --join-timeout for node 1, which never comes: the report's duration counts
+    that wait (it said 0.0 s), and node 0 does not then wait for node 1 to read the verdict
+    (it waited 15 s more, silent, for a node that never joined)."""
+    import json
+    import socket
+
+    with socket.socket() as probe:  # a free port for the store, and the next for torchrun
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    began = time.monotonic()
+    done = ddpcheck("preflight", "--in-job", "--nnodes", "2", "--node-rank", "0",
+                    "--master-addr", "127.0.0.1", "--master-port", str(port),
+                    "--join-timeout", "3", "--timeout", "60", "--json", str(tmp_path / "r.json"))
+    took = time.monotonic() - began
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "node rank 1 never joined within 3s" in done.stdout
+    assert report["duration_s"] >= 3.0 and "(exit 3) in 0." not in done.stdout
+    assert took < 3.0 + 12.0, done.stderr  # no 15 s wait for a reader that never came

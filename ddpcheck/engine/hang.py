@@ -122,7 +122,7 @@ class HangScan:
     def report(self, run: Engine, interrupted: bool) -> Report:
         hosts = [run.state.hosts[h.name] for h in run.spec.hosts]
         return hang_report(run.spec, hosts, self.scans, self.options, interrupted,
-                           time.monotonic() - run.state.started)
+                           time.monotonic() - run.state.began)
 
 
 def hang_report(spec: ClusterSpec, hosts: list[HostRecord], scans: dict[str, HostScanResult],

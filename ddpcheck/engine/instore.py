@@ -631,15 +631,16 @@ def node_causes(report: Report, names: dict[int, str]) -> dict[str, str]:
 
 
 def publish_verdict(store: JobStore, report: Report, names: dict[int, str],
-                    nnodes: int, wait_s: float = 15.0) -> None:
-    """The verdict for every node, then a short wait while they read it (the store lives in
+                    readers: int, wait_s: float = 15.0) -> None:
+    """The verdict for every node, then a short wait while the ``readers`` (the other nodes
+    that joined and did not go: one that never came never reads) read it (the store lives in
     this process)."""
     store.set("verdict", json.dumps({"verdict": report.verdict.value,
                                      "exit_code": report.exit_code,
                                      "causes": node_causes(report, names),
                                      "names": {str(r): n for r, n in names.items()}}))
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and store.add("read", 0) < nnodes - 1:
+    while time.monotonic() < deadline and store.add("read", 0) < readers:
         time.sleep(POLL_S)
 
 
@@ -916,7 +917,8 @@ def run_in_job(place: JobPlace, options: PreflightOptions, join_timeout_s: Optio
         finally:
             names = launcher.gathering.names or {0: hostname}
             if reports:
-                publish_verdict(store, reports[0], names, place.nnodes)
+                readers = [r for r in launcher.joins if r and r not in launcher.gathering.gone]
+                publish_verdict(store, reports[0], names, len(readers))
             else:  # interrupted before the engine could report
                 store.set("verdict", json.dumps({
                     "verdict": "interrupted", "exit_code": 130, "names": {},

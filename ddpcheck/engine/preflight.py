@@ -99,7 +99,7 @@ def base_report(run: Engine, launch: LaunchOptions, interrupted: bool,
     root = next((r for r in ranks if r.rank == 0), None)
     return Report(
         command=command, verdict=verdict, exit_code=EXIT_CODES[verdict],
-        duration_s=time.monotonic() - state.started, backend=state.backend,
+        duration_s=time.monotonic() - state.began, backend=state.backend,
         world_size=max(world_sizes) if world_sizes else (len(ranks) or None),
         expected_world_size=sum(state.slots.values()) if state.slots else None,
         hosts=tuple(hosts), ranks=tuple(ranks), findings=tuple(findings),

@@ -14,6 +14,7 @@ Stage outcomes arrive typed (``CommandResult``) and ``analyze`` decides what the
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Optional, Protocol
 
@@ -63,8 +64,9 @@ class Engine:
         self.progress.expect(len(spec.hosts), workload.verbose)
         self.verbose = workload.verbose
         self.launch_grace_s = workload.launch_grace_s
+        began = time.monotonic()
         self.spec = launcher.prepare(spec, self)
-        self.state = RunState(self.spec, workload.timeout_s)
+        self.state = RunState(self.spec, workload.timeout_s, began)
         # stage 0's outputs, kept while they carry the rendezvous check (``rendezvous_beside``)
         self.stage0_results: dict[str, CommandResult] = {}
         self.rendezvous_beside: Optional[RendezvousBesideStage0] = None

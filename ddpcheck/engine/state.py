@@ -41,9 +41,13 @@ class LaunchSetup:
 
 
 class RunState:
-    def __init__(self, spec: ClusterSpec, timeout_s: float) -> None:
+    def __init__(self, spec: ClusterSpec, timeout_s: float,
+                 began: Optional[float] = None) -> None:
         self.spec = spec
         self.started = time.monotonic()
+        # the command's start, for its duration: before the launcher's own preparation (an
+        # in-job node 0 waits for the others to join there), which --timeout does not count
+        self.began = self.started if began is None else began
         self.timeout_s = timeout_s
         self.deadline = self.started + timeout_s
         self.cancel = threading.Event()
