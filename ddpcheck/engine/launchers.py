@@ -184,17 +184,12 @@ class SSHLauncher:
         try:
             session: Session = (LocalSession() if run.spec.local
                                 else SSHSession.connect(host, ssh, self.jumps))
-        except HostError as exc:
-            if (ssh.connect_timeout < run.spec.ssh.connect_timeout
-                    and state.left() < MIN_CONNECT_S and not state.cancel.is_set()):
-                # the run's --timeout cut its connect short, not the host's own timeout
-                state.fail(host.name, not_reached_failure(
-                    state.timeout_s, "its ssh connect was still waiting"), stage=Stage.CONNECT)
-                run.progress.host(host.name, "not reached in time: its ssh connect was still "
-                                             "waiting at --timeout")
-                return
-            state.fail(host.name, connect_failure(exc), stage=Stage.CONNECT)
-            run.progress.host(host.name, f"unreachable: {exc.message}")
+        except HostError as exc:  # cut short by the run's --timeout, not its own: not reached
+            cut = ssh.connect_timeout < run.spec.ssh.connect_timeout and state.ran_out()
+            failure = not_reached_failure(state.timeout_s, "its ssh connect was still "
+                                          "waiting") if cut else connect_failure(exc)
+            state.fail(host.name, failure, stage=Stage.CONNECT)
+            run.progress.host(host.name, failure.message if cut else f"unreachable: {exc.message}")
             return
         with self.lock:
             self.sessions[host.name] = session
@@ -207,7 +202,7 @@ class SSHLauncher:
         result = session.run(command, deadline, state.cancel, stop)
         if step.last:
             self.release([host.name])  # its connection, fd and transport thread go now
-        if result.timed_out and state.left() < MIN_CONNECT_S and not state.cancel.is_set():
+        if result.timed_out and state.ran_out():
             # the run's --timeout, not the step's own deadline, cut it short: not checked
             state.fail(host.name, not_reached_failure(state.timeout_s,
                                                       f"its {step.stage.value} was running"))

@@ -63,6 +63,11 @@ class RunState:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
+    def ran_out(self) -> bool:
+        """The run's --timeout has (all but) run out, and no one interrupted the run: what
+        waited on a host until now was cut short by it."""
+        return self.left() < MIN_CONNECT_S and not self.cancel.is_set()
+
     def until(self, seconds: float) -> float:
         """The deadline of a step of ``seconds``, capped by --timeout."""
         return min(self.deadline, time.monotonic() + seconds)
