@@ -173,3 +173,21 @@ def test_an_in_job_node_0_whose_other_node_never_joined_reports_its_whole_wait(t
     assert "node rank 1 never joined within 3s" in done.stdout
     assert report["duration_s"] >= 3.0 and "(exit 3) in 0." not in done.stdout
     assert took < 3.0 + 12.0, done.stderr  # no 15 s wait for a reader that never came
+
+
+def test_a_hosts_summary_line_leaves_out_pythons_warnings(tmp_path):
+    """A real warning as Python prints it (its line, then the source line) after the line that
+    says what happened: the summary is that line, not the warning's source line."""
+    from ddpcheck.analyze.outcomes import summary_of
+
+    script = tmp_path / "warns.py"
+    script.write_text("import sys, warnings\n"
+                      "print('the agent stopped torchrun: deadline of 1s', file=sys.stderr)\n"
+                      "cpu = warnings.warn('Failed to initialize NumPy', UserWarning)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 3 and "UserWarning: Failed to initialize NumPy" in lines[1], lines
+    assert lines[2].startswith("  cpu = warnings.warn"), lines
+    assert summary_of(lines) == "the agent stopped torchrun: deadline of 1s"
+    assert summary_of(lines[1:]) == lines[-1].strip()  # only a warning: still says something
+    assert summary_of([]) == "no output"

@@ -7,6 +7,8 @@ workload: stage 0, the rendezvous check, "no rank reported back (why)", a hang s
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -24,12 +26,25 @@ from .bandwidth import PairResult, rows_of
 from .verdict import failure_findings
 
 
+WARNING_LINE = re.compile(r"^\S.*:\d+: \w*Warning: ")  # Python's warnings module: file:line:
+
+
 def summary_of(lines: Sequence[str]) -> str:
-    """The most telling line of a host's stray output (the last error-looking one)."""
-    for line in reversed(lines):
+    """The most telling line of a host's stray output (the last error-looking one), leaving
+    out Python's warnings (each its line and the source line after it: torch's NumPy
+    UserWarning is no reason a rank failed)."""
+    kept, skip = [], False
+    for line in lines:
+        if WARNING_LINE.match(line):
+            skip = True
+        elif not (skip and line.startswith(" ")):
+            kept.append(line)
+            skip = False
+    for line in reversed(kept):
         if ("Error" in line or "error" in line) and "error_file:" not in line:
             return line.strip()[:300]
-    return lines[-1].strip()[:300] if lines else "no output"
+    return kept[-1].strip()[:300] if kept else (lines[-1].strip()[:300] if lines else
+                                                "no output")
 
 
 # How a host error starts that only says the run's --timeout ran out before the host was
