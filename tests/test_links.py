@@ -199,3 +199,26 @@ def test_the_ranks_sending_to_peers_leave_out_the_store_and_idle_connections():
     idle = Connection(2, "h2", "10.0.0.2:42001", "10.0.0.1:29501", 0, 0, 0.0)
     assert ranks_sending_to_peers([a, b, back, c, store, idle]) == {0, 1}
     assert ranks_sending_to_peers([a, b]) == {0}
+
+
+def test_the_monitors_sampler_compares_the_last_two_seconds_sliding_by_one(monkeypatch):
+    """Its own connections read at 0, 1, 2, 3 s (a clock the test gives): nothing to publish
+    before a window is covered, then the bytes sent between the samples 2 s apart, each second."""
+    from ddpcheck.injob import links
+
+    sent = [0]
+
+    def read():  # busy a microsecond per byte
+        return [["10.0.0.1:1", "10.0.0.2:2", sent[0], 0, sent[0]]]
+
+    monkeypatch.setattr(links, "own_links", read)
+    sampler = links.LinkSampler()
+    published = []
+    for second in range(5):
+        sent[0] = second * (1 << 20)
+        published.append(sampler.sample(100.0 + second))
+        assert sampler.sample(100.5 + second) is published[-1]  # not due: the same
+    assert published[:2] == [None, None]
+    for result in published[2:]:
+        assert result["span"] == 2.0
+        assert result["links"] == [["10.0.0.1:1", "10.0.0.2:2", 2 << 20, 0, 2.0972]]

@@ -5,39 +5,45 @@ rank's (``core.links``, the same rule and words as ``ddpcheck hang`` from outsid
 Runs in the Monitor's background thread (``injob.stragglers.StragglerWatch``). A slow network
 makes no rank late (every rank waits inside the same collective), so the step rows cannot name
 it; the bytes each connection carried per second it was busy can. The connections are read
-with ``getsockopt(TCP_INFO)`` (``remote.tcpinfo.own_links``) once per ``LINK_WINDOW_S``.
+with ``getsockopt(TCP_INFO)`` (``remote.tcpinfo.own_links``) once a second, and compared over the
+last ``LINK_WINDOW_S``.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections import deque
 from typing import Any, Iterable, Mapping, Optional
 
 from ..core.links import CONNECTION_BYTES, Connection, connections_between, slow_links
 from ..remote.tcpinfo import own_links
 
-LINK_WINDOW_S = 3.0  # each rank's connections are compared this far apart
+LINK_WINDOW_S = 2.0  # each rank's connections are compared this far apart...
+LINK_SAMPLE_S = 1.0  # ... sliding by this much: a slow link is named within about 2 s
 
 
 class LinkSampler:
     """One rank's connections over its last window, as published: {"span": seconds, "links":
     [[local, peer, sent, received, busy_s], ...]} (those that carried ``CONNECTION_BYTES``)."""
 
-    def __init__(self, window_s: float = LINK_WINDOW_S) -> None:
+    def __init__(self, window_s: float = LINK_WINDOW_S, every_s: float = LINK_SAMPLE_S) -> None:
         self.window_s = window_s
-        self.last: Optional[tuple[float, list[list]]] = None
+        self.every_s = every_s
+        self.samples: deque[tuple[float, list[list]]] = deque()
         self.result: Optional[dict[str, Any]] = None
 
     def sample(self, now: float) -> Optional[dict[str, Any]]:
-        if self.last is not None and now - self.last[0] < self.window_s:
+        if self.samples and now - self.samples[-1][0] < self.every_s:
             return self.result
-        links = own_links()
-        if self.last is not None:
-            moved = connections_between(0, "", self.last[1], links)
-            self.result = {"span": round(now - self.last[0], 3), "links": [
+        self.samples.append((now, own_links()))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()  # the oldest that still spans the window stays first
+        (then, before), (_, after) = self.samples[0], self.samples[-1]
+        if now - then >= self.window_s:
+            moved = connections_between(0, "", before, after)
+            self.result = {"span": round(now - then, 3), "links": [
                 [c.local, c.peer, c.sent, c.received, round(c.busy_s, 4)] for c in moved
                 if max(c.sent, c.received) >= CONNECTION_BYTES]}
-        self.last = (now, links)
         return self.result
 
 
