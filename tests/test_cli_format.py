@@ -55,3 +55,23 @@ def test_hang_format_lays_out_the_rank_table(tmp_path):
     head = next(i for i, line in enumerate(lines) if line.startswith("| host"))
     assert lines[head - 1].startswith("+--") and lines[head + 1].startswith("|--")
     assert sum(line.startswith("| localhost") for line in lines) == 2
+
+
+def test_an_in_job_sweep_keeps_nccl_columns_and_the_verdict_line_stays_last():
+    """preflight --in-job --bandwidth on one node: the sweep's table in nccl-tests' columns (as
+    `ddpcheck bandwidth` prints it; --format lays it out as asked), and the verdict line last."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for extra, header in (([], "(elements)"), (["--format", "github"], "| size (B)")):
+        done = ddpcheck("preflight", "--in-job", "--nnodes", "1", "--node-rank", "0",
+                        "--master-addr", "127.0.0.1", "--master-port", str(port),
+                        "--bandwidth", "1M", *extra)
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = done.stdout.rstrip("\n").splitlines()
+        assert lines[-1].startswith("# Verdict: OK (exit 0)"), done.stdout
+        assert "# Bandwidth sweep: the same ranks, after the probe passed" in done.stdout
+        assert any(header in line for line in lines), done.stdout
+        port += 2

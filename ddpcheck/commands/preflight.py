@@ -101,7 +101,7 @@ def register(sub) -> None:
     job.add_argument("--join-timeout", type=positive, metavar="SECONDS",
                      help="how long node 0 waits for every node to join (default: half of "
                           "--timeout, at most 60)")
-    pre.set_defaults(run=preflight_command)
+    pre.set_defaults(run=preflight_command, format=None)  # None: the table's default format
 
 
 SKIPPABLE = ("consistency", "rendezvous", "compute", "numerics")
@@ -324,8 +324,15 @@ def in_job_sweep(max_bytes: Optional[int]):
 
 
 def in_job_render(report: Report, style) -> str:
-    """Preflight's table, then the sweep's nccl-tests table when --bandwidth ran one."""
+    """Preflight's table, then the sweep's nccl-tests tables when --bandwidth ran one (in
+    nccl-tests' own columns unless --format was given, as ``ddpcheck bandwidth`` prints them),
+    and the verdict line last, where a reader looks first."""
     from ..report.bandwidth import sweep_section
     from .common import table_renderer
 
-    return table_renderer(report, style) + sweep_section(report, style.tablefmt)
+    table = table_renderer(report, style)
+    sweep = sweep_section(report, style.tablefmt)  # None: --format was not given
+    head, _, verdict = table.rstrip("\n").rpartition("\n")
+    if not sweep or not verdict.startswith("# Verdict"):
+        return table + sweep
+    return f"{head}\n{sweep}{verdict}\n"
