@@ -142,3 +142,35 @@ def test_junit_is_valid_against_jenkins_junit_10_schema(report, tmp_path) -> Non
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "validates" in done.stderr
+
+
+def test_the_checks_a_passing_preflight_ran_each_get_a_suite_and_a_check_ok_series() -> None:
+    """The consistency checks of the sections the ranks' fingerprints carry, the compute check
+    and the numerics check ran and passed: each has its suite of passing rank cases, and its
+    ``check_ok`` series; a run whose records show no compute or seed left them out."""
+    from dataclasses import replace
+
+    from ddpcheck.report.prometheus import render_prom
+
+    base = healthy_report()
+    ranks = tuple(replace(r, fingerprint={"versions": {}, "settings": {}, "env": {}, "ddp": {}},
+                          compute={"metrics": {"fp32_gflops": 40.0}}, numerics={"where": "cpu"})
+                  for r in base.ranks)
+    report = replace(base, ranks=ranks)
+    found = suites(render_junit(report))
+    for check in ("versions", "dtype", "env_drift", "params", "step", "straggler", "numerics"):
+        cases = found[f"ddpcheck.{check}"].findall("testcase")
+        assert len(cases) == 4 and {outcome(c) for c in cases} == {"passed"}, check
+        assert f'check="{check}",host="h1"}} 1' in render_prom(report, now=0.0), check
+    assert "ddpcheck.seed" not in found  # no rank reported RNG states: not seeded
+    assert "ddpcheck.straggler" not in suites(render_junit(base))
+
+
+def test_node_reports_no_ssh_check() -> None:
+    from dataclasses import replace
+
+    from ddpcheck.report.prometheus import render_prom
+
+    node = replace(healthy_report(), command="node")
+    assert 'check="ssh"' not in render_prom(node, now=0.0)
+    assert "ddpcheck.ssh" not in suites(render_junit(node))

@@ -31,8 +31,9 @@ CSV_COLUMNS = ("host", "address", "reachable", "hostname", "slots", "gpus", "ran
                "local_rank", "pid", "device", "status", "stage", "barrier_us", "allreduce_us",
                "all_reduce_wrong", "error")
 
-# Checks every preflight evaluates: per host, then per rank. Any other check a finding names
-# gets a suite too (per rank when one of its findings names a rank, else per host).
+# Checks every preflight evaluates: per host, then per rank (and the rank checks its records
+# show ran: ``_rank_checks_run``). Any other check a finding names gets a suite too (per rank
+# when one of its findings names a rank, else per host).
 PREFLIGHT_HOST_CHECKS = ("ssh", "python", "torch_import", "hostname")
 PREFLIGHT_RANK_CHECKS = ("rendezvous", "world_size", "all_reduce", "barrier")
 CLUSTER_CASE = "cluster"  # the testcase of findings about no host in particular
@@ -172,9 +173,9 @@ def _carry_tree(root: ET.Element) -> None:
 
 
 def _checks(report: Report) -> list[str]:
-    checks: list[str] = ["ssh"]
+    checks: list[str] = [] if report.command == "node" else ["ssh"]  # node runs on its host
     if report.command == "preflight":
-        checks += [*PREFLIGHT_HOST_CHECKS[1:], *PREFLIGHT_RANK_CHECKS]
+        checks += [*PREFLIGHT_HOST_CHECKS[1:], *PREFLIGHT_RANK_CHECKS, *_rank_checks_run(report)]
     for finding in report.findings:
         if finding.check not in checks:
             checks.append(finding.check)
@@ -184,8 +185,21 @@ def _checks(report: Report) -> list[str]:
     return checks
 
 
+def _rank_checks_run(report: Report) -> list[str]:
+    """Preflight's rank checks beyond the probe's, as the ranks' records show they ran (each
+    --skip-able): the consistency checks of the sections their fingerprints carry, the compute
+    check (a slow device is a ``straggler``) and the numerics check."""
+    prints = [r.fingerprint for r in report.ranks if r.fingerprint]
+    ran = ["versions", "dtype", "env_drift"] if prints else []
+    ran += ["seed"] if any("rng" in p for p in prints) else []
+    ran += ["params", "step"] if any("ddp" in p for p in prints) else []
+    ran += ["straggler"] if any(r.compute for r in report.ranks) else []
+    return ran + (["numerics"] if any(r.numerics for r in report.ranks) else [])
+
+
 def _rank_scoped_checks(report: Report) -> set[str]:
-    scoped = set(PREFLIGHT_RANK_CHECKS) if report.command == "preflight" else set()
+    scoped = (set(PREFLIGHT_RANK_CHECKS) | set(_rank_checks_run(report))
+              if report.command == "preflight" else set())
     scoped |= {f.check for f in report.findings if f.rank is not None}
     return scoped
 
