@@ -173,7 +173,7 @@ def hang_names(cluster, workdir: pathlib.Path, name: str,
         findings = json.loads(report.read_text())["findings"]
     except (OSError, ValueError, KeyError):
         return []
-    return [f["message"] for f in findings if f["check"] == "straggler"]
+    return [f["message"] for f in findings if f["check"] in ("straggler", "slow_link")]
 
 
 def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps: int,
@@ -240,9 +240,10 @@ def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps:
                 time.sleep(15)  # recovers: the Monitor forgets it before the next one
     finally:
         if monitor:  # a line naming any other rank, healthy stretch or not, is a false alarm
-            result["others_named"] = sum(1 for line in straggler_lines(job)
-                                         if f"straggler: rank {VICTIM} " not in line
-                                         and NETWORK_WORDS not in line)
+            others = [line for line in straggler_lines(job)
+                      if f"straggler: rank {VICTIM} " not in line and NETWORK_WORDS not in line]
+            result["others_named"] = len(others)
+            print("\n".join(others[:6]), flush=True)  # what they said
         job.stop()
     return result
 
