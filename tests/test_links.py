@@ -157,6 +157,17 @@ def test_the_links_of_a_host_whose_rank_arrives_late_are_not_judged(seed):
     assert slow_links(job, 3.0, explained=[victim]) == []
 
 
+def test_a_host_slowing_down_is_no_slow_link_while_its_other_pair_is_slow_too():
+    """At the onset one of the slowed host's pairs may be busy half the window before the
+    other is: that is no slow link (the other is slow too, only less busy so far)."""
+    rng = random.Random(4)
+    job = ring_job(rng, 5, {"h3": 50.0})
+    job = [c if not (c.host == "h3" and c.sent > MIN_BYTES // 2) else
+           Connection(c.rank, c.host, c.local, c.peer, c.sent // 3, c.received, c.busy_s / 3)
+           for c in job]  # h3 -> h4 slow but busy a sixth of the window at most
+    assert slow_links(job, 3.0) == []
+
+
 def test_two_hosts_alone_cannot_be_told_apart():
     rng = random.Random(2)
     assert slow_links(ring_job(rng, 2, {"h1": 50.0}), 3.0) == []

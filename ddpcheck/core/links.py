@@ -18,7 +18,8 @@ reads slowly, and its incoming link waits for it). A host is slow when every jud
 through it runs ``SLOW_RATIO`` times slower than the median of the judged pairs that do not
 touch it (the hosts' pairs compare with the rest, as the bandwidth sweep's localization does,
 so a job of three hosts, two of whose three links run through the slow one, still names it); a
-pair alone that slow, through no slow host, is a slow link.
+pair alone that slow, whose hosts each have a pair that is not slow, is a slow link (as the
+bandwidth sweep names one).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CONNECTION_BYTES = 64 << 10  # counting its connections that carried this much (
 # but measured under a 3 % quota that pair was busy 9-13 % of the window.
 MIN_BUSY_SHARE = 0.5
 SLOW_RATIO = 4.0  # slow: this many times slower than the median of the job's other pairs
+ELSEWHERE_RATIO = 2.0  # a slow link's hosts each carry another pair this much faster
 # The kernel counts busy time in jiffies (1-10 ms), and a fast pair's sends each end within one:
 # its busy time may read 0. Rates take at least this as the busy time.
 BUSY_FLOOR_S = 0.01
@@ -155,9 +157,18 @@ def slow_links(connections: Sequence[Connection], span_s: float,
         if {pair.source, pair.target} & slow_hosts:
             continue
         median = _slow([pair], [p for p in pairs if p is not pair], span_s)
-        if median is not None:
+        if median is not None and all(_fast_elsewhere(host, pair, pairs)
+                                      for host in (pair.source, pair.target)):
             found.append(_named(pair.source, pair.target, [pair], median, span_s, connections))
     return found
+
+
+def _fast_elsewhere(host: str, pair: PairRate, pairs: Sequence[PairRate]) -> bool:
+    """``host`` carries another judged pair ``ELSEWHERE_RATIO`` times faster than ``pair``:
+    the link, not the host, is slow (a host slowing down shows one slow pair busy enough to
+    judge before the other, which runs as slowly)."""
+    return any(p is not pair and host in (p.source, p.target)
+               and p.rate >= ELSEWHERE_RATIO * pair.rate for p in pairs)
 
 
 def _named(host: str, target: Optional[str], pairs: Sequence[PairRate], median: PairRate,
