@@ -8,34 +8,17 @@ calls the job hung, and no one is named while it is healthy.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import json
 import time
 
 import pytest
 
-from hostsfile import cluster_hosts_yaml
 from test_straggler_cluster import STRAGGLERJOB, last_step
+from test_straggler_reasons_cluster import hang, monitor_lines
 from torchrunjob import start_job
 
 pytestmark = pytest.mark.cluster
 
 SLOW_MBIT = 20.0
-
-
-def hang(cluster, tmp_path, name: str) -> tuple[subprocess.CompletedProcess, dict]:
-    hosts_yaml = cluster_hosts_yaml(cluster, tmp_path / "hosts.yaml", cluster.hosts[:3])
-    report_path = tmp_path / f"hang-{name}.json"
-    done = subprocess.run([sys.executable, "-m", "ddpcheck", "hang", str(hosts_yaml), "--json",
-                           str(report_path), "--window", "3", "--no-stacks", "--timeout", "150"],
-                          capture_output=True, text=True, timeout=180)
-    return done, json.loads(report_path.read_text())
-
-
-def monitor_lines(job) -> list[str]:
-    return [line for host in job.hosts for line in job.log_of(host).splitlines()
-            if "straggler:" in line]
 
 
 def stragglers(report: dict) -> list[dict]:

@@ -2,8 +2,9 @@
 
 Runs on the launcher, in ``ddpcheck hang``'s analysis (``analyze/hang.py``), on what the scan
 read twice per rank (``remote/tcpinfo.py``), and in the job, on the Monitor's leader
-(``injob/links.py``), on what every rank published: per connection, the bytes the peer acknowledged and
-the time the connection was busy sending, less the time the receiver's window held it. A slow
+(``injob/links.py``), on what every rank published: per connection, the bytes the peer
+acknowledged and the time the connection was busy sending, less the time the receiver's window
+held it. A slow
 NIC or link makes no rank late (every rank waits inside the same collective), so the arrival
 rules say nothing; the connections do: those through the slow host carry a fraction of what
 the job's other links carry while busy.
@@ -18,8 +19,8 @@ reads slowly, and its incoming link waits for it). A host is slow when every jud
 through it runs ``SLOW_RATIO`` times slower than the median of the judged pairs that do not
 touch it (the hosts' pairs compare with the rest, as the bandwidth sweep's localization does,
 so a job of three hosts, two of whose three links run through the slow one, still names it); a
-pair alone that slow, whose hosts each have a pair that is not slow, is a slow link (as the
-bandwidth sweep names one).
+pair alone ``LINK_RATIO`` times slower, whose hosts each have a pair that is not slow, is a slow
+link (as the bandwidth sweep names one).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ CONNECTION_BYTES = 64 << 10  # counting its connections that carried this much (
 # but measured under a 3 % quota that pair was busy 9-13 % of the window.
 MIN_BUSY_SHARE = 0.5
 SLOW_RATIO = 4.0  # slow: this many times slower than the median of the job's other pairs
+# A link alone is named at twice that: a healthy pair of a host whose CPUs are overloaded (the
+# kernel's network work waits for them too) was measured 4.1x slower than the median, busy 74 %.
+LINK_RATIO = 8.0
 ELSEWHERE_RATIO = 2.0  # a slow link's hosts each carry another pair this much faster
 # The kernel counts busy time in jiffies (1-10 ms), and a fast pair's sends each end within one:
 # its busy time may read 0. Rates take at least this as the busy time.
@@ -112,7 +116,7 @@ def host_of_addresses(connections: Iterable[Connection]) -> dict[str, str]:
     return {ip: next(iter(names)) for ip, names in hosts.items() if len(names) == 1}
 
 
-def pair_rates(connections: Sequence[Connection], span_s: float) -> list[PairRate]:
+def pair_rates(connections: Sequence[Connection]) -> list[PairRate]:
     """The judged directed host pairs (other hosts of the job only), sending side."""
     where = host_of_addresses(connections)
     sums: dict[tuple[str, str], list[float]] = {}
@@ -127,14 +131,14 @@ def pair_rates(connections: Sequence[Connection], span_s: float) -> list[PairRat
             if sent >= MIN_BYTES]
 
 
-def _slow(pairs: Sequence[PairRate], others: Sequence[PairRate],
-          span_s: float) -> Optional[PairRate]:
-    """The others' median pair when every pair of ``pairs`` is SLOW_RATIO below its rate and
+def _slow(pairs: Sequence[PairRate], others: Sequence[PairRate], span_s: float,
+          ratio: float = SLOW_RATIO) -> Optional[PairRate]:
+    """The others' median pair when every pair of ``pairs`` is ``ratio`` below its rate and
     was busy MIN_BUSY_SHARE of the window."""
     if not pairs or not others:
         return None
     median = sorted(others, key=lambda p: p.rate)[(len(others) - 1) // 2]
-    return median if all(p.rate * SLOW_RATIO <= median.rate
+    return median if all(p.rate * ratio <= median.rate
                          and p.busy_s >= MIN_BUSY_SHARE * span_s for p in pairs) else None
 
 
@@ -144,7 +148,7 @@ def slow_links(connections: Sequence[Connection], span_s: float,
     ``explained`` host (one whose rank arrives late, for its own reasons: starved, blocked,
     stopped) are left out: its links carry little because it does."""
     late = set(explained)
-    pairs = [p for p in pair_rates(connections, span_s) if not {p.source, p.target} & late]
+    pairs = [p for p in pair_rates(connections) if not {p.source, p.target} & late]
     hosts = sorted({p.source for p in pairs} | {p.target for p in pairs})
     found: list[SlowLink] = []
     for host in hosts:
@@ -156,7 +160,7 @@ def slow_links(connections: Sequence[Connection], span_s: float,
     for pair in pairs:
         if {pair.source, pair.target} & slow_hosts:
             continue
-        median = _slow([pair], [p for p in pairs if p is not pair], span_s)
+        median = _slow([pair], [p for p in pairs if p is not pair], span_s, LINK_RATIO)
         if median is not None and all(_fast_elsewhere(host, pair, pairs)
                                       for host in (pair.source, pair.target)):
             found.append(_named(pair.source, pair.target, [pair], median, span_s, connections))

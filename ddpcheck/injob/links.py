@@ -5,8 +5,8 @@ rank's (``core.links``, the same rule and words as ``ddpcheck hang`` from outsid
 Runs in the Monitor's background thread (``injob.stragglers.StragglerWatch``). A slow network
 makes no rank late (every rank waits inside the same collective), so the step rows cannot name
 it; the bytes each connection carried per second it was busy can. The connections are read
-with ``getsockopt(TCP_INFO)`` (``remote.tcpinfo.own_links``) once a second, and compared over the
-last ``LINK_WINDOW_S``.
+with ``getsockopt(TCP_INFO)`` (``remote.tcpinfo.own_links``) once a second, and compared over
+the last ``LINK_WINDOW_S``.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ class LinkSampler:
 
 def link_verdict(entries: Mapping[int, Mapping[str, Any]],
                  explained: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """The leader's: a slow host or link from the ranks' published connections, as verdict
-    entries (rule "link", on the first of the ranks it names); the links of the ``explained``
-    hosts (a straggler there) are not judged."""
+    """The leader's: a slow host (rule "network") or link (rule "link") from the ranks'
+    published connections, as verdict entries on the first of the ranks each names; the links
+    of the ``explained`` hosts (a straggler there) are not judged."""
     connections, spans = [], []
     for rank, entry in entries.items():
         published = entry.get("links")
@@ -67,6 +67,8 @@ def link_verdict(entries: Mapping[int, Mapping[str, Any]],
     if not connections:
         return []
     return [{"rank": found.ranks[0], "ranks": list(found.ranks), "host": found.host,
-             "reason": "network", "rule": "link", "message": found.message()}
+             "reason": "link" if found.target else "network",  # a link, then its host: both logged
+             "rule": "link" if found.target else "network",
+             "message": found.message()}
             for found in slow_links(connections, statistics.median(spans), explained)
             if found.ranks]

@@ -472,10 +472,11 @@ class StragglerWatch:
                    staying: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
         """The stragglers of enough verdicts in a row: by the ``steady`` rule, verdicts
         spanning ``confirm_s`` (a rank starved for half a second by a neighbour is late in 10
-        short steps, but not for seconds on end); by ``stopped`` and ``throttled``,
+        short steps, but not for seconds on end), and so a slow ``link`` alone (a neighbour's
+        load on a host's CPUs slows its network work too); by ``stopped`` and ``throttled``,
         ``confirmations`` verdicts (one by default: no neighbour stops a process or throttles
-        its cgroup); by ``quick``, one (its evidence already spans several steps by a large
-        margin). A rank already named stays named while it is late in half the
+        its cgroup); by ``quick`` and a slow host's ``network``, one (their evidence already
+        spans several steps, or every link of the host, by a large margin). A rank already named stays named while it is late in half the
         window (``staying``), so that a straggler late in 8 steps of 10 now and then is not
         named and released by turns."""
         thresholds = self.thresholds
@@ -486,7 +487,7 @@ class StragglerWatch:
                    if int(entry["rank"]) in self.named_ranks}
         entries.update({int(entry["rank"]): entry for entry in verdict})
         self.streak = {rank: self.streak.get(rank, 0) + 1 for rank in entries}
-        needed = {"quick": 1, "link": 1, "stopped": thresholds.confirmations,
+        needed = {"quick": 1, "network": 1, "stopped": thresholds.confirmations,
                   "throttled": thresholds.confirmations}
         self.named_ranks = {rank for rank, entry in entries.items() if rank in self.named_ranks
                             or self.streak[rank] >= needed.get(entry.get("rule"), steady)}
