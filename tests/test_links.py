@@ -274,3 +274,32 @@ def test_a_link_four_times_slower_than_the_others_is_not_named_alone():
         job.append(Connection(10 + h, f"h{b}", f"10.0.0.{b}:5000", f"10.0.0.{a}:4000",
                               0, int(rate * busy), 0.0))
     assert slow_links(job, span) == []
+
+
+def test_both_readers_write_ipv6_and_v4_mapped_ends_alike():
+    """The scan's sock_diag reader and the Monitor's getsockopt reader name a connection's ends
+    the same way: ``[ip]:port`` for IPv6, and a dual-stack socket's v4-mapped peer as IPv4."""
+    opened = []
+    try:
+        for host, mapped in (("::1", False), ("::", True)):
+            server = socket.socket(socket.AF_INET6)
+            opened.append(server)
+            if mapped:
+                server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            server.bind((host, 0))
+            server.listen()
+            client = socket.create_connection(("127.0.0.1" if mapped else "::1",
+                                               server.getsockname()[1]))
+            opened += [client, server.accept()[0]]
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        own = sorted(entry[:2] for entry in tcpinfo.own_links())
+        dumped = sorted(entry[:2] for entry in tcpinfo.process_links(
+            os.getpid(), tcpinfo.established_sockets()))
+        assert own == dumped
+        assert any(local.startswith("[::1]:") for local, _ in own), own
+        assert any(local.startswith("127.0.0.1:") for local, _ in own), own
+    finally:
+        for s in opened:
+            s.close()
