@@ -837,7 +837,7 @@ def test_the_monitor_asks_nccl_to_time_collectives_only_before_the_group_exists(
     is not NCCL gets no completion hook either way."""
     import torch.distributed as dist
 
-    from ddpcheck.injob.stragglers import NCCL_TIMING_ENV, ask_nccl_timing, nccl_collective_clock
+    from ddpcheck.injob.stragglers import NCCL_TIMING_ENV, ask_nccl_timing, nccl_collective_log
 
     environ: dict[str, str] = {}
     ask_nccl_timing(environ)
@@ -851,6 +851,64 @@ def test_the_monitor_asks_nccl_to_time_collectives_only_before_the_group_exists(
         environ = {}
         ask_nccl_timing(environ)
         assert environ == {}
-        assert nccl_collective_clock() is None  # gloo
+        assert nccl_collective_log() is None  # gloo
     finally:
         dist.destroy_process_group()
+
+
+def test_collectives_are_credited_to_the_step_that_issued_them():
+    """Generated timelines: each collective's seconds go to the step whose span holds its
+    issue time (a linear scan says which), those issued after the last step ended wait for
+    theirs, and those before the history are dropped."""
+    from ddpcheck.injob.stragglers import credit_collectives
+
+    rng = random.Random(7)
+    for _ in range(200):
+        start = rng.uniform(0, 100)
+        bounds = [start]
+        for _ in range(rng.randint(0, 12)):
+            bounds.append(bounds[-1] + rng.choice([0.0005, 0.01, 0.1, rng.uniform(0, 2)]))
+        spans = list(zip(bounds, bounds[1:]))
+        collectives = [(rng.uniform(start - 1, bounds[-1] + 1), rng.uniform(0, 0.1))
+                       for _ in range(rng.randint(0, 40))]
+        added, later = credit_collectives(spans, collectives)
+        expected = [sum(s for t, s in collectives if a <= t < b) for a, b in spans]
+        assert added == pytest.approx(expected)
+        assert later == [(t, s) for t, s in collectives if not spans or t >= bounds[-1]]
+
+
+def test_the_nccl_clock_gives_each_short_step_its_own_collectives_though_the_hook_is_late():
+    """NCCL's completion hook runs when its watchdog finds a collective done, up to 100 ms
+    later: with 20 ms steps the records of five steps arrive at once. Each step gets the time
+    of the collectives it issued (here every other step issues one of 15 ms), and a step is
+    given only once a collective issued after it completed, or half a second after it
+    ended. The records are shaped as ProcessGroupNCCL's WorkInfo gives them (timedeltas on
+    the monotonic clock); the real hook runs in tests/test_straggler_gpu.py."""
+    import time
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from ddpcheck.injob.stragglers import CollectiveLog, StepClock
+
+    log, clock = CollectiveLog(), StepClock()
+    clock.attach(log)
+    issued = []
+    clock.sample(0, time.time())
+    for step in range(1, 11):
+        if step % 2:
+            issued.append(time.monotonic())  # the collective of this step
+        time.sleep(0.02)
+        clock.sample(step, time.time())
+        if step == 5:  # the watchdog's poll: the collectives of steps 1, 3, 5 complete
+            assert clock.recent() == []
+            for started in issued:
+                log.completed(SimpleNamespace(time_started=timedelta(seconds=started),
+                                              active_duration=timedelta(milliseconds=15)))
+            issued = []
+    rows = clock.recent()
+    assert [row[0] for row in rows] == [1, 2, 3, 4]  # step 5 ends after the last issue time
+    for step, _, busy, wait, *_ in rows:
+        assert wait == (0.015 if step % 2 else 0.0)
+        assert busy > 0.004 if step % 2 else busy > 0.019
+    time.sleep(0.55)
+    assert [row[0] for row in clock.recent()] == list(range(1, 11))

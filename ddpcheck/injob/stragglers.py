@@ -13,8 +13,9 @@ channel: asleep outside a futex it is *blocked* outside the collectives (a data 
 sleep), and time the whole process lost (a gap in the sampler's own clock) it was *stopped*;
 ``sample`` takes both per step, so *wait* is the time in the collectives only.
 On a GPU job with NCCL the training thread spins rather than blocks, so there *wait* is the
-time the GPU spent in NCCL collectives (the process group's completion hook: a straggler's
-collectives start last and are the shortest), and busy the rest.
+time the GPU spent in the NCCL collectives the step issued (the process group's completion
+hook, credited by each collective's issue time: a straggler's collectives start last and are
+the shortest), and busy the rest.
 
 The exchange (``StragglerWatch.tick``, on the Monitor's background thread, never on the
 training path): every ``period_s`` (``EXCHANGE_S``, a quarter second, so that a straggler's
@@ -35,6 +36,7 @@ period, which ``period_s`` scales up with the world size (a second at 500 ranks)
 from __future__ import annotations
 
 import atexit
+import bisect
 import json
 import logging
 import math
@@ -43,7 +45,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Any, Callable, Mapping, MutableMapping, Optional, Sequence
+from typing import Any, Mapping, MutableMapping, Optional, Sequence
 
 from ..core import heartbeat
 from ..core.cgroupcpu import cpu_stat_paths, throttled_s
@@ -52,6 +54,7 @@ from .links import LinkSampler, link_verdict
 
 HISTORY = 32  # steps each rank keeps and publishes: the window plus slack for publish jitter
 SAMPLE_S = 0.02  # how often the sampler reads the training thread's state
+SETTLE_S = 0.5  # NCCL: a step is complete this long after it ended, whatever completed
 EXCHANGE_S = 0.25  # how often the ranks exchange their steps (at most; more ranks: slower)
 VERDICT_KEY = "stragglers/verdict"
 ROWS_KEY = "stragglers/rank/"
@@ -235,7 +238,7 @@ class StepClock:
     rank shows) comes from ``/proc/self/task/TID/schedstat``, read by the background thread
     each beat (``refresh``) as a rate, and is added to each step in proportion to its length.
     ``environ``: the process's environment, where NCCL is asked to time its collectives
-    (``ask_nccl_timing``) for ``collective_s``.
+    (``ask_nccl_timing``) for ``collectives``.
     """
 
     def __init__(self, environ: Optional[MutableMapping[str, str]] = None) -> None:
@@ -246,9 +249,14 @@ class StepClock:
         self.runq_rate = 0.0  # seconds runnable-not-running per second, recently
         self.quota = QuotaClock()  # seconds its cgroups were throttled per second, recently
         self._runq_last: Optional[tuple[float, float]] = None  # (monotonic, runq seconds)
-        self._last: Optional[tuple[float, float]] = None  # (perf_counter, thread_time)
-        self.collective_s: Optional[Callable[[], float]] = None  # NCCL: seconds in collectives
-        self._last_collective = 0.0
+        self._last: Optional[tuple[float, float]] = None  # (monotonic, thread_time)
+        self.collectives: Optional[CollectiveLog] = None  # NCCL: its collectives' GPU time
+        # NCCL: each step's (start, end, row), its row's wait credited as its collectives
+        # complete; the leftover collectives issued after the last step ended; and the latest
+        # issue time of a completed collective (the steps that ended before it are complete)
+        self._spans: deque[tuple[float, float, list[Any]]] = deque(maxlen=HISTORY)
+        self._unplaced: list[tuple[float, float]] = []
+        self._settled = -math.inf
         self.sampler: Optional[ThreadSampler] = None
         self.channel: Optional[str] = None  # where it was blocked most, recently
 
@@ -272,47 +280,66 @@ class StepClock:
         self._runq_last = (now, runq)
 
     def sample(self, step: int, now: float) -> None:
-        mark = time.perf_counter()
+        mark = time.monotonic()  # CLOCK_MONOTONIC: the clock NCCL's steady_clock reads too
         cpu = time.thread_time()
         if self.tid is None:
             self.tid = threading.get_native_id()
         last, self._last = self._last, (mark, cpu)
-        collective = self.collective_s() if self.collective_s is not None else None
-        if collective is not None:
-            spent, self._last_collective = collective - self._last_collective, collective
         if last is None:
             return
         wall = mark - last[0]
-        starved = blocked = stopped = throttled = 0.0
-        if collective is not None:  # NCCL: the thread spins; the GPU's collective time is wait
-            wait = min(max(spent, 0.0), wall)
-            busy_s = wall - wait
-        else:
-            blocked_share, stopped = self.sampler.step_shares() if self.sampler else (0.0, 0.0)
-            stopped = min(stopped, wall)
-            starved = min(self.runq_rate * wall, wall - stopped)
-            busy_s = min(max(cpu - last[1], 0.0) + starved, wall - stopped)
-            blocked = min(blocked_share * (wall - stopped), wall - stopped - busy_s)
-            # waiting in a futex while its process queued for a CPU (a quota on the process
-            # throttles gloo's threads too): waiting for its own threads, starved
-            own = min(self.sampler.step_queued_s if self.sampler else 0.0,
-                      wall - stopped - busy_s - blocked)
-            starved, busy_s = starved + own, busy_s + own
-            # its cgroup throttled meanwhile: held by its quota, not waiting for the others
-            throttled = min(self.quota.rate * wall, wall - stopped)
-            more = min(max(throttled - starved, 0.0), wall - stopped - busy_s - blocked)
-            starved, busy_s = starved + more, busy_s + more
-            wait = wall - stopped - busy_s - blocked  # in the collectives: for the others
+        if self.collectives is not None:  # NCCL: the thread spins; ``recent`` credits the wait
+            row = [step, round(now, 6), round(wall, 6), 0.0, 0.0, 0.0, 0.0, 0.0]
+            self._spans.append((last[0], mark, row))
+            return
+        blocked_share, stopped = self.sampler.step_shares() if self.sampler else (0.0, 0.0)
+        stopped = min(stopped, wall)
+        starved = min(self.runq_rate * wall, wall - stopped)
+        busy_s = min(max(cpu - last[1], 0.0) + starved, wall - stopped)
+        blocked = min(blocked_share * (wall - stopped), wall - stopped - busy_s)
+        # waiting in a futex while its process queued for a CPU (a quota on the process
+        # throttles gloo's threads too): waiting for its own threads, starved
+        own = min(self.sampler.step_queued_s if self.sampler else 0.0,
+                  wall - stopped - busy_s - blocked)
+        starved, busy_s = starved + own, busy_s + own
+        # its cgroup throttled meanwhile: held by its quota, not waiting for the others
+        throttled = min(self.quota.rate * wall, wall - stopped)
+        more = min(max(throttled - starved, 0.0), wall - stopped - busy_s - blocked)
+        starved, busy_s = starved + more, busy_s + more
+        wait = wall - stopped - busy_s - blocked  # in the collectives: for the others
         self.rows.append([step, round(now, 6), round(busy_s, 6), round(wait, 6),
                           round(starved, 6), round(blocked, 6), round(stopped, 6),
                           round(throttled, 6)])
 
-    def attach(self, collective_s: Callable[[], float]) -> None:
-        self._last_collective = collective_s()
-        self.collective_s = collective_s
+    def attach(self, collectives: "CollectiveLog") -> None:
+        """NCCL: from now on a step's wait is the GPU time of the collectives issued in it."""
+        collectives.take()  # those issued before: their steps were timed without them
+        self.collectives = collectives
 
     def recent(self) -> list[list[Any]]:
-        return list(self.rows)
+        """The last steps' rows (background thread). On NCCL, the collectives completed since
+        the last call are credited to the steps that issued them, and only complete steps are
+        given: those that ended before a completed collective was issued (one group's
+        collectives complete in the order they were issued), or ``SETTLE_S`` ago (a step
+        whose collectives ran on another group). The hook runs when NCCL's watchdog finds a
+        collective done, up to a poll (100 ms) later: steps shorter than that would otherwise
+        get the wait of a step before."""
+        if self.collectives is None:
+            return list(self.rows)
+        done = self.collectives.take()
+        if done:
+            self._settled = max(self._settled, max(started for started, _ in done))
+        spans = list(self._spans)
+        added, unplaced = credit_collectives([(start, end) for start, end, _ in spans],
+                                             self._unplaced + done)
+        self._unplaced = unplaced[-HISTORY * 64:]  # a job that stopped calling step()
+        for (start, end, row), seconds in zip(spans, added):
+            if seconds:
+                wall = end - start
+                row[3] = round(min(row[3] + seconds, wall), 6)
+                row[2] = round(wall - row[3], 6)
+        settled = max(self._settled, time.monotonic() - SETTLE_S)
+        return [row for _, end, row in spans if end <= settled]
 
     def close(self) -> None:
         self.quota.close()
@@ -324,15 +351,59 @@ NCCL_TIMING_ENV = "TORCH_NCCL_ENABLE_TIMING"
 def ask_nccl_timing(environ: MutableMapping[str, str]) -> None:
     """Before the job creates its process group: ask ProcessGroupNCCL to time every collective
     with CUDA events (``TORCH_NCCL_ENABLE_TIMING=1``, read when a group is created), which its
-    completion hook needs (``nccl_collective_clock``). A value the job set stays; a group that is
+    completion hook needs (``nccl_collective_log``). A value the job set stays; a group that is
     already up is left alone (its collectives are not timed, so it gets no hook)."""
     if not _group_up():
         environ.setdefault(NCCL_TIMING_ENV, "1")
 
 
-def nccl_collective_clock(warn: bool = True) -> Optional[Callable[[], float]]:
-    """On an NCCL default group: a running total of the GPU time its collectives took (from the
-    process group's completion hook), else None. Only when the job already imported torch.
+def credit_collectives(spans: Sequence[tuple[float, float]],
+                       collectives: Sequence[tuple[float, float]]
+                       ) -> tuple[list[float], list[tuple[float, float]]]:
+    """Pure: the seconds of ``collectives`` ((issued at, seconds) each) that fall to each of
+    ``spans`` ((start, end) of consecutive steps, in order) by when each was issued; and the
+    collectives issued after the last span ended (their step has not ended: kept for the next
+    call). Those issued before the first span are dropped (their step left the history)."""
+    added = [0.0] * len(spans)
+    ends = [end for _, end in spans]
+    later = []
+    for started, seconds in collectives:
+        if not spans or started >= ends[-1]:
+            later.append((started, seconds))
+        elif started >= spans[0][0]:
+            added[bisect.bisect_right(ends, started)] += seconds
+    return added, later
+
+
+class CollectiveLog:
+    """An NCCL process group's completed collectives, from its completion hook (NCCL's hook
+    thread appends, the Monitor's thread takes): (issued at, on the monotonic clock; seconds
+    the GPU spent in it) each. ``WorkInfo.time_started`` is the host's issue time on
+    ``std::chrono::steady_clock`` (CLOCK_MONOTONIC, as ``time.monotonic``), and
+    ``active_duration`` the CUDA-event time from the collective's start to its end."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.done: deque[tuple[float, float]] = deque(maxlen=keep)
+
+    def completed(self, info: Any) -> None:
+        started, duration = info.time_started, info.active_duration
+        if started is not None and duration is not None:
+            self.done.append((_seconds(started), _seconds(duration)))
+
+    def take(self) -> list[tuple[float, float]]:
+        taken = []
+        while self.done:
+            taken.append(self.done.popleft())
+        return taken
+
+
+def _seconds(value: Any) -> float:
+    return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
+
+
+def nccl_collective_log(warn: bool = True) -> Optional[CollectiveLog]:
+    """On an NCCL default group: the log of its completed collectives (from the process
+    group's completion hook), else None. Only when the job already imported torch.
     The hook needs every collective timed with CUDA events: ProcessGroupNCCL refuses it
     otherwise, and turning timing on (``_enable_collectives_timing``) while collectives are in
     flight is worse: the hook then reads an untimed one and the group aborts its communicators.
@@ -354,16 +425,9 @@ def nccl_collective_clock(warn: bool = True) -> Optional[Callable[[], float]]:
         if "nccl" not in backend and backend != "undefined":  # "cpu:gloo,cuda:nccl" counts
             return None
         group = dist.distributed_c10d._get_default_group()
-        total = [0.0]
-
-        def completed(info: Any) -> None:
-            duration = getattr(info, "active_duration", None)
-            if duration is not None:
-                total[0] += duration.total_seconds() if hasattr(duration, "total_seconds") \
-                    else float(duration)
-
+        log = CollectiveLog()
         try:
-            group._register_on_completion_hook(completed)
+            group._register_on_completion_hook(log.completed)
         except ValueError:  # ProcessGroupNCCL: the group's collectives are not timed
             if warn:
                 logger.warning(
@@ -372,7 +436,7 @@ def nccl_collective_clock(warn: bool = True) -> Optional[Callable[[], float]]:
                     "the Monitor before init_process_group, or set it", NCCL_TIMING_ENV)
             return None
         atexit.register(_drain_hooks, group)
-        return lambda: total[0]
+        return log
     except Exception as exc:  # noqa: BLE001 - an older torch, a group without NCCL: schedstat
         logger.debug("ddpcheck monitor: no NCCL completion hook (%s)", exc)
         return None
@@ -446,9 +510,9 @@ class StragglerWatch:
             clock.sampler.start(clock.tid)
         if not self.hooked and _group_up():  # the group may come up after the Monitor: once
             self.hooked = True
-            collective_s = nccl_collective_clock(warn=monitor.rank == 0)
-            if collective_s is not None:
-                monitor.clock.attach(collective_s)
+            collectives = nccl_collective_log(warn=monitor.rank == 0)
+            if collectives is not None:
+                monitor.clock.attach(collectives)
         rows = monitor.clock.recent()
         if self.store is not None:
             self.store.set(f"{ROWS_KEY}{monitor.rank}", json.dumps(
