@@ -2,7 +2,8 @@
 # The GPU suite in one call, for a machine with one NVIDIA GPU and no network (e.g. one H200).
 #
 #   gpu/run-suite.sh            install from this tree (+ gpu/wheels), run every step, write docs/gpu.md
-#   gpu/run-suite.sh --dry-run  no install, no GPU: check every step is wired (CI runs this)
+#   gpu/run-suite.sh --dry-run  no install, no GPU: check every step is wired (CI runs this;
+#                               with .venv/bin/python, or $PYTHON)
 #
 # Install: a venv (.gpu-venv) that sees the machine's own packages (its CUDA torch), ddpcheck
 # from this working tree (editable, no index), and, for each requirement the machine lacks,
@@ -20,6 +21,13 @@ out=${OUT:-docs/gpu.md}
 deadline=${DEADLINE_S:-450}
 
 if [ "$dry" = 1 ]; then
+  # the checkout's own virtualenv (README's set-up) unless PYTHON says otherwise
+  [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && python=.venv/bin/python
+  "$python" -c "import torch, ddpcheck" 2>/dev/null || {
+    echo "ddpcheck gpu suite: $python cannot import torch and ddpcheck: set PYTHON to the" \
+         "interpreter of the README's set-up (.venv/bin/python)" >&2
+    exit 2
+  }
   exec "$python" gpu/suite.py --dry-run --out "${OUT:-/dev/stdout}" --deadline "$deadline"
 fi
 
