@@ -912,3 +912,29 @@ def test_the_nccl_clock_gives_each_short_step_its_own_collectives_though_the_hoo
         assert busy > 0.004 if step % 2 else busy > 0.019
     time.sleep(0.55)
     assert [row[0] for row in clock.recent()] == list(range(1, 11))
+
+
+def test_the_nccl_log_reads_either_clock_torch_gives_and_never_raises_on_the_hook_thread():
+    """Torch before late 2025 gave WorkInfo.time_started as a system-clock datetime, later as
+    a steady_clock timedelta: both come back as the same monotonic instant; a record of
+    another shape is dropped, not raised on NCCL's hook thread."""
+    import time
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    from ddpcheck.injob.stragglers import CollectiveLog
+
+    log = CollectiveLog()
+    now_mono, now_wall = time.monotonic(), time.time()
+    ten_ms = timedelta(milliseconds=10)
+    log.completed(SimpleNamespace(time_started=timedelta(seconds=now_mono - 1),
+                                  active_duration=ten_ms))
+    log.completed(SimpleNamespace(time_started=datetime.fromtimestamp(now_wall - 1),
+                                  active_duration=ten_ms))
+    log.completed(SimpleNamespace(time_started="soon", active_duration=ten_ms))
+    log.completed(SimpleNamespace(active_duration=ten_ms))
+    (steady, seconds1), (system, seconds2) = log.take()
+    assert steady == pytest.approx(now_mono - 1, abs=1e-6)
+    assert system == pytest.approx(now_mono - 1, abs=0.01)
+    assert seconds1 == seconds2 == pytest.approx(0.01)
+    assert log.take() == []

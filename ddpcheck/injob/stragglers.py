@@ -378,17 +378,19 @@ def credit_collectives(spans: Sequence[tuple[float, float]],
 class CollectiveLog:
     """An NCCL process group's completed collectives, from its completion hook (NCCL's hook
     thread appends, the Monitor's thread takes): (issued at, on the monotonic clock; seconds
-    the GPU spent in it) each. ``WorkInfo.time_started`` is the host's issue time on
-    ``std::chrono::steady_clock`` (CLOCK_MONOTONIC, as ``time.monotonic``), and
-    ``active_duration`` the CUDA-event time from the collective's start to its end."""
+    the GPU spent in it) each. ``WorkInfo.time_started`` is the host's issue time
+    (``_monotonic_of``), and ``active_duration`` the CUDA-event time from the collective's
+    start to its end."""
 
     def __init__(self, keep: int = 4096) -> None:
         self.done: deque[tuple[float, float]] = deque(maxlen=keep)
 
     def completed(self, info: Any) -> None:
-        started, duration = info.time_started, info.active_duration
-        if started is not None and duration is not None:
-            self.done.append((_seconds(started), _seconds(duration)))
+        try:
+            started = _monotonic_of(info.time_started)
+            self.done.append((started, _seconds(info.active_duration)))
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            return  # never raise on NCCL's hook thread: a record lost is a step less judged
 
     def take(self) -> list[tuple[float, float]]:
         taken = []
@@ -399,6 +401,15 @@ class CollectiveLog:
 
 def _seconds(value: Any) -> float:
     return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
+
+
+def _monotonic_of(started: Any) -> float:
+    """A collective's issue time on the monotonic clock. Recent torch (2.13 here) gives the
+    steady_clock time point (a timedelta since its epoch: CLOCK_MONOTONIC); releases before
+    late 2025 converted it to the system clock (a naive local datetime), taken back here."""
+    if hasattr(started, "timestamp"):
+        return time.monotonic() - (time.time() - started.timestamp())
+    return _seconds(started)
 
 
 def nccl_collective_log(warn: bool = True) -> Optional[CollectiveLog]:
