@@ -888,12 +888,18 @@ def test_the_nccl_clock_gives_each_short_step_its_own_collectives_though_the_hoo
     from datetime import timedelta
     from types import SimpleNamespace
 
-    from ddpcheck.injob.stragglers import CollectiveLog, StepClock
+    import threading
+
+    from ddpcheck.injob.stragglers import CollectiveLog, StepClock, ThreadSampler
 
     log, clock = CollectiveLog(), StepClock()
-    clock.attach(log)
-    issued = []
     clock.sample(0, time.time())
+    clock.sampler = ThreadSampler(threading.Event())
+    clock.sampler.start(clock.tid)
+    clock.attach(log)  # the sampler's polls would go unread from now on: its thread ends
+    clock.sampler.thread.join(1.0)
+    assert not clock.sampler.thread.is_alive()
+    issued = []
     for step in range(1, 11):
         if step % 2:
             issued.append(time.monotonic())  # the collective of this step

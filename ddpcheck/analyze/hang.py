@@ -457,8 +457,9 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
         # a process stopped now and then stops its Monitor too, which sees only a gap in its
         # clock: a rank the scan saw stopped is added when the Monitor does not name it
         named = {_int(entry.get("rank")) for entry in said}
-        return [Finding(Severity.WARNING, Check.SLOW_LINK if entry.get("rule") in (
-                        "network", "link") else Check.STRAGGLER, f"job {job}: {entry.get('message')}",
+        return [Finding(Severity.WARNING,
+                        Check.SLOW_LINK if entry.get("rule") in ("network", "link")
+                        else Check.STRAGGLER, f"job {job}: {entry.get('message')}",
                         host=entry.get("host"), rank=None if len(entry.get("ranks") or ()) > 1
                         else _int(entry.get("rank")))
                 for entry in said] + [

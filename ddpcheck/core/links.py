@@ -4,10 +4,9 @@ Runs on the launcher, in ``ddpcheck hang``'s analysis (``analyze/hang.py``), on 
 read twice per rank (``remote/tcpinfo.py``), and in the job, on the Monitor's leader
 (``injob/links.py``), on what every rank published: per connection, the bytes the peer
 acknowledged and the time the connection was busy sending, less the time the receiver's window
-held it. A slow
-NIC or link makes no rank late (every rank waits inside the same collective), so the arrival
-rules say nothing; the connections do: those through the slow host carry a fraction of what
-the job's other links carry while busy.
+held it. A slow NIC or link makes no rank late (every rank waits inside the same collective),
+so the arrival rules say nothing; the connections do: those through the slow host carry a
+fraction of what the job's other links carry while busy.
 
 Each rank's connection is one directed edge between hosts (its local address is its own host;
 the peer's address is the host some rank's connection starts from). Per directed host pair the

@@ -85,6 +85,7 @@ class ThreadSampler:
         self.queued_s = 0.0  # seconds it waited in a futex while this thread queued for a CPU
         self.step_queued_s = 0.0  # ... in the last step
         self.stopped_s = 0.0
+        self.ended = False  # set when its counts are no longer read (an NCCL clock took over)
         self._channels: dict[str, int] = {}
         self.thread = threading.Thread(target=self._run, name="ddpcheck-sampler", daemon=True)
 
@@ -119,7 +120,7 @@ class ThreadSampler:
             return  # no procfs: blocked and stopped time go unseen
         try:
             last, last_runq = time.monotonic(), _runq_s(own)
-            while not self.stop.wait(self.every_s):
+            while not self.stop.wait(self.every_s) and not self.ended:
                 now, runq = time.monotonic(), _runq_s(own)
                 queued = runq - last_runq
                 lost = now - last - self.every_s - queued
@@ -262,8 +263,9 @@ class StepClock:
 
     def refresh(self) -> None:
         """Background thread: the training thread's recent run-queue rate (0 where schedstat
-        is unavailable: then a CPU quota goes unseen, CPU time still counts)."""
-        if self.tid is None:
+        is unavailable: then a CPU quota goes unseen, CPU time still counts). Not on NCCL,
+        where the collectives' GPU time splits the step and none of these is read."""
+        if self.tid is None or self.collectives is not None:
             return
         if self.sampler is not None:
             self.channel = self.sampler.channel() or self.channel
@@ -315,6 +317,8 @@ class StepClock:
         """NCCL: from now on a step's wait is the GPU time of the collectives issued in it."""
         collectives.take()  # those issued before: their steps were timed without them
         self.collectives = collectives
+        if self.sampler is not None:  # its thread's polls would go unread
+            self.sampler.ended = True
 
     def recent(self) -> list[list[Any]]:
         """The last steps' rows (background thread). On NCCL, the collectives completed since
@@ -515,15 +519,16 @@ class StragglerWatch:
         self.next_at = self._next_instant(now)
         monitor = self.monitor
         clock = monitor.clock
-        clock.refresh()
-        if clock.sampler is None and clock.tid is not None and hasattr(monitor, "_stop"):
-            clock.sampler = ThreadSampler(monitor._stop)
-            clock.sampler.start(clock.tid)
         if not self.hooked and _group_up():  # the group may come up after the Monitor: once
             self.hooked = True
             collectives = nccl_collective_log(warn=monitor.rank == 0)
             if collectives is not None:
-                monitor.clock.attach(collectives)
+                clock.attach(collectives)
+        clock.refresh()
+        if clock.sampler is None and clock.tid is not None and clock.collectives is None \
+                and hasattr(monitor, "_stop"):
+            clock.sampler = ThreadSampler(monitor._stop)
+            clock.sampler.start(clock.tid)
         rows = monitor.clock.recent()
         if self.store is not None:
             self.store.set(f"{ROWS_KEY}{monitor.rank}", json.dumps(
@@ -551,9 +556,9 @@ class StragglerWatch:
         load on a host's CPUs slows its network work too); by ``stopped`` and ``throttled``,
         ``confirmations`` verdicts (one by default: no neighbour stops a process or throttles
         its cgroup); by ``quick`` and a slow host's ``network``, one (their evidence already
-        spans several steps, or every link of the host, by a large margin). A rank already named stays named while it is late in half the
-        window (``staying``), so that a straggler late in 8 steps of 10 now and then is not
-        named and released by turns."""
+        spans several steps, or every link of the host, by a large margin). A rank already
+        named stays named while it is late in half the window (``staying``), so that a
+        straggler late in 8 steps of 10 now and then is not named and released by turns."""
         thresholds = self.thresholds
         # steady: agreeing for confirm_s, as long as a neighbour's burst could starve a rank
         steady = max(thresholds.confirmations, 1 + math.ceil(thresholds.confirm_s /
