@@ -34,7 +34,8 @@ from ..config.hostlist import hosts_text
 from ..model.checks import Check
 from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severity
 from ..core import heartbeat
-from ..core.links import Connection, connections_between, ranks_sending_to_peers, slow_links
+from ..core.links import (LINK_RULES, Connection, connections_between, ranks_sending_to_peers,
+                          slow_links)
 from ..core.straggler import (Reason, WindowAccount, busy_stragglers, history_from_rows,
                               identify_stragglers, job_progressed, window_stragglers)
 from .verdict import failure_finding, mark_single_root_cause, order_findings
@@ -458,7 +459,7 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
         # clock: a rank the scan saw stopped is added when the Monitor does not name it
         named = {_int(entry.get("rank")) for entry in said}
         return [Finding(Severity.WARNING,
-                        Check.SLOW_LINK if entry.get("rule") in ("network", "link")
+                        Check.SLOW_LINK if entry.get("rule") in LINK_RULES
                         else Check.STRAGGLER, f"job {job}: {entry.get('message')}",
                         host=entry.get("host"), rank=None if len(entry.get("ranks") or ()) > 1
                         else _int(entry.get("rank")))

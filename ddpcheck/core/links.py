@@ -41,6 +41,10 @@ ELSEWHERE_RATIO = 2.0  # a slow link's hosts each carry another pair this much f
 # The kernel counts busy time in jiffies (1-10 ms), and a fast pair's sends each end within one:
 # its busy time may read 0. Rates take at least this as the busy time.
 BUSY_FLOOR_S = 0.01
+# The rule a verdict entry names (the Monitor's and ``hang``'s): a slow host, or one link.
+HOST_RULE = "network"
+LINK_RULE = "link"
+LINK_RULES = (HOST_RULE, LINK_RULE)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class SlowLink:
     others_floored: bool  # ... a lower bound: their busy time was under a kernel tick
     busy_share: float  # the largest share of the window one of its pairs was busy
     ranks: tuple[int, ...]  # the ranks on ``host`` whose connections carry its pairs
+
+    @property
+    def rule(self) -> str:
+        return LINK_RULE if self.target else HOST_RULE
 
     def message(self) -> str:
         ranks = ", ".join(str(r) for r in self.ranks)

@@ -49,7 +49,7 @@ class LinkSampler:
 
 def link_verdict(entries: Mapping[int, Mapping[str, Any]],
                  explained: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """The leader's: a slow host (rule "network") or link (rule "link") from the ranks'
+    """The leader's: a slow host (rule ``HOST_RULE``) or link (``LINK_RULE``) from the ranks'
     published connections, as verdict entries on the first of the ranks each names; the links
     of the ``explained`` hosts (a straggler there) are not judged."""
     connections, spans = [], []
@@ -67,8 +67,7 @@ def link_verdict(entries: Mapping[int, Mapping[str, Any]],
     if not connections:
         return []
     return [{"rank": found.ranks[0], "ranks": list(found.ranks), "host": found.host,
-             "reason": "link" if found.target else "network",  # a link, then its host: both logged
-             "rule": "link" if found.target else "network",
+             "reason": found.rule, "rule": found.rule,  # a link, then its host: both logged
              "message": found.message()}
             for found in slow_links(connections, statistics.median(spans), explained)
             if found.ranks]

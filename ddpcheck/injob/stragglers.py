@@ -49,6 +49,7 @@ from typing import Any, Mapping, MutableMapping, Optional, Sequence
 
 from ..core import heartbeat
 from ..core.cgroupcpu import cpu_stat_paths, throttled_s
+from ..core.links import HOST_RULE
 from ..core.straggler import Thresholds, history_from_rows, identify_stragglers, state_kind
 from .links import LinkSampler, link_verdict
 
@@ -567,7 +568,7 @@ class StragglerWatch:
                    if int(entry["rank"]) in self.named_ranks}
         entries.update({int(entry["rank"]): entry for entry in verdict})
         self.streak = {rank: self.streak.get(rank, 0) + 1 for rank in entries}
-        needed = {"quick": 1, "network": 1, "stopped": thresholds.confirmations,
+        needed = {"quick": 1, HOST_RULE: 1, "stopped": thresholds.confirmations,
                   "throttled": thresholds.confirmations}
         self.named_ranks = {rank for rank, entry in entries.items() if rank in self.named_ranks
                             or self.streak[rank] >= needed.get(entry.get("rule"), steady)}
