@@ -1,53 +1,97 @@
 """What ``Monitor.step()`` itself costs the training thread, away from a busy machine's
-scheduling: one process, no job, the Monitor with stragglers on and off (heartbeat only),
-alternated over rounds in one run; each step sleeps a millisecond (the Monitor's threads run
-meanwhile, as they do during a real step). ``straggler.py --cost-only`` measures the same call
-inside a 6-rank job on the 2-core machine, where a rank descheduled inside the call counts too.
+scheduling: one process, no job, alternated over rounds in one run.
 
-    .venv/bin/python benchmarks/monitor_step_cost.py
+1. Short steps: the Monitor with stragglers on and off (heartbeat only); each step sleeps a
+   millisecond (the Monitor's threads run meanwhile, as they do during a real step).
+2. Steps as long as ``write_every_s`` (0.1 s, ``--long-steps`` of them a round): the default
+   Monitor, whose background thread writes each new step, beside ``write_every_s=0``, which
+   writes in ``step()`` on every step, as ``step()`` itself did at such steps before the write
+   moved to the thread; each in /dev/shm (the default) and in a folder on the checkout's disk
+   (a ``DDPCHECK_HEARTBEAT_DIR`` a user chose there).
+
+``straggler.py --cost-only`` measures the same call inside a job on the 2-core machine, where a
+rank descheduled inside the call counts too.
+
+    .venv/bin/python benchmarks/monitor_step_cost.py [--long-steps 100]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import pathlib
+import shutil
 import statistics
 import tempfile
 import time
+from typing import Optional
 
 STEPS = 1000
 ROUNDS = 3
 STEP_S = 0.001
+LONG_STEP_S = 0.1
+HERE = pathlib.Path(__file__).resolve().parent
 
 
-def step_costs(stragglers: bool) -> list[float]:
+def step_costs(steps: int, step_s: float, directory: Optional[str] = None,
+               **options) -> list[float]:
     import ddpcheck
 
-    monitor = ddpcheck.Monitor(stragglers=stragglers)
+    monitor = ddpcheck.Monitor(directory, **options)
     costs = []
     try:
-        for step in range(STEPS):
+        for step in range(steps):
             began = time.perf_counter()
             monitor.step(step)
             costs.append(time.perf_counter() - began)
-            time.sleep(STEP_S)
+            time.sleep(step_s)
     finally:
         monitor.close()
     return costs
 
 
-def main() -> None:
-    os.environ["DDPCHECK_HEARTBEAT_DIR"] = tempfile.mkdtemp(prefix="ddpcheck-bench-")
-    costs: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(ROUNDS):
-        for stragglers in (True, False):
-            costs[stragglers] += step_costs(stragglers)
-    print("| Monitor | median us | mean us | 99th percentile us | median, share of a 0.1 s step |")
+def table(costs: dict[str, list[float]], step_s: float) -> None:
+    print(f"| Monitor | median us | mean us | 99th percentile us | mean, share of a {step_s} s "
+          "step |")
     print("|---|---|---|---|---|")
-    for stragglers, label in ((True, "stragglers on"), (False, "heartbeat only")):
-        values = sorted(costs[stragglers])
-        median = statistics.median(values)
-        print(f"| {label} | {median * 1e6:.1f} | {statistics.fmean(values) * 1e6:.1f} | "
-              f"{values[int(len(values) * 0.99)] * 1e6:.1f} | {median / 0.1:.5%} |")
+    for label, values in costs.items():
+        values = sorted(values)
+        mean = statistics.fmean(values)
+        print(f"| {label} | {statistics.median(values) * 1e6:.1f} | {mean * 1e6:.1f} | "
+              f"{values[int(len(values) * 0.99)] * 1e6:.1f} | {mean / step_s:.4%} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--long-steps", type=int, default=100,
+                        help="steps of 0.1 s per variant and round in part 2 (0: skip it)")
+    args = parser.parse_args()
+    shm = tempfile.mkdtemp(prefix="ddpcheck-bench-", dir="/dev/shm" if os.path.isdir(
+        "/dev/shm") else None)
+    disk = tempfile.mkdtemp(prefix="ddpcheck-bench-", dir=HERE.parent)
+    try:
+        short: dict[str, list[float]] = {"stragglers on": [], "heartbeat only": []}
+        for _ in range(ROUNDS):
+            for label in short:
+                short[label] += step_costs(STEPS, STEP_S, shm,
+                                           stragglers=label == "stragglers on")
+        print(f"Steps of {STEP_S * 1e3:.0f} ms, /dev/shm:\n")
+        table(short, 0.1)
+        if not args.long_steps:
+            return
+        long: dict[str, list[float]] = {
+            f"{how}, {where}": [] for where in ("/dev/shm", "disk folder")
+            for how in ("default (the thread writes)", "write_every_s=0 (step() writes)")}
+        for _ in range(ROUNDS):
+            for label in long:
+                long[label] += step_costs(args.long_steps, LONG_STEP_S,
+                                          shm if "/dev/shm" in label else disk,
+                                          write_every_s=0.0 if "=0" in label else 0.1)
+        print(f"\nSteps of {LONG_STEP_S} s (stragglers on):\n")
+        table(long, LONG_STEP_S)
+    finally:
+        for folder in (shm, disk):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

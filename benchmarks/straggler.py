@@ -23,8 +23,9 @@ cluster, cgroup CPU quota).
    in turn (a 3 % CPU quota; an 80 ms sleep a step outside the collectives; SIGSTOP 60 ms of
    every 150 ms; h3's link shaped by tc to 20 Mbit/s each way, named as h3's network with both
    its ranks; ``--faults`` picks some), ``--reps`` times each: seconds and rank 4's steps from the onset to the first
-   Monitor line naming it with the right reason, and seconds to the end of the first hang run
-   that names it so. ``--load N`` adds N spinning processes as the neighbours' load;
+   Monitor line naming it with the right reason (when the benchmark, polling every 0.1 s, read
+   it, and by the line's own logged time), and seconds to the end of the first hang run that
+   names it so. ``--load N`` adds N spinning processes as the neighbours' load;
    ``--step-s S`` pads every step of every job to S seconds with a sleep (the issue's steps of
    0.1 s; the training step alone is a few ms to tens of ms here).
 
@@ -56,8 +57,20 @@ HANG_WINDOW = ["--window", "3"]  # --hang-window: each outside run's window
 
 
 def straggler_lines(job) -> list[str]:
-    return [line for host in job.hosts for line in job.log_of(host).splitlines()
-            if "straggler:" in line]
+    return [line for lines in host_straggler_lines(job) for line in lines]
+
+
+def host_straggler_lines(job) -> list[list[str]]:
+    """Each host's straggler lines, in its log's order."""
+    return [[line for line in job.log_of(host).splitlines() if "straggler:" in line]
+            for host in job.hosts]
+
+
+def lines_since(job, before: list[int]) -> list[str]:
+    """The straggler lines each host logged after its first ``before[i]``: those logged since
+    (all hosts' lines in one list would shift a host's old lines past a count)."""
+    return [line for lines, seen in zip(host_straggler_lines(job), before)
+            for line in lines[seen:]]
 
 
 def healthy_run(cluster, workdir: pathlib.Path, steps: int, port: int,
@@ -156,6 +169,22 @@ def last_step(ready: pathlib.Path, rank: int) -> int:
     return max(int(line.split()[0]) for line in lines if line.strip())
 
 
+def steps_ended(ready: pathlib.Path, rank: int, after: float, until: float) -> int:
+    """The rank's steps that ended in (after, until], by the wall-clock times it wrote."""
+    times = [float(line.split()[1]) for line in
+             (ready / f"steps-{rank}").read_text().split("\n") if line.strip()]
+    return sum(1 for t in times if after < t <= until)
+
+
+def logged_at(line: str) -> Optional[float]:
+    """The wall-clock time stragglerjob.py's logging put first on a line, if it did."""
+    head = line.split(" ", 1)[0]
+    try:
+        return float(head)
+    except ValueError:
+        return None
+
+
 def hang_names(cluster, workdir: pathlib.Path, name: str,
                exits: Optional[list[int]] = None) -> list[str]:
     """One ``ddpcheck hang`` from outside: its straggler findings (its exit status appended to
@@ -209,19 +238,27 @@ def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps:
         for reason in FAULTS:
             words = f"rank {VICTIM} on h3 {'arrives' if monitor else ''}"
             for rep in range(reps):
-                logged = len(straggler_lines(job))
+                logged = [len(lines) for lines in host_straggler_lines(job)]
                 with slow(reason, pids[VICTIM], ready, cluster):
                     onset, onset_step = time.monotonic(), last_step(ready, VICTIM)
-                    seconds = steps = None
+                    onset_wall = time.time()
+                    seconds = steps = line_seconds = line_steps = None
                     runs = 0
                     while time.monotonic() - onset < 90:
                         if monitor:
-                            new = straggler_lines(job)[logged:]
-                            if any(NETWORK_WORDS in line if reason == "network" else
-                                   words in line and REASON_WORDS[reason] in line
-                                   for line in new):
+                            new = lines_since(job, logged)
+                            naming = [line for line in new if (
+                                NETWORK_WORDS in line if reason == "network" else
+                                words in line and REASON_WORDS[reason] in line)]
+                            if naming:
                                 seconds = time.monotonic() - onset
                                 steps = last_step(ready, VICTIM) - onset_step
+                                # and by the first line's own time (the poll's 0.1 s left out)
+                                at = min((t for t in map(logged_at, naming) if t is not None),
+                                         default=None)
+                                if at is not None:
+                                    line_seconds = at - onset_wall
+                                    line_steps = steps_ended(ready, VICTIM, onset_wall, at)
                                 break
                             time.sleep(0.1)
                         else:
@@ -235,7 +272,9 @@ def inside_outside(cluster, workdir: pathlib.Path, monitor: bool, healthy_steps:
                                 break
                 result.setdefault(reason, []).append(
                     {"seconds": None if seconds is None else round(seconds, 1),
-                     "steps": steps})
+                     "steps": steps,
+                     "line_seconds": None if line_seconds is None else round(line_seconds, 2),
+                     "line_steps": line_steps})
                 print(json.dumps({reason: result[reason][-1], "monitor": monitor}), flush=True)
                 time.sleep(15)  # recovers: the Monitor forgets it before the next one
     finally:
@@ -264,6 +303,13 @@ def reasons_table(results: list[dict]) -> None:
         print(f"| {reason}: seconds (steps of rank 4) from onset to naming | " + " | ".join(
             ", ".join(f"{t['seconds']} ({t['steps']})" if t["seconds"] is not None
                       else "not named" for t in r.get(reason, [])) for r in results) + " |")
+    for reason in FAULTS:  # the Monitor's lines carry their time: naming without the poll
+        if any(t.get("line_seconds") is not None for r in results for t in r.get(reason, [])):
+            print(f"| {reason}: seconds (steps of rank 4) from onset to the line's own time | "
+                  + " | ".join(", ".join(
+                      f"{t['line_seconds']} ({t['line_steps']})"
+                      if t.get("line_seconds") is not None else "-" for t in r.get(reason, []))
+                      for r in results) + " |")
 
 
 def compute_share(cluster, workdir: pathlib.Path) -> dict:

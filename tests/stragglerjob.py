@@ -14,6 +14,7 @@ GPU): the same sleep on every rank, so the ranks leave each collective together 
 step (a sleep to S from each rank's own start would keep each rank's phase for ever).
 With ``--flag-sleep S`` a rank sleeps S seconds a step, outside any collective, while the file
 ``<ready-dir>/sleep-<rank>`` exists (a slow data loader, as a test turns it on and off).
+Its log lines (the Monitor's warnings) begin with their wall-clock time.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main() -> None:
                              "MEASURE<rank>.json at the end (benchmarks/straggler.py)")
     args = parser.parse_args()
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # each line with its wall-clock time: the benchmark times the naming by the line, not its poll
+    logging.basicConfig(level=logging.WARNING, format="%(created).3f %(message)s")
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()

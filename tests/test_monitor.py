@@ -59,6 +59,33 @@ def test_heartbeat_is_written_atomically_with_rank_step_and_host(tmp_path):
         assert sorted(os.listdir(os.path.dirname(monitor.path))) == ["rank-1.json"]
 
 
+def thread_cpu_s(tid: int) -> float:
+    with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as handle:
+        return int(handle.read().split()[0]) / 1e9
+
+
+def test_step_leaves_the_write_to_the_thread_which_writes_each_new_step_soon(tmp_path):
+    """A step longer than write_every_s would pay a write and rename in step() every step
+    (milliseconds on a disk folder): step() only records it; the thread writes it within
+    write_every_s, and waits, not spins, while no step comes."""
+    with Monitor(str(tmp_path), env=env_of(0), write_every_s=0.3, beat_s=30,
+                 stragglers=False) as monitor:
+        monitor.step(1)  # the first step is written at once
+        assert read(monitor.path)["step"] == 1
+        for step in (2, 3):
+            time.sleep(0.4)  # longer than write_every_s: the old step() wrote here
+            began = os.stat(monitor.path).st_mtime_ns
+            monitor.step(step)
+            assert os.stat(monitor.path).st_mtime_ns == began  # step() wrote nothing
+            written = time.monotonic()
+            wait_for(lambda: read(monitor.path)["step"] == step, 3.0)
+            assert time.monotonic() - written < 0.3 + 0.5  # within write_every_s (and a slack)
+        cpu = thread_cpu_s(monitor._thread.native_id)
+        time.sleep(1.0)  # no step: the thread looks three times, and writes nothing
+        assert thread_cpu_s(monitor._thread.native_id) - cpu < 0.05
+        assert read(monitor.path)["step"] == 3
+
+
 def test_every_step_written_when_asked(tmp_path):
     with Monitor(str(tmp_path), env=env_of(0), write_every_s=0.0, beat_s=30) as monitor:
         for step in range(3):

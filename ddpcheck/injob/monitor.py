@@ -5,16 +5,19 @@
         ...
         monitor.step(step)
 
-``step()`` records the step and writes this rank's heartbeat, a small JSON file (step, time,
-collective sequence number when a process group is up, host, pid), atomically (write, then
+``step()`` records the step; this rank's heartbeat, a small JSON file (step, time, collective
+sequence number when a process group is up, host, pid), is written atomically (write, then
 rename) to ``$DDPCHECK_HEARTBEAT_DIR/<job>/rank-<rank>.json`` (default
 ``/dev/shm/ddpcheck-heartbeat-<uid>``, the temp dir without /dev/shm; ``<job>`` is torchrun's run
-id and master address, so two jobs never share files). So that it costs about a microsecond
-however short the step, ``step()`` writes at most every ``write_every_s``; a background thread
-writes whatever is newer every ``beat_s`` together with the *current* collective sequence
-number, so a rank waiting in collective N+1 is told apart from one that never got past N. Only
-a stopped or dead process can leave a step unwritten, and ``ddpcheck hang`` sees those by their
-process state. ``ddpcheck hang`` (its host scan) reads these files.
+id and master address, so two jobs never share files). The write is the background thread's,
+within ``write_every_s`` of a new step (a write and rename take tens of microseconds on tmpfs and
+up to milliseconds on a disk, where a rename over a file flushes it: at steps as long as
+``write_every_s`` the training thread would pay that every step), so ``step()`` costs a few
+microseconds however long or short the step; ``write_every_s=0`` writes in ``step()``, every
+step. Every ``beat_s`` the thread also writes the *current* collective sequence number, so a rank
+waiting in collective N+1 is told apart from one that never got past N. Only a stopped or dead
+process can leave a step unwritten, and ``ddpcheck hang`` sees those by their process state.
+``ddpcheck hang`` (its host scan) reads these files.
 
 With ``watchdog_s``, the same thread also publishes (step, beat) of this rank to torchrun's
 TCPStore every few seconds and, when this rank has made no step for ``watchdog_s`` seconds, reads
@@ -90,7 +93,8 @@ class Monitor:
     ``directory``: heartbeat root (default ``$DDPCHECK_HEARTBEAT_DIR`` or a per-user folder in
     the temp dir). ``watchdog_s``: warn when this rank has made no step for that many seconds
     (None: no warnings). ``beat_s``: how often the background thread refreshes the heartbeat.
-    ``write_every_s``: the least time between two writes from ``step()`` (0: every step).
+    ``write_every_s``: a new step is written within this long, by the background thread (0:
+    by ``step()``, every step).
     ``rank``/``world_size``: default to the environment torchrun sets (RANK, WORLD_SIZE), else
     the default process group's, else 0 and 1.
     """
@@ -121,6 +125,7 @@ class Monitor:
         self.watchdog_s = watchdog_s
         self.write_every_s = max(0.0, write_every_s)
         self._written_at = 0.0  # time.monotonic() of the last write
+        self._written_step: Optional[int] = None  # the step it wrote
         self.beat_s = max(0.05, beat_s if watchdog_s is None else min(beat_s, watchdog_s / 4))
         self.started = time.time()
         self.last_step: Optional[int] = None
@@ -151,8 +156,8 @@ class Monitor:
         self.last_step_seq = self.collective_seq()
         if self.clock is not None:
             self.clock.sample(step, now)
-        if first or time.monotonic() - self._written_at >= self.write_every_s:
-            self._write(now)  # else the background thread writes it within beat_s
+        if first or not self.write_every_s:
+            self._write(now)  # else the background thread writes it within write_every_s
 
     def collective_seq(self) -> Optional[int]:
         """Collectives this rank has issued on the default group (None before one exists)."""
@@ -170,10 +175,11 @@ class Monitor:
                refresh_history: bool = False) -> None:
         """The heartbeat; the step history is serialized by the background thread
         (``refresh_history``) and spliced in as text, so ``step()`` never pays for it."""
+        step = self.last_step  # the step this write carries (step() may move on meanwhile)
         record = {"v": heartbeat.VERSION, "job": self.job, "rank": self.rank,
                   "local_rank": self.local_rank, "world_size": self.world_size,
                   "host": self.hostname, "pid": self.pid, "started": self.started,
-                  "step": self.last_step, "time": self.last_step_time, "seq": self.last_step_seq,
+                  "step": step, "time": self.last_step_time, "seq": self.last_step_seq,
                   "seq_now": seq_now if seq_now is not None else self.last_step_seq, "beat": beat}
         if self.clock is not None and refresh_history:
             self._history_json = json.dumps(self.clock.recent(), separators=(",", ":"))
@@ -183,6 +189,7 @@ class Monitor:
                                 self._stragglers_json,
                                 self.numerics.named_json if self.numerics is not None else None)
         self._written_at = time.monotonic()
+        self._written_step = step
         with self._lock:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -216,10 +223,15 @@ class Monitor:
         # same wall-clock instants on every rank: a rank's late step reaches the leader the
         # moment it judges, not up to a period after)
         beat_at = time.monotonic() + self.beat_s
-        while not self._stop.wait(_until(beat_at, stragglers)):
+        while not self._stop.wait(min(_until(beat_at, stragglers), self._write_in())):
             if time.monotonic() >= beat_at - EARLY_WAKE_S:
                 beat_at = time.monotonic() + self.beat_s
                 _beat(self, watchdog)
+            elif self._step_pending() and not self._write_in():
+                try:
+                    self._write(time.time())  # a new step: step() left it to this thread
+                except OSError:
+                    pass  # a full or vanished /tmp must never take the job down
             if stragglers is not None:
                 try:
                     stragglers.tick()
@@ -227,6 +239,21 @@ class Monitor:
                     logger.debug("ddpcheck monitor stragglers: %s", exc)
         if self.clock is not None:
             self.clock.close()  # the files this thread kept open
+
+    def _step_pending(self) -> bool:
+        return self.write_every_s > 0 and self._written_step != self.last_step
+
+    def _write_in(self) -> float:
+        """Seconds until the thread looks for a new step to write: until ``write_every_s``
+        after the last write, 0 when that has passed and a step waits, else ``write_every_s``
+        (a step made meanwhile is written within that); ``beat_s`` when ``step()`` writes
+        every step itself."""
+        if not self.write_every_s:
+            return self.beat_s
+        due = self._written_at + self.write_every_s - EARLY_WAKE_S - time.monotonic()
+        if due > 0:
+            return due
+        return 0.0 if self._step_pending() else self.write_every_s
 
     def _straggler_watch(self) -> Optional[StragglerWatch]:
         """The straggler exchange, over a TCPStore client of its own (else heartbeat files)."""
