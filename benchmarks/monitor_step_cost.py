@@ -9,6 +9,10 @@ scheduling: one process, no job, alternated over rounds in one run.
    moved to the thread; each in /dev/shm (the default) and in a folder on the checkout's disk
    (a ``DDPCHECK_HEARTBEAT_DIR`` a user chose there).
 
+Each table has a floor beside it: no Monitor, a small Python function (a 20-entry dict) called
+in its place. After a sleep of 0.1 s the CPU's caches are cold and even that takes tens of
+microseconds here; in a real job the call follows the step's own work.
+
 ``straggler.py --cost-only`` measures the same call inside a job on the 2-core machine, where a
 rank descheduled inside the call counts too.
 
@@ -31,22 +35,30 @@ ROUNDS = 3
 STEP_S = 0.001
 LONG_STEP_S = 0.1
 HERE = pathlib.Path(__file__).resolve().parent
+FLOOR = "no Monitor: a small function in its place"
+
+
+def small_function(step: int) -> dict[int, float]:
+    """The floor: about as much Python as a call, with no Monitor."""
+    return {i: i * 2.0 + step for i in range(20)}
 
 
 def step_costs(steps: int, step_s: float, directory: Optional[str] = None,
-               **options) -> list[float]:
+               floor: bool = False, **options) -> list[float]:
     import ddpcheck
 
-    monitor = ddpcheck.Monitor(directory, **options)
+    monitor = None if floor else ddpcheck.Monitor(directory, **options)
+    call = small_function if monitor is None else monitor.step
     costs = []
     try:
         for step in range(steps):
             began = time.perf_counter()
-            monitor.step(step)
+            call(step)
             costs.append(time.perf_counter() - began)
             time.sleep(step_s)
     finally:
-        monitor.close()
+        if monitor is not None:
+            monitor.close()
     return costs
 
 
@@ -70,10 +82,11 @@ def main() -> None:
         "/dev/shm") else None)
     disk = tempfile.mkdtemp(prefix="ddpcheck-bench-", dir=HERE.parent)
     try:
-        short: dict[str, list[float]] = {"stragglers on": [], "heartbeat only": []}
+        short: dict[str, list[float]] = {"stragglers on": [], "heartbeat only": [],
+                                         FLOOR: []}
         for _ in range(ROUNDS):
             for label in short:
-                short[label] += step_costs(STEPS, STEP_S, shm,
+                short[label] += step_costs(STEPS, STEP_S, shm, floor=label == FLOOR,
                                            stragglers=label == "stragglers on")
         print(f"Steps of {STEP_S * 1e3:.0f} ms, /dev/shm:\n")
         table(short, 0.1)
@@ -82,10 +95,12 @@ def main() -> None:
         long: dict[str, list[float]] = {
             f"{how}, {where}": [] for where in ("/dev/shm", "disk folder")
             for how in ("default (the thread writes)", "write_every_s=0 (step() writes)")}
+        long[FLOOR] = []
         for _ in range(ROUNDS):
             for label in long:
                 long[label] += step_costs(args.long_steps, LONG_STEP_S,
                                           shm if "/dev/shm" in label else disk,
+                                          floor=label == FLOOR,
                                           write_every_s=0.0 if "=0" in label else 0.1)
         print(f"\nSteps of {LONG_STEP_S} s (stragglers on):\n")
         table(long, LONG_STEP_S)
