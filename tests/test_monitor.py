@@ -86,6 +86,14 @@ def test_step_leaves_the_write_to_the_thread_which_writes_each_new_step_soon(tmp
         assert read(monitor.path)["step"] == 3
 
 
+def test_close_writes_the_last_step(tmp_path):
+    with Monitor(str(tmp_path), env=env_of(0), write_every_s=5.0, beat_s=30,
+                 stragglers=False) as monitor:
+        monitor.step(1)
+        monitor.step(2)  # the thread would write it 5 s after the first
+    assert read(monitor.path)["step"] == 2
+
+
 def test_every_step_written_when_asked(tmp_path):
     with Monitor(str(tmp_path), env=env_of(0), write_every_s=0.0, beat_s=30) as monitor:
         for step in range(3):

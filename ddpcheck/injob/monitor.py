@@ -199,10 +199,16 @@ class Monitor:
             os.replace(self._tmp, self.path)
 
     def close(self) -> None:
-        """Stop the background thread (the heartbeat file stays, for ``ddpcheck hang``)."""
+        """Stop the background thread and write the last step if it has not (the heartbeat
+        file stays, for ``ddpcheck hang``)."""
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(5.0)
+        if self._step_pending() and not self._thread.is_alive():
+            try:
+                self._write(time.time())
+            except OSError:
+                pass
 
     def __enter__(self) -> "Monitor":
         return self
