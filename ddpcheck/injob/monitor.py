@@ -144,7 +144,8 @@ class Monitor:
         self._stop = threading.Event()
         self.numerics = attach_canary(self, numerics_every, _connect_store)
         self._write(time.time())
-        self._thread = threading.Thread(target=self._run, name="ddpcheck-monitor", daemon=True)
+        self._thread = threading.Thread(target=_run, args=(self,), name="ddpcheck-monitor",
+                                        daemon=True)
         self._thread.start()
 
     # -- the per-step path: kept to a few system calls -------------------------------------
@@ -204,7 +205,7 @@ class Monitor:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(5.0)
-        if self._step_pending() and not self._thread.is_alive():
+        if _step_pending(self) and not self._thread.is_alive():
             try:
                 self._write(time.time())
             except OSError:
@@ -216,56 +217,63 @@ class Monitor:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # -- the background thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        watchdog = _Watchdog(self) if self.watchdog_s is not None else None
-        stragglers = self._straggler_watch()
-        if watchdog is not None:
+
+# -- the background thread -------------------------------------------------------------------
+
+def _run(monitor: Monitor) -> None:
+    """The Monitor's thread: the beats, each new step's write, the watchdog, the stragglers."""
+    watchdog = _Watchdog(monitor) if monitor.watchdog_s is not None else None
+    stragglers = _straggler_watch(monitor)
+    if watchdog is not None:
+        try:
+            watchdog.tick()  # connect and publish at once: a rank may stop any time
+        except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
+            logger.debug("ddpcheck monitor watchdog: %s", exc)
+    # wake for whichever is first, the beat, a new step's write or the straggler exchange's
+    # next instant (the same wall-clock instants on every rank: a rank's late step reaches the
+    # leader the moment it judges, not up to a period after)
+    beat_at = time.monotonic() + monitor.beat_s
+    while not monitor._stop.wait(min(_until(beat_at, stragglers), _write_in(monitor))):
+        if time.monotonic() >= beat_at - EARLY_WAKE_S:
+            beat_at = time.monotonic() + monitor.beat_s
+            _beat(monitor, watchdog)
+        elif _step_pending(monitor) and not _write_in(monitor):
             try:
-                watchdog.tick()  # connect and publish at once: a rank may stop any time
-            except Exception as exc:  # noqa: BLE001 - the watchdog is advisory
-                logger.debug("ddpcheck monitor watchdog: %s", exc)
-        # wake for whichever is first, the beat or the straggler exchange's next instant (the
-        # same wall-clock instants on every rank: a rank's late step reaches the leader the
-        # moment it judges, not up to a period after)
-        beat_at = time.monotonic() + self.beat_s
-        while not self._stop.wait(min(_until(beat_at, stragglers), self._write_in())):
-            if time.monotonic() >= beat_at - EARLY_WAKE_S:
-                beat_at = time.monotonic() + self.beat_s
-                _beat(self, watchdog)
-            elif self._step_pending() and not self._write_in():
-                try:
-                    self._write(time.time())  # a new step: step() left it to this thread
-                except OSError:
-                    pass  # a full or vanished /tmp must never take the job down
-            if stragglers is not None:
-                try:
-                    stragglers.tick()
-                except Exception as exc:  # noqa: BLE001 - advisory too
-                    logger.debug("ddpcheck monitor stragglers: %s", exc)
-        if self.clock is not None:
-            self.clock.close()  # the files this thread kept open
+                monitor._write(time.time())  # a new step: step() left it to this thread
+            except OSError:
+                pass  # a full or vanished /tmp must never take the job down
+        if stragglers is not None:
+            try:
+                stragglers.tick()
+            except Exception as exc:  # noqa: BLE001 - advisory too
+                logger.debug("ddpcheck monitor stragglers: %s", exc)
+    if monitor.clock is not None:
+        monitor.clock.close()  # the files this thread kept open
 
-    def _step_pending(self) -> bool:
-        return self.write_every_s > 0 and self._written_step != self.last_step
 
-    def _write_in(self) -> float:
-        """Seconds until the thread looks for a new step to write: until ``write_every_s``
-        after the last write, 0 when that has passed and a step waits, else ``write_every_s``
-        (a step made meanwhile is written within that); ``beat_s`` when ``step()`` writes
-        every step itself."""
-        if not self.write_every_s:
-            return self.beat_s
-        due = self._written_at + self.write_every_s - EARLY_WAKE_S - time.monotonic()
-        if due > 0:
-            return due
-        return 0.0 if self._step_pending() else self.write_every_s
+def _step_pending(monitor: Monitor) -> bool:
+    """A step that ``step()`` left to the thread and the thread has not written yet."""
+    return monitor.write_every_s > 0 and monitor._written_step != monitor.last_step
 
-    def _straggler_watch(self) -> Optional[StragglerWatch]:
-        """The straggler exchange, over a TCPStore client of its own (else heartbeat files)."""
-        if self.clock is None:
-            return None
-        return StragglerWatch(self, self.straggler_thresholds, _connect_store(self.env, self.job))
+
+def _write_in(monitor: Monitor) -> float:
+    """Seconds until the thread looks for a new step to write: until ``write_every_s`` after
+    the last write, 0 when that has passed and a step waits, else ``write_every_s`` (a step
+    made meanwhile is written within that); ``beat_s`` when ``step()`` writes every step."""
+    if not monitor.write_every_s:
+        return monitor.beat_s
+    due = monitor._written_at + monitor.write_every_s - EARLY_WAKE_S - time.monotonic()
+    if due > 0:
+        return due
+    return 0.0 if _step_pending(monitor) else monitor.write_every_s
+
+
+def _straggler_watch(monitor: Monitor) -> Optional[StragglerWatch]:
+    """The straggler exchange, over a TCPStore client of its own (else heartbeat files)."""
+    if monitor.clock is None:
+        return None
+    return StragglerWatch(monitor, monitor.straggler_thresholds,
+                          _connect_store(monitor.env, monitor.job))
 
 
 EARLY_WAKE_S = 0.005  # a wait may end this much early: the beat is due all the same
