@@ -136,6 +136,56 @@ def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
     assert throttled2 > 0.25
 
 
+def test_a_quota_s_first_steps_take_its_rate_from_the_sampler():
+    """A real CFS quota from the middle of a run: with the sampler refreshing the quota's rate
+    (every 0.1 s, over the last 0.2 s), the first step under the quota is busy, its throttled
+    time starved, with no beat of the background thread between (the rate read each beat gave
+    it the rate from before the quota: waiting, on time), and a step after the quota is not."""
+    import os
+    import threading
+    import time
+
+    from ddpcheck.injob.stragglers import StepClock, ThreadSampler
+    from cpuquota import available, cpu_quota
+
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    stop = threading.Event()
+    clock = StepClock()
+    clock.sample(0, time.time())
+    clock.refresh()  # the background thread's first beat, before the sampler starts
+    clock.sampler = ThreadSampler(stop, quota=clock.quota)
+    clock.sampler.start(clock.tid)
+    try:
+        time.sleep(0.3)
+        clock.sample(1, time.time())
+        with cpu_quota([os.getpid()], 0.2):
+            time.sleep(0.3)
+            clock.sample(2, time.time())
+            spin(0.5)
+            clock.sample(3, time.time())
+        time.sleep(0.5)
+        clock.sample(4, time.time())
+    finally:
+        stop.set()
+        clock.sampler.thread.join(5)
+        clock.close()
+    rows = {row[0]: row for row in clock.recent()}
+    _, _, _, wait3, starved3, _, _, throttled3 = rows[3]
+    # held 80 % of the 0.5 s (a sampler waiting for the GIL while the quota holds the spinning
+    # thread may count some of it as stopped): not waiting for anyone
+    assert throttled3 > 0.25 and starved3 > 0.1 and wait3 < 0.05
+    assert rows[1][7] == 0 and rows[4][7] < 0.05  # no quota yet, and the quota lifted
+    assert not clock.sampler.polls_quota  # its thread ended: the background thread reads it
+
+
 def test_waiting_for_its_own_throttled_thread_is_starved_not_waiting():
     """A real CFS quota on the process: the training thread waits in a futex for a thread of
     its own (as for gloo's) that needs 20 ms of CPU, at 4 % of a CPU. Without the quota that

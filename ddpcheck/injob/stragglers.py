@@ -4,10 +4,11 @@ Per step (``StepClock.sample``, on the training thread, about a microsecond, GIL
 time since the previous step boundary, split into *busy* (this thread on a CPU or wanting one:
 running, in the run queue, throttled by a cgroup quota: its CPU time plus its recent run-queue
 rate from ``/proc/self/task/TID/schedstat``, which the background thread reads each beat) and
-*wait* (the rest: in a collective, waiting for the others). The background thread also reads
-how long the process's cgroup (and its ancestors) were throttled by a CPU quota (``cpu.stat``,
-``QuotaClock``): that share of a step is *starved* too, and the ``throttled`` rule trusts it
-sooner than a run-queue delay, which a neighbour's load also makes.
+*wait* (the rest: in a collective, waiting for the others). How long the process's cgroup (and
+its ancestors) were throttled by a CPU quota (``cpu.stat``, ``QuotaClock``, a rate over the last
+fifth of a second that the sampler below refreshes every tenth) is that share of a step
+*starved* too, and the ``throttled`` rule trusts it sooner than a run-queue delay, which a
+neighbour's load also makes.
 A second thread (``ThreadSampler``, every 20 ms) reads the training thread's state and wait
 channel: asleep outside a futex it is *blocked* outside the collectives (a data loader, I/O, a
 sleep), and time the whole process lost (a gap in the sampler's own clock) it was *stopped*;
@@ -55,6 +56,8 @@ from .links import LinkSampler, link_verdict
 
 HISTORY = 32  # steps each rank keeps and publishes: the window plus slack for publish jitter
 SAMPLE_S = 0.02  # how often the sampler reads the training thread's state
+QUOTA_EVERY_S = 0.1  # ... and at a poll this long after the last, the quota's rate
+QUOTA_WINDOW_S = 0.2  # the rate's span: two CFS periods (a quota is spent per 100 ms period)
 SETTLE_S = 0.5  # NCCL: a step is complete this long after it ended, whatever completed
 EXCHANGE_S = 0.25  # how often the ranks exchange their steps (at most; more ranks: slower)
 VERDICT_KEY = "stragglers/verdict"
@@ -74,11 +77,18 @@ class ThreadSampler:
     slept, the training thread waiting in a futex, counts as *starved*: a CPU quota on the
     process throttles gloo's threads too, and the training thread waits for them as it would
     for a peer.
+    With a ``quota`` (``QuotaClock``) it also refreshes that clock every ``QUOTA_EVERY_S``,
+    and owns it while it runs (``polls_quota``: its files are read and re-opened on this
+    thread alone), so a quota's first steps take its rate within a tenth of a second (the
+    background thread's beat is a quarter second apart).
     The training thread takes the counts of each step at its boundary (``step_shares``)."""
 
-    def __init__(self, stop: threading.Event, every_s: float = SAMPLE_S) -> None:
+    def __init__(self, stop: threading.Event, every_s: float = SAMPLE_S,
+                 quota: Optional["QuotaClock"] = None) -> None:
         self.stop = stop
         self.every_s = every_s
+        self.quota = quota
+        self.polls_quota = False  # set from start to the end of its thread
         self.tid: Optional[int] = None
         self._lock = threading.Lock()  # guards the channel counts only
         self.polls = 0  # since the last step boundary
@@ -92,6 +102,7 @@ class ThreadSampler:
 
     def start(self, tid: int) -> None:
         self.tid = tid
+        self.polls_quota = self.quota is not None  # before the thread: no refresh overlaps
         self.thread.start()
 
     def step_shares(self) -> tuple[float, float]:
@@ -118,10 +129,15 @@ class ThreadSampler:
             own = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat",
                           os.O_RDONLY)
         except OSError:
+            self.polls_quota = False
             return  # no procfs: blocked and stopped time go unseen
         try:
             last, last_runq = time.monotonic(), _runq_s(own)
+            quota_at = last
             while not self.stop.wait(self.every_s) and not self.ended:
+                if self.quota is not None and time.monotonic() - quota_at >= QUOTA_EVERY_S:
+                    quota_at = time.monotonic()  # by the clock: under a quota polls run late
+                    self.quota.refresh()
                 now, runq = time.monotonic(), _runq_s(own)
                 queued = runq - last_runq
                 lost = now - last - self.every_s - queued
@@ -141,6 +157,7 @@ class ThreadSampler:
                     with self._lock:
                         self._channels[channel] = self._channels.get(channel, 0) + 1
         finally:
+            self.polls_quota = False
             for fd in fds + [own]:
                 os.close(fd)
 
@@ -167,18 +184,21 @@ def _thread_state(fds: list[int]) -> Optional[str]:
 
 class QuotaClock:
     """How long this process's cgroups were throttled by a CPU quota, as a recent rate (seconds
-    throttled per second): the largest over its own CPU cgroup and each ancestor. Each refresh
-    re-reads ``/proc/self/cgroup`` (a process may be moved into a limited group while it runs)
-    and finds the ``cpu.stat`` files again when it changed; the files stay open between
-    refreshes (one ``pread`` each). Where there is no quota anywhere, or procfs and the cgroup
-    files cannot be read, the rate is 0."""
+    throttled per second, since the latest refresh at least ``window_s`` before the last; the
+    previous one where none is that old): the largest over its own CPU cgroup and each
+    ancestor. Each refresh re-reads ``/proc/self/cgroup`` (a process may be moved into a
+    limited group while it runs) and finds the ``cpu.stat`` files again when it changed; the
+    files stay open between refreshes (one ``pread`` each). Where there is no quota anywhere,
+    or procfs and the cgroup files cannot be read, the rate is 0. One thread at a time
+    refreshes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_s: float = QUOTA_WINDOW_S) -> None:
+        self.window_s = window_s
         self.rate = 0.0
         self._cgroup_fd: Optional[int] = None
         self._cgroup = b""
         self._fds: list[int] = []
-        self._last: Optional[tuple[float, list[Optional[float]]]] = None
+        self._samples: deque[tuple[float, list[Optional[float]]]] = deque()
 
     def refresh(self) -> None:
         try:
@@ -190,16 +210,21 @@ class QuotaClock:
                     paths = cpu_stat_paths(cgroup.decode("utf-8", "replace"), handle.read())
                 self._close_stats()
                 self._fds = [fd for fd in map(_open_or_none, paths) if fd is not None]
-                self._cgroup, self._last, self.rate = cgroup, None, 0.0
+                self._cgroup, self.rate = cgroup, 0.0
+                self._samples.clear()
         except OSError:
             return
         now = time.monotonic()
         totals = [_throttled_of(fd) for fd in self._fds]
-        last, self._last = self._last, (now, totals)
-        if last is None or now <= last[0]:
+        samples = self._samples
+        while len(samples) > 1 and now - samples[1][0] >= self.window_s:
+            samples.popleft()  # the newest that still spans the window stays first
+        samples.append((now, totals))
+        if len(samples) < 2 or now <= samples[0][0]:
             return
-        rates = [(total - before) / (now - last[0]) for total, before in zip(totals, last[1])
-                 if total is not None and before is not None]
+        since, before = samples[0]
+        rates = [(total - then) / (now - since) for total, then in zip(totals, before)
+                 if total is not None and then is not None]
         self.rate = min(1.0, max(0.0, max(rates, default=0.0)))
 
     def _close_stats(self) -> None:
@@ -238,7 +263,9 @@ class StepClock:
     machine a thread descheduled while holding the GIL stalls the step. The time the thread
     spent *runnable but not running* (run queue, or throttled by a CPU quota: what a slowed
     rank shows) comes from ``/proc/self/task/TID/schedstat``, read by the background thread
-    each beat (``refresh``) as a rate, and is added to each step in proportion to its length.
+    each beat (``refresh``) as a rate, and is added to each step in proportion to its length;
+    so is the time its cgroups were throttled (``QuotaClock``'s rate, refreshed by the sampler
+    while it runs, else each beat).
     ``environ``: the process's environment, where NCCL is asked to time its collectives
     (``ask_nccl_timing``) for ``collectives``.
     """
@@ -270,7 +297,8 @@ class StepClock:
             return
         if self.sampler is not None:
             self.channel = self.sampler.channel() or self.channel
-        self.quota.refresh()
+        if self.sampler is None or not self.sampler.polls_quota:
+            self.quota.refresh()
         try:
             with open(f"/proc/self/task/{self.tid}/schedstat", encoding="ascii") as handle:
                 runq = int(handle.read().split()[1]) / 1e9
@@ -528,7 +556,7 @@ class StragglerWatch:
         clock.refresh()
         if clock.sampler is None and clock.tid is not None and clock.collectives is None \
                 and hasattr(monitor, "_stop"):
-            clock.sampler = ThreadSampler(monitor._stop)
+            clock.sampler = ThreadSampler(monitor._stop, quota=clock.quota)
             clock.sampler.start(clock.tid)
         rows = monitor.clock.recent()
         if self.store is not None:
