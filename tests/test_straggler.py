@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 from typing import Optional
 from dataclasses import replace
 
@@ -96,6 +97,23 @@ def test_slow_devices_are_judged_against_peers_of_the_same_model():
     assert slow_devices(results, fraction=0.6) == []
 
 
+def cpu_quota_or_skip():
+    """tests/cpuquota.py's ``cpu_quota``, or a skip where no CPU controller can be used."""
+    from cpuquota import available, cpu_quota
+
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+    return cpu_quota
+
+
+def spin(seconds: float) -> None:
+    """Hold a CPU for ``seconds`` of wall time, in Python (the GIL held)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
     """A real CFS quota: a thread spinning at 20 % of a CPU is busy the whole step (running or
     throttled), one that sleeps is waiting; the step's throttled time is its cgroup's."""
@@ -104,16 +122,7 @@ def test_step_clock_counts_throttled_time_as_busy_and_sleep_as_wait():
     import time
 
     from ddpcheck.injob.stragglers import StepClock
-    from cpuquota import available, cpu_quota
-
-    ok, why = available()
-    if not ok:
-        pytest.skip(why)
-
-    def spin(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            pass
+    cpu_quota = cpu_quota_or_skip()
 
     clock = StepClock()
     clock.sample(0, time.time())
@@ -146,16 +155,7 @@ def test_a_quota_s_first_steps_take_its_rate_from_the_sampler():
     import time
 
     from ddpcheck.injob.stragglers import StepClock, ThreadSampler
-    from cpuquota import available, cpu_quota
-
-    ok, why = available()
-    if not ok:
-        pytest.skip(why)
-
-    def spin(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            pass
+    cpu_quota = cpu_quota_or_skip()
 
     stop = threading.Event()
     clock = StepClock()
