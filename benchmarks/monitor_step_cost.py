@@ -62,6 +62,17 @@ def step_costs(steps: int, step_s: float, directory: Optional[str] = None,
     return costs
 
 
+def alternated(variants: dict[str, dict], steps: int, step_s: float,
+               directory: str) -> dict[str, list[float]]:
+    """Each variant's (label: its ``step_costs`` options) call times over ``ROUNDS`` rounds,
+    the variants taking turns within each round."""
+    costs: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(ROUNDS):
+        for label, options in variants.items():
+            costs[label] += step_costs(steps, step_s, **{"directory": directory, **options})
+    return costs
+
+
 def table(costs: dict[str, list[float]], step_s: float) -> None:
     print(f"| Monitor | median us | mean us | 99th percentile us | mean, share of a {step_s} s "
           "step |")
@@ -82,28 +93,19 @@ def main() -> None:
         "/dev/shm") else None)
     disk = tempfile.mkdtemp(prefix="ddpcheck-bench-", dir=HERE.parent)
     try:
-        short: dict[str, list[float]] = {"stragglers on": [], "heartbeat only": [],
-                                         FLOOR: []}
-        for _ in range(ROUNDS):
-            for label in short:
-                short[label] += step_costs(STEPS, STEP_S, shm, floor=label == FLOOR,
-                                           stragglers=label == "stragglers on")
+        short = {"stragglers on": {"stragglers": True},
+                 "heartbeat only": {"stragglers": False}, FLOOR: {"floor": True}}
         print(f"Steps of {STEP_S * 1e3:.0f} ms, /dev/shm:\n")
-        table(short, 0.1)
+        table(alternated(short, STEPS, STEP_S, shm), 0.1)
         if not args.long_steps:
             return
-        long: dict[str, list[float]] = {
-            f"{how}, {where}": [] for where in ("/dev/shm", "disk folder")
-            for how in ("default (the thread writes)", "write_every_s=0 (step() writes)")}
-        long[FLOOR] = []
-        for _ in range(ROUNDS):
-            for label in long:
-                long[label] += step_costs(args.long_steps, LONG_STEP_S,
-                                          shm if "/dev/shm" in label else disk,
-                                          floor=label == FLOOR,
-                                          write_every_s=0.0 if "=0" in label else 0.1)
+        long = {f"{how}, {where}": {"directory": folder, "write_every_s": every}
+                for where, folder in (("/dev/shm", shm), ("disk folder", disk))
+                for how, every in (("default (the thread writes)", 0.1),
+                                   ("write_every_s=0 (step() writes)", 0.0))}
+        long[FLOOR] = {"floor": True}
         print(f"\nSteps of {LONG_STEP_S} s (stragglers on):\n")
-        table(long, LONG_STEP_S)
+        table(alternated(long, args.long_steps, LONG_STEP_S, shm), LONG_STEP_S)
     finally:
         for folder in (shm, disk):
             shutil.rmtree(folder, ignore_errors=True)

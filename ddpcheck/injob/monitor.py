@@ -206,10 +206,7 @@ class Monitor:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(5.0)
         if _step_pending(self) and not self._thread.is_alive():
-            try:
-                self._write(time.time())
-            except OSError:
-                pass
+            _write_quietly(self)
 
     def __enter__(self) -> "Monitor":
         return self
@@ -237,11 +234,8 @@ def _run(monitor: Monitor) -> None:
         if time.monotonic() >= beat_at - EARLY_WAKE_S:
             beat_at = time.monotonic() + monitor.beat_s
             _beat(monitor, watchdog)
-        elif _step_pending(monitor) and not _write_in(monitor):
-            try:
-                monitor._write(time.time())  # a new step: step() left it to this thread
-            except OSError:
-                pass  # a full or vanished /tmp must never take the job down
+        elif not _write_in(monitor):  # a new step, due now: step() left it to this thread
+            _write_quietly(monitor)
         if stragglers is not None:
             try:
                 stragglers.tick()
@@ -249,6 +243,15 @@ def _run(monitor: Monitor) -> None:
                 logger.debug("ddpcheck monitor stragglers: %s", exc)
     if monitor.clock is not None:
         monitor.clock.close()  # the files this thread kept open
+
+
+def _write_quietly(monitor: Monitor, seq_now: Optional[int] = None,
+                   refresh_history: bool = False) -> None:
+    """The heartbeat, now; a full or vanished /tmp must never take the job down."""
+    try:
+        monitor._write(time.time(), seq_now, refresh_history)
+    except OSError:
+        pass
 
 
 def _step_pending(monitor: Monitor) -> bool:
@@ -291,10 +294,7 @@ def _until(beat_at: float, stragglers: Optional[StragglerWatch]) -> float:
 
 def _beat(monitor: Monitor, watchdog: Optional["_Watchdog"]) -> None:
     """One beat of the background thread: the heartbeat, then the watchdog."""
-    try:
-        monitor._write(time.time(), monitor.collective_seq(), refresh_history=True)
-    except OSError:
-        pass  # a full or vanished /tmp must never take the job down
+    _write_quietly(monitor, monitor.collective_seq(), refresh_history=True)
     if watchdog is not None:
         try:
             watchdog.tick()
