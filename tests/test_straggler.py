@@ -575,6 +575,13 @@ def test_inside_the_reason_is_the_share_of_the_step_that_grew_most():
     history = synchronous_run(4, 20, {2: 0.09})
     (found,) = identify_stragglers(history)
     assert found.reason is Reason.COMPUTE and "x the median compute time" in found.message()
+    assert "no share" not in found.message()
+    # late with no share of its step above its peers' (a pause its clocks did not see): said
+    unexplained = replace(found, compute_ratio=1.02, shares=((Reason.COMPUTE, 0.5),),
+                          peers=((Reason.COMPUTE, 0.5),))
+    assert unexplained.reason is None and unexplained.as_dict()["reason"] is None
+    assert ("1.02x the median compute time, no share of its step above its peers'"
+            in unexplained.message())
 
 
 def test_rows_of_older_monitors_still_read():
@@ -636,6 +643,28 @@ def test_a_rank_stopped_at_one_sample_of_a_progressing_job_is_not_hung():
                                             scan("h2", monitored[2:])]).findings
                   if f.check == "straggler"]
     assert finding.rank == 3 and "rank 3 on h2 stopped 40% of the window" in finding.message
+    # the Monitor names it for another reason (its stops fell in the step's sleeps, its clock
+    # saw compute): one finding, the Monitor's words and then the scan's state T
+    said = {"rank": 3, "host": "h2", "reason": "compute", "rule": "steady",
+            "message": "rank 3 on h2 arrives 15 ms after the median, 1.02x the median compute "
+                       "time, 7 of the last 10 steps"}
+    for w in monitored:
+        w["samples"][1]["heartbeat"] = beat(20, stragglers=[said])
+    (finding,) = [f for f in analyze_scans([scan("h1", monitored[:2]),
+                                            scan("h2", monitored[2:])]).findings
+                  if f.check == "straggler"]
+    assert finding.rank == 3 and said["message"] in finding.message
+    assert finding.message.endswith("; outside, its scan saw it stopped 40% of the window "
+                                    "(state T: SIGSTOP, a debugger or a sampling profiler)")
+    # the Monitor saw the stops itself: its words alone
+    said = dict(said, reason="stopped", message="rank 3 on h2 arrives 90 ms after the median, "
+                "stopped 40% of its step, 4 of the last 10 steps")
+    for w in monitored:
+        w["samples"][1]["heartbeat"] = beat(20, stragglers=[said])
+    (finding,) = [f for f in analyze_scans([scan("h1", monitored[:2]),
+                                            scan("h2", monitored[2:])]).findings
+                  if f.check == "straggler"]
+    assert finding.message == f"job {analysis.jobs[0].job}: {said['message']}"
     # stopped at both samples and all the time between, no progress: stopped (the hang)
     for w in workers:
         w["states"] = {"S:futex_do_wait": 150}

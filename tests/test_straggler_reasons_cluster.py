@@ -122,7 +122,7 @@ def test_each_fault_names_the_slowed_rank_with_its_reason_and_never_a_hang(
             if monitor and reason != "stopped":  # the Monitor's own words, as it logged them
                 assert f"after the median, {INSIDE[reason]}" in message, (reason, text)
                 assert any(message.split(": ", 1)[1] in line for line in monitor_lines(job))
-            elif monitor:  # stopped: the scan's words, or the Monitor's when it saw it too
+            elif monitor:  # stopped: the scan's words, alone or after the Monitor's own
                 assert f"rank {VICTIM} on h3 " in message and "stopped" in message, text
             else:
                 assert f"rank {VICTIM} on h3 {OUTSIDE[reason]}" in message, (reason, text)

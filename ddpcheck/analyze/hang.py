@@ -36,8 +36,9 @@ from ..model.records import Finding, HostRecord, RankRecord, RankStatus, Severit
 from ..core import heartbeat
 from ..core.links import (LINK_RULES, Connection, connections_between, ranks_sending_to_peers,
                           slow_links)
-from ..core.straggler import (Reason, WindowAccount, busy_stragglers, history_from_rows,
-                              identify_stragglers, job_progressed, window_stragglers)
+from ..core.straggler import (Reason, WindowAccount, WindowStraggler, busy_stragglers,
+                              history_from_rows, identify_stragglers, job_progressed,
+                              window_stragglers)
 from .verdict import failure_finding, mark_single_root_cause, order_findings
 
 # Functions of torch.distributed (distributed_c10d.py) a rank waits in for its peers.
@@ -451,22 +452,8 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
     hosts = {v.rank: v.host for v in live}
     window = ([] if not live or any(v.window is None for v in live) else window_stragglers(
         {v.rank: v.window for v in live if v.window is not None}, hosts))
-    verdicts = [v.verdict for v in live if v.verdict is not None]
-    if verdicts:
-        newest = max(live, key=lambda v: (v.verdict is not None, v.step or -1))
-        said = [entry for entry in newest.verdict or () if entry.get("message")]
-        # a process stopped now and then stops its Monitor too, which sees only a gap in its
-        # clock: a rank the scan saw stopped is added when the Monitor does not name it
-        named = {_int(entry.get("rank")) for entry in said}
-        return [Finding(Severity.WARNING,
-                        Check.SLOW_LINK if entry.get("rule") in LINK_RULES
-                        else Check.STRAGGLER, f"job {job}: {entry.get('message')}",
-                        host=entry.get("host"), rank=None if len(entry.get("ranks") or ()) > 1
-                        else _int(entry.get("rank")))
-                for entry in said] + [
-            Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}", host=s.host,
-                    rank=s.rank)
-            for s in window if s.reason is Reason.STOPPED and s.rank not in named]
+    if any(v.verdict is not None for v in live):
+        return monitor_findings(job, live, window)
     if live and all(v.history for v in live):
         named = identify_stragglers(history_from_rows({v.rank: v.history for v in live}), hosts)
         if all(v.history_first for v in live):
@@ -483,6 +470,31 @@ def straggler_findings(job: str, live: Sequence[RankView]) -> list[Finding]:
         return []
     return [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}", host=s.host,
                     rank=s.rank) for s in busy_stragglers(busy, hosts)]
+
+
+def monitor_findings(job: str, live: Sequence[RankView],
+                     window: Sequence[WindowStraggler]) -> list[Finding]:
+    """The Monitor's verdict (in the newest heartbeat) word for word, with what the scan saw
+    of a rank stopped part of the window: a process stopped now and then stops its Monitor
+    too, which sees only a gap in its clock, and may name the rank for another reason (its
+    stops fell in the step's sleeps) or not at all. The scan's state T is added to the
+    Monitor's words for that rank, or stands alone when the Monitor names it not."""
+    newest = max(live, key=lambda v: (v.verdict is not None, v.step or -1))
+    said = [entry for entry in newest.verdict or () if entry.get("message")]
+    stopped = {s.rank: s for s in window if s.reason is Reason.STOPPED}
+    found = []
+    for entry in said:
+        rank = _int(entry.get("rank"))
+        link = entry.get("rule") in LINK_RULES
+        seen = stopped.pop(rank, None)
+        also = ("" if seen is None or link or entry.get("reason") == Reason.STOPPED.value
+                else f"; outside, its scan saw it {seen.explanation()}")
+        found.append(Finding(Severity.WARNING, Check.SLOW_LINK if link else Check.STRAGGLER,
+                             f"job {job}: {entry.get('message')}{also}",
+                             host=entry.get("host"),
+                             rank=None if len(entry.get("ranks") or ()) > 1 else rank))
+    return found + [Finding(Severity.WARNING, Check.STRAGGLER, f"job {job}: {s.message()}",
+                            host=s.host, rank=s.rank) for s in stopped.values()]
 
 
 def link_findings(job: str, live: Sequence[RankView], named: set[str]) -> list[Finding]:

@@ -170,8 +170,11 @@ class Straggler:
         def pct(value: float) -> str:
             return f"{value * 100:.0f}%"
 
-        if reason is None or reason is Reason.COMPUTE:
+        if reason is Reason.COMPUTE:
             return f"{self.compute_ratio:.2f}x the median compute time"
+        if reason is None:  # a late input, or a pause its own clocks did not see
+            return (f"{self.compute_ratio:.2f}x the median compute time, no share of its step "
+                    f"above its peers'")
         versus = f"its peers {pct(peers.get(reason, 0.0))}"
         if reason is Reason.STARVED:
             why = (f"its cgroup's CPU quota throttled it {pct(self.throttled)} of the window"

@@ -128,9 +128,8 @@ class Monitor:
         self._written_step: Optional[int] = None  # the step it wrote
         self.beat_s = max(0.05, beat_s if watchdog_s is None else min(beat_s, watchdog_s / 4))
         self.started = time.time()
-        self.last_step: Optional[int] = None
-        self.last_step_time: Optional[float] = None
-        self.last_step_seq: Optional[int] = None
+        # (step, time, collective seq) of the last step(), one tuple: the thread reads it whole
+        self._mark: Optional[tuple[int, float, Optional[int]]] = None
         self.warnings: list[str] = []  # every warning the watchdog logged (for the job itself)
         self._tmp = f"{self.path}.tmp{self.pid}"
         self._lock = threading.Lock()
@@ -151,14 +150,16 @@ class Monitor:
     # -- the per-step path: kept to a few system calls -------------------------------------
     def step(self, step: int) -> None:
         now = time.time()
-        first = self.last_step is None
-        self.last_step = step
-        self.last_step_time = now
-        self.last_step_seq = self.collective_seq()
+        first = self._mark is None
+        self._mark = (step, now, self.collective_seq())
         if self.clock is not None:
             self.clock.sample(step, now)
         if first or not self.write_every_s:
             self._write(now)  # else the background thread writes it within write_every_s
+
+    @property
+    def last_step(self) -> Optional[int]:
+        return None if self._mark is None else self._mark[0]
 
     def collective_seq(self) -> Optional[int]:
         """Collectives this rank has issued on the default group (None before one exists)."""
@@ -176,12 +177,12 @@ class Monitor:
                refresh_history: bool = False) -> None:
         """The heartbeat; the step history is serialized by the background thread
         (``refresh_history``) and spliced in as text, so ``step()`` never pays for it."""
-        step = self.last_step  # the step this write carries (step() may move on meanwhile)
+        step, at, seq = self._mark or (None, None, None)  # step() may move on meanwhile
         record = {"v": heartbeat.VERSION, "job": self.job, "rank": self.rank,
                   "local_rank": self.local_rank, "world_size": self.world_size,
                   "host": self.hostname, "pid": self.pid, "started": self.started,
-                  "step": step, "time": self.last_step_time, "seq": self.last_step_seq,
-                  "seq_now": seq_now if seq_now is not None else self.last_step_seq, "beat": beat}
+                  "step": step, "time": at, "seq": seq,
+                  "seq_now": seq_now if seq_now is not None else seq, "beat": beat}
         if self.clock is not None and refresh_history:
             self._history_json = json.dumps(self.clock.recent(), separators=(",", ":"))
             if self.straggler_verdict is not None:
