@@ -179,11 +179,55 @@ def test_a_quota_s_first_steps_take_its_rate_from_the_sampler():
         clock.close()
     rows = {row[0]: row for row in clock.recent()}
     _, _, _, wait3, starved3, _, _, throttled3 = rows[3]
-    # held 80 % of the 0.5 s (a sampler waiting for the GIL while the quota holds the spinning
-    # thread may count some of it as stopped): not waiting for anyone
+    # held 80 % of the 0.5 s: not waiting for anyone, and never stopped (the sampler waited
+    # for the GIL the throttled thread held: it used to count 0.1-0.16 s of it as stopped)
     assert throttled3 > 0.25 and starved3 > 0.1 and wait3 < 0.05
+    assert rows[3][6] < 0.03, rows[3]
     assert rows[1][7] == 0 and rows[4][7] < 0.05  # no quota yet, and the quota lifted
     assert not clock.sampler.polls_quota  # its thread ended: the background thread reads it
+
+
+SAMPLED_STEPS = """
+import json, sys, threading, time
+from ddpcheck.injob.stragglers import StepClock, ThreadSampler
+stop = threading.Event()
+clock = StepClock()
+clock.sampler = ThreadSampler(stop)
+clock.sample(0, time.time())
+clock.sampler.start(clock.tid)
+print("ready", flush=True)
+for step in range(1, 31):
+    time.sleep(0.1)
+    clock.sample(step, time.time())
+stop.set()
+print(json.dumps(clock.recent()), flush=True)
+"""
+
+
+def test_the_sampler_counts_a_real_stop_cycle_as_stopped():
+    """A real SIGSTOP/SIGCONT duty cycle (stopped 60 ms of every 150 ms) on a process whose
+    steps sleep 0.1 s: the sampler's lost time is stopped, about 40 % of the cycle's span (the
+    GIL's waits, now discounted, must not discount a real stop)."""
+    import json
+    import subprocess
+    import sys
+
+    from stragglerfaults import stop_cycle
+
+    child = subprocess.Popen([sys.executable, "-c", SAMPLED_STEPS], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        with stop_cycle(child.pid):
+            time.sleep(1.5)
+        rows = json.loads(child.stdout.readline())
+    finally:
+        child.kill()
+        child.wait()
+    stopped = sum(row[6] for row in rows)
+    assert 0.3 < stopped < 0.9, rows  # 1.5 s at 40 %: 0.6 s
+    assert sum(row[6] for row in rows[:3]) == 0, rows  # before the cycle: never
 
 
 def test_waiting_for_its_own_throttled_thread_is_starved_not_waiting():

@@ -72,7 +72,9 @@ class ThreadSampler:
     about 6 us a read). Asleep on a futex it waits for the others (gloo's collectives); asleep
     anywhere else it is *blocked outside the collectives* (a data loader, I/O, a sleep). A
     stopped process stops this thread too: the time it lost, beyond what its own run queue
-    explains, is time the process was *stopped* (SIGSTOP, a debugger, a sampling profiler).
+    or the training thread's explains (the training thread, runnable but throttled or queued,
+    holds the GIL this thread waits for), is time the process was *stopped* (SIGSTOP, a
+    debugger, a sampling profiler).
     The time since a poll after which this thread had queued for a CPU twice as long as it
     slept, the training thread waiting in a futex, counts as *starved*: a CPU quota on the
     process throttles gloo's threads too, and the training thread waits for them as it would
@@ -125,23 +127,25 @@ class ThreadSampler:
     def _run(self) -> None:
         try:
             fds = [os.open(f"/proc/self/task/{self.tid}/{name}", os.O_RDONLY)
-                   for name in ("stat", "wchan")]
+                   for name in ("stat", "wchan", "schedstat")]
             own = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat",
                           os.O_RDONLY)
         except OSError:
             self.polls_quota = False
             return  # no procfs: blocked and stopped time go unseen
         try:
-            last, last_runq = time.monotonic(), _runq_s(own)
+            last, last_runq, last_held = time.monotonic(), _runq_s(own), _runq_s(fds[2])
             quota_at = last
             while not self.stop.wait(self.every_s) and not self.ended:
                 if self.quota is not None and time.monotonic() - quota_at >= QUOTA_EVERY_S:
                     quota_at = time.monotonic()  # by the clock: under a quota polls run late
                     self.quota.refresh()
-                now, runq = time.monotonic(), _runq_s(own)
+                now, runq, held = time.monotonic(), _runq_s(own), _runq_s(fds[2])
                 queued = runq - last_runq
-                lost = now - last - self.every_s - queued
-                since, last, last_runq = now - last, now, runq
+                # the training thread runnable but not running (a quota, a busy host) holds
+                # the GIL this thread waits for: lost time too, but not a stop
+                lost = now - last - self.every_s - max(queued, held - last_held)
+                since, last, last_runq, last_held = now - last, now, runq, held
                 state = _thread_state(fds)
                 if state is None:
                     return  # the training thread is gone
