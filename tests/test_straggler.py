@@ -187,49 +187,6 @@ def test_a_quota_s_first_steps_take_its_rate_from_the_sampler():
     assert not clock.sampler.polls_quota  # its thread ended: the background thread reads it
 
 
-SAMPLED_STEPS = """
-import json, sys, threading, time
-from ddpcheck.injob.stragglers import StepClock, ThreadSampler
-stop = threading.Event()
-clock = StepClock()
-clock.sampler = ThreadSampler(stop)
-clock.sample(0, time.time())
-clock.sampler.start(clock.tid)
-print("ready", flush=True)
-for step in range(1, 31):
-    time.sleep(0.1)
-    clock.sample(step, time.time())
-stop.set()
-print(json.dumps(clock.recent()), flush=True)
-"""
-
-
-def test_the_sampler_counts_a_real_stop_cycle_as_stopped():
-    """A real SIGSTOP/SIGCONT duty cycle (stopped 60 ms of every 150 ms) on a process whose
-    steps sleep 0.1 s: the sampler's lost time is stopped, about 40 % of the cycle's span (the
-    GIL's waits, now discounted, must not discount a real stop)."""
-    import json
-    import subprocess
-    import sys
-
-    from stragglerfaults import stop_cycle
-
-    child = subprocess.Popen([sys.executable, "-c", SAMPLED_STEPS], stdout=subprocess.PIPE,
-                             text=True)
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.5)
-        with stop_cycle(child.pid):
-            time.sleep(1.5)
-        rows = json.loads(child.stdout.readline())
-    finally:
-        child.kill()
-        child.wait()
-    stopped = sum(row[6] for row in rows)
-    assert 0.3 < stopped < 0.9, rows  # 1.5 s at 40 %: 0.6 s
-    assert sum(row[6] for row in rows[:3]) == 0, rows  # before the cycle: never
-
-
 def test_waiting_for_its_own_throttled_thread_is_starved_not_waiting():
     """A real CFS quota on the process: the training thread waits in a futex for a thread of
     its own (as for gloo's) that needs 20 ms of CPU, at 4 % of a CPU. Without the quota that
@@ -769,20 +726,21 @@ def test_a_persistent_straggler_is_named_by_its_fifth_late_step(kind, seconds):
         assert onset <= named[4][0] <= onset + 4, seed  # its fifth late step at the latest
 
 
-@pytest.mark.parametrize("kind,seconds", [("blocked", 0.08), ("stopped", 0.06)])
-def test_a_rank_its_own_clock_saw_held_is_named_by_its_third_late_step(kind, seconds):
-    """Asleep outside the collectives or stopped (its own clock's evidence, which no neighbour's
-    load makes): three late steps are enough; computing as long takes five."""
-    quick = 0
+@pytest.mark.parametrize("kind,seconds,late", [("blocked", 0.08, 3), ("stopped", 0.06, 2)])
+def test_a_rank_its_own_clock_saw_held_is_named_in_a_few_late_steps(kind, seconds, late):
+    """Asleep outside the collectives (its own clock's evidence, which no neighbour's load
+    makes): three late steps are enough, by the quick rule; stopped, two, by the stopped rule
+    (a stop no scheduler makes); computing as long takes five."""
+    named_by = set()
     for seed in range(20):
         onset = 20
         extra = {(step, 4): (kind, seconds) for step in range(onset, 40)}
         named = first_named(run_with_extra(6, 40, extra, seed, noise=0.1))
-        assert list(named) == [4] and named[4][0] == onset + 2, seed
-        quick += named[4][1] == "quick"
+        assert list(named) == [4] and named[4][0] == onset + late - 1, seed
+        named_by.add(named[4][1])
         busy = {key: ("busy", seconds) for key in extra}
         assert first_named(run_with_extra(6, 40, busy, seed, noise=0.1))[4][0] > onset + 2, seed
-    assert quick >= 18  # else by the held rule at the same step (a peer's spike hid one lag)
+    assert named_by == {"quick" if kind == "blocked" else "stopped"}
 
 
 def test_a_short_held_burst_is_not_named_quickly():
@@ -844,15 +802,15 @@ def test_a_quota_spent_in_periods_is_named_as_throttled_though_late_only_in_some
 @pytest.mark.parametrize("kind", ["stopped", "throttled"])
 def test_a_held_cycle_is_judged_since_it_began_not_over_the_whole_window(kind):
     """Held 50 ms in every other step from step 20 on (a SIGSTOP cycle, or a quota spent in
-    some periods): at its third late step it was held 23 % of the time since the first, but
-    only 13 % of the 10-step window, whose healthy steps before the onset dilute it. Named
-    then, by its own rule; the window's share alone would wait for a fourth."""
+    some periods): at its second late step it was held 28 % of the time since the first, but
+    10 % of the 10-step window, whose healthy steps before the onset dilute it (15 % needed).
+    Named then, by its own rule; the window's share alone would wait for a fourth."""
     extra = {(step, 4): (kind, 0.05) for step in range(20, 40, 2)}
     for seed in range(20):
         history = run_with_extra(6, 40, extra, seed, noise=0.1)
-        assert first_named(history) == {4: (24, kind)}, seed
-        (found,) = identify_stragglers({r: s[:25] for r, s in history.items()})
-        assert (found.flagged, found.window) == (3, 5)  # late in 3 of the 5 steps since
+        assert first_named(history) == {4: (22, kind)}, seed
+        (found,) = identify_stragglers({r: s[:23] for r, s in history.items()})
+        assert (found.flagged, found.window) == (2, 3)  # late in 2 of the 3 steps since
         if kind == "throttled":
             assert found.throttled > 0.2 and "throttled it 2" in found.message(), found
 

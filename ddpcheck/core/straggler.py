@@ -96,7 +96,7 @@ class Thresholds:
     rule needs no confirmation: its margin (30 % of the step, every step late) and its span
     (``quick_span_s``) are what a burst does not reach. Nor do ``stopped`` and ``throttled``
     by default (``confirmations``: consecutive exchanges that must agree): their evidence
-    spans 3 late steps of the window, stays in it for the next exchanges (so more of them
+    spans 2 late steps of the window, stays in it for the next exchanges (so more of them
     delay the name, 0.25 s each, without filtering), and no neighbour's load makes it."""
     window: int = 10
     min_steps: int = 9
@@ -123,8 +123,10 @@ class Thresholds:
     # cgroup's quota held it) in min_held_steps steps of the window, and held at least
     # min_held_share of the wall time since the first of them (its episode, at least
     # quick_held_span_s long) more than its peers' median over the same steps (no neighbour's
-    # load stops a process or throttles its cgroup; one long stall is one step)
-    min_held_steps: int = 3
+    # load stops a process or throttles its cgroup; one long stall is one step: two late steps
+    # are a cycle; with three, 6 of 12 stop cycles at steps of 0.1 s were named past their 5th
+    # step, benchmarks/README.md)
+    min_held_steps: int = 2
     min_held_share: float = 0.15
 
     def __post_init__(self) -> None:
@@ -347,7 +349,7 @@ def _held_rule(rank: int, steps: Sequence[int], late_at: Mapping[int, Mapping[in
     ``quick_held_span_s``: a few short steps are not a share. Else the whole window's share is
     asked the same (held before its first late step too). Else (None, 0).
     Judging the episode, not the whole window, keeps the healthy steps before the onset from
-    diluting the share: a rank stopped 40 % of each step is named at its third late step."""
+    diluting the share: a rank stopped 40 % of each step is named at its second late step."""
     for rule, part in HELD_PARTS.items():
         late_held = [i for i, step in enumerate(steps)
                      if rank in late_at[step] and getattr(by_step[step][rank], part) > 0]
