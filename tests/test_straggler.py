@@ -187,6 +187,43 @@ def test_a_quota_s_first_steps_take_its_rate_from_the_sampler():
     assert not clock.sampler.polls_quota  # its thread ended: the background thread reads it
 
 
+def test_a_step_queued_behind_a_neighbour_is_starved_before_the_rate_knows():
+    """A neighbour spinning on the training thread's one CPU from the middle of a step: the
+    thread runs half the time and queues the other half. The sampler's reads of its run queue
+    make that step starved at once; the rate the background thread refreshes each beat (none
+    here) knew only the time before, and the queued half looked like waiting for the others."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from ddpcheck.injob.stragglers import StepClock, ThreadSampler
+
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    stop = threading.Event()
+    clock = StepClock()
+    clock.sample(0, time.time())
+    clock.refresh()  # the background thread's first beat: no load yet
+    clock.sampler = ThreadSampler(stop)
+    clock.sampler.start(clock.tid)
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        clock.sample(1, time.time())
+        spin(0.6)
+        clock.sample(2, time.time())
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+        stop.set()
+        clock.sampler.thread.join(5)
+        clock.close()
+        os.sched_setaffinity(0, cpus)
+    _, _, busy, wait, starved = clock.recent()[-1][:5]
+    assert starved > 0.15 and wait < 0.1, clock.recent()[-1]
+
+
 def test_waiting_for_its_own_throttled_thread_is_starved_not_waiting():
     """A real CFS quota on the process: the training thread waits in a futex for a thread of
     its own (as for gloo's) that needs 20 ms of CPU, at 4 % of a CPU. Without the quota that
@@ -265,7 +302,7 @@ def test_sampler_tells_a_sleep_outside_the_collectives_from_waiting_for_another_
     sampler.start(tid[0])
     try:
         time.sleep(1.0)
-        blocked, stopped = sampler.step_shares()
+        blocked, stopped, _ = sampler.step_shares()
         channel = sampler.channel()
         assert blocked > 0.8 and stopped < 0.2, (blocked, stopped)
         assert channel is not None and "sleep" in channel  # hrtimer_nanosleep, do_nanosleep
@@ -273,7 +310,7 @@ def test_sampler_tells_a_sleep_outside_the_collectives_from_waiting_for_another_
         time.sleep(0.2)
         sampler.step_shares(), sampler.channel()
         time.sleep(1.0)
-        blocked, stopped = sampler.step_shares()
+        blocked, stopped, _ = sampler.step_shares()
         assert blocked < 0.1 and sampler.channel() is None, blocked  # a futex: waiting
     finally:
         done.set()
@@ -293,7 +330,7 @@ def test_sampler_counts_the_time_its_process_was_stopped(tmp_path):
             "stop = threading.Event(); s = ThreadSampler(stop)\n"
             "s.start(threading.get_native_id()); time.sleep(0.3); s.step_shares()\n"
             "print('ready', flush=True); began = time.monotonic(); sys.stdin.readline()\n"
-            "blocked, stopped = s.step_shares()\n"
+            "blocked, stopped, _ = s.step_shares()\n"
             "print(blocked, stopped / (time.monotonic() - began), flush=True)\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)

@@ -98,6 +98,7 @@ class ThreadSampler:
         self.queued_s = 0.0  # seconds it waited in a futex while this thread queued for a CPU
         self.step_queued_s = 0.0  # ... in the last step
         self.stopped_s = 0.0
+        self.held_s = 0.0  # seconds the training thread queued for a CPU (or was throttled)
         self.ended = False  # set when its counts are no longer read (an NCCL clock took over)
         self._channels: dict[str, int] = {}
         self.thread = threading.Thread(target=self._run, name="ddpcheck-sampler", daemon=True)
@@ -107,16 +108,17 @@ class ThreadSampler:
         self.polls_quota = self.quota is not None  # before the thread: no refresh overlaps
         self.thread.start()
 
-    def step_shares(self) -> tuple[float, float]:
+    def step_shares(self) -> tuple[float, float, float]:
         """On the training thread at a step boundary: (share of the polls since the previous
         boundary it was blocked outside the collectives, seconds the process was stopped
-        meanwhile). Plain attribute reads and writes, no system call: a count lost to a race
-        with the sampler costs one poll of accuracy."""
-        polls, blocked, stopped = self.polls, self.blocked, self.stopped_s
+        meanwhile, seconds it queued for a CPU meanwhile, to the last poll). Plain attribute
+        reads and writes, no system call: a count lost to a race with the sampler costs one
+        poll of accuracy."""
+        polls, blocked, stopped, held = self.polls, self.blocked, self.stopped_s, self.held_s
         self.step_queued_s, self.queued_s = self.queued_s, 0.0
         self.polls = self.blocked = 0
-        self.stopped_s = 0.0
-        return (blocked / polls if polls else 0.0), stopped
+        self.stopped_s = self.held_s = 0.0
+        return (blocked / polls if polls else 0.0), stopped, held
 
     def channel(self) -> Optional[str]:
         """The wait channel it was blocked in most since the last call."""
@@ -145,6 +147,7 @@ class ThreadSampler:
                 # the training thread runnable but not running (a quota, a busy host) holds
                 # the GIL this thread waits for: lost time too, but not a stop
                 lost = now - last - self.every_s - max(queued, held - last_held)
+                self.held_s += held - last_held
                 since, last, last_runq, last_held = now - last, now, runq, held
                 state = _thread_state(fds)
                 if state is None:
@@ -267,8 +270,9 @@ class StepClock:
     machine a thread descheduled while holding the GIL stalls the step. The time the thread
     spent *runnable but not running* (run queue, or throttled by a CPU quota: what a slowed
     rank shows) comes from ``/proc/self/task/TID/schedstat``, read by the background thread
-    each beat (``refresh``) as a rate, and is added to each step in proportion to its length;
-    so is the time its cgroups were throttled (``QuotaClock``'s rate, refreshed by the sampler
+    each beat (``refresh``) as a rate, and is added to each step in proportion to its length,
+    or as the sampler saw it grow over the step (every 20 ms) when that is more: a load or a
+    quota newer than the rate; so is the time its cgroups were throttled (``QuotaClock``'s rate, refreshed by the sampler
     while it runs, else each beat).
     ``environ``: the process's environment, where NCCL is asked to time its collectives
     (``ask_nccl_timing``) for ``collectives``.
@@ -327,9 +331,12 @@ class StepClock:
             row = [step, round(now, 6), round(wall, 6), 0.0, 0.0, 0.0, 0.0, 0.0]
             self._spans.append((last[0], mark, row))
             return
-        blocked_share, stopped = self.sampler.step_shares() if self.sampler else (0.0, 0.0)
+        blocked_share, stopped, held = (self.sampler.step_shares() if self.sampler
+                                        else (0.0, 0.0, 0.0))
         stopped = min(stopped, wall)
-        starved = min(self.runq_rate * wall, wall - stopped)
+        # the recent rate (refreshed each beat), or what the sampler saw it queue this step
+        # when more (a load or quota newer than the rate)
+        starved = min(max(self.runq_rate * wall, held), wall - stopped)
         busy_s = min(max(cpu - last[1], 0.0) + starved, wall - stopped)
         blocked = min(blocked_share * (wall - stopped), wall - stopped - busy_s)
         # waiting in a futex while its process queued for a CPU (a quota on the process
