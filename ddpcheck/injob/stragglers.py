@@ -272,8 +272,8 @@ class StepClock:
     rank shows) comes from ``/proc/self/task/TID/schedstat``, read by the background thread
     each beat (``refresh``) as a rate, and is added to each step in proportion to its length,
     or as the sampler saw it grow over the step (every 20 ms) when that is more: a load or a
-    quota newer than the rate; so is the time its cgroups were throttled (``QuotaClock``'s rate, refreshed by the sampler
-    while it runs, else each beat).
+    quota newer than the rate; so is the time its cgroups were throttled (``QuotaClock``'s
+    rate, refreshed by the sampler while it runs, else each beat).
     ``environ``: the process's environment, where NCCL is asked to time its collectives
     (``ask_nccl_timing``) for ``collectives``.
     """
