@@ -43,10 +43,12 @@ def test_wait_returns_when_the_key_is_set_and_false_at_its_deadline(served) -> N
     began = time.monotonic()
     assert not other.wait(["decision"], time.monotonic() + 0.7)
     assert 0.6 < time.monotonic() - began < 3
-    threading.Timer(0.3, lambda: served.set("decision", "launch")).start()
+    setter = threading.Timer(0.3, lambda: served.set("decision", "launch"))
+    setter.start()
     began = time.monotonic()
     assert other.wait(["decision"], time.monotonic() + 10)
     assert time.monotonic() - began < 3
+    setter.join()  # its reply read before the fixture closes the store
     cancel = threading.Event()
     cancel.set()
     assert not other.wait(["never"], time.monotonic() + 10, cancel)
