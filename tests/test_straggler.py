@@ -220,7 +220,7 @@ def test_a_step_queued_behind_a_neighbour_is_starved_before_the_rate_knows():
         clock.sampler.thread.join(5)
         clock.close()
         os.sched_setaffinity(0, cpus)
-    _, _, busy, wait, starved = clock.recent()[-1][:5]
+    _, _, _, wait, starved = clock.recent()[-1][:5]
     assert starved > 0.15 and wait < 0.1, clock.recent()[-1]
 
 
@@ -677,31 +677,30 @@ def test_a_rank_stopped_at_one_sample_of_a_progressing_job_is_not_hung():
     for w in monitored:
         for sample, step in zip(w["samples"], (10, 20)):
             sample["heartbeat"] = beat(step, stragglers=[])
-    (finding,) = [f for f in analyze_scans([scan("h1", monitored[:2]),
-                                            scan("h2", monitored[2:])]).findings
-                  if f.check == "straggler"]
+
+    def monitored_finding(*said):  # the Monitor's verdict in its latest heartbeats
+        for w in monitored:
+            w["samples"][1]["heartbeat"] = beat(20, stragglers=list(said))
+        (found,) = [f for f in analyze_scans([scan("h1", monitored[:2]),
+                                              scan("h2", monitored[2:])]).findings
+                    if f.check == "straggler"]
+        return found
+
+    finding = monitored_finding()
     assert finding.rank == 3 and "rank 3 on h2 stopped 40% of the window" in finding.message
     # the Monitor names it for another reason (its stops fell in the step's sleeps, its clock
     # saw compute): one finding, the Monitor's words and then the scan's state T
     said = {"rank": 3, "host": "h2", "reason": "compute", "rule": "steady",
             "message": "rank 3 on h2 arrives 15 ms after the median, 1.02x the median compute "
                        "time, 7 of the last 10 steps"}
-    for w in monitored:
-        w["samples"][1]["heartbeat"] = beat(20, stragglers=[said])
-    (finding,) = [f for f in analyze_scans([scan("h1", monitored[:2]),
-                                            scan("h2", monitored[2:])]).findings
-                  if f.check == "straggler"]
+    finding = monitored_finding(said)
     assert finding.rank == 3 and said["message"] in finding.message
     assert finding.message.endswith("; outside, its scan saw it stopped 40% of the window "
                                     "(state T: SIGSTOP, a debugger or a sampling profiler)")
     # the Monitor saw the stops itself: its words alone
     said = dict(said, reason="stopped", message="rank 3 on h2 arrives 90 ms after the median, "
                 "stopped 40% of its step, 4 of the last 10 steps")
-    for w in monitored:
-        w["samples"][1]["heartbeat"] = beat(20, stragglers=[said])
-    (finding,) = [f for f in analyze_scans([scan("h1", monitored[:2]),
-                                            scan("h2", monitored[2:])]).findings
-                  if f.check == "straggler"]
+    finding = monitored_finding(said)
     assert finding.message == f"job {analysis.jobs[0].job}: {said['message']}"
     # stopped at both samples and all the time between, no progress: stopped (the hang)
     for w in workers:

@@ -98,7 +98,7 @@ class ThreadSampler:
         self.queued_s = 0.0  # seconds it waited in a futex while this thread queued for a CPU
         self.step_queued_s = 0.0  # ... in the last step
         self.stopped_s = 0.0
-        self.held_s = 0.0  # seconds the training thread queued for a CPU (or was throttled)
+        self.train_queued_s = 0.0  # seconds the training thread queued for a CPU or was throttled
         self.ended = False  # set when its counts are no longer read (an NCCL clock took over)
         self._channels: dict[str, int] = {}
         self.thread = threading.Thread(target=self._run, name="ddpcheck-sampler", daemon=True)
@@ -114,11 +114,12 @@ class ThreadSampler:
         meanwhile, seconds it queued for a CPU meanwhile, to the last poll). Plain attribute
         reads and writes, no system call: a count lost to a race with the sampler costs one
         poll of accuracy."""
-        polls, blocked, stopped, held = self.polls, self.blocked, self.stopped_s, self.held_s
+        polls, blocked, stopped = self.polls, self.blocked, self.stopped_s
+        train_queued = self.train_queued_s
         self.step_queued_s, self.queued_s = self.queued_s, 0.0
         self.polls = self.blocked = 0
-        self.stopped_s = self.held_s = 0.0
-        return (blocked / polls if polls else 0.0), stopped, held
+        self.stopped_s = self.train_queued_s = 0.0
+        return (blocked / polls if polls else 0.0), stopped, train_queued
 
     def channel(self) -> Optional[str]:
         """The wait channel it was blocked in most since the last call."""
@@ -136,19 +137,19 @@ class ThreadSampler:
             self.polls_quota = False
             return  # no procfs: blocked and stopped time go unseen
         try:
-            last, last_runq, last_held = time.monotonic(), _runq_s(own), _runq_s(fds[2])
+            last, last_runq, last_train = time.monotonic(), _runq_s(own), _runq_s(fds[2])
             quota_at = last
             while not self.stop.wait(self.every_s) and not self.ended:
                 if self.quota is not None and time.monotonic() - quota_at >= QUOTA_EVERY_S:
                     quota_at = time.monotonic()  # by the clock: under a quota polls run late
                     self.quota.refresh()
-                now, runq, held = time.monotonic(), _runq_s(own), _runq_s(fds[2])
-                queued = runq - last_runq
+                now, runq, train = time.monotonic(), _runq_s(own), _runq_s(fds[2])
+                queued, train_queued = runq - last_runq, train - last_train
                 # the training thread runnable but not running (a quota, a busy host) holds
                 # the GIL this thread waits for: lost time too, but not a stop
-                lost = now - last - self.every_s - max(queued, held - last_held)
-                self.held_s += held - last_held
-                since, last, last_runq, last_held = now - last, now, runq, held
+                lost = now - last - self.every_s - max(queued, train_queued)
+                self.train_queued_s += train_queued
+                since, last, last_runq, last_train = now - last, now, runq, train
                 state = _thread_state(fds)
                 if state is None:
                     return  # the training thread is gone
@@ -331,12 +332,12 @@ class StepClock:
             row = [step, round(now, 6), round(wall, 6), 0.0, 0.0, 0.0, 0.0, 0.0]
             self._spans.append((last[0], mark, row))
             return
-        blocked_share, stopped, held = (self.sampler.step_shares() if self.sampler
-                                        else (0.0, 0.0, 0.0))
+        blocked_share, stopped, queued = (self.sampler.step_shares() if self.sampler
+                                          else (0.0, 0.0, 0.0))
         stopped = min(stopped, wall)
         # the recent rate (refreshed each beat), or what the sampler saw it queue this step
         # when more (a load or quota newer than the rate)
-        starved = min(max(self.runq_rate * wall, held), wall - stopped)
+        starved = min(max(self.runq_rate * wall, queued), wall - stopped)
         busy_s = min(max(cpu - last[1], 0.0) + starved, wall - stopped)
         blocked = min(blocked_share * (wall - stopped), wall - stopped - busy_s)
         # waiting in a futex while its process queued for a CPU (a quota on the process
